@@ -1,0 +1,35 @@
+"""outbox-relay: a transactional outbox for PostgreSQL and RabbitMQ.
+
+Write messages with :func:`publish` in the same transaction as your domain change; the
+``outbox-relay run`` daemon publishes them to RabbitMQ with publisher confirms.
+"""
+
+from __future__ import annotations
+
+from outbox_relay.errors import (
+    BrokerError,
+    BrokerUnavailableError,
+    ConfigurationError,
+    InvalidMessageError,
+    OutboxRelayError,
+    StoreError,
+    StoreUnavailableError,
+    TopologyError,
+)
+from outbox_relay.producer import Message, publish, publish_async, publish_many, publish_many_async
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "InvalidMessageError",
+    "Message",
+    "OutboxRelayError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TopologyError",
+    "publish",
+    "publish_async",
+    "publish_many",
+    "publish_many_async",
+]

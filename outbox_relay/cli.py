@@ -1,0 +1,277 @@
+"""The ``outbox-relay`` command.
+
+Exit codes: 0 success (and a clean stop on SIGTERM/SIGINT); 1 the operation failed (the
+message says what and what to do); 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import structlog
+
+from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
+from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
+from outbox_relay.logs import LOG_LEVELS, configure_logging
+from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
+from outbox_relay.relay import BATCH_SIZE, MAX_ATTEMPTS, POLL_INTERVAL_S, Relay, RelaySettings
+from outbox_relay.settings import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_SCHEMA,
+    RunSettings,
+)
+from outbox_relay.store.relay_store import PostgresStore
+from outbox_relay.store.schema import migrate as apply_migrations
+from outbox_relay.store.schema import migration_sql
+from outbox_relay.urls import redact_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def database_url_option(func: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="OUTBOX_RELAY_DATABASE_URL",
+        default=DEFAULT_DATABASE_URL,
+        show_default=True,
+        show_envvar=True,
+        help="PostgreSQL URL (libpq syntax).",
+    )(func)
+
+
+def amqp_url_option(func: F) -> F:
+    return click.option(
+        "--amqp-url",
+        envvar="OUTBOX_RELAY_AMQP_URL",
+        default=DEFAULT_AMQP_URL,
+        show_default=True,
+        show_envvar=True,
+        help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
+    )(func)
+
+
+def schema_option(func: F) -> F:
+    return click.option(
+        "--schema",
+        envvar="OUTBOX_RELAY_SCHEMA",
+        default=DEFAULT_SCHEMA,
+        show_default=True,
+        show_envvar=True,
+        help="Schema that holds the outbox table.",
+    )(func)
+
+
+def logging_options(func: F) -> F:
+    func = click.option(
+        "--log-level",
+        envvar="OUTBOX_RELAY_LOG_LEVEL",
+        type=click.Choice(list(LOG_LEVELS)),
+        default="info",
+        show_default=True,
+        show_envvar=True,
+    )(func)
+    return click.option(
+        "--log-format",
+        envvar="OUTBOX_RELAY_LOG_FORMAT",
+        type=click.Choice(["auto", "json", "console"]),
+        default="auto",
+        show_default=True,
+        show_envvar=True,
+        help="auto: console on a terminal, JSON lines otherwise.",
+    )(func)
+
+
+class _Group(click.Group):
+    """Turns our errors into one line on stderr and the documented exit codes."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.UsageError(str(exc), ctx) from exc
+        except StoreError as exc:
+            click.echo(f"error: {_store_hint(exc)}", err=True)
+            ctx.exit(EXIT_FAILED)
+        except OutboxRelayError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_FAILED)
+
+
+def _store_hint(exc: StoreError) -> str:
+    text = str(exc)
+    if "does not exist" in text and ("outbox" in text or "schema" in text):
+        return f"{text}\nThe outbox table is missing: run `outbox-relay migrate --schema S` first."
+    return text
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="outbox-relay")
+def main() -> None:
+    """Transactional outbox relay for PostgreSQL and RabbitMQ."""
+
+
+@main.command()
+@database_url_option
+@schema_option
+def migrate(database_url: str, schema: str) -> None:
+    """Create or upgrade the outbox tables in SCHEMA (creating the schema if needed).
+
+    Idempotent: a second run applies nothing. Touches no other table.
+    """
+    report = apply_migrations(database_url, schema=schema)
+    target = f"{redact_url(database_url)} schema {schema!r}"
+    if report.applied:
+        click.echo(f"applied {', '.join(report.applied)} to {target}")
+    else:
+        click.echo(f"{target} is up to date ({len(report.already)} migrations applied before)")
+
+
+@main.command("sql")
+@schema_option
+@click.option(
+    "--since-version",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Print only migrations newer than this version.",
+)
+def print_sql(schema: str, since_version: int) -> None:
+    """Print the DDL that `migrate` applies, for Alembic, Django, Flyway or a DBA.
+
+    Every statement is idempotent and records its version, so `migrate` can run after it.
+    """
+    try:
+        click.echo(migration_sql(schema=schema, since_version=since_version), nl=False)
+    except ValueError as exc:
+        raise ConfigurationError(f"--schema: {exc}") from exc
+
+
+@main.command()
+@database_url_option
+@amqp_url_option
+@schema_option
+@click.option(
+    "--batch-size",
+    envvar="OUTBOX_RELAY_BATCH_SIZE",
+    type=int,
+    default=BATCH_SIZE,
+    show_default=True,
+    show_envvar=True,
+    help="Rows claimed and published per transaction.",
+)
+@click.option(
+    "--poll-interval",
+    envvar="OUTBOX_RELAY_POLL_INTERVAL",
+    type=float,
+    default=POLL_INTERVAL_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds between polls while idle; NOTIFY wakes the relay sooner.",
+)
+@click.option(
+    "--max-attempts",
+    envvar="OUTBOX_RELAY_MAX_ATTEMPTS",
+    type=int,
+    default=MAX_ATTEMPTS,
+    show_default=True,
+    show_envvar=True,
+    help="Tries before a row the broker keeps refusing is marked dead.",
+)
+@click.option(
+    "--retry-base",
+    envvar="OUTBOX_RELAY_RETRY_BASE",
+    type=float,
+    default=RETRY_BASE_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds before the first retry of a refused row; doubles each time.",
+)
+@click.option(
+    "--retry-max",
+    envvar="OUTBOX_RELAY_RETRY_MAX",
+    type=float,
+    default=RETRY_MAX_S,
+    show_default=True,
+    show_envvar=True,
+    help="Longest delay between retries of a refused row, in seconds.",
+)
+@click.option(
+    "--confirm-timeout",
+    envvar="OUTBOX_RELAY_CONFIRM_TIMEOUT",
+    type=float,
+    default=CONFIRM_TIMEOUT_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds to wait for publisher confirms before reconnecting (not counted while "
+    "the broker blocks publishers).",
+)
+@logging_options
+def run(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    batch_size: int,
+    poll_interval: float,
+    max_attempts: int,
+    retry_base: float,
+    retry_max: float,
+    confirm_timeout: float,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Relay committed outbox rows to RabbitMQ until SIGTERM or SIGINT."""
+    settings = RunSettings(
+        database_url=database_url,
+        amqp_url=amqp_url,
+        schema=schema,
+        relay=RelaySettings(
+            batch_size=batch_size,
+            poll_interval_s=poll_interval,
+            max_attempts=max_attempts,
+            retry_base_s=retry_base,
+            retry_max_s=retry_max,
+        ),
+        confirm_timeout_s=confirm_timeout,
+    )
+    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]
+    log = structlog.get_logger("outbox_relay.cli")
+    relay: Relay | None = None
+
+    def should_stop() -> bool:
+        return relay is not None and relay.stopping
+
+    relay = Relay(
+        store=PostgresStore(url=settings.database_url, schema=settings.schema),
+        publisher=Publisher(
+            url=settings.amqp_url,
+            confirm_timeout_s=settings.confirm_timeout_s,
+            should_stop=should_stop,
+        ),
+        settings=settings.relay,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("relay.stopping", signal=signal.Signals(signum).name)
+        relay.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "relay.starting",
+        database=redact_url(settings.database_url),
+        broker=redact_url(settings.amqp_url),
+        schema=settings.schema,
+        batch_size=settings.relay.batch_size,
+    )
+    relay.run()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

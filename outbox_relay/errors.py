@@ -1,0 +1,67 @@
+"""The exceptions outbox-relay raises, under one root.
+
+Adapters translate library errors at their edge: psycopg's become :class:`StoreError`,
+pika's become :class:`BrokerError`. Code above the adapters never sees either library.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from outbox_relay.outcome import Outcome
+
+
+class OutboxRelayError(Exception):
+    """Root of every error raised by outbox-relay."""
+
+
+class InvalidMessageError(OutboxRelayError, ValueError):
+    """Raised by ``publish`` when an argument cannot become a message.
+
+    Nothing has been written when it is raised; the caller's transaction is untouched.
+    """
+
+
+class ConfigurationError(OutboxRelayError, ValueError):
+    """Raised before anything connects when settings contradict each other or are invalid."""
+
+
+class StoreError(OutboxRelayError):
+    """Raised when a database operation fails; the transaction in progress was rolled back."""
+
+
+class StoreUnavailableError(StoreError):
+    """Raised when the database cannot be reached or the connection was lost.
+
+    The relay retries these with backoff; no row changes state until it reconnects.
+    """
+
+
+class BrokerError(OutboxRelayError):
+    """Raised when the broker refuses an operation in a way that is not a per-message outcome."""
+
+
+class BrokerUnavailableError(BrokerError):
+    """Raised when the broker cannot be reached, the connection was lost or stopped answering.
+
+    Messages whose confirms were outstanding are treated as unpublished and sent again
+    later with the same message id (at-least-once).
+    """
+
+
+class TopologyError(OutboxRelayError):
+    """Raised when a topology file is invalid or the broker's objects conflict with it."""
+
+
+class PublishInterruptedError(BrokerUnavailableError):
+    """Raised by the publisher when the connection was lost or stalled in the middle of a batch.
+
+    ``outcomes`` holds what the broker did confirm or refuse before that, keyed by row id,
+    so those rows can still be settled; every other row of the batch stays unpublished.
+    """
+
+    def __init__(self, message: str, outcomes: Mapping[int, Outcome]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes

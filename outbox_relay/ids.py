@@ -1,0 +1,33 @@
+"""Message ids: time-ordered UUIDs (RFC 9562 version 7).
+
+A random UUID (version 4) lands anywhere in the outbox's unique index, so each insert
+touches a random leaf page; version 7 ids start with the time, so inserts append.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+_VERSION_7 = 0x7
+_VARIANT_RFC = 0b10
+
+
+def uuid7(*, unix_ms: int | None = None, random_bytes: bytes | None = None) -> uuid.UUID:
+    """A version 7 UUID: 48 bits of Unix milliseconds, then 74 random bits."""
+    ms = time.time_ns() // 1_000_000 if unix_ms is None else unix_ms
+    rand = os.urandom(10) if random_bytes is None else random_bytes
+    if len(rand) != 10:
+        raise ValueError("uuid7 needs exactly 10 random bytes")
+    rand_int = int.from_bytes(rand, "big")
+    rand_a = (rand_int >> 68) & 0xFFF  # 12 bits
+    rand_b = rand_int & ((1 << 62) - 1)  # 62 bits
+    value = (
+        ((ms & ((1 << 48) - 1)) << 80)
+        | (_VERSION_7 << 76)
+        | (rand_a << 64)
+        | (_VARIANT_RFC << 62)
+        | rand_b
+    )
+    return uuid.UUID(int=value)

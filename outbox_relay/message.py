@@ -1,0 +1,235 @@
+"""What a message is, before it is written and after it is claimed; validation and encoding.
+
+Pure: no I/O. ``publish`` builds :class:`NewMessage` values here, so every argument is
+checked before anything reaches the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from outbox_relay.errors import InvalidMessageError
+from outbox_relay.ids import uuid7
+
+JSON_CONTENT_TYPE = "application/json"
+BYTES_CONTENT_TYPE = "application/octet-stream"
+MAX_ROUTING_KEY_BYTES = 255  # AMQP 0-9-1 shortstr
+MAX_EXCHANGE_NAME_BYTES = 255
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # RabbitMQ's own default max_message_size is 16 MiB
+MAX_HEADER_COUNT = 100
+MAX_HEADERS_JSON_BYTES = 64 * 1024
+
+# Header names the consumer SDK owns (attempt count, error details): a producer may not set them.
+RESERVED_HEADER_PREFIXES = ("outbox-",)
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A validated message ready to be inserted into the outbox."""
+
+    message_id: uuid.UUID
+    exchange: str
+    routing_key: str
+    payload: bytes
+    content_type: str
+    headers_json: str
+    partition_key: str | None
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A row claimed by the relay, as it will be published."""
+
+    id: int
+    message_id: uuid.UUID
+    exchange: str
+    routing_key: str
+    payload: bytes
+    content_type: str
+    headers: Mapping[str, Any]
+    partition_key: str | None
+    created_at: dt.datetime
+    attempts: int = 0
+
+
+def new_message(
+    *,
+    exchange: str,
+    routing_key: str,
+    payload: object,
+    headers: Mapping[str, object] | None = None,
+    message_id: uuid.UUID | str | None = None,
+    partition_key: str | None = None,
+    delay: float | dt.timedelta | None = None,
+    content_type: str | None = None,
+) -> NewMessage:
+    """Validate the arguments of ``publish`` and encode the payload.
+
+    Raises :class:`InvalidMessageError` naming the argument and the fix.
+    """
+    _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=False)
+    _check_name("routing_key", routing_key, MAX_ROUTING_KEY_BYTES, allow_empty=True)
+    body, ctype = encode_payload(payload, content_type)
+    return NewMessage(
+        message_id=_message_id(message_id),
+        exchange=exchange,
+        routing_key=routing_key,
+        payload=body,
+        content_type=ctype,
+        headers_json=encode_headers(headers),
+        partition_key=_partition_key(partition_key),
+        delay_s=delay_seconds(delay),
+    )
+
+
+def encode_payload(payload: object, content_type: str | None) -> tuple[bytes, str]:
+    """Bytes pass through with their content type; anything else is encoded as JSON."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        body = bytes(payload)
+        ctype = content_type or BYTES_CONTENT_TYPE
+    else:
+        if content_type is not None and content_type != JSON_CONTENT_TYPE:
+            raise InvalidMessageError(
+                f"payload: content_type {content_type!r} was given with a "
+                f"{type(payload).__name__} payload; pass bytes already encoded as "
+                f"{content_type!r}, or leave content_type out to send JSON"
+            )
+        try:
+            text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessageError(
+                f"payload: cannot be encoded as JSON ({exc}); pass a JSON-serialisable "
+                "object, or bytes with a content_type"
+            ) from exc
+        body = text.encode("utf-8")
+        ctype = JSON_CONTENT_TYPE
+    if not ctype.strip() or len(ctype) > 255:
+        raise InvalidMessageError(
+            f"content_type: {ctype!r} is not a usable MIME type; pass e.g. 'text/plain'"
+        )
+    if len(body) > MAX_PAYLOAD_BYTES:
+        raise InvalidMessageError(
+            f"payload: {len(body)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit; store "
+            "large data elsewhere and publish a reference to it"
+        )
+    return body, ctype
+
+
+def encode_headers(headers: Mapping[str, object] | None) -> str:
+    """Headers as JSON text for the jsonb column; keys are str, values JSON-representable."""
+    if headers is None:
+        return "{}"
+    if not isinstance(headers, Mapping):
+        raise InvalidMessageError(
+            f"headers: expected a dict of str to values, got {type(headers).__name__}"
+        )
+    if len(headers) > MAX_HEADER_COUNT:
+        raise InvalidMessageError(
+            f"headers: {len(headers)} headers exceed the limit of {MAX_HEADER_COUNT}"
+        )
+    for key, value in headers.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidMessageError(f"headers: key {key!r} is not a non-empty str")
+        if key.lower().startswith(RESERVED_HEADER_PREFIXES):
+            raise InvalidMessageError(
+                f"headers: {key!r} uses a reserved prefix ({', '.join(RESERVED_HEADER_PREFIXES)}"
+                "); choose another name"
+            )
+        _check_header_value(key, value)
+    text = json.dumps(headers, separators=(",", ":"), ensure_ascii=False)
+    if len(text.encode("utf-8")) > MAX_HEADERS_JSON_BYTES:
+        raise InvalidMessageError(
+            f"headers: {len(text)} bytes of headers exceed the {MAX_HEADERS_JSON_BYTES}-byte "
+            "limit; put large data in the payload"
+        )
+    return text
+
+
+def _check_header_value(path: str, value: object) -> None:
+    if value is None or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise InvalidMessageError(f"headers: {path!r} does not fit in a signed 64-bit integer")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidMessageError(
+                f"headers: {path!r} is {value}; AMQP and JSON need a finite number"
+            )
+        return
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_header_value(f"{path}[{index}]", item)
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise InvalidMessageError(f"headers: {path!r} has a non-str key {key!r}")
+            _check_header_value(f"{path}.{key}", item)
+        return
+    raise InvalidMessageError(
+        f"headers: {path!r} is a {type(value).__name__}; use str, int, float, bool, None, "
+        "or lists and dicts of them"
+    )
+
+
+def delay_seconds(delay: float | dt.timedelta | None) -> float:
+    """A delay as non-negative finite seconds."""
+    if delay is None:
+        return 0.0
+    seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise InvalidMessageError(
+            f"delay: expected seconds or a timedelta, got {type(delay).__name__}"
+        )
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidMessageError(f"delay: {seconds!r} is not a non-negative number of seconds")
+    return float(seconds)
+
+
+def _check_name(argument: str, value: object, max_bytes: int, *, allow_empty: bool) -> None:
+    if not isinstance(value, str):
+        raise InvalidMessageError(f"{argument}: expected str, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise InvalidMessageError(
+            f"{argument}: must not be empty (the default exchange cannot route by topic); "
+            "name the topic exchange to publish to"
+        )
+    size = len(value.encode("utf-8"))
+    if size > max_bytes:
+        raise InvalidMessageError(
+            f"{argument}: {size} bytes exceeds AMQP's limit of {max_bytes} bytes"
+        )
+
+
+def _message_id(value: uuid.UUID | str | None) -> uuid.UUID:
+    if value is None:
+        return uuid7()
+    if isinstance(value, uuid.UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return uuid.UUID(value)
+        except ValueError as exc:
+            raise InvalidMessageError(
+                f"message_id: {value!r} is not a UUID; pass a uuid.UUID or leave it out"
+            ) from exc
+    raise InvalidMessageError(f"message_id: expected a UUID, got {type(value).__name__}")
+
+
+def _partition_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidMessageError(f"partition_key: expected a non-empty str or None, got {value!r}")
+    if len(value.encode("utf-8")) > 1024:
+        raise InvalidMessageError("partition_key: longer than 1024 bytes; use the aggregate's id")
+    return value

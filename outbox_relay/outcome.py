@@ -1,0 +1,44 @@
+"""What happened to each row of a batch at the broker, and what the relay does about it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Status(enum.Enum):
+    CONFIRMED = "confirmed"  # the broker confirmed it: delete the row
+    FAILED = "failed"  # the broker refused it (nack, unroutable, missing exchange): retry later
+    UNSENT = "unsent"  # the channel died before the broker saw it: send again, no attempt lost
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    status: Status
+    error: str | None = None
+
+    @classmethod
+    def confirmed(cls) -> Outcome:
+        return _CONFIRMED
+
+    @classmethod
+    def failed(cls, error: str) -> Outcome:
+        return cls(Status.FAILED, error)
+
+    @classmethod
+    def unsent(cls) -> Outcome:
+        return _UNSENT
+
+
+_CONFIRMED = Outcome(Status.CONFIRMED)
+_UNSENT = Outcome(Status.UNSENT)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed row as the store records it."""
+
+    row_id: int
+    error: str
+    retry_in_s: float
+    dead: bool

@@ -1,0 +1,469 @@
+"""Publishing batches to RabbitMQ with pipelined publisher confirms.
+
+pika's ``BlockingChannel`` waits for each confirm in turn (the slow path). This adapter
+drives a ``SelectConnection`` from the caller's thread instead: it writes a whole batch,
+then runs pika's I/O loop until every message has been acked, nacked or returned, or
+the channel or connection died. Between batches :meth:`Publisher.wait` runs the same
+loop, so heartbeats are answered while the relay sleeps, and it also watches a file
+descriptor (the database's LISTEN socket) so a NOTIFY wakes the relay at once.
+
+This is the only relay module that imports pika.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import pika
+import pika.exceptions
+import structlog
+from pika.adapters.select_connection import PollEvents
+from pika.channel import Channel
+from pika.frame import Method
+from pika.spec import Basic, BasicProperties
+
+from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
+from outbox_relay.message import OutboxRow
+from outbox_relay.outcome import Outcome
+from outbox_relay.urls import redact_url
+
+CONNECT_TIMEOUT_S = 10.0
+CONFIRM_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 2.0
+# Wait for the confirms of what is buffered before buffering more than this.
+MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
+_TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
+_NOT_FOUND = 404
+PERSISTENT = 2
+
+log = structlog.get_logger("outbox_relay.publisher")
+
+
+def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON header values as an AMQP field table; floats travel as decimal strings
+    because pika cannot encode AMQP doubles."""
+    return {key: _amqp_value(value) for key, value in headers.items()}
+
+
+def _amqp_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, dict):
+        return amqp_headers(value)
+    if isinstance(value, list):
+        return [_amqp_value(item) for item in value]
+    return value
+
+
+class _Batch:
+    """Outcomes of one batch, indexed by delivery tag."""
+
+    def __init__(self, rows: Sequence[OutboxRow], first_tag: int) -> None:
+        self.rows = rows
+        self.first_tag = first_tag
+        self.outcomes: list[Outcome | None] = [None] * len(rows)
+        self.sent = 0
+        self.settled = 0
+        self._lowest = 0
+        self.returned: dict[str, str] = {}
+
+    def all_sent_settled(self) -> bool:
+        return self.settled == self.sent
+
+    def settle(self, tag: int, *, multiple: bool, ack: bool) -> None:
+        index = tag - self.first_tag
+        if index < 0 or index >= self.sent:
+            return
+        for i in range(self._lowest, index + 1) if multiple else (index,):
+            if self.outcomes[i] is None:
+                self.outcomes[i] = self._outcome(i, ack=ack)
+                self.settled += 1
+        while self._lowest < self.sent and self.outcomes[self._lowest] is not None:
+            self._lowest += 1
+
+    def _outcome(self, index: int, *, ack: bool) -> Outcome:
+        if not ack:
+            return Outcome.failed(
+                "the broker nacked the message (an internal error, or a queue limit with "
+                "overflow=reject-publish)"
+            )
+        returned = self.returned.get(str(self.rows[index].message_id))
+        return Outcome.failed(returned) if returned else Outcome.confirmed()
+
+    def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
+        return {
+            row.id: outcome if outcome is not None else unresolved(row)
+            for row, outcome in zip(self.rows, self.outcomes, strict=True)
+        }
+
+
+class Publisher:
+    """One AMQP connection and one confirm-mode channel, used from one thread."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._url = url
+        self._params = pika.URLParameters(url)
+        self._confirm_timeout_s = confirm_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._should_stop = should_stop
+        self._conn: pika.SelectConnection | None = None
+        self._opened = False
+        self._conn_error: BaseException | None = None
+        self._channel: Channel | None = None
+        self._channel_error: BaseException | None = None
+        self._tag = 0
+        self._batch: _Batch | None = None
+        self._until: Callable[[], bool] | None = None
+        self._fd_ready = False
+        self.blocked = False
+
+    @property
+    def vhost(self) -> str:
+        return str(self._params.virtual_host)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and self._conn.is_open and self._conn_error is None
+
+    # -- connection ---------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Open the connection and the confirm-mode channel; raises BrokerUnavailableError."""
+        self.close()
+        self._opened, self._conn_error, self.blocked = False, None, False
+        try:
+            conn = pika.SelectConnection(
+                self._params,
+                on_open_callback=self._on_open,
+                on_open_error_callback=self._on_open_error,
+                on_close_callback=self._on_connection_closed,
+            )
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerUnavailableError(self._describe(exc)) from exc
+        self._conn = conn
+        conn.add_on_connection_blocked_callback(self._on_blocked)
+        conn.add_on_connection_unblocked_callback(self._on_unblocked)
+        opened = self._run_until(
+            lambda: self._opened or self._conn_error is not None, self._connect_timeout_s
+        )
+        if self._conn_error is not None or not opened:
+            error = self._conn_error
+            self._discard_connection()
+            reason = self._describe(error) if error else "timed out"
+            raise BrokerUnavailableError(f"cannot connect to {redact_url(self._url)}: {reason}")
+        self._open_channel()
+        log.info("publisher.connected", url=redact_url(self._url))
+
+    def close(self) -> None:
+        """Close the connection; never raises."""
+        conn = self._conn
+        if conn is None:
+            return
+        if conn.is_open:
+            try:
+                conn.close()
+                self._run_until(lambda: conn.is_closed, CLOSE_TIMEOUT_S)
+            except pika.exceptions.AMQPError:
+                pass
+        self._discard_connection()
+
+    def _discard_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.ioloop.close()
+        self._conn, self._channel = None, None
+
+    def _open_channel(self) -> None:
+        conn = self._require_connection()
+        self._channel, self._channel_error, self._tag = None, None, 0
+        ready: list[bool] = []
+
+        def on_open(channel: Channel) -> None:
+            channel.add_on_close_callback(self._on_channel_closed)
+            channel.add_on_return_callback(self._on_return)
+            channel.confirm_delivery(
+                self._on_confirm, callback=lambda _frame: self._note(ready, True)
+            )
+            self._channel = channel
+
+        conn.channel(on_open_callback=on_open)
+        ok = self._run_until(
+            lambda: bool(ready) or self._channel_error is not None or self._conn_error is not None,
+            self._connect_timeout_s,
+        )
+        if not ok or not ready:
+            reason = self._describe(self._channel_error or self._conn_error)
+            raise BrokerUnavailableError(f"cannot open a confirm-mode channel: {reason}")
+
+    def _require_connection(self) -> pika.SelectConnection:
+        if self._conn is None or self._conn_error is not None or not self._conn.is_open:
+            raise BrokerUnavailableError(
+                f"not connected to {redact_url(self._url)}: {self._describe(self._conn_error)}"
+            )
+        return self._conn
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def publish(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]:
+        """Publish ``rows`` in order and return each row's outcome, keyed by row id.
+
+        Rows the broker refused are FAILED with a reason; rows that never reached the
+        broker because the channel closed under them are UNSENT. Raises
+        PublishInterruptedError (carrying the outcomes known so far) when the connection
+        is lost or confirms do not arrive within the confirm timeout.
+        """
+        if self._channel is None or not self._channel.is_open:
+            self._open_channel()
+        channel = self._channel
+        assert channel is not None  # noqa: S101 - _open_channel raised otherwise
+        batch = _Batch(rows, first_tag=self._tag + 1)
+        self._batch = batch
+        try:
+            buffered = 0
+            for row in rows:
+                channel.basic_publish(
+                    exchange=row.exchange,
+                    routing_key=row.routing_key,
+                    body=row.payload,
+                    # pika's BasicProperties.__init__ carries no annotations
+                    properties=BasicProperties(  # type: ignore[no-untyped-call]
+                        content_type=row.content_type,
+                        delivery_mode=PERSISTENT,
+                        message_id=str(row.message_id),
+                        timestamp=int(row.created_at.timestamp()),
+                        headers=amqp_headers(row.headers) if row.headers else None,
+                    ),
+                    mandatory=True,
+                )
+                self._tag += 1
+                batch.sent += 1
+                buffered += len(row.payload)
+                if buffered >= MAX_UNCONFIRMED_BYTES:
+                    self._await_confirms(batch)
+                    if self._channel_error is not None:
+                        break
+                    buffered = 0
+            if self._channel_error is None:
+                self._await_confirms(batch)
+            return self._finish(batch)
+        finally:
+            self._batch = None
+
+    def _await_confirms(self, batch: _Batch) -> None:
+        done = self._run_until(
+            lambda: (
+                batch.all_sent_settled()
+                or self._channel_error is not None
+                or self._conn_error is not None
+            ),
+            self._confirm_timeout_s,
+            patient_while_blocked=True,
+        )
+        if self._conn_error is not None or not done:
+            reason = (
+                self._describe(self._conn_error)
+                if self._conn_error is not None
+                else "stopping while confirms were outstanding"
+                if self._should_stop()
+                else f"no confirms within {self._confirm_timeout_s:g} s"
+            )
+            outcomes = {
+                row.id: outcome
+                for row, outcome in zip(batch.rows, batch.outcomes, strict=True)
+                if outcome is not None
+            }
+            self.close()
+            raise PublishInterruptedError(f"publishing interrupted: {reason}", outcomes)
+
+    def _finish(self, batch: _Batch) -> dict[int, Outcome]:
+        error = self._channel_error
+        if error is None:
+            return batch.by_row(lambda _row: Outcome.unsent())
+        unresolved = [
+            row for row, outcome in zip(batch.rows, batch.outcomes, strict=True) if outcome is None
+        ]
+        culprits = self._culprits(error, unresolved)
+        self._channel = None
+        log.warning(
+            "publisher.channel_closed",
+            reason=self._describe(error),
+            failed_rows=len(culprits),
+            unsent_rows=len(unresolved) - len(culprits),
+        )
+        return batch.by_row(lambda row: culprits.get(row.id, Outcome.unsent()))
+
+    def _culprits(
+        self, error: BaseException, unresolved: Sequence[OutboxRow]
+    ) -> dict[int, Outcome]:
+        """Which unconfirmed rows made the broker close the channel."""
+        if not unresolved:
+            return {}
+        code = getattr(error, "reply_code", None)
+        if code == _NOT_FOUND:
+            missing = {
+                exchange
+                for exchange in dict.fromkeys(row.exchange for row in unresolved)
+                if not self._exchange_exists(exchange)
+            }
+            if missing:
+                return {
+                    row.id: Outcome.failed(
+                        f"exchange '{row.exchange}' does not exist on vhost '{self.vhost}': "
+                        "run `outbox-relay topology apply` or create it"
+                    )
+                    for row in unresolved
+                    if row.exchange in missing
+                }
+        first = unresolved[0]
+        return {first.id: Outcome.failed(f"the broker closed the channel: {self._describe(error)}")}
+
+    def _exchange_exists(self, exchange: str) -> bool:
+        if not exchange:
+            return True
+        conn = self._require_connection()
+        result: list[bool] = []
+
+        def on_open(channel: Channel) -> None:
+            channel.add_on_close_callback(lambda _ch, _reason: self._note(result, False))
+            channel.exchange_declare(
+                exchange, passive=True, callback=lambda _frame: self._note(result, True)
+            )
+
+        probe: list[Channel] = []
+
+        def on_probe_open(channel: Channel) -> None:
+            probe.append(channel)
+            on_open(channel)
+
+        conn.channel(on_open_callback=on_probe_open)
+        self._run_until(
+            lambda: bool(result) or self._conn_error is not None, self._connect_timeout_s
+        )
+        if probe and probe[0].is_open:
+            probe[0].close()
+        return bool(result) and result[0]
+
+    # -- waiting ------------------------------------------------------------------------
+
+    def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
+        """Serve the connection (heartbeats) for up to ``timeout_s``; return early, with
+        True, once ``wake_fd`` is readable."""
+        conn = self._require_connection()
+        self._fd_ready = False
+        if wake_fd is not None:
+            conn.ioloop.add_handler(wake_fd, self._on_fd_readable, PollEvents.READ)
+        try:
+            self._run_until(lambda: self._fd_ready or self._conn_error is not None, timeout_s)
+        finally:
+            if wake_fd is not None and self._conn is not None:
+                self._conn.ioloop.remove_handler(wake_fd)
+        if self._conn_error is not None:
+            raise BrokerUnavailableError(f"connection lost: {self._describe(self._conn_error)}")
+        return self._fd_ready
+
+    def _on_fd_readable(self, _fd: int, _events: int) -> None:
+        self._fd_ready = True
+        self._check()
+
+    def _run_until(
+        self, done: Callable[[], bool], timeout_s: float, *, patient_while_blocked: bool = False
+    ) -> bool:
+        """Run the I/O loop until ``done()``; False on timeout or when asked to stop.
+
+        With ``patient_while_blocked`` the timeout restarts while the broker blocks the
+        connection (memory or disk alarm): publishing waits for it rather than giving up.
+        """
+        conn = self._conn
+        if conn is None:
+            return done()
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            now = time.monotonic()
+            if patient_while_blocked and self.blocked:
+                deadline = now + timeout_s
+            remaining = deadline - now
+            if remaining <= 0 or (patient_while_blocked and self._should_stop()):
+                return False
+            timer = conn.ioloop.call_later(min(remaining, _TICK_S), conn.ioloop.stop)
+            self._until = done
+            try:
+                conn.ioloop.start()
+            finally:
+                self._until = None
+                conn.ioloop.remove_timeout(timer)
+        return True
+
+    def _note(self, results: list[bool], value: bool) -> None:
+        results.append(value)
+        self._check()
+
+    def _check(self) -> None:
+        if self._until is not None and self._until() and self._conn is not None:
+            self._conn.ioloop.stop()
+
+    # -- pika callbacks -----------------------------------------------------------------
+
+    def _on_open(self, _conn: object) -> None:
+        self._opened = True
+        self._check()
+
+    def _on_open_error(self, _conn: object, error: BaseException | str) -> None:
+        self._conn_error = error if isinstance(error, BaseException) else RuntimeError(error)
+        self._check()
+
+    def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
+        self._conn_error = reason
+        self._channel = None
+        self._check()
+
+    def _on_blocked(self, _conn: object, frame: Method[Any]) -> None:
+        self.blocked = True
+        log.warning("publisher.blocked", reason=getattr(frame.method, "reason", ""))
+
+    def _on_unblocked(self, _conn: object, _frame: object) -> None:
+        self.blocked = False
+        log.info("publisher.unblocked")
+        self._check()
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if channel is self._channel or self._channel is None:
+            self._channel_error = reason
+        self._check()
+
+    def _on_return(
+        self, _channel: Channel, method: Basic.Return, properties: BasicProperties, _body: bytes
+    ) -> None:
+        if self._batch is not None and properties.message_id:
+            self._batch.returned[properties.message_id] = (
+                f"unroutable: no queue is bound to exchange '{method.exchange}' for routing key "
+                f"'{method.routing_key}' ({method.reply_code} {method.reply_text}); bind a queue "
+                "(`outbox-relay topology apply`) or give the exchange an alternate exchange"
+            )
+
+    def _on_confirm(self, frame: Method[Any]) -> None:
+        method = frame.method
+        if self._batch is not None:
+            self._batch.settle(
+                method.delivery_tag,
+                multiple=bool(method.multiple),
+                ack=isinstance(method, Basic.Ack),
+            )
+        self._check()
+
+    @staticmethod
+    def _describe(error: BaseException | None) -> str:
+        if error is None:
+            return "unknown reason"
+        code = getattr(error, "reply_code", None)
+        text = getattr(error, "reply_text", None)
+        if code is not None:
+            return f"{code} {text}"
+        return str(error) or type(error).__name__

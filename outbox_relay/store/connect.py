@@ -1,0 +1,53 @@
+"""Opening connections and translating psycopg's errors into ours."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from outbox_relay.errors import StoreError, StoreUnavailableError
+from outbox_relay.urls import redact_url
+
+CONNECT_TIMEOUT_S = 5
+# TCP keepalives notice a dead peer on an idle connection (the LISTEN one idles for long).
+KEEPALIVES_IDLE_S = 10
+KEEPALIVES_INTERVAL_S = 5
+KEEPALIVES_COUNT = 3
+
+
+def connect(
+    url: str, *, autocommit: bool, application_name: str
+) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection with a connect timeout and TCP keepalives; raises StoreUnavailableError."""
+    with translate_errors(f"connecting to {redact_url(url)}"):
+        return psycopg.Connection.connect(
+            url,
+            autocommit=autocommit,
+            connect_timeout=CONNECT_TIMEOUT_S,
+            application_name=application_name,
+            keepalives=1,
+            keepalives_idle=KEEPALIVES_IDLE_S,
+            keepalives_interval=KEEPALIVES_INTERVAL_S,
+            keepalives_count=KEEPALIVES_COUNT,
+        )
+
+
+@contextlib.contextmanager
+def translate_errors(action: str) -> Iterator[None]:
+    """psycopg.OperationalError and friends become StoreUnavailableError, the rest StoreError."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise StoreUnavailableError(
+            f"database unavailable while {action}: {_first_line(exc)}"
+        ) from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"database error while {action}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

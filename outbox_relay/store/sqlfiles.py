@@ -1,0 +1,117 @@
+"""The SQL in ``sql/``: migration files and named query blocks, composed with psycopg.sql.
+
+Placeholders in the files are ``{schema}`` (a quoted identifier) and ``{channel}`` (a
+quoted literal). They are spliced in as :mod:`psycopg.sql` objects, never as text, so a
+schema name cannot change the meaning of a statement.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from psycopg import sql
+
+_NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
+_PLACEHOLDER_RE = re.compile(r"\{(schema|channel)\}")
+_MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
+MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    text: str
+
+
+def sql_dir() -> Path:
+    """``outbox_relay/sql`` in an installed wheel, the repository's ``sql/`` otherwise."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if (candidate / "migrations").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"the SQL files are missing: looked in {here / 'sql'} and {here.parent / 'sql'}"
+    )
+
+
+@functools.cache
+def queries(group: str) -> dict[str, str]:
+    """Named blocks of ``sql/queries/GROUP.sql``."""
+    text = (sql_dir() / "queries" / f"{group}.sql").read_text(encoding="utf-8")
+    parts = _NAME_RE.split(text)
+    blocks: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        lines = [line for line in body.strip().splitlines() if not line.lstrip().startswith("--")]
+        blocks[name] = "\n".join(lines).strip()
+    return blocks
+
+
+@functools.cache
+def migrations() -> tuple[Migration, ...]:
+    found = []
+    for path in sorted((sql_dir() / "migrations").glob("*.sql")):
+        match = _MIGRATION_RE.match(path.name)
+        if match:
+            found.append(
+                Migration(int(match.group(1)), path.stem, path.read_text(encoding="utf-8"))
+            )
+    return tuple(found)
+
+
+def validate_schema_name(schema: str) -> str:
+    """A schema name PostgreSQL will store as given; any character is quoted safely."""
+    if not schema or "\x00" in schema:
+        raise ValueError(f"schema name {schema!r} is empty or contains NUL; choose another name")
+    if len(schema.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+        raise ValueError(
+            f"schema name {schema!r} is longer than {MAX_IDENTIFIER_BYTES} bytes, which "
+            "PostgreSQL would truncate; choose a shorter name"
+        )
+    return schema
+
+
+def notify_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema's outbox; always a valid channel name."""
+    channel = f"outbox_relay.{schema}"
+    if len(channel.encode("utf-8")) <= MAX_IDENTIFIER_BYTES:
+        return channel
+    return "outbox_relay." + hashlib.blake2b(schema.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def lock_key(*parts: str) -> int:
+    """A stable signed 64-bit advisory-lock key for a purpose and a schema."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def compose(template: str, *, schema: str) -> sql.Composed:
+    """Splice the quoted schema (and its NOTIFY channel) into a SQL template."""
+    pieces: list[sql.Composable] = []
+    position = 0
+    for match in _PLACEHOLDER_RE.finditer(template):
+        pieces.append(sql.SQL(template[position : match.start()]))
+        if match.group(1) == "schema":
+            pieces.append(sql.Identifier(schema))
+        else:
+            pieces.append(sql.Literal(notify_channel(schema)))
+        position = match.end()
+    pieces.append(sql.SQL(template[position:]))
+    return sql.Composed(pieces)
+
+
+class Queries:
+    """A query group composed for one schema, cached."""
+
+    def __init__(self, group: str, *, schema: str) -> None:
+        self._schema = validate_schema_name(schema)
+        self._composed = {
+            name: compose(text, schema=schema) for name, text in queries(group).items()
+        }
+
+    def __getitem__(self, name: str) -> sql.Composed:
+        return self._composed[name]

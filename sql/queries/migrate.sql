@@ -1,0 +1,12 @@
+-- Queries of `outbox-relay migrate`.
+
+-- name: lock
+-- Two `migrate` runs on one schema take turns.
+SELECT pg_advisory_xact_lock(%(lock_key)s)
+
+-- name: applied_versions
+SELECT version FROM {schema}.outbox_migrations ORDER BY version
+
+-- name: record_version
+INSERT INTO {schema}.outbox_migrations (version, name) VALUES (%(version)s, %(name)s)
+ON CONFLICT (version) DO NOTHING

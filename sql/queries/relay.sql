@@ -1,0 +1,61 @@
+-- Queries of the relay. Each block starts with `-- name: NAME`; {schema} is replaced by
+-- the quoted schema name, values are psycopg parameters.
+
+-- name: try_lock
+-- Only one relay claims from a schema at a time: the others stand by. Held until commit.
+SELECT pg_try_advisory_xact_lock(%(lock_key)s) AS locked
+
+-- name: claim_batch
+-- Due rows in id order. A key whose earliest pending row is waiting (retry backoff or a
+-- delay) is held back from that row on, so a failing row delays only its own key.
+WITH held AS (
+    SELECT partition_key, min(id) AS first_id
+    FROM {schema}.outbox
+    WHERE dead_at IS NULL AND available_at > now() AND partition_key IS NOT NULL
+    GROUP BY partition_key
+)
+SELECT o.id, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type,
+       o.headers, o.partition_key, o.created_at, o.attempts
+FROM {schema}.outbox AS o
+WHERE o.dead_at IS NULL
+  AND o.available_at <= now()
+  AND NOT EXISTS (
+      SELECT 1 FROM held AS h
+      WHERE h.partition_key = o.partition_key AND h.first_id < o.id
+  )
+ORDER BY o.id
+LIMIT %(limit)s
+FOR UPDATE OF o SKIP LOCKED
+
+-- name: delete_published
+DELETE FROM {schema}.outbox WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: record_failures
+-- One statement for all failed rows of a batch: attempts + 1, the error, the next try.
+UPDATE {schema}.outbox AS o
+SET attempts = o.attempts + 1,
+    last_error = f.error,
+    available_at = now() + make_interval(secs => f.delay_s),
+    dead_at = CASE WHEN f.dead THEN now() END
+FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(delays)s::float8[], %(dead)s::boolean[])
+    AS f(id, error, delay_s, dead)
+WHERE o.id = f.id
+
+-- name: listener_forget_gone
+-- Relays that died while waiting leave their flag behind; their sessions are gone.
+DELETE FROM {schema}.outbox_listener AS l
+WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = l.backend_pid)
+
+-- name: listener_set
+-- Sets or clears this relay's wake-up flag; returns seconds until the next scheduled row.
+WITH flag AS (
+    INSERT INTO {schema}.outbox_listener AS l (backend_pid, waiting, updated_at)
+    VALUES (pg_backend_pid(), %(waiting)s, now())
+    ON CONFLICT (backend_pid) DO UPDATE SET waiting = excluded.waiting, updated_at = now()
+)
+SELECT extract(epoch FROM min(available_at) - now())::float8 AS next_in_s
+FROM {schema}.outbox
+WHERE dead_at IS NULL AND available_at > now()
+
+-- name: listener_remove
+DELETE FROM {schema}.outbox_listener WHERE backend_pid = pg_backend_pid()
