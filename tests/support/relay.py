@@ -1,0 +1,71 @@
+"""Running the real relay in a background thread of the test process."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from outbox_relay.publisher import Publisher
+from outbox_relay.relay import Relay, RelaySettings
+from outbox_relay.store.relay_store import PostgresStore
+
+
+def make_relay(database_url: str, amqp_url: str, schema: str, **settings: Any) -> Relay:
+    relay: Relay | None = None
+    publisher = Publisher(url=amqp_url, should_stop=lambda: relay is not None and relay.stopping)
+    relay = Relay(
+        store=PostgresStore(url=database_url, schema=schema),
+        publisher=publisher,
+        settings=RelaySettings(**settings),
+    )
+    return relay
+
+
+@contextlib.contextmanager
+def running_relay(
+    database_url: str, amqp_url: str, schema: str, **settings: Any
+) -> Iterator[Relay]:
+    relay = make_relay(database_url, amqp_url, schema, **settings)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            relay.run()
+        except BaseException as exc:  # surfaced in the test's thread below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="relay", daemon=True)
+    thread.start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        thread.join(15)
+        assert not thread.is_alive(), "the relay did not stop within 15 s of stop()"
+        if errors:
+            raise errors[0]
+
+
+def outbox_rows(database_url: str, schema: str, columns: str = "id") -> list[tuple[Any, ...]]:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        query = sql.SQL("SELECT " + columns + " FROM {}.outbox ORDER BY id").format(  # noqa: S608 - test-only, fixed columns
+            sql.Identifier(schema)
+        )
+        return conn.execute(query).fetchall()
+
+
+def wait_for(
+    condition: Callable[[], bool], *, timeout_s: float = 20.0, interval_s: float = 0.05
+) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return condition()
