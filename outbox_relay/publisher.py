@@ -13,7 +13,7 @@ This is the only relay module that imports pika.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import pika
@@ -32,6 +32,7 @@ from outbox_relay.urls import redact_url
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
+EXCHANGE_CHECK_TTL_S = 10.0
 # Wait for the confirms of what is buffered before buffering more than this.
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
 _TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
@@ -125,6 +126,7 @@ class Publisher:
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
+        self._exchanges_seen: dict[str, float] = {}
 
     @property
     def vhost(self) -> str:
@@ -306,47 +308,57 @@ class Publisher:
         """Which unconfirmed rows made the broker close the channel."""
         if not unresolved:
             return {}
-        code = getattr(error, "reply_code", None)
-        if code == _NOT_FOUND:
-            missing = {
-                exchange
-                for exchange in dict.fromkeys(row.exchange for row in unresolved)
-                if not self._exchange_exists(exchange)
-            }
+        if getattr(error, "reply_code", None) == _NOT_FOUND:
+            self._exchanges_seen.clear()
+            missing = self.missing_exchanges({row.exchange for row in unresolved})
             if missing:
                 return {
-                    row.id: Outcome.failed(
-                        f"exchange '{row.exchange}' does not exist on vhost '{self.vhost}': "
-                        "run `outbox-relay topology apply` or create it"
-                    )
+                    row.id: Outcome.failed(missing[row.exchange])
                     for row in unresolved
                     if row.exchange in missing
                 }
         first = unresolved[0]
         return {first.id: Outcome.failed(f"the broker closed the channel: {self._describe(error)}")}
 
+    def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
+        """The exchanges among ``exchanges`` that do not exist, each with the error to record.
+
+        Publishing to a missing exchange closes the channel and loses the confirms of
+        everything in flight on it (so they would be sent twice); checking first avoids
+        that. An exchange seen to exist is trusted for EXCHANGE_CHECK_TTL_S.
+        """
+        now = time.monotonic()
+        missing: dict[str, str] = {}
+        for exchange in exchanges:
+            if not exchange or self._exchanges_seen.get(exchange, 0.0) > now:
+                continue
+            if self._exchange_exists(exchange):
+                self._exchanges_seen[exchange] = now + EXCHANGE_CHECK_TTL_S
+            else:
+                missing[exchange] = (
+                    f"exchange '{exchange}' does not exist on vhost '{self.vhost}': "
+                    "run `outbox-relay topology apply` or create it"
+                )
+        return missing
+
     def _exchange_exists(self, exchange: str) -> bool:
-        if not exchange:
-            return True
         conn = self._require_connection()
         result: list[bool] = []
+        probe: list[Channel] = []
 
         def on_open(channel: Channel) -> None:
+            probe.append(channel)
             channel.add_on_close_callback(lambda _ch, _reason: self._note(result, False))
             channel.exchange_declare(
                 exchange, passive=True, callback=lambda _frame: self._note(result, True)
             )
 
-        probe: list[Channel] = []
-
-        def on_probe_open(channel: Channel) -> None:
-            probe.append(channel)
-            on_open(channel)
-
-        conn.channel(on_open_callback=on_probe_open)
+        conn.channel(on_open_callback=on_open)
         self._run_until(
             lambda: bool(result) or self._conn_error is not None, self._connect_timeout_s
         )
+        if self._conn_error is not None:
+            raise BrokerUnavailableError(f"connection lost: {self._describe(self._conn_error)}")
         if probe and probe[0].is_open:
             probe[0].close()
         return bool(result) and result[0]

@@ -10,7 +10,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,6 +61,7 @@ class Publisher(Protocol):
     def connect(self) -> None: ...
     def close(self) -> None: ...
     def publish(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]: ...
+    def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]: ...
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool: ...
 
 
@@ -224,21 +225,26 @@ class Relay:
         return self._settle(rows, outcomes)
 
     def _publish(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]:
-        """Publish, and publish again what a closed channel left unsent, keeping key order."""
-        outcomes: dict[int, Outcome] = {}
-        pending: Sequence[OutboxRow] = rows
+        """Publish the batch; publish again what a closed channel left unsent.
+
+        Rows to a missing exchange fail before anything is sent, and every row that
+        would go out after a failed row of its key waits in the table instead.
+        """
+        missing = self._publisher.missing_exchanges({row.exchange for row in rows})
+        outcomes: dict[int, Outcome] = {
+            row.id: Outcome.failed(missing[row.exchange]) for row in rows if row.exchange in missing
+        }
+        unsent = [row.id for row in rows if row.id not in outcomes]
         for _ in range(MAX_PUBLISH_ROUNDS):
+            failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
+            pending = resend_order(rows, unsent, held_back(rows, failed))
+            if not pending:
+                break
             try:
                 outcomes.update(self._publisher.publish(pending))
             except PublishInterruptedError as exc:
                 raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
-            failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
             unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
-            if not unsent:
-                break
-            pending = resend_order(rows, unsent, held_back(rows, failed))
-            if not pending:
-                break
         return outcomes
 
     def _settle(self, rows: Sequence[OutboxRow], outcomes: Mapping[int, Outcome]) -> BatchResult:
