@@ -85,6 +85,20 @@ class BrokerHelper:
             quiet_until = time.monotonic() + quiet_s
         return got
 
+    def collect(self, queue: str, *, quiet_s: float = 1.0) -> list[Received]:
+        """Consume (fast, with prefetch) until the queue stays quiet for ``quiet_s``."""
+        got: list[Received] = []
+        self.channel.basic_qos(prefetch_count=1000)
+        for method, props, body in self.channel.consume(queue, inactivity_timeout=quiet_s):
+            if method is None:
+                break
+            got.append(
+                Received(body, method.routing_key, method.exchange, props, method.redelivered)
+            )
+            self.channel.basic_ack(method.delivery_tag)
+        self.channel.cancel()
+        return got
+
     def cleanup(self) -> None:
         try:
             if not self.channel.is_open:

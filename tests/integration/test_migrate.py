@@ -1,0 +1,135 @@
+"""Migrations: idempotent, in any existing schema, touching nothing else; printed DDL matches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import outbox_relay
+from outbox_relay.store.schema import migrate, migration_sql
+
+pytestmark = pytest.mark.integration
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "outbox_relay.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def app_schema(database_url: str) -> object:
+    """An application's existing schema with a table of its own in it."""
+    name = f"app_{uuid.uuid4().hex[:8]}"
+    ident = sql.Identifier(name)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.orders (id int PRIMARY KEY, total numeric)").format(ident)
+        )
+        conn.execute(sql.SQL("INSERT INTO {}.orders VALUES (1, 9.5), (2, 3)").format(ident))
+    yield name
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+
+
+def tables(database_url: str, schema: str) -> list[str]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s ORDER BY 1",
+            [schema],
+        ).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_migrate_twice_into_an_existing_schema_leaves_its_tables_alone(
+    database_url: str, app_schema: str
+) -> None:
+    first = cli("migrate", "--database-url", database_url, "--schema", app_schema)
+    second = cli("migrate", "--database-url", database_url, "--schema", app_schema)
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_outbox" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "up to date" in second.stdout
+    assert tables(database_url, app_schema) == [
+        "orders",
+        "outbox",
+        "outbox_listener",
+        "outbox_migrations",
+    ]
+    with psycopg.connect(database_url) as conn:
+        orders = conn.execute(
+            sql.SQL("SELECT id, total FROM {}.orders ORDER BY id").format(
+                sql.Identifier(app_schema)
+            )
+        ).fetchall()
+    assert [(i, float(t)) for i, t in orders] == [(1, 9.5), (2, 3.0)]
+
+
+def test_printed_sql_applied_by_hand_then_migrate_is_a_no_op(
+    database_url: str, app_schema: str
+) -> None:
+    printed = cli("sql", "--schema", app_schema)
+    assert printed.returncode == 0, printed.stderr
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(printed.stdout)  # type: ignore[call-overload]  # what a DBA would run
+    report = migrate(database_url, schema=app_schema)
+    assert report.applied == ()
+    assert report.already == ("0001_outbox",)
+    with psycopg.connect(database_url) as conn:
+        outbox_relay.publish(conn, exchange="e", routing_key="k", payload={}, schema=app_schema)
+        conn.commit()
+
+
+def test_a_hostile_schema_name_is_quoted_not_executed(database_url: str) -> None:
+    hostile = 'x"; DROP TABLE canary; --'
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS public.canary_outbox_relay (id int)")
+    try:
+        migrate(database_url, schema=hostile)
+        with psycopg.connect(database_url) as conn:
+            outbox_relay.publish(conn, exchange="e", routing_key="k", payload={}, schema=hostile)
+            conn.commit()
+        assert "outbox" in tables(database_url, hostile)
+        assert "canary_outbox_relay" in tables(database_url, "public")
+        assert f'CREATE SCHEMA IF NOT EXISTS "x""; DROP TABLE canary; --"' in migration_sql(
+            schema=hostile
+        )
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(hostile))
+            )
+            conn.execute("DROP TABLE IF EXISTS public.canary_outbox_relay")
+
+
+def test_migrate_explains_an_unreachable_database() -> None:
+    result = cli("migrate", "--database-url", "postgresql://nobody:secret@127.0.0.1:1/none")
+    assert result.returncode == 1
+    assert "database unavailable" in result.stderr
+    assert "secret" not in result.stderr
+
+
+def test_run_without_migrate_says_so(database_url: str, amqp_url: str) -> None:
+    result = cli(
+        "run",
+        "--database-url",
+        database_url,
+        "--amqp-url",
+        amqp_url,
+        "--schema",
+        f"none_{uuid.uuid4().hex[:6]}",
+        "--log-format",
+        "json",
+    )
+    assert result.returncode == 1
+    assert "outbox-relay migrate" in result.stderr

@@ -1,0 +1,177 @@
+"""publish() on real PostgreSQL: in the caller's transaction, with every supported connection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import outbox_relay
+from outbox_relay import InvalidMessageError, Message
+
+pytestmark = pytest.mark.integration
+
+
+def count(database_url: str, schema: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.outbox").format(sql.Identifier(schema))
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def test_rows_exist_only_when_the_caller_commits(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        outbox_relay.publish(conn, exchange="orders", routing_key="a", payload={}, schema=schema)
+        assert count(database_url, schema) == 0  # not visible before commit
+        conn.rollback()
+        assert count(database_url, schema) == 0
+        outbox_relay.publish(conn, exchange="orders", routing_key="a", payload={}, schema=schema)
+        conn.commit()
+    assert count(database_url, schema) == 1
+
+
+def test_a_cursor_and_a_batch_work_in_one_round_trip(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        one = outbox_relay.publish(
+            cur, exchange="orders", routing_key="a", payload=[1], schema=schema
+        )
+        many = outbox_relay.publish_many(
+            cur,
+            [Message(exchange="orders", routing_key=f"r{i}", payload={"i": i}) for i in range(100)],
+            schema=schema,
+        )
+        conn.commit()
+    assert isinstance(one, uuid.UUID)
+    assert len(set(many)) == 100
+    assert count(database_url, schema) == 101
+
+
+def test_bad_input_raises_before_anything_is_written(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        outbox_relay.publish(conn, exchange="orders", routing_key="ok", payload={}, schema=schema)
+        with pytest.raises(InvalidMessageError, match="payload"):
+            outbox_relay.publish(
+                conn, exchange="orders", routing_key="a", payload={1, 2}, schema=schema
+            )
+        with pytest.raises(InvalidMessageError, match=r"messages\[1\]: exchange"):
+            outbox_relay.publish_many(
+                conn,
+                [
+                    Message(exchange="orders", routing_key="a", payload={}),
+                    Message(exchange="", routing_key="a", payload={}),
+                ],
+                schema=schema,
+            )
+        # the transaction is still healthy and holds only the good row
+        conn.commit()
+    assert count(database_url, schema) == 1
+
+
+def test_autocommit_outside_a_transaction_is_refused(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(InvalidMessageError, match="autocommit"):
+            outbox_relay.publish(
+                conn, exchange="orders", routing_key="a", payload={}, schema=schema
+            )
+        with conn.transaction():
+            outbox_relay.publish(
+                conn, exchange="orders", routing_key="a", payload={}, schema=schema
+            )
+    assert count(database_url, schema) == 1
+
+
+def test_a_failed_transaction_is_refused_with_the_way_out(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            conn.execute("SELECT 1/0")
+        with pytest.raises(InvalidMessageError, match="roll it back"):
+            outbox_relay.publish(
+                conn, exchange="orders", routing_key="a", payload={}, schema=schema
+            )
+
+
+def test_async_connection(database_url: str, schema: str) -> None:
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await outbox_relay.publish_async(
+                conn, exchange="orders", routing_key="a", payload={"a": 1}, schema=schema
+            )
+            await outbox_relay.publish_many_async(
+                conn, [Message(exchange="orders", routing_key="b", payload=b"x")], schema=schema
+            )
+            with pytest.raises(InvalidMessageError, match="publish_async"):
+                outbox_relay.publish(
+                    conn, exchange="orders", routing_key="a", payload={}, schema=schema
+                )
+            await conn.commit()
+
+    asyncio.run(main())
+    assert count(database_url, schema) == 2
+
+
+def sqlalchemy_url(database_url: str, *, driver: str = "psycopg") -> str:
+    return database_url.replace("postgresql://", f"postgresql+{driver}://", 1)
+
+
+def test_sqlalchemy_session_joins_the_orm_transaction(database_url: str, schema: str) -> None:
+    sqlalchemy = pytest.importorskip("sqlalchemy")
+    from sqlalchemy.orm import Session
+
+    engine = sqlalchemy.create_engine(sqlalchemy_url(database_url))
+    try:
+        with Session(engine) as session:
+            session.execute(sqlalchemy.text("SELECT 1"))
+            outbox_relay.publish(
+                session, exchange="orders", routing_key="a", payload={"orm": True}, schema=schema
+            )
+            session.rollback()
+        assert count(database_url, schema) == 0
+        with Session(engine) as session, session.begin():
+            outbox_relay.publish(
+                session, exchange="orders", routing_key="a", payload={"orm": True}, schema=schema
+            )
+        with engine.begin() as connection:
+            outbox_relay.publish(
+                connection,
+                exchange="orders",
+                routing_key="b",
+                payload={"core": True},
+                schema=schema,
+            )
+    finally:
+        engine.dispose()
+    assert count(database_url, schema) == 2
+
+
+def test_sqlalchemy_async_session(database_url: str, schema: str) -> None:
+    pytest.importorskip("sqlalchemy")
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    async def main() -> None:
+        engine = create_async_engine(sqlalchemy_url(database_url))
+        try:
+            async with AsyncSession(engine) as session, session.begin():
+                await outbox_relay.publish_async(
+                    session, exchange="orders", routing_key="a", payload={}, schema=schema
+                )
+            async with engine.begin() as connection:
+                await outbox_relay.publish_async(
+                    connection, exchange="orders", routing_key="b", payload={}, schema=schema
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+    assert count(database_url, schema) == 2
+
+
+def test_unsupported_connection_names_what_to_pass(schema: str) -> None:
+    with pytest.raises(InvalidMessageError, match="psycopg 3 Connection"):
+        outbox_relay.publish(
+            object(), exchange="orders", routing_key="a", payload={}, schema=schema
+        )
