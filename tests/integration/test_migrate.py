@@ -101,7 +101,7 @@ def test_a_hostile_schema_name_is_quoted_not_executed(database_url: str) -> None
             conn.commit()
         assert "outbox" in tables(database_url, hostile)
         assert "canary_outbox_relay" in tables(database_url, "public")
-        assert f'CREATE SCHEMA IF NOT EXISTS "x""; DROP TABLE canary; --"' in migration_sql(
+        assert 'CREATE SCHEMA IF NOT EXISTS "x""; DROP TABLE canary; --"' in migration_sql(
             schema=hostile
         )
     finally:

@@ -48,7 +48,7 @@ def unavailable(env: str, detail: str) -> None:
 
 def docker_available() -> bool:
     try:
-        import docker  # noqa: PLC0415 - optional, only when no URL is set
+        import docker
     except ImportError:
         return False
     try:
@@ -66,7 +66,7 @@ def postgres_url() -> Iterator[str]:
         return
     if not docker_available():
         unavailable(DATABASE_ENV, f"{DATABASE_ENV} is unset and no Docker engine answers")
-    from testcontainers.postgres import PostgresContainer  # noqa: PLC0415
+    from testcontainers.postgres import PostgresContainer
 
     with PostgresContainer("postgres:16-alpine", driver=None) as container:
         yield container.get_connection_url()
@@ -80,7 +80,7 @@ def amqp_url() -> Iterator[str]:
         return
     if not docker_available():
         unavailable(AMQP_ENV, f"{AMQP_ENV} is unset and no Docker engine answers")
-    from testcontainers.rabbitmq import RabbitMqContainer  # noqa: PLC0415
+    from testcontainers.rabbitmq import RabbitMqContainer
 
     with RabbitMqContainer("rabbitmq:3.13-management-alpine") as container:
         host = container.get_container_host_ip()
