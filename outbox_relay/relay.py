@@ -280,6 +280,6 @@ class Relay:
             attempt,
             base_s=self._settings.retry_base_s,
             max_s=self._settings.retry_max_s,
-            jitter=self._random_unit() * 0.999,
+            jitter=self._random_unit(),
         )
         return Failure(row_id=row.id, error=error, retry_in_s=0.0 if dead else delay, dead=dead)
