@@ -36,7 +36,7 @@ check: lint typecheck test
 
 ## demo: orders with outbox messages, some rolled back, relayed and consumed
 demo: $(STAMP)
-	$(BIN)/python -m outbox_relay.demo
+	$(BIN)/python deploy/demo.py
 
 ## bench: the benchmark suite (see benchmarks/README.md)
 bench: $(STAMP)
