@@ -34,6 +34,11 @@ EXCHANGE = "outbox_demo.orders"
 QUEUE = "outbox_demo.billing"
 ORDERS = 300
 ORDERS_PER_SECOND = 200
+COMPOSE_UP = "`docker compose -f deploy/docker-compose.yml up -d postgres rabbitmq`"
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def check_services() -> None:
@@ -42,10 +47,10 @@ def check_services() -> None:
         psycopg.connect(DATABASE_URL, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
         problems.append(
-            f"PostgreSQL is not reachable at {DATABASE_URL} ({str(exc).strip().splitlines()[0]}).\n"
+            f"PostgreSQL is not reachable at {DATABASE_URL} ({first_line(exc)}).\n"
             "  Start it: pg_ctlcluster --skip-systemctl-redirect 15 main start "
             "(Debian: apt-get install postgresql),\n"
-            "  or `docker compose -f deploy/docker-compose.yml up -d postgres rabbitmq` where Docker runs,\n"
+            f"  or, where Docker runs, {COMPOSE_UP},\n"
             "  or point OUTBOX_RELAY_DATABASE_URL at yours."
         )
     try:
@@ -54,7 +59,7 @@ def check_services() -> None:
         problems.append(
             f"RabbitMQ is not reachable at {AMQP_URL} ({exc!r}).\n"
             "  Start it: rabbitmq-server -detached (Debian: apt-get install rabbitmq-server),\n"
-            "  or `docker compose -f deploy/docker-compose.yml up -d postgres rabbitmq` where Docker runs,\n"
+            f"  or, where Docker runs, {COMPOSE_UP},\n"
             "  or point OUTBOX_RELAY_AMQP_URL at yours."
         )
     if problems:
@@ -128,15 +133,13 @@ def main() -> None:
     try:
         time.sleep(1.0)  # let the relay connect and fall asleep on LISTEN
         print(f"writing {ORDERS} orders, one transaction each, every tenth rolled back ...")
+        insert_order = sql.SQL("INSERT INTO {}.orders (id, total) VALUES (%s, %s)").format(
+            sql.Identifier(SCHEMA)
+        )
         with psycopg.connect(DATABASE_URL) as conn:
             for n in range(ORDERS):
                 order_id = uuid.uuid4()
-                conn.execute(
-                    sql.SQL("INSERT INTO {}.orders (id, total) VALUES (%s, %s)").format(
-                        sql.Identifier(SCHEMA)
-                    ),
-                    (order_id, 10 + n),
-                )
+                conn.execute(insert_order, (order_id, 10 + n))
                 message_id = outbox_relay.publish(
                     conn,
                     exchange=EXCHANGE,
