@@ -17,8 +17,18 @@ import structlog
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
 from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
 from outbox_relay.logs import LOG_LEVELS, configure_logging
+from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
-from outbox_relay.relay import BATCH_SIZE, MAX_ATTEMPTS, POLL_INTERVAL_S, Relay, RelaySettings
+from outbox_relay.relay import (
+    BATCH_SIZE,
+    HEARTBEAT_INTERVAL_S,
+    LEASE_TTL_S,
+    MAX_ATTEMPTS,
+    POLL_INTERVAL_S,
+    Relay,
+    RelaySettings,
+    new_relay_id,
+)
 from outbox_relay.settings import (
     DEFAULT_AMQP_URL,
     DEFAULT_DATABASE_URL,
@@ -65,6 +75,18 @@ def schema_option(func: F) -> F:
         show_default=True,
         show_envvar=True,
         help="Schema that holds the outbox table.",
+    )(func)
+
+
+def partitions_option(func: F) -> F:
+    return click.option(
+        "--partitions",
+        envvar="OUTBOX_RELAY_PARTITIONS",
+        type=click.IntRange(1, MAX_PARTITIONS),
+        default=DEFAULT_PARTITIONS,
+        show_default=True,
+        show_envvar=True,
+        help="Partitions that relays share (fixed when the outbox is created).",
     )(func)
 
 
@@ -120,12 +142,13 @@ def main() -> None:
 @main.command()
 @database_url_option
 @schema_option
-def migrate(database_url: str, schema: str) -> None:
+@partitions_option
+def migrate(database_url: str, schema: str, partitions: int) -> None:
     """Create or upgrade the outbox tables in SCHEMA (creating the schema if needed).
 
     Idempotent: a second run applies nothing. Touches no other table.
     """
-    report = apply_migrations(database_url, schema=schema)
+    report = apply_migrations(database_url, schema=schema, partitions=partitions)
     target = f"{redact_url(database_url)} schema {schema!r}"
     if report.applied:
         click.echo(f"applied {', '.join(report.applied)} to {target}")
@@ -135,6 +158,7 @@ def migrate(database_url: str, schema: str) -> None:
 
 @main.command("sql")
 @schema_option
+@partitions_option
 @click.option(
     "--since-version",
     type=click.IntRange(min=0),
@@ -142,13 +166,14 @@ def migrate(database_url: str, schema: str) -> None:
     show_default=True,
     help="Print only migrations newer than this version.",
 )
-def print_sql(schema: str, since_version: int) -> None:
+def print_sql(schema: str, partitions: int, since_version: int) -> None:
     """Print the DDL that `migrate` applies, for Alembic, Django, Flyway or a DBA.
 
     Every statement is idempotent and records its version, so `migrate` can run after it.
     """
     try:
-        click.echo(migration_sql(schema=schema, since_version=since_version), nl=False)
+        text = migration_sql(schema=schema, since_version=since_version, partitions=partitions)
+        click.echo(text, nl=False)
     except ValueError as exc:
         raise ConfigurationError(f"--schema: {exc}") from exc
 
@@ -212,6 +237,25 @@ def print_sql(schema: str, since_version: int) -> None:
     help="Seconds to wait for publisher confirms before reconnecting (not counted while "
     "the broker blocks publishers).",
 )
+@click.option(
+    "--lease-ttl",
+    envvar="OUTBOX_RELAY_LEASE_TTL",
+    type=float,
+    default=LEASE_TTL_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a relay holds its partitions without a heartbeat; a dead relay's "
+    "partitions move after at most this plus --heartbeat-interval.",
+)
+@click.option(
+    "--heartbeat-interval",
+    envvar="OUTBOX_RELAY_HEARTBEAT_INTERVAL",
+    type=float,
+    default=HEARTBEAT_INTERVAL_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds between heartbeats, which renew leases and rebalance partitions.",
+)
 @logging_options
 def run(
     database_url: str,
@@ -223,6 +267,8 @@ def run(
     retry_base: float,
     retry_max: float,
     confirm_timeout: float,
+    lease_ttl: float,
+    heartbeat_interval: float,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -237,6 +283,8 @@ def run(
             max_attempts=max_attempts,
             retry_base_s=retry_base,
             retry_max_s=retry_max,
+            lease_ttl_s=lease_ttl,
+            heartbeat_interval_s=heartbeat_interval,
         ),
         confirm_timeout_s=confirm_timeout,
     )
@@ -248,7 +296,12 @@ def run(
         return relay is not None and relay.stopping
 
     relay = Relay(
-        store=PostgresStore(url=settings.database_url, schema=settings.schema),
+        store=PostgresStore(
+            url=settings.database_url,
+            schema=settings.schema,
+            relay_id=new_relay_id(),
+            lease_ttl_s=settings.relay.lease_ttl_s,
+        ),
         publisher=Publisher(
             url=settings.amqp_url,
             confirm_timeout_s=settings.confirm_timeout_s,

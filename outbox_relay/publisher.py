@@ -127,6 +127,7 @@ class Publisher:
         self._fd_ready = False
         self.blocked = False
         self._exchanges_seen: dict[str, float] = {}
+        self._deadline: float | None = None
 
     @property
     def vhost(self) -> str:
@@ -214,14 +215,20 @@ class Publisher:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]:
+    def publish(
+        self, rows: Sequence[OutboxRow], *, deadline: float | None = None
+    ) -> dict[int, Outcome]:
         """Publish ``rows`` in order and return each row's outcome, keyed by row id.
 
         Rows the broker refused are FAILED with a reason; rows that never reached the
         broker because the channel closed under them are UNSENT. Raises
         PublishInterruptedError (carrying the outcomes known so far) when the connection
-        is lost or confirms do not arrive within the confirm timeout.
+        is lost, confirms do not arrive within the confirm timeout, or the monotonic
+        ``deadline`` (the end of the caller's lease) passes.
         """
+        if deadline is not None and time.monotonic() >= deadline:
+            raise PublishInterruptedError("the partition lease ran out before publishing", {})
+        self._deadline = deadline
         if self._channel is None or not self._channel.is_open:
             self._open_channel()
         channel = self._channel
@@ -270,13 +277,14 @@ class Publisher:
             patient_while_blocked=True,
         )
         if self._conn_error is not None or not done:
-            reason = (
-                self._describe(self._conn_error)
-                if self._conn_error is not None
-                else "stopping while confirms were outstanding"
-                if self._should_stop()
-                else f"no confirms within {self._confirm_timeout_s:g} s"
-            )
+            if self._conn_error is not None:
+                reason = self._describe(self._conn_error)
+            elif self._should_stop():
+                reason = "stopping while confirms were outstanding"
+            elif self._deadline is not None and time.monotonic() >= self._deadline:
+                reason = "the partition lease ran out while confirms were outstanding"
+            else:
+                reason = f"no confirms within {self._confirm_timeout_s:g} s"
             outcomes = {
                 row.id: outcome
                 for row, outcome in zip(batch.rows, batch.outcomes, strict=True)
@@ -402,7 +410,9 @@ class Publisher:
             if patient_while_blocked and self.blocked:
                 deadline = now + timeout_s
             remaining = deadline - now
-            if remaining <= 0 or (patient_while_blocked and self._should_stop()):
+            if patient_while_blocked and self._deadline is not None:
+                remaining = min(remaining, self._deadline - now)
+            if remaining <= 0 or (patient_while_blocked and self.blocked and self._should_stop()):
                 return False
             timer = conn.ioloop.call_later(min(remaining, _TICK_S), conn.ioloop.stop)
             self._until = done

@@ -7,9 +7,12 @@ and RabbitMQ adapters implement them, and unit tests drive the loop with fakes.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,8 +35,13 @@ from outbox_relay.errors import (
 from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order
 from outbox_relay.outcome import Failure, Outcome, Status
+from outbox_relay.partitions import Leases
 
 BATCH_SIZE = 500
+LEASE_TTL_S = 8.0
+HEARTBEAT_INTERVAL_S = 2.0
+# Stop publishing this long before the lease runs out by the relay's own clock.
+LEASE_SAFETY_MARGIN_S = 1.0
 POLL_INTERVAL_S = 0.5
 MAX_ATTEMPTS = 10
 MAX_PUBLISH_ROUNDS = 5
@@ -43,9 +51,16 @@ RECONNECT_MULTIPLIER_S = 0.5
 log = structlog.get_logger("outbox_relay.relay")
 
 
+def new_relay_id() -> str:
+    """host:pid:random, unique per process start and readable in `outbox-relay status`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 class Store(Protocol):
     def connect(self) -> None: ...
     def close(self) -> None: ...
+    def heartbeat(self) -> Leases: ...
+    def release_leases(self) -> None: ...
     def claim(self, limit: int) -> list[OutboxRow]: ...
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None: ...
     def release(self) -> None: ...
@@ -60,7 +75,9 @@ class Publisher(Protocol):
     def connected(self) -> bool: ...
     def connect(self) -> None: ...
     def close(self) -> None: ...
-    def publish(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]: ...
+    def publish(
+        self, rows: Sequence[OutboxRow], *, deadline: float | None = None
+    ) -> dict[int, Outcome]: ...
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]: ...
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool: ...
 
@@ -73,6 +90,8 @@ class RelaySettings:
     retry_base_s: float = RETRY_BASE_S
     retry_max_s: float = RETRY_MAX_S
     reconnect_max_s: float = RECONNECT_MAX_S
+    lease_ttl_s: float = LEASE_TTL_S
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,9 @@ class Relay:
         self._store_ok = False
         self._outage: str | None = None
         self._next_due_in: float | None = None
+        self._leases: Leases | None = None
+        self._lease_deadline = 0.0  # monotonic; past it, this relay may not publish
+        self._next_heartbeat = 0.0
         self.last_iteration = time.monotonic()
 
     def stop(self) -> None:
@@ -144,6 +166,8 @@ class Relay:
     def _serve(self) -> None:
         self._connect()
         while not self._stopping.is_set():
+            if time.monotonic() >= self._next_heartbeat:
+                self._heartbeat()
             result = self.run_batch()
             self.last_iteration = time.monotonic()
             if result.claimed >= self._settings.batch_size:
@@ -160,7 +184,10 @@ class Relay:
             self._sleep()
 
     def _sleep(self) -> None:
-        timeout = self._settings.poll_interval_s
+        timeout = min(
+            self._settings.poll_interval_s,
+            max(0.0, self._next_heartbeat - time.monotonic()),
+        )
         next_due = self._next_due_in
         if next_due is not None:
             timeout = min(timeout, next_due)
@@ -172,11 +199,30 @@ class Relay:
             # Something was inserted; refresh the time of the next scheduled row too.
             self._next_due_in = self._store.set_waiting(True)
 
+    def _heartbeat(self) -> None:
+        started = time.monotonic()
+        leases = self._store.heartbeat()
+        if self._leases is None or leases.owned != self._leases.owned:
+            log.info(
+                "relay.partitions_changed",
+                owned=len(leases.owned),
+                partitions=leases.partitions,
+                live_relays=len(leases.live),
+            )
+        self._leases = leases
+        self._lease_deadline = started + self._settings.lease_ttl_s - LEASE_SAFETY_MARGIN_S
+        self._next_heartbeat = started + self._settings.heartbeat_interval_s
+
+    @property
+    def owned_partitions(self) -> tuple[int, ...]:
+        return self._leases.owned if self._leases is not None else ()
+
     def _connect(self) -> None:
         if not self._store_ok:
             self._store.connect()
             self._store_ok = True
             self._waiting = False
+            self._next_heartbeat = 0.0
         if not self._publisher.connected:
             self._publisher.connect()
         if self._outage is not None:
@@ -201,6 +247,7 @@ class Relay:
         if self._store_ok:
             with contextlib.suppress(StoreUnavailableError):
                 self._store.forget_waiting()
+                self._store.release_leases()
         self._store.close()
         self._publisher.close()
         self._store_ok = False
@@ -210,6 +257,8 @@ class Relay:
     def run_batch(self) -> BatchResult:
         """Claim, publish and settle one batch. Raises the *Unavailable errors after
         settling what the broker already confirmed."""
+        if not self.owned_partitions or time.monotonic() >= self._lease_deadline:
+            return BatchResult(0, 0, 0, 0)
         rows = self._store.claim(self._settings.batch_size)
         if not rows:
             self._store.release()
@@ -241,7 +290,7 @@ class Relay:
             if not pending:
                 break
             try:
-                outcomes.update(self._publisher.publish(pending))
+                outcomes.update(self._publisher.publish(pending, deadline=self._lease_deadline))
             except PublishInterruptedError as exc:
                 raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
             unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]

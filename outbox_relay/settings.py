@@ -50,6 +50,14 @@ class RunSettings:
                 relay.retry_max_s >= relay.retry_base_s,
                 "--retry-max must be at least --retry-base",
             ),
+            (relay.heartbeat_interval_s > 0, "--heartbeat-interval must be positive"),
+            (
+                relay.lease_ttl_s >= 2 * relay.heartbeat_interval_s + 1,
+                (
+                    "--lease-ttl must be at least twice --heartbeat-interval plus one second, "
+                    "or one late heartbeat loses the partitions"
+                ),
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -12,10 +12,15 @@ from collections.abc import Iterator
 import pika
 import psycopg
 import pytest
+from hypothesis import settings
 
 from outbox_relay.store.schema import migrate
 from tests.support import services
 from tests.support.broker import BrokerHelper
+
+# Shared, noisy machines: a slow example is not a failure.
+settings.register_profile("outbox-relay", deadline=None)
+settings.load_profile("outbox-relay")
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
-"""The relay's side of the outbox: claim due rows, settle them, and the wake-up flag.
+"""The relay's side of the outbox: leases, claim due rows, settle them, the wake-up flag.
 
-Two connections: one for work (claim, publish and settle happen inside one transaction
-on it, so claimed rows stay locked until settled) and one that LISTENs for the trigger's
-NOTIFY and carries this relay's wake-up flag.
+Two connections: one for work (heartbeats between batches; claim, publish and settle
+inside one transaction, so claimed rows stay locked until settled) and one that LISTENs
+for the trigger's NOTIFY and carries this relay's wake-up flag.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,19 +19,30 @@ from psycopg import sql
 from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
+from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.store.connect import connect, translate_errors
-from outbox_relay.store.sqlfiles import Queries, lock_key, notify_channel
+from outbox_relay.store.sqlfiles import Queries, notify_channel
 
 
 class PostgresStore:
     """Claims and settles outbox rows of one schema."""
 
-    def __init__(self, *, url: str, schema: str, application_name: str = "outbox-relay") -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        schema: str,
+        relay_id: str,
+        lease_ttl_s: float,
+        application_name: str = "outbox-relay",
+    ) -> None:
         self._url = url
         self._schema = schema
+        self.relay_id = relay_id
+        self._lease_ttl_s = lease_ttl_s
         self._application_name = application_name
         self._q = Queries("relay", schema=schema)
-        self._lock_key = lock_key("relay", schema)
+        self._leases = Queries("leases", schema=schema)
         self._work: psycopg.Connection[Any] | None = None
         self._listen: psycopg.Connection[Any] | None = None
 
@@ -49,6 +62,49 @@ class PostgresStore:
                 sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self._schema)))
             )
             self._listen.execute(self._q["listener_forget_gone"])
+            self._listen.execute(self._leases["forget_stale_relays"])
+        with translate_errors("configuring the work connection"):
+            timeout_ms = str(int(self._lease_ttl_s * 1000))
+            self._work.execute(self._q["limit_idle_transactions"], {"timeout_ms": timeout_ms})
+            self._work.commit()
+
+    # -- leases -------------------------------------------------------------------------
+
+    def heartbeat(self) -> Leases:
+        """Say this relay is alive, renew its leases, and take or hand back partitions
+        until it holds its fair share. One short transaction."""
+        conn = self._require(self._work)
+        ids = {"relay_id": self.relay_id, "ttl_s": self._lease_ttl_s}
+        with translate_errors("renewing partition leases"):
+            row = conn.execute(
+                self._leases["heartbeat"],
+                {**ids, "hostname": socket.gethostname(), "pid": os.getpid()},
+            ).fetchone()
+            assert row is not None  # noqa: S101 - the statement always returns one row
+            owned, live, partitions = list(row[0]), tuple(row[1]), int(row[2])
+            share = fair_share(partitions, live, self.relay_id)
+            extra = surplus(owned, share)
+            if extra:
+                conn.execute(self._leases["release"], {**ids, "partitions": extra})
+                owned = [p for p in owned if p not in extra]
+            elif len(owned) < share:
+                taken = conn.execute(
+                    self._leases["acquire"], {**ids, "wanted": share - len(owned)}
+                ).fetchall()
+                owned += [r[0] for r in taken]
+            conn.commit()
+        return Leases(owned=tuple(sorted(owned)), live=live, partitions=partitions)
+
+    def release_leases(self) -> None:
+        """Hand every partition back and leave, so others take over at once."""
+        conn = self._work
+        if conn is None or conn.closed:
+            return
+        with translate_errors("releasing partition leases"):
+            conn.rollback()
+            conn.execute(self._leases["release_all"], {"relay_id": self.relay_id})
+            conn.execute(self._leases["unregister"], {"relay_id": self.relay_id})
+            conn.commit()
 
     def close(self) -> None:
         for conn in (self._work, self._listen):
@@ -60,16 +116,13 @@ class PostgresStore:
     # -- one batch: claim, then settle or release ----------------------------------------
 
     def claim(self, limit: int) -> list[OutboxRow]:
-        """Lock up to ``limit`` due rows in id order, in a transaction left open.
-
-        Returns nothing while another relay is claiming from the same schema.
-        """
+        """Lock up to ``limit`` due rows of this relay's partitions, in id order, in a
+        transaction left open for :meth:`settle` or :meth:`release`."""
         conn = self._require(self._work)
         with translate_errors("claiming outbox rows"):
-            locked = conn.execute(self._q["try_lock"], {"lock_key": self._lock_key}).fetchone()
-            if not locked or not locked[0]:
-                return []
-            rows = conn.execute(self._q["claim_batch"], {"limit": limit}).fetchall()
+            rows = conn.execute(
+                self._q["claim_batch"], {"limit": limit, "relay_id": self.relay_id}
+            ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:

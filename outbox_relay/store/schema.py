@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
+from outbox_relay.errors import ConfigurationError
+from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from outbox_relay.store.connect import connect, translate_errors
-from outbox_relay.store.sqlfiles import Queries, compose, lock_key, migrations, validate_schema_name
+from outbox_relay.store.sqlfiles import (
+    Migration,
+    Queries,
+    compose,
+    lock_key,
+    migrations,
+    validate_schema_name,
+)
 
 
 @dataclass(frozen=True)
@@ -15,44 +26,57 @@ class MigrationReport:
     schema: str
     applied: tuple[str, ...]
     already: tuple[str, ...]
+    partitions: int
 
 
-def migrate(url: str, *, schema: str) -> MigrationReport:
-    """Apply the missing migrations in one transaction; a second run is a no-op."""
-    validate_schema_name(schema)
+def migrate(url: str, *, schema: str, partitions: int = DEFAULT_PARTITIONS) -> MigrationReport:
+    """Apply the missing migrations in one transaction; a second run is a no-op.
+
+    ``partitions`` is fixed by the first run; asking for another count later is refused.
+    """
+    _check(schema, partitions)
     queries = Queries("migrate", schema=schema)
-    everything = migrations()
-    bookkeeping, versioned = everything[0], everything[1:]
+    bookkeeping, versioned = _split(migrations())
     conn = connect(url, autocommit=False, application_name="outbox-relay migrate")
     with conn, translate_errors(f"migrating schema {schema!r}"), conn.transaction():
         conn.execute(queries["lock"], {"lock_key": lock_key("migrate", schema)})
         conn.execute(compose(bookkeeping.text, schema=schema))
         done = {row[0] for row in conn.execute(queries["applied_versions"]).fetchall()}
+        existing = _partition_count(conn, queries, schema) if done else None
+        if existing is not None and existing != partitions:
+            raise ConfigurationError(
+                f"--partitions: schema {schema!r} already has {existing} partitions; the "
+                f"count is fixed when the outbox is created (run with --partitions {existing})"
+            )
         applied = []
         for migration in versioned:
             if migration.version in done:
                 continue
-            conn.execute(compose(migration.text, schema=schema))
+            conn.execute(compose(migration.text, schema=schema, partitions=partitions))
             conn.execute(
                 queries["record_version"],
                 {"version": migration.version, "name": migration.name},
             )
             applied.append(migration.name)
     already = tuple(m.name for m in versioned if m.version in done)
-    return MigrationReport(schema=schema, applied=tuple(applied), already=already)
+    return MigrationReport(
+        schema=schema, applied=tuple(applied), already=already, partitions=partitions
+    )
 
 
-def migration_sql(*, schema: str, since_version: int = 0) -> str:
+def migration_sql(
+    *, schema: str, since_version: int = 0, partitions: int = DEFAULT_PARTITIONS
+) -> str:
     """The DDL of every migration after ``since_version``, with its bookkeeping insert."""
-    validate_schema_name(schema)
-    everything = migrations()
-    bookkeeping, versioned = everything[0], everything[1:]
+    _check(schema, partitions)
+    bookkeeping, versioned = _split(migrations())
     record = Queries("migrate", schema=schema)["record_version"]
     chunks = [compose(bookkeeping.text, schema=schema).as_string(None).strip()]
     for migration in versioned:
         if migration.version <= since_version:
             continue
-        chunks.append(compose(migration.text, schema=schema).as_string(None).strip())
+        ddl = compose(migration.text, schema=schema, partitions=partitions)
+        chunks.append(ddl.as_string(None).strip())
         insert = record.as_string(None) % {
             "version": sql.Literal(migration.version).as_string(None),
             "name": sql.Literal(migration.name).as_string(None),
@@ -63,3 +87,28 @@ def migration_sql(*, schema: str, since_version: int = 0) -> str:
 
 def latest_version() -> int:
     return migrations()[-1].version
+
+
+def _split(found: tuple[Migration, ...]) -> tuple[Migration, tuple[Migration, ...]]:
+    return found[0], found[1:]
+
+
+def _check(schema: str, partitions: int) -> None:
+    validate_schema_name(schema)
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ConfigurationError(
+            f"--partitions: {partitions} is outside 1..{MAX_PARTITIONS}; a few times the "
+            "number of relays you expect is plenty"
+        )
+
+
+def _partition_count(
+    conn: psycopg.Connection[tuple[Any, ...]], queries: Queries, schema: str
+) -> int | None:
+    """Partitions already created in ``schema``, or None before migration 0003."""
+    table = sql.Identifier(schema, "outbox_partitions").as_string(None)
+    created = conn.execute(queries["partitions_created"], {"table": table}).fetchone()
+    if created is None or not created[0]:
+        return None
+    row = conn.execute(queries["partition_count"]).fetchone()
+    return None if row is None else int(row[0])

@@ -1,8 +1,9 @@
 """The SQL in ``sql/``: migration files and named query blocks, composed with psycopg.sql.
 
-Placeholders in the files are ``{schema}`` (a quoted identifier) and ``{channel}`` (a
-quoted literal). They are spliced in as :mod:`psycopg.sql` objects, never as text, so a
-schema name cannot change the meaning of a statement.
+Placeholders in the files are ``{schema}`` (a quoted identifier), ``{channel}`` (a
+quoted literal) and ``{partitions}`` (an integer literal, in the partitions migration).
+They are spliced in as :mod:`psycopg.sql` objects, never as text, so a schema name
+cannot change the meaning of a statement.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from psycopg import sql
 
 _NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
-_PLACEHOLDER_RE = re.compile(r"\{(schema|channel)\}")
+_PLACEHOLDER_RE = re.compile(r"\{(schema|channel|partitions)\}")
 _MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -89,16 +90,21 @@ def lock_key(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def compose(template: str, *, schema: str) -> sql.Composed:
-    """Splice the quoted schema (and its NOTIFY channel) into a SQL template."""
+def compose(template: str, *, schema: str, partitions: int | None = None) -> sql.Composed:
+    """Splice the quoted schema (its NOTIFY channel, the partition count) into a template."""
     pieces: list[sql.Composable] = []
     position = 0
     for match in _PLACEHOLDER_RE.finditer(template):
         pieces.append(sql.SQL(template[position : match.start()]))
-        if match.group(1) == "schema":
+        name = match.group(1)
+        if name == "schema":
             pieces.append(sql.Identifier(schema))
-        else:
+        elif name == "channel":
             pieces.append(sql.Literal(notify_channel(schema)))
+        elif partitions is None:
+            raise ValueError("this SQL needs the partition count")
+        else:
+            pieces.append(sql.Literal(partitions))
         position = match.end()
     pieces.append(sql.SQL(template[position:]))
     return sql.Composed(pieces)

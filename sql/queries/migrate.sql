@@ -10,3 +10,10 @@ SELECT version FROM {schema}.outbox_migrations ORDER BY version
 -- name: record_version
 INSERT INTO {schema}.outbox_migrations (version, name) VALUES (%(version)s, %(name)s)
 ON CONFLICT (version) DO NOTHING
+
+-- name: partitions_created
+-- NULL before migration 0003 created the partitions table.
+SELECT to_regclass(%(table)s) IS NOT NULL AS created
+
+-- name: partition_count
+SELECT count(*) FROM {schema}.outbox_partitions

@@ -1,14 +1,18 @@
 -- Queries of the relay. Each block starts with `-- name: NAME`; {schema} is replaced by
 -- the quoted schema name, values are psycopg parameters.
 
--- name: try_lock
--- Only one relay claims from a schema at a time: the others stand by. Held until commit.
-SELECT pg_try_advisory_xact_lock(%(lock_key)s) AS locked
-
 -- name: claim_batch
--- Due rows in id order. A key whose earliest pending row is waiting (retry backoff or a
--- delay) is held back from that row on, so a failing row delays only its own key.
-WITH held AS (
+-- Due rows of the partitions this relay holds, in id order. The lease is checked and
+-- share-locked in the same transaction, so a partition cannot change hands while its
+-- rows are being published (fencing). A key whose earliest pending row is waiting
+-- (retry backoff or a delay) is held back from that row on, so a failing row delays
+-- only its own key.
+WITH owned AS (
+    SELECT partition FROM {schema}.outbox_partitions
+    WHERE owner = %(relay_id)s AND lease_until > now()
+    FOR SHARE
+),
+held AS (
     SELECT partition_key, min(id) AS first_id
     FROM {schema}.outbox
     WHERE dead_at IS NULL AND available_at > now() AND partition_key IS NOT NULL
@@ -17,7 +21,8 @@ WITH held AS (
 SELECT o.id, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type,
        o.headers, o.partition_key, o.created_at, o.attempts
 FROM {schema}.outbox AS o
-WHERE o.dead_at IS NULL
+WHERE o.partition IN (SELECT partition FROM owned)
+  AND o.dead_at IS NULL
   AND o.available_at <= now()
   AND NOT EXISTS (
       SELECT 1 FROM held AS h
@@ -40,6 +45,11 @@ SET attempts = o.attempts + 1,
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(delays)s::float8[], %(dead)s::boolean[])
     AS f(id, error, delay_s, dead)
 WHERE o.id = f.id
+
+-- name: limit_idle_transactions
+-- A relay frozen inside its claim (SIGSTOP, a VM pause) must not hold its partitions
+-- forever: the server ends such a transaction after the lease time.
+SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, false)
 
 -- name: listener_forget_gone
 -- Relays that died while waiting leave their flag behind; their sessions are gone.

@@ -12,6 +12,7 @@ from psycopg import sql
 
 import outbox_relay
 from outbox_relay.store.schema import migrate, migration_sql
+from outbox_relay.store.sqlfiles import migrations
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,8 @@ def test_migrate_twice_into_an_existing_schema_leaves_its_tables_alone(
         "outbox",
         "outbox_listener",
         "outbox_migrations",
+        "outbox_partitions",
+        "outbox_relays",
     ]
     with psycopg.connect(database_url) as conn:
         orders = conn.execute(
@@ -84,7 +87,7 @@ def test_printed_sql_applied_by_hand_then_migrate_is_a_no_op(
         conn.execute(printed.stdout)  # type: ignore[call-overload]  # what a DBA would run
     report = migrate(database_url, schema=app_schema)
     assert report.applied == ()
-    assert report.already == ("0001_outbox",)
+    assert report.already == tuple(m.name for m in migrations()[1:])
     with psycopg.connect(database_url) as conn:
         outbox_relay.publish(conn, exchange="e", routing_key="k", payload={}, schema=app_schema)
         conn.commit()

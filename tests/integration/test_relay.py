@@ -308,6 +308,7 @@ def test_run_batch_settles_in_the_claim_transaction(
     write(database_url, schema, exchange, [{"n": i} for i in range(5)])
     relay = make_relay(database_url, amqp_url, schema)
     relay._connect()
+    relay._heartbeat()  # takes every partition: it is the only relay
     try:
         result = relay.run_batch()
     finally:

@@ -12,7 +12,7 @@ import psycopg
 from psycopg import sql
 
 from outbox_relay.publisher import Publisher
-from outbox_relay.relay import Relay, RelaySettings
+from outbox_relay.relay import LEASE_TTL_S, Relay, RelaySettings, new_relay_id
 from outbox_relay.store.relay_store import PostgresStore
 
 
@@ -20,7 +20,12 @@ def make_relay(database_url: str, amqp_url: str, schema: str, **settings: Any) -
     relay: Relay | None = None
     publisher = Publisher(url=amqp_url, should_stop=lambda: relay is not None and relay.stopping)
     relay = Relay(
-        store=PostgresStore(url=database_url, schema=schema),
+        store=PostgresStore(
+            url=database_url,
+            schema=schema,
+            relay_id=new_relay_id(),
+            lease_ttl_s=settings.get("lease_ttl_s", LEASE_TTL_S),
+        ),
         publisher=publisher,
         settings=RelaySettings(**settings),
     )

@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 from outbox_relay.errors import PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome
+from outbox_relay.partitions import Leases
 from outbox_relay.relay import Relay, RelaySettings
 
 
@@ -38,6 +39,10 @@ class FakeStore:
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
+    def heartbeat(self) -> Leases:
+        return Leases(owned=(0,), live=("me",), partitions=1)
+
+    def release_leases(self) -> None: ...
     def claim(self, limit: int) -> list[OutboxRow]:
         return self.rows[:limit]
 
@@ -75,7 +80,9 @@ class ScriptedPublisher:
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
-    def publish(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]:
+    def publish(
+        self, rows: Sequence[OutboxRow], *, deadline: float | None = None
+    ) -> dict[int, Outcome]:
         self.sent.append([r.id for r in rows])
         answer = self.rounds.pop(0)
         if isinstance(answer, Exception):
@@ -90,12 +97,14 @@ class ScriptedPublisher:
 
 
 def relay_for(store: FakeStore, publisher: ScriptedPublisher, **settings: float) -> Relay:
-    return Relay(
+    relay = Relay(
         store=store,
         publisher=publisher,
         settings=RelaySettings(**settings),
         random_unit=lambda: 0.5,
-    )  # type: ignore[arg-type]
+    )
+    relay._heartbeat()  # holds its one partition, as after the first heartbeat of run()
+    return relay
 
 
 class TestRunBatch:
@@ -134,10 +143,11 @@ class TestRunBatch:
 
     def test_the_last_attempt_marks_the_row_dead(self) -> None:
         store = FakeStore([row(1, attempts=2)])
+        relay = relay_for(
+            store, ScriptedPublisher([{1: Outcome.failed("unroutable")}]), max_attempts=3
+        )
         with capture_logs() as logs:
-            relay_for(
-                store, ScriptedPublisher([{1: Outcome.failed("unroutable")}]), max_attempts=3
-            ).run_batch()
+            relay.run_batch()
         assert store.settled == [([], [Failure(1, "unroutable", 0.0, dead=True)])]
         assert [entry["event"] for entry in logs] == ["relay.row_dead", "relay.batch_published"]
         assert logs[0]["row_id"] == 1
