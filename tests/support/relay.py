@@ -54,7 +54,7 @@ def running_relay(
 
 def outbox_rows(database_url: str, schema: str, columns: str = "id") -> list[tuple[Any, ...]]:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        query = sql.SQL("SELECT " + columns + " FROM {}.outbox ORDER BY id").format(  # noqa: S608 - test-only, fixed columns
+        query = sql.SQL("SELECT " + columns + " FROM {}.outbox ORDER BY id").format(
             sql.Identifier(schema)
         )
         return conn.execute(query).fetchall()
