@@ -16,7 +16,9 @@ what is missing and every binding (idempotent).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
@@ -33,7 +35,12 @@ from outbox_relay.topology.conflicts import (
     explain,
     parse_precondition_failed,
 )
-from outbox_relay.topology.model import QueueRole, QueueType, Topology
+from outbox_relay.topology.model import (
+    QueueRole,
+    Topology,
+    supports_at_least_once,
+    version_warnings,
+)
 from outbox_relay.topology.plan import (
     Action,
     ApplyReport,
@@ -45,9 +52,9 @@ from outbox_relay.topology.plan import (
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
-AT_LEAST_ONCE_SINCE = (3, 10)  # quorum message TTL and at-least-once dead-lettering
 _NOT_FOUND = 404
 _MAX_ROUNDS = 16  # more differing arguments than any queue has
+_PIKA_CHANNEL_LOG = logging.getLogger("pika.channel")
 
 Request = Mapping[str, Any]
 
@@ -88,6 +95,22 @@ def apply(amqp_url: str, topology: Topology) -> ApplyReport:
         )
 
 
+class _QuietRefusals(logging.Filter):
+    """Drops pika's warning about each channel the broker closes, for the closes this
+    module provokes on purpose (404 from existence checks, 406 from equivalence checks),
+    in the calling thread only: the refusals are reported, explained, in the plan."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        provoked = record.thread == self._thread and record.msg.startswith(
+            "Received remote Channel.Close"
+        )
+        return not provoked
+
+
 @contextlib.contextmanager
 def _connect(amqp_url: str) -> Iterator[_Broker]:
     params = pika.URLParameters(amqp_url)
@@ -96,6 +119,8 @@ def _connect(amqp_url: str) -> Iterator[_Broker]:
         connection = pika.BlockingConnection(params)
     except pika.exceptions.AMQPError as exc:
         raise BrokerUnavailableError(f"cannot connect to {redact_url(amqp_url)}: {exc!r}") from exc
+    quiet = _QuietRefusals()
+    _PIKA_CHANNEL_LOG.addFilter(quiet)
     try:
         yield _Broker(connection, vhost=str(params.virtual_host))
     except pika.exceptions.AMQPConnectionError as exc:
@@ -105,6 +130,7 @@ def _connect(amqp_url: str) -> Iterator[_Broker]:
     except pika.exceptions.AMQPError as exc:
         raise BrokerError(f"RabbitMQ refused an operation: {exc!r}") from exc
     finally:
+        _PIKA_CHANNEL_LOG.removeFilter(quiet)
         with contextlib.suppress(pika.exceptions.AMQPError):
             connection.close()
 
@@ -126,7 +152,7 @@ class _Broker:
     # -- planning -----------------------------------------------------------------------
 
     def plan(self, topology: Topology) -> Plan:
-        at_least_once = self.version >= AT_LEAST_ONCE_SINCE
+        at_least_once = supports_at_least_once(self.version)
         items = [
             self._missing(topology, key, name) for key, name in topology.undeclared_references()
         ]
@@ -151,7 +177,7 @@ class _Broker:
         return Plan(
             vhost=self.vhost,
             items=tuple(item for item in items if item is not None),
-            warnings=self._warnings(topology, at_least_once=at_least_once),
+            warnings=version_warnings(topology, self.version),
         )
 
     def _missing(self, topology: Topology, key: str, name: str) -> PlanItem | None:
@@ -201,19 +227,6 @@ class _Broker:
             except CannotAdoptError:
                 break
         return tuple(found), first_refusal
-
-    def _warnings(self, topology: Topology, *, at_least_once: bool) -> tuple[str, ...]:
-        quorum = [q.name for q in topology.queues if q.type is QueueType.QUORUM and q.retry]
-        if at_least_once or not quorum:
-            return ()
-        version = ".".join(map(str, self.version)) or "unknown"
-        return (
-            (
-                f"RabbitMQ {version} is older than 3.10: quorum queues {', '.join(quorum)} "
-                "dead-letter at most once (no x-dead-letter-strategy) and their delay tiers are "
-                "classic queues; upgrade for at-least-once dead-lettering"
-            ),
-        )
 
     # -- declaring ----------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ RETRY_INFIX = ".retry."
 PARKING_SUFFIX = ".parking"
 MAX_NAME_LENGTH = 255  # AMQP short string
 EXCHANGE_TYPES = ("topic", "direct", "fanout", "headers")
+AT_LEAST_ONCE_SINCE = (3, 10)  # quorum message TTL and at-least-once dead-lettering
 
 _UNITS_MS = (("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1))
 
@@ -321,6 +322,26 @@ class Topology:
             if e.alternate_exchange is not None
         ]
         return tuple((key, name) for key, name in references if name not in declared)
+
+
+def supports_at_least_once(version: tuple[int, ...]) -> bool:
+    """Whether a broker of ``version`` has quorum message TTL and at-least-once
+    dead-lettering; an unknown (empty) version is assumed recent."""
+    return not version or version >= AT_LEAST_ONCE_SINCE
+
+
+def version_warnings(topology: Topology, version: tuple[int, ...]) -> tuple[str, ...]:
+    """What the topology loses on a broker of ``version``, said plainly."""
+    quorum = [q.name for q in topology.queues if q.type is QueueType.QUORUM and q.retry]
+    if supports_at_least_once(version) or not quorum:
+        return ()
+    shown = ".".join(map(str, version))
+    warning = (
+        f"RabbitMQ {shown} is older than 3.10: quorum queues {', '.join(quorum)} dead-letter "
+        "at most once (no x-dead-letter-strategy) and their delay tiers are classic queues; "
+        "upgrade for at-least-once dead-lettering"
+    )
+    return (warning,)
 
 
 def find_duplicate(names_per_item: Sequence[Sequence[str]]) -> tuple[str, int, int] | None:

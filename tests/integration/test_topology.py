@@ -3,6 +3,7 @@ their own queue only, parking lots, alternate exchanges, explained conflicts."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -123,6 +124,23 @@ class TestApply:
         again = plan(amqp_url, topology)
         assert again.up_to_date
         assert not again.having(Action.CREATE, Action.CONFLICT)
+
+    def test_checks_do_not_log_the_refusals_they_provoke(
+        self, amqp_url: str, broker: BrokerHelper, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        caplog.set_level(logging.WARNING, logger="pika.channel")
+        existing = broker.queue("billing")  # a 406 for the equivalence check
+        absent = broker.name("absent")  # a 404 for the existence check
+        topology = Topology(queues=[QueueSpec(existing, QueueType.QUORUM), QueueSpec(absent)])
+
+        result = plan(amqp_url, topology)
+        assert [i.action for i in result.items] == [Action.CONFLICT, Action.CREATE]
+        assert not [r for r in caplog.records if "remote Channel.Close" in r.getMessage()]
+
+        # pika's own warnings are back once the check is over
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker):
+            broker._conn.channel().queue_declare(absent, passive=True)
+        assert [r for r in caplog.records if "remote Channel.Close (404)" in r.getMessage()]
 
     def test_cli_apply_twice_reports_up_to_date(
         self, amqp_url: str, broker: BrokerHelper, tmp_path: Path

@@ -20,7 +20,7 @@ from outbox_relay.topology import (
     parse_duration_ms,
     retry_queue_names,
 )
-from outbox_relay.topology.model import delay_label
+from outbox_relay.topology.model import delay_label, supports_at_least_once, version_warnings
 
 BILLING = QueueSpec(
     "billing",
@@ -143,6 +143,22 @@ class TestArguments:
         declared = {d.name: d for d in BILLING.declarations(at_least_once=False)}
         assert "x-dead-letter-strategy" not in declared["billing"].arguments
         assert declared["billing.retry.1s"].arguments["x-queue-type"] == "classic"
+
+    @pytest.mark.parametrize(
+        ("version", "warned"),
+        [((3, 9, 29), True), ((3, 10, 0), False), ((4, 1), False), ((), False)],
+    )
+    def test_brokers_before_3_10_are_warned_about(
+        self, version: tuple[int, ...], warned: bool
+    ) -> None:
+        warnings = version_warnings(Topology(queues=[BILLING, SHIPPING]), version)
+        assert bool(warnings) is warned
+        assert supports_at_least_once(version) is not warned
+        if warned:
+            assert (
+                "RabbitMQ 3.9.29 is older than 3.10: quorum queues billing dead-letter"
+                in (warnings[0])
+            )
 
     def test_derived_queues_are_declared_before_the_main_queue(self) -> None:
         roles = [d.role for d in BILLING.declarations()]
