@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from outbox_relay.cli import main
+from outbox_relay.errors import BrokerUnavailableError
 from outbox_relay.topology import (
     Action,
     Binding,
@@ -317,6 +318,14 @@ class TestConflicts:
         assert result.exit_code == 1
         assert "conflict  queue" in result.output
         assert "x-queue-type: exists as (not set), the topology asks for 'quorum'" in result.output
+
+
+class TestBrokerUnavailable:
+    def test_an_unreachable_broker_is_named_without_its_password(self) -> None:
+        with pytest.raises(BrokerUnavailableError) as info:
+            plan("amqp://guest:secret@127.0.0.1:1/%2F", Topology(queues=[QueueSpec("q")]))
+        assert "cannot connect to amqp://guest:***@127.0.0.1:1/%2F" in str(info.value)
+        assert "secret" not in str(info.value)
 
 
 class TestBadInput:

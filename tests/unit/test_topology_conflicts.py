@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.topology import Action, ApplyReport, Plan, PlanItem, parse_precondition_failed
+from outbox_relay.topology import (
+    Action,
+    ApplyReport,
+    Plan,
+    PlanItem,
+    TopologyPartlyAppliedError,
+    parse_precondition_failed,
+)
 from outbox_relay.topology.conflicts import (
     BrokerValue,
     CannotAdoptError,
@@ -207,3 +214,20 @@ class TestRendering:
         report = ApplyReport(vhost="/", created=(), matched=matched, bindings=())
         assert report.up_to_date
         assert "vhost '/' is up to date: 1 exchanges and queues already match" in report.render()
+
+
+class TestPartlyApplied:
+    def test_says_what_was_applied_and_what_not(self) -> None:
+        done = (PlanItem("exchange", "orders", Action.CREATE),)
+        left = (PlanItem("queue", "billing", Action.CREATE),)
+        error = TopologyPartlyAppliedError(
+            "RabbitMQ refused queue 'billing': 403", applied=done, not_applied=left
+        )
+        assert str(error).splitlines() == [
+            "RabbitMQ refused queue 'billing': 403",
+            "the topology is partly applied; applied:",
+            "  exchange 'orders'",
+            "not applied:",
+            "  queue 'billing'",
+            "fix the cause and apply again (applying is idempotent)",
+        ]
