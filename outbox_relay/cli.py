@@ -326,5 +326,9 @@ def run(
     relay.run()
 
 
+from outbox_relay.cli_topology import topology  # noqa: E402 - needs the options defined above
+
+main.add_command(topology)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
