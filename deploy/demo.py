@@ -125,7 +125,7 @@ def main() -> None:
         "OUTBOX_RELAY_SCHEMA": SCHEMA,
         "OUTBOX_RELAY_LOG_LEVEL": "warning",
     }
-    relay = subprocess.Popen([sys.executable, "-m", "outbox_relay.cli", "run"], env=env)
+    relay = subprocess.Popen([sys.executable, "-m", "outbox_relay", "run"], env=env)
     consumer = Consumer()
     consumer.start()
     committed: dict[str, float] = {}

@@ -7,17 +7,23 @@ message says what and what to do); 2 bad usage or configuration.
 from __future__ import annotations
 
 import signal
-import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import structlog
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
+from outbox_relay.cli_options import (
+    EXIT_FAILED,
+    amqp_url_option,
+    database_url_option,
+    logging_options,
+    partitions_option,
+    schema_option,
+)
+from outbox_relay.cli_topology import topology
 from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
-from outbox_relay.logs import LOG_LEVELS, configure_logging
-from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
+from outbox_relay.logs import configure_logging
 from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
 from outbox_relay.relay import (
     BATCH_SIZE,
@@ -30,84 +36,12 @@ from outbox_relay.relay import (
     new_relay_id,
 )
 from outbox_relay.settings import (
-    DEFAULT_AMQP_URL,
-    DEFAULT_DATABASE_URL,
-    DEFAULT_SCHEMA,
     RunSettings,
 )
 from outbox_relay.store.relay_store import PostgresStore
 from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.schema import migration_sql
 from outbox_relay.urls import redact_url
-
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def database_url_option(func: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="OUTBOX_RELAY_DATABASE_URL",
-        default=DEFAULT_DATABASE_URL,
-        show_default=True,
-        show_envvar=True,
-        help="PostgreSQL URL (libpq syntax).",
-    )(func)
-
-
-def amqp_url_option(func: F) -> F:
-    return click.option(
-        "--amqp-url",
-        envvar="OUTBOX_RELAY_AMQP_URL",
-        default=DEFAULT_AMQP_URL,
-        show_default=True,
-        show_envvar=True,
-        help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
-    )(func)
-
-
-def schema_option(func: F) -> F:
-    return click.option(
-        "--schema",
-        envvar="OUTBOX_RELAY_SCHEMA",
-        default=DEFAULT_SCHEMA,
-        show_default=True,
-        show_envvar=True,
-        help="Schema that holds the outbox table.",
-    )(func)
-
-
-def partitions_option(func: F) -> F:
-    return click.option(
-        "--partitions",
-        envvar="OUTBOX_RELAY_PARTITIONS",
-        type=click.IntRange(1, MAX_PARTITIONS),
-        default=DEFAULT_PARTITIONS,
-        show_default=True,
-        show_envvar=True,
-        help="Partitions that relays share (fixed when the outbox is created).",
-    )(func)
-
-
-def logging_options(func: F) -> F:
-    func = click.option(
-        "--log-level",
-        envvar="OUTBOX_RELAY_LOG_LEVEL",
-        type=click.Choice(list(LOG_LEVELS)),
-        default="info",
-        show_default=True,
-        show_envvar=True,
-    )(func)
-    return click.option(
-        "--log-format",
-        envvar="OUTBOX_RELAY_LOG_FORMAT",
-        type=click.Choice(["auto", "json", "console"]),
-        default="auto",
-        show_default=True,
-        show_envvar=True,
-        help="auto: console on a terminal, JSON lines otherwise.",
-    )(func)
 
 
 class _Group(click.Group):
@@ -326,9 +260,4 @@ def run(
     relay.run()
 
 
-from outbox_relay.cli_topology import topology  # noqa: E402 - needs the options defined above
-
 main.add_command(topology)
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

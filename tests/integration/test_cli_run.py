@@ -30,7 +30,7 @@ def start_relay(
         "OUTBOX_RELAY_SCHEMA": schema,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "outbox_relay.cli", "run", "--log-format", "json", *extra],
+        [sys.executable, "-m", "outbox_relay", "run", "--log-format", "json", *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -116,7 +116,7 @@ def test_bad_configuration_is_refused_before_connecting(args: list[str], message
         [
             sys.executable,
             "-m",
-            "outbox_relay.cli",
+            "outbox_relay",
             "run",
             "--database-url",
             "postgresql://127.0.0.1:1/x",

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "outbox_relay.cli", *args],
+        [sys.executable, "-m", "outbox_relay", *args],
         capture_output=True,
         text=True,
         timeout=60,
