@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.urls import redact_url
@@ -16,6 +17,16 @@ CONNECT_TIMEOUT_S = 5
 KEEPALIVES_IDLE_S = 10
 KEEPALIVES_INTERVAL_S = 5
 KEEPALIVES_COUNT = 3
+
+
+def application_name_in(url: str) -> str | None:
+    """The ``application_name`` the URL sets, if any; it names the relay's sessions in
+    ``pg_stat_activity`` (and lets an operator end exactly those)."""
+    try:
+        name = conninfo_to_dict(url).get("application_name")
+    except psycopg.Error:
+        return None  # connect() reports the malformed URL
+    return str(name) if name else None
 
 
 def connect(

@@ -20,7 +20,7 @@ from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
-from outbox_relay.store.connect import connect, translate_errors
+from outbox_relay.store.connect import application_name_in, connect, translate_errors
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 
 
@@ -40,7 +40,8 @@ class PostgresStore:
         self._schema = schema
         self.relay_id = relay_id
         self._lease_ttl_s = lease_ttl_s
-        self._application_name = application_name
+        # A name given in the URL wins, so operators can tell relays apart.
+        self._application_name = application_name_in(url) or application_name
         self._q = Queries("relay", schema=schema)
         self._leases = Queries("leases", schema=schema)
         self._work: psycopg.Connection[Any] | None = None
