@@ -67,6 +67,17 @@ class TcpProxy:
                 with contextlib.suppress(OSError):
                     sock.close()
 
+    def upstream_ports(self) -> set[int]:
+        """Local ports of the proxy's connections to the service: the service sees the
+        proxied clients as coming from these."""
+        with self._lock:
+            pairs = list(self._pairs)
+        ports = set()
+        for _, upstream in pairs:
+            with contextlib.suppress(OSError):
+                ports.add(upstream.getsockname()[1])
+        return ports
+
     def cut(self) -> None:
         with self._lock:
             pairs, self._pairs = self._pairs, []

@@ -1,0 +1,62 @@
+"""The fault tier's registry: each test reports what it injected and what arrived; the
+session prints one table at the end (lost must be 0)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.faults import Tally
+
+
+@dataclass(frozen=True)
+class FaultRow:
+    fault: str
+    runs: int
+    messages: int
+    lost: int
+    duplicates: int
+
+
+_ROWS = pytest.StashKey[list[FaultRow]]()
+
+Report = Callable[..., None]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_ROWS] = []
+
+
+@pytest.fixture
+def report_fault(request: pytest.FixtureRequest) -> Report:
+    """``report_fault(fault, tally, runs=n)`` adds a row to the table printed at the end."""
+
+    def report(fault: str, tally: Tally, *, runs: int = 1) -> None:
+        request.config.stash[_ROWS].append(
+            FaultRow(fault, runs, len(tally.expected), len(tally.lost), tally.duplicates)
+        )
+
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    rows = terminalreporter.config.stash.get(_ROWS, [])
+    if not rows:
+        return
+    header = ("fault", "runs", "messages", "lost", "duplicates delivered")
+    table = [
+        header,
+        *((r.fault, str(r.runs), str(r.messages), str(r.lost), str(r.duplicates)) for r in rows),
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    terminalreporter.section("faults: messages lost and duplicated")
+    for index, row in enumerate(table):
+        numbers = zip(row[1:], widths[1:], strict=True)
+        cells = [row[0].ljust(widths[0]), *(cell.rjust(width) for cell, width in numbers)]
+        terminalreporter.write_line("  ".join(cells))
+        if index == 0:
+            terminalreporter.write_line("  ".join("-" * w for w in widths))
+    total_lost = sum(r.lost for r in rows)
+    terminalreporter.write_line(f"lost in total: {total_lost} (must be 0)")

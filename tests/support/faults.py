@@ -1,0 +1,252 @@
+"""Tools of the fault tier: the relay as a real process, rows written in bulk, a tally.
+
+Every fault here is aimed at processes and sessions the test itself started: the relay
+subprocess (SIGKILL, SIGSTOP), its own database sessions (found by the application name
+the test gives it), and its broker connection (found through the proxy in front of it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from tests.support.broker import Received
+from tests.support.proxy import TcpProxy
+
+
+def with_application_name(database_url: str, name: str) -> str:
+    separator = "&" if "?" in database_url else "?"
+    return f"{database_url}{separator}application_name={name}"
+
+
+class RelayProcess:
+    """``python -m outbox_relay run`` in a subprocess, its JSON log in a file."""
+
+    def __init__(
+        self,
+        database_url: str,
+        amqp_url: str,
+        schema: str,
+        *args: str,
+        log_dir: Path,
+        name: str | None = None,
+    ) -> None:
+        self.name = name or f"fault-relay-{uuid.uuid4().hex[:8]}"
+        self.database_url = database_url
+        self.log_path = log_dir / f"{self.name}.log"
+        env = {
+            **os.environ,
+            "OUTBOX_RELAY_DATABASE_URL": with_application_name(database_url, self.name),
+            "OUTBOX_RELAY_AMQP_URL": amqp_url,
+            "OUTBOX_RELAY_SCHEMA": schema,
+        }
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "outbox_relay", "run", "--log-format", "json", *args],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            self.process.kill()
+        self.process.wait(10)
+
+    def freeze(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 15.0) -> int:
+        """SIGTERM, then wait; returns the exit code (kills it if it does not stop)."""
+        if self.alive:
+            self.thaw()
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+            raise
+
+    def records(self) -> list[dict[str, Any]]:
+        lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [r for r in self.records() if r.get("event") == name]
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def backend_pids(self) -> dict[str, int]:
+        """This relay's database sessions: {'work': pid, 'listener': pid} when connected."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT application_name, pid FROM pg_stat_activity "
+                "WHERE application_name IN (%s, %s)",
+                (self.name, f"{self.name} listener"),
+            ).fetchall()
+        return {("listener" if app.endswith(" listener") else "work"): pid for app, pid in rows}
+
+    def terminate_session(self, kind: str) -> int:
+        """pg_terminate_backend of this relay's 'work' or 'listener' session."""
+        pid = self.backend_pids()[kind]
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return pid
+
+
+@contextlib.contextmanager
+def relay_process(
+    database_url: str, amqp_url: str, schema: str, *args: str, log_dir: Path
+) -> Iterator[RelayProcess]:
+    relay = RelayProcess(database_url, amqp_url, schema, *args, log_dir=log_dir)
+    try:
+        yield relay
+    finally:
+        relay.kill()
+
+
+@contextlib.contextmanager
+def broker_proxy(amqp_url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A TcpProxy in front of RabbitMQ and the AMQP URL that goes through it."""
+    target = urlsplit(amqp_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    netloc = f"{target.username}:{target.password}@127.0.0.1:{proxy.port}"
+    try:
+        yield proxy, urlunsplit(target._replace(netloc=netloc))
+    finally:
+        proxy.close()
+
+
+def rabbitmqctl(*args: str, timeout_s: float = 60.0) -> str:
+    result = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=timeout_s, check=True
+    )
+    return result.stdout
+
+
+def close_broker_connection(proxy: TcpProxy) -> list[str]:
+    """`rabbitmqctl close_connection` for each connection that goes through ``proxy``."""
+    ports = proxy.upstream_ports()
+    closed = []
+    for line in rabbitmqctl("list_connections", "name", "peer_port", "-q").splitlines():
+        name, _, port = line.rpartition("\t")
+        if port.isdigit() and int(port) in ports:
+            rabbitmqctl("close_connection", name, "fault test: connection closed on purpose")
+            closed.append(name)
+    return closed
+
+
+# -- rows and the tally ---------------------------------------------------------------
+
+
+def insert_rows(
+    database_url: str,
+    schema: str,
+    exchange: str,
+    numbers: range,
+    *,
+    keys: int = 0,
+    routing_key: str = "k",
+) -> None:
+    """Committed outbox rows with payload {"n": n, "key": ...}; keyed by n % keys when
+    ``keys``. Written with one INSERT ... SELECT, as a producer burst would."""
+    query = sql.SQL(
+        """
+        INSERT INTO {schema}.outbox
+            (message_id, exchange, routing_key, payload, content_type, partition_key)
+        SELECT gen_random_uuid(), %(exchange)s, %(rk)s,
+               convert_to(json_build_object('n', g, 'key', k)::text, 'UTF8'),
+               'application/json', k
+        FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g,
+             LATERAL (SELECT CASE WHEN %(keys)s > 0 THEN 'k' || (g %% %(keys)s) END AS k) AS kk
+        ORDER BY g
+        """
+    ).format(schema=sql.Identifier(schema))
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            query,
+            {
+                "exchange": exchange,
+                "rk": routing_key,
+                "first": numbers.start,
+                "last": numbers.stop - 1,
+                "keys": keys,
+            },
+        )
+
+
+def pending(database_url: str, schema: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        query = sql.SQL("SELECT count(*) FROM {}.outbox WHERE dead_at IS NULL").format(
+            sql.Identifier(schema)
+        )
+        row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@dataclass
+class Tally:
+    """What a consumer saw, against what was committed."""
+
+    expected: set[int]
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, messages: Iterable[Received]) -> None:
+        self.received.extend(json.loads(m.body) for m in messages)
+
+    @property
+    def numbers(self) -> list[int]:
+        return [int(b["n"]) for b in self.received]
+
+    @property
+    def lost(self) -> set[int]:
+        return self.expected - set(self.numbers)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.numbers) - len(set(self.numbers))
+
+    @property
+    def invented(self) -> set[int]:
+        return set(self.numbers) - self.expected
+
+    def out_of_order_keys(self) -> list[str]:
+        """Keys whose messages, counting each message's first delivery, are out of order."""
+        seen: set[int] = set()
+        last: dict[str, int] = {}
+        bad: list[str] = []
+        for body in self.received:
+            n = int(body["n"])
+            if n in seen:
+                continue
+            seen.add(n)
+            key = body.get("key")
+            if key is None:
+                continue
+            if last.get(key, -1) > n and key not in bad:
+                bad.append(key)
+            last[key] = n
+        return bad
