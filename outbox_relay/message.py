@@ -23,6 +23,7 @@ MAX_ROUTING_KEY_BYTES = 255  # AMQP 0-9-1 shortstr
 MAX_EXCHANGE_NAME_BYTES = 255
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # RabbitMQ's own default max_message_size is 16 MiB
 MAX_HEADER_COUNT = 100
+MAX_SHORT_STRING_BYTES = 255  # AMQP shortstr: header names, content type
 MAX_HEADERS_JSON_BYTES = 64 * 1024
 
 # Header names the consumer SDK owns (attempt count, error details): a producer may not set them.
@@ -110,7 +111,7 @@ def encode_payload(payload: object, content_type: str | None) -> tuple[bytes, st
             ) from exc
         body = text.encode("utf-8")
         ctype = JSON_CONTENT_TYPE
-    if not ctype.strip() or len(ctype) > 255:
+    if not ctype.strip() or len(ctype.encode("utf-8")) > MAX_SHORT_STRING_BYTES:
         raise InvalidMessageError(
             f"content_type: {ctype!r} is not a usable MIME type; pass e.g. 'text/plain'"
         )
@@ -134,7 +135,7 @@ def encode_headers(headers: Mapping[str, object] | None) -> str:
         raise InvalidMessageError(
             f"headers: {len(headers)} headers exceed the limit of {MAX_HEADER_COUNT}"
         )
-    for key, value in headers.items():
+    for key in headers:
         if not isinstance(key, str) or not key:
             raise InvalidMessageError(f"headers: key {key!r} is not a non-empty str")
         if key.lower().startswith(RESERVED_HEADER_PREFIXES):
@@ -142,7 +143,7 @@ def encode_headers(headers: Mapping[str, object] | None) -> str:
                 f"headers: {key!r} uses a reserved prefix ({', '.join(RESERVED_HEADER_PREFIXES)}"
                 "); choose another name"
             )
-        _check_header_value(key, value)
+    _check_header_table("", headers)
     text = json.dumps(headers, separators=(",", ":"), ensure_ascii=False)
     if len(text.encode("utf-8")) > MAX_HEADERS_JSON_BYTES:
         raise InvalidMessageError(
@@ -150,6 +151,39 @@ def encode_headers(headers: Mapping[str, object] | None) -> str:
             "limit; put large data in the payload"
         )
     return text
+
+
+def amqp_problem(row: OutboxRow) -> str | None:
+    """Why a claimed row cannot be encoded as an AMQP message, or None when it can.
+
+    ``publish`` never writes such a row; this names the culprit of one written past it
+    (by SQL, or by an older version), so the relay can fail that row alone.
+    """
+    if len(row.content_type.encode("utf-8")) > MAX_SHORT_STRING_BYTES:
+        return (
+            f"content_type is {len(row.content_type.encode('utf-8'))} bytes; AMQP allows "
+            f"{MAX_SHORT_STRING_BYTES}"
+        )
+    if not isinstance(row.headers, Mapping):
+        return f"headers: expected a JSON object, got a JSON {type(row.headers).__name__}"
+    try:
+        _check_header_table("", row.headers)
+    except InvalidMessageError as exc:
+        return str(exc)
+    return None
+
+
+def _check_header_table(path: str, table: Mapping[Any, object]) -> None:
+    for key, item in table.items():
+        where = f"{path}.{key}" if path else str(key)
+        if not isinstance(key, str):
+            raise InvalidMessageError(f"headers: {path!r} has a non-str key {key!r}")
+        if len(key.encode("utf-8")) > MAX_SHORT_STRING_BYTES:
+            raise InvalidMessageError(
+                f"headers: the name {where[:40]!r}... is {len(key.encode('utf-8'))} bytes; "
+                f"AMQP allows {MAX_SHORT_STRING_BYTES}"
+            )
+        _check_header_value(where, item)
 
 
 def _check_header_value(path: str, value: object) -> None:
@@ -170,10 +204,7 @@ def _check_header_value(path: str, value: object) -> None:
             _check_header_value(f"{path}[{index}]", item)
         return
     if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidMessageError(f"headers: {path!r} has a non-str key {key!r}")
-            _check_header_value(f"{path}.{key}", item)
+        _check_header_table(path, value)
         return
     raise InvalidMessageError(
         f"headers: {path!r} is a {type(value).__name__}; use str, int, float, bool, None, "

@@ -12,6 +12,7 @@ This is the only relay module that imports pika.
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -25,7 +26,7 @@ from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
-from outbox_relay.message import OutboxRow
+from outbox_relay.message import OutboxRow, amqp_problem
 from outbox_relay.outcome import Outcome
 from outbox_relay.urls import redact_url
 
@@ -45,6 +46,8 @@ log = structlog.get_logger("outbox_relay.publisher")
 def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """JSON header values as an AMQP field table; floats travel as decimal strings
     because pika cannot encode AMQP doubles."""
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a JSON object, not {type(headers).__name__}")
     return {key: _amqp_value(value) for key, value in headers.items()}
 
 
@@ -56,6 +59,21 @@ def _amqp_value(value: Any) -> Any:
     if isinstance(value, list):
         return [_amqp_value(item) for item in value]
     return value
+
+
+# What pika raises when a message's properties cannot be encoded as AMQP fields.
+_UNENCODABLE = (
+    struct.error,
+    TypeError,
+    ValueError,
+    pika.exceptions.ShortStringTooLong,
+    pika.exceptions.UnsupportedAMQPFieldException,
+)
+
+
+def _unencodable(row: OutboxRow, exc: Exception) -> Outcome:
+    reason = amqp_problem(row) or f"{type(exc).__name__}: {exc}"
+    return Outcome.failed(f"cannot be encoded as an AMQP message: {reason}")
 
 
 class _Batch:
@@ -238,20 +256,27 @@ class Publisher:
         try:
             buffered = 0
             for row in rows:
-                channel.basic_publish(
-                    exchange=row.exchange,
-                    routing_key=row.routing_key,
-                    body=row.payload,
-                    # pika's BasicProperties.__init__ carries no annotations
-                    properties=BasicProperties(  # type: ignore[no-untyped-call]
-                        content_type=row.content_type,
-                        delivery_mode=PERSISTENT,
-                        message_id=str(row.message_id),
-                        timestamp=int(row.created_at.timestamp()),
-                        headers=amqp_headers(row.headers) if row.headers else None,
-                    ),
-                    mandatory=True,
-                )
+                try:
+                    channel.basic_publish(
+                        exchange=row.exchange,
+                        routing_key=row.routing_key,
+                        body=row.payload,
+                        # pika's BasicProperties.__init__ carries no annotations
+                        properties=BasicProperties(  # type: ignore[no-untyped-call]
+                            content_type=row.content_type,
+                            delivery_mode=PERSISTENT,
+                            message_id=str(row.message_id),
+                            timestamp=int(row.created_at.timestamp()),
+                            headers=amqp_headers(row.headers) if row.headers else None,
+                        ),
+                        mandatory=True,
+                    )
+                except _UNENCODABLE as exc:
+                    # pika encodes the whole message before writing any of it, so nothing
+                    # of this row was sent. Fail it alone; the rows after it stay unsent
+                    # and come back in the next round, behind it if they share its key.
+                    batch.outcomes[batch.sent] = _unencodable(row, exc)
+                    break
                 self._tag += 1
                 batch.sent += 1
                 buffered += len(row.payload)

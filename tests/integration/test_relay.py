@@ -316,3 +316,41 @@ def test_run_batch_settles_in_the_claim_transaction(
     assert (result.claimed, result.published, result.failed) == (5, 5, 0)
     assert outbox_rows(database_url, schema) == []
     assert RelaySettings().batch_size >= 5
+
+
+def test_a_row_with_a_header_amqp_cannot_carry_fails_alone_and_holds_back_its_key(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with psycopg.connect(database_url) as conn:
+        for key, seq, headers in [
+            ("a", 1, "{}"),
+            ("b", 1, '{"big": 1000000000000000000000000000000}'),  # > 64 bits, set by SQL
+            ("b", 2, "{}"),
+            ("c", 1, "{}"),
+        ]:
+            conn.execute(
+                psycopg.sql.SQL(
+                    "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload,"
+                    " content_type, headers, partition_key) VALUES (gen_random_uuid(), %s, 'k',"
+                    " %s, 'application/json', %s::jsonb, %s)"
+                ).format(psycopg.sql.Identifier(schema)),
+                (exchange, json.dumps({"key": key, "seq": seq}).encode(), headers, key),
+            )
+        conn.commit()
+    relay = make_relay(database_url, amqp_url, schema)
+    relay._connect()
+    relay._heartbeat()
+    try:
+        result = relay.run_batch()
+    finally:
+        relay._shutdown()
+
+    assert (result.claimed, result.published, result.failed, result.held) == (4, 2, 1, 1)
+    got = [(b["key"], b["seq"]) for b in bodies(broker.drain(queue, expect=2))]
+    assert got == [("a", 1), ("c", 1)]
+    left = outbox_rows(database_url, schema, "partition_key, attempts, last_error")
+    assert [(key, attempts) for key, attempts, _ in left] == [("b", 1), ("b", 0)]
+    assert "'big'" in left[0][2]
+    assert "64-bit" in left[0][2]

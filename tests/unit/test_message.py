@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.message import (
     MAX_PAYLOAD_BYTES,
+    OutboxRow,
+    amqp_problem,
     delay_seconds,
     encode_headers,
     encode_payload,
@@ -72,6 +74,9 @@ class TestNewMessage:
             ({"headers": {"a": math.inf}}, "headers"),
             ({"headers": {"outbox-attempt": 1}}, "headers"),
             ({"headers": {f"h{i}": i for i in range(101)}}, "headers"),
+            ({"headers": {"h" * 256: 1}}, "headers"),
+            ({"headers": {"a": {"é" * 128: 1}}}, "headers"),
+            ({"payload": b"x", "content_type": "x/" + "é" * 127}, "content_type"),
             ({"delay": -1}, "delay"),
             ({"delay": math.inf}, "delay"),
             ({"delay": "5"}, "delay"),
@@ -97,7 +102,8 @@ class TestNewMessage:
 class TestHeaders:
     @given(
         st.dictionaries(
-            st.text(min_size=1).filter(lambda k: not k.lower().startswith("outbox-")),
+            # AMQP header names are at most 255 bytes: 60 characters of up to 4 bytes
+            st.text(min_size=1, max_size=60).filter(lambda k: not k.lower().startswith("outbox-")),
             st.recursive(
                 st.none()
                 | st.booleans()
@@ -105,7 +111,8 @@ class TestHeaders:
                 | st.text()
                 | st.floats(allow_nan=False, allow_infinity=False),
                 lambda inner: (
-                    st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3)
+                    st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=60), inner, max_size=3)
                 ),
                 max_leaves=10,
             ),
@@ -117,6 +124,47 @@ class TestHeaders:
 
     def test_no_headers_is_an_empty_object(self) -> None:
         assert encode_headers(None) == "{}"
+
+
+class TestAmqpProblem:
+    """Rows written past ``publish`` (by SQL): what makes them unpublishable, by name."""
+
+    @staticmethod
+    def row(headers: object, content_type: str = "application/json") -> OutboxRow:
+        return OutboxRow(
+            id=1,
+            message_id=uuid.uuid4(),
+            exchange="ex",
+            routing_key="rk",
+            payload=b"{}",
+            content_type=content_type,
+            headers=headers,  # type: ignore[arg-type]
+            partition_key=None,
+            created_at=dt.datetime.now(tz=dt.timezone.utc),
+        )
+
+    @pytest.mark.parametrize(
+        ("headers", "content_type", "names"),
+        [
+            ({"big": 2**70}, "application/json", "'big'"),
+            ({"list": [1, -(2**64)]}, "application/json", "'list[1]'"),
+            ({"t": {"inner": 2**63}}, "application/json", "'t.inner'"),
+            ({"n" * 300: 1}, "application/json", "300 bytes"),
+            ("text", "application/json", "JSON object"),
+            ([1, 2], "application/json", "JSON object"),
+            ({}, "x/" + "y" * 300, "content_type"),
+        ],
+    )
+    def test_names_what_cannot_be_encoded(
+        self, headers: object, content_type: str, names: str
+    ) -> None:
+        problem = amqp_problem(self.row(headers, content_type))
+        assert problem is not None
+        assert names in problem
+
+    def test_json_values_amqp_carries_are_fine(self) -> None:
+        headers = {"f": 0.5, "mix": [1, "a", True, None, 2.5, {"x": 1}], "i": 2**63 - 1}
+        assert amqp_problem(self.row(headers)) is None
 
 
 class TestEncoding:
