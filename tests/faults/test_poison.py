@@ -1,0 +1,159 @@
+"""Rows no producer should have written (inserted with SQL, past ``publish``'s checks):
+each gets its own logged outcome; none crashes the relay or holds back another key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.faults.conftest import Report
+from tests.support.broker import BrokerHelper
+from tests.support.faults import RelayProcess, Tally, insert_rows, pending
+from tests.support.relay import outbox_rows, wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
+
+TEN_MB = 10 * 1024 * 1024
+HUGE_INT = 10**30
+
+
+def insert_raw(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    exchange: str,
+    key: str,
+    n: int,
+    routing_key: str = "ok.x",
+    headers: str = "{}",
+    content_type: str = "application/json",
+    payload: bytes | None = None,
+) -> int:
+    body = payload if payload is not None else json.dumps({"n": n, "key": key}).encode()
+    row = conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload, content_type,"
+            " headers, partition_key) VALUES (gen_random_uuid(), %s, %s, %s, %s, %s::jsonb, %s)"
+            " RETURNING id"
+        ).format(sql.Identifier(schema)),
+        (exchange, routing_key, body, content_type, headers, key),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_poison_rows_fail_alone_and_the_relay_keeps_going(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "ok.#"))
+    missing = broker.name("missing")
+    # key -> (exchange, routing key, headers, content type, what the error must name)
+    poison: dict[str, tuple[str, str, str, str, str]] = {
+        "missing-exchange": (missing, "ok.x", "{}", "application/json", "does not exist"),
+        "unroutable": (exchange, "nobody.listens", "{}", "application/json", "unroutable"),
+        "huge-int": (exchange, "ok.x", json.dumps({"big": HUGE_INT}), "application/json", "big"),
+        "huge-int-in-list": (
+            exchange,
+            "ok.x",
+            json.dumps({"arr": [1, HUGE_INT]}),
+            "application/json",
+            "arr[1]",
+        ),
+        "headers-not-an-object": (exchange, "ok.x", '"text"', "application/json", "headers"),
+        "long-header-name": (
+            exchange,
+            "ok.x",
+            json.dumps({"h" * 300: 1}),
+            "application/json",
+            "h" * 20,
+        ),
+        "long-content-type": (exchange, "ok.x", "{}", "x/" + "y" * 300, "content_type"),
+    }
+    expected: set[int] = set()
+    poison_ids: dict[int, str] = {}
+    with psycopg.connect(database_url) as conn:
+        n = 0
+        for key, (ex, rk, headers, ctype, _) in poison.items():
+            row_id = insert_raw(
+                conn,
+                schema,
+                exchange=ex,
+                key=key,
+                n=n,
+                routing_key=rk,
+                headers=headers,
+                content_type=ctype,
+            )
+            poison_ids[row_id] = key
+            n += 1
+            # A later row of the same key: waits for the poison row, then goes out.
+            insert_raw(conn, schema, exchange=exchange, key=key, n=n)
+            expected.add(n)
+            n += 1
+        # Rows AMQP can carry once converted: a float, a mixed array, a 10 MB payload.
+        n_float, n_mixed, n_big = n, n + 1, n + 2
+        float_headers = json.dumps({"ratio": 0.5})
+        insert_raw(conn, schema, exchange=exchange, key="f", n=n_float, headers=float_headers)
+        mixed_headers = json.dumps({"mix": [1, "a", True, None, 2.5, {"x": 1}, [2]]})
+        insert_raw(conn, schema, exchange=exchange, key="m", n=n_mixed, headers=mixed_headers)
+        big = json.dumps({"n": n_big, "key": "big", "pad": "x" * TEN_MB}).encode()
+        insert_raw(conn, schema, exchange=exchange, key="big", n=n_big, payload=big)
+        expected |= {n_float, n_mixed, n_big}
+        n += 3
+        conn.commit()
+    insert_rows(database_url, schema, exchange, range(n, n + 2000), keys=20, routing_key="ok.y")
+    expected |= set(range(n, n + 2000))
+
+    relay = RelayProcess(
+        database_url,
+        amqp_url,
+        schema,
+        "--max-attempts",
+        "2",
+        "--retry-base",
+        "0.2",
+        "--retry-max",
+        "0.5",
+        "--batch-size",
+        "100",
+        log_dir=tmp_path,
+    )
+    try:
+        assert wait_for(
+            lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=60
+        ), relay.log_text()[-4000:]
+        assert relay.alive, relay.log_text()[-4000:]
+        received = broker.collect(queue, quiet_s=1.0)
+    finally:
+        assert relay.stop() == 0, relay.log_text()[-4000:]
+
+    tally = Tally(expected=expected)
+    tally.add(received)
+    report_fault("poison rows (7 kinds) among 2k", tally)
+    assert not tally.lost
+    assert not tally.invented, "a poison row was published"
+    assert tally.out_of_order_keys() == []
+    by_n = {int(json.loads(m.body)["n"]): m for m in received}
+    assert by_n[n_float].properties.headers == {"ratio": "0.5"}
+    assert by_n[n_mixed].properties.headers == {"mix": [1, "a", True, None, "2.5", {"x": 1}, [2]]}
+    assert len(by_n[n_big].body) > TEN_MB
+
+    dead = dict(outbox_rows(database_url, schema, "id, last_error"))
+    assert set(dead) == set(poison_ids), "only the poison rows are left, each marked dead"
+    logged = {r["row_id"]: r["error"] for r in relay.events("relay.row_dead")}
+    for row_id, key in poison_ids.items():
+        must_name = poison[key][4]
+        assert must_name in dead[row_id], (key, dead[row_id])
+        assert logged.get(row_id) == dead[row_id], key
+    assert not relay.events("relay.broker_unavailable"), "a poison row cost a reconnect"
