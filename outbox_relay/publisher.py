@@ -33,6 +33,8 @@ from outbox_relay.urls import redact_url
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
+# Confirms of a pipelined batch take milliseconds; waiting this long is worth a warning.
+SLOW_WAIT_S = 2.0
 EXCHANGE_CHECK_TTL_S = 10.0
 # Wait for the confirms of what is buffered before buffering more than this.
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
@@ -292,6 +294,19 @@ class Publisher:
             self._batch = None
 
     def _await_confirms(self, batch: _Batch) -> None:
+        started = time.monotonic()
+        slow: list[float] = []
+
+        def on_slow(waited_s: float) -> None:
+            slow.append(waited_s)
+            log.warning(
+                "publisher.confirms_delayed",
+                waited_s=round(waited_s, 1),
+                unconfirmed=batch.sent - batch.settled,
+                confirm_timeout_s=self._confirm_timeout_s,
+                blocked=self.blocked,
+            )
+
         done = self._run_until(
             lambda: (
                 batch.all_sent_settled()
@@ -300,7 +315,10 @@ class Publisher:
             ),
             self._confirm_timeout_s,
             patient_while_blocked=True,
+            on_slow=on_slow,
         )
+        if slow and done:
+            log.info("publisher.confirms_resumed", waited_s=round(time.monotonic() - started, 1))
         if self._conn_error is not None or not done:
             if self._conn_error is not None:
                 reason = self._describe(self._conn_error)
@@ -419,19 +437,29 @@ class Publisher:
         self._check()
 
     def _run_until(
-        self, done: Callable[[], bool], timeout_s: float, *, patient_while_blocked: bool = False
+        self,
+        done: Callable[[], bool],
+        timeout_s: float,
+        *,
+        patient_while_blocked: bool = False,
+        on_slow: Callable[[float], None] | None = None,
     ) -> bool:
         """Run the I/O loop until ``done()``; False on timeout or when asked to stop.
 
         With ``patient_while_blocked`` the timeout restarts while the broker blocks the
         connection (memory or disk alarm): publishing waits for it rather than giving up.
+        ``on_slow`` is called once, with the seconds waited, after SLOW_WAIT_S.
         """
         conn = self._conn
         if conn is None:
             return done()
-        deadline = time.monotonic() + timeout_s
+        started = time.monotonic()
+        deadline = started + timeout_s
         while not done():
             now = time.monotonic()
+            if on_slow is not None and now - started >= SLOW_WAIT_S:
+                on_slow(now - started)
+                on_slow = None
             if patient_while_blocked and self.blocked:
                 deadline = now + timeout_s
             remaining = deadline - now
