@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,13 @@ class BrokerHelper:
         self.channel = self._conn.channel()
         self.exchanges: list[str] = []
         self.queues: list[str] = []
+
+    def reconnect(self) -> None:
+        """A fresh connection, after a test closed or restarted the broker under this one."""
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            self._conn.close()
+        self._conn = pika.BlockingConnection(pika.URLParameters(self.url))
+        self.channel = self._conn.channel()
 
     def name(self, suffix: str) -> str:
         return f"{self.prefix}.{suffix}"

@@ -150,11 +150,11 @@ def close_broker_connection(proxy: TcpProxy) -> list[str]:
     """`rabbitmqctl close_connection` for each connection that goes through ``proxy``."""
     ports = proxy.upstream_ports()
     closed = []
-    for line in rabbitmqctl("list_connections", "name", "peer_port", "-q").splitlines():
-        name, _, port = line.rpartition("\t")
+    for line in rabbitmqctl("list_connections", "pid", "peer_port", "-q").splitlines():
+        pid, _, port = line.rpartition("\t")
         if port.isdigit() and int(port) in ports:
-            rabbitmqctl("close_connection", name, "fault test: connection closed on purpose")
-            closed.append(name)
+            rabbitmqctl("close_connection", pid, "fault test: connection closed on purpose")
+            closed.append(pid)
     return closed
 
 

@@ -1,0 +1,214 @@
+"""The broker connection closed, cut, stalled, and the broker restarted under the relay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.faults.conftest import Report
+from tests.support.broker import BrokerHelper
+from tests.support.faults import (
+    RelayProcess,
+    Tally,
+    broker_proxy,
+    close_broker_connection,
+    insert_rows,
+    pending,
+    rabbitmqctl,
+)
+from tests.support.relay import wait_for
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
+
+BATCH = 200
+
+
+def drained(relay: RelayProcess, database_url: str, schema: str, timeout_s: float = 60) -> None:
+    assert wait_for(
+        lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=timeout_s
+    ), relay.log_text()[-4000:]
+    assert relay.alive, relay.log_text()[-4000:]
+
+
+def publishing(database_url: str, schema: str, total: int) -> bool:
+    return wait_for(lambda: pending(database_url, schema) < total, timeout_s=20)
+
+
+def test_connection_closed_by_the_broker_and_cut_by_the_network(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    total = 8000
+    insert_rows(database_url, schema, exchange, range(total), keys=20)
+    faults = 0
+    with broker_proxy(amqp_url) as (proxy, proxied):
+        relay = RelayProcess(
+            database_url, proxied, schema, "--batch-size", str(BATCH), log_dir=tmp_path
+        )
+        try:
+            assert publishing(database_url, schema, total)
+            for round_ in range(5):
+                before = pending(database_url, schema)
+                assert before > 0, "the backlog drained before the fault; nothing was proved"
+                if round_ % 2 == 0:
+                    assert close_broker_connection(proxy), "the relay's connection was not found"
+                else:
+                    proxy.cut()
+                faults += 1
+                wait_for(lambda b=before: pending(database_url, schema) < b - 300, timeout_s=15)
+            drained(relay, database_url, schema)
+        finally:
+            assert relay.stop() == 0, relay.log_text()[-4000:]
+    tally = Tally(expected=set(range(total)))
+    tally.add(broker.collect(queue))
+    report_fault("broker connection closed (rabbitmqctl) / cut (proxy)", tally, runs=faults)
+    assert not tally.lost
+    assert not tally.invented
+    assert tally.duplicates <= faults * BATCH
+    assert tally.out_of_order_keys() == []
+    assert relay.events("relay.recovered"), "the relay never noticed the faults"
+    assert not relay.events("relay.row_failed"), "a lost connection counted against a row"
+
+
+def stalled_run(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    *,
+    args: tuple[str, ...],
+    stall: Callable[[RelayProcess], object],
+) -> tuple[RelayProcess, Tally]:
+    """Relay 6000 rows through a proxy that stalls, mid-batch, while ``stall`` runs."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    total = 6000
+    insert_rows(database_url, schema, exchange, range(total))
+    with broker_proxy(amqp_url) as (proxy, proxied):
+        relay = RelayProcess(
+            database_url, proxied, schema, "--batch-size", str(BATCH), *args, log_dir=tmp_path
+        )
+        try:
+            assert publishing(database_url, schema, total)
+            proxy.stalled.set()
+            try:
+                stall(relay)
+            finally:
+                proxy.stalled.clear()
+            drained(relay, database_url, schema)
+        finally:
+            assert relay.stop() == 0, relay.log_text()[-4000:]
+    tally = Tally(expected=set(range(total)))
+    tally.add(broker.collect(queue))
+    return relay, tally
+
+
+def test_a_stall_shorter_than_the_confirm_timeout_is_waited_out_and_logged(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    relay, tally = stalled_run(
+        database_url,
+        amqp_url,
+        schema,
+        broker,
+        tmp_path,
+        args=("--confirm-timeout", "20", "--lease-ttl", "20"),
+        stall=lambda _relay: time.sleep(4),
+    )
+    report_fault("broker stalled 4 s < confirm timeout", tally)
+    assert not tally.lost
+    assert tally.duplicates == 0, "the relay gave up on confirms that were only slow"
+    assert not relay.events("relay.broker_unavailable")
+    [delayed] = relay.events("publisher.confirms_delayed")
+    assert delayed["unconfirmed"] > 0
+    assert delayed["confirm_timeout_s"] == 20
+    assert relay.events("publisher.confirms_resumed")
+
+
+def test_a_stall_longer_than_the_confirm_timeout_reconnects_and_resends_the_batch(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    relay, tally = stalled_run(
+        database_url,
+        amqp_url,
+        schema,
+        broker,
+        tmp_path,
+        args=("--confirm-timeout", "3"),
+        stall=lambda relay: wait_for(
+            lambda: relay.events("relay.broker_unavailable"), timeout_s=15
+        ),
+    )
+    report_fault("broker stalled > confirm timeout (3 s)", tally)
+    assert not tally.lost
+    assert tally.duplicates <= BATCH
+    [outage] = relay.events("relay.broker_unavailable")
+    assert "no confirms within 3 s" in outage["error"]
+    assert relay.events("publisher.confirms_delayed")
+
+
+@pytest.mark.faults
+def test_broker_restart_during_a_run(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    """Restarts the shared broker's application (`stop_app`/`start_app`): one test only."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    total = 30_000
+    insert_rows(database_url, schema, exchange, range(total), keys=20)
+    relay = RelayProcess(
+        database_url,
+        amqp_url,
+        schema,
+        "--batch-size",
+        str(BATCH),
+        "--max-attempts",
+        "1000",
+        log_dir=tmp_path,
+    )
+    try:
+        assert publishing(database_url, schema, total)
+        left_at_fault = pending(database_url, schema)
+        try:
+            rabbitmqctl("stop_app")
+            time.sleep(1)
+        finally:
+            rabbitmqctl("start_app")
+            rabbitmqctl("await_startup")
+        drained(relay, database_url, schema)
+    finally:
+        assert relay.stop() == 0, relay.log_text()[-4000:]
+    tally = Tally(expected=set(range(total)))
+    broker.reconnect()
+    tally.add(broker.collect(queue))
+    report_fault("broker restart (stop_app/start_app)", tally)
+    assert left_at_fault > 0, "the backlog drained before the restart; nothing was proved"
+    assert not tally.lost
+    assert tally.duplicates <= BATCH
+    assert tally.out_of_order_keys() == []
+    assert relay.events("relay.recovered")
