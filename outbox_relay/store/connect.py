@@ -51,6 +51,14 @@ def translate_errors(action: str) -> Iterator[None]:
     """psycopg.OperationalError and friends become StoreUnavailableError, the rest StoreError."""
     try:
         yield
+    except psycopg.errors.IdleInTransactionSessionTimeout as exc:
+        # An InternalError by its SQLSTATE class, but the server has closed the session:
+        # this relay sat in its claim longer than its lease (paused, stalled, frozen).
+        raise StoreUnavailableError(
+            f"database session ended while {action}: the claim's transaction stayed idle "
+            "longer than the lease (idle_in_transaction_session_timeout); its rows are "
+            "released and will be claimed again"
+        ) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise StoreUnavailableError(
             f"database unavailable while {action}: {_first_line(exc)}"

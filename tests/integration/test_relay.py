@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -10,7 +11,9 @@ import psycopg
 import pytest
 
 import outbox_relay
+from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.relay import RelaySettings
+from outbox_relay.store.relay_store import PostgresStore
 from tests.support.broker import BrokerHelper
 from tests.support.proxy import TcpProxy
 from tests.support.relay import make_relay, outbox_rows, running_relay, wait_for
@@ -354,3 +357,23 @@ def test_a_row_with_a_header_amqp_cannot_carry_fails_alone_and_holds_back_its_ke
     assert [(key, attempts) for key, attempts, _ in left] == [("b", 1), ("b", 0)]
     assert "'big'" in left[0][2]
     assert "64-bit" in left[0][2]
+
+
+def test_a_claim_held_past_the_lease_ends_as_an_outage_not_an_error(
+    database_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """A relay paused inside its claim (SIGSTOP, a VM pause) finds its session ended by
+    idle_in_transaction_session_timeout; that is a reconnect, not a fatal error."""
+    exchange = broker.exchange()
+    write(database_url, schema, exchange, [{"n": 1}])
+    store = PostgresStore(url=database_url, schema=schema, relay_id="paused", lease_ttl_s=0.3)
+    store.connect()
+    try:
+        store.heartbeat()
+        assert len(store.claim(10)) == 1
+        time.sleep(0.8)  # frozen past the lease
+        with pytest.raises(StoreUnavailableError, match="idle longer than the lease"):
+            store.settle([], [])
+    finally:
+        store.close()
+    assert len(outbox_rows(database_url, schema)) == 1
