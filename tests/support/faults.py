@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -250,3 +251,40 @@ class Tally:
                 bad.append(key)
             last[key] = n
         return bad
+
+
+class Backlog:
+    """A producer thread that keeps at least ``low_water`` rows pending (so the relays stay
+    busy whenever a fault strikes) until ``limit`` rows were written or :meth:`stop`."""
+
+    def __init__(
+        self,
+        database_url: str,
+        schema: str,
+        exchange: str,
+        *,
+        keys: int,
+        low_water: int = 3000,
+        chunk: int = 3000,
+        limit: int = 60_000,
+    ) -> None:
+        self._args = (database_url, schema, exchange)
+        self._keys, self._low_water, self._chunk, self._limit = keys, low_water, chunk, limit
+        self.written = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="backlog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        database_url, schema, exchange = self._args
+        while not self._stop.is_set() and self.written < self._limit:
+            if pending(database_url, schema) < self._low_water:
+                numbers = range(self.written, min(self.written + self._chunk, self._limit))
+                insert_rows(database_url, schema, exchange, numbers, keys=self._keys)
+                self.written = numbers.stop
+            self._stop.wait(0.05)
+
+    def stop(self) -> range:
+        self._stop.set()
+        self._thread.join(10)
+        return range(self.written)
