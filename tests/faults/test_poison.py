@@ -157,3 +157,33 @@ def test_poison_rows_fail_alone_and_the_relay_keeps_going(
         assert must_name in dead[row_id], (key, dead[row_id])
         assert logged.get(row_id) == dead[row_id], key
     assert not relay.events("relay.broker_unavailable"), "a poison row cost a reconnect"
+
+
+def test_a_burst_of_50k_rows_in_one_transaction(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    """One producer transaction commits 50k rows while the relay sleeps on LISTEN."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    total = 50_000
+    relay = RelayProcess(database_url, amqp_url, schema, log_dir=tmp_path)
+    try:
+        assert wait_for(lambda: relay.events("relay.partitions_changed"), timeout_s=20)
+        insert_rows(database_url, schema, exchange, range(total), keys=100)
+        assert wait_for(
+            lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=90
+        ), relay.log_text()[-4000:]
+        assert relay.alive, relay.log_text()[-4000:]
+    finally:
+        assert relay.stop() == 0, relay.log_text()[-4000:]
+    tally = Tally(expected=set(range(total)))
+    tally.add(broker.collect(queue))
+    report_fault("burst: 50k rows in one transaction", tally)
+    assert not tally.lost
+    assert tally.duplicates == 0
+    assert tally.out_of_order_keys() == []
