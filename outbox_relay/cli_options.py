@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import click
+from click.core import ParameterSource
 
+from outbox_relay.errors import ConfigurationError
 from outbox_relay.logs import LOG_LEVELS
 from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
-from outbox_relay.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_SCHEMA
+from outbox_relay.settings import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_DATABASE_URL,
+    DEFAULT_SCHEMA,
+    read_secret_file,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1
@@ -17,25 +26,64 @@ EXIT_USAGE = 2
 
 
 def database_url_option(func: F) -> F:
-    return click.option(
-        "--database-url",
+    return _url_option(
+        func,
+        name="database_url",
         envvar="OUTBOX_RELAY_DATABASE_URL",
         default=DEFAULT_DATABASE_URL,
-        show_default=True,
-        show_envvar=True,
         help="PostgreSQL URL (libpq syntax).",
-    )(func)
+    )
 
 
 def amqp_url_option(func: F) -> F:
-    return click.option(
-        "--amqp-url",
+    return _url_option(
+        func,
+        name="amqp_url",
         envvar="OUTBOX_RELAY_AMQP_URL",
         default=DEFAULT_AMQP_URL,
-        show_default=True,
-        show_envvar=True,
         help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
-    )(func)
+    )
+
+
+def _url_option(func: F, *, name: str, envvar: str, default: str, help: str) -> F:
+    """``--NAME`` and ``--NAME-file``: a URL that may carry a password, given directly or
+    read from a file (a container secret), so it need not sit in the environment."""
+    flag = "--" + name.replace("_", "-")
+    file_param = f"{name}_file"
+
+    @functools.wraps(func)
+    def resolved(*args: Any, **kwargs: Any) -> Any:
+        path = kwargs.pop(file_param)
+        if path is not None:
+            source = click.get_current_context().get_parameter_source(name)
+            if source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+                raise ConfigurationError(
+                    f"{flag} and {flag}-file were both given ({envvar} or {envvar}_FILE); give one"
+                )
+            kwargs[name] = read_secret_file(path, option=f"{flag}-file")
+        return func(*args, **kwargs)
+
+    with_file = click.option(
+        f"{flag}-file",
+        file_param,
+        envvar=f"{envvar}_FILE",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        show_envvar=True,
+        help=f"File holding the URL (e.g. a container secret), instead of {flag}.",
+    )(resolved)
+    return cast(
+        F,
+        click.option(
+            flag,
+            name,
+            envvar=envvar,
+            default=default,
+            show_default=True,
+            show_envvar=True,
+            help=help,
+        )(with_file),
+    )
 
 
 def schema_option(func: F) -> F:

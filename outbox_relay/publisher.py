@@ -25,6 +25,7 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
+from outbox_relay.amqp_url import url_parameters
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
 from outbox_relay.outcome import Outcome
@@ -132,7 +133,7 @@ class Publisher:
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self._url = url
-        self._params = pika.URLParameters(url)
+        self._params = url_parameters(url)
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
@@ -11,6 +12,30 @@ from outbox_relay.store.sqlfiles import validate_schema_name
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_SCHEMA = "public"
+MAX_SECRET_FILE_BYTES = 64 * 1024
+
+
+def read_secret_file(path: Path, *, option: str) -> str:
+    """The URL in a secret file, without the trailing newline editors and `echo` add.
+
+    The error names the file and the problem, never the content.
+    """
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_SECRET_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigurationError(f"{option}: cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_SECRET_FILE_BYTES:
+        raise ConfigurationError(f"{option}: {path} is larger than a URL can be")
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"{option}: {path} is not UTF-8 text") from exc
+    if not text:
+        raise ConfigurationError(f"{option}: {path} is empty")
+    if "\n" in text:
+        raise ConfigurationError(f"{option}: {path} holds more than one line; put only the URL")
+    return text
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from outbox_relay.errors import StoreError, StoreUnavailableError
-from outbox_relay.urls import redact_url
+from outbox_relay.urls import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 5
 # TCP keepalives notice a dead peer on an idle connection (the LISTEN one idles for long).
@@ -32,18 +32,29 @@ def application_name_in(url: str) -> str | None:
 def connect(
     url: str, *, autocommit: bool, application_name: str
 ) -> psycopg.Connection[tuple[Any, ...]]:
-    """A connection with a connect timeout and TCP keepalives; raises StoreUnavailableError."""
-    with translate_errors(f"connecting to {redact_url(url)}"):
-        return psycopg.Connection.connect(
-            url,
-            autocommit=autocommit,
-            connect_timeout=CONNECT_TIMEOUT_S,
-            application_name=application_name,
-            keepalives=1,
-            keepalives_idle=KEEPALIVES_IDLE_S,
-            keepalives_interval=KEEPALIVES_INTERVAL_S,
-            keepalives_count=KEEPALIVES_COUNT,
-        )
+    """A connection with a connect timeout and TCP keepalives; raises StoreUnavailableError.
+
+    libpq quotes the parts of a connection string it cannot parse, so the error is
+    scrubbed of the password before it goes anywhere.
+    """
+    try:
+        with translate_errors(f"connecting to {redact_url(url)}"):
+            return psycopg.Connection.connect(
+                url,
+                autocommit=autocommit,
+                connect_timeout=CONNECT_TIMEOUT_S,
+                application_name=application_name,
+                keepalives=1,
+                keepalives_idle=KEEPALIVES_IDLE_S,
+                keepalives_interval=KEEPALIVES_INTERVAL_S,
+                keepalives_count=KEEPALIVES_COUNT,
+            )
+    except StoreError as exc:
+        message = scrub(str(exc), url)
+        if message == str(exc):
+            raise
+        # Drop the chain too: the driver's own exception still quotes the password.
+        raise type(exc)(message) from None
 
 
 @contextlib.contextmanager

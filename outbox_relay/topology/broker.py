@@ -27,6 +27,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from outbox_relay.amqp_url import url_parameters
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
 from outbox_relay.topology.conflicts import (
     CannotAdoptError,
@@ -113,7 +114,7 @@ class _QuietRefusals(logging.Filter):
 
 @contextlib.contextmanager
 def _connect(amqp_url: str) -> Iterator[_Broker]:
-    params = pika.URLParameters(amqp_url)
+    params = url_parameters(amqp_url)
     params.socket_timeout = params.blocked_connection_timeout = CONNECT_TIMEOUT_S
     try:
         connection = pika.BlockingConnection(params)

@@ -21,14 +21,21 @@ pytestmark = pytest.mark.integration
 
 
 def start_relay(
-    database_url: str, amqp_url: str, schema: str, *extra: str
+    database_url: str,
+    amqp_url: str | None,
+    schema: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
+    """``outbox-relay run`` with JSON logs; ``amqp_url=None`` leaves the variable unset."""
     env = {
         **os.environ,
         "OUTBOX_RELAY_DATABASE_URL": database_url,
-        "OUTBOX_RELAY_AMQP_URL": amqp_url,
         "OUTBOX_RELAY_SCHEMA": schema,
+        **(env or {}),
     }
+    if amqp_url is not None:
+        env["OUTBOX_RELAY_AMQP_URL"] = amqp_url
     return subprocess.Popen(
         [sys.executable, "-m", "outbox_relay", "run", "--log-format", "json", *extra],
         env=env,
@@ -36,6 +43,19 @@ def start_relay(
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def interrupt_after(relay: subprocess.Popen[str], seconds: float) -> str:
+    """SIGINT after ``seconds``; the relay's stderr once it exited with 0."""
+    try:
+        time.sleep(seconds)
+        relay.send_signal(signal.SIGINT)
+        _, stderr = relay.communicate(timeout=15)
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+    assert relay.returncode == 0, stderr
+    return stderr
 
 
 def test_sigterm_finishes_and_settles_the_batch_in_flight_then_exits_0(
@@ -87,14 +107,7 @@ def test_sigterm_finishes_and_settles_the_batch_in_flight_then_exits_0(
 
 def test_logs_are_json_and_never_show_a_password(database_url: str, schema: str) -> None:
     relay = start_relay(database_url, "amqp://guest:s3cr3t-pw@127.0.0.1:1/%2F", schema)
-    try:
-        time.sleep(2)
-        relay.send_signal(signal.SIGINT)
-        _, stderr = relay.communicate(timeout=15)
-    finally:
-        if relay.poll() is None:
-            relay.kill()
-    assert relay.returncode == 0, stderr
+    stderr = interrupt_after(relay, 2)
     records = [json.loads(line) for line in stderr.splitlines()]
     assert "s3cr3t-pw" not in stderr
     outages = [r for r in records if r["event"] == "relay.broker_unavailable"]

@@ -14,7 +14,7 @@ from outbox_relay.ids import uuid7
 from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order
 from outbox_relay.store.sqlfiles import lock_key, notify_channel
-from outbox_relay.urls import redact_url
+from outbox_relay.urls import redact_url, scrub
 
 
 def row(row_id: int, key: str | None) -> OutboxRow:
@@ -125,7 +125,35 @@ class TestRedaction:
             ("postgresql://db/app?password=hunter2", "postgresql://db/app?password=***"),
             ("host=db password='a b' user=u", "host=db password=*** user=u"),
             ("postgresql://u@db/app", "postgresql://u@db/app"),
+            ("host=db password=s3 cr3t", "host=db password=***"),
+            ("host=db password=s3 cr3t port=5", "host=db password=*** port=5"),
+            ("postgresql://u:s3cr3t@db:notaport/app", "<unparseable url>"),
+            (
+                "postgresql://db/app?password=s3cr3t&sslmode=require",
+                "postgresql://db/app?password=***&sslmode=require",
+            ),
+            (
+                "amqps://u@mq/%2F?ssl_options=%7B%27certfile%27%3A%27c%27%2C%27password%27%3A%27kp%27%7D",
+                "amqps://u@mq/%2F?ssl_options=***",
+            ),
         ],
     )
     def test_passwords_never_survive(self, url: str, expected: str) -> None:
         assert redact_url(url) == expected
+
+    @pytest.mark.parametrize(
+        ("url", "error"),
+        [
+            ("host=db password=s3 cr3t", 'missing "=" after "cr3t" in connection info string'),
+            ("postgresql://u:s3cr3t@db:x/app", "bad port in u:s3cr3t@db:x"),
+            ("postgresql://u:s3%2Fcr3t@db/app", "password s3/cr3t refused"),
+            ("postgresql://db/app?password=s3cr3t&x=1", "unknown option for s3cr3t"),
+        ],
+    )
+    def test_driver_errors_are_scrubbed_of_the_password(self, url: str, error: str) -> None:
+        scrubbed = scrub(error, url)
+        assert "cr3t" not in scrubbed
+        assert "***" in scrubbed
+
+    def test_scrubbing_leaves_text_without_secrets_alone(self) -> None:
+        assert scrub("connection refused", "postgresql://u@db/app") == "connection refused"
