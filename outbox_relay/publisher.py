@@ -538,8 +538,28 @@ class Publisher:
     def _describe(error: BaseException | None) -> str:
         if error is None:
             return "unknown reason"
+        error = _innermost(error)
         code = getattr(error, "reply_code", None)
         text = getattr(error, "reply_text", None)
         if code is not None:
             return f"{code} {text}"
         return str(error) or type(error).__name__
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """pika wraps what went wrong (refused, TLS verification, a handshake) in connection
+    workflow errors whose own text is empty or generic: find the cause a person can act on."""
+    while True:
+        exceptions = getattr(error, "exceptions", None)  # AMQPConnectionWorkflowFailed
+        wrapped = getattr(error, "exception", None)  # AMQPConnector*Error
+        if exceptions:
+            candidate = exceptions[-1]
+        elif wrapped is not None:
+            candidate = wrapped
+        elif error.args:  # AMQPConnectionError(<workflow error>)
+            candidate = error.args[0]
+        else:
+            return error
+        if not isinstance(candidate, BaseException):
+            return error
+        error = candidate
