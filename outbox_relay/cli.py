@@ -39,8 +39,9 @@ from outbox_relay.settings import (
     RunSettings,
 )
 from outbox_relay.store.relay_store import PostgresStore
+from outbox_relay.store.schema import grants_sql, migration_sql
 from outbox_relay.store.schema import migrate as apply_migrations
-from outbox_relay.store.schema import migration_sql
+from outbox_relay.store.sqlfiles import GRANT_KINDS
 from outbox_relay.urls import redact_url
 
 
@@ -100,16 +101,42 @@ def migrate(database_url: str, schema: str, partitions: int) -> None:
     show_default=True,
     help="Print only migrations newer than this version.",
 )
-def print_sql(schema: str, partitions: int, since_version: int) -> None:
+@click.option(
+    "--grants",
+    "grants",
+    multiple=True,
+    metavar="KIND=ROLE",
+    help="Print, instead of the DDL, the least privileges ROLE needs as KIND: 'relay' (its "
+    "own tables) or 'producer' (INSERT on the outbox). Repeatable.",
+)
+def print_sql(schema: str, partitions: int, since_version: int, grants: tuple[str, ...]) -> None:
     """Print the DDL that `migrate` applies, for Alembic, Django, Flyway or a DBA.
 
     Every statement is idempotent and records its version, so `migrate` can run after it.
+    With --grants, print the GRANT statements for the relay's and producers' roles.
     """
+    if grants:
+        roles = [_grant(value) for value in grants]
+        try:
+            click.echo(grants_sql(schema=schema, roles=roles), nl=False)
+        except ValueError as exc:
+            raise ConfigurationError(f"--grants/--schema: {exc}") from exc
+        return
     try:
         text = migration_sql(schema=schema, since_version=since_version, partitions=partitions)
         click.echo(text, nl=False)
     except ValueError as exc:
         raise ConfigurationError(f"--schema: {exc}") from exc
+
+
+def _grant(value: str) -> tuple[str, str]:
+    kind, _, role = value.partition("=")
+    if kind not in GRANT_KINDS or not role:
+        raise ConfigurationError(
+            f"--grants {value!r}: expected KIND=ROLE with KIND one of {', '.join(GRANT_KINDS)}, "
+            "e.g. --grants relay=outbox_relay --grants producer=app"
+        )
+    return kind, role
 
 
 @main.command()

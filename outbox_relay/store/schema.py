@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +13,11 @@ from outbox_relay.errors import ConfigurationError
 from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from outbox_relay.store.connect import connect, translate_errors
 from outbox_relay.store.sqlfiles import (
+    MAX_IDENTIFIER_BYTES,
     Migration,
     Queries,
     compose,
+    grant_template,
     lock_key,
     migrations,
     validate_schema_name,
@@ -82,6 +85,19 @@ def migration_sql(
             "name": sql.Literal(migration.name).as_string(None),
         }
         chunks.append(insert + ";")
+    return "\n\n".join(chunks) + "\n"
+
+
+def grants_sql(*, schema: str, roles: Sequence[tuple[str, str]]) -> str:
+    """GRANT statements giving each (kind, role) the least it needs on ``schema``'s outbox:
+    ``relay`` its own tables, ``producer`` INSERT on the outbox."""
+    validate_schema_name(schema)
+    chunks = []
+    for kind, role in roles:
+        if not role or len(role.encode("utf-8")) > MAX_IDENTIFIER_BYTES or "\x00" in role:
+            raise ValueError(f"role name {role!r} is empty, contains NUL or is too long")
+        text = compose(grant_template(kind), schema=schema, role=role).as_string(None)
+        chunks.append(text.strip())
     return "\n\n".join(chunks) + "\n"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from psycopg import sql
 
 _NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
-_PLACEHOLDER_RE = re.compile(r"\{(schema|channel|partitions)\}")
+_PLACEHOLDER_RE = re.compile(r"\{(schema|channel|partitions|role)\}")
 _MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -64,6 +64,16 @@ def migrations() -> tuple[Migration, ...]:
     return tuple(found)
 
 
+GRANT_KINDS = ("relay", "producer")
+
+
+def grant_template(kind: str) -> str:
+    """``sql/grants/KIND.sql``: the least privileges one kind of role needs."""
+    if kind not in GRANT_KINDS:
+        raise ValueError(f"no grants for {kind!r}; expected one of {', '.join(GRANT_KINDS)}")
+    return (sql_dir() / "grants" / f"{kind}.sql").read_text(encoding="utf-8")
+
+
 def validate_schema_name(schema: str) -> str:
     """A schema name PostgreSQL will store as given; any character is quoted safely."""
     if not schema or "\x00" in schema:
@@ -90,8 +100,11 @@ def lock_key(*parts: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def compose(template: str, *, schema: str, partitions: int | None = None) -> sql.Composed:
-    """Splice the quoted schema (its NOTIFY channel, the partition count) into a template."""
+def compose(
+    template: str, *, schema: str, partitions: int | None = None, role: str | None = None
+) -> sql.Composed:
+    """Splice the quoted schema (its NOTIFY channel, the partition count, a quoted role
+    name) into a template."""
     pieces: list[sql.Composable] = []
     position = 0
     for match in _PLACEHOLDER_RE.finditer(template):
@@ -101,6 +114,10 @@ def compose(template: str, *, schema: str, partitions: int | None = None) -> sql
             pieces.append(sql.Identifier(schema))
         elif name == "channel":
             pieces.append(sql.Literal(notify_channel(schema)))
+        elif name == "role":
+            if role is None:
+                raise ValueError("this SQL needs a role name")
+            pieces.append(sql.Identifier(role))
         elif partitions is None:
             raise ValueError("this SQL needs the partition count")
         else:

@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 import outbox_relay
-from outbox_relay.store.schema import migrate, migration_sql
+from outbox_relay.store.schema import grants_sql, migrate, migration_sql
 from outbox_relay.store.sqlfiles import migrations
 
 pytestmark = pytest.mark.integration
@@ -136,3 +136,27 @@ def test_run_without_migrate_says_so(database_url: str, amqp_url: str) -> None:
     )
     assert result.returncode == 1
     assert "outbox-relay migrate" in result.stderr
+
+
+def test_printed_sql_is_safe_with_a_newline_in_the_schema_name(database_url: str) -> None:
+    """Placeholders never sit in comments: a newline in a quoted name cannot end one."""
+    canary = "canary_outbox_relay_nl"
+    hostile = f"x\nDROP TABLE public.{canary}; --"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        create = sql.SQL("CREATE TABLE IF NOT EXISTS public.{} (id int)")
+        conn.execute(create.format(sql.Identifier(canary)))
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(migration_sql(schema=hostile))  # type: ignore[call-overload]
+            row = conn.execute("SELECT current_user").fetchone()
+            assert row is not None
+            grants = grants_sql(schema=hostile, roles=[("relay", row[0]), ("producer", row[0])])
+            conn.execute(grants)  # type: ignore[call-overload]
+        assert "outbox" in tables(database_url, hostile)
+        assert canary in tables(database_url, "public")
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(hostile))
+            )
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS public.{}").format(sql.Identifier(canary)))

@@ -1,0 +1,13 @@
+-- Least privilege for the relay's role: its own tables in the outbox schema, nothing else.
+-- (No placeholder in a comment: a quoted name may hold a newline.)
+-- Run `outbox-relay migrate` as the schema's owner; the relay itself creates nothing.
+
+GRANT USAGE ON SCHEMA {schema} TO {role};
+
+-- Claim (SELECT ... FOR UPDATE needs UPDATE), delete published rows, record failures.
+GRANT SELECT, UPDATE, DELETE ON {schema}.outbox TO {role};
+
+-- Its wake-up flag, heartbeats and partition leases (FOR SHARE needs UPDATE).
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.outbox_listener TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.outbox_relays TO {role};
+GRANT SELECT, UPDATE ON {schema}.outbox_partitions TO {role};

@@ -1,0 +1,107 @@
+"""Least privilege: the relay and a producer work with only the grants `sql --grants` prints."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+import outbox_relay
+from outbox_relay.cli import main
+from outbox_relay.store.sqlfiles import sql_dir
+from tests.conftest import unique_name
+from tests.support.broker import BrokerHelper
+from tests.support.relay import outbox_rows, running_relay, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def roles(database_url: str) -> Iterator[tuple[str, str]]:
+    """Two login roles with no privileges (unique names), dropped after the test."""
+    relay, producer = unique_name("relay"), unique_name("producer")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for role in (relay, producer):
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    yield relay, producer
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for role in (relay, producer):
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def as_role(database_url: str, role: str) -> str:
+    return make_conninfo(database_url, user=role)
+
+
+def test_the_printed_grants_are_enough_and_no_more(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    roles: tuple[str, str],
+) -> None:
+    relay_role, producer_role = roles
+    result = CliRunner().invoke(
+        main,
+        [
+            "sql",
+            "--schema",
+            schema,
+            "--grants",
+            f"relay={relay_role}",
+            "--grants",
+            f"producer={producer_role}",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(result.output)  # type: ignore[call-overload]
+
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with psycopg.connect(as_role(database_url, producer_role)) as conn:
+        for n in range(10):
+            outbox_relay.publish(
+                conn, exchange=exchange, routing_key="k", payload={"n": n}, schema=schema
+            )
+        conn.commit()
+        for statement in ("SELECT * FROM {}.outbox", "DELETE FROM {}.outbox"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(sql.SQL(statement).format(sql.Identifier(schema)))
+            conn.rollback()
+
+    with running_relay(as_role(database_url, relay_role), amqp_url, schema):
+        assert len(broker.drain(queue, expect=10)) == 10
+        assert wait_for(lambda: not outbox_rows(database_url, schema))
+
+    with psycopg.connect(as_role(database_url, relay_role)) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload,"
+                    " content_type) VALUES (gen_random_uuid(), 'x', 'k', '', 'x')"
+                ).format(sql.Identifier(schema))
+            )
+        conn.rollback()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                sql.SQL("SELECT 1 FROM {}.outbox_migrations").format(sql.Identifier(schema))
+            )
+
+
+def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
+    """A quoted schema or role name may hold a newline; inside a `--` comment it would end
+    the comment and turn the rest of the name into SQL."""
+    placeholder = re.compile(r"--.*\{(schema|role|channel|partitions)\}")
+    files: list[Path] = [*sql_dir().glob("migrations/*.sql"), *sql_dir().glob("grants/*.sql")]
+    assert files
+    for path in files:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            assert not placeholder.search(line), f"{path.name}: {line}"
