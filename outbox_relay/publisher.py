@@ -334,7 +334,11 @@ class Publisher:
                 for row, outcome in zip(batch.rows, batch.outcomes, strict=True)
                 if outcome is not None
             }
-            self.close()
+            # Give the connection up without closing it here: a graceful close waits (up
+            # to CLOSE_TIMEOUT_S) for a peer that may be stalled, and the caller must
+            # settle the confirmed rows before its lease ends. Its outage handling closes.
+            if self._conn_error is None:
+                self._conn_error = BrokerUnavailableError(reason)
             raise PublishInterruptedError(f"publishing interrupted: {reason}", outcomes)
 
     def _finish(self, batch: _Batch) -> dict[int, Outcome]:

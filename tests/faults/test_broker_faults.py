@@ -11,6 +11,7 @@ import pytest
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper
 from tests.support.faults import (
+    Backlog,
     RelayProcess,
     Tally,
     broker_proxy,
@@ -47,28 +48,29 @@ def test_connection_closed_by_the_broker_and_cut_by_the_network(
 ) -> None:
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
-    total = 8000
-    insert_rows(database_url, schema, exchange, range(total), keys=20)
+    backlog = Backlog(database_url, schema, exchange, keys=20, limit=40_000)
     faults = 0
+    written = range(0)
     with broker_proxy(amqp_url) as (proxy, proxied):
         relay = RelayProcess(
             database_url, proxied, schema, "--batch-size", str(BATCH), log_dir=tmp_path
         )
         try:
-            assert publishing(database_url, schema, total)
-            for round_ in range(5):
-                before = pending(database_url, schema)
-                assert before > 0, "the backlog drained before the fault; nothing was proved"
+            for round_ in range(6):
+                published = broker.depth(queue)
+                assert wait_for(lambda p=published: broker.depth(queue) > p + 300, timeout_s=20)
+                assert pending(database_url, schema) > 0, "no backlog; the fault proves nothing"
                 if round_ % 2 == 0:
                     assert close_broker_connection(proxy), "the relay's connection was not found"
                 else:
                     proxy.cut()
                 faults += 1
-                wait_for(lambda b=before: pending(database_url, schema) < b - 300, timeout_s=15)
+            written = backlog.stop()
             drained(relay, database_url, schema)
         finally:
+            backlog.stop()
             assert relay.stop() == 0, relay.log_text()[-4000:]
-    tally = Tally(expected=set(range(total)))
+    tally = Tally(expected=set(written))
     tally.add(broker.collect(queue))
     report_fault("broker connection closed (rabbitmqctl) / cut (proxy)", tally, runs=faults)
     assert not tally.lost
@@ -212,3 +214,33 @@ def test_broker_restart_during_a_run(
     assert tally.duplicates <= BATCH
     assert tally.out_of_order_keys() == []
     assert relay.events("relay.recovered")
+
+
+def test_a_stall_longer_than_the_lease_ends_the_wait_before_the_confirm_timeout(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    """The confirm wait is bounded by the partition lease too: the database ends a claim
+    left idle for the lease TTL, so the relay gives up, reconnects and resends."""
+    relay, tally = stalled_run(
+        database_url,
+        amqp_url,
+        schema,
+        broker,
+        tmp_path,
+        args=("--confirm-timeout", "30", "--lease-ttl", "3", "--heartbeat-interval", "1"),
+        stall=lambda relay: wait_for(
+            lambda: relay.events("relay.broker_unavailable"), timeout_s=15
+        ),
+    )
+    report_fault("broker stalled > lease (3 s) < confirm timeout", tally)
+    assert not tally.lost
+    assert tally.duplicates <= BATCH
+    [outage] = relay.events("relay.broker_unavailable")
+    assert "lease ran out while confirms were outstanding" in outage["error"]
+    # What the broker did confirm was settled in time: the database session survived.
+    assert not relay.events("relay.database_unavailable")
