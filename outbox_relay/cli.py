@@ -196,7 +196,8 @@ def _grant(value: str) -> tuple[str, str]:
     show_default=True,
     show_envvar=True,
     help="Seconds to wait for publisher confirms before reconnecting (not counted while "
-    "the broker blocks publishers).",
+    "the broker blocks publishers). The wait also ends when the partition lease runs out "
+    "(about --lease-ttl minus 1 s), since the database ends a claim idle that long.",
 )
 @click.option(
     "--lease-ttl",
@@ -249,8 +250,6 @@ def run(
         ),
         confirm_timeout_s=confirm_timeout,
     )
-    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]
-    log = structlog.get_logger("outbox_relay.cli")
     relay: Relay | None = None
 
     def should_stop() -> bool:
@@ -270,6 +269,9 @@ def run(
         ),
         settings=settings.relay,
     )
+    # Only now: a URL pika cannot read was refused above, before logging was set up.
+    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]
+    log = structlog.get_logger("outbox_relay.cli")
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("relay.stopping", signal=signal.Signals(signum).name)
