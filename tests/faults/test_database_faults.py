@@ -13,7 +13,14 @@ from psycopg import sql
 
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper
-from tests.support.faults import RelayProcess, Tally, insert_rows, pending
+from tests.support.faults import (
+    Backlog,
+    RelayProcess,
+    Tally,
+    insert_rows,
+    pending,
+    service_proxy,
+)
 from tests.support.relay import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
@@ -138,6 +145,61 @@ def test_lost_notifications_are_caught_by_the_poll_timer(
     report_fault("NOTIFY lost (poll fallback)", tally)
     assert not tally.lost
     assert max(latencies) < 0.3 + 0.5, latencies
+
+
+def test_database_connections_cut_and_stalled_by_the_network(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    """Through a proxy in front of PostgreSQL: cuts drop both sessions at once; a stall
+    longer than the lease leaves the relay waiting on the network while the server ends
+    its claim; when traffic flows again it learns so, reconnects and goes on."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    backlog = Backlog(database_url, schema, exchange, keys=20, limit=30_000)
+    written = range(0)
+    with service_proxy(database_url, 5432) as (proxy, proxied):
+        relay = RelayProcess(
+            proxied,
+            amqp_url,
+            schema,
+            "--batch-size",
+            str(BATCH),
+            "--lease-ttl",
+            "3",
+            "--heartbeat-interval",
+            "1",
+            log_dir=tmp_path,
+        )
+        try:
+            for fault in ("cut", "cut", "stall"):
+                published = broker.depth(queue)
+                assert wait_for(lambda p=published: broker.depth(queue) > p + 300, timeout_s=20)
+                assert pending(database_url, schema) > 0, "no backlog; the fault proves nothing"
+                if fault == "cut":
+                    proxy.cut()
+                else:
+                    proxy.stalled.set()
+                    time.sleep(4)
+                    proxy.stalled.clear()
+            written = backlog.stop()
+            drain_and_stop(relay, database_url, schema)
+        finally:
+            backlog.stop()
+            proxy.stalled.clear()
+            relay.kill()
+    tally = Tally(expected=set(written))
+    tally.add(broker.collect(queue))
+    report_fault("database connections cut (2) / stalled 4 s (proxy)", tally, runs=3)
+    assert not tally.lost
+    assert not tally.invented
+    assert tally.duplicates <= 3 * BATCH
+    assert tally.out_of_order_keys() == []
+    assert len(relay.events("relay.recovered")) >= 2
 
 
 @pytest.mark.skipif(

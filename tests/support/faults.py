@@ -129,15 +129,20 @@ def relay_process(
 
 
 @contextlib.contextmanager
-def broker_proxy(amqp_url: str) -> Iterator[tuple[TcpProxy, str]]:
-    """A TcpProxy in front of RabbitMQ and the AMQP URL that goes through it."""
-    target = urlsplit(amqp_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
-    netloc = f"{target.username}:{target.password}@127.0.0.1:{proxy.port}"
+def service_proxy(url: str, default_port: int) -> Iterator[tuple[TcpProxy, str]]:
+    """A TcpProxy in front of the service at ``url`` and the same URL through the proxy."""
+    target = urlsplit(url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or default_port)
+    userinfo = target.netloc.rpartition("@")[0]
+    netloc = (f"{userinfo}@" if userinfo else "") + f"127.0.0.1:{proxy.port}"
     try:
         yield proxy, urlunsplit(target._replace(netloc=netloc))
     finally:
         proxy.close()
+
+
+def broker_proxy(amqp_url: str) -> contextlib.AbstractContextManager[tuple[TcpProxy, str]]:
+    return service_proxy(amqp_url, 5672)
 
 
 def rabbitmqctl(*args: str, timeout_s: float = 60.0) -> str:
