@@ -6,6 +6,7 @@ message says what and what to do); 2 bad usage or configuration.
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import Any
 
@@ -38,9 +39,11 @@ from outbox_relay.relay import (
 from outbox_relay.settings import (
     RunSettings,
 )
+from outbox_relay.status_view import render_status
 from outbox_relay.store.relay_store import PostgresStore
 from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.schema import migration_sql
+from outbox_relay.store.status import read_status
 from outbox_relay.urls import redact_url
 
 
@@ -258,6 +261,19 @@ def run(
         batch_size=settings.relay.batch_size,
     )
     relay.run()
+
+
+@main.command()
+@database_url_option
+@schema_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def status(database_url: str, schema: str, as_json: bool) -> None:
+    """Backlog, oldest pending age, dead rows, live relays and their partitions."""
+    report = read_status(database_url, schema=schema)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(render_status(report))
 
 
 main.add_command(topology)
