@@ -14,6 +14,7 @@ import click
 import structlog
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
+from outbox_relay.cli_failed import failed
 from outbox_relay.cli_options import (
     EXIT_FAILED,
     amqp_url_option,
@@ -277,3 +278,4 @@ def status(database_url: str, schema: str, as_json: bool) -> None:
 
 
 main.add_command(topology)
+main.add_command(failed)

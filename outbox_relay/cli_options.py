@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import click
 
+from outbox_relay.durations import parse_duration_ms
 from outbox_relay.logs import LOG_LEVELS
 from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from outbox_relay.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_SCHEMA
@@ -79,3 +80,24 @@ def logging_options(func: F) -> F:
         show_envvar=True,
         help="auto: console on a terminal, JSON lines otherwise.",
     )(func)
+
+
+# click >= 8.2 makes ParamType generic; subscripting it would break older clicks at runtime.
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """A duration such as 10m, 2h or 7d (or plain seconds), as seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration_ms(value) / 1000
+        except (TypeError, ValueError) as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def duration_option(*names: str, help: str) -> Callable[[F], F]:
+    return click.option(*names, type=Duration(), default=None, help=help)
