@@ -38,7 +38,7 @@ def render_status(status: Status) -> str:
         f"  oldest pending: {_age(status.oldest_pending_s)}",
         f"  dead rows:      {status.dead}"
         + (
-            "  (see the rows with dead_at set; fix the cause, then reset them)"
+            "  (`outbox-relay failed list`; fix the cause, then `outbox-relay failed retry`)"
             if status.dead
             else ""
         ),
