@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import structlog
+from prometheus_client import CollectorRegistry
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
 from outbox_relay.cli_failed import failed
@@ -19,6 +20,7 @@ from outbox_relay.cli_options import (
     EXIT_FAILED,
     amqp_url_option,
     database_url_option,
+    http_options,
     logging_options,
     partitions_option,
     schema_option,
@@ -26,6 +28,8 @@ from outbox_relay.cli_options import (
 from outbox_relay.cli_topology import topology
 from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
 from outbox_relay.logs import configure_logging
+from outbox_relay.observability.http import HealthServer
+from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
 from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
 from outbox_relay.relay import (
     BATCH_SIZE,
@@ -44,7 +48,7 @@ from outbox_relay.status_view import render_status
 from outbox_relay.store.relay_store import PostgresStore
 from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.schema import migration_sql
-from outbox_relay.store.status import read_status
+from outbox_relay.store.status import backlog_figures, read_status
 from outbox_relay.urls import redact_url
 
 
@@ -194,6 +198,7 @@ def print_sql(schema: str, partitions: int, since_version: int) -> None:
     show_envvar=True,
     help="Seconds between heartbeats, which renew leases and rebalance partitions.",
 )
+@http_options
 @logging_options
 def run(
     database_url: str,
@@ -207,6 +212,8 @@ def run(
     confirm_timeout: float,
     lease_ttl: float,
     heartbeat_interval: float,
+    http_port: int,
+    http_host: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -233,6 +240,11 @@ def run(
     def should_stop() -> bool:
         return relay is not None and relay.stopping
 
+    registry = CollectorRegistry()
+    metrics = RelayMetrics(registry)
+    registry.register(
+        BacklogCollector(lambda: backlog_figures(settings.database_url, settings.schema))
+    )
     relay = Relay(
         store=PostgresStore(
             url=settings.database_url,
@@ -246,6 +258,7 @@ def run(
             should_stop=should_stop,
         ),
         settings=settings.relay,
+        observer=metrics,
     )
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -261,7 +274,22 @@ def run(
         schema=settings.schema,
         batch_size=settings.relay.batch_size,
     )
-    relay.run()
+    server = (
+        HealthServer(
+            host=http_host,
+            port=http_port,
+            registry=registry,
+            liveness=relay.liveness,
+            readiness=relay.readiness,
+        ).start()
+        if http_port
+        else None
+    )
+    try:
+        relay.run()
+    finally:
+        if server is not None:
+            server.close()
 
 
 @main.command()

@@ -101,3 +101,23 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
 def duration_option(*names: str, help: str) -> Callable[[F], F]:
     return click.option(*names, type=Duration(), default=None, help=help)
+
+
+def http_options(func: F) -> F:
+    func = click.option(
+        "--http-port",
+        envvar="OUTBOX_RELAY_HTTP_PORT",
+        type=click.IntRange(0, 65535),
+        default=0,
+        show_default=True,
+        show_envvar=True,
+        help="Serve /healthz, /readyz and /metrics on this port; 0 turns it off.",
+    )(func)
+    return click.option(
+        "--http-host",
+        envvar="OUTBOX_RELAY_HTTP_HOST",
+        default="0.0.0.0",  # noqa: S104 - probes reach a pod on its own address
+        show_default=True,
+        show_envvar=True,
+        help="Address the HTTP endpoints listen on.",
+    )(func)

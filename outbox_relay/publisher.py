@@ -26,7 +26,7 @@ from pika.spec import Basic, BasicProperties
 
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Outcome
+from outbox_relay.outcome import Outcome, Reason
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -88,10 +88,11 @@ class _Batch:
         if not ack:
             return Outcome.failed(
                 "the broker nacked the message (an internal error, or a queue limit with "
-                "overflow=reject-publish)"
+                "overflow=reject-publish)",
+                Reason.NACKED,
             )
         returned = self.returned.get(str(self.rows[index].message_id))
-        return Outcome.failed(returned) if returned else Outcome.confirmed()
+        return Outcome.failed(returned, Reason.UNROUTABLE) if returned else Outcome.confirmed()
 
     def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
         return {
@@ -321,12 +322,16 @@ class Publisher:
             missing = self.missing_exchanges({row.exchange for row in unresolved})
             if missing:
                 return {
-                    row.id: Outcome.failed(missing[row.exchange])
+                    row.id: Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE)
                     for row in unresolved
                     if row.exchange in missing
                 }
         first = unresolved[0]
-        return {first.id: Outcome.failed(f"the broker closed the channel: {self._describe(error)}")}
+        return {
+            first.id: Outcome.failed(
+                f"the broker closed the channel: {self._describe(error)}", Reason.CHANNEL_CLOSED
+            )
+        }
 
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
         """The exchanges among ``exchanges`` that do not exist, each with the error to record.

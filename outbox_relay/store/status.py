@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 
+from outbox_relay.errors import StoreError
 from outbox_relay.store.connect import connect, translate_errors
 from outbox_relay.store.sqlfiles import Queries
 
@@ -69,3 +70,19 @@ def read_status(url: str, *, schema: str) -> Status:
         relays=[RelayInfo(r[0], r[1], r[2], r[3], list(r[4])) for r in relays],
         partitions=[PartitionInfo(*p) for p in partitions],
     )
+
+
+def backlog_figures(url: str, schema: str) -> dict[str, float | None]:
+    """The backlog gauges for a scrape; on a database error, only a failed-scrape flag."""
+    try:
+        status = read_status(url, schema=schema)
+    except StoreError:
+        return {"outbox_relay_backlog_scrape_ok": 0.0}
+    return {
+        "outbox_relay_backlog_rows": float(status.pending),
+        "outbox_relay_due_rows": float(status.due),
+        "outbox_relay_dead_rows": float(status.dead),
+        "outbox_relay_oldest_pending_seconds": status.oldest_pending_s or 0.0,
+        "outbox_relay_unowned_partitions": float(len(status.unowned_partitions)),
+        "outbox_relay_backlog_scrape_ok": 1.0,
+    }
