@@ -8,14 +8,15 @@ scrapes, on a connection of their own, so they cost nothing between scrapes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Failure
+from outbox_relay.outcome import Failure, Reason
 
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 LATENCY_BUCKETS_S = (
@@ -87,6 +88,12 @@ class RelayMetrics:
             registry=registry,
         )
 
+        # Every series exists from the start, so rate() and alerts see zeros, not gaps.
+        for reason in Reason:
+            self.failed.labels(reason=reason.value)
+        for service in ("database", "broker"):
+            self.outages.labels(service=service)
+
     def batch_settled(
         self,
         *,
@@ -118,20 +125,21 @@ class RelayMetrics:
 class BacklogCollector(Collector):
     """Reads the outbox's backlog at scrape time through ``read``."""
 
+    FIGURES: ClassVar[Mapping[str, str]] = {
+        "outbox_relay_backlog_rows": "Rows not yet published and not dead.",
+        "outbox_relay_due_rows": "Pending rows due now (not waiting for a delay or retry).",
+        "outbox_relay_dead_rows": "Rows marked dead, waiting for `outbox-relay failed`.",
+        "outbox_relay_oldest_pending_seconds": "Age of the oldest pending row (0 when none).",
+        "outbox_relay_unowned_partitions": "Partitions no live relay holds.",
+        "outbox_relay_backlog_scrape_ok": "1 when the backlog query succeeded.",
+    }
+
     def __init__(self, read: Callable[[], dict[str, float | None]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         figures = self._read()
-        described = {
-            "outbox_relay_backlog_rows": "Rows not yet published and not dead.",
-            "outbox_relay_due_rows": "Pending rows due now (not waiting for a delay or retry).",
-            "outbox_relay_dead_rows": "Rows marked dead, waiting for `outbox-relay failed`.",
-            "outbox_relay_oldest_pending_seconds": "Age of the oldest pending row (0 when none).",
-            "outbox_relay_unowned_partitions": "Partitions no live relay holds.",
-            "outbox_relay_backlog_scrape_ok": "1 when the backlog query succeeded.",
-        }
-        for name, help_text in described.items():
+        for name, help_text in self.FIGURES.items():
             value = figures.get(name)
             if value is not None:
                 yield GaugeMetricFamily(name, help_text, value=value)
