@@ -45,7 +45,7 @@ from outbox_relay.settings import (
     RunSettings,
 )
 from outbox_relay.status_view import render_status
-from outbox_relay.store.relay_store import PostgresStore
+from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S, PostgresStore
 from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.schema import migration_sql
 from outbox_relay.store.status import backlog_figures, read_status
@@ -198,6 +198,25 @@ def print_sql(schema: str, partitions: int, since_version: int) -> None:
     show_envvar=True,
     help="Seconds between heartbeats, which renew leases and rebalance partitions.",
 )
+@click.option(
+    "--order-gate/--no-order-gate",
+    envvar="OUTBOX_RELAY_ORDER_GATE",
+    default=False,
+    show_default=True,
+    show_envvar=True,
+    help="Publish a keyed row only once no older transaction that could still commit an "
+    "earlier row of its key is running (for applications that write one key from "
+    "concurrent transactions). A long unrelated transaction then delays keyed rows.",
+)
+@click.option(
+    "--order-gate-max-wait",
+    envvar="OUTBOX_RELAY_ORDER_GATE_MAX_WAIT",
+    type=float,
+    default=ORDER_GATE_MAX_WAIT_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a keyed row waits at the order gate at most before it is published anyway.",
+)
 @http_options
 @logging_options
 def run(
@@ -212,6 +231,8 @@ def run(
     confirm_timeout: float,
     lease_ttl: float,
     heartbeat_interval: float,
+    order_gate: bool,
+    order_gate_max_wait: float,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -251,6 +272,8 @@ def run(
             schema=settings.schema,
             relay_id=new_relay_id(),
             lease_ttl_s=settings.relay.lease_ttl_s,
+            order_gate=order_gate,
+            order_gate_max_wait_s=order_gate_max_wait,
         ),
         publisher=Publisher(
             url=settings.amqp_url,

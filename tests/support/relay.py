@@ -16,7 +16,15 @@ from outbox_relay.relay import LEASE_TTL_S, Relay, RelaySettings, new_relay_id
 from outbox_relay.store.relay_store import PostgresStore
 
 
-def make_relay(database_url: str, amqp_url: str, schema: str, **settings: Any) -> Relay:
+def make_relay(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    *,
+    order_gate: bool = False,
+    order_gate_max_wait_s: float = 30.0,
+    **settings: Any,
+) -> Relay:
     relay: Relay | None = None
     publisher = Publisher(url=amqp_url, should_stop=lambda: relay is not None and relay.stopping)
     relay = Relay(
@@ -25,6 +33,8 @@ def make_relay(database_url: str, amqp_url: str, schema: str, **settings: Any) -
             schema=schema,
             relay_id=new_relay_id(),
             lease_ttl_s=settings.get("lease_ttl_s", LEASE_TTL_S),
+            order_gate=order_gate,
+            order_gate_max_wait_s=order_gate_max_wait_s,
         ),
         publisher=publisher,
         settings=RelaySettings(**settings),
