@@ -15,8 +15,9 @@ import click
 import structlog
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
+from outbox_relay.cli_options import logging_options
 from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
-from outbox_relay.logs import LOG_LEVELS, configure_logging
+from outbox_relay.logs import configure_logging
 from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
 from outbox_relay.relay import BATCH_SIZE, MAX_ATTEMPTS, POLL_INTERVAL_S, Relay, RelaySettings
 from outbox_relay.settings import (
@@ -65,26 +66,6 @@ def schema_option(func: F) -> F:
         show_default=True,
         show_envvar=True,
         help="Schema that holds the outbox table.",
-    )(func)
-
-
-def logging_options(func: F) -> F:
-    func = click.option(
-        "--log-level",
-        envvar="OUTBOX_RELAY_LOG_LEVEL",
-        type=click.Choice(list(LOG_LEVELS)),
-        default="info",
-        show_default=True,
-        show_envvar=True,
-    )(func)
-    return click.option(
-        "--log-format",
-        envvar="OUTBOX_RELAY_LOG_FORMAT",
-        type=click.Choice(["auto", "json", "console"]),
-        default="auto",
-        show_default=True,
-        show_envvar=True,
-        help="auto: console on a terminal, JSON lines otherwise.",
     )(func)
 
 
