@@ -61,6 +61,7 @@ def test_migrate_twice_into_an_existing_schema_leaves_its_tables_alone(
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
     assert tables(database_url, app_schema) == [
+        "inbox",
         "orders",
         "outbox",
         "outbox_listener",
@@ -84,7 +85,7 @@ def test_printed_sql_applied_by_hand_then_migrate_is_a_no_op(
         conn.execute(printed.stdout)  # type: ignore[call-overload]  # what a DBA would run
     report = migrate(database_url, schema=app_schema)
     assert report.applied == ()
-    assert report.already == ("0001_outbox",)
+    assert report.already == ("0001_outbox", "0002_inbox")
     with psycopg.connect(database_url) as conn:
         outbox_relay.publish(conn, exchange="e", routing_key="k", payload={}, schema=app_schema)
         conn.commit()
