@@ -15,6 +15,7 @@ import click
 import structlog
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
+from outbox_relay.cli_consume import consume
 from outbox_relay.cli_options import logging_options
 from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
 from outbox_relay.logs import configure_logging
@@ -253,6 +254,8 @@ def run(
     )
     relay.run()
 
+
+main.add_command(consume)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
