@@ -113,7 +113,8 @@ class Relay:
         """Relay until :meth:`stop`; reconnects with backoff through outages."""
         retrying = reconnecting(
             unavailable=(StoreUnavailableError, BrokerUnavailableError),
-            stopping=self._stopping,
+            should_stop=self._stopping.is_set,
+            sleep=self._stopping.wait,
             on_outage=self._on_outage,
             max_s=self._settings.reconnect_max_s,
         )

@@ -73,6 +73,7 @@ class Runner:
         self._publisher: BlockingChannel | None = None
         self._cancelled_by_broker = False
         self._outage = False
+        self._signalled: int | None = None
         self.ready = threading.Event()  # set while consuming
         url = settings.database_url
         self._pool = WorkerPool(
@@ -109,9 +110,9 @@ class Runner:
         """:meth:`run`, stopping on SIGTERM or SIGINT. Call from the main thread."""
 
         def on_signal(signum: int, _frame: object) -> None:
-            # Only set the flag: pika may hold its own locks in this thread right now.
-            self._log.info("consumer.stopping", signal=signal.Signals(signum).name)
-            self._stopping.set()
+            # Only note it: this thread may hold a lock right now (pika's, the log
+            # writer's, the stop event's), and taking it again here would deadlock.
+            self._signalled = signum
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
@@ -134,7 +135,8 @@ class Runner:
         )
         retrying = reconnecting(
             unavailable=(BrokerUnavailableError,),
-            stopping=self._stopping,
+            should_stop=self._should_stop,
+            sleep=self._sleep,
             on_outage=self._on_outage,
             max_s=self._settings.reconnect_max_s,
             reraise=True,
@@ -152,6 +154,17 @@ class Runner:
             if purger is not None:
                 purger.join(5)
             self._log.info("consumer.stopped")
+
+    def _should_stop(self) -> bool:
+        if self._signalled is not None and not self._stopping.is_set():
+            self._log.info("consumer.stopping", signal=signal.Signals(self._signalled).name)
+            self._stopping.set()
+        return self._stopping.is_set()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._should_stop() and time.monotonic() < deadline:
+            self._stopping.wait(min(TICK_S, deadline - time.monotonic()))
 
     def _on_outage(self, state: RetryCallState) -> None:
         if not self._outage:
@@ -180,7 +193,7 @@ class Runner:
                 for h in self._handlers
             ]
             self._connected()
-            while not self._stopping.is_set() and not self._cancelled_by_broker:
+            while not self._should_stop() and not self._cancelled_by_broker:
                 conn.process_data_events(time_limit=TICK_S)
                 self._settle_ready()
             if self._cancelled_by_broker:
