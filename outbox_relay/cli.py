@@ -8,66 +8,32 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 import structlog
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
 from outbox_relay.cli_consume import consume
-from outbox_relay.cli_options import logging_options
+from outbox_relay.cli_options import (
+    EXIT_FAILED,
+    amqp_url_option,
+    database_url_option,
+    logging_options,
+    schema_option,
+)
+from outbox_relay.cli_topology import topology
 from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
 from outbox_relay.logs import configure_logging
 from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
 from outbox_relay.relay import BATCH_SIZE, MAX_ATTEMPTS, POLL_INTERVAL_S, Relay, RelaySettings
 from outbox_relay.settings import (
-    DEFAULT_AMQP_URL,
-    DEFAULT_DATABASE_URL,
-    DEFAULT_SCHEMA,
     RunSettings,
 )
 from outbox_relay.store.relay_store import PostgresStore
 from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.schema import migration_sql
 from outbox_relay.urls import redact_url
-
-F = TypeVar("F", bound=Callable[..., Any])
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-def database_url_option(func: F) -> F:
-    return click.option(
-        "--database-url",
-        envvar="OUTBOX_RELAY_DATABASE_URL",
-        default=DEFAULT_DATABASE_URL,
-        show_default=True,
-        show_envvar=True,
-        help="PostgreSQL URL (libpq syntax).",
-    )(func)
-
-
-def amqp_url_option(func: F) -> F:
-    return click.option(
-        "--amqp-url",
-        envvar="OUTBOX_RELAY_AMQP_URL",
-        default=DEFAULT_AMQP_URL,
-        show_default=True,
-        show_envvar=True,
-        help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
-    )(func)
-
-
-def schema_option(func: F) -> F:
-    return click.option(
-        "--schema",
-        envvar="OUTBOX_RELAY_SCHEMA",
-        default=DEFAULT_SCHEMA,
-        show_default=True,
-        show_envvar=True,
-        help="Schema that holds the outbox table.",
-    )(func)
 
 
 class _Group(click.Group):
@@ -256,6 +222,7 @@ def run(
 
 
 main.add_command(consume)
+main.add_command(topology)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

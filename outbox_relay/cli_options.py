@@ -8,8 +8,44 @@ from typing import Any, TypeVar
 import click
 
 from outbox_relay.logs import LOG_LEVELS
+from outbox_relay.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, DEFAULT_SCHEMA
 
 F = TypeVar("F", bound=Callable[..., Any])
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def database_url_option(func: F) -> F:
+    return click.option(
+        "--database-url",
+        envvar="OUTBOX_RELAY_DATABASE_URL",
+        default=DEFAULT_DATABASE_URL,
+        show_default=True,
+        show_envvar=True,
+        help="PostgreSQL URL (libpq syntax).",
+    )(func)
+
+
+def amqp_url_option(func: F) -> F:
+    return click.option(
+        "--amqp-url",
+        envvar="OUTBOX_RELAY_AMQP_URL",
+        default=DEFAULT_AMQP_URL,
+        show_default=True,
+        show_envvar=True,
+        help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
+    )(func)
+
+
+def schema_option(func: F) -> F:
+    return click.option(
+        "--schema",
+        envvar="OUTBOX_RELAY_SCHEMA",
+        default=DEFAULT_SCHEMA,
+        show_default=True,
+        show_envvar=True,
+        help="Schema that holds the outbox table.",
+    )(func)
 
 
 def logging_options(func: F) -> F:
