@@ -13,11 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from outbox_relay.consumer.declare import retry_route
+from outbox_relay.consumer.declare import queue_spec, retry_route
 from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.store.sqlfiles import validate_schema_name
+from outbox_relay.topology import QueueSpec
 
 MAX_ATTEMPTS = 5
 RETRY_DELAYS_S = (1.0, 10.0, 60.0)
@@ -52,10 +53,12 @@ class Handler:
     timeout_s: float
     queue_type: str
     uses_db: bool
+    declare_exchange: bool
+    spec: QueueSpec
 
     @property
     def route(self) -> RetryRoute:
-        return retry_route(self)
+        return retry_route(self.spec)
 
 
 @dataclass(frozen=True)
@@ -126,26 +129,40 @@ class ConsumerApp:
         timeout: float = HANDLER_TIMEOUT_S,
         queue_type: str = "classic",
         name: str | None = None,
+        declare_exchange: bool = True,
     ) -> Callable[[F], F]:
         """Register ``func(message)`` or ``func(message, tx)`` for ``queue``.
 
         With a second parameter the handler runs inside a database transaction (``tx``)
         that also records the message in the inbox: its effects happen exactly once.
-        Without one there is no database and no deduplication.
+        Without one there is no database and no deduplication. ``declare_exchange=False``
+        leaves the exchange alone (when a topology file manages it, e.g. with an
+        alternate exchange); it must then exist before the app starts.
         """
 
         def register(func: F) -> F:
+            patterns = (bindings,) if isinstance(bindings, str) else tuple(bindings)
+            delays = tuple(float(d) for d in retry_delays)
             handler = Handler(
                 func=func,
                 name=name or str(getattr(func, "__qualname__", repr(func))),
                 exchange=exchange,
                 queue=queue,
-                bindings=(bindings,) if isinstance(bindings, str) else tuple(bindings),
+                bindings=patterns,
                 max_attempts=max_attempts,
-                retry_delays_s=tuple(float(d) for d in retry_delays),
+                retry_delays_s=delays,
                 timeout_s=float(timeout),
                 queue_type=queue_type,
                 uses_db=_wants_transaction(func),
+                declare_exchange=declare_exchange,
+                spec=queue_spec(
+                    queue=queue,
+                    queue_type=queue_type,
+                    exchange=exchange,
+                    bindings=patterns,
+                    retry_delays_s=delays,
+                    max_attempts=max_attempts,
+                ),
             )
             check_handler(handler, taken=[h.queue for h in self.handlers])
             self.handlers.append(handler)

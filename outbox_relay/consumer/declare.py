@@ -1,107 +1,90 @@
-"""The broker objects a handler needs, named and argued exactly as ``outbox_relay.topology``
-derives them, and the one place that declares them.
+"""The broker objects a consumer app needs, as an :mod:`outbox_relay.topology` model, and
+the one place that declares them.
 
-For a queue ``billing.orders`` with delays 1 s, 10 s and 1 min::
+Each handler's queue becomes a :class:`~outbox_relay.topology.QueueSpec` with a retry
+policy, so its delay tiers and parking lot are named and argued exactly as
+``outbox-relay topology apply`` would make them; for a queue ``billing.orders`` with
+delays 1 s, 10 s and 1 min::
 
     billing.orders.retry.1s   billing.orders.retry.10s   billing.orders.retry.1m
     billing.orders.parking
 
 A delay queue holds a message for its TTL, then dead-letters it through the default
-exchange straight back to ``billing.orders`` (no other subscriber of the topic sees
-it). The main queue dead-letters to its parking lot, which keeps messages until someone
-looks. Declaring is idempotent; a queue that exists with other arguments makes the
-broker refuse, and the error says which queue.
+exchange straight back to ``billing.orders`` (no other subscriber of the topic sees it).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from outbox_relay.consumer.failure import RetryRoute
+from outbox_relay.errors import ConfigurationError, TopologyError
+from outbox_relay.topology import (
+    ApplyReport,
+    Binding,
+    ExchangeSpec,
+    QueueSpec,
+    QueueType,
+    RetryPolicy,
+    Topology,
+    apply,
+)
 
 if TYPE_CHECKING:
     from outbox_relay.consumer.app import Handler
-
-DEFAULT_EXCHANGE = ""
-RETRY_INFIX = ".retry."
-PARKING_SUFFIX = ".parking"
-_UNITS_MS = (("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1))
-
-
-class DeclaringChannel(Protocol):
-    """The part of a pika ``BlockingChannel`` used here."""
-
-    def exchange_declare(
-        self, exchange: str, exchange_type: str = ..., *, durable: bool = ...
-    ) -> Any: ...
-    def queue_declare(self, queue: str, *, durable: bool = ..., arguments: Any = ...) -> Any: ...
-    def queue_bind(self, queue: str, exchange: str, routing_key: str | None = ...) -> Any: ...
-
-
-def delay_label(delay_ms: int) -> str:
-    """The tier's name part: the largest unit that divides the delay, e.g. ``1m``, ``200ms``."""
-    for unit, size in _UNITS_MS:
-        if delay_ms % size == 0:
-            return f"{delay_ms // size}{unit}"
-    raise AssertionError("unreachable: milliseconds divide every integer")  # pragma: no cover
 
 
 def delay_ms(delay_s: float) -> int:
     return max(1, round(delay_s * 1000))
 
 
-def retry_route(handler: Handler) -> RetryRoute:
-    """Where a failed message of ``handler`` goes: its delay tiers and parking lot."""
+def queue_spec(
+    *,
+    queue: str,
+    queue_type: str,
+    exchange: str,
+    bindings: Sequence[str],
+    retry_delays_s: Sequence[float],
+    max_attempts: int,
+) -> QueueSpec:
+    """The topology of one handler's queue; raises ConfigurationError naming the problem."""
+    try:
+        return QueueSpec(
+            name=queue,
+            type=QueueType(queue_type),
+            bindings=tuple(Binding(exchange, pattern) for pattern in bindings),
+            retry=RetryPolicy(
+                delays_ms=tuple(delay_ms(d) for d in retry_delays_s), max_attempts=max_attempts
+            ),
+        )
+    except (TopologyError, ValueError) as exc:
+        raise ConfigurationError(f"queue {queue!r}: {exc}") from exc
+
+
+def retry_route(spec: QueueSpec) -> RetryRoute:
+    """Where a failed message of ``spec``'s queue goes: its delay tiers and parking lot."""
+    if spec.retry is None:
+        raise ConfigurationError(f"queue {spec.name!r} has no retry policy")
+    parking = spec.parking_queue_name()
+    assert parking is not None  # noqa: S101 - a queue with a retry policy has a parking lot
     tiers = tuple(
-        (f"{handler.queue}{RETRY_INFIX}{delay_label(delay_ms(d))}", d)
-        for d in handler.retry_delays_s
+        (name, ms / 1000.0)
+        for name, ms in zip(spec.retry_queue_names(), spec.retry.delays_ms, strict=True)
     )
     return RetryRoute(
-        queue=handler.queue,
-        tiers=tiers,
-        parking=f"{handler.queue}{PARKING_SUFFIX}",
-        max_attempts=handler.max_attempts,
+        queue=spec.name, tiers=tiers, parking=parking, max_attempts=spec.retry.max_attempts
     )
 
 
-def queue_arguments(handler: Handler) -> list[tuple[str, dict[str, Any]]]:
-    """(name, arguments) of the parking lot, the delay tiers and the main queue, in the
-    order they are declared: nothing dead-letters into a queue that does not exist yet."""
-    route = handler.route
-    quorum = handler.queue_type == "quorum"
-    kind: dict[str, Any] = {"x-queue-type": handler.queue_type}
-    if quorum:
-        kind |= {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
-    declared: list[tuple[str, dict[str, Any]]] = [
-        (route.parking, {"x-queue-type": handler.queue_type})
-    ]
-    for name, delay in route.tiers:
-        declared.append(
-            (
-                name,
-                kind
-                | {
-                    "x-message-ttl": delay_ms(delay),
-                    "x-dead-letter-exchange": DEFAULT_EXCHANGE,
-                    "x-dead-letter-routing-key": handler.queue,
-                },
-            )
-        )
-    main = kind | {
-        "x-dead-letter-exchange": DEFAULT_EXCHANGE,
-        "x-dead-letter-routing-key": route.parking,
-    }
-    if quorum:
-        main["x-delivery-limit"] = handler.max_attempts
-    declared.append((handler.queue, main))
-    return declared
+def topology_for(handlers: Sequence[Handler]) -> Topology:
+    """Every handler's queue, and the exchanges the handlers ask to declare."""
+    exchanges = {h.exchange: ExchangeSpec(h.exchange) for h in handlers if h.declare_exchange}
+    return Topology(exchanges=tuple(exchanges.values()), queues=[h.spec for h in handlers])
 
 
-def declare(channel: DeclaringChannel, handlers: list[Handler]) -> None:
-    """Declare every handler's exchange, queues and bindings; idempotent."""
-    for handler in handlers:
-        channel.exchange_declare(handler.exchange, "topic", durable=True)
-        for name, arguments in queue_arguments(handler):
-            channel.queue_declare(name, durable=True, arguments=arguments)
-        for pattern in handler.bindings:
-            channel.queue_bind(handler.queue, handler.exchange, routing_key=pattern)
+def declare(amqp_url: str, handlers: Sequence[Handler]) -> ApplyReport:
+    """Declare what the handlers need; idempotent. Raises TopologyConflictError (nothing
+    declared) when a queue or exchange exists with other arguments, BrokerUnavailableError
+    when the broker cannot be reached."""
+    return apply(amqp_url, topology_for(handlers))

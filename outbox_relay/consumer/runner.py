@@ -1,13 +1,14 @@
 """The consumer's I/O: one pika connection used from one thread, feeding the worker pool.
 
 The thread that calls :meth:`Runner.run` owns the connection. It consumes every
-handler's queue on one channel (prefetch = concurrency x prefetch multiplier, shared
-by the channel), hands deliveries to the :class:`~outbox_relay.consumer.worker.WorkerPool`
-and settles the workers' results: ack, or republish to a delay tier or the parking lot
-on a second, confirm-mode channel and then ack. Workers never touch pika: they queue
-their result and wake this thread with ``add_callback_threadsafe``, the one thread-safe
-call of a pika connection. Between events the thread runs ``process_data_events`` every
-few hundred milliseconds, so heartbeats flow however long a handler takes.
+handler's queue on one channel (prefetch = concurrency x prefetch multiplier, per queue:
+quorum queues refuse a channel-wide limit), hands deliveries to the
+:class:`~outbox_relay.consumer.worker.WorkerPool` and settles the workers' results: ack,
+or republish to a delay tier or the parking lot on a second, confirm-mode channel and
+then ack. Workers never touch pika: they queue their result and wake this thread with
+``add_callback_threadsafe``, the one thread-safe call of a pika connection. Between
+events the thread runs ``process_data_events`` every few hundred milliseconds, so
+heartbeats flow however long a handler takes.
 
 Connection loss: every delivery carries the generation of the connection it came on;
 results of an older generation are dropped (the broker has requeued those deliveries;
@@ -38,14 +39,13 @@ from outbox_relay.consumer.declare import declare
 from outbox_relay.consumer.failure import destination, failure_headers
 from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
-from outbox_relay.errors import BrokerUnavailableError, StoreError, TopologyError
+from outbox_relay.errors import BrokerUnavailableError, StoreError
 from outbox_relay.reconnect import reconnecting
 from outbox_relay.store.inbox import HandlerSession, purge_inbox
 from outbox_relay.urls import redact_url
 
 TICK_S = 0.2  # the longest the I/O thread goes without serving the connection
 PERSISTENT = 2
-_REFUSED_DECLARATION = (404, 405, 406)
 
 log = structlog.get_logger("outbox_relay.consumer")
 
@@ -175,15 +175,17 @@ class Runner:
     # -- one connection -----------------------------------------------------------------
 
     def _serve(self) -> None:
-        declaring = True
+        # Declared again after every reconnect: the broker may have restarted empty.
+        report = declare(self._settings.amqp_url, self._handlers)
+        if not report.up_to_date:
+            self._log.info("consumer.declared", created=[i.label() for i in report.created])
         try:
             conn = pika.BlockingConnection(self._params)
             self._generation += 1
             self._conn, self._cancelled_by_broker = conn, False
             channel = conn.channel()
-            declare(channel, self._handlers)
-            declaring = False
-            channel.basic_qos(prefetch_count=self._settings.prefetch, global_qos=True)
+            # Per consumer: quorum queues refuse a channel-wide (global) prefetch.
+            channel.basic_qos(prefetch_count=self._settings.prefetch)
             publisher = conn.channel()
             publisher.confirm_delivery()
             self._channel, self._publisher = channel, publisher
@@ -199,16 +201,6 @@ class Runner:
             if self._cancelled_by_broker:
                 raise BrokerUnavailableError("the broker cancelled the consumer (queue deleted?)")
             self._drain(conn, channel, tags)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if declaring and exc.reply_code in _REFUSED_DECLARATION:
-                raise TopologyError(
-                    f"RabbitMQ refused to declare the consumer's queues: {exc.reply_code} "
-                    f"{exc.reply_text}. A queue that exists with other arguments must be "
-                    "deleted (after moving its messages) or declared to match"
-                ) from exc
-            raise BrokerUnavailableError(
-                f"channel closed: {exc.reply_code} {exc.reply_text}"
-            ) from exc
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise BrokerUnavailableError(
                 f"lost the connection to {redact_url(self._settings.amqp_url)}: {exc!r}"

@@ -15,6 +15,8 @@ from structlog.testing import capture_logs
 
 import outbox_relay
 from outbox_relay.consumer import ConsumerApp, Message, Reject, Retry
+from outbox_relay.consumer.runner import Runner
+from outbox_relay.errors import TopologyError
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import (
     effects,
@@ -22,6 +24,7 @@ from tests.support.consumer import (
     publish,
     record_effect,
     running_consumer,
+    track,
 )
 from tests.support.relay import running_relay, wait_for
 
@@ -298,3 +301,40 @@ def test_end_to_end_producer_relay_consumer_handles_every_message_once(
     rows = effects(database_url, schema)
     assert sorted(m for m, _, _ in rows) == sorted(ids)
     assert sorted(int(n) for _, _, n in rows) == list(range(200))
+
+
+def test_quorum_queues_retry_through_their_delay_tiers(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    app = new_app(database_url, amqp_url, schema)
+    seen: list[int] = []
+    queue = broker.name("quorum")
+
+    @app.handler(exchange=exchange, queue=queue, queue_type="quorum", retry_delays=[0.2])
+    def on_event(message: Message, tx: psycopg.Connection[Any]) -> None:
+        seen.append(message.attempt)
+        if message.attempt == 1:
+            raise RuntimeError("first try fails")
+
+    with running_consumer(app, broker):
+        publish(broker, exchange, "k", b"{}", message_id="q-1")
+        assert wait_for(lambda: seen == [1, 2], timeout_s=10)
+    arguments = broker.channel.queue_declare(queue, passive=True)
+    assert arguments.method.message_count == 0
+
+
+def test_a_queue_declared_with_other_arguments_stops_the_consumer_with_the_reason(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue("taken")  # a plain queue: no dead-letter arguments
+    app = new_app(database_url, amqp_url, schema)
+
+    @app.handler(exchange=exchange, queue=queue)
+    def on_event(message: Message, tx: psycopg.Connection[Any]) -> None:
+        raise AssertionError("never consumed")
+
+    track(broker, app)
+    with pytest.raises(TopologyError, match=queue):
+        Runner(app, app.settings()).run()

@@ -15,7 +15,6 @@ import psycopg
 from psycopg import sql
 
 from outbox_relay.consumer import ConsumerApp
-from outbox_relay.consumer.declare import retry_route
 from outbox_relay.consumer.runner import Runner
 from tests.support.broker import BrokerHelper
 from tests.support.threads import in_background
@@ -26,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def track(broker: BrokerHelper, app: ConsumerApp) -> None:
     """Delete every queue the app declares (main, delay tiers, parking lot) after the test."""
     for handler in app.handlers:
-        route = retry_route(handler)
+        route = handler.route
         for name in (route.queue, route.parking, *(tier for tier, _ in route.tiers)):
             if name not in broker.queues:
                 broker.track_queue(name)
