@@ -55,7 +55,9 @@ class ErrorInfo:
             if kind.__module__ == "builtins"
             else (f"{kind.__module__}.{kind.__qualname__}")
         )
-        trace = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+        # Each line capped first, so one huge message cannot push every frame out.
+        lines = traceback.format_exception(kind, exc, exc.__traceback__)
+        trace = "".join(truncate_head(line.rstrip("\n")) + "\n" for line in lines)
         return cls(type=name, message=truncate_head(str(exc)), trace=truncate_tail(trace))
 
 
