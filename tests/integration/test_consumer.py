@@ -17,6 +17,7 @@ import outbox_relay
 from outbox_relay.consumer import ConsumerApp, Message, Reject, Retry
 from outbox_relay.consumer.runner import Runner
 from outbox_relay.errors import TopologyError
+from outbox_relay.store.inbox import purge_inbox
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import (
     effects,
@@ -338,3 +339,25 @@ def test_a_queue_declared_with_other_arguments_stops_the_consumer_with_the_reaso
     track(broker, app)
     with pytest.raises(TopologyError, match=queue):
         Runner(app, app.settings()).run()
+
+
+def test_inbox_rows_past_the_retention_window_are_purged_in_batches(
+    database_url: str, schema: str
+) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            psycopg.sql.SQL(
+                "INSERT INTO {}.inbox (consumer, message_id, processed_at) "
+                "SELECT 'c', 'old-' || n, now() - interval '2 days' FROM generate_series(1, 25) n "
+                "UNION ALL SELECT 'c', 'new-' || n, now() FROM generate_series(1, 5) n"
+            ).format(psycopg.sql.Identifier(schema))
+        )
+        conn.commit()
+    assert purge_inbox(database_url, schema=schema, older_than_s=86_400, batch=10) == 25
+    with psycopg.connect(database_url) as conn:
+        left = conn.execute(
+            psycopg.sql.SQL("SELECT message_id FROM {}.inbox ORDER BY 1").format(
+                psycopg.sql.Identifier(schema)
+            )
+        ).fetchall()
+    assert [m for (m,) in left] == [f"new-{n}" for n in range(1, 6)]
