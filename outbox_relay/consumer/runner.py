@@ -74,6 +74,8 @@ class Runner:
         self._cancelled_by_broker = False
         self._outage = False
         self._signalled: int | None = None
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
         self.ready = threading.Event()  # set while consuming
         url = settings.database_url
         self._pool = WorkerPool(
@@ -272,8 +274,13 @@ class Runner:
         self._pool.submit(Job(delivery, handler, _Token(self._generation, tag, properties)))
 
     def _on_result(self, result: Result) -> None:
-        """From a worker thread: queue the result and wake the I/O thread."""
+        """From a worker thread: queue the result and wake the I/O thread, unless a wake-up
+        is already on its way (one wake-up settles every result queued by then)."""
         self._results.put(result)
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
         self._wake()
 
     def _wake(self) -> None:
@@ -288,6 +295,8 @@ class Runner:
         self._cancelled_by_broker = True
 
     def _settle_ready(self) -> None:
+        with self._wake_lock:
+            self._wake_pending = False
         now = time.monotonic()
         for result in self._pool.expire(now):
             self._settle(result)

@@ -33,6 +33,7 @@ class HandlerSession:
         self._q = Queries("consumer", schema=schema)
         self._conn: psycopg.Connection[Any] | None = None
         self._pid: int | None = None
+        self._insert = ""
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
@@ -50,9 +51,13 @@ class HandlerSession:
                 self._url, autocommit=False, application_name=self._application_name
             )
             self._pid = self._conn.info.backend_pid
+            # Rendered once: composing the quoted schema on every delivery costs more
+            # than the insert's round trip on a busy consumer.
+            self._insert = self._q["inbox_insert"].as_string(self._conn)
         with translate_errors(f"recording message {message_id} in {self._schema}.inbox"):
             row = self._conn.execute(
-                self._q["inbox_insert"], {"consumer": consumer, "message_id": message_id}
+                self._insert,
+                {"consumer": consumer, "message_id": message_id},
             ).fetchone()
         return row is not None
 
