@@ -152,7 +152,9 @@ class Runner:
                 raise
         finally:
             self._stopping.set()
-            self._pool.stop(0.0 if self._conn is None else self._settings.shutdown_grace_s)
+            # In-flight handlers had their grace period in _drain (or cannot be acked: the
+            # connection is gone). Workers are daemon threads; the broker redelivers.
+            self._pool.stop(0.0)
             if purger is not None:
                 purger.join(5)
             self._log.info("consumer.stopped")
