@@ -361,3 +361,24 @@ def test_inbox_rows_past_the_retention_window_are_purged_in_batches(
             )
         ).fetchall()
     assert [m for (m,) in left] == [f"new-{n}" for n in range(1, 6)]
+
+
+def test_a_statement_running_past_the_timeout_is_cancelled_and_the_message_retried(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    make_effects_table(database_url, schema)
+    exchange = broker.exchange()
+    app = new_app(database_url, amqp_url, schema, concurrency=1)
+    finished: list[int] = []
+
+    @app.handler(exchange=exchange, queue=broker.name("sql"), timeout=0.5, retry_delays=[0.2])
+    def on_event(message: Message, tx: psycopg.Connection[Any]) -> None:
+        record_effect(tx, schema, message.message_id, message.attempt)
+        if message.attempt == 1:
+            tx.execute("SELECT pg_sleep(30)")  # cancelled: the handler raises, is ignored
+        finished.append(message.attempt)
+
+    with running_consumer(app, broker):
+        publish(broker, exchange, "k", b"{}", message_id="sql-1")
+        assert wait_for(lambda: finished == [2], timeout_s=10)
+    assert effects(database_url, schema) == [("sql-1", 2, "")]
