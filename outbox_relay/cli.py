@@ -15,6 +15,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
+from outbox_relay.cli_consume import consume
 from outbox_relay.cli_failed import failed
 from outbox_relay.cli_options import (
     EXIT_FAILED,
@@ -328,5 +329,6 @@ def status(database_url: str, schema: str, as_json: bool) -> None:
     click.echo(render_status(report))
 
 
+main.add_command(consume)
 main.add_command(topology)
 main.add_command(failed)

@@ -19,13 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState, RetryError
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S, retry_delay_s
 from outbox_relay.errors import (
@@ -37,6 +31,7 @@ from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
+from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
 
 BATCH_SIZE = 500
 LEASE_TTL_S = 8.0
@@ -46,8 +41,6 @@ LEASE_SAFETY_MARGIN_S = 1.0
 POLL_INTERVAL_S = 0.5
 MAX_ATTEMPTS = 10
 MAX_PUBLISH_ROUNDS = 5
-RECONNECT_MAX_S = 30.0
-RECONNECT_MULTIPLIER_S = 0.5
 # /healthz fails when the loop has not gone round for this long (and is not merely
 # waiting on a blocked broker or an outage).
 LIVENESS_LIMIT_S = 60.0
@@ -205,15 +198,12 @@ class Relay:
 
     def run(self) -> None:
         """Relay until :meth:`stop`; reconnects with backoff through outages."""
-        retrying = Retrying(
-            retry=retry_if_exception_type((StoreUnavailableError, BrokerUnavailableError)),
-            wait=wait_random_exponential(
-                multiplier=RECONNECT_MULTIPLIER_S, max=self._settings.reconnect_max_s
-            ),
-            stop=lambda _state: self._stopping.is_set(),
-            sleep=self._interruptible_sleep,
-            before_sleep=self._on_outage,
-            reraise=False,
+        retrying = reconnecting(
+            unavailable=(StoreUnavailableError, BrokerUnavailableError),
+            should_stop=self._stopping.is_set,
+            sleep=self._stopping.wait,
+            on_outage=self._on_outage,
+            max_s=self._settings.reconnect_max_s,
         )
         try:
             for attempt in retrying:
@@ -224,9 +214,6 @@ class Relay:
         finally:
             self._shutdown()
         log.info("relay.stopped")
-
-    def _interruptible_sleep(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
 
     def _serve(self) -> None:
         self._connect()

@@ -16,7 +16,7 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 def documented_rows() -> dict[str, tuple[str, str]]:
     rows = {}
     for line in README.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\| `(--[a-z-]+)` \| `([A-Z_]+)` \| `([^`]*)` \|", line)
+        match = re.match(r"^\| `(--[a-z-]+)`(?: / `--no-[a-z-]+`)? \| `([A-Z_]+)` \| `([^`]*)` \|", line)
         if match:
             rows[match.group(1)] = (match.group(2), match.group(3))
     return rows
