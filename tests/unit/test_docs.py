@@ -11,12 +11,13 @@ import pytest
 from outbox_relay.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+ROW = re.compile(r"^\| `(--[a-z-]+)`(?: / `--no-[a-z-]+`)? \| `([A-Z_]+)` \| `([^`]*)` \|")
 
 
 def documented_rows() -> dict[str, tuple[str, str]]:
     rows = {}
     for line in README.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\| `(--[a-z-]+)`(?: / `--no-[a-z-]+`)? \| `([A-Z_]+)` \| `([^`]*)` \|", line)
+        match = ROW.match(line)
         if match:
             rows[match.group(1)] = (match.group(2), match.group(3))
     return rows
