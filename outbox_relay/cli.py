@@ -286,8 +286,7 @@ def run(
     )
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("relay.stopping", signal=signal.Signals(signum).name)
-        relay.stop()
+        relay.stop(reason=signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -157,6 +157,7 @@ class Relay:
         self._settings = settings
         self._random_unit = random_unit
         self._stopping = threading.Event()
+        self._stop_reason = ""
         self._waiting = False
         self._store_ok = False
         self._outage: str | None = None
@@ -166,8 +167,13 @@ class Relay:
         self._next_heartbeat = 0.0
         self.last_iteration = time.monotonic()
 
-    def stop(self) -> None:
-        """Ask the loop to finish the batch in flight and return."""
+    def stop(self, reason: str = "requested") -> None:
+        """Ask the loop to finish the batch in flight and return.
+
+        Safe in a signal handler: it only sets an event (logging there could deadlock on
+        a lock the interrupted code holds); the loop logs ``relay.stopping`` itself.
+        """
+        self._stop_reason = reason
         self._stopping.set()
 
     @property
@@ -212,6 +218,8 @@ class Relay:
         except RetryError:
             pass  # asked to stop during an outage
         finally:
+            if self._stopping.is_set():
+                log.info("relay.stopping", reason=self._stop_reason)
             self._shutdown()
         log.info("relay.stopped")
 
