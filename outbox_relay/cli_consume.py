@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from outbox_relay.cli_options import logging_options
+from outbox_relay.cli_options import http_options, logging_options
 from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.logs import configure_logging
@@ -76,6 +76,7 @@ def load_app(spec: str) -> ConsumerApp:
     show_envvar=True,
     help="Seconds in-flight handlers get to finish on SIGTERM.",
 )
+@http_options
 @logging_options
 def consume(
     app: str,
@@ -84,13 +85,16 @@ def consume(
     schema: str | None,
     concurrency: int | None,
     shutdown_grace: float | None,
+    http_port: int,
+    http_host: str,
     log_level: str,
     log_format: str,
 ) -> None:
     """Run the handlers of APP (MODULE:ATTRIBUTE, e.g. billing.handlers:app).
 
     Declares their queues, delay tiers and parking lots, then consumes until SIGTERM or
-    SIGINT. Exit codes: 0 clean stop, 1 failure, 2 bad usage or configuration.
+    SIGINT. With --http-port, serves /healthz (the I/O loop runs), /readyz (connected and
+    consuming) and /metrics. Exit codes: 0 clean stop, 1 failure, 2 bad usage or configuration.
     """
     consumer_app = load_app(app)
     overrides = {
@@ -99,6 +103,8 @@ def consume(
         "schema": schema,
         "concurrency": concurrency,
         "shutdown_grace_s": shutdown_grace,
+        "http_port": http_port,
+        "http_host": http_host,
     }
     consumer_app.settings(**overrides)  # reject bad settings before logging starts
     configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]

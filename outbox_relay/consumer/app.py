@@ -29,6 +29,7 @@ PREFETCH_MULTIPLIER = 2
 SHUTDOWN_GRACE_S = 30.0
 INBOX_RETENTION_S = 7 * 24 * 3600.0
 INBOX_PURGE_INTERVAL_S = 600.0
+HTTP_HOST = "0.0.0.0"  # noqa: S104 - probes reach a pod on its own address
 QUEUE_TYPES = ("classic", "quorum")
 DATABASE_URL_ENV = "OUTBOX_RELAY_DATABASE_URL"
 AMQP_URL_ENV = "OUTBOX_RELAY_AMQP_URL"
@@ -75,6 +76,8 @@ class ConsumerSettings:
     inbox_retention_s: float = INBOX_RETENTION_S
     inbox_purge_interval_s: float = INBOX_PURGE_INTERVAL_S
     reconnect_max_s: float = 30.0
+    http_port: int = 0  # serve /healthz, /readyz and /metrics here; 0: no endpoints
+    http_host: str = HTTP_HOST
 
     def __post_init__(self) -> None:
         try:
@@ -88,6 +91,7 @@ class ConsumerSettings:
             (self.shutdown_grace_s >= 0, "shutdown_grace must not be negative"),
             (self.inbox_retention_s > 0, "inbox_retention must be positive"),
             (self.inbox_purge_interval_s > 0, "inbox_purge_interval must be positive"),
+            (0 <= self.http_port <= 65535, "http_port must be 0 (off) or a TCP port"),
             (self.amqp_url.startswith(("amqp://", "amqps://")), "amqp_url: expected amqp://..."),
         ]
         for ok, message in checks:
@@ -202,10 +206,14 @@ class ConsumerApp:
         return settings
 
     def run(self, **overrides: Any) -> None:
-        """Consume until SIGTERM or SIGINT, then drain and return."""
-        from outbox_relay.consumer.runner import Runner  # noqa: PLC0415 - pika only when running
+        """Consume until SIGTERM or SIGINT, then drain and return.
 
-        Runner(self, self.settings(**overrides)).run_until_signalled()
+        ``overrides`` are :class:`ConsumerSettings` fields, e.g. ``http_port=9102`` to
+        serve ``/healthz``, ``/readyz`` and ``/metrics``.
+        """
+        from outbox_relay.consumer.serve import serve  # noqa: PLC0415 - pika only when running
+
+        serve(self, self.settings(**overrides))
 
 
 def _wants_transaction(func: HandlerFunc) -> bool:

@@ -24,8 +24,9 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pika
 import pika.exceptions
@@ -45,6 +46,7 @@ from outbox_relay.store.inbox import HandlerSession, purge_inbox
 from outbox_relay.urls import redact_url
 
 TICK_S = 0.2  # the longest the I/O thread goes without serving the connection
+LIVENESS_LIMIT_S = 30.0  # an I/O loop quiet for longer is stuck: /healthz fails
 PERSISTENT = 2
 
 log = structlog.get_logger("outbox_relay.consumer")
@@ -57,10 +59,37 @@ class _Token:
     properties: BasicProperties
 
 
+class ConsumerObserver(Protocol):
+    """What the runner reports, from its I/O thread (e.g. to ConsumerMetrics)."""
+
+    def watch_in_flight(self, running: Callable[[], int]) -> None: ...
+
+    def settled(self, *, queue: str, handler: str, result: Result, settled_as: str) -> None: ...
+
+    def outage(self) -> None: ...
+
+
+class _Unobserved:
+    def watch_in_flight(self, running: Callable[[], int]) -> None:
+        pass
+
+    def settled(self, *, queue: str, handler: str, result: Result, settled_as: str) -> None:
+        pass
+
+    def outage(self) -> None:
+        pass
+
+
 class Runner:
     """Runs a :class:`ConsumerApp` until :meth:`stop`. :meth:`stop` is safe from any thread."""
 
-    def __init__(self, app: ConsumerApp, settings: ConsumerSettings) -> None:
+    def __init__(
+        self,
+        app: ConsumerApp,
+        settings: ConsumerSettings,
+        *,
+        observer: ConsumerObserver | None = None,
+    ) -> None:
         self._app = app
         self._settings = settings
         self._handlers = list(app.handlers)
@@ -77,6 +106,8 @@ class Runner:
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self.ready = threading.Event()  # set while consuming
+        self._last_tick = time.monotonic()
+        self._observer: ConsumerObserver = observer or _Unobserved()
         url = settings.database_url
         self._pool = WorkerPool(
             size=settings.concurrency,
@@ -95,11 +126,25 @@ class Runner:
             after_commit=app.after_commit_hooks,
         )
         self._log = log.bind(consumer=settings.name)
+        self._observer.watch_in_flight(lambda: self._pool.busy)
 
     @property
     def connections_opened(self) -> int:
         """How many broker connections this runner has opened (1 without an outage)."""
         return self._generation
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive: the I/O loop went round recently (also while it waits out an outage)."""
+        idle_s = time.monotonic() - self._last_tick
+        if idle_s <= LIVENESS_LIMIT_S:
+            return True, f"I/O loop ran {idle_s:.1f}s ago"
+        return False, f"the I/O loop has not run for {idle_s:.0f}s"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: connected to the broker and consuming every handler's queue."""
+        if not self.ready.is_set():
+            return False, "not consuming: connecting to the broker or stopping"
+        return True, f"consuming {len(self._handlers)} queues, {self._pool.busy} handlers running"
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -168,11 +213,13 @@ class Runner:
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while not self._should_stop() and time.monotonic() < deadline:
+            self._last_tick = time.monotonic()
             self._stopping.wait(min(TICK_S, deadline - time.monotonic()))
 
     def _on_outage(self, state: RetryCallState) -> None:
         if not self._outage:
             self._outage = True
+            self._observer.outage()
             error = state.outcome.exception() if state.outcome else None
             self._log.warning("consumer.broker_unavailable", error=str(error))
 
@@ -200,6 +247,7 @@ class Runner:
             ]
             self._connected()
             while not self._should_stop() and not self._cancelled_by_broker:
+                self._last_tick = time.monotonic()
                 conn.process_data_events(time_limit=TICK_S)
                 self._settle_ready()
             if self._cancelled_by_broker:
@@ -243,6 +291,7 @@ class Runner:
                 returned += 1
         deadline = time.monotonic() + self._settings.shutdown_grace_s
         while self._pool.busy and time.monotonic() < deadline:
+            self._last_tick = time.monotonic()
             conn.process_data_events(time_limit=TICK_S)
             self._settle_ready()
         self._settle_ready()
@@ -340,6 +389,9 @@ class Runner:
                 channel.basic_nack(token.tag, requeue=True)
             else:
                 channel.basic_ack(token.tag)
+        self._observer.settled(
+            queue=job.handler.queue, handler=job.handler.name, result=result, settled_as=outcome
+        )
         level = self._log.info if result.error is None else self._log.warning
         level("consumer.message", outcome=outcome, **fields, **error_fields)
 

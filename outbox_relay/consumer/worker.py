@@ -34,6 +34,7 @@ from outbox_relay.consumer.failure import ErrorInfo
 from outbox_relay.consumer.message import Delivery, Message, attempts_made, decode
 from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.store.inbox import HandlerSession
+from outbox_relay.tracing import trace_context_from
 
 log = structlog.get_logger("outbox_relay.consumer")
 REQUEUE_PAUSE_S = 1.0
@@ -260,14 +261,16 @@ class WorkerPool:
         """Run the handler and commit; None when the job was abandoned meanwhile."""
         handler = job.handler
         if session is None:
-            handler.func(message)
+            with trace_context_from(message.headers):
+                handler.func(message)
             return Kind.HANDLED if job.enter(_State.COMMITTING) else None
         assert message.message_id is not None  # noqa: S101 - checked by _process
         fresh = session.begin(
             consumer=f"{self._consumer}:{handler.queue}", message_id=message.message_id
         )
         if fresh:
-            handler.func(message, session.connection)
+            with trace_context_from(message.headers):
+                handler.func(message, session.connection)
         if not job.enter(_State.COMMITTING):
             session.rollback()
             return None

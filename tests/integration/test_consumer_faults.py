@@ -23,6 +23,7 @@ from tests.support.consumer import (
     record_effect,
     running_consumer,
     start_subprocess,
+    stop_subprocess,
 )
 from tests.support.proxy import TcpProxy
 from tests.support.relay import wait_for
@@ -60,15 +61,6 @@ def wait_for_event(proc: subprocess.Popen[str], event: str) -> dict[str, Any]:
     raise AssertionError(f"the consumer exited (code {proc.wait()}) before logging {event}")
 
 
-def stop(proc: subprocess.Popen[str]) -> int:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.wait(20)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-
-
 def test_a_consumer_killed_between_commit_and_ack_skips_the_redelivery(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
@@ -92,7 +84,7 @@ def test_a_consumer_killed_between_commit_and_ack_skips_the_redelivery(
         try:
             entry = wait_for_event(survivor, "consumer.message")
         finally:
-            code = stop(survivor)
+            code = stop_subprocess(survivor)
     assert entry["outcome"] == "duplicate"
     assert entry["message_id"] == "kill-1"
     assert code == 0
@@ -116,7 +108,7 @@ def test_sigterm_finishes_the_running_handler_returns_the_rest_and_exits_0(
         assert proc.stdout.readline().startswith("started")
         proc.send_signal(signal.SIGTERM)
         drained = wait_for_event(proc, "consumer.drained")
-        code = stop(proc)
+        code = stop_subprocess(proc)
 
     assert code == 0
     handled = [m for m, _, _ in effects(database_url, schema)]

@@ -4,52 +4,22 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import outbox_relay
 from outbox_relay import Message
 from tests.support.broker import BrokerHelper
+from tests.support.http import free_port, get, samples
 from tests.support.proxy import TcpProxy
 from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
-
-
-def samples(port: int) -> dict[str, float]:
-    _, text = get(port, "/metrics")
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            label = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()) if k != "le")
-            if not sample.name.endswith("_bucket"):
-                found[sample.name + (f"{{{label}}}" if label else "")] = sample.value
-    return found
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,3 +113,13 @@ def start_subprocess(env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def stop_subprocess(proc: subprocess.Popen[str], *, timeout_s: float = 20.0) -> int:
+    """SIGTERM, wait for the exit code; SIGKILL when it does not stop in time."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

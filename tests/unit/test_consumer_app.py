@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from outbox_relay.consumer import ConsumerApp, Message
+from outbox_relay.consumer import ConsumerApp, ConsumerSettings, Message
 from outbox_relay.consumer.declare import topology_for
 from outbox_relay.errors import ConfigurationError
 
@@ -106,3 +106,8 @@ def test_a_transactional_handler_without_a_database_url_is_refused(monkeypatch: 
 def test_an_app_without_handlers_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="no handlers"):
         ConsumerApp(name="x", database_url="postgresql://h/d").settings()
+
+
+def test_the_http_port_is_checked_with_the_other_settings() -> None:
+    with pytest.raises(ConfigurationError, match="http_port"):
+        ConsumerSettings(name="x", http_port=70000)
