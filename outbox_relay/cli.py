@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
 from outbox_relay.cli_consume import consume
+from outbox_relay.cli_dead_letters import dead_letters
 from outbox_relay.cli_failed import failed
 from outbox_relay.cli_options import (
     EXIT_FAILED,
@@ -331,3 +332,4 @@ def status(database_url: str, schema: str, as_json: bool) -> None:
 main.add_command(consume)
 main.add_command(topology)
 main.add_command(failed)
+main.add_command(dead_letters)

@@ -8,7 +8,16 @@ from typing import Any
 
 import click
 
-from outbox_relay.cli_options import database_url_option, duration_option, schema_option
+from outbox_relay.cli_options import (
+    confirm,
+    database_url_option,
+    duration_option,
+    json_option,
+    limit_option,
+    progress,
+    schema_option,
+    yes_option,
+)
 from outbox_relay.store.failed import DeadRow, DeadRowFilter, FailedRows
 
 LIST_LIMIT = 50
@@ -56,8 +65,8 @@ def failed() -> None:
 @database_url_option
 @schema_option
 @_filters
-@click.option("--limit", type=click.IntRange(1), default=LIST_LIMIT, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="JSON lines, one row each.")
+@limit_option(LIST_LIMIT)
+@json_option("JSON lines, one row each.")
 def list_rows(
     database_url: str,
     schema: str,
@@ -101,16 +110,11 @@ def show_row(database_url: str, schema: str, row_id: int, payload: bool) -> None
     click.echo(json.dumps(data, indent=2))
 
 
-def _confirm(action: str, count_hint: str, yes: bool) -> None:
-    if not yes:
-        click.confirm(f"{action} {count_hint}?", abort=True)
-
-
 @failed.command("retry")
 @database_url_option
 @schema_option
 @_filters
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 def retry_rows(
     database_url: str,
     schema: str,
@@ -122,8 +126,8 @@ def retry_rows(
 ) -> None:
     """Give matching dead rows a fresh set of attempts, due now."""
     where = _where(ids, exchange, partition_key, older_than)
-    _confirm("Retry", _describe(where), yes)
-    count = FailedRows(database_url, schema=schema).retry(where, progress=_progress("retried"))
+    confirm("Retry", _describe(where), yes=yes)
+    count = FailedRows(database_url, schema=schema).retry(where, progress=progress("retried"))
     click.echo(f"retried {count} rows")
 
 
@@ -131,7 +135,7 @@ def retry_rows(
 @database_url_option
 @schema_option
 @_filters
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@yes_option
 def purge_rows(
     database_url: str,
     schema: str,
@@ -143,8 +147,8 @@ def purge_rows(
 ) -> None:
     """Delete matching dead rows for good."""
     where = _where(ids, exchange, partition_key, older_than)
-    _confirm("Delete", _describe(where), yes)
-    count = FailedRows(database_url, schema=schema).purge(where, progress=_progress("deleted"))
+    confirm("Delete", _describe(where), yes=yes)
+    count = FailedRows(database_url, schema=schema).purge(where, progress=progress("deleted"))
     click.echo(f"deleted {count} rows")
 
 
@@ -157,10 +161,3 @@ def _describe(where: DeadRowFilter) -> str:
     if where.older_than_s is not None:
         parts.append(f"dead for over {where.older_than_s:g} s")
     return " ".join(parts)
-
-
-def _progress(verb: str) -> Any:
-    def report(done: int) -> None:
-        click.echo(f"  {verb} {done} ...", err=True)
-
-    return report

@@ -121,3 +121,32 @@ def http_options(func: F) -> F:
         show_envvar=True,
         help="Address the HTTP endpoints listen on.",
     )(func)
+
+
+def yes_option(func: F) -> F:
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(func)
+
+
+def json_option(help: str) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def limit_option(default: int | None, help: str | None = None) -> Callable[[F], F]:
+    return click.option(
+        "--limit", type=click.IntRange(1), default=default, show_default=True, help=help
+    )
+
+
+def confirm(action: str, what: str, *, yes: bool) -> None:
+    """Ask "ACTION WHAT?" unless ``yes``; a "no" (or no terminal) aborts with exit code 1."""
+    if not yes:
+        click.confirm(f"{action} {what}?", abort=True)
+
+
+def progress(verb: str) -> Callable[[int], None]:
+    """A progress callback printing "VERB N ..." to stderr."""
+
+    def report(done: int) -> None:
+        click.echo(f"  {verb} {done} ...", err=True)
+
+    return report

@@ -419,7 +419,7 @@ class Runner:
                 "",
                 target.queue,
                 job.delivery.body,
-                properties=_republished(token.properties, headers),
+                properties=republished(token.properties, headers),
                 mandatory=True,
             )
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
@@ -459,7 +459,7 @@ class Runner:
             self._log.info("consumer.inbox_purged", deleted=deleted)
 
 
-def _republished(original: BasicProperties, headers: dict[str, Any]) -> BasicProperties:
+def republished(original: BasicProperties, headers: dict[str, Any]) -> BasicProperties:
     """The original properties with our headers. ``expiration`` is dropped (it would fight
     the tier's TTL) and ``user_id`` too (the broker checks it against our login)."""
     return BasicProperties(  # type: ignore[no-untyped-call]  # pika leaves __init__ untyped
