@@ -47,24 +47,28 @@ def load_app(spec: str) -> ConsumerApp:
 @click.option(
     "--database-url",
     envvar="OUTBOX_RELAY_DATABASE_URL",
+    default=None,  # None: the app's value
     show_envvar=True,
     help="PostgreSQL URL for handlers that take a transaction (overrides the app's).",
 )
 @click.option(
     "--amqp-url",
     envvar="OUTBOX_RELAY_AMQP_URL",
+    default=None,  # None: the app's value
     show_envvar=True,
     help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
 )
 @click.option(
     "--schema",
     envvar="OUTBOX_RELAY_SCHEMA",
+    default=None,  # None: the app's value
     show_envvar=True,
     help="Schema holding the inbox table (default: the app's).",
 )
 @click.option(
     "--concurrency",
     envvar="OUTBOX_RELAY_CONCURRENCY",
+    default=None,  # None: the app's value
     type=int,
     show_envvar=True,
     help="Handlers running at once (default: the app's, 4); prefetch follows it.",
@@ -72,6 +76,7 @@ def load_app(spec: str) -> ConsumerApp:
 @click.option(
     "--shutdown-grace",
     envvar="OUTBOX_RELAY_SHUTDOWN_GRACE",
+    default=None,  # None: the app's value
     type=float,
     show_envvar=True,
     help="Seconds in-flight handlers get to finish on SIGTERM.",

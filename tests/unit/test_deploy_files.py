@@ -12,6 +12,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from outbox_relay.cli import main
+from outbox_relay.observability.consumer_metrics import ConsumerMetrics
 from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -22,6 +23,7 @@ VARIABLE = re.compile(r"\b(OUTBOX_RELAY_[A-Z_]+)\b")
 def exported_metric_names() -> set[str]:
     registry = CollectorRegistry()
     RelayMetrics(registry)
+    ConsumerMetrics(registry, handlers=[("a.queue", "a_handler")])  # labelled series show up
     text = generate_latest(registry).decode()
     samples = {
         line.split("{")[0].split(" ")[0]
@@ -62,7 +64,8 @@ def test_yaml_parses(path: Path) -> None:
 
 def test_dashboard_parses_and_has_panels() -> None:
     dashboard = json.loads((DEPLOY / "grafana" / "outbox-relay.json").read_text())
-    assert len(dashboard["panels"]) >= 6
+    assert len(dashboard["panels"]) >= 10
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
     assert all(panel["targets"] for panel in dashboard["panels"])
 
 
@@ -80,6 +83,7 @@ def test_alert_rules_are_well_formed() -> None:
         "OutboxBacklogGrowing",
         "OutboxOldestPendingTooOld",
         "OutboxPartitionUnowned",
+        "OutboxConsumerParkedMessagesGrowing",
     }
     assert all(r["expr"] and r["annotations"]["description"] for r in rules)
 
