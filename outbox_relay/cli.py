@@ -6,17 +6,23 @@ message says what and what to do); 2 bad usage or configuration.
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import Any
 
 import click
 import structlog
+from prometheus_client import CollectorRegistry
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
+from outbox_relay.cli_consume import consume
+from outbox_relay.cli_dead_letters import dead_letters
+from outbox_relay.cli_failed import failed
 from outbox_relay.cli_options import (
     EXIT_FAILED,
     amqp_url_option,
     database_url_option,
+    http_options,
     logging_options,
     partitions_option,
     schema_option,
@@ -24,6 +30,8 @@ from outbox_relay.cli_options import (
 from outbox_relay.cli_topology import topology
 from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
 from outbox_relay.logs import configure_logging
+from outbox_relay.observability.http import HealthServer
+from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
 from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
 from outbox_relay.relay import (
     BATCH_SIZE,
@@ -38,10 +46,12 @@ from outbox_relay.relay import (
 from outbox_relay.settings import (
     RunSettings,
 )
-from outbox_relay.store.relay_store import PostgresStore
+from outbox_relay.status_view import render_status
+from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S, PostgresStore
 from outbox_relay.store.schema import grants_sql, migration_sql
 from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.sqlfiles import GRANT_KINDS
+from outbox_relay.store.status import backlog_figures, read_status
 from outbox_relay.urls import redact_url
 
 
@@ -218,6 +228,26 @@ def _grant(value: str) -> tuple[str, str]:
     show_envvar=True,
     help="Seconds between heartbeats, which renew leases and rebalance partitions.",
 )
+@click.option(
+    "--order-gate/--no-order-gate",
+    envvar="OUTBOX_RELAY_ORDER_GATE",
+    default=False,
+    show_default=True,
+    show_envvar=True,
+    help="Publish a keyed row only once no older transaction that could still commit an "
+    "earlier row of its key is running (for applications that write one key from "
+    "concurrent transactions). A long unrelated transaction then delays keyed rows.",
+)
+@click.option(
+    "--order-gate-max-wait",
+    envvar="OUTBOX_RELAY_ORDER_GATE_MAX_WAIT",
+    type=float,
+    default=ORDER_GATE_MAX_WAIT_S,
+    show_default=True,
+    show_envvar=True,
+    help="Seconds a keyed row waits at the order gate at most before it is published anyway.",
+)
+@http_options
 @logging_options
 def run(
     database_url: str,
@@ -231,6 +261,10 @@ def run(
     confirm_timeout: float,
     lease_ttl: float,
     heartbeat_interval: float,
+    order_gate: bool,
+    order_gate_max_wait: float,
+    http_port: int,
+    http_host: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -255,12 +289,19 @@ def run(
     def should_stop() -> bool:
         return relay is not None and relay.stopping
 
+    registry = CollectorRegistry()
+    metrics = RelayMetrics(registry)
+    registry.register(
+        BacklogCollector(lambda: backlog_figures(settings.database_url, settings.schema))
+    )
     relay = Relay(
         store=PostgresStore(
             url=settings.database_url,
             schema=settings.schema,
             relay_id=new_relay_id(),
             lease_ttl_s=settings.relay.lease_ttl_s,
+            order_gate=order_gate,
+            order_gate_max_wait_s=order_gate_max_wait,
         ),
         publisher=Publisher(
             url=settings.amqp_url,
@@ -268,14 +309,14 @@ def run(
             should_stop=should_stop,
         ),
         settings=settings.relay,
+        observer=metrics,
     )
     # Only now: a URL pika cannot read was refused above, before logging was set up.
     configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]
     log = structlog.get_logger("outbox_relay.cli")
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("relay.stopping", signal=signal.Signals(signum).name)
-        relay.stop()
+        relay.stop(reason=signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -286,7 +327,38 @@ def run(
         schema=settings.schema,
         batch_size=settings.relay.batch_size,
     )
-    relay.run()
+    server = (
+        HealthServer(
+            host=http_host,
+            port=http_port,
+            registry=registry,
+            liveness=relay.liveness,
+            readiness=relay.readiness,
+        ).start()
+        if http_port
+        else None
+    )
+    try:
+        relay.run()
+    finally:
+        if server is not None:
+            server.close()
 
 
+@main.command()
+@database_url_option
+@schema_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object, for scripts.")
+def status(database_url: str, schema: str, as_json: bool) -> None:
+    """Backlog, oldest pending age, dead rows, live relays and their partitions."""
+    report = read_status(database_url, schema=schema)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+        return
+    click.echo(render_status(report))
+
+
+main.add_command(consume)
 main.add_command(topology)
+main.add_command(failed)
+main.add_command(dead_letters)

@@ -10,6 +10,7 @@ from typing import Any, TypeVar, cast
 import click
 from click.core import ParameterSource
 
+from outbox_relay.durations import parse_duration_ms
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.logs import LOG_LEVELS
 from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
@@ -127,3 +128,73 @@ def logging_options(func: F) -> F:
         show_envvar=True,
         help="auto: console on a terminal, JSON lines otherwise.",
     )(func)
+
+
+# click >= 8.2 makes ParamType generic; subscripting it would break older clicks at runtime.
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    """A duration such as 10m, 2h or 7d (or plain seconds), as seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_duration_ms(value) / 1000
+        except (TypeError, ValueError) as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def duration_option(*names: str, help: str) -> Callable[[F], F]:
+    return click.option(*names, type=Duration(), default=None, help=help)
+
+
+def http_options(func: F) -> F:
+    func = click.option(
+        "--http-port",
+        envvar="OUTBOX_RELAY_HTTP_PORT",
+        type=click.IntRange(0, 65535),
+        default=0,
+        show_default=True,
+        show_envvar=True,
+        help="Serve /healthz, /readyz and /metrics on this port; 0 turns it off.",
+    )(func)
+    return click.option(
+        "--http-host",
+        envvar="OUTBOX_RELAY_HTTP_HOST",
+        default="0.0.0.0",  # noqa: S104 - probes reach a pod on its own address
+        show_default=True,
+        show_envvar=True,
+        help="Address the HTTP endpoints listen on.",
+    )(func)
+
+
+def yes_option(func: F) -> F:
+    return click.option("--yes", is_flag=True, help="Do not ask for confirmation.")(func)
+
+
+def json_option(help: str) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def limit_option(default: int | None, help: str | None = None) -> Callable[[F], F]:
+    return click.option(
+        "--limit", type=click.IntRange(1), default=default, show_default=True, help=help
+    )
+
+
+def confirm(action: str, what: str, *, yes: bool) -> None:
+    """Ask "ACTION WHAT?" unless ``yes``; a "no" (or no terminal) aborts with exit code 1."""
+    if not yes:
+        click.confirm(f"{action} {what}?", abort=True)
+
+
+def progress(verb: str) -> Callable[[int], None]:
+    """A progress callback printing "VERB N ..." to stderr."""
+
+    def report(done: int) -> None:
+        click.echo(f"  {verb} {done} ...", err=True)
+
+    return report

@@ -12,18 +12,29 @@ class Status(enum.Enum):
     UNSENT = "unsent"  # the channel died before the broker saw it: send again, no attempt lost
 
 
+class Reason(str, enum.Enum):
+    """Why the broker refused a row; the label of ``outbox_relay_failed_total``."""
+
+    UNROUTABLE = "unroutable"  # returned: no queue bound for the routing key
+    NACKED = "nacked"  # the broker nacked it
+    MISSING_EXCHANGE = "missing_exchange"
+    CHANNEL_CLOSED = "channel_closed"  # the broker closed the channel over it
+    UNENCODABLE = "unencodable"  # a header AMQP cannot carry
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     status: Status
     error: str | None = None
+    reason: Reason | None = None
 
     @classmethod
     def confirmed(cls) -> Outcome:
         return _CONFIRMED
 
     @classmethod
-    def failed(cls, error: str) -> Outcome:
-        return cls(Status.FAILED, error)
+    def failed(cls, error: str, reason: Reason) -> Outcome:
+        return cls(Status.FAILED, error, reason)
 
     @classmethod
     def unsent(cls) -> Outcome:
@@ -42,3 +53,4 @@ class Failure:
     error: str
     retry_in_s: float
     dead: bool
+    reason: Reason = Reason.CHANNEL_CLOSED

@@ -19,6 +19,7 @@ from outbox_relay.errors import InvalidMessageError
 from outbox_relay.message import NewMessage, new_message
 from outbox_relay.store import writer
 from outbox_relay.store.sqlfiles import validate_schema_name
+from outbox_relay.tracing import with_trace_context
 
 DEFAULT_SCHEMA = "public"
 
@@ -63,7 +64,7 @@ def publish(
         exchange=exchange,
         routing_key=routing_key,
         payload=payload,
-        headers=headers,
+        headers=with_trace_context(headers),
         message_id=message_id,
         partition_key=partition_key,
         delay=delay,
@@ -102,7 +103,7 @@ async def publish_async(
         exchange=exchange,
         routing_key=routing_key,
         payload=payload,
-        headers=headers,
+        headers=with_trace_context(headers),
         message_id=message_id,
         partition_key=partition_key,
         delay=delay,
@@ -135,7 +136,7 @@ def _build_all(messages: Iterable[Message]) -> list[NewMessage]:
                     exchange=message.exchange,
                     routing_key=message.routing_key,
                     payload=message.payload,
-                    headers=message.headers,
+                    headers=with_trace_context(message.headers),
                     message_id=message.message_id,
                     partition_key=message.partition_key,
                     delay=message.delay,

@@ -28,7 +28,7 @@ from pika.spec import Basic, BasicProperties
 from outbox_relay.amqp_url import url_parameters
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
-from outbox_relay.outcome import Outcome
+from outbox_relay.outcome import Outcome, Reason
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -76,7 +76,7 @@ _UNENCODABLE = (
 
 def _unencodable(row: OutboxRow, exc: Exception) -> Outcome:
     reason = amqp_problem(row) or f"{type(exc).__name__}: {exc}"
-    return Outcome.failed(f"cannot be encoded as an AMQP message: {reason}")
+    return Outcome.failed(f"cannot be encoded as an AMQP message: {reason}", Reason.UNENCODABLE)
 
 
 class _Batch:
@@ -109,10 +109,11 @@ class _Batch:
         if not ack:
             return Outcome.failed(
                 "the broker nacked the message (an internal error, or a queue limit with "
-                "overflow=reject-publish)"
+                "overflow=reject-publish)",
+                Reason.NACKED,
             )
         returned = self.returned.get(str(self.rows[index].message_id))
-        return Outcome.failed(returned) if returned else Outcome.confirmed()
+        return Outcome.failed(returned, Reason.UNROUTABLE) if returned else Outcome.confirmed()
 
     def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
         return {
@@ -369,12 +370,16 @@ class Publisher:
             missing = self.missing_exchanges({row.exchange for row in unresolved})
             if missing:
                 return {
-                    row.id: Outcome.failed(missing[row.exchange])
+                    row.id: Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE)
                     for row in unresolved
                     if row.exchange in missing
                 }
         first = unresolved[0]
-        return {first.id: Outcome.failed(f"the broker closed the channel: {self._describe(error)}")}
+        return {
+            first.id: Outcome.failed(
+                f"the broker closed the channel: {self._describe(error)}", Reason.CHANNEL_CLOSED
+            )
+        }
 
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
         """The exchanges among ``exchanges`` that do not exist, each with the error to record.

@@ -7,6 +7,7 @@ and RabbitMQ adapters implement them, and unit tests drive the loop with fakes.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import random
 import socket
@@ -18,13 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from tenacity import (
-    RetryCallState,
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState, RetryError
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S, retry_delay_s
 from outbox_relay.errors import (
@@ -34,8 +29,9 @@ from outbox_relay.errors import (
 )
 from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order
-from outbox_relay.outcome import Failure, Outcome, Status
+from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
+from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
 
 BATCH_SIZE = 500
 LEASE_TTL_S = 8.0
@@ -45,8 +41,9 @@ LEASE_SAFETY_MARGIN_S = 1.0
 POLL_INTERVAL_S = 0.5
 MAX_ATTEMPTS = 10
 MAX_PUBLISH_ROUNDS = 5
-RECONNECT_MAX_S = 30.0
-RECONNECT_MULTIPLIER_S = 0.5
+# /healthz fails when the loop has not gone round for this long (and is not merely
+# waiting on a blocked broker or an outage).
+LIVENESS_LIMIT_S = 60.0
 
 log = structlog.get_logger("outbox_relay.relay")
 
@@ -73,6 +70,8 @@ class Store(Protocol):
 class Publisher(Protocol):
     @property
     def connected(self) -> bool: ...
+    @property
+    def blocked(self) -> bool: ...
     def connect(self) -> None: ...
     def close(self) -> None: ...
     def publish(
@@ -80,6 +79,43 @@ class Publisher(Protocol):
     ) -> dict[int, Outcome]: ...
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]: ...
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool: ...
+
+
+class RelayObserver(Protocol):
+    """Told what the loop does; the metrics implement it."""
+
+    def batch_settled(
+        self,
+        *,
+        claimed: int,
+        published: Sequence[OutboxRow],
+        failures: Sequence[Failure],
+        now: dt.datetime,
+    ) -> None: ...
+    def iteration(self, now: dt.datetime) -> None: ...
+    def partitions(self, owned: int) -> None: ...
+    def outage(self, service: str) -> None: ...
+
+
+class _Unobserved:
+    def batch_settled(
+        self,
+        *,
+        claimed: int,
+        published: Sequence[OutboxRow],
+        failures: Sequence[Failure],
+        now: dt.datetime,
+    ) -> None:
+        pass
+
+    def iteration(self, now: dt.datetime) -> None:
+        pass
+
+    def partitions(self, owned: int) -> None:
+        pass
+
+    def outage(self, service: str) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -113,12 +149,15 @@ class Relay:
         publisher: Publisher,
         settings: RelaySettings,
         random_unit: Callable[[], float] = random.random,
+        observer: RelayObserver | None = None,
     ) -> None:
         self._store = store
+        self._observer: RelayObserver = observer or _Unobserved()
         self._publisher = publisher
         self._settings = settings
         self._random_unit = random_unit
         self._stopping = threading.Event()
+        self._stop_reason = ""
         self._waiting = False
         self._store_ok = False
         self._outage: str | None = None
@@ -128,27 +167,49 @@ class Relay:
         self._next_heartbeat = 0.0
         self.last_iteration = time.monotonic()
 
-    def stop(self) -> None:
-        """Ask the loop to finish the batch in flight and return."""
+    def stop(self, reason: str = "requested") -> None:
+        """Ask the loop to finish the batch in flight and return.
+
+        Safe in a signal handler: it only sets an event (logging there could deadlock on
+        a lock the interrupted code holds); the loop logs ``relay.stopping`` itself.
+        """
+        self._stop_reason = reason
         self._stopping.set()
 
     @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    def liveness(self) -> tuple[bool, str]:
+        """Alive: the loop went round recently, or it is waiting on a blocked broker or
+        retrying through an outage (both logged), which a restart would not fix."""
+        idle_s = time.monotonic() - self.last_iteration
+        if idle_s <= LIVENESS_LIMIT_S:
+            return True, f"last iteration {idle_s:.1f}s ago"
+        if self._publisher.blocked:
+            return True, "waiting: the broker blocks publishers (memory or disk alarm)"
+        return False, f"no iteration for {idle_s:.0f}s"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: connected to the database and the broker."""
+        if self._outage is not None:
+            return False, self._outage
+        if not self._store_ok:
+            return False, "not connected to the database"
+        if not self._publisher.connected:
+            return False, "not connected to the broker"
+        return True, f"connected; {len(self.owned_partitions)} partitions held"
+
     # -- the loop -----------------------------------------------------------------------
 
     def run(self) -> None:
         """Relay until :meth:`stop`; reconnects with backoff through outages."""
-        retrying = Retrying(
-            retry=retry_if_exception_type((StoreUnavailableError, BrokerUnavailableError)),
-            wait=wait_random_exponential(
-                multiplier=RECONNECT_MULTIPLIER_S, max=self._settings.reconnect_max_s
-            ),
-            stop=lambda _state: self._stopping.is_set(),
-            sleep=self._interruptible_sleep,
-            before_sleep=self._on_outage,
-            reraise=False,
+        retrying = reconnecting(
+            unavailable=(StoreUnavailableError, BrokerUnavailableError),
+            should_stop=self._stopping.is_set,
+            sleep=self._stopping.wait,
+            on_outage=self._on_outage,
+            max_s=self._settings.reconnect_max_s,
         )
         try:
             for attempt in retrying:
@@ -157,11 +218,10 @@ class Relay:
         except RetryError:
             pass  # asked to stop during an outage
         finally:
+            if self._stopping.is_set():
+                log.info("relay.stopping", reason=self._stop_reason)
             self._shutdown()
         log.info("relay.stopped")
-
-    def _interruptible_sleep(self, seconds: float) -> None:
-        self._stopping.wait(seconds)
 
     def _serve(self) -> None:
         self._connect()
@@ -170,6 +230,7 @@ class Relay:
                 self._heartbeat()
             result = self.run_batch()
             self.last_iteration = time.monotonic()
+            self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
             if result.claimed >= self._settings.batch_size:
                 if self._waiting:
                     self._store.set_waiting(False)
@@ -210,6 +271,7 @@ class Relay:
                 live_relays=len(leases.live),
             )
         self._leases = leases
+        self._observer.partitions(len(leases.owned))
         self._lease_deadline = started + self._settings.lease_ttl_s - LEASE_SAFETY_MARGIN_S
         self._next_heartbeat = started + self._settings.heartbeat_interval_s
 
@@ -232,16 +294,18 @@ class Relay:
 
     def _on_outage(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        self.last_iteration = time.monotonic()  # retrying is being alive
         if isinstance(error, StoreUnavailableError):
             self._store.close()
             self._store_ok = False
-            kind = "relay.database_unavailable"
+            kind, service = "relay.database_unavailable", "database"
         else:
             self._publisher.close()
-            kind = "relay.broker_unavailable"
+            kind, service = "relay.broker_unavailable", "broker"
         if self._outage != kind:
             log.warning(kind, error=str(error), retrying=True)
             self._outage = kind
+            self._observer.outage(service)
 
     def _shutdown(self) -> None:
         if self._store_ok:
@@ -281,7 +345,9 @@ class Relay:
         """
         missing = self._publisher.missing_exchanges({row.exchange for row in rows})
         outcomes: dict[int, Outcome] = {
-            row.id: Outcome.failed(missing[row.exchange]) for row in rows if row.exchange in missing
+            row.id: Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE)
+            for row in rows
+            if row.exchange in missing
         }
         unsent = [row.id for row in rows if row.id not in outcomes]
         for _ in range(MAX_PUBLISH_ROUNDS):
@@ -297,17 +363,23 @@ class Relay:
         return outcomes
 
     def _settle(self, rows: Sequence[OutboxRow], outcomes: Mapping[int, Outcome]) -> BatchResult:
-        published: list[int] = []
+        published: list[OutboxRow] = []
         failures: list[Failure] = []
         for row in rows:
             outcome = outcomes.get(row.id)
             if outcome is None or outcome.status is Status.UNSENT:
                 continue
             if outcome.status is Status.CONFIRMED:
-                published.append(row.id)
+                published.append(row)
                 continue
-            failures.append(self._failure(row, outcome.error or "unknown error"))
-        self._store.settle(published, failures)
+            failures.append(self._failure(row, outcome.error or "unknown error", outcome.reason))
+        self._store.settle([row.id for row in published], failures)
+        self._observer.batch_settled(
+            claimed=len(rows),
+            published=published,
+            failures=failures,
+            now=dt.datetime.now(tz=dt.timezone.utc),
+        )
         held = len(rows) - len(published) - len(failures)
         if failures:
             for failure in failures:
@@ -322,7 +394,7 @@ class Relay:
         )
         return BatchResult(len(rows), len(published), len(failures), held)
 
-    def _failure(self, row: OutboxRow, error: str) -> Failure:
+    def _failure(self, row: OutboxRow, error: str, reason: Reason | None) -> Failure:
         attempt = row.attempts + 1
         dead = attempt >= self._settings.max_attempts
         delay = retry_delay_s(
@@ -331,4 +403,10 @@ class Relay:
             max_s=self._settings.retry_max_s,
             jitter=self._random_unit(),
         )
-        return Failure(row_id=row.id, error=error, retry_in_s=0.0 if dead else delay, dead=dead)
+        return Failure(
+            row_id=row.id,
+            error=error,
+            retry_in_s=0.0 if dead else delay,
+            dead=dead,
+            reason=reason or Reason.CHANNEL_CLOSED,
+        )

@@ -16,12 +16,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.store.connect import application_name_in, connect, translate_errors
 from outbox_relay.store.sqlfiles import Queries, notify_channel
+
+ORDER_GATE_MAX_WAIT_S = 30.0
 
 
 class PostgresStore:
@@ -34,12 +36,19 @@ class PostgresStore:
         schema: str,
         relay_id: str,
         lease_ttl_s: float,
+        order_gate: bool = False,
+        order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S,
         application_name: str = "outbox-relay",
     ) -> None:
         self._url = url
         self._schema = schema
         self.relay_id = relay_id
         self._lease_ttl_s = lease_ttl_s
+        self._claim_params = {
+            "relay_id": relay_id,
+            "order_gate": order_gate,
+            "order_gate_max_wait_s": order_gate_max_wait_s,
+        }
         # A name given in the URL wins, so operators can tell relays apart.
         self._application_name = application_name_in(url) or application_name
         self._q = Queries("relay", schema=schema)
@@ -67,7 +76,14 @@ class PostgresStore:
         with translate_errors("configuring the work connection"):
             timeout_ms = str(int(self._lease_ttl_s * 1000))
             self._work.execute(self._q["limit_idle_transactions"], {"timeout_ms": timeout_ms})
+            allowed = self._work.execute(self._q["can_see_all_sessions"]).fetchone()
             self._work.commit()
+        if self._claim_params["order_gate"] and not (allowed and allowed[0]):
+            raise StoreError(
+                "--order-gate reads other sessions' transactions from pg_stat_activity, which "
+                "this database role may not see: GRANT pg_read_all_stats TO <relay role>, "
+                "or run without --order-gate"
+            )
 
     # -- leases -------------------------------------------------------------------------
 
@@ -122,7 +138,7 @@ class PostgresStore:
         conn = self._require(self._work)
         with translate_errors("claiming outbox rows"):
             rows = conn.execute(
-                self._q["claim_batch"], {"limit": limit, "relay_id": self.relay_id}
+                self._q["claim_batch"], {**self._claim_params, "limit": limit}
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 

@@ -8,9 +8,10 @@ SDK knows where a retry or a parked message goes. See ``docs/topology.md``.
 
 from __future__ import annotations
 
+from outbox_relay.durations import parse_duration_ms
 from outbox_relay.topology.broker import apply, plan
 from outbox_relay.topology.conflicts import Inequivalence, parse_precondition_failed
-from outbox_relay.topology.loader import load_topology, parse_duration_ms, parse_topology
+from outbox_relay.topology.loader import load_topology, parse_topology
 from outbox_relay.topology.model import (
     Binding,
     ExchangeSpec,

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from outbox_relay.durations import parse_duration_ms
 from outbox_relay.errors import TopologyError
 from outbox_relay.topology.model import (
     Binding,
@@ -38,9 +39,6 @@ QUEUE_KEYS = ("name", "type", "bindings", "retry", "delivery_limit")
 BINDING_KEYS = ("exchange", "routing_key")
 RETRY_KEYS = ("delays", "max_attempts")
 
-_DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|m|h)\s*$")
-_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000}
-
 
 def load_topology(path: str | Path) -> Topology:
     """Parse and validate the topology file at ``path``; raises TopologyError."""
@@ -59,27 +57,6 @@ def parse_topology(text: str, *, source: str = "<topology>") -> Topology:
     except tomllib.TOMLDecodeError as exc:
         raise TopologyError(f"{source}: not valid TOML: {exc}") from exc
     return _Reader(text, source).topology(document)
-
-
-def parse_duration_ms(value: object) -> int:
-    """``"500ms"``, ``"10s"``, ``"1m"``, ``"1h"`` or a number of seconds, in milliseconds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TypeError(f"{value!r} is not a duration: write e.g. '10s', '1m' or 10")
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(
-                f"{value!r} is not a duration: write a number and a unit (ms, s, m, h), "
-                "e.g. '10s' or '1m'"
-            )
-        amount = float(match["number"]) * _UNIT_MS[match["unit"]]
-    else:
-        amount = float(value) * 1_000
-    if amount <= 0:
-        raise ValueError(f"{value!r} is not positive: a retry delay must be at least 1 ms")
-    if amount != int(amount):
-        raise ValueError(f"{value!r} is not a whole number of milliseconds")
-    return int(amount)
 
 
 class _Reader:

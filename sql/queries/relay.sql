@@ -28,6 +28,18 @@ WHERE o.partition IN (SELECT partition FROM owned)
       SELECT 1 FROM held AS h
       WHERE h.partition_key = o.partition_key AND h.first_id < o.id
   )
+  -- The order gate (opt-in): a keyed row waits until no writing transaction that
+  -- started before its insert is still running (only such a transaction can still
+  -- commit a smaller id), or until it has waited long enough.
+  AND (NOT %(order_gate)s
+       OR o.partition_key IS NULL
+       OR o.inserted_at < coalesce(
+              (SELECT min(a.xact_start) FROM pg_stat_activity AS a
+               WHERE a.datname = current_database()
+                 AND a.backend_xid IS NOT NULL
+                 AND a.pid <> pg_backend_pid()),
+              'infinity')
+       OR o.created_at < now() - make_interval(secs => %(order_gate_max_wait_s)s))
 ORDER BY o.id
 LIMIT %(limit)s
 FOR UPDATE OF o SKIP LOCKED
@@ -45,6 +57,10 @@ SET attempts = o.attempts + 1,
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(delays)s::float8[], %(dead)s::boolean[])
     AS f(id, error, delay_s, dead)
 WHERE o.id = f.id
+
+-- name: can_see_all_sessions
+-- The order gate reads other sessions' transaction starts from pg_stat_activity.
+SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS allowed
 
 -- name: limit_idle_transactions
 -- A relay frozen inside its claim (SIGSTOP, a VM pause) must not hold its partitions

@@ -377,3 +377,93 @@ def test_a_claim_held_past_the_lease_ends_as_an_outage_not_an_error(
     finally:
         store.close()
     assert len(outbox_rows(database_url, schema)) == 1
+
+
+def test_the_order_gate_waits_for_an_older_open_transaction_of_the_same_key(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with (
+        running_relay(database_url, amqp_url, schema, order_gate=True),
+        psycopg.connect(database_url) as slow,
+        psycopg.connect(database_url) as fast,
+    ):
+        outbox_relay.publish(
+            slow,
+            exchange=exchange,
+            routing_key="k",
+            payload={"seq": 1},
+            partition_key="a",
+            schema=schema,
+        )
+        outbox_relay.publish(
+            fast,
+            exchange=exchange,
+            routing_key="k",
+            payload={"seq": 2},
+            partition_key="a",
+            schema=schema,
+        )
+        fast.commit()
+        write(database_url, schema, exchange, [{"seq": "unkeyed"}])
+        assert bodies(broker.drain(queue, expect=1)) == [{"seq": "unkeyed"}], (
+            "unkeyed rows pass the gate"
+        )
+        assert broker.drain(queue, expect=1, timeout_s=1.5) == [], (
+            "seq 2 went out while seq 1 could still commit"
+        )
+        slow.commit()
+        received = broker.drain(queue, expect=2)
+    assert bodies(received) == [{"seq": 1}, {"seq": 2}]
+
+
+def test_without_the_gate_a_later_id_that_commits_first_goes_first(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """The documented limit the gate exists for: it must really exist, or the gate is moot."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with (
+        running_relay(database_url, amqp_url, schema),
+        psycopg.connect(database_url) as slow,
+        psycopg.connect(database_url) as fast,
+    ):
+        outbox_relay.publish(
+            slow,
+            exchange=exchange,
+            routing_key="k",
+            payload={"seq": 1},
+            partition_key="a",
+            schema=schema,
+        )
+        outbox_relay.publish(
+            fast,
+            exchange=exchange,
+            routing_key="k",
+            payload={"seq": 2},
+            partition_key="a",
+            schema=schema,
+        )
+        fast.commit()
+        assert bodies(broker.drain(queue, expect=1)) == [{"seq": 2}]
+        slow.commit()
+        assert bodies(broker.drain(queue, expect=1)) == [{"seq": 1}]
+
+
+def test_the_order_gate_gives_up_after_its_maximum_wait(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with (
+        running_relay(database_url, amqp_url, schema, order_gate=True, order_gate_max_wait_s=1.0),
+        psycopg.connect(database_url) as long_report,
+    ):
+        long_report.execute(
+            "SELECT pg_current_xact_id()"
+        )  # an unrelated transaction with an id, left open
+        write(database_url, schema, exchange, [{"seq": 1}], partition_key="a")
+        assert broker.drain(queue, expect=1, timeout_s=0.5) == []
+        assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"seq": 1}]
+        long_report.rollback()

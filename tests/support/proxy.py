@@ -72,7 +72,7 @@ class TcpProxy:
                     if not data:
                         return
                     peers[sock].sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select() on a socket cut() just closed
             return
         finally:
             for sock in (a, b):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,9 +13,18 @@ from psycopg import sql
 from outbox_relay.publisher import Publisher
 from outbox_relay.relay import LEASE_TTL_S, Relay, RelaySettings, new_relay_id
 from outbox_relay.store.relay_store import PostgresStore
+from tests.support.threads import in_background
 
 
-def make_relay(database_url: str, amqp_url: str, schema: str, **settings: Any) -> Relay:
+def make_relay(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    *,
+    order_gate: bool = False,
+    order_gate_max_wait_s: float = 30.0,
+    **settings: Any,
+) -> Relay:
     relay: Relay | None = None
     publisher = Publisher(url=amqp_url, should_stop=lambda: relay is not None and relay.stopping)
     relay = Relay(
@@ -25,6 +33,8 @@ def make_relay(database_url: str, amqp_url: str, schema: str, **settings: Any) -
             schema=schema,
             relay_id=new_relay_id(),
             lease_ttl_s=settings.get("lease_ttl_s", LEASE_TTL_S),
+            order_gate=order_gate,
+            order_gate_max_wait_s=order_gate_max_wait_s,
         ),
         publisher=publisher,
         settings=RelaySettings(**settings),
@@ -37,24 +47,8 @@ def running_relay(
     database_url: str, amqp_url: str, schema: str, **settings: Any
 ) -> Iterator[Relay]:
     relay = make_relay(database_url, amqp_url, schema, **settings)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            relay.run()
-        except BaseException as exc:  # surfaced in the test's thread below
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, name="relay", daemon=True)
-    thread.start()
-    try:
+    with in_background(relay.run, relay.stop, name="relay"):
         yield relay
-    finally:
-        relay.stop()
-        thread.join(15)
-        assert not thread.is_alive(), "the relay did not stop within 15 s of stop()"
-        if errors:
-            raise errors[0]
 
 
 def outbox_rows(database_url: str, schema: str, columns: str = "id") -> list[tuple[Any, ...]]:

@@ -1,4 +1,8 @@
-"""The README's configuration reference is checked against the CLI, so it cannot drift."""
+"""The README's configuration references are checked against the CLI, so they cannot drift.
+
+Each command's table lives under its own heading: `run` under "Run the relay", `consume`
+under "Consume with handlers".
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,19 @@ import pytest
 from outbox_relay.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+ROW = re.compile(r"^\| `(--[a-z-]+)`(?: / `--no-[a-z-]+`)? \| `([A-Z_]+)` \| (?:`([^`]*)`|none) \|")
+SECTIONS = {"run": "## Run the relay", "consume": "## Consume with handlers"}
+APP_DEFAULT = "(the app's)"  # a consume option left out takes the ConsumerApp's value
 
 
-def documented_rows() -> dict[str, tuple[str, str | None]]:
+def documented_rows(command_name: str) -> dict[str, tuple[str, str | None]]:
     """flag -> (variable, default); an option without a default says `none`."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index(SECTIONS[command_name])
+    end = text.find("\n## ", start + 1)
     rows = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\| `(--[a-z-]+)` \| `([A-Z_]+)` \| (?:`([^`]*)`|none) \|", line)
+    for line in text[start : end if end != -1 else None].splitlines():
+        match = ROW.match(line)
         if match:
             rows[match.group(1)] = (match.group(2), match.group(3))
     return rows
@@ -28,16 +38,32 @@ def options_of(command_name: str) -> list[click.Option]:
     return [p for p in command.params if isinstance(p, click.Option) and p.name != "help"]
 
 
-@pytest.mark.parametrize("option", options_of("run"), ids=lambda o: o.opts[0])
-def test_every_run_option_is_documented_with_its_variable_and_default(option: click.Option) -> None:
-    rows = documented_rows()
+COMMAND_OPTIONS = [
+    pytest.param(name, option, id=f"{name} {option.opts[0]}")
+    for name in SECTIONS
+    for option in options_of(name)
+]
+
+
+@pytest.mark.parametrize(("command_name", "option"), COMMAND_OPTIONS)
+def test_every_option_is_documented_with_its_variable_and_default(
+    command_name: str, option: click.Option
+) -> None:
+    rows = documented_rows(command_name)
     flag = option.opts[0]
-    assert flag in rows, f"{flag} is missing from the README's table"
+    assert flag in rows, f"{flag} is missing from the README's `{command_name}` table"
     envvar, default = rows[flag]
     assert envvar == option.envvar
-    assert default == (None if option.default is None else str(option.default))
+    if option.default is None and (option.name or "").endswith("_file"):
+        expected: str | None = None  # documented as `none`
+    elif option.default is None and command_name == "consume":
+        expected = APP_DEFAULT
+    else:
+        expected = str(option.default)
+    assert default == expected
 
 
-def test_the_table_documents_no_option_that_does_not_exist() -> None:
-    real = {o.opts[0] for o in options_of("run")}
-    assert set(documented_rows()) <= real
+@pytest.mark.parametrize("command_name", list(SECTIONS))
+def test_the_tables_document_no_option_that_does_not_exist(command_name: str) -> None:
+    real = {o.opts[0] for o in options_of(command_name)}
+    assert set(documented_rows(command_name)) <= real

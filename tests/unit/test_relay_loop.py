@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from outbox_relay.errors import PublishInterruptedError
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Failure, Outcome
+from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
 from outbox_relay.relay import Relay, RelaySettings
 
@@ -78,6 +78,8 @@ class ScriptedPublisher:
     def connected(self) -> bool:
         return True
 
+    blocked = False
+
     def connect(self) -> None: ...
     def close(self) -> None: ...
     def publish(
@@ -117,7 +119,7 @@ class TestRunBatch:
     def test_unsent_rows_go_again_but_not_behind_a_failure_of_their_key(self) -> None:
         rows = [row(1, "a"), row(2, "a"), row(3, "b"), row(4, "a"), row(5, None)]
         first = {
-            2: Outcome.failed("boom"),
+            2: Outcome.failed("boom", Reason.NACKED),
             3: Outcome.unsent(),
             4: Outcome.unsent(),
             5: Outcome.unsent(),
@@ -138,17 +140,32 @@ class TestRunBatch:
         relay_for(store, publisher).run_batch()
         assert publisher.sent == [[3]]
         assert store.settled == [
-            ([3], [Failure(1, "exchange 'gone' does not exist", 0.75, dead=False)])
+            (
+                [3],
+                [
+                    Failure(
+                        1,
+                        "exchange 'gone' does not exist",
+                        0.75,
+                        dead=False,
+                        reason=Reason.MISSING_EXCHANGE,
+                    )
+                ],
+            )
         ]
 
     def test_the_last_attempt_marks_the_row_dead(self) -> None:
         store = FakeStore([row(1, attempts=2)])
         relay = relay_for(
-            store, ScriptedPublisher([{1: Outcome.failed("unroutable")}]), max_attempts=3
+            store,
+            ScriptedPublisher([{1: Outcome.failed("unroutable", Reason.UNROUTABLE)}]),
+            max_attempts=3,
         )
         with capture_logs() as logs:
             relay.run_batch()
-        assert store.settled == [([], [Failure(1, "unroutable", 0.0, dead=True)])]
+        assert store.settled == [
+            ([], [Failure(1, "unroutable", 0.0, dead=True, reason=Reason.UNROUTABLE)])
+        ]
         assert [entry["event"] for entry in logs] == ["relay.row_dead", "relay.batch_published"]
         assert logs[0]["row_id"] == 1
 

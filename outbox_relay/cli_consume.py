@@ -1,0 +1,116 @@
+"""``outbox-relay consume MODULE:APP``: run a consumer app until SIGTERM or SIGINT.
+
+Exit codes: 0 after a clean stop (SIGTERM/SIGINT: in-flight handlers drained within the
+grace period); 1 the consumer failed (e.g. RabbitMQ refused to declare a queue that
+exists with other arguments); 2 bad usage: MODULE:APP cannot be imported or is not a
+``ConsumerApp``, or the settings contradict each other.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import click
+
+from outbox_relay.cli_options import http_options, logging_options
+from outbox_relay.consumer.app import ConsumerApp
+from outbox_relay.errors import ConfigurationError
+from outbox_relay.logs import configure_logging
+
+
+def load_app(spec: str) -> ConsumerApp:
+    """Import ``module.path:attribute``; raises ConfigurationError saying what is wrong."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(
+            f"APP: expected MODULE:ATTRIBUTE (e.g. billing.handlers:app), got {spec!r}"
+        )
+    if str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))  # like `python -m`, the working directory imports
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"APP: cannot import module {module_name!r}: {exc}") from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, ConsumerApp):
+        raise ConfigurationError(
+            f"APP: {spec!r} is {type(app).__name__}, not a ConsumerApp; point at the object "
+            "created with ConsumerApp(...)"
+        )
+    return app
+
+
+@click.command()
+@click.argument("app")
+@click.option(
+    "--database-url",
+    envvar="OUTBOX_RELAY_DATABASE_URL",
+    default=None,  # None: the app's value
+    show_envvar=True,
+    help="PostgreSQL URL for handlers that take a transaction (overrides the app's).",
+)
+@click.option(
+    "--amqp-url",
+    envvar="OUTBOX_RELAY_AMQP_URL",
+    default=None,  # None: the app's value
+    show_envvar=True,
+    help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
+)
+@click.option(
+    "--schema",
+    envvar="OUTBOX_RELAY_SCHEMA",
+    default=None,  # None: the app's value
+    show_envvar=True,
+    help="Schema holding the inbox table (default: the app's).",
+)
+@click.option(
+    "--concurrency",
+    envvar="OUTBOX_RELAY_CONCURRENCY",
+    default=None,  # None: the app's value
+    type=int,
+    show_envvar=True,
+    help="Handlers running at once (default: the app's, 4); prefetch follows it.",
+)
+@click.option(
+    "--shutdown-grace",
+    envvar="OUTBOX_RELAY_SHUTDOWN_GRACE",
+    default=None,  # None: the app's value
+    type=float,
+    show_envvar=True,
+    help="Seconds in-flight handlers get to finish on SIGTERM.",
+)
+@http_options
+@logging_options
+def consume(
+    app: str,
+    database_url: str | None,
+    amqp_url: str | None,
+    schema: str | None,
+    concurrency: int | None,
+    shutdown_grace: float | None,
+    http_port: int,
+    http_host: str,
+    log_level: str,
+    log_format: str,
+) -> None:
+    """Run the handlers of APP (MODULE:ATTRIBUTE, e.g. billing.handlers:app).
+
+    Declares their queues, delay tiers and parking lots, then consumes until SIGTERM or
+    SIGINT. With --http-port, serves /healthz (the I/O loop runs), /readyz (connected and
+    consuming) and /metrics. Exit codes: 0 clean stop, 1 failure, 2 bad usage or configuration.
+    """
+    consumer_app = load_app(app)
+    overrides = {
+        "database_url": database_url,
+        "amqp_url": amqp_url,
+        "schema": schema,
+        "concurrency": concurrency,
+        "shutdown_grace_s": shutdown_grace,
+        "http_port": http_port,
+        "http_host": http_host,
+    }
+    consumer_app.settings(**overrides)  # reject bad settings before logging starts
+    configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]
+    consumer_app.run(**overrides)

@@ -1,0 +1,31 @@
+"""Consumer SDK: decorator handlers acked only after their work commits.
+
+::
+
+    from outbox_relay.consumer import ConsumerApp, Message, Retry, Reject
+
+    app = ConsumerApp(name="billing", schema="public")
+
+    @app.handler(exchange="orders", queue="billing.orders", bindings=["order.created"])
+    def on_order(message: Message, tx) -> None:
+        ...
+
+Run with ``outbox-relay consume billing.handlers:app`` or ``app.run()``. See
+``docs/consumer.md``.
+"""
+
+from __future__ import annotations
+
+from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
+from outbox_relay.consumer.errors import HandlerTimeoutError, Reject, Retry
+from outbox_relay.consumer.message import Message
+
+__all__ = [
+    "ConsumerApp",
+    "ConsumerSettings",
+    "Handler",
+    "HandlerTimeoutError",
+    "Message",
+    "Reject",
+    "Retry",
+]

@@ -1,0 +1,261 @@
+"""The application object: handlers registered with a decorator, and how to run them.
+
+``ConsumerApp`` only collects configuration; nothing connects and nothing reads the
+environment until :meth:`ConsumerApp.run` (or ``outbox-relay consume``) starts a
+:class:`~outbox_relay.consumer.runner.Runner`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from outbox_relay.consumer.declare import queue_spec, retry_route
+from outbox_relay.consumer.failure import RetryRoute
+from outbox_relay.consumer.message import Message
+from outbox_relay.errors import ConfigurationError
+from outbox_relay.store.sqlfiles import validate_schema_name
+from outbox_relay.topology import QueueSpec
+
+MAX_ATTEMPTS = 5
+RETRY_DELAYS_S = (1.0, 10.0, 60.0)
+HANDLER_TIMEOUT_S = 30.0
+BROKER_CONSUMER_TIMEOUT_S = 30 * 60.0  # RabbitMQ's default consumer_timeout
+CONCURRENCY = 4
+PREFETCH_MULTIPLIER = 2
+SHUTDOWN_GRACE_S = 30.0
+INBOX_RETENTION_S = 7 * 24 * 3600.0
+INBOX_PURGE_INTERVAL_S = 600.0
+HTTP_HOST = "0.0.0.0"  # noqa: S104 - probes reach a pod on its own address
+QUEUE_TYPES = ("classic", "quorum")
+DATABASE_URL_ENV = "OUTBOX_RELAY_DATABASE_URL"
+AMQP_URL_ENV = "OUTBOX_RELAY_AMQP_URL"
+DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
+
+HandlerFunc = Callable[..., None]
+F = TypeVar("F", bound=HandlerFunc)
+AfterCommitHook = Callable[[Message], None]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """One registered handler and the queue it consumes."""
+
+    func: HandlerFunc
+    name: str
+    exchange: str
+    queue: str
+    bindings: tuple[str, ...]
+    max_attempts: int
+    retry_delays_s: tuple[float, ...]
+    timeout_s: float
+    queue_type: str
+    uses_db: bool
+    declare_exchange: bool
+    spec: QueueSpec
+
+    @property
+    def route(self) -> RetryRoute:
+        return retry_route(self.spec)
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """How the runner connects and how much it runs at once; checked before connecting."""
+
+    name: str
+    schema: str = "public"
+    database_url: str | None = None
+    amqp_url: str = DEFAULT_AMQP_URL
+    concurrency: int = CONCURRENCY
+    prefetch_multiplier: int = PREFETCH_MULTIPLIER
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S
+    inbox_retention_s: float = INBOX_RETENTION_S
+    inbox_purge_interval_s: float = INBOX_PURGE_INTERVAL_S
+    reconnect_max_s: float = 30.0
+    http_port: int = 0  # serve /healthz, /readyz and /metrics here; 0: no endpoints
+    http_host: str = HTTP_HOST
+
+    def __post_init__(self) -> None:
+        try:
+            validate_schema_name(self.schema)
+        except ValueError as exc:
+            raise ConfigurationError(f"schema: {exc}") from exc
+        checks = [
+            (bool(self.name.strip()), "name: give the consumer a name (it keys the inbox)"),
+            (self.concurrency >= 1, "concurrency must be at least 1"),
+            (self.prefetch_multiplier >= 1, "prefetch_multiplier must be at least 1"),
+            (self.shutdown_grace_s >= 0, "shutdown_grace must not be negative"),
+            (self.inbox_retention_s > 0, "inbox_retention must be positive"),
+            (self.inbox_purge_interval_s > 0, "inbox_purge_interval must be positive"),
+            (0 <= self.http_port <= 65535, "http_port must be 0 (off) or a TCP port"),
+            (self.amqp_url.startswith(("amqp://", "amqps://")), "amqp_url: expected amqp://..."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigurationError(message)
+
+    @property
+    def prefetch(self) -> int:
+        return self.concurrency * self.prefetch_multiplier
+
+
+@dataclass
+class ConsumerApp:
+    """A named set of handlers. ``name`` keys the inbox: keep it stable across deploys.
+
+    URLs left out are taken from ``OUTBOX_RELAY_DATABASE_URL`` and ``OUTBOX_RELAY_AMQP_URL``
+    when the app starts, not when it is created.
+    """
+
+    name: str
+    schema: str = "public"
+    database_url: str | None = None
+    amqp_url: str | None = None
+    concurrency: int = CONCURRENCY
+    prefetch_multiplier: int = PREFETCH_MULTIPLIER
+    shutdown_grace: float = SHUTDOWN_GRACE_S
+    inbox_retention: float = INBOX_RETENTION_S
+    handlers: list[Handler] = field(default_factory=list)
+    after_commit_hooks: list[AfterCommitHook] = field(default_factory=list)
+
+    def handler(
+        self,
+        *,
+        exchange: str,
+        queue: str,
+        bindings: Sequence[str] | str = ("#",),
+        max_attempts: int = MAX_ATTEMPTS,
+        retry_delays: Sequence[float] = RETRY_DELAYS_S,
+        timeout: float = HANDLER_TIMEOUT_S,
+        queue_type: str = "classic",
+        name: str | None = None,
+        declare_exchange: bool = True,
+    ) -> Callable[[F], F]:
+        """Register ``func(message)`` or ``func(message, tx)`` for ``queue``.
+
+        With a second parameter the handler runs inside a database transaction (``tx``)
+        that also records the message in the inbox: its effects happen exactly once.
+        Without one there is no database and no deduplication. ``declare_exchange=False``
+        leaves the exchange alone (when a topology file manages it, e.g. with an
+        alternate exchange); it must then exist before the app starts.
+        """
+
+        def register(func: F) -> F:
+            patterns = (bindings,) if isinstance(bindings, str) else tuple(bindings)
+            delays = tuple(float(d) for d in retry_delays)
+            handler = Handler(
+                func=func,
+                name=name or str(getattr(func, "__qualname__", repr(func))),
+                exchange=exchange,
+                queue=queue,
+                bindings=patterns,
+                max_attempts=max_attempts,
+                retry_delays_s=delays,
+                timeout_s=float(timeout),
+                queue_type=queue_type,
+                uses_db=_wants_transaction(func),
+                declare_exchange=declare_exchange,
+                spec=queue_spec(
+                    queue=queue,
+                    queue_type=queue_type,
+                    exchange=exchange,
+                    bindings=patterns,
+                    retry_delays_s=delays,
+                    max_attempts=max_attempts,
+                ),
+            )
+            check_handler(handler, taken=[h.queue for h in self.handlers])
+            self.handlers.append(handler)
+            return func
+
+        return register
+
+    def after_commit(self, hook: AfterCommitHook) -> AfterCommitHook:
+        """Register ``hook(message)``, called after a handler's transaction committed and
+        before the delivery is acked (metrics, cache invalidation). Its errors are logged."""
+        self.after_commit_hooks.append(hook)
+        return hook
+
+    def settings(self, **overrides: Any) -> ConsumerSettings:
+        """The settings to run with: overrides, then this app's values, then the
+        environment, then defaults. Raises ConfigurationError."""
+        values: dict[str, Any] = {
+            "name": self.name,
+            "schema": self.schema,
+            "database_url": self.database_url or os.environ.get(DATABASE_URL_ENV),
+            "amqp_url": self.amqp_url or os.environ.get(AMQP_URL_ENV) or DEFAULT_AMQP_URL,
+            "concurrency": self.concurrency,
+            "prefetch_multiplier": self.prefetch_multiplier,
+            "shutdown_grace_s": self.shutdown_grace,
+            "inbox_retention_s": self.inbox_retention,
+        }
+        values.update({key: value for key, value in overrides.items() if value is not None})
+        settings = ConsumerSettings(**values)
+        if not self.handlers:
+            raise ConfigurationError(f"consumer app {self.name!r} has no handlers")
+        needs_db = [h.name for h in self.handlers if h.uses_db]
+        if needs_db and not settings.database_url:
+            raise ConfigurationError(
+                f"handlers {', '.join(needs_db)} take a transaction but no database URL is "
+                f"set: pass database_url or set {DATABASE_URL_ENV}"
+            )
+        return settings
+
+    def run(self, **overrides: Any) -> None:
+        """Consume until SIGTERM or SIGINT, then drain and return.
+
+        ``overrides`` are :class:`ConsumerSettings` fields, e.g. ``http_port=9102`` to
+        serve ``/healthz``, ``/readyz`` and ``/metrics``.
+        """
+        from outbox_relay.consumer.serve import serve  # noqa: PLC0415 - pika only when running
+
+        serve(self, self.settings(**overrides))
+
+
+def _wants_transaction(func: HandlerFunc) -> bool:
+    if inspect.iscoroutinefunction(func):
+        raise ConfigurationError(
+            f"handler {func.__qualname__} is async: handlers run in worker threads; "
+            "write a plain def (asyncio code can run inside it with asyncio.run)"
+        )
+    params = [
+        p
+        for p in inspect.signature(func).parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not 1 <= len(params) <= 2:
+        raise ConfigurationError(
+            f"handler {func.__qualname__} takes {len(params)} parameters: write "
+            "`def handler(message)` or `def handler(message, tx)`"
+        )
+    return len(params) == 2
+
+
+def check_handler(handler: Handler, *, taken: Sequence[str]) -> None:
+    """Reject a handler whose settings cannot work, naming the fix."""
+    where = f"handler {handler.name} (queue {handler.queue!r})"
+    checks = [
+        (bool(handler.exchange), "exchange: name the topic exchange to bind to"),
+        (bool(handler.queue), "queue: name the queue to consume"),
+        (handler.queue not in taken, "queue: another handler of this app consumes it"),
+        (bool(handler.bindings), "bindings: give at least one routing key pattern"),
+        (handler.max_attempts >= 1, "max_attempts must be at least 1"),
+        (bool(handler.retry_delays_s), "retry_delays: give at least one delay in seconds"),
+        (all(d > 0 for d in handler.retry_delays_s), "retry_delays must be positive"),
+        (
+            len(set(handler.retry_delays_s)) == len(handler.retry_delays_s),
+            "retry_delays: list each delay once (one delay queue per delay)",
+        ),
+        (
+            0 < handler.timeout_s < BROKER_CONSUMER_TIMEOUT_S,
+            "timeout must be positive and well under RabbitMQ's 30-minute consumer_timeout",
+        ),
+        (handler.queue_type in QUEUE_TYPES, f"queue_type: one of {', '.join(QUEUE_TYPES)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigurationError(f"{where}: {message}")

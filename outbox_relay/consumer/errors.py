@@ -1,0 +1,40 @@
+"""What a handler raises to steer its message, and the errors the SDK reports.
+
+:class:`Retry` and :class:`Reject` are control flow, not failures of the SDK: they sit
+outside :class:`~outbox_relay.errors.OutboxRelayError` so that ``except OutboxRelayError``
+in a handler cannot swallow them by accident.
+"""
+
+from __future__ import annotations
+
+
+class Retry(Exception):  # noqa: N818 - named for what the handler asks, like Dramatiq's Retry
+    """Raise in a handler to roll back and try the message again later.
+
+    ``delay`` (seconds) picks the shortest retry tier at least that long (the longest tier
+    when none is); None takes the tier of the current attempt. The attempt counts towards
+    ``max_attempts``: past it the message is parked like any other failure.
+    """
+
+    def __init__(
+        self, reason: str = "retry requested by the handler", *, delay: float | None = None
+    ):
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+class Reject(Exception):  # noqa: N818 - named for what the handler asks
+    """Raise in a handler to roll back and park the message at once, with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class HandlerTimeoutError(Exception):
+    """Recorded (never raised into the handler) when a handler ran past its timeout."""
+
+
+class UndecodableMessageError(Exception):
+    """Recorded when a body cannot be decoded or the message lacks what the handler needs."""

@@ -1,0 +1,129 @@
+"""What a handler receives: the decoded message and where it came from. Pure: no I/O."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from outbox_relay.consumer.errors import UndecodableMessageError
+
+ATTEMPT_HEADER = "outbox-attempt"
+ORIGINAL_ROUTING_KEY_HEADER = "outbox-original-routing-key"
+ORIGINAL_EXCHANGE_HEADER = "outbox-original-exchange"
+JSON_TYPES = ("application/json",)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A delivery as the broker handed it over, before decoding."""
+
+    body: bytes
+    exchange: str
+    routing_key: str
+    redelivered: bool
+    message_id: str | None
+    content_type: str | None
+    headers: Mapping[str, Any]
+    timestamp: int | None
+    queue: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message as a handler sees it.
+
+    ``body`` is the decoded JSON value when the content type is JSON (``application/json``
+    or ``application/*+json``), the raw bytes otherwise. ``routing_key`` and ``exchange``
+    are where the message was first published, also after retries (which travel through
+    the default exchange). ``attempt`` is 1 on the first delivery and grows with each retry;
+    a redelivery after a crash keeps its number and has ``redelivered`` set.
+    """
+
+    body: Any
+    raw_body: bytes
+    message_id: str | None
+    routing_key: str
+    exchange: str
+    queue: str
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    content_type: str | None = None
+    attempt: int = 1
+    redelivered: bool = False
+    timestamp: dt.datetime | None = None
+
+
+def is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media in JSON_TYPES or (media.startswith("application/") and media.endswith("+json"))
+
+
+def decode(delivery: Delivery, *, require_message_id: bool = False) -> Message:
+    """The :class:`Message` of a delivery; raises UndecodableMessageError with the reason.
+
+    ``require_message_id``: the inbox keys on it, so a handler with a transaction cannot
+    take a message without one.
+    """
+    if require_message_id and not delivery.message_id:
+        raise UndecodableMessageError(
+            "the message has no message_id, so the inbox cannot deduplicate it; publish "
+            "with a message_id (outbox_relay.publish always sets one)"
+        )
+    body: Any = delivery.body
+    if is_json(delivery.content_type):
+        try:
+            body = json.loads(delivery.body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UndecodableMessageError(
+                f"the body is not valid JSON although its content type is "
+                f"{delivery.content_type!r}: {exc}"
+            ) from exc
+    headers = dict(delivery.headers)
+    return Message(
+        body=body,
+        raw_body=delivery.body,
+        message_id=delivery.message_id,
+        routing_key=original_routing_key(delivery),
+        exchange=original_exchange(delivery),
+        queue=delivery.queue,
+        headers=headers,
+        content_type=delivery.content_type,
+        attempt=attempts_made(headers) + 1,
+        redelivered=delivery.redelivered,
+        timestamp=(
+            dt.datetime.fromtimestamp(delivery.timestamp, tz=dt.timezone.utc)
+            if delivery.timestamp is not None
+            else None
+        ),
+    )
+
+
+def original_routing_key(delivery: Delivery) -> str:
+    """The routing key the message was first published with (retries go by queue name)."""
+    return _text(delivery.headers.get(ORIGINAL_ROUTING_KEY_HEADER), delivery.routing_key)
+
+
+def original_exchange(delivery: Delivery) -> str:
+    """The exchange the message was first published to."""
+    return _text(delivery.headers.get(ORIGINAL_EXCHANGE_HEADER), delivery.exchange)
+
+
+def attempts_made(headers: Mapping[str, Any]) -> int:
+    """Failed attempts recorded in our own header; a missing or garbled header counts 0."""
+    value = headers.get(ATTEMPT_HEADER)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    try:
+        return max(0, int(value)) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
+
+
+def _text(value: object, default: str) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else default

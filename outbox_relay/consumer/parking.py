@@ -1,0 +1,218 @@
+"""The parking lot on the broker: read, replay and delete parked messages (pika).
+
+Reading is non-destructive: messages are taken with ``basic_get`` *without* acking, held
+unacked while the scan goes on, and given back at the end with one
+``basic_nack(multiple=True, requeue=True)`` (also when anything fails: closing the
+channel requeues what it holds). RabbitMQ puts requeued messages back at their original
+position, so the lot keeps its order; they do come back marked ``redelivered``. A scan
+reads at most the messages the lot held when it started, so copies that fail again and
+come back while a replay runs are not replayed twice.
+
+A replayed message is published to its queue through the default exchange on a
+confirm-mode channel with ``mandatory``; its parked copy is acked only once the broker
+confirmed the new one. A crash in between leaves both (at least once; a handler with a
+transaction recognises the second in its inbox), never neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+
+import pika
+import pika.exceptions
+from pika.adapters.blocking_connection import BlockingChannel
+
+from outbox_relay.consumer.dead_letter import (
+    DeadLetter,
+    DeadLetterFilter,
+    dead_letter,
+    replay_headers,
+    replay_target,
+)
+from outbox_relay.consumer.runner import republished
+from outbox_relay.errors import BrokerError, BrokerUnavailableError
+from outbox_relay.urls import redact_url
+
+PROGRESS_EVERY = 100
+NOT_FOUND = 404
+
+Progress = Callable[[int], None]
+
+
+class ParkingLot:
+    """One parking-lot queue, opened with ``with``. Raises BrokerError with what to do."""
+
+    def __init__(self, amqp_url: str, queue: str) -> None:
+        self.queue = queue
+        self._url = amqp_url
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+
+    def __enter__(self) -> ParkingLot:
+        try:
+            self._conn = pika.BlockingConnection(pika.URLParameters(self._url))
+            self._channel = self._conn.channel()
+            self._channel.confirm_delivery()
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"cannot connect to {redact_url(self._url)}: {exc!r}"
+            ) from exc
+        try:
+            self.depth()  # fail early, with the name, when the queue is missing
+        except BrokerError:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(
+        self,
+        _type: type[BaseException] | None,
+        _value: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        conn, self._conn, self._channel = self._conn, None, None
+        if conn is not None and conn.is_open:
+            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                conn.close()  # the broker requeues whatever is still unacked
+
+    @property
+    def channel(self) -> BlockingChannel:
+        if self._channel is None or not self._channel.is_open:
+            raise BrokerError("the parking lot is not open: use `with ParkingLot(...)`")
+        return self._channel
+
+    def depth(self) -> int:
+        """Messages waiting in the lot (unacked ones not counted)."""
+        try:
+            return int(self.channel.queue_declare(self.queue, passive=True).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == NOT_FOUND:
+                raise BrokerError(
+                    f"queue {self.queue!r} does not exist on {redact_url(self._url)}: check the "
+                    "name (a queue's parking lot is '<queue>.parking')"
+                ) from exc
+            raise BrokerError(f"cannot read queue {self.queue!r}: {exc}") from exc
+
+    # -- actions ------------------------------------------------------------------------
+
+    def browse(self, where: DeadLetterFilter, *, limit: int) -> list[DeadLetter]:
+        """Up to ``limit`` matching messages, oldest first; all stay parked, in order."""
+        return [letter for _tag, letter, _properties in self._matching(where, limit)]
+
+    def find(self, message_id: str) -> DeadLetter | None:
+        """The first parked message with ``message_id``; it stays parked."""
+        found = self.browse(DeadLetterFilter(message_ids=frozenset({message_id})), limit=1)
+        return found[0] if found else None
+
+    def replay(
+        self,
+        where: DeadLetterFilter,
+        *,
+        limit: int | None = None,
+        rate_per_s: float | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Move matching messages back to their queues with a fresh set of attempts, at
+        most ``rate_per_s`` a second; how many moved. Raises BrokerError when the broker
+        refuses one (its queue is gone): that one and the rest stay parked."""
+        started = time.monotonic()
+        moved = 0
+        for tag, letter, properties in self._matching(where, limit):
+            if rate_per_s:
+                self._pause_until(started + moved / rate_per_s)
+            target = replay_target(letter, self.queue)
+            try:
+                self.channel.basic_publish(
+                    "",
+                    target,
+                    letter.body,
+                    properties=republished(properties, replay_headers(properties.headers)),
+                    mandatory=True,
+                )
+            except pika.exceptions.UnroutableError as exc:
+                raise BrokerError(
+                    f"message {letter.message_id} cannot go back to queue {target!r}: no such "
+                    f"queue; it stays in {self.queue!r} (start the consumer, or run "
+                    "`outbox-relay topology apply`, then replay again)"
+                ) from exc
+            except pika.exceptions.NackError as exc:
+                raise BrokerError(
+                    f"the broker refused to take message {letter.message_id} back into "
+                    f"{target!r}; it stays in {self.queue!r}"
+                ) from exc
+            self.channel.basic_ack(tag)  # only now: the copy in its queue is confirmed
+            moved += 1
+            _report(progress, moved)
+        return moved
+
+    def purge(
+        self,
+        where: DeadLetterFilter,
+        *,
+        limit: int | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Delete matching messages for good; how many."""
+        deleted = 0
+        for tag, _letter, _properties in self._matching(where, limit):
+            self.channel.basic_ack(tag)
+            deleted += 1
+            _report(progress, deleted)
+        return deleted
+
+    # -- scanning -----------------------------------------------------------------------
+
+    def _matching(
+        self, where: DeadLetterFilter, limit: int | None
+    ) -> Iterator[tuple[int, DeadLetter, pika.BasicProperties]]:
+        if limit is not None and limit <= 0:
+            return
+        taken = 0
+        for tag, letter, properties in self._scan():
+            if where.matches(letter):
+                yield tag, letter, properties
+                taken += 1
+                if limit is not None and taken >= limit:
+                    return
+
+    def _scan(self) -> Iterator[tuple[int, DeadLetter, pika.BasicProperties]]:
+        """Each message the lot held at the start, unacked; what the caller did not ack is
+        requeued when the scan ends, however it ends."""
+        channel = self.channel
+        try:
+            for _ in range(self.depth()):
+                method, properties, body = channel.basic_get(self.queue, auto_ack=False)
+                if method is None or properties is None:
+                    return
+                letter = dead_letter(
+                    body=body or b"",
+                    routing_key=method.routing_key,
+                    exchange=method.exchange,
+                    message_id=properties.message_id,
+                    content_type=properties.content_type,
+                    timestamp=properties.timestamp,
+                    headers=properties.headers,
+                )
+                yield int(method.delivery_tag), letter, properties
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerError(
+                f"lost the connection while reading {self.queue!r}: {exc!r}; nothing was "
+                "lost (the broker requeues unacked messages)"
+            ) from exc
+        finally:
+            if channel.is_open:
+                channel.basic_nack(0, multiple=True, requeue=True)
+
+    def _pause_until(self, moment: float) -> None:
+        assert self._conn is not None  # noqa: S101 - open while scanning
+        delay = moment - time.monotonic()
+        if delay > 0:
+            self._conn.sleep(delay)  # serves heartbeats meanwhile
+
+
+def _report(progress: Progress | None, done: int) -> None:
+    if progress is not None and done % PROGRESS_EVERY == 0:
+        progress(done)

@@ -1,0 +1,477 @@
+"""The consumer's I/O: one pika connection used from one thread, feeding the worker pool.
+
+The thread that calls :meth:`Runner.run` owns the connection. It consumes every
+handler's queue on one channel (prefetch = concurrency x prefetch multiplier, per queue:
+quorum queues refuse a channel-wide limit), hands deliveries to the
+:class:`~outbox_relay.consumer.worker.WorkerPool` and settles the workers' results: ack,
+or republish to a delay tier or the parking lot on a second, confirm-mode channel and
+then ack. Workers never touch pika: they queue their result and wake this thread with
+``add_callback_threadsafe``, the one thread-safe call of a pika connection. Between
+events the thread runs ``process_data_events`` every few hundred milliseconds, so
+heartbeats flow however long a handler takes.
+
+Connection loss: every delivery carries the generation of the connection it came on;
+results of an older generation are dropped (the broker has requeued those deliveries;
+work that committed is recognised by the inbox on redelivery). The runner reconnects
+with backoff, declares again and resumes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pika
+import pika.exceptions
+import structlog
+from pika.adapters.blocking_connection import BlockingChannel
+from pika.spec import Basic, BasicProperties
+from tenacity import RetryCallState
+
+from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
+from outbox_relay.consumer.declare import declare
+from outbox_relay.consumer.failure import destination, failure_headers
+from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
+from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
+from outbox_relay.errors import BrokerUnavailableError, StoreError
+from outbox_relay.reconnect import reconnecting
+from outbox_relay.store.inbox import HandlerSession, purge_inbox
+from outbox_relay.urls import redact_url
+
+TICK_S = 0.2  # the longest the I/O thread goes without serving the connection
+LIVENESS_LIMIT_S = 30.0  # an I/O loop quiet for longer is stuck: /healthz fails
+PERSISTENT = 2
+
+log = structlog.get_logger("outbox_relay.consumer")
+
+
+@dataclass(frozen=True)
+class _Token:
+    generation: int
+    tag: int
+    properties: BasicProperties
+
+
+class ConsumerObserver(Protocol):
+    """What the runner reports, from its I/O thread (e.g. to ConsumerMetrics)."""
+
+    def watch_in_flight(self, running: Callable[[], int]) -> None: ...
+
+    def settled(self, *, queue: str, handler: str, result: Result, settled_as: str) -> None: ...
+
+    def outage(self) -> None: ...
+
+
+class _Unobserved:
+    def watch_in_flight(self, running: Callable[[], int]) -> None:
+        pass
+
+    def settled(self, *, queue: str, handler: str, result: Result, settled_as: str) -> None:
+        pass
+
+    def outage(self) -> None:
+        pass
+
+
+class Runner:
+    """Runs a :class:`ConsumerApp` until :meth:`stop`. :meth:`stop` is safe from any thread."""
+
+    def __init__(
+        self,
+        app: ConsumerApp,
+        settings: ConsumerSettings,
+        *,
+        observer: ConsumerObserver | None = None,
+    ) -> None:
+        self._app = app
+        self._settings = settings
+        self._handlers = list(app.handlers)
+        self._params = pika.URLParameters(settings.amqp_url)
+        self._stopping = threading.Event()
+        self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self._generation = 0
+        self._conn: pika.BlockingConnection | None = None
+        self._channel: BlockingChannel | None = None
+        self._publisher: BlockingChannel | None = None
+        self._cancelled_by_broker = False
+        self._outage = False
+        self._signalled: int | None = None
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
+        self.ready = threading.Event()  # set while consuming
+        self._last_tick = time.monotonic()
+        self._observer: ConsumerObserver = observer or _Unobserved()
+        url = settings.database_url
+        self._pool = WorkerPool(
+            size=settings.concurrency,
+            consumer=settings.name,
+            new_session=(
+                functools.partial(
+                    HandlerSession,
+                    url=url,
+                    schema=settings.schema,
+                    application_name=f"outbox-relay consumer {settings.name}",
+                )
+                if url and any(h.uses_db for h in self._handlers)
+                else None
+            ),
+            on_result=self._on_result,
+            after_commit=app.after_commit_hooks,
+        )
+        self._log = log.bind(consumer=settings.name)
+        self._observer.watch_in_flight(lambda: self._pool.busy)
+
+    @property
+    def connections_opened(self) -> int:
+        """How many broker connections this runner has opened (1 without an outage)."""
+        return self._generation
+
+    def liveness(self) -> tuple[bool, str]:
+        """Alive: the I/O loop went round recently (also while it waits out an outage)."""
+        idle_s = time.monotonic() - self._last_tick
+        if idle_s <= LIVENESS_LIMIT_S:
+            return True, f"I/O loop ran {idle_s:.1f}s ago"
+        return False, f"the I/O loop has not run for {idle_s:.0f}s"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: connected to the broker and consuming every handler's queue."""
+        if not self.ready.is_set():
+            return False, "not consuming: connecting to the broker or stopping"
+        return True, f"consuming {len(self._handlers)} queues, {self._pool.busy} handlers running"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop consuming, drain in-flight handlers within the grace period, return."""
+        self._stopping.set()
+        self._wake()
+
+    def run_until_signalled(self) -> None:
+        """:meth:`run`, stopping on SIGTERM or SIGINT. Call from the main thread."""
+
+        def on_signal(signum: int, _frame: object) -> None:
+            # Only note it: this thread may hold a lock right now (pika's, the log
+            # writer's, the stop event's), and taking it again here would deadlock.
+            self._signalled = signum
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.run()
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`, reconnecting with backoff through broker outages.
+
+        Raises TopologyError when the broker refuses a declaration (a queue exists with
+        other arguments): reconnecting cannot fix that.
+        """
+        self._pool.start()
+        purger = self._start_purger()
+        self._log.info(
+            "consumer.starting",
+            broker=redact_url(self._settings.amqp_url),
+            queues=[h.queue for h in self._handlers],
+            concurrency=self._settings.concurrency,
+            prefetch=self._settings.prefetch,
+        )
+        retrying = reconnecting(
+            unavailable=(BrokerUnavailableError,),
+            should_stop=self._should_stop,
+            sleep=self._sleep,
+            on_outage=self._on_outage,
+            max_s=self._settings.reconnect_max_s,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._serve()
+        except BrokerUnavailableError:
+            if not self._stopping.is_set():
+                raise
+        finally:
+            self._stopping.set()
+            # In-flight handlers had their grace period in _drain (or cannot be acked: the
+            # connection is gone). Workers are daemon threads; the broker redelivers.
+            self._pool.stop(0.0)
+            if purger is not None:
+                purger.join(5)
+            self._log.info("consumer.stopped")
+
+    def _should_stop(self) -> bool:
+        if self._signalled is not None and not self._stopping.is_set():
+            self._log.info("consumer.stopping", signal=signal.Signals(self._signalled).name)
+            self._stopping.set()
+        return self._stopping.is_set()
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._should_stop() and time.monotonic() < deadline:
+            self._last_tick = time.monotonic()
+            self._stopping.wait(min(TICK_S, deadline - time.monotonic()))
+
+    def _on_outage(self, state: RetryCallState) -> None:
+        if not self._outage:
+            self._outage = True
+            self._observer.outage()
+            error = state.outcome.exception() if state.outcome else None
+            self._log.warning("consumer.broker_unavailable", error=str(error))
+
+    # -- one connection -----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        # Declared again after every reconnect: the broker may have restarted empty.
+        report = declare(self._settings.amqp_url, self._handlers)
+        if not report.up_to_date:
+            self._log.info("consumer.declared", created=[i.label() for i in report.created])
+        try:
+            conn = pika.BlockingConnection(self._params)
+            self._generation += 1
+            self._conn, self._cancelled_by_broker = conn, False
+            channel = conn.channel()
+            # Per consumer: quorum queues refuse a channel-wide (global) prefetch.
+            channel.basic_qos(prefetch_count=self._settings.prefetch)
+            publisher = conn.channel()
+            publisher.confirm_delivery()
+            self._channel, self._publisher = channel, publisher
+            channel.add_on_cancel_callback(self._on_broker_cancel)
+            tags = [
+                channel.basic_consume(h.queue, functools.partial(self._on_delivery, h))
+                for h in self._handlers
+            ]
+            self._connected()
+            while not self._should_stop() and not self._cancelled_by_broker:
+                self._last_tick = time.monotonic()
+                conn.process_data_events(time_limit=TICK_S)
+                self._settle_ready()
+            if self._cancelled_by_broker:
+                raise BrokerUnavailableError("the broker cancelled the consumer (queue deleted?)")
+            self._drain(conn, channel, tags)
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailableError(
+                f"lost the connection to {redact_url(self._settings.amqp_url)}: {exc!r}"
+            ) from exc
+        finally:
+            self._discard_connection()
+
+    def _connected(self) -> None:
+        self.ready.set()
+        if self._outage:
+            self._outage = False
+            self._log.info("consumer.broker_reconnected")
+        else:
+            self._log.info("consumer.consuming")
+
+    def _discard_connection(self) -> None:
+        self.ready.clear()
+        conn, self._conn, self._channel, self._publisher = self._conn, None, None, None
+        self._pool.take_unstarted()  # their channel is gone: the broker requeues them
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                self._log.debug("consumer.close_failed", error=repr(exc))
+
+    def _drain(
+        self, conn: pika.BlockingConnection, channel: BlockingChannel, tags: list[str]
+    ) -> None:
+        """Stop consuming, give back unstarted deliveries, let in-flight handlers finish."""
+        for tag in tags:
+            channel.basic_cancel(tag)  # pika nacks (requeues) what it has not dispatched
+        returned = 0
+        for job in self._pool.take_unstarted():
+            if self._is_current(job):
+                channel.basic_nack(job.token.tag, requeue=True)
+                returned += 1
+        deadline = time.monotonic() + self._settings.shutdown_grace_s
+        while self._pool.busy and time.monotonic() < deadline:
+            self._last_tick = time.monotonic()
+            conn.process_data_events(time_limit=TICK_S)
+            self._settle_ready()
+        self._settle_ready()
+        self._log.info("consumer.drained", returned=returned, still_running=self._pool.busy)
+
+    # -- deliveries in, results out -----------------------------------------------------
+
+    def _on_delivery(
+        self,
+        handler: Handler,
+        channel: BlockingChannel,
+        method: Basic.Deliver,
+        properties: BasicProperties,
+        body: bytes,
+    ) -> None:
+        tag = method.delivery_tag
+        if self._stopping.is_set():
+            channel.basic_nack(tag, requeue=True)
+            return
+        delivery = Delivery(
+            body=body,
+            exchange=method.exchange,
+            routing_key=method.routing_key,
+            redelivered=bool(method.redelivered),
+            message_id=properties.message_id,
+            content_type=properties.content_type,
+            headers=properties.headers or {},
+            timestamp=properties.timestamp,
+            queue=handler.queue,
+        )
+        self._pool.submit(Job(delivery, handler, _Token(self._generation, tag, properties)))
+
+    def _on_result(self, result: Result) -> None:
+        """From a worker thread: queue the result and wake the I/O thread, unless a wake-up
+        is already on its way (one wake-up settles every result queued by then)."""
+        self._results.put(result)
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        self._wake()
+
+    def _wake(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        # Closed meanwhile: the loop settles what is queued when it runs again.
+        with contextlib.suppress(pika.exceptions.AMQPError, OSError, RuntimeError):
+            conn.add_callback_threadsafe(self._settle_ready)
+
+    def _on_broker_cancel(self, _frame: Any) -> None:
+        self._cancelled_by_broker = True
+
+    def _settle_ready(self) -> None:
+        with self._wake_lock:
+            self._wake_pending = False
+        now = time.monotonic()
+        for result in self._pool.expire(now):
+            self._settle(result)
+        while True:
+            try:
+                result = self._results.get_nowait()
+            except queue.Empty:
+                return
+            self._settle(result)
+
+    def _is_current(self, job: Job) -> bool:
+        token: _Token = job.token
+        return token.generation == self._generation and self._channel is not None
+
+    def _settle(self, result: Result) -> None:
+        job = result.job
+        token: _Token = job.token
+        channel = self._channel
+        fields = {
+            "queue": job.handler.queue,
+            "message_id": job.delivery.message_id,
+            "attempt": result.attempt,
+            "duration_ms": round(result.duration_s * 1000, 2),
+        }
+        if channel is None or not self._is_current(job):
+            self._log.info("consumer.result_dropped", reason="connection replaced", **fields)
+            return
+        outcome = result.kind.value
+        error_fields = {}
+        if result.error is not None:
+            error_fields = {"error_type": result.error.type, "error": result.error.message}
+        if result.kind in (Kind.HANDLED, Kind.DUPLICATE):
+            channel.basic_ack(token.tag)
+        elif result.kind is Kind.REQUEUE:
+            channel.basic_nack(token.tag, requeue=True)
+        else:
+            outcome = self._republish(result, token)
+            if outcome == Kind.REQUEUE.value:
+                channel.basic_nack(token.tag, requeue=True)
+            else:
+                channel.basic_ack(token.tag)
+        self._observer.settled(
+            queue=job.handler.queue, handler=job.handler.name, result=result, settled_as=outcome
+        )
+        level = self._log.info if result.error is None else self._log.warning
+        level("consumer.message", outcome=outcome, **fields, **error_fields)
+
+    def _republish(self, result: Result, token: _Token) -> str:
+        """Publish a failed message to its next queue with confirms; the outcome's name."""
+        job, error = result.job, result.error
+        assert error is not None  # noqa: S101 - failures always carry their error
+        assert self._publisher is not None  # noqa: S101 - set while connected
+        target = destination(
+            job.handler.route,
+            attempt=result.attempt,
+            reject=result.kind is Kind.PARK,
+            requested_delay_s=result.requested_delay_s,
+        )
+        headers = failure_headers(
+            job.delivery.headers,
+            attempt=result.attempt,
+            error=error,
+            failed_queue=job.handler.queue,
+            routing_key=original_routing_key(job.delivery),
+            exchange=original_exchange(job.delivery),
+        )
+        try:
+            self._publisher.basic_publish(
+                "",
+                target.queue,
+                job.delivery.body,
+                properties=republished(token.properties, headers),
+                mandatory=True,
+            )
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            self._log.error(
+                "consumer.republish_refused",
+                queue=job.handler.queue,
+                target=target.queue,
+                message_id=job.delivery.message_id,
+                error=repr(exc),
+            )
+            return Kind.REQUEUE.value
+        return Kind.PARK.value if target.parked else Kind.RETRY.value
+
+    # -- inbox maintenance --------------------------------------------------------------
+
+    def _start_purger(self) -> threading.Thread | None:
+        url = self._settings.database_url
+        if not url or not any(h.uses_db for h in self._handlers):
+            return None
+        thread = threading.Thread(
+            target=self._purge_loop, args=(url,), name="inbox-purger", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _purge_loop(self, url: str) -> None:
+        while not self._stopping.wait(self._settings.inbox_purge_interval_s):
+            try:
+                deleted = purge_inbox(
+                    url,
+                    schema=self._settings.schema,
+                    older_than_s=self._settings.inbox_retention_s,
+                )
+            except StoreError as exc:
+                self._log.warning("consumer.inbox_purge_failed", error=str(exc))
+                continue
+            self._log.info("consumer.inbox_purged", deleted=deleted)
+
+
+def republished(original: BasicProperties, headers: dict[str, Any]) -> BasicProperties:
+    """The original properties with our headers. ``expiration`` is dropped (it would fight
+    the tier's TTL) and ``user_id`` too (the broker checks it against our login)."""
+    return BasicProperties(  # type: ignore[no-untyped-call]  # pika leaves __init__ untyped
+        content_type=original.content_type,
+        content_encoding=original.content_encoding,
+        headers=headers,
+        delivery_mode=PERSISTENT,
+        priority=original.priority,
+        correlation_id=original.correlation_id,
+        reply_to=original.reply_to,
+        message_id=original.message_id,
+        timestamp=original.timestamp,
+        type=original.type,
+        app_id=original.app_id,
+    )

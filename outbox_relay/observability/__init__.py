@@ -1,0 +1,1 @@
+"""Metrics and health endpoints for the relay and the consumer."""

@@ -1,0 +1,123 @@
+"""The consumer's database side: one handler transaction at a time, keyed in the inbox.
+
+A :class:`HandlerSession` belongs to one worker thread. For each delivery it opens a
+transaction, inserts (consumer, message id) into ``<schema>.inbox`` and hands the
+connection to the handler; the runner then commits or rolls back. A session whose
+handler ran past its timeout is ended from another thread with :meth:`HandlerSession.kill`:
+the running statement is cancelled and the backend terminated, so the transaction can
+never commit and its inbox row lock is released for the retry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+
+from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.store.connect import connect, translate_errors
+from outbox_relay.store.sqlfiles import Queries
+
+PURGE_BATCH = 5_000
+
+
+class HandlerSession:
+    """One connection (autocommit off) that runs handler transactions, one at a time."""
+
+    def __init__(self, *, url: str, schema: str, application_name: str) -> None:
+        self._url = url
+        self._schema = schema
+        self._application_name = application_name
+        self._q = Queries("consumer", schema=schema)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pid: int | None = None
+        self._insert = ""
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        """The connection the handler receives as ``tx``."""
+        if self._conn is None or self._conn.closed:
+            raise StoreUnavailableError("not connected to the database")
+        return self._conn
+
+    def begin(self, *, consumer: str, message_id: str) -> bool:
+        """Start a transaction with the inbox row; False when the message was seen before
+        (the transaction then holds nothing and only needs a commit)."""
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            self._conn = connect(
+                self._url, autocommit=False, application_name=self._application_name
+            )
+            self._pid = self._conn.info.backend_pid
+            # Rendered once: composing the quoted schema on every delivery costs more
+            # than the insert's round trip on a busy consumer.
+            self._insert = self._q["inbox_insert"].as_string(self._conn)
+        with translate_errors(f"recording message {message_id} in {self._schema}.inbox"):
+            row = self._conn.execute(
+                self._insert,
+                {"consumer": consumer, "message_id": message_id},
+            ).fetchone()
+        return row is not None
+
+    def commit(self) -> None:
+        with translate_errors("committing the handler's transaction"):
+            self.connection.commit()
+
+    def rollback(self) -> None:
+        """Roll back; a connection that cannot is closed, and replaced on the next begin."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            self.close()
+
+    def kill(self) -> None:
+        """From another thread: cancel the running statement and terminate the backend.
+
+        Whatever the handler does afterwards with its connection fails; nothing it did
+        in this transaction can commit. Never raises.
+        """
+        conn, pid = self._conn, self._pid
+        if conn is None or pid is None:
+            return
+        with contextlib.suppress(psycopg.Error):
+            conn.cancel_safe(timeout=2.0)
+        with (
+            contextlib.suppress(StoreUnavailableError, psycopg.Error),
+            admin_connection(self._url) as admin,
+        ):
+            admin.execute(self._q["terminate_backend"], {"pid": pid})
+
+    def close(self) -> None:
+        conn, self._conn, self._pid = self._conn, None, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
+
+
+@contextlib.contextmanager
+def admin_connection(url: str) -> Iterator[psycopg.Connection[Any]]:
+    conn = connect(url, autocommit=True, application_name="outbox-relay consumer admin")
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def purge_inbox(url: str, *, schema: str, older_than_s: float, batch: int = PURGE_BATCH) -> int:
+    """Delete inbox rows older than ``older_than_s``, ``batch`` rows per transaction.
+
+    Short transactions keep locks and WAL bursts small; returns the rows deleted.
+    """
+    query = Queries("consumer", schema=schema)["inbox_purge"]
+    deleted = 0
+    with admin_connection(url) as conn, translate_errors(f"purging {schema}.inbox"):
+        while True:
+            count = conn.execute(query, {"older_than_s": older_than_s, "batch": batch}).rowcount
+            deleted += max(count, 0)
+            if count < batch:
+                return deleted

@@ -1,0 +1,23 @@
+-- Queries of the consumer SDK. {schema} is replaced by the quoted schema name.
+
+-- name: inbox_insert
+-- The first statement of every handler transaction. No row back: a duplicate.
+-- A concurrent delivery of the same message waits here until the other commits or rolls back.
+INSERT INTO {schema}.inbox (consumer, message_id)
+VALUES (%(consumer)s, %(message_id)s)
+ON CONFLICT (consumer, message_id) DO NOTHING
+RETURNING 1
+
+-- name: inbox_purge
+-- One batch of rows older than the retention window; the caller repeats until it is short.
+DELETE FROM {schema}.inbox
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM {schema}.inbox
+    WHERE processed_at < now() - make_interval(secs => %(older_than_s)s)
+    ORDER BY processed_at
+    LIMIT %(batch)s
+))
+
+-- name: terminate_backend
+-- Ends a timed-out handler's session: its transaction rolls back and its locks go.
+SELECT pg_terminate_backend(%(pid)s)

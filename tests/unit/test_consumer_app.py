@@ -1,0 +1,113 @@
+"""Registering handlers and building settings: mistakes are refused before connecting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from outbox_relay.consumer import ConsumerApp, ConsumerSettings, Message
+from outbox_relay.consumer.declare import topology_for
+from outbox_relay.errors import ConfigurationError
+
+
+def on_message(message: Message, tx: Any) -> None:
+    pass
+
+
+def test_a_handler_keeps_its_function_and_derives_its_queues() -> None:
+    app = ConsumerApp(name="billing")
+    decorated = app.handler(
+        exchange="orders",
+        queue="billing.orders",
+        bindings=["order.created", "order.paid"],
+        retry_delays=[1, 10, 60],
+    )(on_message)
+    assert decorated is on_message
+    handler = app.handlers[0]
+    assert handler.uses_db
+    route = handler.route
+    assert [name for name, _ in route.tiers] == [
+        "billing.orders.retry.1s",
+        "billing.orders.retry.10s",
+        "billing.orders.retry.1m",
+    ]
+    assert route.parking == "billing.orders.parking"
+    topology = topology_for(app.handlers)
+    assert [e.name for e in topology.exchanges] == ["orders"]
+    assert [b.routing_key for b in topology.queues[0].bindings] == ["order.created", "order.paid"]
+
+
+def test_a_handler_without_tx_needs_no_database() -> None:
+    app = ConsumerApp(name="n", amqp_url="amqp://localhost")
+    app.handler(exchange="e", queue="q")(lambda message: None)
+    assert not app.handlers[0].uses_db
+    assert app.settings().database_url is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_attempts": 0}, "max_attempts"),
+        ({"retry_delays": []}, "retry delays are empty|retry_delays"),
+        ({"retry_delays": [1, 1]}, "repeat|once"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": 3600}, "consumer_timeout"),
+        ({"queue_type": "stream"}, "queue"),
+        ({"bindings": []}, "bindings"),
+    ],
+)
+def test_bad_handler_settings_are_refused(kwargs: dict[str, Any], match: str) -> None:
+    app = ConsumerApp(name="x")
+    with pytest.raises(ConfigurationError, match=match):
+        app.handler(exchange="e", queue="q", **kwargs)(on_message)
+
+
+def test_two_handlers_cannot_share_a_queue() -> None:
+    app = ConsumerApp(name="x")
+    app.handler(exchange="e", queue="q")(on_message)
+    with pytest.raises(ConfigurationError, match="another handler"):
+        app.handler(exchange="e", queue="q")(on_message)
+
+
+@pytest.mark.parametrize("func", [lambda: None, lambda a, b, c: None])
+def test_handlers_take_message_or_message_and_tx(func: Any) -> None:
+    with pytest.raises(ConfigurationError, match="def handler"):
+        ConsumerApp(name="x").handler(exchange="e", queue="q")(func)
+
+
+def test_async_handlers_are_refused_with_the_reason() -> None:
+    async def handler(message: Message) -> None:
+        pass
+
+    with pytest.raises(ConfigurationError, match="async"):
+        ConsumerApp(name="x").handler(exchange="e", queue="q")(handler)
+
+
+def test_settings_come_from_overrides_then_app_then_environment(monkeypatch: Any) -> None:
+    monkeypatch.setenv("OUTBOX_RELAY_DATABASE_URL", "postgresql://env/db")
+    monkeypatch.setenv("OUTBOX_RELAY_AMQP_URL", "amqp://env")
+    app = ConsumerApp(name="x", amqp_url="amqp://app", concurrency=3)
+    app.handler(exchange="e", queue="q")(on_message)
+    settings = app.settings(concurrency=None, schema="s")
+    assert settings.database_url == "postgresql://env/db"
+    assert settings.amqp_url == "amqp://app"
+    assert (settings.concurrency, settings.prefetch, settings.schema) == (3, 6, "s")
+
+
+def test_a_transactional_handler_without_a_database_url_is_refused(monkeypatch: Any) -> None:
+    monkeypatch.delenv("OUTBOX_RELAY_DATABASE_URL", raising=False)
+    app = ConsumerApp(name="x")
+    app.handler(exchange="e", queue="q")(on_message)
+    with pytest.raises(ConfigurationError, match="OUTBOX_RELAY_DATABASE_URL"):
+        app.settings()
+
+
+def test_an_app_without_handlers_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="no handlers"):
+        ConsumerApp(name="x", database_url="postgresql://h/d").settings()
+
+
+def test_the_http_port_is_checked_with_the_other_settings() -> None:
+    with pytest.raises(ConfigurationError, match="http_port"):
+        ConsumerSettings(name="x", http_port=70000)

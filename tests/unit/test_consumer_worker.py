@@ -1,0 +1,217 @@
+"""The worker pool with an in-memory session: what runs, what commits, what is reported."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from outbox_relay.consumer import ConsumerApp, Message, Reject, Retry
+from outbox_relay.consumer.app import Handler
+from outbox_relay.consumer.message import Delivery
+from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
+from outbox_relay.errors import StoreUnavailableError
+
+
+class FakeSession:
+    """Stands in for HandlerSession: an inbox in a set, a log of what happened."""
+
+    def __init__(self, inbox: set[tuple[str, str]], log: list[str]) -> None:
+        self.inbox, self.log = inbox, log
+        self.pending: tuple[str, str] | None = None
+        self.connection = "tx"
+        self.fail_begin = False
+
+    def begin(self, *, consumer: str, message_id: str) -> bool:
+        if self.fail_begin:
+            raise StoreUnavailableError("database unavailable")
+        key = (consumer, message_id)
+        if key in self.inbox:
+            return False
+        self.pending = key
+        return True
+
+    def commit(self) -> None:
+        if self.pending:
+            self.inbox.add(self.pending)
+        self.log.append(f"commit {self.pending}")
+        self.pending = None
+
+    def rollback(self) -> None:
+        self.log.append("rollback")
+        self.pending = None
+
+    def kill(self) -> None:
+        self.log.append("kill")
+
+    def close(self) -> None:
+        pass
+
+
+def delivery(message_id: str | None = "m-1", body: bytes = b"{}") -> Delivery:
+    return Delivery(
+        body=body,
+        exchange="orders",
+        routing_key="k",
+        redelivered=False,
+        message_id=message_id,
+        content_type="application/json",
+        headers={},
+        timestamp=None,
+        queue="q",
+    )
+
+
+class Harness:
+    def __init__(self, *, size: int = 2, with_db: bool = True) -> None:
+        self.inbox: set[tuple[str, str]] = set()
+        self.log: list[str] = []
+        self.sessions: list[FakeSession] = []
+        self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self.committed: list[str | None] = []
+        self.pool = WorkerPool(
+            size=size,
+            consumer="app",
+            new_session=self._session if with_db else None,
+            on_result=self.results.put,
+            after_commit=[lambda m: self.committed.append(m.message_id)],
+        )
+        self.pool.start()
+
+    def _session(self) -> Any:
+        session = FakeSession(self.inbox, self.log)
+        self.sessions.append(session)
+        return session
+
+    def run(self, handler: Handler, d: Delivery) -> Result:
+        self.pool.submit(Job(d, handler, token=None))
+        return self.results.get(timeout=5)
+
+
+def handler(func: Any, **kw: Any) -> Handler:
+    app = ConsumerApp(name="app")
+    app.handler(exchange="orders", queue="q", **kw)(func)
+    return app.handlers[0]
+
+
+@pytest.fixture
+def harness() -> Harness:
+    h = Harness()
+    yield h  # type: ignore[misc]
+    h.pool.stop(2)
+
+
+def test_a_new_message_runs_the_handler_then_commits_with_its_inbox_row(
+    harness: Harness,
+) -> None:
+    seen: list[tuple[Message, Any]] = []
+    result = harness.run(handler(lambda m, tx: seen.append((m, tx))), delivery())
+    assert result.kind is Kind.HANDLED
+    assert [(m.message_id, tx) for m, tx in seen] == [("m-1", "tx")]
+    assert harness.inbox == {("app:q", "m-1")}
+    assert harness.committed == ["m-1"]
+
+
+def test_a_duplicate_commits_without_running_the_handler(harness: Harness) -> None:
+    harness.inbox.add(("app:q", "m-1"))
+    calls: list[Message] = []
+    result = harness.run(handler(lambda m, tx: calls.append(m)), delivery())
+    assert result.kind is Kind.DUPLICATE
+    assert calls == []
+    assert harness.committed == []
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "delay"),
+    [
+        (ValueError("boom"), Kind.RETRY, None),
+        (Retry("later", delay=7), Kind.RETRY, 7),
+        (Reject("never"), Kind.PARK, None),
+    ],
+)
+def test_a_failure_rolls_back_and_reports_what_to_do(
+    harness: Harness, error: Exception, kind: Kind, delay: float | None
+) -> None:
+    def fail(_m: Message, _tx: Any) -> None:
+        raise error
+
+    result = harness.run(handler(fail), delivery())
+    assert result.kind is kind
+    assert result.requested_delay_s == delay
+    assert result.error is not None
+    assert result.error.message == str(error)
+    assert harness.log == ["rollback"]
+    assert harness.inbox == set()
+
+
+def test_an_undecodable_body_is_parked_without_touching_the_handler(harness: Harness) -> None:
+    calls: list[Message] = []
+    result = harness.run(handler(lambda m, tx: calls.append(m)), delivery(body=b"{"))
+    assert result.kind is Kind.PARK
+    assert result.error is not None
+    assert "not valid JSON" in result.error.message
+    assert calls == []
+
+
+def test_a_database_outage_gives_the_delivery_back(harness: Harness, monkeypatch: Any) -> None:
+    monkeypatch.setattr("outbox_relay.consumer.worker.REQUEUE_PAUSE_S", 0.0)
+    harness.run(handler(lambda m, tx: None), delivery("warm-up"))
+    for session in harness.sessions:
+        session.fail_begin = True
+    result = harness.run(handler(lambda m, tx: None), delivery("m-2"))
+    assert result.kind is Kind.REQUEUE
+
+
+def test_a_timed_out_handler_is_abandoned_and_replaced_and_never_commits() -> None:
+    harness = Harness(size=1)
+    release = threading.Event()
+
+    def slow(m: Message, _tx: Any) -> None:
+        if m.message_id == "slow":
+            release.wait(5)
+
+    h = handler(slow, timeout=0.2)
+    harness.pool.submit(Job(delivery("slow"), h, token=None))
+    harness.pool.submit(Job(delivery("fast"), h, token=None))
+    deadline = time.monotonic() + 5
+    expired: list[Result] = []
+    while not expired and time.monotonic() < deadline:
+        expired = harness.pool.expire(time.monotonic())
+        time.sleep(0.05)
+    assert [(r.kind, r.error.type if r.error else None) for r in expired] == [
+        (Kind.RETRY, "HandlerTimeoutError")
+    ]
+    fast = harness.results.get(timeout=5)  # the replacement worker took the next job
+    assert fast.job.delivery.message_id == "fast"
+    release.set()
+    time.sleep(0.2)
+    assert harness.results.empty()  # the abandoned handler's late result is ignored
+    assert ("app:q", "slow") not in harness.inbox
+    assert "kill" in harness.log
+    harness.pool.stop(2)
+
+
+def test_handlers_without_a_database_need_no_session() -> None:
+    harness = Harness(with_db=False)
+    result = harness.run(handler(lambda m: None), delivery(message_id=None))
+    assert result.kind is Kind.HANDLED
+    assert harness.sessions == []
+    harness.pool.stop(2)
+
+
+def test_take_unstarted_returns_what_no_worker_began() -> None:
+    harness = Harness(size=1)
+    release = threading.Event()
+    h = handler(lambda m, tx: release.wait(5))
+    jobs = [Job(delivery(f"m-{n}"), h, token=n) for n in range(4)]
+    for job in jobs:
+        harness.pool.submit(job)
+    time.sleep(0.2)
+    taken = harness.pool.take_unstarted()
+    release.set()
+    assert [j.token for j in taken] == [1, 2, 3]
+    assert harness.results.get(timeout=5).job.token == 0
+    harness.pool.stop(2)
