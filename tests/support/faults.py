@@ -269,8 +269,8 @@ class Backlog:
         exchange: str,
         *,
         keys: int,
-        low_water: int = 3000,
-        chunk: int = 3000,
+        low_water: int = 5000,
+        chunk: int = 5000,
         limit: int = 60_000,
     ) -> None:
         self._args = (database_url, schema, exchange)
@@ -287,7 +287,7 @@ class Backlog:
                 numbers = range(self.written, min(self.written + self._chunk, self._limit))
                 insert_rows(database_url, schema, exchange, numbers, keys=self._keys)
                 self.written = numbers.stop
-            self._stop.wait(0.05)
+            self._stop.wait(0.02)
 
     def stop(self) -> range:
         self._stop.set()
