@@ -117,7 +117,7 @@ def migrate(database_url: str, schema: str, partitions: int) -> None:
     multiple=True,
     metavar="KIND=ROLE",
     help="Print, instead of the DDL, the least privileges ROLE needs as KIND: 'relay' (its "
-    "own tables) or 'producer' (INSERT on the outbox). Repeatable.",
+    "own tables), 'producer' (INSERT on the outbox) or 'consumer' (its inbox). Repeatable.",
 )
 def print_sql(schema: str, partitions: int, since_version: int, grants: tuple[str, ...]) -> None:
     """Print the DDL that `migrate` applies, for Alembic, Django, Flyway or a DBA.
@@ -144,7 +144,7 @@ def _grant(value: str) -> tuple[str, str]:
     if kind not in GRANT_KINDS or not role:
         raise ConfigurationError(
             f"--grants {value!r}: expected KIND=ROLE with KIND one of {', '.join(GRANT_KINDS)}, "
-            "e.g. --grants relay=outbox_relay --grants producer=app"
+            "e.g. --grants relay=outbox_relay --grants producer=app --grants consumer=billing"
         )
     return kind, role
 

@@ -89,8 +89,8 @@ def migration_sql(
 
 
 def grants_sql(*, schema: str, roles: Sequence[tuple[str, str]]) -> str:
-    """GRANT statements giving each (kind, role) the least it needs on ``schema``'s outbox:
-    ``relay`` its own tables, ``producer`` INSERT on the outbox."""
+    """GRANT statements giving each (kind, role) the least it needs on ``schema``: ``relay``
+    its own tables, ``producer`` INSERT on the outbox, ``consumer`` its inbox."""
     validate_schema_name(schema)
     chunks = []
     for kind, role in roles:

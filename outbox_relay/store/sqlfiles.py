@@ -64,7 +64,7 @@ def migrations() -> tuple[Migration, ...]:
     return tuple(found)
 
 
-GRANT_KINDS = ("relay", "producer")
+GRANT_KINDS = ("relay", "producer", "consumer")
 
 
 def grant_template(kind: str) -> str:

@@ -11,3 +11,6 @@ GRANT SELECT, UPDATE, DELETE ON {schema}.outbox TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.outbox_listener TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.outbox_relays TO {role};
 GRANT SELECT, UPDATE ON {schema}.outbox_partitions TO {role};
+
+-- With `run --order-gate` the relay also reads when other sessions' transactions began,
+-- which needs the built-in role pg_read_all_stats granted to the relay's role.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from psycopg.conninfo import make_conninfo
 
 import outbox_relay
 from outbox_relay.cli import main
-from outbox_relay.store.sqlfiles import sql_dir
+from outbox_relay.store.schema import grants_sql
+from outbox_relay.store.sqlfiles import Queries, sql_dir
 from tests.conftest import unique_name
 from tests.support.broker import BrokerHelper
 from tests.support.relay import outbox_rows, running_relay, wait_for
@@ -23,15 +25,16 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def roles(database_url: str) -> Iterator[tuple[str, str]]:
-    """Two login roles with no privileges (unique names), dropped after the test."""
-    relay, producer = unique_name("relay"), unique_name("producer")
+def roles(database_url: str) -> Iterator[tuple[str, str, str]]:
+    """Login roles for a relay, a producer and a consumer with no privileges (unique
+    names), dropped after the test."""
+    names = (unique_name("relay"), unique_name("producer"), unique_name("consumer"))
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for role in (relay, producer):
+        for role in names:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    yield relay, producer
+    yield names
     with psycopg.connect(database_url, autocommit=True) as conn:
-        for role in (relay, producer):
+        for role in names:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
@@ -45,9 +48,9 @@ def test_the_printed_grants_are_enough_and_no_more(
     amqp_url: str,
     schema: str,
     broker: BrokerHelper,
-    roles: tuple[str, str],
+    roles: tuple[str, str, str],
 ) -> None:
-    relay_role, producer_role = roles
+    relay_role, producer_role, consumer_role = roles
     result = CliRunner().invoke(
         main,
         [
@@ -58,6 +61,8 @@ def test_the_printed_grants_are_enough_and_no_more(
             f"relay={relay_role}",
             "--grants",
             f"producer={producer_role}",
+            "--grants",
+            f"consumer={consumer_role}",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -105,3 +110,21 @@ def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
     for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():
             assert not placeholder.search(line), f"{path.name}: {line}"
+
+
+def test_the_consumer_grants_cover_its_inbox_statements(
+    database_url: str, schema: str, roles: tuple[str, str, str]
+) -> None:
+    _, _, consumer_role = roles
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(grants_sql(schema=schema, roles=[("consumer", consumer_role)]))  # type: ignore[call-overload]
+    queries = Queries("consumer", schema=schema)
+    message_id = uuid.uuid4()
+    with psycopg.connect(as_role(database_url, consumer_role)) as conn:
+        insert = {"consumer": "billing", "message_id": message_id}
+        assert conn.execute(queries["inbox_insert"], insert).fetchone() == (1,)
+        assert conn.execute(queries["inbox_insert"], insert).fetchone() is None  # duplicate
+        conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(sql.SQL("SELECT 1 FROM {}.outbox").format(sql.Identifier(schema)))
