@@ -70,7 +70,7 @@ def test_probes_and_metrics_follow_the_relay(
         assert get(port, "/nope")[0] == 404
         before = samples(port)
         assert before["outbox_relay_published_total"] == 0
-        assert before["outbox_relay_partitions_owned"] == 16
+        assert wait_for(lambda: samples(port)["outbox_relay_partitions_owned"] == 16)
 
         with psycopg.connect(database_url) as conn:
             outbox_relay.publish_many(
