@@ -199,6 +199,13 @@ class Publisher:
                 self._run_until(lambda: conn.is_closed, CLOSE_TIMEOUT_S)
             except pika.exceptions.AMQPError:
                 pass
+        if not conn.is_closed:
+            # A broker that blocks publishers (memory alarm) or a stalled peer never
+            # answers Connection.Close, and pika has no public way to drop the socket:
+            # abort the transport as pika itself does on a stream error, so the socket
+            # is closed now rather than leaked.
+            conn._adapter_disconnect_stream()
+            self._run_until(lambda: conn.is_closed, CLOSE_TIMEOUT_S)
         self._discard_connection()
 
     def _discard_connection(self) -> None:
