@@ -1,0 +1,1 @@
+"""The benchmark suite: scripts, never timed tests. See ``python -m benchmarks --help``."""
