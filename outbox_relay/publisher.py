@@ -402,7 +402,10 @@ class Publisher:
             if patient_while_blocked and self.blocked:
                 deadline = now + timeout_s
             remaining = deadline - now
-            if remaining <= 0 or (patient_while_blocked and self._should_stop()):
+            # Stopping abandons outstanding confirms only while the broker blocks us (that
+            # wait has no end); otherwise SIGTERM lets the batch in flight be confirmed and
+            # settled, so nothing it published is sent twice.
+            if remaining <= 0 or (patient_while_blocked and self.blocked and self._should_stop()):
                 return False
             timer = conn.ioloop.call_later(min(remaining, _TICK_S), conn.ioloop.stop)
             self._until = done

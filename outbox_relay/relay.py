@@ -35,6 +35,8 @@ from outbox_relay.outcome import Failure, Outcome, Status
 
 BATCH_SIZE = 500
 POLL_INTERVAL_S = 0.5
+# The backstop poll while idle doubles from POLL_INTERVAL_S up to this (see Relay._sleep).
+IDLE_POLL_MAX_S = 5.0
 MAX_ATTEMPTS = 10
 MAX_PUBLISH_ROUNDS = 5
 RECONNECT_MAX_S = 30.0
@@ -104,6 +106,7 @@ class Relay:
         self._store_ok = False
         self._outage: str | None = None
         self._next_due_in: float | None = None
+        self._empty_polls = 0
         self.last_iteration = time.monotonic()
 
     def stop(self) -> None:
@@ -146,9 +149,13 @@ class Relay:
         while not self._stopping.is_set():
             result = self.run_batch()
             self.last_iteration = time.monotonic()
-            if result.claimed >= self._settings.batch_size:
+            if result.claimed:
+                # Keep claiming until a claim comes back empty, with the flag down: while
+                # rows keep arriving, producers do not pay for NOTIFY (it serialises
+                # their commits) and this loop finds their rows by itself.
+                self._empty_polls = 0
                 if self._waiting:
-                    self._store.set_waiting(False)
+                    self._next_due_in = self._store.set_waiting(False)
                     self._waiting = False
                 continue
             if not self._waiting:
@@ -160,7 +167,20 @@ class Relay:
             self._sleep()
 
     def _sleep(self) -> None:
-        timeout = self._settings.poll_interval_s
+        """Wait for a NOTIFY, the next scheduled row, or the backstop poll.
+
+        The final check after raising the flag sees every row committed before the flag
+        was visible, and NOTIFY reports every row whose trigger saw the flag. What is
+        left is a transaction whose trigger ran before the flag was visible and that
+        committed after the final check: it was already running when the relay went idle.
+        The first poll comes after ``poll_interval_s`` and finds such a row; each empty
+        poll after it doubles the interval up to IDLE_POLL_MAX_S, so an idle relay costs
+        a transaction every few seconds instead of two a second. This relies on the
+        LISTEN connection being healthy: when it dies its socket becomes readable, the
+        wait returns, and reading the notifications raises StoreUnavailableError.
+        """
+        poll = self._settings.poll_interval_s
+        timeout = min(poll * 2**self._empty_polls, max(poll, IDLE_POLL_MAX_S))
         next_due = self._next_due_in
         if next_due is not None:
             timeout = min(timeout, next_due)
@@ -169,8 +189,13 @@ class Relay:
         if next_due is not None:
             self._next_due_in = max(0.0, next_due - (time.monotonic() - started))
         if woke and self._store.drain_notifications():
-            # Something was inserted; refresh the time of the next scheduled row too.
-            self._next_due_in = self._store.set_waiting(True)
+            # Something was inserted: lower the flag while working (it is raised again
+            # after an empty claim); this also refreshes the time of the next scheduled row.
+            self._empty_polls = 0
+            self._next_due_in = self._store.set_waiting(False)
+            self._waiting = False
+        elif not woke:
+            self._empty_polls = min(self._empty_polls + 1, 16)
 
     def _connect(self) -> None:
         if not self._store_ok:
