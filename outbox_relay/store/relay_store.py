@@ -65,17 +65,18 @@ class PostgresStore:
         Returns nothing while another relay is claiming from the same schema.
         """
         conn = self._require(self._work)
-        with translate_errors("claiming outbox rows"):
-            locked = conn.execute(self._q["try_lock"], {"lock_key": self._lock_key}).fetchone()
-            if not locked or not locked[0]:
-                return []
-            rows = conn.execute(self._q["claim_batch"], {"limit": limit}).fetchall()
+        with translate_errors("claiming outbox rows"), conn.pipeline():
+            # Pipeline mode sends BEGIN with the claim: one round trip.
+            rows = conn.execute(
+                self._q["claim_batch"], {"lock_key": self._lock_key, "limit": limit}
+            ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
         """Delete published rows, record failures, and commit the claim's transaction."""
         conn = self._require(self._work)
-        with translate_errors("settling outbox rows"):
+        with translate_errors("settling outbox rows"), conn.pipeline():
+            # The statements and COMMIT go out together: one round trip.
             if published:
                 conn.execute(self._q["delete_published"], {"ids": list(published)})
             if failures:

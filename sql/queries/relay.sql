@@ -1,13 +1,13 @@
 -- Queries of the relay. Each block starts with `-- name: NAME`; {schema} is replaced by
 -- the quoted schema name, values are psycopg parameters.
 
--- name: try_lock
--- Only one relay claims from a schema at a time: the others stand by. Held until commit.
-SELECT pg_try_advisory_xact_lock(%(lock_key)s) AS locked
-
 -- name: claim_batch
--- Due rows in id order. A key whose earliest pending row is waiting (retry backoff or a
--- delay) is held back from that row on, so a failing row delays only its own key.
+-- Due rows in id order. Only one relay claims from a schema at a time: the lock is taken
+-- first (a one-time filter, evaluated before any row is read or locked) and held until
+-- commit; while another relay holds it this returns nothing and the relay stands by.
+-- Lock and claim are one statement so a claim costs one round trip.
+-- A key whose earliest pending row is waiting (retry backoff or a delay) is held back
+-- from that row on, so a failing row delays only its own key.
 WITH held AS (
     SELECT partition_key, min(id) AS first_id
     FROM {schema}.outbox
@@ -17,7 +17,8 @@ WITH held AS (
 SELECT o.id, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type,
        o.headers, o.partition_key, o.created_at, o.attempts
 FROM {schema}.outbox AS o
-WHERE o.dead_at IS NULL
+WHERE (SELECT pg_try_advisory_xact_lock(%(lock_key)s))
+  AND o.dead_at IS NULL
   AND o.available_at <= now()
   AND NOT EXISTS (
       SELECT 1 FROM held AS h
