@@ -8,9 +8,10 @@ import argparse
 import importlib
 import importlib.util
 import time
+import traceback
 
 from benchmarks import results
-from benchmarks.common import Env, Report
+from benchmarks.common import Env, Figure, Report
 
 # Order of `all`. `consumer` is run when its module exists (it is built on another branch).
 SCENARIOS = ["throughput", "latency", "idle", "producer", "scale", "blocked", "consumer"]
@@ -33,15 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     env = Env.from_environment(quick=args.quick)
     report = Report()
     started = time.time()
+    failed = []
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
-        module.run(env, report)
+        try:
+            module.run(env, report)
+        except Exception as exc:  # the services are shared: report it, run the rest
+            traceback.print_exc()
+            failed.append(name)
+            report.add(Figure(name, f"FAILED: {type(exc).__name__}: {exc}"[:200], 0, ""))
     print()
     print(report.table())
     if not (args.quick or args.no_write):
         path = results.write(report, names, started=started)
         print(f"\nwritten to {path}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -127,36 +127,46 @@ def prepared_schema(env: Env) -> Iterator[str]:
 def run(env: Env, report: Report) -> None:
     seconds = 2 if env.quick else 8
     rounds = 1 if env.quick else 3
-    backlog = env.size(100_000, 10_000)
+    # The busy relay must still be draining when the second pgbench run ends.
+    backlog = env.size(200_000, 20_000)
     rates: dict[str, list[float]] = {}
 
     def sample(case: str, text: str) -> None:
         rates.setdefault(case, []).append(pgbench(env, text, seconds))
 
+    # Each condition has its own ceiling: on a small machine a busy relay takes CPU from
+    # the producers whatever they write, and that is not what the outbox costs them.
     with broker_route(env.amqp_url) as route:
         for _ in range(rounds):
             with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
-                sample("ceiling", plain_script(schema))
-                v7 = outbox_script(conn, schema, route.exchange, UUID7)
-                v4 = outbox_script(conn, schema, route.exchange, UUID4)
-                sample("no relay, uuid7", v7)
-                sample("no relay, uuid4", v4)
-            with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
-                v7 = outbox_script(conn, schema, route.exchange, UUID7)
-                with relay_process(env, schema):
-                    wait_listening(env.database_url, schema)
-                    sample("relay idle", v7)
+                sample("ceiling, no relay", plain_script(schema))
+                sample("no relay, uuid7", outbox_script(conn, schema, route.exchange, UUID7))
+                sample("no relay, uuid4", outbox_script(conn, schema, route.exchange, UUID4))
+            with (
+                prepared_schema(env) as schema,
+                psycopg.connect(env.database_url) as conn,
+                relay_process(env, schema),
+            ):
+                wait_listening(env.database_url, schema)
+                sample("ceiling, relay idle", plain_script(schema))
+                sample("relay idle", outbox_script(conn, schema, route.exchange, UUID7))
             with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
                 v7 = outbox_script(conn, schema, route.exchange, UUID7)
                 fill_committed(
                     env.database_url, schema, route.exchange, backlog, size=PAYLOAD_BYTES
                 )
                 with relay_process(env, schema):
+                    sample("ceiling, relay busy", plain_script(schema))
                     sample("relay busy", v7)
             purge(env.amqp_url, route.queue)
     medians = {case: statistics.median(values) for case, values in rates.items()}
-    ceiling = medians["ceiling"]
-    for case in ("relay busy", "relay idle", "no relay, uuid7", "no relay, uuid4"):
+    for case, ceiling_case in (
+        ("relay busy", "ceiling, relay busy"),
+        ("relay idle", "ceiling, relay idle"),
+        ("no relay, uuid7", "ceiling, no relay"),
+        ("no relay, uuid4", "ceiling, no relay"),
+    ):
+        ceiling = medians[ceiling_case]
         report.add(
             Figure(
                 SCENARIO,
@@ -164,20 +174,19 @@ def run(env: Env, report: Report) -> None:
                 round(medians[case]),
                 "tx/s",
                 ceiling=round(ceiling),
-                extra={"samples": rates[case], "ceiling_samples": rates["ceiling"]},
+                extra={"samples": rates[case], "ceiling_samples": rates[ceiling_case]},
             )
         )
-        if case.startswith("relay"):
-            report.add(
-                ratio_figure(
-                    SCENARIO,
-                    f"{case} / ceiling",
-                    medians[case],
-                    ceiling,
-                    at_least=0.9,
-                    against="ceiling",
-                )
+        report.add(
+            ratio_figure(
+                SCENARIO,
+                f"{case} / ceiling",
+                medians[case],
+                ceiling,
+                at_least=0.9,
+                against="ceiling",
             )
+        )
     report.add(
         Figure(
             SCENARIO,

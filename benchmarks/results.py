@@ -8,6 +8,8 @@ from pathlib import Path
 
 from benchmarks.common import HERE, Report, machine
 
+# Notes written by hand below this line survive the next run.
+HISTORY_MARKER = "<!-- history: kept across runs -->"
 HEADER = """# Benchmark results
 
 Written by `python -m benchmarks all` (`make bench`). Every figure stands next to a
@@ -26,5 +28,7 @@ def write(report: Report, scenarios: list[str], *, started: float) -> Path:
         f"{HEADER}\n- machine: {machine()}\n- date: {when}\n- commit: {commit or 'unknown'}\n"
         f"- scenarios: {', '.join(scenarios)}\n\n{report.table()}\n"
     )
-    path.write_text(text, encoding="utf-8")
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    history = old[old.index(HISTORY_MARKER) :] if HISTORY_MARKER in old else HISTORY_MARKER + "\n"
+    path.write_text(f"{text}\n{history}", encoding="utf-8")
     return path

@@ -12,6 +12,7 @@ from benchmarks.common import (
     Report,
     Sampler,
     broker_route,
+    check_delivered,
     fill_committed,
     outbox_schema,
     queue_depth,
@@ -56,8 +57,7 @@ def run(env: Env, report: Report) -> None:
             )
         after = table_sizes(env.database_url, schema)
         delivered = queue_depth(env.amqp_url, route.queue)
-    if delivered != count:
-        raise AssertionError(f"{delivered} of {count} messages reached the queue")
+    check_delivered(delivered, count)
     rates = segment_rates(samples, count)
     rss = [r / 2**20 for _, r in sampler.rss]
     settled = rss[len(rss) // 10 :] or rss
