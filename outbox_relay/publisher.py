@@ -482,6 +482,9 @@ class Publisher:
             remaining = deadline - now
             if patient_while_blocked and self._deadline is not None:
                 remaining = min(remaining, self._deadline - now)
+            # Stopping abandons outstanding confirms only while the broker blocks us (that
+            # wait has no end); otherwise SIGTERM lets the batch in flight be confirmed and
+            # settled, so nothing it published is sent twice.
             if remaining <= 0 or (patient_while_blocked and self.blocked and self._should_stop()):
                 return False
             timer = conn.ioloop.call_later(min(remaining, _TICK_S), conn.ioloop.stop)

@@ -39,6 +39,8 @@ HEARTBEAT_INTERVAL_S = 2.0
 # Stop publishing this long before the lease runs out by the relay's own clock.
 LEASE_SAFETY_MARGIN_S = 1.0
 POLL_INTERVAL_S = 0.5
+# The backstop poll while idle doubles from POLL_INTERVAL_S up to this (see Relay._sleep).
+IDLE_POLL_MAX_S = 5.0
 MAX_ATTEMPTS = 10
 MAX_PUBLISH_ROUNDS = 5
 # /healthz fails when the loop has not gone round for this long (and is not merely
@@ -165,6 +167,7 @@ class Relay:
         self._leases: Leases | None = None
         self._lease_deadline = 0.0  # monotonic; past it, this relay may not publish
         self._next_heartbeat = 0.0
+        self._empty_polls = 0
         self.last_iteration = time.monotonic()
 
     def stop(self, reason: str = "requested") -> None:
@@ -231,9 +234,13 @@ class Relay:
             result = self.run_batch()
             self.last_iteration = time.monotonic()
             self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
-            if result.claimed >= self._settings.batch_size:
+            if result.claimed:
+                # Keep claiming until a claim comes back empty, with the flag down: while
+                # rows keep arriving, producers do not pay for NOTIFY (it serialises
+                # their commits) and this loop finds their rows by itself.
+                self._empty_polls = 0
                 if self._waiting:
-                    self._store.set_waiting(False)
+                    self._next_due_in = self._store.set_waiting(False)
                     self._waiting = False
                 continue
             if not self._waiting:
@@ -245,8 +252,22 @@ class Relay:
             self._sleep()
 
     def _sleep(self) -> None:
+        """Wait for a NOTIFY, the next scheduled row, or the backstop poll.
+
+        The final check after raising the flag sees every row committed before the flag
+        was visible, and NOTIFY reports every row whose trigger saw the flag. What is
+        left is a transaction whose trigger ran before the flag was visible and that
+        committed after the final check: it was already running when the relay went idle.
+        The first poll comes after ``poll_interval_s`` and finds such a row; each empty
+        poll after it doubles the interval up to IDLE_POLL_MAX_S, so an idle relay costs
+        a transaction every few seconds instead of two a second. This relies on the
+        LISTEN connection being healthy: when it dies its socket becomes readable, the
+        wait returns, and reading the notifications raises StoreUnavailableError.
+        """
+        poll = self._settings.poll_interval_s
         timeout = min(
-            self._settings.poll_interval_s,
+            poll * 2**self._empty_polls,
+            max(poll, IDLE_POLL_MAX_S),
             max(0.0, self._next_heartbeat - time.monotonic()),
         )
         next_due = self._next_due_in
@@ -257,8 +278,13 @@ class Relay:
         if next_due is not None:
             self._next_due_in = max(0.0, next_due - (time.monotonic() - started))
         if woke and self._store.drain_notifications():
-            # Something was inserted; refresh the time of the next scheduled row too.
-            self._next_due_in = self._store.set_waiting(True)
+            # Something was inserted: lower the flag while working (it is raised again
+            # after an empty claim); this also refreshes the time of the next scheduled row.
+            self._empty_polls = 0
+            self._next_due_in = self._store.set_waiting(False)
+            self._waiting = False
+        elif not woke:
+            self._empty_polls = min(self._empty_polls + 1, 16)
 
     def _heartbeat(self) -> None:
         started = time.monotonic()

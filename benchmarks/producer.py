@@ -1,0 +1,197 @@
+"""Producer cost: 8 clients run a domain transaction (insert an order) plus the outbox row
+``publish`` writes, against the same transaction inserting a plain 512 B row into an
+ordinary table instead (the ceiling), with pgbench so the client costs nothing.
+
+The outbox statement is the producer's own (``sql/queries/producer.sql``) with its array
+parameters filled in as literals. Cases: the relay busy draining a backlog (its wake-up
+flag down), the relay idle (flag up when the load starts), no relay, and the message id
+index with random (v4) against time-ordered (v7) UUIDs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import statistics
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+from benchmarks.common import (
+    PAYLOAD_BYTES,
+    ROUTING_KEY,
+    Env,
+    Figure,
+    Report,
+    broker_route,
+    fill_committed,
+    outbox_schema,
+    purge,
+    query,
+    ratio_figure,
+    relay_process,
+    wait_listening,
+)
+from outbox_relay.store.sqlfiles import Queries
+
+SCENARIO = "producer"
+CLIENTS = 8
+UUID7 = "{schema}.uuid7()"
+UUID4 = "gen_random_uuid()"
+_TPS_RE = re.compile(r"tps = ([\d.]+) \(without initial connection time\)")
+
+ORDER = "INSERT INTO {schema}.orders (customer, amount) VALUES (:customer, 42.00);"
+PAYLOAD_SQL = f"decode(repeat('78', {PAYLOAD_BYTES}), 'hex')"
+
+
+def script(body: str) -> str:
+    return f"\\set customer random(1, 100000)\nBEGIN;\n{ORDER}\n{body}\nCOMMIT;\n"
+
+
+def plain_script(schema: str) -> str:
+    return script(f"INSERT INTO {schema}.plain (payload) VALUES ({PAYLOAD_SQL});").replace(
+        "{schema}", schema
+    )
+
+
+def outbox_script(
+    conn: psycopg.Connection[object], schema: str, exchange: str, uuid_sql: str
+) -> str:
+    statement = Queries("producer", schema=schema)["insert_messages"].as_string(conn)
+    values = {
+        "message_ids": uuid_sql.replace("{schema}", schema_ident(conn, schema)),
+        "exchanges": literal(conn, exchange),
+        "routing_keys": literal(conn, ROUTING_KEY),
+        "payloads": PAYLOAD_SQL,
+        "content_types": literal(conn, "application/octet-stream"),
+        "headers": "'{}'",
+        "partition_keys": "NULL",
+        "delays": "0",
+    }
+    for name, value in values.items():
+        statement = statement.replace(f"%({name})s", f"ARRAY[{value}]")
+    body = " ".join(line.strip() for line in statement.splitlines()) + ";"
+    return script(body).replace("{schema}", schema_ident(conn, schema))
+
+
+def literal(conn: psycopg.Connection[object], value: str) -> str:
+    return psycopg.sql.Literal(value).as_string(conn)
+
+
+def schema_ident(conn: psycopg.Connection[object], schema: str) -> str:
+    return psycopg.sql.Identifier(schema).as_string(conn)
+
+
+def pgbench(env: Env, text: str, seconds: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tx.sql"
+        path.write_text(text, encoding="utf-8")
+        out = subprocess.run(
+            [
+                "pgbench",
+                "-n",
+                "-c",
+                str(CLIENTS),
+                "-j",
+                "2",
+                "-T",
+                str(seconds),
+                "-M",
+                "prepared",
+                "-f",
+                str(path),
+                env.database_url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    match = _TPS_RE.search(out)
+    if not match:
+        raise RuntimeError(f"pgbench printed no tps:\n{out}")
+    return float(match.group(1))
+
+
+@contextlib.contextmanager
+def prepared_schema(env: Env) -> Iterator[str]:
+    with outbox_schema(env.database_url) as schema:
+        with psycopg.connect(env.database_url, autocommit=True) as conn:
+            for name in ("orders_table", "plain_table", "uuid7_function"):
+                conn.execute(query(name, schema))
+        yield schema
+
+
+def run(env: Env, report: Report) -> None:
+    seconds = 2 if env.quick else 8
+    rounds = 1 if env.quick else 3
+    # The busy relay must still be draining when the second pgbench run ends.
+    backlog = env.size(200_000, 20_000)
+    rates: dict[str, list[float]] = {}
+
+    def sample(case: str, text: str) -> None:
+        rates.setdefault(case, []).append(pgbench(env, text, seconds))
+
+    # Each condition has its own ceiling: on a small machine a busy relay takes CPU from
+    # the producers whatever they write, and that is not what the outbox costs them.
+    with broker_route(env.amqp_url) as route:
+        for _ in range(rounds):
+            with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
+                sample("ceiling, no relay", plain_script(schema))
+                sample("no relay, uuid7", outbox_script(conn, schema, route.exchange, UUID7))
+                sample("no relay, uuid4", outbox_script(conn, schema, route.exchange, UUID4))
+            with (
+                prepared_schema(env) as schema,
+                psycopg.connect(env.database_url) as conn,
+                relay_process(env, schema),
+            ):
+                wait_listening(env.database_url, schema)
+                sample("ceiling, relay idle", plain_script(schema))
+                sample("relay idle", outbox_script(conn, schema, route.exchange, UUID7))
+            with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
+                v7 = outbox_script(conn, schema, route.exchange, UUID7)
+                fill_committed(
+                    env.database_url, schema, route.exchange, backlog, size=PAYLOAD_BYTES
+                )
+                with relay_process(env, schema):
+                    sample("ceiling, relay busy", plain_script(schema))
+                    sample("relay busy", v7)
+            purge(env.amqp_url, route.queue)
+    medians = {case: statistics.median(values) for case, values in rates.items()}
+    for case, ceiling_case in (
+        ("relay busy", "ceiling, relay busy"),
+        ("relay idle", "ceiling, relay idle"),
+        ("no relay, uuid7", "ceiling, no relay"),
+        ("no relay, uuid4", "ceiling, no relay"),
+    ):
+        ceiling = medians[ceiling_case]
+        report.add(
+            Figure(
+                SCENARIO,
+                f"order + publish, {CLIENTS} clients, {case}",
+                round(medians[case]),
+                "tx/s",
+                ceiling=round(ceiling),
+                extra={"samples": rates[case], "ceiling_samples": rates[ceiling_case]},
+            )
+        )
+        report.add(
+            ratio_figure(
+                SCENARIO,
+                f"{case} / ceiling",
+                medians[case],
+                ceiling,
+                at_least=0.9,
+                against="ceiling",
+            )
+        )
+    report.add(
+        Figure(
+            SCENARIO,
+            "message id index: uuid4 / uuid7",
+            round(medians["no relay, uuid4"] / medians["no relay, uuid7"], 3),
+            "x",
+        )
+    )

@@ -1,0 +1,58 @@
+-- Queries of the benchmark scripts. Each block starts with `-- name: NAME`; {schema} is
+-- replaced by the quoted schema name, values are psycopg parameters.
+
+-- name: outbox_count
+SELECT count(*) FROM {schema}.outbox
+
+-- name: outbox_empty
+SELECT NOT EXISTS (SELECT 1 FROM {schema}.outbox)
+
+-- name: relay_waiting
+SELECT EXISTS (SELECT 1 FROM {schema}.outbox_listener WHERE waiting)
+
+-- name: table_sizes
+SELECT pg_table_size(format('%%I.outbox', %(schema)s::text)::regclass),
+       pg_indexes_size(format('%%I.outbox', %(schema)s::text)::regclass)
+
+-- name: naive_claim
+-- The naive relay as commonly written: take some rows, publish each, delete each.
+SELECT id, message_id, exchange, routing_key, payload, content_type
+FROM {schema}.outbox
+ORDER BY id
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: naive_delete
+DELETE FROM {schema}.outbox WHERE id = %(id)s
+
+-- name: xact_commits
+SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %(dbname)s
+
+-- name: orders_table
+CREATE TABLE {schema}.orders (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    customer   bigint NOT NULL,
+    amount     numeric(12, 2) NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: plain_table
+-- The producer ceiling: the same 512 B in an ordinary table with a primary key.
+CREATE TABLE {schema}.plain (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    payload    bytea NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)
+
+-- name: uuid7_function
+-- A version 7 UUID in SQL (PostgreSQL 15 has none): 48 bits of Unix milliseconds first.
+CREATE FUNCTION {schema}.uuid7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp())
+                                                      * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$

@@ -1,0 +1,89 @@
+"""Relay throughput: a committed backlog of 512 B rows relayed with confirms into a bound
+durable queue, next to the ceiling (raw pika, pipelined confirms, no database) and the
+baseline (the naive relay) measured in the same run."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+
+from benchmarks import naive, rawpika
+from benchmarks.common import (
+    PAYLOAD_BYTES,
+    ROUTING_KEY,
+    Env,
+    Figure,
+    Report,
+    broker_route,
+    check_delivered,
+    fill,
+    fill_committed,
+    outbox_schema,
+    payload,
+    purge,
+    queue_depth,
+    ratio_figure,
+    relay_process,
+    wait_empty,
+    wait_listening,
+)
+
+SCENARIO = "throughput"
+
+
+def relay_rate(env: Env, count: int, *, size: int = PAYLOAD_BYTES) -> float:
+    """Messages per second from the backlog's commit until the outbox is empty."""
+    with outbox_schema(env.database_url) as schema, broker_route(env.amqp_url) as route:
+        with relay_process(env, schema):
+            wait_listening(env.database_url, schema)
+            with psycopg.connect(env.database_url) as conn:
+                fill(conn, schema, route.exchange, count, size=size)
+                conn.commit()
+                started = time.monotonic()
+            finished = wait_empty(env.database_url, schema, timeout_s=600)
+        delivered = queue_depth(env.amqp_url, route.queue)
+    check_delivered(delivered, count)
+    return count / (finished - started)
+
+
+def ceiling_rate(env: Env, count: int) -> float:
+    with broker_route(env.amqp_url) as route:
+        bodies = [payload(seq=i) for i in range(count)]
+        rate = rawpika.publish_rate(env.amqp_url, route.exchange, ROUTING_KEY, bodies)
+        purge(env.amqp_url, route.queue)
+    return rate
+
+
+def baseline_rate(env: Env, count: int) -> float:
+    with outbox_schema(env.database_url) as schema, broker_route(env.amqp_url) as route:
+        fill_committed(env.database_url, schema, route.exchange, count, size=PAYLOAD_BYTES)
+        with naive.NaiveRelay(env.database_url, env.amqp_url, schema, poll_interval_s=1.0):
+            started = time.monotonic()
+            finished = wait_empty(env.database_url, schema, timeout_s=600)
+    return count / (finished - started)
+
+
+def run(env: Env, report: Report) -> None:
+    count = env.size(100_000, 5_000)
+    baseline_count = env.size(5_000, 1_000)
+    ceiling = ceiling_rate(env, count)
+    relay = relay_rate(env, count)
+    baseline = baseline_rate(env, baseline_count)
+    report.add(
+        Figure(
+            SCENARIO,
+            f"relay, {count} rows of {PAYLOAD_BYTES} B",
+            round(relay),
+            "msg/s",
+            ceiling=round(ceiling),
+            baseline=round(baseline),
+            extra={"baseline_rows": baseline_count},
+        )
+    )
+    report.add(
+        ratio_figure(SCENARIO, "relay / ceiling", relay, ceiling, at_least=0.8, against="ceiling")
+    )
+    report.add(
+        ratio_figure(SCENARIO, "relay / baseline", relay, baseline, at_least=10, against="baseline")
+    )

@@ -1,0 +1,37 @@
+"""The benchmark scripts still run: each scenario's quick mode produces its figures.
+
+Speed is never asserted here; benchmarks are scripts (`python -m benchmarks`).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from benchmarks.__main__ import available
+from benchmarks.common import Env, Report
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {
+    "throughput": ["relay / ceiling", "relay / baseline"],
+    "latency": ["p50", "p95", "p99", "max"],
+    "idle": ["idle relay CPU", "idle relay database transactions"],
+    "producer": ["relay busy / ceiling", "relay idle / ceiling", "uuid4 / uuid7"],
+    "scale": ["drain", "peak RSS", "table size", "index size"],
+    "blocked": ["while blocked", "time to drain"],
+}
+
+
+@pytest.mark.parametrize("scenario", [name for name in available() if name in EXPECTED])
+@pytest.mark.timeout(300)
+def test_quick_mode_produces_every_figure(scenario: str, database_url: str, amqp_url: str) -> None:
+    report = Report()
+    importlib.import_module(f"benchmarks.{scenario}").run(
+        Env(database_url=database_url, amqp_url=amqp_url, quick=True), report
+    )
+    names = [figure.name for figure in report.figures]
+    for expected in EXPECTED[scenario]:
+        assert any(expected in name for name in names), (expected, names)
+    assert all(figure.value == figure.value for figure in report.figures)  # no NaN
