@@ -23,7 +23,7 @@ SELECT o.id, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type,
 FROM {schema}.outbox AS o
 WHERE o.partition IN (SELECT partition FROM owned)
   AND o.dead_at IS NULL
-  AND o.available_at <= now()
+  AND (o.available_at IS NULL OR o.available_at <= now())
   AND NOT EXISTS (
       SELECT 1 FROM held AS h
       WHERE h.partition_key = o.partition_key AND h.first_id < o.id
