@@ -14,7 +14,16 @@ from benchmarks import results
 from benchmarks.common import Env, Figure, Report
 
 # Order of `all`. `consumer` is run when its module exists (it is built on another branch).
-SCENARIOS = ["throughput", "latency", "idle", "producer", "scale", "blocked", "consumer"]
+SCENARIOS = [
+    "throughput",
+    "latency",
+    "idle",
+    "producer",
+    "relays",
+    "scale",
+    "blocked",
+    "consumer",
+]
 
 
 def available() -> list[str]:

@@ -19,6 +19,7 @@ EXPECTED = {
     "latency": ["p50", "p95", "p99", "max"],
     "idle": ["idle relay CPU", "idle relay database transactions"],
     "producer": ["relay busy / ceiling", "relay idle / ceiling", "uuid4 / uuid7"],
+    "relays": ["2 relays / 1 relay", "4 relays / 1 relay"],
     "scale": ["drain", "peak RSS", "table size", "index size"],
     "blocked": ["while blocked", "time to drain"],
 }
