@@ -18,6 +18,7 @@ class FaultRow:
     messages: int
     lost: int
     duplicates: int
+    duplicate_effects: int | None = None  # measured where a consumer with an inbox ran
 
 
 _ROWS = pytest.StashKey[list[FaultRow]]()
@@ -31,11 +32,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def report_fault(request: pytest.FixtureRequest) -> Report:
-    """``report_fault(fault, tally, runs=n)`` adds a row to the table printed at the end."""
+    """``report_fault(fault, tally, runs=n)`` adds a row to the table printed at the end;
+    ``duplicates_delivered`` replaces the tally's count where a consumer saw the messages,
+    and ``duplicate_effects`` is given where a consumer with an inbox applied them."""
 
-    def report(fault: str, tally: Tally, *, runs: int = 1) -> None:
+    def report(
+        fault: str,
+        tally: Tally,
+        *,
+        runs: int = 1,
+        duplicates_delivered: int | None = None,
+        duplicate_effects: int | None = None,
+    ) -> None:
+        duplicates = tally.duplicates if duplicates_delivered is None else duplicates_delivered
         request.config.stash[_ROWS].append(
-            FaultRow(fault, runs, len(tally.expected), len(tally.lost), tally.duplicates)
+            FaultRow(
+                fault, runs, len(tally.expected), len(tally.lost), duplicates, duplicate_effects
+            )
         )
 
     return report
@@ -45,10 +58,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     rows = terminalreporter.config.stash.get(_ROWS, [])
     if not rows:
         return
-    header = ("fault", "runs", "messages", "lost", "duplicates delivered")
+    header = ("fault", "runs", "messages", "lost", "duplicates delivered", "duplicate effects")
     table = [
         header,
-        *((r.fault, str(r.runs), str(r.messages), str(r.lost), str(r.duplicates)) for r in rows),
+        *(
+            (
+                r.fault,
+                str(r.runs),
+                str(r.messages),
+                str(r.lost),
+                str(r.duplicates),
+                "-" if r.duplicate_effects is None else str(r.duplicate_effects),
+            )
+            for r in rows
+        ),
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     terminalreporter.section("faults: messages lost and duplicated")
