@@ -75,7 +75,7 @@ class PostgresStore:
             self._listen.execute(self._leases["forget_stale_relays"])
         with translate_errors("configuring the work connection"):
             timeout_ms = str(int(self._lease_ttl_s * 1000))
-            self._work.execute(self._q["limit_idle_transactions"], {"timeout_ms": timeout_ms})
+            self._work.execute(self._q["configure_work_session"], {"timeout_ms": timeout_ms})
             allowed = self._work.execute(self._q["can_see_all_sessions"]).fetchone()
             self._work.commit()
         if self._claim_params["order_gate"] and not (allowed and allowed[0]):

@@ -25,7 +25,7 @@ WHERE id = %(id)s
 -- name: retry
 -- A fresh set of attempts, due now; the last error stays for the record.
 UPDATE {schema}.outbox
-SET dead_at = NULL, attempts = 0, available_at = NULL
+SET dead_at = NULL, attempts = 0, available_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND dead_at IS NOT NULL
 
 -- name: purge

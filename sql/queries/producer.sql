@@ -6,8 +6,7 @@ INSERT INTO {schema}.outbox
     (message_id, exchange, routing_key, payload, content_type, headers, partition_key,
      available_at)
 SELECT m.message_id, m.exchange, m.routing_key, m.payload, m.content_type, m.headers,
-       m.partition_key,
-       CASE WHEN m.delay_s > 0 THEN now() + make_interval(secs => m.delay_s) END
+       m.partition_key, now() + make_interval(secs => m.delay_s)
 FROM unnest(%(message_ids)s::uuid[], %(exchanges)s::text[], %(routing_keys)s::text[],
             %(payloads)s::bytea[], %(content_types)s::text[], %(headers)s::jsonb[],
             %(partition_keys)s::text[], %(delays)s::float8[])

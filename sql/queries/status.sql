@@ -3,8 +3,7 @@
 -- name: totals
 SELECT
     count(*) FILTER (WHERE dead_at IS NULL) AS pending,
-    count(*) FILTER (WHERE dead_at IS NULL AND (available_at IS NULL OR available_at <= now()))
-        AS due,
+    count(*) FILTER (WHERE dead_at IS NULL AND available_at <= now()) AS due,
     count(*) FILTER (WHERE dead_at IS NULL AND attempts > 0) AS retrying,
     count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
     extract(epoch FROM now() - min(created_at) FILTER (WHERE dead_at IS NULL))::float8
