@@ -13,7 +13,7 @@ import traceback
 from benchmarks import results
 from benchmarks.common import Env, Figure, Report
 
-# Order of `all`. `consumer` is run when its module exists (it is built on another branch).
+# Order of `all`. The consumer's benchmark is a script of its own: python -m benchmarks.consumer
 SCENARIOS = [
     "throughput",
     "latency",
@@ -22,7 +22,6 @@ SCENARIOS = [
     "relays",
     "scale",
     "blocked",
-    "consumer",
 ]
 
 
