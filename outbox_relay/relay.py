@@ -278,11 +278,9 @@ class Relay:
         if next_due is not None:
             self._next_due_in = max(0.0, next_due - (time.monotonic() - started))
         if woke and self._store.drain_notifications():
-            # Something was inserted: lower the flag while working (it is raised again
-            # after an empty claim); this also refreshes the time of the next scheduled row.
+            # Something was inserted: claim it at once. The flag is lowered after that
+            # claim has published (see _serve), off the path the new message waits on.
             self._empty_polls = 0
-            self._next_due_in = self._store.set_waiting(False)
-            self._waiting = False
         elif not woke:
             self._empty_polls = min(self._empty_polls + 1, 16)
 
