@@ -15,7 +15,7 @@ from tests.support.relay import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 
-TOTAL = 20_000
+TOTAL = 60_000  # the relay drains ~9k rows/s: enough left for the last kill
 KILLS = 12
 BATCH = 200
 FAST_FAILOVER = ("--lease-ttl", "2", "--heartbeat-interval", "0.5", "--poll-interval", "0.1")

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -78,9 +79,16 @@ class RelayProcess:
         self.process.send_signal(signal.SIGCONT)
 
     def stop(self, timeout_s: float = 15.0) -> int:
-        """SIGTERM, then wait; returns the exit code (kills it if it does not stop)."""
+        """SIGTERM, then wait; returns the exit code (kills it if it does not stop).
+
+        A process still importing has no handler yet and would die of the signal (-15),
+        so the signal waits until the relay has logged relay.starting (handlers are set).
+        """
         if self.alive:
             self.thaw()
+            deadline = time.monotonic() + timeout_s
+            while self.alive and not self.events("relay.starting") and time.monotonic() < deadline:
+                time.sleep(0.05)
             self.process.send_signal(signal.SIGTERM)
         try:
             return self.process.wait(timeout_s)
