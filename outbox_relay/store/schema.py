@@ -101,10 +101,6 @@ def grants_sql(*, schema: str, roles: Sequence[tuple[str, str]]) -> str:
     return "\n\n".join(chunks) + "\n"
 
 
-def latest_version() -> int:
-    return migrations()[-1].version
-
-
 def _split(found: tuple[Migration, ...]) -> tuple[Migration, tuple[Migration, ...]]:
     return found[0], found[1:]
 

@@ -94,10 +94,10 @@ class TestIds:
         assert value.variant == uuid.RFC_4122
         assert value.hex.startswith("0123456789ab7")
 
-    @given(st.integers(0, 2**48 - 1), st.integers(0, 2**48 - 1))
+    @given(st.integers(0, 2**48 - 2), st.integers(0, 2**48 - 2))
     def test_later_milliseconds_sort_later(self, a: int, b: int) -> None:
         first, second = uuid7(unix_ms=min(a, b)), uuid7(unix_ms=max(a, b) + 1)
-        assert first.bytes < second.bytes if max(a, b) + 1 < 2**48 else True
+        assert first.bytes < second.bytes
 
 
 class TestNames:
