@@ -2,10 +2,11 @@
 ``publish`` writes, against the same transaction inserting a plain 512 B row into an
 ordinary table instead (the ceiling), with pgbench so the client costs nothing.
 
-The outbox statement is the producer's own (``sql/queries/producer.sql``) with its array
-parameters filled in as literals. Cases: the relay busy draining a backlog (its wake-up
-flag down), the relay idle (flag up when the load starts), no relay, and the message id
-index with random (v4) against time-ordered (v7) UUIDs.
+The outbox statement is the one ``publish`` sends (``insert_message`` in
+``sql/queries/producer.sql``) with its parameters filled in as literals. Cases: the
+relay busy draining a backlog (its wake-up flag down), the relay idle (flag up when the
+load starts), no relay, and the message id index with random (v4) against time-ordered
+(v7) UUIDs.
 """
 
 from __future__ import annotations
@@ -60,19 +61,19 @@ def plain_script(schema: str) -> str:
 def outbox_script(
     conn: psycopg.Connection[object], schema: str, exchange: str, uuid_sql: str
 ) -> str:
-    statement = Queries("producer", schema=schema)["insert_messages"].as_string(conn)
+    statement = Queries("producer", schema=schema)["insert_message"].as_string(conn)
     values = {
-        "message_ids": uuid_sql.replace("{schema}", schema_ident(conn, schema)),
-        "exchanges": literal(conn, exchange),
-        "routing_keys": literal(conn, ROUTING_KEY),
-        "payloads": PAYLOAD_SQL,
-        "content_types": literal(conn, "application/octet-stream"),
+        "message_id": uuid_sql.replace("{schema}", schema_ident(conn, schema)),
+        "exchange": literal(conn, exchange),
+        "routing_key": literal(conn, ROUTING_KEY),
+        "payload": PAYLOAD_SQL,
+        "content_type": literal(conn, "application/octet-stream"),
         "headers": "'{}'",
-        "partition_keys": "NULL",
-        "delays": "0",
+        "partition_key": "NULL",
+        "delay_s": "0",
     }
     for name, value in values.items():
-        statement = statement.replace(f"%({name})s", f"ARRAY[{value}]")
+        statement = statement.replace(f"%({name})s", value)
     body = " ".join(line.strip() for line in statement.splitlines()) + ";"
     return script(body).replace("{schema}", schema_ident(conn, schema))
 

@@ -1,9 +1,10 @@
 """Partitions of the outbox and how relays share them. Pure.
 
 A row's partition comes from its partition key: the first 28 bits of the key's MD5,
-modulo the partition count; rows without a key spread by id. The database computes it
-(a generated column, see ``sql/migrations/0003_partitions.sql``); :func:`partition_for`
-is the same function in Python, for tools and tests.
+modulo the partition count; rows without a key spread by id. Relays compute it in SQL when
+they claim (``outbox_partition`` in ``sql/migrations/0006_lean_row.sql``), so producers
+store nothing for it; :func:`partition_for` is the same function in Python, for tools
+and tests.
 """
 
 from __future__ import annotations

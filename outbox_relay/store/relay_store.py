@@ -48,6 +48,8 @@ class PostgresStore:
             "relay_id": relay_id,
             "order_gate": order_gate,
             "order_gate_max_wait_s": order_gate_max_wait_s,
+            # The partition count, known from the first heartbeat (which precedes claims).
+            "partitions": 1,
         }
         # A name given in the URL wins, so operators can tell relays apart.
         self._application_name = application_name_in(url) or application_name
@@ -110,6 +112,7 @@ class PostgresStore:
                 ).fetchall()
                 owned += [r[0] for r in taken]
             conn.commit()
+        self._claim_params["partitions"] = partitions
         return Leases(owned=tuple(sorted(owned)), live=live, partitions=partitions)
 
     def release_leases(self) -> None:

@@ -1,7 +1,17 @@
 -- Queries run on the application's own connection, inside its transaction.
 
+-- name: insert_message
+-- One message (publish). available_at equals created_at unless the message is delayed,
+-- which keeps it out of outbox_waiting_idx.
+INSERT INTO {schema}.outbox
+    (message_id, exchange, routing_key, payload, content_type, headers, partition_key,
+     available_at)
+VALUES (%(message_id)s::uuid, %(exchange)s::text, %(routing_key)s::text, %(payload)s::bytea,
+        %(content_type)s::text, %(headers)s::jsonb, %(partition_key)s::text,
+        now() + make_interval(secs => %(delay_s)s::float8))
+
 -- name: insert_messages
--- One round trip for one message or many.
+-- Many messages (publish_many) in one round trip.
 INSERT INTO {schema}.outbox
     (message_id, exchange, routing_key, payload, content_type, headers, partition_key,
      available_at)

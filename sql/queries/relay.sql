@@ -23,7 +23,7 @@ held AS (
 SELECT o.id, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type,
        o.headers, o.partition_key, o.created_at, o.attempts
 FROM {schema}.outbox AS o
-WHERE o.partition IN (SELECT partition FROM owned)
+WHERE {schema}.outbox_partition(o.id, o.partition_key, %(partitions)s) IN (SELECT partition FROM owned)
   AND o.dead_at IS NULL
   AND o.available_at <= now()
   AND NOT EXISTS (

@@ -28,6 +28,10 @@ SELECT p.partition,
        count(o.id) AS pending,
        extract(epoch FROM now() - min(o.created_at))::float8 AS oldest_pending_s
 FROM {schema}.outbox_partitions AS p
-LEFT JOIN {schema}.outbox AS o ON o.partition = p.partition AND o.dead_at IS NULL
+LEFT JOIN {schema}.outbox AS o
+       ON {schema}.outbox_partition(
+              o.id, o.partition_key,
+              (SELECT count(*) FROM {schema}.outbox_partitions)::integer) = p.partition
+      AND o.dead_at IS NULL
 GROUP BY p.partition, p.owner, p.lease_until
 ORDER BY p.partition

@@ -245,7 +245,7 @@ def test_a_poison_row_holds_back_only_its_key_within_its_partition(
                 write(key, seq)
         received = broker.drain(queue, expect=3 * len(neighbours), timeout_s=15)
         received += broker.drain_all(queue, quiet_s=1.0)
-        partitions = {r[0] for r in outbox_rows(database_url, schema, "partition")}
+        partitions = {r[0] for r in outbox_rows(database_url, schema, partition_sql(schema))}
     got = [(json.loads(m.body)["key"], json.loads(m.body)["seq"]) for m in received]
     assert got == [(k, s) for s in range(3) for k in neighbours]
     assert partitions == {partition}
@@ -253,6 +253,11 @@ def test_a_poison_row_holds_back_only_its_key_within_its_partition(
         (poison_key, 1),
         (poison_key, 0),
     ]
+
+
+def partition_sql(schema: str) -> str:
+    """The partition a relay computes for a row when it claims (16 partitions)."""
+    return f'"{schema}".outbox_partition(id, partition_key, 16)'
 
 
 def test_the_database_and_python_agree_on_partitions(database_url: str, schema: str) -> None:
@@ -269,7 +274,8 @@ def test_the_database_and_python_agree_on_partitions(database_url: str, schema: 
             schema=schema,
         )
         conn.commit()
-    for row_id, key, partition in outbox_rows(database_url, schema, "id, partition_key, partition"):
+    columns = f"id, partition_key, {partition_sql(schema)}"
+    for row_id, key, partition in outbox_rows(database_url, schema, columns):
         assert partition == partition_for(key, row_id=row_id, partitions=16)
 
 
