@@ -159,11 +159,10 @@ def amqp_problem(row: OutboxRow) -> str | None:
     ``publish`` never writes such a row; this names the culprit of one written past it
     (by SQL, or by an older version), so the relay can fail that row alone.
     """
-    if len(row.content_type.encode("utf-8")) > MAX_SHORT_STRING_BYTES:
-        return (
-            f"content_type is {len(row.content_type.encode('utf-8'))} bytes; AMQP allows "
-            f"{MAX_SHORT_STRING_BYTES}"
-        )
+    for name, value in (("routing_key", row.routing_key), ("content_type", row.content_type)):
+        size = len(value.encode("utf-8"))
+        if size > MAX_SHORT_STRING_BYTES:
+            return f"{name} is {size} bytes; AMQP allows {MAX_SHORT_STRING_BYTES}"
     if not isinstance(row.headers, Mapping):
         return f"headers: expected a JSON object, got a JSON {type(row.headers).__name__}"
     try:

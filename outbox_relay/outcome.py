@@ -19,7 +19,14 @@ class Reason(str, enum.Enum):
     NACKED = "nacked"  # the broker nacked it
     MISSING_EXCHANGE = "missing_exchange"
     CHANNEL_CLOSED = "channel_closed"  # the broker closed the channel over it
-    UNENCODABLE = "unencodable"  # a header AMQP cannot carry
+    UNENCODABLE = "unencodable"  # a header or routing key AMQP cannot carry
+
+    @property
+    def permanent(self) -> bool:
+        """Whether no retry can help: a row AMQP cannot carry never will be, so it is
+        marked dead at once instead of holding its key back through every attempt. A
+        missing exchange or binding may be created in the meantime, so those retry."""
+        return self is Reason.UNENCODABLE
 
 
 @dataclass(frozen=True, slots=True)

@@ -420,7 +420,7 @@ class Relay:
 
     def _failure(self, row: OutboxRow, error: str, reason: Reason | None) -> Failure:
         attempt = row.attempts + 1
-        dead = attempt >= self._settings.max_attempts
+        dead = attempt >= self._settings.max_attempts or (reason is not None and reason.permanent)
         delay = retry_delay_s(
             attempt,
             base_s=self._settings.retry_base_s,
