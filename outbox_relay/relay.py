@@ -32,6 +32,7 @@ from outbox_relay.ordering import held_back, resend_order
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
 from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
+from outbox_relay.wakeup import BUSY_POLL_S, Step, WakeUp
 
 BATCH_SIZE = 500
 LEASE_TTL_S = 8.0
@@ -160,7 +161,6 @@ class Relay:
         self._random_unit = random_unit
         self._stopping = threading.Event()
         self._stop_reason = ""
-        self._waiting = False
         self._store_ok = False
         self._outage: str | None = None
         self._next_due_in: float | None = None
@@ -168,6 +168,7 @@ class Relay:
         self._lease_deadline = 0.0  # monotonic; past it, this relay may not publish
         self._next_heartbeat = 0.0
         self._empty_polls = 0
+        self._wakeup = WakeUp(batch_size=settings.batch_size)
         self.last_iteration = time.monotonic()
 
     def stop(self, reason: str = "requested") -> None:
@@ -234,22 +235,19 @@ class Relay:
             result = self.run_batch()
             self.last_iteration = time.monotonic()
             self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
+            step = self._wakeup.after_claim(result.claimed)
             if result.claimed:
-                # Keep claiming until a claim comes back empty, with the flag down: while
-                # rows keep arriving, producers do not pay for NOTIFY (it serialises
-                # their commits) and this loop finds their rows by itself.
                 self._empty_polls = 0
-                if self._waiting:
-                    self._next_due_in = self._store.set_waiting(False)
-                    self._waiting = False
-                continue
-            if not self._waiting:
-                # Raise the flag, then look once more: a row committed before the flag
-                # was visible sent no NOTIFY, but this claim sees it.
+            if step is Step.LOWER_FLAG:
+                self._next_due_in = self._store.set_waiting(False)
+            elif step is Step.RAISE_FLAG:
+                # Then look once more: a row committed before the flag was visible sent
+                # no NOTIFY, but the next claim sees it.
                 self._next_due_in = self._store.set_waiting(True)
-                self._waiting = True
-                continue
-            self._sleep()
+            elif step is Step.POLL:
+                self._publisher.wait(BUSY_POLL_S)
+            elif step is Step.SLEEP:
+                self._sleep()
 
     def _sleep(self) -> None:
         """Wait for a NOTIFY, the next scheduled row, or the backstop poll.
@@ -307,7 +305,7 @@ class Relay:
         if not self._store_ok:
             self._store.connect()
             self._store_ok = True
-            self._waiting = False
+            self._wakeup.flag_lost()
             self._next_heartbeat = 0.0
         if not self._publisher.connected:
             self._publisher.connect()

@@ -1,0 +1,76 @@
+"""When a relay asks producers for a NOTIFY, and when it looks for new rows by itself. Pure.
+
+A producer whose insert sees the relay's wake-up flag raised sends a NOTIFY, and NOTIFY
+serialises committers (DESIGN.md, "Wake-up"). At a few messages a second that costs
+nothing and wakes the relay within a millisecond; under load it halves producer
+throughput. So the flag follows the load:
+
+- Flag up (the relay waits for NOTIFY): a claim that finds only a few rows leaves it up
+  and the relay sleeps again; the next insert wakes it. A claim that finds more than a
+  few rows means producers are busy: the relay lowers the flag and claims again.
+- Flag down (the relay polls): it claims again at once while claims come back full
+  enough, and every ``poll_s`` while they come back empty or small. Only after
+  ``quiet_claims`` such claims in a row does it raise the flag again.
+
+Without this hysteresis a relay that keeps up with busy producers empties the table on
+every claim, raises the flag, and has producers notify for every commit until its next
+claim (measured: producers at 0.46 x the same transaction without an outbox row).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+# A claim of at least this many rows means producers are busy (at the relay's cycle of
+# one to two milliseconds, a few thousand messages a second).
+BUSY_CLAIM_ROWS = 4
+# While polling, the pause after a claim that found nothing.
+BUSY_POLL_S = 0.001
+# Small or empty claims in a row, while polling, before the relay raises the flag.
+QUIET_CLAIMS = 8
+
+
+class Step(enum.Enum):
+    CLAIM = "claim"  # claim again at once
+    POLL = "poll"  # pause BUSY_POLL_S with the flag down, then claim
+    LOWER_FLAG = "lower_flag"  # lower the flag, then claim again
+    RAISE_FLAG = "raise_flag"  # raise the flag, then claim once more (the final check)
+    SLEEP = "sleep"  # wait for a NOTIFY, the next scheduled row or the backstop poll
+
+
+@dataclass
+class WakeUp:
+    """Decides the relay's next step from the size of each claim."""
+
+    batch_size: int
+    busy_claim_rows: int = BUSY_CLAIM_ROWS
+    quiet_claims: int = QUIET_CLAIMS
+    waiting: bool = False  # whether the flag is up
+    _quiet: int = 0
+
+    def after_claim(self, claimed: int) -> Step:
+        """The next step after a claim that found ``claimed`` rows. A step that moves the
+        flag is taken as done; when the store fails instead, its reconnect calls
+        :meth:`flag_lost`."""
+        busy = claimed >= min(self.busy_claim_rows, self.batch_size)
+        if self.waiting:
+            if busy:
+                self.waiting = False
+                self._quiet = 0
+                return Step.LOWER_FLAG
+            return Step.SLEEP
+        if busy:
+            self._quiet = 0
+            return Step.CLAIM
+        self._quiet += 1
+        if self._quiet >= self.quiet_claims:
+            self.waiting = True
+            self._quiet = 0
+            return Step.RAISE_FLAG
+        return Step.CLAIM if claimed else Step.POLL
+
+    def flag_lost(self) -> None:
+        """The flag's session is gone (a reconnect): it is down, start over polling."""
+        self.waiting = False
+        self._quiet = 0

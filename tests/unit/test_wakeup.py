@@ -1,0 +1,76 @@
+"""The wake-up hysteresis: when the relay asks for NOTIFY and when it polls."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from outbox_relay.wakeup import QUIET_CLAIMS, Step, WakeUp
+
+
+def steps(policy: WakeUp, claims: list[int]) -> list[Step]:
+    return [policy.after_claim(n) for n in claims]
+
+
+class TestWakeUp:
+    def test_an_idle_relay_polls_briefly_then_raises_the_flag_and_sleeps(self) -> None:
+        policy = WakeUp(batch_size=500)
+        assert steps(policy, [0] * QUIET_CLAIMS) == [Step.POLL] * (QUIET_CLAIMS - 1) + [
+            Step.RAISE_FLAG
+        ]
+        assert policy.waiting
+        assert steps(policy, [0, 0]) == [Step.SLEEP, Step.SLEEP]
+
+    def test_a_trickle_keeps_the_flag_up(self) -> None:
+        # A few messages a second: each NOTIFY wakes the relay, which finds one row.
+        policy = WakeUp(batch_size=500, waiting=True)
+        assert steps(policy, [1, 0, 2, 1, 3, 0]) == [Step.SLEEP] * 6
+        assert policy.waiting
+
+    def test_busy_producers_get_the_flag_lowered_and_kept_down(self) -> None:
+        policy = WakeUp(batch_size=500, waiting=True)
+        assert policy.after_claim(12) is Step.LOWER_FLAG
+        # Rows keep coming; short gaps (a few empty polls) do not raise the flag.
+        pattern = [9, 0, 0, 14, 1, 0, 7] * 20
+        assert Step.RAISE_FLAG not in steps(policy, pattern)
+        assert not policy.waiting
+
+    def test_the_flag_goes_up_once_claims_stay_small(self) -> None:
+        policy = WakeUp(batch_size=500)
+        assert steps(policy, [50, 1, 0, 2, 0]) == [
+            Step.CLAIM,
+            Step.CLAIM,
+            Step.POLL,
+            Step.CLAIM,
+            Step.POLL,
+        ]
+        rest = steps(policy, [0] * (QUIET_CLAIMS - 4))
+        assert rest == [Step.POLL] * (QUIET_CLAIMS - 5) + [Step.RAISE_FLAG]
+
+    def test_a_full_small_batch_counts_as_busy(self) -> None:
+        policy = WakeUp(batch_size=2, waiting=True)
+        assert policy.after_claim(2) is Step.LOWER_FLAG
+        assert policy.after_claim(2) is Step.CLAIM
+
+    def test_a_lost_flag_starts_over_polling(self) -> None:
+        policy = WakeUp(batch_size=500, waiting=True)
+        policy.flag_lost()
+        assert policy.after_claim(0) is Step.POLL
+
+    @given(st.lists(st.integers(min_value=0, max_value=500), max_size=200))
+    def test_the_flag_moves_only_one_way_at_a_time(self, claims: list[int]) -> None:
+        policy = WakeUp(batch_size=500)
+        up = False
+        for n in claims:
+            step = policy.after_claim(n)
+            if step is Step.RAISE_FLAG:
+                assert not up
+                up = True
+            elif step is Step.LOWER_FLAG:
+                assert up
+                up = False
+            elif step is Step.SLEEP:
+                assert up, "the relay sleeps only with the flag up, or nothing would wake it"
+            else:
+                assert not up, "the relay polls only with the flag down"
+            assert policy.waiting == up
