@@ -16,6 +16,7 @@ from outbox_relay.errors import (
     StoreUnavailableError,
     TopologyError,
 )
+from outbox_relay.message import Limits
 from outbox_relay.producer import Message, publish, publish_async, publish_many, publish_many_async
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "BrokerUnavailableError",
     "ConfigurationError",
     "InvalidMessageError",
+    "Limits",
     "Message",
     "OutboxRelayError",
     "StoreError",

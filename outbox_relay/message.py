@@ -25,9 +25,42 @@ MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # RabbitMQ's own default max_message_size 
 MAX_HEADER_COUNT = 100
 MAX_SHORT_STRING_BYTES = 255  # AMQP shortstr: header names, content type
 MAX_HEADERS_JSON_BYTES = 64 * 1024
+# RabbitMQ refuses any message over 512 MiB whatever max_message_size says.
+BROKER_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
 # Header names the consumer SDK owns (attempt count, error details): a producer may not set them.
 RESERVED_HEADER_PREFIXES = ("outbox-",)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What ``publish`` accepts, checked before anything is written.
+
+    The defaults suit RabbitMQ's defaults: raise ``max_payload_bytes`` together with the
+    broker's ``max_message_size`` (a message over it closes the relay's channel and the
+    row fails at the broker instead of at ``publish``).
+    """
+
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    max_header_count: int = MAX_HEADER_COUNT
+    max_headers_json_bytes: int = MAX_HEADERS_JSON_BYTES
+
+    def __post_init__(self) -> None:
+        for name, value, ceiling in (
+            ("max_payload_bytes", self.max_payload_bytes, BROKER_MAX_MESSAGE_BYTES),
+            ("max_header_count", self.max_header_count, None),
+            ("max_headers_json_bytes", self.max_headers_json_bytes, None),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Limits.{name}: expected a positive int, got {value!r}")
+            if ceiling is not None and value > ceiling:
+                raise ValueError(
+                    f"Limits.{name}: {value} is over the {ceiling} bytes RabbitMQ accepts "
+                    "in one message"
+                )
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +103,7 @@ def new_message(
     partition_key: str | None = None,
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> NewMessage:
     """Validate the arguments of ``publish`` and encode the payload.
 
@@ -77,20 +111,22 @@ def new_message(
     """
     _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=False)
     _check_name("routing_key", routing_key, MAX_ROUTING_KEY_BYTES, allow_empty=True)
-    body, ctype = encode_payload(payload, content_type)
+    body, ctype = encode_payload(payload, content_type, limits)
     return NewMessage(
         message_id=_message_id(message_id),
         exchange=exchange,
         routing_key=routing_key,
         payload=body,
         content_type=ctype,
-        headers_json=encode_headers(headers),
+        headers_json=encode_headers(headers, limits),
         partition_key=_partition_key(partition_key),
         delay_s=delay_seconds(delay),
     )
 
 
-def encode_payload(payload: object, content_type: str | None) -> tuple[bytes, str]:
+def encode_payload(
+    payload: object, content_type: str | None, limits: Limits = DEFAULT_LIMITS
+) -> tuple[bytes, str]:
     """Bytes pass through with their content type; anything else is encoded as JSON."""
     if isinstance(payload, (bytes, bytearray, memoryview)):
         body = bytes(payload)
@@ -115,15 +151,16 @@ def encode_payload(payload: object, content_type: str | None) -> tuple[bytes, st
         raise InvalidMessageError(
             f"content_type: {ctype!r} is not a usable MIME type; pass e.g. 'text/plain'"
         )
-    if len(body) > MAX_PAYLOAD_BYTES:
+    if len(body) > limits.max_payload_bytes:
         raise InvalidMessageError(
-            f"payload: {len(body)} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit; store "
-            "large data elsewhere and publish a reference to it"
+            f"payload: {len(body)} bytes exceeds the {limits.max_payload_bytes}-byte limit; "
+            "store large data elsewhere and publish a reference to it (or raise "
+            "Limits.max_payload_bytes along with the broker's max_message_size)"
         )
     return body, ctype
 
 
-def encode_headers(headers: Mapping[str, object] | None) -> str:
+def encode_headers(headers: Mapping[str, object] | None, limits: Limits = DEFAULT_LIMITS) -> str:
     """Headers as JSON text for the jsonb column; keys are str, values JSON-representable."""
     if headers is None:
         return "{}"
@@ -131,9 +168,10 @@ def encode_headers(headers: Mapping[str, object] | None) -> str:
         raise InvalidMessageError(
             f"headers: expected a dict of str to values, got {type(headers).__name__}"
         )
-    if len(headers) > MAX_HEADER_COUNT:
+    if len(headers) > limits.max_header_count:
         raise InvalidMessageError(
-            f"headers: {len(headers)} headers exceed the limit of {MAX_HEADER_COUNT}"
+            f"headers: {len(headers)} headers exceed the limit of {limits.max_header_count} "
+            "(Limits.max_header_count)"
         )
     for key in headers:
         if not isinstance(key, str) or not key:
@@ -145,10 +183,11 @@ def encode_headers(headers: Mapping[str, object] | None) -> str:
             )
     _check_header_table("", headers)
     text = json.dumps(headers, separators=(",", ":"), ensure_ascii=False)
-    if len(text.encode("utf-8")) > MAX_HEADERS_JSON_BYTES:
+    size = len(text.encode("utf-8"))
+    if size > limits.max_headers_json_bytes:
         raise InvalidMessageError(
-            f"headers: {len(text)} bytes of headers exceed the {MAX_HEADERS_JSON_BYTES}-byte "
-            "limit; put large data in the payload"
+            f"headers: {size} bytes of headers exceed the {limits.max_headers_json_bytes}-byte "
+            "limit (Limits.max_headers_json_bytes); put large data in the payload"
         )
     return text
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from outbox_relay.errors import InvalidMessageError
-from outbox_relay.message import NewMessage, new_message
+from outbox_relay.message import DEFAULT_LIMITS, Limits, NewMessage, new_message
 from outbox_relay.store import writer
 from outbox_relay.store.sqlfiles import validate_schema_name
 from outbox_relay.tracing import with_trace_context
@@ -50,6 +50,7 @@ def publish(
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> uuid.UUID:
     """Insert one message into ``<schema>.outbox`` in the transaction open on ``conn``.
 
@@ -57,8 +58,10 @@ def publish(
     ``Connection`` on the psycopg driver. ``payload`` is a JSON-serialisable object, or
     bytes with ``content_type``. ``partition_key`` orders messages: rows with the same
     key are published in the order they were written. ``delay`` (seconds or a
-    timedelta) holds the message back. Returns the message id (a time-ordered UUID
-    unless one is given). Raises :class:`InvalidMessageError` before writing anything.
+    timedelta) holds the message back. ``limits`` bounds the payload and headers
+    (:class:`Limits`; the defaults suit RabbitMQ's). Returns the message id (a
+    time-ordered UUID unless one is given). Raises :class:`InvalidMessageError` before
+    writing anything.
     """
     message = new_message(
         exchange=exchange,
@@ -69,16 +72,21 @@ def publish(
         partition_key=partition_key,
         delay=delay,
         content_type=content_type,
+        limits=limits,
     )
     _write(conn, [message], schema=schema)
     return message.message_id
 
 
 def publish_many(
-    conn: object, messages: Iterable[Message], *, schema: str = DEFAULT_SCHEMA
+    conn: object,
+    messages: Iterable[Message],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[uuid.UUID]:
     """Insert several messages in one round trip; all are validated before any is written."""
-    built = _build_all(messages)
+    built = _build_all(messages, limits)
     if built:
         _write(conn, built, schema=schema)
     return [m.message_id for m in built]
@@ -96,6 +104,7 @@ async def publish_async(
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> uuid.UUID:
     """:func:`publish` for psycopg ``AsyncConnection``/``AsyncCursor`` and SQLAlchemy's
     ``AsyncSession``/``AsyncConnection``."""
@@ -108,22 +117,27 @@ async def publish_async(
         partition_key=partition_key,
         delay=delay,
         content_type=content_type,
+        limits=limits,
     )
     await _write_async(conn, [message], schema=schema)
     return message.message_id
 
 
 async def publish_many_async(
-    conn: object, messages: Iterable[Message], *, schema: str = DEFAULT_SCHEMA
+    conn: object,
+    messages: Iterable[Message],
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[uuid.UUID]:
     """:func:`publish_many` for async connections."""
-    built = _build_all(messages)
+    built = _build_all(messages, limits)
     if built:
         await _write_async(conn, built, schema=schema)
     return [m.message_id for m in built]
 
 
-def _build_all(messages: Iterable[Message]) -> list[NewMessage]:
+def _build_all(messages: Iterable[Message], limits: Limits) -> list[NewMessage]:
     built = []
     for index, message in enumerate(messages):
         if not isinstance(message, Message):
@@ -141,6 +155,7 @@ def _build_all(messages: Iterable[Message]) -> list[NewMessage]:
                     partition_key=message.partition_key,
                     delay=message.delay,
                     content_type=message.content_type,
+                    limits=limits,
                 )
             )
         except InvalidMessageError as exc:

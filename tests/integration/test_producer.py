@@ -67,9 +67,54 @@ def test_bad_input_raises_before_anything_is_written(database_url: str, schema: 
                 ],
                 schema=schema,
             )
+        tight = outbox_relay.Limits(max_payload_bytes=8)
+        with pytest.raises(InvalidMessageError, match="max_payload_bytes"):
+            outbox_relay.publish(
+                conn,
+                exchange="o",
+                routing_key="a",
+                payload=b"9 bytes!!",
+                schema=schema,
+                limits=tight,
+            )
+        with pytest.raises(InvalidMessageError, match=r"messages\[0\]: payload"):
+            outbox_relay.publish_many(
+                conn,
+                [Message(exchange="o", routing_key="a", payload=b"9 bytes!!")],
+                schema=schema,
+                limits=tight,
+            )
         # the transaction is still healthy and holds only the good row
         conn.commit()
     assert count(database_url, schema) == 1
+
+
+def test_one_message_and_a_batch_write_the_same_row(database_url: str, schema: str) -> None:
+    arguments = {
+        "exchange": "orders",
+        "routing_key": "order.paid",
+        "payload": b"\x00\xffbinary",
+        "content_type": "application/x-custom",
+        "headers": {"tenant": "t1", "n": [1, 2]},
+        "partition_key": "order-7",
+        "delay": 30,
+    }
+    plain = {**arguments, "delay": None, "headers": None, "partition_key": None}
+    with psycopg.connect(database_url) as conn:
+        for message in (arguments, plain):
+            outbox_relay.publish(conn, schema=schema, **message)  # type: ignore[arg-type]
+            outbox_relay.publish_many(conn, [Message(**message)], schema=schema)  # type: ignore[arg-type]
+        conn.commit()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT exchange, routing_key, payload, content_type, headers, partition_key,"
+                " round(extract(epoch FROM available_at - created_at)), attempts, dead_at"
+                " FROM {}.outbox ORDER BY id"
+            ).format(sql.Identifier(schema))
+        ).fetchall()
+    full = ("orders", "order.paid", b"\x00\xffbinary", "application/x-custom")
+    assert rows[0] == rows[1] == (*full, {"tenant": "t1", "n": [1, 2]}, "order-7", 30, 0, None)
+    assert rows[2] == rows[3] == (*full, {}, None, 0, 0, None)
 
 
 def test_autocommit_outside_a_transaction_is_refused(database_url: str, schema: str) -> None:

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.message import (
+    BROKER_MAX_MESSAGE_BYTES,
     MAX_PAYLOAD_BYTES,
+    Limits,
     OutboxRow,
     amqp_problem,
     delay_seconds,
@@ -92,6 +94,34 @@ class TestNewMessage:
             build(**overrides)
         assert str(info.value).startswith(names), str(info.value)
         assert isinstance(info.value, ValueError)
+
+    def test_limits_can_be_raised_and_lowered(self) -> None:
+        big = b"x" * (MAX_PAYLOAD_BYTES + 1)
+        assert build(payload=big, limits=Limits(max_payload_bytes=len(big))).payload == big
+        tight = Limits(max_payload_bytes=10, max_header_count=1, max_headers_json_bytes=20)
+        for overrides, names, limit in (
+            ({"payload": b"x" * 11}, "payload", "Limits.max_payload_bytes"),
+            ({"headers": {"a": 1, "b": 2}}, "headers", "Limits.max_header_count"),
+            ({"headers": {"a": "y" * 30}}, "headers", "Limits.max_headers_json_bytes"),
+        ):
+            with pytest.raises(InvalidMessageError) as info:
+                build(limits=tight, **overrides)
+            assert str(info.value).startswith(names)
+            assert limit in str(info.value)
+
+    @pytest.mark.parametrize(
+        "arguments",
+        [
+            {"max_payload_bytes": 0},
+            {"max_header_count": -1},
+            {"max_headers_json_bytes": 1.5},
+            {"max_payload_bytes": True},
+            {"max_payload_bytes": BROKER_MAX_MESSAGE_BYTES + 1},
+        ],
+    )
+    def test_limits_refuse_values_that_make_no_sense(self, arguments: dict[str, object]) -> None:
+        with pytest.raises(ValueError, match=f"Limits.{next(iter(arguments))}"):
+            Limits(**arguments)  # type: ignore[arg-type]
 
     def test_delay_accepts_seconds_and_timedeltas(self) -> None:
         assert build(delay=dt.timedelta(minutes=1)).delay_s == 60.0
