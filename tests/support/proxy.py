@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-import ssl
 import threading
 
 
@@ -41,11 +40,6 @@ class TcpProxy:
                 client.close()
                 continue
             try:
-                client = self._wrap(client)
-            except OSError:  # a refused TLS handshake among them
-                client.close()
-                continue
-            try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 client.close()
@@ -54,17 +48,11 @@ class TcpProxy:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
-    def _wrap(self, client: socket.socket) -> socket.socket:
-        return client
-
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
         try:
             while not self._closed.is_set():
-                # TLS may hold decrypted bytes that select() cannot see.
-                readable = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
-                if not readable:
-                    readable, _, _ = select.select([a, b], [], [], 0.1)
+                readable, _, _ = select.select([a, b], [], [], 0.1)
                 if self.stalled.is_set():
                     continue
                 for sock in readable:
@@ -106,19 +94,3 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             self._listener.close()
         self._thread.join(2)
-
-
-class TlsProxy(TcpProxy):
-    """A TLS-terminating proxy: clients speak TLS to it (verified by ``context``, e.g. a
-    server certificate that requires a client certificate); it speaks plain TCP to the
-    service. Stands in for a broker's TLS listener without reconfiguring the broker."""
-
-    def __init__(self, target_host: str, target_port: int, *, context: ssl.SSLContext) -> None:
-        self._context = context
-        super().__init__(target_host, target_port)
-
-    def _wrap(self, client: socket.socket) -> socket.socket:
-        client.settimeout(5)
-        tls = self._context.wrap_socket(client, server_side=True)
-        tls.settimeout(None)
-        return tls
