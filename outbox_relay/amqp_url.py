@@ -12,15 +12,17 @@ import ssl
 
 import pika
 
+from outbox_relay.dead_peer import DeadPeerTimings
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.urls import redact_url, scrub
 
 
-def url_parameters(url: str) -> pika.URLParameters:
-    """pika's parameters for ``url``; raises ConfigurationError naming what is wrong
-    (never the password)."""
+def url_parameters(url: str, *, dead_peer_timeout_s: float = 0.0) -> pika.URLParameters:
+    """pika's parameters for ``url``, with TCP keepalives and TCP_USER_TIMEOUT for the
+    dead-peer timeout unless the URL sets its own ``tcp_options``; raises
+    ConfigurationError naming what is wrong (never the password)."""
     try:
-        return pika.URLParameters(url)
+        params = pika.URLParameters(url)
     except OSError as exc:  # ssl_options names a file that cannot be loaded
         reason = exc.strerror or str(exc)
         raise ConfigurationError(
@@ -32,6 +34,10 @@ def url_parameters(url: str) -> pika.URLParameters:
             f"AMQP URL {redact_url(url)}: {scrub(str(exc), url)}; expected "
             "amqp[s]://user:password@host:port/vhost[?heartbeat=30&ssl_options={...}]"
         ) from None
+    timings = DeadPeerTimings.for_timeout(dead_peer_timeout_s)
+    if timings is not None and params.tcp_options is None:
+        params.tcp_options = timings.pika_tcp_options()
+    return params
 
 
 def describe_amqp_error(error: BaseException | None) -> str:

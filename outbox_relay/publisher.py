@@ -26,6 +26,7 @@ from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
 from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
 from outbox_relay.outcome import Outcome, Reason
@@ -131,10 +132,11 @@ class Publisher:
         url: str,
         confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self._url = url
-        self._params = url_parameters(url)
+        self._params = url_parameters(url, dead_peer_timeout_s=dead_peer_timeout_s)
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop

@@ -94,7 +94,9 @@ class Runner:
         self._app = app
         self._settings = settings
         self._handlers = list(app.handlers)
-        self._params = url_parameters(settings.amqp_url)
+        self._params = url_parameters(
+            settings.amqp_url, dead_peer_timeout_s=settings.dead_peer_timeout_s
+        )
         self._stopping = threading.Event()
         self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self._generation = 0
@@ -119,6 +121,7 @@ class Runner:
                     url=url,
                     schema=settings.schema,
                     application_name=f"outbox-relay consumer {settings.name}",
+                    dead_peer_timeout_s=settings.dead_peer_timeout_s,
                 )
                 if url and any(h.uses_db for h in self._handlers)
                 else None
