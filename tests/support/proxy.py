@@ -12,12 +12,22 @@ class TcpProxy:
     """Listens on 127.0.0.1:<ephemeral> and forwards to ``target``.
 
     ``accepting = False`` refuses new connections (the service looks down);
-    :meth:`cut` drops every open connection (a network cut); :meth:`close` stops it.
+    :meth:`cut` drops every open connection (a network cut); ``stalled`` set stops
+    reading and forwarding both ways (a peer that hangs); :meth:`close` stops it.
+
+    A stalled proxy's kernel still acknowledges what fits in its receive buffer, so the
+    client sees a stall at the TCP level only once that buffer is full and the window
+    closes. ``receive_buffer_bytes`` makes the buffer small (and fixed), so a client
+    that keeps sending meets the zero window within a few kilobytes.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, receive_buffer_bytes: int | None = None
+    ) -> None:
         self.target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        if receive_buffer_bytes is not None:  # accepted connections inherit it
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
         self.accepting = True
