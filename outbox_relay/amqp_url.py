@@ -8,17 +8,21 @@ and key, or another server name. See README ("TLS").
 
 from __future__ import annotations
 
+import ssl
+
 import pika
 
+from outbox_relay.dead_peer import DeadPeerTimings
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.urls import redact_url, scrub
 
 
-def url_parameters(url: str) -> pika.URLParameters:
-    """pika's parameters for ``url``; raises ConfigurationError naming what is wrong
-    (never the password)."""
+def url_parameters(url: str, *, dead_peer_timeout_s: float = 0.0) -> pika.URLParameters:
+    """pika's parameters for ``url``, with TCP keepalives and TCP_USER_TIMEOUT for the
+    dead-peer timeout unless the URL sets its own ``tcp_options``; raises
+    ConfigurationError naming what is wrong (never the password)."""
     try:
-        return pika.URLParameters(url)
+        params = pika.URLParameters(url)
     except OSError as exc:  # ssl_options names a file that cannot be loaded
         reason = exc.strerror or str(exc)
         raise ConfigurationError(
@@ -30,3 +34,70 @@ def url_parameters(url: str) -> pika.URLParameters:
             f"AMQP URL {redact_url(url)}: {scrub(str(exc), url)}; expected "
             "amqp[s]://user:password@host:port/vhost[?heartbeat=30&ssl_options={...}]"
         ) from None
+    timings = DeadPeerTimings.for_timeout(dead_peer_timeout_s)
+    if timings is not None and params.tcp_options is None:
+        params.tcp_options = timings.pika_tcp_options()
+    return params
+
+
+def describe_amqp_error(error: BaseException | None) -> str:
+    """What went wrong connecting to (or talking with) the broker, in words a person can
+    act on: the innermost cause pika wrapped, plus what to change when TLS refused."""
+    if error is None:
+        return "unknown reason"
+    error = _innermost(error)
+    code = getattr(error, "reply_code", None)
+    if code is not None:
+        return f"{code} {getattr(error, 'reply_text', None)}"
+    text = str(error) or type(error).__name__
+    advice = _tls_advice(error, text)
+    return f"{text}; {advice}" if advice else text
+
+
+def _tls_advice(error: BaseException, text: str) -> str | None:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        if "mismatch" in (error.verify_message or ""):
+            return (
+                "the broker's certificate does not name the URL's host: connect by a name "
+                "the certificate lists, or set server_hostname in ssl_options"
+            )
+        return (
+            "the broker's certificate is not trusted: point ssl_options ca_certs at the CA "
+            "file that signed it"
+        )
+    upper = text.upper()
+    if "CERTIFICATE_REQUIRED" in upper:
+        return "the broker requires a client certificate: set certfile and keyfile in ssl_options"
+    if "EOF OCCURRED IN VIOLATION OF PROTOCOL" in upper:
+        # TLS 1.3: a broker that refuses the client's certificate (or its absence) may
+        # close before the client has read its alert.
+        return (
+            "the broker ended the TLS session abruptly; when connecting, that is usually "
+            "a missing or untrusted client certificate: set certfile and keyfile in "
+            "ssl_options to one signed by a CA the broker trusts"
+        )
+    if "UNKNOWN_CA" in upper or "BAD_CERTIFICATE" in upper:
+        return (
+            "the broker refused the client certificate: use one signed by a CA the "
+            "broker trusts (its cacertfile)"
+        )
+    return None
+
+
+def _innermost(error: BaseException) -> BaseException:
+    """pika wraps what went wrong (refused, TLS verification, a handshake) in connection
+    workflow errors whose own text is empty or generic: find the cause a person can act on."""
+    while True:
+        exceptions = getattr(error, "exceptions", None)  # AMQPConnectionWorkflowFailed
+        wrapped = getattr(error, "exception", None)  # AMQPConnector*Error
+        if exceptions:
+            candidate = exceptions[-1]
+        elif wrapped is not None:
+            candidate = wrapped
+        elif error.args:  # AMQPConnectionError(<workflow error>)
+            candidate = error.args[0]
+        else:
+            return error
+        if not isinstance(candidate, BaseException):
+            return error
+        error = candidate

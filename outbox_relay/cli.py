@@ -247,6 +247,17 @@ def _grant(value: str) -> tuple[str, str]:
     show_envvar=True,
     help="Seconds a keyed row waits at the order gate at most before it is published anyway.",
 )
+@click.option(
+    "--dead-peer-timeout",
+    envvar="OUTBOX_RELAY_DEAD_PEER_TIMEOUT",
+    type=float,
+    default=None,
+    show_envvar=True,
+    help="Seconds after which a silent or unresponsive connection to PostgreSQL or "
+    "RabbitMQ counts as dead (TCP keepalives and TCP_USER_TIMEOUT); 0 leaves the "
+    "operating system's defaults. Default: --lease-ttl, since a relay cut off that long has lost "
+    "its partitions anyway.",
+)
 @http_options
 @logging_options
 def run(
@@ -263,6 +274,7 @@ def run(
     heartbeat_interval: float,
     order_gate: bool,
     order_gate_max_wait: float,
+    dead_peer_timeout: float | None,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -283,6 +295,7 @@ def run(
             heartbeat_interval_s=heartbeat_interval,
         ),
         confirm_timeout_s=confirm_timeout,
+        dead_peer_timeout_s=lease_ttl if dead_peer_timeout is None else dead_peer_timeout,
     )
     relay: Relay | None = None
 
@@ -302,10 +315,12 @@ def run(
             lease_ttl_s=settings.relay.lease_ttl_s,
             order_gate=order_gate,
             order_gate_max_wait_s=order_gate_max_wait,
+            dead_peer_timeout_s=settings.dead_peer_timeout_s,
         ),
         publisher=Publisher(
             url=settings.amqp_url,
             confirm_timeout_s=settings.confirm_timeout_s,
+            dead_peer_timeout_s=settings.dead_peer_timeout_s,
             should_stop=should_stop,
         ),
         settings=settings.relay,

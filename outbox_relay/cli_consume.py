@@ -81,6 +81,16 @@ def load_app(spec: str) -> ConsumerApp:
     show_envvar=True,
     help="Seconds in-flight handlers get to finish on SIGTERM.",
 )
+@click.option(
+    "--dead-peer-timeout",
+    envvar="OUTBOX_RELAY_DEAD_PEER_TIMEOUT",
+    default=None,  # None: the app's value
+    type=float,
+    show_envvar=True,
+    help="Seconds after which a silent or unresponsive connection to PostgreSQL or "
+    "RabbitMQ counts as dead (TCP keepalives and TCP_USER_TIMEOUT); 0 leaves the "
+    "operating system's defaults. Default: 30.",
+)
 @http_options
 @logging_options
 def consume(
@@ -90,6 +100,7 @@ def consume(
     schema: str | None,
     concurrency: int | None,
     shutdown_grace: float | None,
+    dead_peer_timeout: float | None,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -108,6 +119,7 @@ def consume(
         "schema": schema,
         "concurrency": concurrency,
         "shutdown_grace_s": shutdown_grace,
+        "dead_peer_timeout_s": dead_peer_timeout,
         "http_port": http_port,
         "http_host": http_host,
     }

@@ -25,7 +25,8 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
-from outbox_relay.amqp_url import url_parameters
+from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
 from outbox_relay.outcome import Outcome, Reason
@@ -131,10 +132,11 @@ class Publisher:
         url: str,
         confirm_timeout_s: float = CONFIRM_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
         self._url = url
-        self._params = url_parameters(url)
+        self._params = url_parameters(url, dead_peer_timeout_s=dead_peer_timeout_s)
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop
@@ -173,7 +175,7 @@ class Publisher:
                 on_close_callback=self._on_connection_closed,
             )
         except pika.exceptions.AMQPError as exc:
-            raise BrokerUnavailableError(self._describe(exc)) from exc
+            raise BrokerUnavailableError(describe_amqp_error(exc)) from exc
         self._conn = conn
         conn.add_on_connection_blocked_callback(self._on_blocked)
         conn.add_on_connection_unblocked_callback(self._on_unblocked)
@@ -183,7 +185,7 @@ class Publisher:
         if self._conn_error is not None or not opened:
             error = self._conn_error
             self._discard_connection()
-            reason = self._describe(error) if error else "timed out"
+            reason = describe_amqp_error(error) if error else "timed out"
             raise BrokerUnavailableError(f"cannot connect to {redact_url(self._url)}: {reason}")
         self._open_channel()
         log.info("publisher.connected", url=redact_url(self._url))
@@ -232,13 +234,13 @@ class Publisher:
             self._connect_timeout_s,
         )
         if not ok or not ready:
-            reason = self._describe(self._channel_error or self._conn_error)
+            reason = describe_amqp_error(self._channel_error or self._conn_error)
             raise BrokerUnavailableError(f"cannot open a confirm-mode channel: {reason}")
 
     def _require_connection(self) -> pika.SelectConnection:
         if self._conn is None or self._conn_error is not None or not self._conn.is_open:
             raise BrokerUnavailableError(
-                f"not connected to {redact_url(self._url)}: {self._describe(self._conn_error)}"
+                f"not connected to {redact_url(self._url)}: {describe_amqp_error(self._conn_error)}"
             )
         return self._conn
 
@@ -330,7 +332,7 @@ class Publisher:
             log.info("publisher.confirms_resumed", waited_s=round(time.monotonic() - started, 1))
         if self._conn_error is not None or not done:
             if self._conn_error is not None:
-                reason = self._describe(self._conn_error)
+                reason = describe_amqp_error(self._conn_error)
             elif self._should_stop():
                 reason = "stopping while confirms were outstanding"
             elif self._deadline is not None and time.monotonic() >= self._deadline:
@@ -360,7 +362,7 @@ class Publisher:
         self._channel = None
         log.warning(
             "publisher.channel_closed",
-            reason=self._describe(error),
+            reason=describe_amqp_error(error),
             failed_rows=len(culprits),
             unsent_rows=len(unresolved) - len(culprits),
         )
@@ -384,7 +386,8 @@ class Publisher:
         first = unresolved[0]
         return {
             first.id: Outcome.failed(
-                f"the broker closed the channel: {self._describe(error)}", Reason.CHANNEL_CLOSED
+                f"the broker closed the channel: {describe_amqp_error(error)}",
+                Reason.CHANNEL_CLOSED,
             )
         }
 
@@ -426,7 +429,9 @@ class Publisher:
             lambda: bool(result) or self._conn_error is not None, self._connect_timeout_s
         )
         if self._conn_error is not None:
-            raise BrokerUnavailableError(f"connection lost: {self._describe(self._conn_error)}")
+            raise BrokerUnavailableError(
+                f"connection lost: {describe_amqp_error(self._conn_error)}"
+            )
         if probe and probe[0].is_open:
             probe[0].close()
         return bool(result) and result[0]
@@ -446,7 +451,9 @@ class Publisher:
             if wake_fd is not None and self._conn is not None:
                 self._conn.ioloop.remove_handler(wake_fd)
         if self._conn_error is not None:
-            raise BrokerUnavailableError(f"connection lost: {self._describe(self._conn_error)}")
+            raise BrokerUnavailableError(
+                f"connection lost: {describe_amqp_error(self._conn_error)}"
+            )
         return self._fd_ready
 
     def _on_fd_readable(self, _fd: int, _events: int) -> None:
@@ -552,33 +559,3 @@ class Publisher:
                 ack=isinstance(method, Basic.Ack),
             )
         self._check()
-
-    @staticmethod
-    def _describe(error: BaseException | None) -> str:
-        if error is None:
-            return "unknown reason"
-        error = _innermost(error)
-        code = getattr(error, "reply_code", None)
-        text = getattr(error, "reply_text", None)
-        if code is not None:
-            return f"{code} {text}"
-        return str(error) or type(error).__name__
-
-
-def _innermost(error: BaseException) -> BaseException:
-    """pika wraps what went wrong (refused, TLS verification, a handshake) in connection
-    workflow errors whose own text is empty or generic: find the cause a person can act on."""
-    while True:
-        exceptions = getattr(error, "exceptions", None)  # AMQPConnectionWorkflowFailed
-        wrapped = getattr(error, "exception", None)  # AMQPConnector*Error
-        if exceptions:
-            candidate = exceptions[-1]
-        elif wrapped is not None:
-            candidate = wrapped
-        elif error.args:  # AMQPConnectionError(<workflow error>)
-            candidate = error.args[0]
-        else:
-            return error
-        if not isinstance(candidate, BaseException):
-            return error
-        error = candidate

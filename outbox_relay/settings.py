@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_RULE, usable_dead_peer_timeout
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
 from outbox_relay.store.sqlfiles import validate_schema_name
@@ -45,6 +46,7 @@ class RunSettings:
     schema: str
     relay: RelaySettings
     confirm_timeout_s: float
+    dead_peer_timeout_s: float
 
     def __post_init__(self) -> None:
         try:
@@ -70,6 +72,10 @@ class RunSettings:
             (relay.poll_interval_s > 0, "--poll-interval must be positive"),
             (relay.max_attempts >= 1, "--max-attempts must be at least 1"),
             (self.confirm_timeout_s > 0, "--confirm-timeout must be positive"),
+            (
+                usable_dead_peer_timeout(self.dead_peer_timeout_s),
+                f"--dead-peer-timeout {DEAD_PEER_TIMEOUT_RULE}",
+            ),
             (relay.retry_base_s > 0, "--retry-base must be positive"),
             (
                 relay.retry_max_s >= relay.retry_base_s,

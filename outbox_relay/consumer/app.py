@@ -16,6 +16,11 @@ from typing import Any, TypeVar
 from outbox_relay.consumer.declare import queue_spec, retry_route
 from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
+from outbox_relay.dead_peer import (
+    DEAD_PEER_TIMEOUT_RULE,
+    DEAD_PEER_TIMEOUT_S,
+    usable_dead_peer_timeout,
+)
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.store.sqlfiles import validate_schema_name
 from outbox_relay.topology import QueueSpec
@@ -76,6 +81,7 @@ class ConsumerSettings:
     inbox_retention_s: float = INBOX_RETENTION_S
     inbox_purge_interval_s: float = INBOX_PURGE_INTERVAL_S
     reconnect_max_s: float = 30.0
+    dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S
     http_port: int = 0  # serve /healthz, /readyz and /metrics here; 0: no endpoints
     http_host: str = HTTP_HOST
 
@@ -93,6 +99,10 @@ class ConsumerSettings:
             (self.inbox_purge_interval_s > 0, "inbox_purge_interval must be positive"),
             (0 <= self.http_port <= 65535, "http_port must be 0 (off) or a TCP port"),
             (self.amqp_url.startswith(("amqp://", "amqps://")), "amqp_url: expected amqp://..."),
+            (
+                usable_dead_peer_timeout(self.dead_peer_timeout_s),
+                f"dead_peer_timeout {DEAD_PEER_TIMEOUT_RULE}",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -35,6 +35,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
+from outbox_relay.amqp_url import describe_amqp_error, url_parameters
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
 from outbox_relay.consumer.failure import destination, failure_headers
@@ -93,7 +94,9 @@ class Runner:
         self._app = app
         self._settings = settings
         self._handlers = list(app.handlers)
-        self._params = pika.URLParameters(settings.amqp_url)
+        self._params = url_parameters(
+            settings.amqp_url, dead_peer_timeout_s=settings.dead_peer_timeout_s
+        )
         self._stopping = threading.Event()
         self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self._generation = 0
@@ -118,6 +121,7 @@ class Runner:
                     url=url,
                     schema=settings.schema,
                     application_name=f"outbox-relay consumer {settings.name}",
+                    dead_peer_timeout_s=settings.dead_peer_timeout_s,
                 )
                 if url and any(h.uses_db for h in self._handlers)
                 else None
@@ -255,7 +259,8 @@ class Runner:
             self._drain(conn, channel, tags)
         except (pika.exceptions.AMQPError, OSError) as exc:
             raise BrokerUnavailableError(
-                f"lost the connection to {redact_url(self._settings.amqp_url)}: {exc!r}"
+                f"lost the connection to {redact_url(self._settings.amqp_url)}: "
+                f"{describe_amqp_error(exc)}"
             ) from exc
         finally:
             self._discard_connection()

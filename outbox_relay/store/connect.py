@@ -9,14 +9,11 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S, DeadPeerTimings
 from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.urls import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 5
-# TCP keepalives notice a dead peer on an idle connection (the LISTEN one idles for long).
-KEEPALIVES_IDLE_S = 10
-KEEPALIVES_INTERVAL_S = 5
-KEEPALIVES_COUNT = 3
 
 
 def application_name_in(url: str) -> str | None:
@@ -30,9 +27,14 @@ def application_name_in(url: str) -> str | None:
 
 
 def connect(
-    url: str, *, autocommit: bool, application_name: str
+    url: str,
+    *,
+    autocommit: bool,
+    application_name: str,
+    dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
 ) -> psycopg.Connection[tuple[Any, ...]]:
-    """A connection with a connect timeout and TCP keepalives; raises StoreUnavailableError.
+    """A connection with a connect timeout, TCP keepalives and TCP_USER_TIMEOUT (see
+    :mod:`outbox_relay.dead_peer`); raises StoreUnavailableError.
 
     libpq quotes the parts of a connection string it cannot parse, so the error is
     scrubbed of the password before it goes anywhere.
@@ -44,10 +46,7 @@ def connect(
                 autocommit=autocommit,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name=application_name,
-                keepalives=1,
-                keepalives_idle=KEEPALIVES_IDLE_S,
-                keepalives_interval=KEEPALIVES_INTERVAL_S,
-                keepalives_count=KEEPALIVES_COUNT,
+                **_dead_peer_parameters(url, dead_peer_timeout_s),
             )
     except StoreError as exc:
         message = scrub(str(exc), url)
@@ -55,6 +54,18 @@ def connect(
             raise
         # Drop the chain too: the driver's own exception still quotes the password.
         raise type(exc)(message) from None
+
+
+def _dead_peer_parameters(url: str, timeout_s: float) -> dict[str, Any]:
+    """libpq's keepalive parameters for ``timeout_s``, except those the URL sets itself."""
+    timings = DeadPeerTimings.for_timeout(timeout_s)
+    if timings is None:
+        return {}
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error:
+        given = {}  # connecting reports the malformed URL
+    return {key: value for key, value in timings.libpq_parameters().items() if key not in given}
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.store.connect import connect, translate_errors
 from outbox_relay.store.sqlfiles import Queries
@@ -26,8 +27,16 @@ PURGE_BATCH = 5_000
 class HandlerSession:
     """One connection (autocommit off) that runs handler transactions, one at a time."""
 
-    def __init__(self, *, url: str, schema: str, application_name: str) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        schema: str,
+        application_name: str,
+        dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
+    ) -> None:
         self._url = url
+        self._dead_peer_timeout_s = dead_peer_timeout_s
         self._schema = schema
         self._application_name = application_name
         self._q = Queries("consumer", schema=schema)
@@ -48,7 +57,10 @@ class HandlerSession:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
             self._conn = connect(
-                self._url, autocommit=False, application_name=self._application_name
+                self._url,
+                autocommit=False,
+                application_name=self._application_name,
+                dead_peer_timeout_s=self._dead_peer_timeout_s,
             )
             self._pid = self._conn.info.backend_pid
             # Rendered once: composing the quoted schema on every delivery costs more

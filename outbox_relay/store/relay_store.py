@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
@@ -39,8 +40,10 @@ class PostgresStore:
         order_gate: bool = False,
         order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S,
         application_name: str = "outbox-relay",
+        dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
     ) -> None:
         self._url = url
+        self._dead_peer_timeout_s = dead_peer_timeout_s
         self._schema = schema
         self.relay_id = relay_id
         self._lease_ttl_s = lease_ttl_s
@@ -65,9 +68,17 @@ class PostgresStore:
     def connect(self) -> None:
         """Open both connections and LISTEN; raises StoreUnavailableError."""
         self.close()
-        self._work = connect(self._url, autocommit=False, application_name=self._application_name)
+        self._work = connect(
+            self._url,
+            autocommit=False,
+            application_name=self._application_name,
+            dead_peer_timeout_s=self._dead_peer_timeout_s,
+        )
         self._listen = connect(
-            self._url, autocommit=True, application_name=f"{self._application_name} listener"
+            self._url,
+            autocommit=True,
+            application_name=f"{self._application_name} listener",
+            dead_peer_timeout_s=self._dead_peer_timeout_s,
         )
         with translate_errors(f"listening on schema {self._schema!r}"):
             self._listen.execute(

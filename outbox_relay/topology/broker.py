@@ -27,7 +27,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from outbox_relay.amqp_url import url_parameters
+from outbox_relay.amqp_url import describe_amqp_error, url_parameters
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
 from outbox_relay.topology.conflicts import (
     CannotAdoptError,
@@ -119,14 +119,16 @@ def _connect(amqp_url: str) -> Iterator[_Broker]:
     try:
         connection = pika.BlockingConnection(params)
     except pika.exceptions.AMQPError as exc:
-        raise BrokerUnavailableError(f"cannot connect to {redact_url(amqp_url)}: {exc!r}") from exc
+        raise BrokerUnavailableError(
+            f"cannot connect to {redact_url(amqp_url)}: {describe_amqp_error(exc)}"
+        ) from exc
     quiet = _QuietRefusals()
     _PIKA_CHANNEL_LOG.addFilter(quiet)
     try:
         yield _Broker(connection, vhost=str(params.virtual_host))
     except pika.exceptions.AMQPConnectionError as exc:
         raise BrokerUnavailableError(
-            f"lost the connection to {redact_url(amqp_url)}: {exc!r}"
+            f"lost the connection to {redact_url(amqp_url)}: {describe_amqp_error(exc)}"
         ) from exc
     except pika.exceptions.AMQPError as exc:
         raise BrokerError(f"RabbitMQ refused an operation: {exc!r}") from exc

@@ -90,13 +90,14 @@ def stalled_run(
     *,
     args: tuple[str, ...],
     stall: Callable[[RelayProcess], object],
+    receive_buffer_bytes: int | None = None,
 ) -> tuple[RelayProcess, Tally]:
     """Relay 6000 rows through a proxy that stalls, mid-batch, while ``stall`` runs."""
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
     total = 6000
     insert_rows(database_url, schema, exchange, range(total))
-    with broker_proxy(amqp_url) as (proxy, proxied):
+    with broker_proxy(amqp_url, receive_buffer_bytes=receive_buffer_bytes) as (proxy, proxied):
         relay = RelayProcess(
             database_url, proxied, schema, "--batch-size", str(BATCH), *args, log_dir=tmp_path
         )
@@ -167,6 +168,51 @@ def test_a_stall_longer_than_the_confirm_timeout_reconnects_and_resends_the_batc
     [outage] = relay.events("relay.broker_unavailable")
     assert "no confirms within 3 s" in outage["error"]
     assert relay.events("publisher.confirms_delayed")
+
+
+def test_a_hung_broker_is_found_dead_by_tcp_before_any_timeout_of_the_relays_own(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    """The broker stops reading mid-batch (a hung peer: its window closes) and stays so.
+    The confirm timeout (60 s) and the lease (30 s) are far off; TCP_USER_TIMEOUT (the
+    dead-peer timeout, 3 s) ends the connection, and the relay reconnects and delivers."""
+    waited: list[float] = []
+
+    def until_found_dead(relay: RelayProcess) -> None:
+        started = time.monotonic()
+        assert wait_for(lambda: relay.events("relay.broker_unavailable"), timeout_s=25)
+        waited.append(time.monotonic() - started)
+
+    relay, tally = stalled_run(
+        database_url,
+        amqp_url,
+        schema,
+        broker,
+        tmp_path,
+        args=(
+            "--dead-peer-timeout",
+            "3",
+            "--confirm-timeout",
+            "60",
+            "--lease-ttl",
+            "30",
+            "--heartbeat-interval",
+            "2",
+        ),
+        stall=until_found_dead,
+        receive_buffer_bytes=4096,
+    )
+    report_fault("broker hung (zero window), dead-peer timeout 3 s", tally)
+    assert not tally.lost
+    assert tally.duplicates <= BATCH
+    [outage] = relay.events("relay.broker_unavailable")
+    assert "timed out" in outage["error"], outage
+    assert waited[0] < 15, f"found dead after {waited[0]:.1f} s"
 
 
 @pytest.mark.faults

@@ -1,24 +1,32 @@
-"""TLS: amqps:// with a CA, a client certificate and host name verification; sslmode.
+"""TLS against RabbitMQ's own TLS listener: amqps:// with a CA, host name verification
+and client certificates, for the relay and the consumer; sslmode for PostgreSQL.
 
-The broker's TLS side is a TLS-terminating proxy in front of its plain port (signed by a
-throwaway CA), so the test needs no TLS listener on the shared broker.
+Each broker-side test runs against a TLS listener started on the test broker for this
+module (see tests/support/rabbit_tls.py), with a server certificate for DNS:localhost
+signed by a throwaway CA: one listener that asks for no client certificate, one that
+refuses clients without one (verify_peer, fail_if_no_peer_cert).
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import psycopg
 import pytest
 
 import outbox_relay
+from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.errors import BrokerUnavailableError, StoreUnavailableError
 from outbox_relay.publisher import Publisher
 from outbox_relay.store.connect import connect
 from tests.support.broker import BrokerHelper
-from tests.support.proxy import TlsProxy
+from tests.support.consumer import publish, running_consumer
+from tests.support.rabbit_tls import broker_tls_listener, tls_listener_ports
 from tests.support.relay import outbox_rows, running_relay, wait_for
 from tests.support.tls import Pki, make_pki
 
@@ -30,16 +38,20 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tls_port(pki: Pki, amqp_url: str) -> Iterator[int]:
-    target = urlsplit(amqp_url)
-    proxy = TlsProxy(
-        target.hostname or "127.0.0.1", target.port or 5672, context=pki.server_context()
-    )
-    try:
-        yield proxy.port
-    finally:
-        proxy.close()
+    """A TLS listener that verifies nothing of the client."""
+    with broker_tls_listener(amqp_url, pki, client_certificate_required=False) as port:
+        yield port
+    assert port not in tls_listener_ports()
+
+
+@pytest.fixture(scope="module")
+def mutual_tls_port(pki: Pki, amqp_url: str) -> Iterator[int]:
+    """A TLS listener that refuses clients without a certificate signed by the test CA."""
+    with broker_tls_listener(amqp_url, pki, client_certificate_required=True) as port:
+        yield port
+    assert port not in tls_listener_ports()
 
 
 def amqps_url(amqp_url: str, host: str, port: int, **ssl_options: Path | str) -> str:
@@ -49,19 +61,29 @@ def amqps_url(amqp_url: str, host: str, port: int, **ssl_options: Path | str) ->
     return f"amqps://{target.username}:{target.password}@{host}:{port}/%2F{query}"
 
 
-def test_the_relay_publishes_over_tls_with_a_client_certificate(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, pki: Pki, tls_port: int
-) -> None:
+def client_certificate(pki: Pki) -> dict[str, Path]:
+    return {"certfile": pki.client_cert, "keyfile": pki.client_key}
+
+
+def connect_error(url: str, *, starts: str) -> str:
+    """The error a relay's publisher reports when it cannot connect to ``url``: it names
+    the URL (``starts``), never its password."""
+    publisher = Publisher(url=url, connect_timeout_s=5)
+    try:
+        with pytest.raises(BrokerUnavailableError) as raised:
+            publisher.connect()
+    finally:
+        publisher.close()
+    message = str(raised.value)
+    assert message.startswith(f"cannot connect to {starts}/"), message
+    assert f":{urlsplit(url).password}@" not in message
+    return message
+
+
+def relay_rows(database_url: str, url: str, schema: str, broker: BrokerHelper) -> None:
+    """20 rows through a relay connected to ``url``; all arrive, none stay."""
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
-    url = amqps_url(
-        amqp_url,
-        "localhost",
-        tls_port,
-        ca_certs=pki.ca,
-        certfile=pki.client_cert,
-        keyfile=pki.client_key,
-    )
     with psycopg.connect(database_url) as conn:
         for n in range(20):
             outbox_relay.publish(
@@ -69,45 +91,79 @@ def test_the_relay_publishes_over_tls_with_a_client_certificate(
             )
         conn.commit()
     with running_relay(database_url, url, schema):
-        assert len(broker.drain(queue, expect=20)) == 20
+        got = broker.drain(queue, expect=20)
+        assert sorted(json.loads(m.body)["n"] for m in got) == list(range(20))
         assert wait_for(lambda: not outbox_rows(database_url, schema))
 
 
+def test_the_relay_publishes_to_the_brokers_tls_listener_verifying_it(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, pki: Pki, tls_port: int
+) -> None:
+    """amqps:// with the CA that signed the broker's certificate, by the name it carries."""
+    url = amqps_url(amqp_url, "localhost", tls_port, ca_certs=pki.ca)
+    relay_rows(database_url, url, schema, broker)
+
+
+def test_the_relay_publishes_with_a_client_certificate_where_one_is_required(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    pki: Pki,
+    mutual_tls_port: int,
+) -> None:
+    url = amqps_url(
+        amqp_url, "localhost", mutual_tls_port, ca_certs=pki.ca, **client_certificate(pki)
+    )
+    relay_rows(database_url, url, schema, broker)
+
+
 @pytest.mark.parametrize(
-    ("host", "options", "reason"),
+    ("host", "ca", "expected"),
     [
+        # A CA that signed none of the broker's certificates.
+        ("localhost", "other_ca", "point ssl_options ca_certs at the CA file that signed it"),
         # The certificate names DNS:localhost only: connecting by IP must fail.
-        ("127.0.0.1", {"certfile": "client_cert", "keyfile": "client_key"}, "IP address mismatch"),
-        # A broker certificate from a CA we do not trust.
-        (
-            "localhost",
-            {"ca": "other_ca", "certfile": "client_cert", "keyfile": "client_key"},
-            "certificate verify failed",
-        ),
+        ("127.0.0.1", "ca", "does not name the URL's host"),
     ],
 )
-def test_the_broker_certificate_is_verified(
-    amqp_url: str, pki: Pki, tls_port: int, host: str, options: dict[str, str], reason: str
+def test_a_broker_certificate_that_fails_verification_is_refused_saying_what_to_fix(
+    amqp_url: str, pki: Pki, tls_port: int, host: str, ca: str, expected: str
 ) -> None:
-    ca = getattr(pki, options.pop("ca", "ca"))
-    files = {key: getattr(pki, value) for key, value in options.items()}
-    publisher = Publisher(
-        url=amqps_url(amqp_url, host, tls_port, ca_certs=ca, **files), connect_timeout_s=5
-    )
-    with pytest.raises(BrokerUnavailableError, match=reason):
-        publisher.connect()
-    publisher.close()
+    url = amqps_url(amqp_url, host, tls_port, ca_certs=getattr(pki, ca))
+    message = connect_error(url, starts=f"amqps://guest:***@{host}:{tls_port}")
+    assert "certificate verify failed" in message
+    assert expected in message
 
 
-def test_without_a_client_certificate_the_broker_side_refuses(
-    amqp_url: str, pki: Pki, tls_port: int
+def test_without_a_client_certificate_the_broker_refuses_saying_what_to_fix(
+    amqp_url: str, pki: Pki, mutual_tls_port: int
 ) -> None:
-    publisher = Publisher(
-        url=amqps_url(amqp_url, "localhost", tls_port, ca_certs=pki.ca), connect_timeout_s=5
+    url = amqps_url(amqp_url, "localhost", mutual_tls_port, ca_certs=pki.ca)
+    message = connect_error(url, starts=f"amqps://guest:***@localhost:{mutual_tls_port}")
+    assert "set certfile and keyfile in ssl_options" in message
+
+
+def test_the_consumer_consumes_over_tls_with_a_client_certificate(
+    amqp_url: str, broker: BrokerHelper, pki: Pki, mutual_tls_port: int
+) -> None:
+    url = amqps_url(
+        amqp_url, "localhost", mutual_tls_port, ca_certs=pki.ca, **client_certificate(pki)
     )
-    with pytest.raises(BrokerUnavailableError, match="cannot connect to amqps://"):
-        publisher.connect()
-    publisher.close()
+    exchange = broker.exchange()
+    app = ConsumerApp(name=f"tls-{uuid.uuid4().hex[:6]}", amqp_url=url)
+    received: list[Any] = []
+
+    @app.handler(exchange=exchange, queue=broker.name("tls"), bindings=["#"])
+    def on_message(message: Message) -> None:
+        received.append(message.body)
+
+    with running_consumer(app, broker) as runner:
+        for n in range(5):
+            publish(broker, exchange, "k", json.dumps({"n": n}).encode(), message_id=str(n))
+        assert wait_for(lambda: len(received) == 5)
+        assert runner.connections_opened == 1
+    assert sorted(body["n"] for body in received) == list(range(5))
 
 
 def test_postgres_sslmode_in_the_url_reaches_libpq(database_url: str) -> None:

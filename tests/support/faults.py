@@ -137,10 +137,16 @@ def relay_process(
 
 
 @contextlib.contextmanager
-def service_proxy(url: str, default_port: int) -> Iterator[tuple[TcpProxy, str]]:
+def service_proxy(
+    url: str, default_port: int, *, receive_buffer_bytes: int | None = None
+) -> Iterator[tuple[TcpProxy, str]]:
     """A TcpProxy in front of the service at ``url`` and the same URL through the proxy."""
     target = urlsplit(url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or default_port)
+    proxy = TcpProxy(
+        target.hostname or "127.0.0.1",
+        target.port or default_port,
+        receive_buffer_bytes=receive_buffer_bytes,
+    )
     userinfo = target.netloc.rpartition("@")[0]
     netloc = (f"{userinfo}@" if userinfo else "") + f"127.0.0.1:{proxy.port}"
     try:
@@ -149,8 +155,10 @@ def service_proxy(url: str, default_port: int) -> Iterator[tuple[TcpProxy, str]]
         proxy.close()
 
 
-def broker_proxy(amqp_url: str) -> contextlib.AbstractContextManager[tuple[TcpProxy, str]]:
-    return service_proxy(amqp_url, 5672)
+def broker_proxy(
+    amqp_url: str, *, receive_buffer_bytes: int | None = None
+) -> contextlib.AbstractContextManager[tuple[TcpProxy, str]]:
+    return service_proxy(amqp_url, 5672, receive_buffer_bytes=receive_buffer_bytes)
 
 
 def rabbitmqctl(*args: str, timeout_s: float = 60.0) -> str:

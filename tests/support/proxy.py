@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
-import ssl
 import threading
 
 
@@ -13,12 +12,22 @@ class TcpProxy:
     """Listens on 127.0.0.1:<ephemeral> and forwards to ``target``.
 
     ``accepting = False`` refuses new connections (the service looks down);
-    :meth:`cut` drops every open connection (a network cut); :meth:`close` stops it.
+    :meth:`cut` drops every open connection (a network cut); ``stalled`` set stops
+    reading and forwarding both ways (a peer that hangs); :meth:`close` stops it.
+
+    A stalled proxy's kernel still acknowledges what fits in its receive buffer, so the
+    client sees a stall at the TCP level only once that buffer is full and the window
+    closes. ``receive_buffer_bytes`` makes the buffer small (and fixed), so a client
+    that keeps sending meets the zero window within a few kilobytes.
     """
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, receive_buffer_bytes: int | None = None
+    ) -> None:
         self.target = (target_host, target_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
+        if receive_buffer_bytes is not None:  # accepted connections inherit it
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
         self._listener.settimeout(0.1)
         self.port = self._listener.getsockname()[1]
         self.accepting = True
@@ -41,11 +50,6 @@ class TcpProxy:
                 client.close()
                 continue
             try:
-                client = self._wrap(client)
-            except OSError:  # a refused TLS handshake among them
-                client.close()
-                continue
-            try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 client.close()
@@ -54,17 +58,11 @@ class TcpProxy:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
-    def _wrap(self, client: socket.socket) -> socket.socket:
-        return client
-
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         peers = {a: b, b: a}
         try:
             while not self._closed.is_set():
-                # TLS may hold decrypted bytes that select() cannot see.
-                readable = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
-                if not readable:
-                    readable, _, _ = select.select([a, b], [], [], 0.1)
+                readable, _, _ = select.select([a, b], [], [], 0.1)
                 if self.stalled.is_set():
                     continue
                 for sock in readable:
@@ -106,19 +104,3 @@ class TcpProxy:
         with contextlib.suppress(OSError):
             self._listener.close()
         self._thread.join(2)
-
-
-class TlsProxy(TcpProxy):
-    """A TLS-terminating proxy: clients speak TLS to it (verified by ``context``, e.g. a
-    server certificate that requires a client certificate); it speaks plain TCP to the
-    service. Stands in for a broker's TLS listener without reconfiguring the broker."""
-
-    def __init__(self, target_host: str, target_port: int, *, context: ssl.SSLContext) -> None:
-        self._context = context
-        super().__init__(target_host, target_port)
-
-    def _wrap(self, client: socket.socket) -> socket.socket:
-        client.settimeout(5)
-        tls = self._context.wrap_socket(client, server_side=True)
-        tls.settimeout(None)
-        return tls

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.support.services import in_ci
 
 
 @dataclass(frozen=True)
@@ -19,15 +20,6 @@ class Pki:
     client_cert: Path
     client_key: Path
     other_ca: Path  # a CA that signed none of these
-
-    def server_context(self) -> ssl.SSLContext:
-        """A server that presents a certificate for DNS:localhost and requires a client
-        certificate signed by ``ca``."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.server_cert, self.server_key)
-        context.load_verify_locations(self.ca)
-        context.verify_mode = ssl.CERT_REQUIRED
-        return context
 
 
 def _openssl(*args: str | Path) -> None:
@@ -54,7 +46,10 @@ def _leaf(directory: Path, name: str, ca: tuple[Path, Path], extensions: str) ->
 
 def make_pki(directory: Path) -> Pki:
     if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make test certificates (apt install openssl)")
+        reason = "the openssl command is needed to make test certificates (apt install openssl)"
+        if in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     ca = _ca(directory, "outbox-test-ca")
     other_ca, _ = _ca(directory, "unrelated-ca")
     server = _leaf(
