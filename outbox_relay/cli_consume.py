@@ -8,13 +8,14 @@ exists with other arguments); 2 bad usage: MODULE:APP cannot be imported or is n
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 from pathlib import Path
 
 import click
 
-from outbox_relay.cli_options import http_options, logging_options
+from outbox_relay.cli_options import http_options, logging_options, url_option
 from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.logs import configure_logging
@@ -44,18 +45,18 @@ def load_app(spec: str) -> ConsumerApp:
 
 @click.command()
 @click.argument("app")
-@click.option(
-    "--database-url",
+@functools.partial(
+    url_option,
+    name="database_url",
     envvar="OUTBOX_RELAY_DATABASE_URL",
     default=None,  # None: the app's value
-    show_envvar=True,
     help="PostgreSQL URL for handlers that take a transaction (overrides the app's).",
 )
-@click.option(
-    "--amqp-url",
+@functools.partial(
+    url_option,
+    name="amqp_url",
     envvar="OUTBOX_RELAY_AMQP_URL",
     default=None,  # None: the app's value
-    show_envvar=True,
     help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
 )
 @click.option(

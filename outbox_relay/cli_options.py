@@ -27,7 +27,7 @@ EXIT_USAGE = 2
 
 
 def database_url_option(func: F) -> F:
-    return _url_option(
+    return url_option(
         func,
         name="database_url",
         envvar="OUTBOX_RELAY_DATABASE_URL",
@@ -37,7 +37,7 @@ def database_url_option(func: F) -> F:
 
 
 def amqp_url_option(func: F) -> F:
-    return _url_option(
+    return url_option(
         func,
         name="amqp_url",
         envvar="OUTBOX_RELAY_AMQP_URL",
@@ -46,7 +46,7 @@ def amqp_url_option(func: F) -> F:
     )
 
 
-def _url_option(func: F, *, name: str, envvar: str, default: str, help: str) -> F:
+def url_option(func: F, *, name: str, envvar: str, default: str | None, help: str) -> F:
     """``--NAME`` and ``--NAME-file``: a URL that may carry a password, given directly or
     read from a file (a container secret), so it need not sit in the environment."""
     flag = "--" + name.replace("_", "-")

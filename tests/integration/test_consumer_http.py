@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -97,16 +98,20 @@ def test_probes_and_metrics_follow_the_consumer(
 
 
 def test_consume_serves_the_endpoints_on_http_port(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, tmp_path: Path
 ) -> None:
+    """Also reads both URLs from files, as from container secrets."""
     exchange = broker.exchange()
     queue = broker.name("sub")
     for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
         broker.track_queue(name)
     port = free_port()
+    secrets = {"database": database_url, "amqp": amqp_url}
+    for name, url in secrets.items():
+        (tmp_path / name).write_text(url + "\n", encoding="utf-8")
     env = {
-        "OUTBOX_RELAY_DATABASE_URL": database_url,
-        "OUTBOX_RELAY_AMQP_URL": amqp_url,
+        "OUTBOX_RELAY_DATABASE_URL_FILE": str(tmp_path / "database"),
+        "OUTBOX_RELAY_AMQP_URL_FILE": str(tmp_path / "amqp"),
         "OUTBOX_RELAY_SCHEMA": schema,
         "OUTBOX_RELAY_HTTP_PORT": str(port),
         "OUTBOX_RELAY_HTTP_HOST": "127.0.0.1",
