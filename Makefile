@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test unit integration faults lint typecheck check demo bench clean
+.PHONY: test unit integration faults lint typecheck check demo bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ demo: $(STAMP)
 ## bench: the benchmark suite (see benchmarks/README.md)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks all
+
+## docs: regenerate docs/cli.md, the reference of every command and option
+docs: $(STAMP)
+	$(BIN)/python docs/cli_reference.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

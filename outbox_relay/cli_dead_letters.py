@@ -105,7 +105,7 @@ def dead_letters() -> None:
 @amqp_url_option
 @_queue
 @_filters
-@limit_option(LIST_LIMIT)
+@limit_option(LIST_LIMIT, "List at most this many.")
 @json_option("JSON lines, one message each.")
 def list_letters(
     amqp_url: str,

@@ -65,7 +65,7 @@ def failed() -> None:
 @database_url_option
 @schema_option
 @_filters
-@limit_option(LIST_LIMIT)
+@limit_option(LIST_LIMIT, "List at most this many.")
 @json_option("JSON lines, one row each.")
 def list_rows(
     database_url: str,

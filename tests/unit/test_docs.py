@@ -6,6 +6,7 @@ under "Consume with handlers".
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from outbox_relay.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = README.parent / "docs"
 ROW = re.compile(r"^\| `(--[a-z-]+)`(?: / `--no-[a-z-]+`)? \| `([A-Z_]+)` \| (?:`([^`]*)`|none) \|")
 SECTIONS = {"run": "## Run the relay", "consume": "## Consume with handlers"}
 APP_DEFAULT = "(the app's)"  # a consume option left out takes the ConsumerApp's value
@@ -69,3 +71,15 @@ def test_every_option_is_documented_with_its_variable_and_default(
 def test_the_tables_document_no_option_that_does_not_exist(command_name: str) -> None:
     real = {o.opts[0] for o in options_of(command_name)}
     assert set(documented_rows(command_name)) <= real
+
+
+def test_the_command_reference_is_current() -> None:
+    spec = importlib.util.spec_from_file_location("cli_reference", DOCS / "cli_reference.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = (DOCS / "cli.md").read_text(encoding="utf-8")
+    assert written == module.render(), "docs/cli.md is stale: run `make docs`"
+    for command in main.commands:
+        assert f"## `{command}`" in written
