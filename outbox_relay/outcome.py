@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import enum
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from outbox_relay.message import OutboxRow
 
 
 class Status(enum.Enum):
@@ -20,6 +24,7 @@ class Reason(str, enum.Enum):
     MISSING_EXCHANGE = "missing_exchange"
     CHANNEL_CLOSED = "channel_closed"  # the broker closed the channel over it
     UNENCODABLE = "unencodable"  # a header or routing key AMQP cannot carry
+    TOO_LARGE = "too_large"  # over the broker's max_message_size
 
     @property
     def permanent(self) -> bool:
@@ -61,3 +66,28 @@ class Failure:
     retry_in_s: float
     dead: bool
     reason: Reason = Reason.CHANNEL_CLOSED
+
+
+_PRECONDITION_FAILED = 406
+# RabbitMQ's words when a message is over max_message_size (3.8 and later).
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
+
+
+def blame_channel_close(
+    reply_code: int | None, reply_text: str, unresolved: Sequence[OutboxRow]
+) -> tuple[OutboxRow, Outcome] | None:
+    """The row whose publish made the broker close the channel, when its reply says
+    which: a message over ``max_message_size`` is named by its size. None when the reply
+    does not tell (the caller then blames the first unconfirmed row)."""
+    match = _TOO_LARGE.search(reply_text) if reply_code == _PRECONDITION_FAILED else None
+    if match is None:
+        return None
+    size, limit = int(match.group(1)), int(match.group(2))
+    for row in unresolved:
+        if len(row.payload) == size:
+            return row, Outcome.failed(
+                f"the payload is {size} bytes, over the broker's max_message_size of {limit}: "
+                "raise max_message_size on the broker, or publish a reference to the data",
+                Reason.TOO_LARGE,
+            )
+    return None

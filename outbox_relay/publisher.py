@@ -29,7 +29,7 @@ from outbox_relay.amqp_url import describe_amqp_error, url_parameters
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
-from outbox_relay.outcome import Outcome, Reason
+from outbox_relay.outcome import Outcome, Reason, blame_channel_close
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -383,6 +383,12 @@ class Publisher:
                     for row in unresolved
                     if row.exchange in missing
                 }
+        blamed = blame_channel_close(
+            getattr(error, "reply_code", None), str(getattr(error, "reply_text", "")), unresolved
+        )
+        if blamed is not None:
+            row, outcome = blamed
+            return {row.id: outcome}
         first = unresolved[0]
         return {
             first.id: Outcome.failed(

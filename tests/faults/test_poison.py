@@ -3,7 +3,11 @@ each gets its own logged outcome; none crashes the relay or holds back another k
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +199,73 @@ def test_a_burst_of_30k_rows_in_one_transaction(
     assert not tally.lost
     assert tally.duplicates == 0
     assert tally.out_of_order_keys() == []
+
+
+@contextlib.contextmanager
+def broker_max_message_size(limit: int) -> Iterator[None]:
+    """Lower RabbitMQ's max_message_size for channels opened meanwhile; restore it after."""
+
+    def rabbit_eval(expression: str) -> str:
+        return subprocess.run(
+            ["rabbitmqctl", "eval", expression], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    before = rabbit_eval("application:get_env(rabbit, max_message_size).")
+    match = re.fullmatch(r"\{ok,(\d+)\}", before)
+    assert match, f"unexpected max_message_size: {before}"
+    rabbit_eval(f"application:set_env(rabbit, max_message_size, {limit}).")
+    try:
+        yield
+    finally:
+        rabbit_eval(f"application:set_env(rabbit, max_message_size, {match.group(1)}).")
+
+
+def test_a_message_over_the_brokers_max_size_fails_alone_and_named(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    report_fault: Report,
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "ok.#"))
+    limit = 64 * 1024
+    insert_rows(database_url, schema, exchange, range(300), keys=10, routing_key="ok.y")
+    with psycopg.connect(database_url) as conn:
+        big_id = insert_raw(
+            conn, schema, exchange=exchange, key="k3", n=-1, payload=b"x" * (limit + 1)
+        )
+        conn.commit()
+    insert_rows(database_url, schema, exchange, range(300, 600), keys=10, routing_key="ok.y")
+    with broker_max_message_size(limit):
+        relay = RelayProcess(
+            database_url,
+            amqp_url,
+            schema,
+            "--max-attempts",
+            "2",
+            "--retry-base",
+            "0.2",
+            "--retry-max",
+            "0.5",
+            log_dir=tmp_path,
+        )
+        try:
+            assert wait_for(
+                lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=60
+            ), relay.log_text()[-4000:]
+            received = broker.collect(queue, quiet_s=1.0)
+        finally:
+            assert relay.stop() == 0, relay.log_text()[-4000:]
+    tally = Tally(expected=set(range(600)))
+    tally.add(received)
+    report_fault("a message over the broker's max_message_size among 600", tally)
+    assert not tally.lost, "an innocent row was blamed for the big one"
+    assert not tally.invented
+    assert tally.out_of_order_keys() == []
+    [(row_id, error, attempts)] = outbox_rows(database_url, schema, "id, last_error, attempts")
+    assert row_id == big_id
+    assert f"{limit + 1} bytes" in error
+    assert "max_message_size" in error
+    assert attempts == 2

@@ -1,0 +1,46 @@
+"""Which row a channel close is blamed on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from outbox_relay.message import OutboxRow
+from outbox_relay.outcome import Reason, Status, blame_channel_close
+
+TOO_LARGE = "PRECONDITION_FAILED - message size 5000 is larger than configured max size 2048"
+
+
+def row(row_id: int, size: int) -> OutboxRow:
+    return OutboxRow(
+        id=row_id,
+        message_id=uuid.uuid4(),
+        exchange="ex",
+        routing_key="rk",
+        payload=b"x" * size,
+        content_type="application/octet-stream",
+        headers={},
+        partition_key=None,
+        created_at=dt.datetime.now(tz=dt.timezone.utc),
+    )
+
+
+class TestBlameChannelClose:
+    def test_a_message_over_max_size_is_found_by_its_size(self) -> None:
+        rows = [row(1, 10), row(2, 5000), row(3, 20)]
+        blamed = blame_channel_close(406, TOO_LARGE, rows)
+        assert blamed is not None
+        culprit, outcome = blamed
+        assert culprit.id == 2
+        assert outcome.status is Status.FAILED
+        assert outcome.reason is Reason.TOO_LARGE
+        assert outcome.error is not None
+        assert "5000 bytes" in outcome.error
+        assert "2048" in outcome.error
+
+    def test_no_row_of_that_size_or_another_reply_blames_nobody(self) -> None:
+        rows = [row(1, 10), row(2, 20)]
+        assert blame_channel_close(406, TOO_LARGE, rows) is None
+        assert blame_channel_close(406, "PRECONDITION_FAILED - other", [row(1, 5000)]) is None
+        assert blame_channel_close(404, TOO_LARGE, [row(1, 5000)]) is None
+        assert blame_channel_close(None, "", [row(1, 5000)]) is None
