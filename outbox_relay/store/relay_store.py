@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -164,13 +165,15 @@ class PostgresStore:
         # partitions of a relay frozen inside its claim.
         try:
             with translate_errors("claiming outbox rows"):
-                rows = conn.execute(
+                # Binary results: the payload comes as bytes rather than hex to decode.
+                cursor = conn.cursor(binary=True, row_factory=_outbox_row)
+                rows = cursor.execute(
                     self._q["claim_batch"], {**self._claim_params, "limit": limit}
                 ).fetchall()
         except BaseException:
             self._idle.append(conn)
             raise
-        return PostgresClaim(conn, [OutboxRow(*row) for row in rows], self._q, self._idle.append)
+        return PostgresClaim(conn, rows, self._q, self._idle.append)
 
     # -- waking up ----------------------------------------------------------------------
 
@@ -202,6 +205,31 @@ class PostgresStore:
         if conn is None or conn.closed:
             raise StoreUnavailableError("not connected to the database")
         return conn
+
+
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _outbox_row(_cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], OutboxRow]:
+    """Row factory of the claim: empty headers come as NULL (see claim_batch)."""
+
+    def make(values: Sequence[Any]) -> OutboxRow:
+        row_id, message_id, exchange, routing_key, payload, content_type = values[:6]
+        headers, partition_key, created_at, attempts = values[6:]
+        return OutboxRow(
+            row_id,
+            message_id,
+            exchange,
+            routing_key,
+            payload,
+            content_type,
+            _NO_HEADERS if headers is None else headers,
+            partition_key,
+            created_at,
+            attempts,
+        )
+
+    return make
 
 
 class PostgresClaim:
