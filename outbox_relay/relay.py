@@ -35,7 +35,9 @@ from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
 from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
 
-BATCH_SIZE = 500
+# Draining a backlog of 512 B rows, 1000 relayed 6 % faster than 500 and no slower than
+# 2000 (relay / raw-pika ceiling, medians of three runs: 0.795, 0.843, 0.834).
+BATCH_SIZE = 1000
 LEASE_TTL_S = 8.0
 HEARTBEAT_INTERVAL_S = 2.0
 # Stop publishing this long before the lease runs out by the relay's own clock.
