@@ -68,7 +68,7 @@ class PostgresStore:
         return self._schema
 
     def connect(self) -> None:
-        """Open both connections and LISTEN; raises StoreUnavailableError."""
+        """Open the connections and LISTEN; raises StoreUnavailableError."""
         self.close()
         self._work = connect(self._url, autocommit=False, application_name=self._application_name)
         self._idle = [self._work]
@@ -171,6 +171,8 @@ class PostgresStore:
                     self._q["claim_batch"], {**self._claim_params, "limit": limit}
                 ).fetchall()
         except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
             self._idle.append(conn)
             raise
         return PostgresClaim(conn, rows, self._q, self._idle.append)
