@@ -37,3 +37,22 @@ def resend_order(
     return sorted(
         (r for r in rows if r.id in unsent_set and r.id not in held_set), key=lambda r: r.id
     )
+
+
+def waiting_behind(rows: Iterable[OutboxRow], unconfirmed: Iterable[OutboxRow]) -> set[int]:
+    """Ids of rows that must wait for an older row of their key in ``unconfirmed``.
+
+    ``unconfirmed`` are the rows of the previous batch that the broker did not confirm
+    (refused, held back or never sent): they stay in the table, so no later row of their
+    key may go out before them. A row older than all of them may. Rows without a
+    partition key never wait.
+    """
+    oldest: dict[str, int] = {}
+    for row in unconfirmed:
+        if row.partition_key is not None:
+            oldest[row.partition_key] = min(row.id, oldest.get(row.partition_key, row.id))
+    return {
+        row.id
+        for row in rows
+        if row.partition_key is not None and oldest.get(row.partition_key, row.id) < row.id
+    }

@@ -40,6 +40,8 @@ SLOW_WAIT_S = 2.0
 EXCHANGE_CHECK_TTL_S = 10.0
 # Wait for the confirms of what is buffered before buffering more than this.
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
+# Frames of a batch are handed to the socket in writes of about this size (see _Connection).
+WRITE_CHUNK_BYTES = 128 * 1024
 _TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
 _NOT_FOUND = 404
 PERSISTENT = 2
@@ -78,6 +80,44 @@ _UNENCODABLE = (
 def _unencodable(row: OutboxRow, exc: Exception) -> Outcome:
     reason = amqp_problem(row) or f"{type(exc).__name__}: {exc}"
     return Outcome.failed(f"cannot be encoded as an AMQP message: {reason}", Reason.UNENCODABLE)
+
+
+class _Connection(pika.SelectConnection):
+    """A ``SelectConnection`` that can hold frames back and write them in large chunks.
+
+    pika hands each frame to its transport on its own and the transport sends each with
+    a ``send()`` of its own: three system calls, and with TCP_NODELAY three TCP segments
+    for the broker to read, per message (profiled: 40 % of the relay's CPU went to those
+    sends). While :attr:`holding`, frames collect here and go out joined, in order,
+    WRITE_CHUNK_BYTES at a time and on :meth:`release_held`. Nothing is reordered: the
+    I/O loop, where pika answers the broker and sends heartbeats, does not run while
+    frames are held, and every wait runs it only after :meth:`release_held`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.holding = False
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        super().__init__(*args, **kwargs)
+
+    def _adapter_emit_data(self, data: bytes) -> None:
+        if not self.holding:
+            super()._adapter_emit_data(data)
+            return
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes >= WRITE_CHUNK_BYTES:
+            self.release_held()
+            self.holding = True
+
+    def release_held(self) -> None:
+        """Stop holding frames; hand those held to the transport as one write."""
+        self.holding = False
+        if self._held:
+            data = b"".join(self._held)
+            self._held.clear()
+            self._held_bytes = 0
+            super()._adapter_emit_data(data)
 
 
 class _Batch:
@@ -140,7 +180,7 @@ class Publisher:
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop
-        self._conn: pika.SelectConnection | None = None
+        self._conn: _Connection | None = None
         self._opened = False
         self._conn_error: BaseException | None = None
         self._channel: Channel | None = None
@@ -168,7 +208,7 @@ class Publisher:
         self.close()
         self._opened, self._conn_error, self.blocked = False, None, False
         try:
-            conn = pika.SelectConnection(
+            conn = _Connection(
                 self._params,
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
@@ -237,7 +277,7 @@ class Publisher:
             reason = describe_amqp_error(self._channel_error or self._conn_error)
             raise BrokerUnavailableError(f"cannot open a confirm-mode channel: {reason}")
 
-    def _require_connection(self) -> pika.SelectConnection:
+    def _require_connection(self) -> _Connection:
         if self._conn is None or self._conn_error is not None or not self._conn.is_open:
             raise BrokerUnavailableError(
                 f"not connected to {redact_url(self._url)}: {describe_amqp_error(self._conn_error)}"
@@ -264,8 +304,10 @@ class Publisher:
             self._open_channel()
         channel = self._channel
         assert channel is not None  # noqa: S101 - _open_channel raised otherwise
+        conn = self._require_connection()
         batch = _Batch(rows, first_tag=self._tag + 1)
         self._batch = batch
+        conn.holding = True
         try:
             buffered = 0
             for row in rows:
@@ -294,14 +336,18 @@ class Publisher:
                 batch.sent += 1
                 buffered += len(row.payload)
                 if buffered >= MAX_UNCONFIRMED_BYTES:
+                    conn.release_held()
                     self._await_confirms(batch)
                     if self._channel_error is not None:
                         break
+                    conn.holding = True
                     buffered = 0
+            conn.release_held()
             if self._channel_error is None:
                 self._await_confirms(batch)
             return self._finish(batch)
         finally:
+            conn.release_held()
             self._batch = None
 
     def _await_confirms(self, batch: _Batch) -> None:

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,16 +26,19 @@ from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S, retry_delay_s
 from outbox_relay.errors import (
     BrokerUnavailableError,
     PublishInterruptedError,
+    StoreError,
     StoreUnavailableError,
 )
 from outbox_relay.message import OutboxRow
-from outbox_relay.ordering import held_back, resend_order
+from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
 from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
 from outbox_relay.wakeup import BUSY_POLL_S, Step, WakeUp
 
-BATCH_SIZE = 500
+# Draining a backlog of 512 B rows, 1000 relayed 6 % faster than 500 and no slower than
+# 2000 (relay / raw-pika ceiling, medians of three runs: 0.795, 0.843, 0.834).
+BATCH_SIZE = 1000
 LEASE_TTL_S = 8.0
 HEARTBEAT_INTERVAL_S = 2.0
 # Stop publishing this long before the lease runs out by the relay's own clock.
@@ -56,14 +60,21 @@ def new_relay_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+class Claim(Protocol):
+    """Rows locked by one claim; ``settle`` or ``release`` ends it."""
+
+    @property
+    def rows(self) -> Sequence[OutboxRow]: ...
+    def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None: ...
+    def release(self) -> None: ...
+
+
 class Store(Protocol):
     def connect(self) -> None: ...
     def close(self) -> None: ...
     def heartbeat(self) -> Leases: ...
     def release_leases(self) -> None: ...
-    def claim(self, limit: int) -> list[OutboxRow]: ...
-    def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None: ...
-    def release(self) -> None: ...
+    def claim(self, limit: int) -> Claim: ...
     def set_waiting(self, waiting: bool) -> float | None: ...
     def listen_fileno(self) -> int: ...
     def drain_notifications(self) -> int: ...
@@ -142,8 +153,9 @@ class BatchResult:
 
 
 class Relay:
-    """Moves committed outbox rows to the broker. Not thread-safe: one thread runs it;
-    :meth:`stop` may be called from any thread or a signal handler."""
+    """Moves committed outbox rows to the broker. Not thread-safe: one thread runs it
+    (while :meth:`run` lends store calls to a helper thread of its own, see
+    :meth:`run_batches`); :meth:`stop` may be called from any thread or a signal handler."""
 
     def __init__(
         self,
@@ -169,6 +181,8 @@ class Relay:
         self._next_heartbeat = 0.0
         self._empty_polls = 0
         self._wakeup = WakeUp(batch_size=settings.batch_size)
+        # Claims the next batch while the loop publishes one (see run_batches).
+        self._store_thread: ThreadPoolExecutor | None = None
         self.last_iteration = time.monotonic()
 
     def stop(self, reason: str = "requested") -> None:
@@ -216,12 +230,15 @@ class Relay:
             max_s=self._settings.reconnect_max_s,
         )
         try:
-            for attempt in retrying:
-                with attempt:
-                    self._serve()
+            with ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-store") as pool:
+                self._store_thread = pool
+                for attempt in retrying:
+                    with attempt:
+                        self._serve()
         except RetryError:
             pass  # asked to stop during an outage
         finally:
+            self._store_thread = None
             if self._stopping.is_set():
                 log.info("relay.stopping", reason=self._stop_reason)
             self._shutdown()
@@ -232,7 +249,7 @@ class Relay:
         while not self._stopping.is_set():
             if time.monotonic() >= self._next_heartbeat:
                 self._heartbeat()
-            result = self.run_batch()
+            result = self.run_batches()
             self.last_iteration = time.monotonic()
             self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
             step = self._wakeup.after_claim(result.claimed)
@@ -338,40 +355,95 @@ class Relay:
         self._publisher.close()
         self._store_ok = False
 
-    # -- one batch ----------------------------------------------------------------------
+    # -- batches ----------------------------------------------------------------------
 
     def run_batch(self) -> BatchResult:
         """Claim, publish and settle one batch. Raises the *Unavailable errors after
         settling what the broker already confirmed."""
+        claim = self._claim()
+        if claim is None:
+            return BatchResult(0, 0, 0, 0)
+        return self._settle(claim, self._publish_claim(claim, ()))
+
+    def run_batches(self) -> BatchResult:
+        """Relay batches back to back for as long as they come back full; the totals.
+
+        While a full batch is being published and settled, the store thread claims the
+        next one on a connection of its own (the rows in flight are locked, so the claim
+        skips them), so the broker does not wait for that round trip. A batch is still
+        published only once the one before is settled, and its rows that follow an
+        unconfirmed row of their key in that batch stay in the table
+        (:func:`waiting_behind`): per-key order, no loss and duplicates bounded by the
+        batch in flight are what they are with one batch at a time.
+        """
+        claim = self._claim()
+        if claim is None:
+            return BatchResult(0, 0, 0, 0)
+        pool = self._store_thread
+        totals = [0, 0, 0, 0]
+        unconfirmed: list[OutboxRow] = []
+        while True:
+            job = pool.submit(self._claim) if pool and self._may_claim_ahead(claim) else None
+            try:
+                outcomes = self._publish_claim(claim, unconfirmed)
+                _add(totals, self._settle(claim, outcomes))
+            except BaseException:
+                _abandon(job)
+                raise
+            following = job.result() if job is not None else None
+            if following is not None and self._stopping.is_set():
+                following.release()
+                following = None
+            if following is None:
+                return BatchResult(*totals)
+            unconfirmed = [row for row in claim.rows if not _confirmed(outcomes.get(row.id))]
+            claim = following
+
+    def _claim(self) -> Claim | None:
         if not self.owned_partitions or time.monotonic() >= self._lease_deadline:
-            return BatchResult(0, 0, 0, 0)
-        rows = self._store.claim(self._settings.batch_size)
-        if not rows:
-            self._store.release()
-            return BatchResult(0, 0, 0, 0)
+            return None
+        claim = self._store.claim(self._settings.batch_size)
+        if not claim.rows:
+            claim.release()
+            return None
+        return claim
+
+    def _may_claim_ahead(self, claim: Claim) -> bool:
+        """Claim the next batch during this one only when this one is full (a backlog),
+        and not when a heartbeat is due: heartbeats run between batches."""
+        return (
+            len(claim.rows) >= self._settings.batch_size
+            and not self._stopping.is_set()
+            and time.monotonic() < self._next_heartbeat
+        )
+
+    def _publish_claim(self, claim: Claim, unconfirmed: Sequence[OutboxRow]) -> dict[int, Outcome]:
+        """Publish the claim's rows except those waiting behind ``unconfirmed``; when that
+        fails, settle what the broker confirmed (or release the claim) and re-raise."""
         try:
-            outcomes = self._publish(rows)
+            return self._publish(claim.rows, waiting_behind(claim.rows, unconfirmed))
         except PublishInterruptedError as exc:
-            self._settle(rows, exc.outcomes)
+            self._settle(claim, exc.outcomes)
             raise
         except BaseException:
-            self._store.release()
+            claim.release()
             raise
-        return self._settle(rows, outcomes)
 
-    def _publish(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]:
+    def _publish(self, rows: Sequence[OutboxRow], waiting: Collection[int]) -> dict[int, Outcome]:
         """Publish the batch; publish again what a closed channel left unsent.
 
         Rows to a missing exchange fail before anything is sent, and every row that
-        would go out after a failed row of its key waits in the table instead.
+        would go out after a failed row of its key waits in the table instead, as do the
+        ``waiting`` rows.
         """
-        missing = self._publisher.missing_exchanges({row.exchange for row in rows})
+        candidates = [row for row in rows if row.id not in waiting]
+        missing = self._publisher.missing_exchanges({row.exchange for row in candidates})
         outcomes: dict[int, Outcome] = {
             row.id: Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE)
-            for row in rows
+            for row in candidates
             if row.exchange in missing
         }
-        unsent = [row.id for row in rows if row.id not in outcomes]
+        unsent = [row.id for row in candidates if row.id not in outcomes]
         for _ in range(MAX_PUBLISH_ROUNDS):
             failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
             pending = resend_order(rows, unsent, held_back(rows, failed))
@@ -384,7 +456,8 @@ class Relay:
             unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
         return outcomes
 
-    def _settle(self, rows: Sequence[OutboxRow], outcomes: Mapping[int, Outcome]) -> BatchResult:
+    def _settle(self, claim: Claim, outcomes: Mapping[int, Outcome]) -> BatchResult:
+        rows = claim.rows
         published: list[OutboxRow] = []
         failures: list[Failure] = []
         for row in rows:
@@ -395,7 +468,7 @@ class Relay:
                 published.append(row)
                 continue
             failures.append(self._failure(row, outcome.error or "unknown error", outcome.reason))
-        self._store.settle([row.id for row in published], failures)
+        claim.settle([row.id for row in published], failures)
         self._observer.batch_settled(
             claimed=len(rows),
             published=published,
@@ -432,3 +505,28 @@ class Relay:
             dead=dead,
             reason=reason or Reason.CHANNEL_CLOSED,
         )
+
+
+def _confirmed(outcome: Outcome | None) -> bool:
+    return outcome is not None and outcome.status is Status.CONFIRMED
+
+
+def _add(totals: list[int], result: BatchResult) -> None:
+    totals[0] += result.claimed
+    totals[1] += result.published
+    totals[2] += result.failed
+    totals[3] += result.held
+
+
+def _abandon(job: Future[Claim | None] | None) -> None:
+    """Wait for the claim made ahead for a batch whose publishing failed, and release it.
+    Its own error gives way to the publishing error being raised."""
+    if job is None:
+        return
+    try:
+        following = job.result()
+    except StoreError:
+        return
+    if following is not None:
+        with contextlib.suppress(StoreError):
+            following.release()

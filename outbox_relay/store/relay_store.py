@@ -1,8 +1,9 @@
 """The relay's side of the outbox: leases, claim due rows, settle them, the wake-up flag.
 
-Two connections: one for work (heartbeats between batches; claim, publish and settle
-inside one transaction, so claimed rows stay locked until settled) and one that LISTENs
-for the trigger's NOTIFY and carries this relay's wake-up flag.
+Three connections: two for work (heartbeats between batches; claim, publish and settle
+inside one transaction, so claimed rows stay locked until settled; two so that the next
+batch can be claimed while one is being published) and one that LISTENs for the
+trigger's NOTIFY and carries this relay's wake-up flag.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
@@ -25,10 +27,13 @@ from outbox_relay.store.connect import application_name_in, connect, translate_e
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 
 ORDER_GATE_MAX_WAIT_S = 30.0
+# Claims open at once: one being published, the next one claimed meanwhile.
+WORK_CONNECTIONS = 2
 
 
 class PostgresStore:
-    """Claims and settles outbox rows of one schema."""
+    """Claims and settles outbox rows of one schema. Heartbeats and lease changes run
+    while no claim is open."""
 
     def __init__(
         self,
@@ -59,6 +64,8 @@ class PostgresStore:
         self._q = Queries("relay", schema=schema)
         self._leases = Queries("leases", schema=schema)
         self._work: psycopg.Connection[Any] | None = None
+        # Work connections without an open claim; _work is one of them between batches.
+        self._idle: list[psycopg.Connection[Any]] = []
         self._listen: psycopg.Connection[Any] | None = None
 
     @property
@@ -66,14 +73,18 @@ class PostgresStore:
         return self._schema
 
     def connect(self) -> None:
-        """Open both connections and LISTEN; raises StoreUnavailableError."""
+        """Open the connections and LISTEN; raises StoreUnavailableError."""
         self.close()
-        self._work = connect(
-            self._url,
-            autocommit=False,
-            application_name=self._application_name,
-            dead_peer_timeout_s=self._dead_peer_timeout_s,
-        )
+        self._idle = [
+            connect(
+                self._url,
+                autocommit=False,
+                application_name=self._application_name,
+                dead_peer_timeout_s=self._dead_peer_timeout_s,
+            )
+            for _ in range(WORK_CONNECTIONS)
+        ]
+        self._work = self._idle[0]
         self._listen = connect(
             self._url,
             autocommit=True,
@@ -86,9 +97,11 @@ class PostgresStore:
             )
             self._listen.execute(self._q["listener_forget_gone"])
             self._listen.execute(self._leases["forget_stale_relays"])
-        with translate_errors("configuring the work connection"):
+        with translate_errors("configuring the work connections"):
             timeout_ms = str(int(self._lease_ttl_s * 1000))
-            self._work.execute(self._q["configure_work_session"], {"timeout_ms": timeout_ms})
+            for conn in self._idle:
+                conn.execute(self._q["configure_work_session"], {"timeout_ms": timeout_ms})
+                conn.commit()
             allowed = self._work.execute(self._q["can_see_all_sessions"]).fetchone()
             self._work.commit()
         if self._claim_params["order_gate"] and not (allowed and allowed[0]):
@@ -138,56 +151,44 @@ class PostgresStore:
             conn.commit()
 
     def close(self) -> None:
-        for conn in (self._work, self._listen):
-            if conn is not None and not conn.closed:
+        for conn in {id(c): c for c in (self._work, *self._idle, self._listen) if c}.values():
+            if not conn.closed:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
         self._work = self._listen = None
+        self._idle = []
 
     # -- one batch: claim, then settle or release ----------------------------------------
 
-    def claim(self, limit: int) -> list[OutboxRow]:
+    def claim(self, limit: int) -> PostgresClaim:
         """Lock up to ``limit`` due rows of this relay's partitions, in id order, in a
-        transaction left open for :meth:`settle` or :meth:`release`."""
-        conn = self._require(self._work)
+        transaction left open for the claim's ``settle`` or ``release``.
+
+        Up to WORK_CONNECTIONS claims may be open at once, each on a connection of its
+        own; the rows of one are locked, so the next claim skips them.
+        """
+        if not self._idle:
+            if self._work is None or self._work.closed:
+                raise StoreUnavailableError("not connected to the database")
+            raise StoreError(f"at most {WORK_CONNECTIONS} claims may be open at once")
+        conn = self._idle.pop()
         # Not in pipeline mode, though it would save the BEGIN's round trip: a transaction
         # opened through a pipeline is not ended by idle_in_transaction_session_timeout
         # (seen on PostgreSQL 15 with psycopg 3.3), and that timeout is what frees the
         # partitions of a relay frozen inside its claim.
-        with translate_errors("claiming outbox rows"):
-            rows = conn.execute(
-                self._q["claim_batch"], {**self._claim_params, "limit": limit}
-            ).fetchall()
-        return [OutboxRow(*row) for row in rows]
-
-    def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
-        """Delete published rows, record failures, and commit the claim's transaction."""
-        conn = self._require(self._work)
-        # Not pipelined either: a pipeline reports a session the server ended (e.g. after
-        # idle_in_transaction_session_timeout) as a bare "server closed the connection",
-        # losing the reason; the round trip saved is a fraction of a batch's time.
-        with translate_errors("settling outbox rows"):
-            if published:
-                conn.execute(self._q["delete_published"], {"ids": list(published)})
-            if failures:
-                conn.execute(
-                    self._q["record_failures"],
-                    {
-                        "ids": [f.row_id for f in failures],
-                        "errors": [f.error for f in failures],
-                        "delays": [f.retry_in_s for f in failures],
-                        "dead": [f.dead for f in failures],
-                    },
-                )
-            conn.commit()
-
-    def release(self) -> None:
-        """Roll the claim back: every claimed row stays as it was."""
-        conn = self._work
-        if conn is None or conn.closed:
-            return
-        with translate_errors("releasing claimed rows"):
-            conn.rollback()
+        try:
+            with translate_errors("claiming outbox rows"):
+                # Binary results: the payload comes as bytes rather than hex to decode.
+                cursor = conn.cursor(binary=True, row_factory=_outbox_row)
+                rows = cursor.execute(
+                    self._q["claim_batch"], {**self._claim_params, "limit": limit}
+                ).fetchall()
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            self._idle.append(conn)
+            raise
+        return PostgresClaim(conn, rows, self._q, self._idle.append)
 
     # -- waking up ----------------------------------------------------------------------
 
@@ -218,4 +219,89 @@ class PostgresStore:
     def _require(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
         if conn is None or conn.closed:
             raise StoreUnavailableError("not connected to the database")
+        return conn
+
+
+_NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _outbox_row(_cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], OutboxRow]:
+    """Row factory of the claim: empty headers come as NULL (see claim_batch)."""
+
+    def make(values: Sequence[Any]) -> OutboxRow:
+        row_id, message_id, exchange, routing_key, payload, content_type = values[:6]
+        headers, partition_key, created_at, attempts = values[6:]
+        return OutboxRow(
+            row_id,
+            message_id,
+            exchange,
+            routing_key,
+            payload,
+            content_type,
+            _NO_HEADERS if headers is None else headers,
+            partition_key,
+            created_at,
+            attempts,
+        )
+
+    return make
+
+
+class PostgresClaim:
+    """Rows locked by one open claim transaction; ``settle`` or ``release`` ends it and
+    hands its connection back (``on_end``)."""
+
+    def __init__(
+        self,
+        conn: psycopg.Connection[Any],
+        rows: list[OutboxRow],
+        queries: Queries,
+        on_end: Callable[[psycopg.Connection[Any]], None],
+    ) -> None:
+        self._conn: psycopg.Connection[Any] | None = conn
+        self.rows = rows
+        self._q = queries
+        self._on_end = on_end
+
+    def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
+        """Delete published rows, record failures, and commit the claim's transaction."""
+        conn = self._end()
+        # Not pipelined: a pipeline reports a session the server ended (e.g. after
+        # idle_in_transaction_session_timeout) as a bare "server closed the connection",
+        # losing the reason; the round trip saved is a fraction of a batch's time.
+        try:
+            with translate_errors("settling outbox rows"):
+                if published:
+                    conn.execute(self._q["delete_published"], {"ids": list(published)})
+                if failures:
+                    conn.execute(
+                        self._q["record_failures"],
+                        {
+                            "ids": [f.row_id for f in failures],
+                            "errors": [f.error for f in failures],
+                            "delays": [f.retry_in_s for f in failures],
+                            "dead": [f.dead for f in failures],
+                        },
+                    )
+                conn.commit()
+        finally:
+            self._on_end(conn)
+
+    def release(self) -> None:
+        """Roll the claim back: every claimed row stays as it was. Ending an ended claim
+        does nothing."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            if not conn.closed:
+                with translate_errors("releasing claimed rows"):
+                    conn.rollback()
+        finally:
+            self._on_end(conn)
+
+    def _end(self) -> psycopg.Connection[Any]:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            raise StoreError("this claim was already settled or released")
         return conn

@@ -368,10 +368,11 @@ def test_a_claim_held_past_the_lease_ends_as_an_outage_not_an_error(
     store.connect()
     try:
         store.heartbeat()
-        assert len(store.claim(10)) == 1
+        claim = store.claim(10)
+        assert len(claim.rows) == 1
         time.sleep(0.8)  # frozen past the lease
         with pytest.raises(StoreUnavailableError, match="idle longer than the lease"):
-            store.settle([], [])
+            claim.settle([], [])
     finally:
         store.close()
     assert len(outbox_rows(database_url, schema)) == 1

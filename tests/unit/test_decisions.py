@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from outbox_relay.backoff import retry_delay_s
 from outbox_relay.ids import uuid7
 from outbox_relay.message import OutboxRow
-from outbox_relay.ordering import held_back, resend_order
+from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.store.sqlfiles import lock_key, notify_channel
 from outbox_relay.urls import redact_url, scrub
 
@@ -85,6 +85,20 @@ class TestHeldBack:
     def test_resend_keeps_id_order_and_skips_held_rows(self) -> None:
         rows = [row(3, "a"), row(1, "b"), row(2, "a")]
         assert [r.id for r in resend_order(rows, unsent={1, 2, 3}, held={3})] == [1, 2]
+
+
+class TestWaitingBehind:
+    def test_later_rows_of_a_key_wait_for_its_unconfirmed_rows(self) -> None:
+        unconfirmed = [row(3, "a"), row(4, "b"), row(5, None)]
+        rows = [row(6, "a"), row(7, "c"), row(8, None), row(9, "b")]
+        assert waiting_behind(rows, unconfirmed) == {6, 9}
+
+    def test_a_row_older_than_every_unconfirmed_row_of_its_key_may_go(self) -> None:
+        # Row 2 was locked by the batch before when row 5 was claimed after it.
+        assert waiting_behind([row(2, "a"), row(6, "a")], [row(5, "a")]) == {6}
+
+    def test_nothing_waits_when_the_batch_before_was_confirmed(self) -> None:
+        assert waiting_behind([row(1, "a"), row(2, None)], []) == set()
 
 
 class TestIds:

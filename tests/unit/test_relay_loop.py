@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from structlog.testing import capture_logs
@@ -31,7 +33,23 @@ def row(row_id: int, key: str | None = None, exchange: str = "ex", attempts: int
     )
 
 
+class FakeClaim:
+    def __init__(self, store: FakeStore, rows: list[OutboxRow]) -> None:
+        self.store = store
+        self.rows = rows
+
+    def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
+        self.store.settled.append((list(published), list(failures)))
+        self.store.unlock(self.rows, published, failures)
+
+    def release(self) -> None:
+        self.store.released += 1
+        self.store.unlock(self.rows)
+
+
 class FakeStore:
+    """Every claim returns the same rows."""
+
     def __init__(self, rows: list[OutboxRow]) -> None:
         self.rows = rows
         self.settled: list[tuple[list[int], list[Failure]]] = []
@@ -43,14 +61,15 @@ class FakeStore:
         return Leases(owned=(0,), live=("me",), partitions=1)
 
     def release_leases(self) -> None: ...
-    def claim(self, limit: int) -> list[OutboxRow]:
-        return self.rows[:limit]
+    def claim(self, limit: int) -> FakeClaim:
+        return FakeClaim(self, self.rows[:limit])
 
-    def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
-        self.settled.append((list(published), list(failures)))
-
-    def release(self) -> None:
-        self.released += 1
+    def unlock(
+        self,
+        rows: Sequence[OutboxRow],
+        published: Sequence[int] = (),
+        failures: Sequence[Failure] = (),
+    ) -> None: ...
 
     def set_waiting(self, waiting: bool) -> float | None:
         return None
@@ -62,6 +81,43 @@ class FakeStore:
         return 0
 
     def forget_waiting(self) -> None: ...
+
+
+class TableStore(FakeStore):
+    """Claims behave as on the table: locked rows are skipped, settled rows are gone,
+    failed rows wait for their retry and hold back later rows of their key."""
+
+    def __init__(self, rows: list[OutboxRow]) -> None:
+        super().__init__(rows)
+        self.locked: set[int] = set()
+        self.gone: set[int] = set()
+        self.waiting: set[int] = set()
+        self.claims: list[list[int]] = []
+
+    def claim(self, limit: int) -> FakeClaim:
+        first_waiting: dict[str, int] = {}
+        for r in self.rows:
+            if r.id in self.waiting and r.partition_key is not None:
+                first_waiting.setdefault(r.partition_key, r.id)
+        due = [
+            r
+            for r in self.rows
+            if r.id not in self.locked | self.gone | self.waiting
+            and first_waiting.get(r.partition_key or "", r.id) >= r.id
+        ][:limit]
+        self.locked |= {r.id for r in due}
+        self.claims.append([r.id for r in due])
+        return FakeClaim(self, due)
+
+    def unlock(
+        self,
+        rows: Sequence[OutboxRow],
+        published: Sequence[int] = (),
+        failures: Sequence[Failure] = (),
+    ) -> None:
+        self.locked -= {r.id for r in rows}
+        self.gone |= set(published)
+        self.waiting |= {f.row_id for f in failures}
 
 
 class ScriptedPublisher:
@@ -203,3 +259,92 @@ class TestRunBatch:
         relay_for(store, publisher).run_batch()
         assert len(publisher.sent) == 5
         assert store.settled == [([], [])]
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return condition()
+
+
+@pytest.fixture
+def store_thread() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(1) as pool:
+        yield pool
+
+
+class TestRunBatches:
+    """Batches back to back, the next claimed while one is published."""
+
+    def pipelined(
+        self, store: FakeStore, publisher: ScriptedPublisher, pool: ThreadPoolExecutor
+    ) -> Relay:
+        relay = relay_for(store, publisher, batch_size=2)
+        relay._store_thread = pool
+        return relay
+
+    def test_a_backlog_goes_in_full_batches_until_one_comes_back_short(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 8)])
+        publisher = ScriptedPublisher([{}, {}, {}, {}])
+        result = self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.sent == [[1, 2], [3, 4], [5, 6], [7]]
+        assert [published for published, _ in store.settled] == [[1, 2], [3, 4], [5, 6], [7]]
+        assert (result.claimed, result.published, result.failed) == (7, 7, 0)
+        assert store.locked == set()
+
+    def test_the_next_batch_is_claimed_before_this_one_is_settled(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c")])
+        publisher = ScriptedPublisher([{1: Outcome.failed("nacked", Reason.NACKED)}, {}])
+        original = publisher.publish
+
+        def publish_once_the_next_is_claimed(
+            rows: Sequence[OutboxRow], *, deadline: float | None = None
+        ) -> dict[int, Outcome]:
+            assert wait_until(lambda: len(store.claims) >= 2)
+            return original(rows, deadline=deadline)
+
+        publisher.publish = publish_once_the_next_is_claimed  # type: ignore[method-assign]
+        result = self.pipelined(store, publisher, store_thread).run_batches()
+        # Row 3 was claimed while row 1 was in flight; it stays behind row 1's retry.
+        assert store.claims[:2] == [[1, 2], [3, 4]]
+        assert publisher.sent == [[1, 2], [4]]
+        assert store.settled[1] == ([4], [])
+        assert (result.claimed, result.published, result.failed, result.held) == (4, 2, 1, 1)
+        assert store.claim(10).rows == []  # row 3 waits for row 1
+
+    def test_an_interrupted_batch_settles_what_was_confirmed_and_releases_the_next(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 6)])
+        interrupted = PublishInterruptedError("connection lost", {3: Outcome.confirmed()})
+        publisher = ScriptedPublisher([{}, interrupted])
+        with pytest.raises(PublishInterruptedError):
+            self.pipelined(store, publisher, store_thread).run_batches()
+        assert sorted(store.settled) == [([1, 2], []), ([3], [])]
+        assert store.locked == set()
+        assert store.gone == {1, 2, 3}
+
+    def test_stopping_publishes_no_batch_claimed_ahead(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 6)])
+        publisher = ScriptedPublisher([{}, {}, {}])
+        relay = self.pipelined(store, publisher, store_thread)
+        original = publisher.publish
+
+        def publish_then_stop(
+            rows: Sequence[OutboxRow], *, deadline: float | None = None
+        ) -> dict[int, Outcome]:
+            relay.stop()
+            return original(rows, deadline=deadline)
+
+        publisher.publish = publish_then_stop  # type: ignore[method-assign]
+        relay.run_batches()
+        assert publisher.sent == [[1, 2]]
+        assert store.settled == [([1, 2], [])]
+        assert store.locked == set()
