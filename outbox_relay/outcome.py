@@ -70,7 +70,8 @@ class Failure:
 
 _PRECONDITION_FAILED = 406
 # RabbitMQ's words when a message is over max_message_size (3.8 and later).
-_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
+# ("configured" is missing when the limit is the broker's hard maximum).
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than (?:configured )?max size (\d+)")
 
 
 def blame_channel_close(

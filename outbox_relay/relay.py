@@ -259,11 +259,18 @@ class Relay:
                 self._next_due_in = self._store.set_waiting(False)
             elif step is Step.RAISE_FLAG:
                 # Then look once more: a row committed before the flag was visible sent
-                # no NOTIFY, but the next claim sees it.
+                # no NOTIFY, but the next claim sees it. The first backstop poll after it
+                # comes soon (see _sleep).
                 self._next_due_in = self._store.set_waiting(True)
+                self._empty_polls = 0
             elif step is Step.POLL:
                 self._publisher.wait(BUSY_POLL_S)
             elif step is Step.SLEEP:
+                if result.failed:
+                    # Their retry is scheduled now: learn when the next row is due.
+                    self._next_due_in = self._store.set_waiting(True)
+                if result.held:
+                    continue  # rows left in the table may be due now; no NOTIFY will come
                 self._sleep()
 
     def _sleep(self) -> None:

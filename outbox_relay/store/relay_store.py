@@ -58,6 +58,8 @@ class PostgresStore:
             "order_gate_max_wait_s": order_gate_max_wait_s,
             # The partition count, known from the first heartbeat (which precedes claims).
             "partitions": 1,
+            # This relay's work sessions, which the order gate does not wait for.
+            "relay_pids": [],
         }
         # A name given in the URL wins, so operators can tell relays apart.
         self._application_name = application_name_in(url) or application_name
@@ -85,6 +87,7 @@ class PostgresStore:
             for _ in range(WORK_CONNECTIONS)
         ]
         self._work = self._idle[0]
+        self._claim_params["relay_pids"] = [conn.info.backend_pid for conn in self._idle]
         self._listen = connect(
             self._url,
             autocommit=True,

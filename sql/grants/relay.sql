@@ -12,5 +12,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.outbox_listener TO {role};
 GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}.outbox_relays TO {role};
 GRANT SELECT, UPDATE ON {schema}.outbox_partitions TO {role};
 
+-- The claim computes each row's partition (PUBLIC has it by default; a database that
+-- revokes EXECUTE from PUBLIC still works).
+GRANT EXECUTE ON FUNCTION {schema}.outbox_partition(bigint, text, integer) TO {role};
+
 -- With `run --order-gate` the relay also reads when other sessions' transactions began,
 -- which needs the built-in role pg_read_all_stats granted to the relay's role.

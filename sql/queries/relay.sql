@@ -41,7 +41,8 @@ WHERE {schema}.outbox_partition(o.id, o.partition_key, %(partitions)s) IN (SELEC
               (SELECT min(a.xact_start) FROM pg_stat_activity AS a
                WHERE a.datname = current_database()
                  AND a.backend_xid IS NOT NULL
-                 AND a.pid <> pg_backend_pid()),
+                 -- this relay's own work sessions: one may hold the batch in flight
+                 AND a.pid <> ALL(%(relay_pids)s::integer[])),
               'infinity')
        OR o.created_at < now() - make_interval(secs => %(order_gate_max_wait_s)s))
 ORDER BY o.id

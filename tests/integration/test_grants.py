@@ -67,6 +67,12 @@ def test_the_printed_grants_are_enough_and_no_more(
     )
     assert result.exit_code == 0, result.output
     with psycopg.connect(database_url, autocommit=True) as conn:
+        # A hardened database: nothing runs on PUBLIC's default EXECUTE right.
+        conn.execute(
+            sql.SQL("REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {} FROM PUBLIC").format(
+                sql.Identifier(schema)
+            )
+        )
         conn.execute(result.output)  # type: ignore[call-overload]
 
     exchange = broker.exchange()

@@ -38,6 +38,12 @@ class TestBlameChannelClose:
         assert "5000 bytes" in outcome.error
         assert "2048" in outcome.error
 
+    def test_the_hard_limit_is_worded_without_configured(self) -> None:
+        text = "PRECONDITION_FAILED - message size 5000 is larger than max size 4096"
+        blamed = blame_channel_close(406, text, [row(1, 5000)])
+        assert blamed is not None
+        assert blamed[0].id == 1
+
     def test_no_row_of_that_size_or_another_reply_blames_nobody(self) -> None:
         rows = [row(1, 10), row(2, 20)]
         assert blame_channel_close(406, TOO_LARGE, rows) is None

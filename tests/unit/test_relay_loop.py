@@ -16,6 +16,7 @@ from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
 from outbox_relay.relay import Relay, RelaySettings
+from outbox_relay.wakeup import BUSY_POLL_S
 
 
 def row(row_id: int, key: str | None = None, exchange: str = "ex", attempts: int = 0) -> OutboxRow:
@@ -348,3 +349,45 @@ class TestRunBatches:
         assert publisher.sent == [[1, 2]]
         assert store.settled == [([1, 2], [])]
         assert store.locked == set()
+
+
+class WakeUpStore(TableStore):
+    """A producer commits ``arriving`` when the relay first raises its flag."""
+
+    def __init__(self, arriving: list[OutboxRow]) -> None:
+        super().__init__([])
+        self.arriving = arriving
+        self.flags: list[bool] = []
+
+    def set_waiting(self, waiting: bool) -> float | None:
+        self.flags.append(waiting)
+        if waiting and self.arriving:
+            self.rows, self.arriving = self.arriving, []
+        return None
+
+
+class SleepStops(ScriptedPublisher):
+    """Stops the relay at its first sleep (a wait longer than a busy poll)."""
+
+    relay: Relay
+
+    def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
+        if timeout_s > BUSY_POLL_S:
+            self.relay.stop("test")
+        return False
+
+
+class TestServe:
+    def test_a_failure_while_the_flag_is_up_refreshes_when_to_wake_and_claims_again(
+        self,
+    ) -> None:
+        # Row 1 goes to a missing exchange and row 2 waits behind it: the relay must learn
+        # the retry time (set_waiting returns it) and claim once more before sleeping.
+        store = WakeUpStore([row(1, "a", exchange="gone"), row(2, "a")])
+        publisher = SleepStops([], missing={"gone": "exchange 'gone' does not exist"})
+        relay = relay_for(store, publisher)
+        publisher.relay = relay
+        relay._serve()
+        assert store.flags == [True, True], "the flag raise, then a refresh after the failure"
+        assert store.claims[-2:] == [[1, 2], []]
+        assert publisher.sent == []
