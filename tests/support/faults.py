@@ -27,6 +27,7 @@ from psycopg import sql
 
 from tests.support.broker import Received
 from tests.support.proxy import TcpProxy
+from tests.support.relay import wait_for
 
 
 def with_application_name(database_url: str, name: str) -> str:
@@ -107,22 +108,34 @@ class RelayProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
-    def backend_pids(self) -> dict[str, int]:
-        """This relay's database sessions: {'work': pid, 'listener': pid} when connected."""
+    def backend_pids(self) -> dict[str, list[int]]:
+        """This relay's database sessions by kind: {'work': [pid, pid], 'listener': [pid]}
+        when connected (a relay has two work sessions: one claims ahead)."""
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT application_name, pid FROM pg_stat_activity "
-                "WHERE application_name IN (%s, %s)",
+                "WHERE application_name IN (%s, %s) ORDER BY pid",
                 (self.name, f"{self.name} listener"),
             ).fetchall()
-        return {("listener" if app.endswith(" listener") else "work"): pid for app, pid in rows}
+        sessions: dict[str, list[int]] = {}
+        for app, pid in rows:
+            sessions.setdefault("listener" if app.endswith(" listener") else "work", []).append(pid)
+        return sessions
 
-    def terminate_session(self, kind: str) -> int:
-        """pg_terminate_backend of this relay's 'work' or 'listener' session."""
-        pid = self.backend_pids()[kind]
+    def terminate_session(self, kind: str) -> list[int]:
+        """pg_terminate_backend of this relay's 'work' sessions or its 'listener' session,
+        once it has them (it may be reconnecting after the last fault)."""
+        found: dict[str, list[int]] = {}
+
+        def connected() -> bool:
+            found.update(self.backend_pids())
+            return kind in found
+
+        assert wait_for(connected, timeout_s=20), f"the relay has no {kind} session"
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        return pid
+            for pid in found[kind]:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return found[kind]
 
 
 @contextlib.contextmanager
