@@ -16,7 +16,7 @@ import pytest
 from psycopg import sql
 
 from tests.faults.conftest import Report
-from tests.support.broker import BrokerHelper
+from tests.support.broker import BrokerHelper, Received
 from tests.support.faults import RelayProcess, Tally, insert_rows, pending
 from tests.support.relay import outbox_rows, wait_for
 
@@ -49,6 +49,36 @@ def insert_raw(
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def relay_until_settled(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    queue: str,
+    log_dir: Path,
+    *args: str,
+) -> tuple[RelayProcess, list[Received]]:
+    """Run a relay with two quick attempts per row until no row is pending (published or
+    dead); the relay (stopped, its logs readable) and what ``queue`` received."""
+    relay = RelayProcess(
+        database_url,
+        amqp_url,
+        schema,
+        *("--max-attempts", "2", "--retry-base", "0.2", "--retry-max", "0.5"),
+        *args,
+        log_dir=log_dir,
+    )
+    try:
+        assert wait_for(
+            lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=60
+        ), relay.log_text()[-4000:]
+        assert relay.alive, relay.log_text()[-4000:]
+        received = broker.collect(queue, quiet_s=1.0)
+    finally:
+        assert relay.stop() == 0, relay.log_text()[-4000:]
+    return relay, received
 
 
 def test_poison_rows_fail_alone_and_the_relay_keeps_going(
@@ -123,28 +153,9 @@ def test_poison_rows_fail_alone_and_the_relay_keeps_going(
     insert_rows(database_url, schema, exchange, range(n, n + 2000), keys=20, routing_key="ok.y")
     expected |= set(range(n, n + 2000))
 
-    relay = RelayProcess(
-        database_url,
-        amqp_url,
-        schema,
-        "--max-attempts",
-        "2",
-        "--retry-base",
-        "0.2",
-        "--retry-max",
-        "0.5",
-        "--batch-size",
-        "100",
-        log_dir=tmp_path,
+    relay, received = relay_until_settled(
+        database_url, amqp_url, schema, broker, queue, tmp_path, "--batch-size", "100"
     )
-    try:
-        assert wait_for(
-            lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=60
-        ), relay.log_text()[-4000:]
-        assert relay.alive, relay.log_text()[-4000:]
-        received = broker.collect(queue, quiet_s=1.0)
-    finally:
-        assert relay.stop() == 0, relay.log_text()[-4000:]
 
     tally = Tally(expected=expected)
     tally.add(received)
@@ -239,25 +250,7 @@ def test_a_message_over_the_brokers_max_size_fails_alone_and_named(
         conn.commit()
     insert_rows(database_url, schema, exchange, range(300, 600), keys=10, routing_key="ok.y")
     with broker_max_message_size(limit):
-        relay = RelayProcess(
-            database_url,
-            amqp_url,
-            schema,
-            "--max-attempts",
-            "2",
-            "--retry-base",
-            "0.2",
-            "--retry-max",
-            "0.5",
-            log_dir=tmp_path,
-        )
-        try:
-            assert wait_for(
-                lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=60
-            ), relay.log_text()[-4000:]
-            received = broker.collect(queue, quiet_s=1.0)
-        finally:
-            assert relay.stop() == 0, relay.log_text()[-4000:]
+        _, received = relay_until_settled(database_url, amqp_url, schema, broker, queue, tmp_path)
     tally = Tally(expected=set(range(600)))
     tally.add(received)
     report_fault("a message over the broker's max_message_size among 600", tally)
