@@ -28,10 +28,13 @@ class Reason(str, enum.Enum):
 
     @property
     def permanent(self) -> bool:
-        """Whether no retry can help: a row AMQP cannot carry never will be, so it is
-        marked dead at once instead of holding its key back through every attempt. A
+        """Whether no retry can help on its own, so the row is marked dead at once
+        instead of holding its key back through every attempt: a row AMQP cannot carry
+        never will be, and a message over the broker's max_message_size stays over it
+        until someone raises the limit (then `outbox-relay failed retry`); each retry
+        would close the channel again and resend the batch's unconfirmed rows. A
         missing exchange or binding may be created in the meantime, so those retry."""
-        return self is Reason.UNENCODABLE
+        return self in (Reason.UNENCODABLE, Reason.TOO_LARGE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -226,13 +226,15 @@ class TestRunBatch:
         assert [entry["event"] for entry in logs] == ["relay.row_dead", "relay.batch_published"]
         assert logs[0]["row_id"] == 1
 
-    def test_a_row_amqp_cannot_carry_is_dead_at_its_first_attempt(self) -> None:
-        store = FakeStore([row(1, "a"), row(2, "b")])
+    def test_a_row_no_retry_can_help_is_dead_at_its_first_attempt(self) -> None:
+        store = FakeStore([row(1, "a"), row(2, "b"), row(3, "c")])
         unencodable = Outcome.failed("routing_key is 300 bytes", Reason.UNENCODABLE)
+        too_large = Outcome.failed("over max_message_size", Reason.TOO_LARGE)
         unroutable = Outcome.failed("unroutable", Reason.UNROUTABLE)
-        relay_for(store, ScriptedPublisher([{1: unencodable, 2: unroutable}])).run_batch()
+        publisher = ScriptedPublisher([{1: unencodable, 2: too_large, 3: unroutable}])
+        relay_for(store, publisher).run_batch()
         [(_, failures)] = store.settled
-        assert [(f.row_id, f.dead) for f in failures] == [(1, True), (2, False)]
+        assert [(f.row_id, f.dead) for f in failures] == [(1, True), (2, True), (3, False)]
 
     def test_an_interrupted_batch_settles_what_was_confirmed_and_keeps_the_rest(self) -> None:
         store = FakeStore([row(1), row(2), row(3)])
