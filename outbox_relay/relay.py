@@ -151,6 +151,14 @@ class BatchResult:
     failed: int
     held: int
 
+    def __add__(self, other: BatchResult) -> BatchResult:
+        return BatchResult(
+            self.claimed + other.claimed,
+            self.published + other.published,
+            self.failed + other.failed,
+            self.held + other.held,
+        )
+
 
 class Relay:
     """Moves committed outbox rows to the broker. Not thread-safe: one thread runs it
@@ -387,13 +395,13 @@ class Relay:
         if claim is None:
             return BatchResult(0, 0, 0, 0)
         pool = self._store_thread
-        totals = [0, 0, 0, 0]
+        totals = BatchResult(0, 0, 0, 0)
         unconfirmed: list[OutboxRow] = []
         while True:
             job = pool.submit(self._claim) if pool and self._may_claim_ahead(claim) else None
             try:
                 outcomes = self._publish_claim(claim, unconfirmed)
-                _add(totals, self._settle(claim, outcomes))
+                totals += self._settle(claim, outcomes)
             except BaseException:
                 _abandon(job)
                 raise
@@ -402,7 +410,7 @@ class Relay:
                 following.release()
                 following = None
             if following is None:
-                return BatchResult(*totals)
+                return totals
             unconfirmed = [row for row in claim.rows if not _confirmed(outcomes.get(row.id))]
             claim = following
 
@@ -516,13 +524,6 @@ class Relay:
 
 def _confirmed(outcome: Outcome | None) -> bool:
     return outcome is not None and outcome.status is Status.CONFIRMED
-
-
-def _add(totals: list[int], result: BatchResult) -> None:
-    totals[0] += result.claimed
-    totals[1] += result.published
-    totals[2] += result.failed
-    totals[3] += result.held
 
 
 def _abandon(job: Future[Claim | None] | None) -> None:

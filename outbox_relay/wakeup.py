@@ -20,7 +20,7 @@ claim (measured: producers at 0.46 x the same transaction without an outbox row)
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # A claim of at least this many rows means producers are busy (at the relay's cycle of
 # one to two milliseconds, a few thousand messages a second).
@@ -47,7 +47,7 @@ class WakeUp:
     busy_claim_rows: int = BUSY_CLAIM_ROWS
     quiet_claims: int = QUIET_CLAIMS
     waiting: bool = False  # whether the flag is up
-    _quiet: int = 0
+    _quiet: int = field(default=0, init=False, repr=False)  # small claims in a row
 
     def after_claim(self, claimed: int) -> Step:
         """The next step after a claim that found ``claimed`` rows. A step that moves the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -378,6 +379,17 @@ def test_a_claim_held_past_the_lease_ends_as_an_outage_not_an_error(
     assert len(outbox_rows(database_url, schema)) == 1
 
 
+def publish_key_a(conn: psycopg.Connection[Any], schema: str, exchange: str, *, seq: int) -> None:
+    outbox_relay.publish(
+        conn,
+        exchange=exchange,
+        routing_key="k",
+        payload={"seq": seq},
+        partition_key="a",
+        schema=schema,
+    )
+
+
 def test_the_order_gate_waits_for_an_older_open_transaction_of_the_same_key(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
@@ -388,22 +400,8 @@ def test_the_order_gate_waits_for_an_older_open_transaction_of_the_same_key(
         psycopg.connect(database_url) as slow,
         psycopg.connect(database_url) as fast,
     ):
-        outbox_relay.publish(
-            slow,
-            exchange=exchange,
-            routing_key="k",
-            payload={"seq": 1},
-            partition_key="a",
-            schema=schema,
-        )
-        outbox_relay.publish(
-            fast,
-            exchange=exchange,
-            routing_key="k",
-            payload={"seq": 2},
-            partition_key="a",
-            schema=schema,
-        )
+        publish_key_a(slow, schema, exchange, seq=1)
+        publish_key_a(fast, schema, exchange, seq=2)
         fast.commit()
         write(database_url, schema, exchange, [{"seq": "unkeyed"}])
         assert bodies(broker.drain(queue, expect=1)) == [{"seq": "unkeyed"}], (
@@ -428,22 +426,8 @@ def test_without_the_gate_a_later_id_that_commits_first_goes_first(
         psycopg.connect(database_url) as slow,
         psycopg.connect(database_url) as fast,
     ):
-        outbox_relay.publish(
-            slow,
-            exchange=exchange,
-            routing_key="k",
-            payload={"seq": 1},
-            partition_key="a",
-            schema=schema,
-        )
-        outbox_relay.publish(
-            fast,
-            exchange=exchange,
-            routing_key="k",
-            payload={"seq": 2},
-            partition_key="a",
-            schema=schema,
-        )
+        publish_key_a(slow, schema, exchange, seq=1)
+        publish_key_a(fast, schema, exchange, seq=2)
         fast.commit()
         assert bodies(broker.drain(queue, expect=1)) == [{"seq": 2}]
         slow.commit()
