@@ -76,6 +76,7 @@ class Store(Protocol):
     def release_leases(self) -> None: ...
     def claim(self, limit: int) -> Claim: ...
     def set_waiting(self, waiting: bool) -> float | None: ...
+    def next_due_in(self) -> float | None: ...
     def listen_fileno(self) -> int: ...
     def drain_notifications(self) -> int: ...
     def forget_waiting(self) -> None: ...
@@ -184,6 +185,9 @@ class Relay:
         self._store_ok = False
         self._outage: str | None = None
         self._next_due_in: float | None = None
+        # The row _next_due_in waited for is due: the time of the one after it is unknown.
+        self._due_unknown = False
+        self._notified = False  # the last sleep ended with a NOTIFY
         self._leases: Leases | None = None
         self._lease_deadline = 0.0  # monotonic; past it, this relay may not publish
         self._next_heartbeat = 0.0
@@ -257,6 +261,7 @@ class Relay:
         while not self._stopping.is_set():
             if time.monotonic() >= self._next_heartbeat:
                 self._heartbeat()
+            notified, self._notified = self._notified, False
             result = self.run_batches()
             self.last_iteration = time.monotonic()
             self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
@@ -277,6 +282,13 @@ class Relay:
                 if result.failed:
                     # Their retry is scheduled now: learn when the next row is due.
                     self._next_due_in = self._store.set_waiting(True)
+                    self._due_unknown = False
+                elif self._due_unknown or (notified and not result.claimed):
+                    # The row slept for was due (and claimed), or a NOTIFY announced a
+                    # row that is not due yet (a delayed message): learn when the next
+                    # one is due, or sleep would end at once or only at the backstop.
+                    self._next_due_in = self._store.next_due_in()
+                    self._due_unknown = False
                 if result.held:
                     continue  # rows left in the table may be due now; no NOTIFY will come
                 self._sleep()
@@ -306,11 +318,14 @@ class Relay:
         started = time.monotonic()
         woke = self._publisher.wait(timeout, wake_fd=self._store.listen_fileno())
         if next_due is not None:
-            self._next_due_in = max(0.0, next_due - (time.monotonic() - started))
+            left = next_due - (time.monotonic() - started)
+            self._next_due_in = left if left > 0 else None
+            self._due_unknown = left <= 0
         if woke and self._store.drain_notifications():
             # Something was inserted: claim it at once. The flag is lowered after that
             # claim has published (see _serve), off the path the new message waits on.
             self._empty_polls = 0
+            self._notified = True
         elif not woke:
             self._empty_polls = min(self._empty_polls + 1, 16)
 

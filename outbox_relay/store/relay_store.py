@@ -201,7 +201,14 @@ class PostgresStore:
         conn = self._require(self._listen)
         with translate_errors("setting the wake-up flag"):
             row = conn.execute(self._q["listener_set"], {"waiting": waiting}).fetchone()
-        return None if row is None or row[0] is None else max(0.0, float(row[0]))
+        return _seconds(row)
+
+    def next_due_in(self) -> float | None:
+        """Seconds until the next scheduled (delayed or retried) row, None when none."""
+        conn = self._require(self._listen)
+        with translate_errors("reading when the next scheduled row is due"):
+            row = conn.execute(self._q["next_due"]).fetchone()
+        return _seconds(row)
 
     def listen_fileno(self) -> int:
         return self._require(self._listen).fileno()
@@ -308,3 +315,7 @@ class PostgresClaim:
         if conn is None:
             raise StoreError("this claim was already settled or released")
         return conn
+
+
+def _seconds(row: tuple[Any, ...] | None) -> float | None:
+    return None if row is None or row[0] is None else max(0.0, float(row[0]))

@@ -93,5 +93,11 @@ SELECT extract(epoch FROM min(available_at) - now())::float8 AS next_in_s
 FROM {schema}.outbox
 WHERE dead_at IS NULL AND available_at > now() AND available_at > created_at
 
+-- name: next_due
+-- Seconds until the next scheduled row, read while the flag stays as it is.
+SELECT extract(epoch FROM min(available_at) - now())::float8 AS next_in_s
+FROM {schema}.outbox
+WHERE dead_at IS NULL AND available_at > now() AND available_at > created_at
+
 -- name: listener_remove
 DELETE FROM {schema}.outbox_listener WHERE backend_pid = pg_backend_pid()

@@ -222,6 +222,69 @@ def test_delayed_rows_wait_for_their_time(
         assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"n": "late"}]
 
 
+class IterationCounter:
+    """A relay observer that counts the loop's iterations (one claim each)."""
+
+    def __init__(self) -> None:
+        self.iterations = 0
+
+    def batch_settled(self, **_: object) -> None:
+        pass
+
+    def iteration(self, now: object) -> None:
+        self.iterations += 1
+
+    def partitions(self, owned: int) -> None:
+        pass
+
+    def outage(self, service: str) -> None:
+        pass
+
+    def iterations_over(self, seconds: float) -> int:
+        before = self.iterations
+        time.sleep(seconds)
+        return self.iterations - before
+
+
+def test_after_a_scheduled_row_is_published_the_idle_relay_sleeps_again(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    # The relay learns the row's time when it raises its wake-up flag, sleeps until
+    # then, publishes it, and must then sleep again, not claim in a loop.
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    write(database_url, schema, exchange, [{"n": "late"}], delay=1.0)
+    counter = IterationCounter()
+    with running_relay(database_url, amqp_url, schema, observer=counter):
+        assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"n": "late"}]
+        assert wait_for(lambda: not outbox_rows(database_url, schema))
+        assert counter.iterations_over(1.0) <= 5
+
+
+def test_a_delayed_row_published_while_the_relay_sleeps_goes_out_at_its_time(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    # Its NOTIFY wakes the relay before the row is due; the relay must learn when it is
+    # due then, not find it at the backstop poll or the next heartbeat (here 3-4 s away).
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    counter = IterationCounter()
+    with running_relay(
+        database_url,
+        amqp_url,
+        schema,
+        observer=counter,
+        poll_interval_s=4.0,
+        heartbeat_interval_s=3.0,
+    ):
+        assert wait_for(lambda: counter.iterations_over(0.3) == 0, timeout_s=10)
+        write(database_url, schema, exchange, [{"n": "late"}], delay=0.5)
+        started = time.monotonic()
+        assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"n": "late"}]
+        assert time.monotonic() - started < 1.2
+        assert counter.iterations_over(1.0) <= 5
+
+
 def test_broker_down_at_start_then_up_delivers_everything(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:

@@ -11,7 +11,7 @@ import psycopg
 from psycopg import sql
 
 from outbox_relay.publisher import Publisher
-from outbox_relay.relay import LEASE_TTL_S, Relay, RelaySettings, new_relay_id
+from outbox_relay.relay import LEASE_TTL_S, Relay, RelayObserver, RelaySettings, new_relay_id
 from outbox_relay.store.relay_store import PostgresStore
 from tests.support.threads import in_background
 
@@ -23,6 +23,7 @@ def make_relay(
     *,
     order_gate: bool = False,
     order_gate_max_wait_s: float = 30.0,
+    observer: RelayObserver | None = None,
     **settings: Any,
 ) -> Relay:
     relay: Relay | None = None
@@ -38,6 +39,7 @@ def make_relay(
         ),
         publisher=publisher,
         settings=RelaySettings(**settings),
+        observer=observer,
     )
     return relay
 

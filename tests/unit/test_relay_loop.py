@@ -75,6 +75,9 @@ class FakeStore:
     def set_waiting(self, waiting: bool) -> float | None:
         return None
 
+    def next_due_in(self) -> float | None:
+        return None
+
     def listen_fileno(self) -> int:
         return -1
 
