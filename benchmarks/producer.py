@@ -2,11 +2,18 @@
 ``publish`` writes, against the same transaction inserting a plain 512 B row into an
 ordinary table instead (the ceiling), with pgbench so the client costs nothing.
 
-The outbox statement is the one ``publish`` sends (``insert_message`` in
-``sql/queries/producer.sql``) with its parameters filled in as literals. Cases: the
-relay busy draining a backlog (its wake-up flag down), the relay idle (flag up when the
-load starts), no relay, and the message id index with random (v4) against time-ordered
-(v7) UUIDs.
+The outbox statements are the ones ``publish`` sends (``insert_message`` in
+``sql/queries/producer.sql``, with ``outbox_wake()`` while it looks at the wake-up flag)
+with their parameters filled in as literals. ``publish`` looks at the flag on every
+insert while a relay may be waiting, and after it saw the flag down, once per
+``FLAG_TRUST_S`` per process; pgbench has no clock, so each client looks whenever its last
+look said a relay may wait, and otherwise in one transaction out of ``look_every``: its
+transactions in FLAG_TRUST_S at the same round's ceiling rate (pgbench clients stand for
+separate processes; threads of one process would share their looks and look less).
+
+Cases: the relay busy draining a backlog (its wake-up flag down), the relay idle (flag up
+when the load starts), no relay, and the message id index with random (v4) against
+time-ordered (v7) UUIDs.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from benchmarks.common import (
     wait_listening,
 )
 from outbox_relay.store.sqlfiles import Queries
+from outbox_relay.wakeup import FLAG_TRUST_S
 
 SCENARIO = "producer"
 CLIENTS = 8
@@ -48,8 +56,8 @@ ORDER = "INSERT INTO {schema}.orders (customer, amount) VALUES (:customer, 42.00
 PAYLOAD_SQL = f"decode(repeat('78', {PAYLOAD_BYTES}), 'hex')"
 
 
-def script(body: str) -> str:
-    return f"\\set customer random(1, 100000)\nBEGIN;\n{ORDER}\n{body}\nCOMMIT;\n"
+def script(body: str, *, prelude: str = "") -> str:
+    return f"\\set customer random(1, 100000)\n{prelude}BEGIN;\n{ORDER}\n{body}\nCOMMIT;\n"
 
 
 def plain_script(schema: str) -> str:
@@ -59,9 +67,12 @@ def plain_script(schema: str) -> str:
 
 
 def outbox_script(
-    conn: psycopg.Connection[object], schema: str, exchange: str, uuid_sql: str
+    conn: psycopg.Connection[object], schema: str, exchange: str, uuid_sql: str, look_every: int
 ) -> str:
-    statement = Queries("producer", schema=schema)["insert_message"].as_string(conn)
+    """``publish``'s statements: the insert with the look at the flag while the client's
+    last look said a relay may wait (it starts so), else in one of ``look_every``."""
+    queries = Queries("producer", schema=schema)
+    statement = queries["insert_message"].as_string(conn)
     values = {
         "message_id": uuid_sql.replace("{schema}", schema_ident(conn, schema)),
         "exchange": literal(conn, exchange),
@@ -74,8 +85,22 @@ def outbox_script(
     }
     for name, value in values.items():
         statement = statement.replace(f"%({name})s", value)
-    body = " ".join(line.strip() for line in statement.splitlines()) + ";"
-    return script(body).replace("{schema}", schema_ident(conn, schema))
+    insert = " ".join(line.strip() for line in statement.splitlines())
+    wake = queries["wake"].as_string(conn)
+    body = (
+        "\\if :relay_may_wait or :look = 1\n"
+        f"WITH inserted AS ({insert}) {wake} \\gset\n"
+        "\\else\n"
+        f"{insert};\n"
+        "\\endif"
+    )
+    prelude = f"\\set look random(1, {look_every})\n"
+    return script(body, prelude=prelude).replace("{schema}", schema_ident(conn, schema))
+
+
+def look_every(ceiling_tps: float) -> int:
+    """A client's transactions in FLAG_TRUST_S at this rate: it looks at one of them."""
+    return max(1, round(ceiling_tps / CLIENTS * FLAG_TRUST_S))
 
 
 def literal(conn: psycopg.Connection[object], value: str) -> str:
@@ -102,6 +127,8 @@ def pgbench(env: Env, text: str, seconds: int) -> float:
                 str(seconds),
                 "-M",
                 "prepared",
+                "-D",
+                "relay_may_wait=true",
                 "-f",
                 str(path),
                 env.database_url,
@@ -131,34 +158,40 @@ def run(env: Env, report: Report) -> None:
     # The busy relay must still be draining when the second pgbench run ends.
     backlog = env.size(200_000, 20_000)
     rates: dict[str, list[float]] = {}
+    looks: list[int] = []  # look_every of each round (no relay)
 
-    def sample(case: str, text: str) -> None:
-        rates.setdefault(case, []).append(pgbench(env, text, seconds))
+    def sample(case: str, text: str) -> float:
+        rate = pgbench(env, text, seconds)
+        rates.setdefault(case, []).append(rate)
+        return rate
 
     # Each condition has its own ceiling: on a small machine a busy relay takes CPU from
     # the producers whatever they write, and that is not what the outbox costs them.
     with broker_route(env.amqp_url) as route:
         for _ in range(rounds):
             with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
-                sample("ceiling, no relay", plain_script(schema))
-                sample("no relay, uuid7", outbox_script(conn, schema, route.exchange, UUID7))
-                sample("no relay, uuid4", outbox_script(conn, schema, route.exchange, UUID4))
+                every = look_every(sample("ceiling, no relay", plain_script(schema)))
+                looks.append(every)
+                v7 = outbox_script(conn, schema, route.exchange, UUID7, every)
+                sample("no relay, uuid7", v7)
+                v4 = outbox_script(conn, schema, route.exchange, UUID4, every)
+                sample("no relay, uuid4", v4)
             with (
                 prepared_schema(env) as schema,
                 psycopg.connect(env.database_url) as conn,
                 relay_process(env, schema),
             ):
                 wait_listening(env.database_url, schema)
-                sample("ceiling, relay idle", plain_script(schema))
-                sample("relay idle", outbox_script(conn, schema, route.exchange, UUID7))
+                every = look_every(sample("ceiling, relay idle", plain_script(schema)))
+                wait_listening(env.database_url, schema)
+                sample("relay idle", outbox_script(conn, schema, route.exchange, UUID7, every))
             with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
-                v7 = outbox_script(conn, schema, route.exchange, UUID7)
                 fill_committed(
                     env.database_url, schema, route.exchange, backlog, size=PAYLOAD_BYTES
                 )
                 with relay_process(env, schema):
-                    sample("ceiling, relay busy", plain_script(schema))
-                    sample("relay busy", v7)
+                    every = look_every(sample("ceiling, relay busy", plain_script(schema)))
+                    sample("relay busy", outbox_script(conn, schema, route.exchange, UUID7, every))
             purge(env.amqp_url, route.queue)
     medians = {case: statistics.median(values) for case, values in rates.items()}
     for case, ceiling_case in (
@@ -188,6 +221,15 @@ def run(env: Env, report: Report) -> None:
                 against="ceiling",
             )
         )
+    report.add(
+        Figure(
+            SCENARIO,
+            "publish looks at the wake-up flag in one transaction of (flag down)",
+            statistics.median(looks),
+            "tx",
+            extra={"rounds": looks, "flag_trust_s": FLAG_TRUST_S},
+        )
+    )
     report.add(
         Figure(
             SCENARIO,

@@ -84,21 +84,35 @@ def main() -> None:
     """Transactional outbox relay for PostgreSQL and RabbitMQ."""
 
 
+wake_trigger_option = click.option(
+    "--wake-trigger",
+    is_flag=True,
+    help="Also (re)create the trigger that wakes a waiting relay on every INSERT into the "
+    "outbox, for writers that do not use publish() or call outbox_wake(). It costs every "
+    "inserting transaction a little (see the README); publish() does not need it.",
+)
+
+
 @main.command()
 @database_url_option
 @schema_option
 @partitions_option
-def migrate(database_url: str, schema: str, partitions: int) -> None:
+@wake_trigger_option
+def migrate(database_url: str, schema: str, partitions: int, wake_trigger: bool) -> None:
     """Create or upgrade the outbox tables in SCHEMA (creating the schema if needed).
 
     Idempotent: a second run applies nothing. Touches no other table.
     """
-    report = apply_migrations(database_url, schema=schema, partitions=partitions)
+    report = apply_migrations(
+        database_url, schema=schema, partitions=partitions, wake_trigger=wake_trigger
+    )
     target = f"{redact_url(database_url)} schema {schema!r}"
     if report.applied:
         click.echo(f"applied {', '.join(report.applied)} to {target}")
     else:
         click.echo(f"{target} is up to date ({len(report.already)} migrations applied before)")
+    if wake_trigger:
+        click.echo(f"the wake-up trigger is on {schema}.outbox")
 
 
 @main.command("sql")
@@ -119,7 +133,10 @@ def migrate(database_url: str, schema: str, partitions: int) -> None:
     help="Print, instead of the DDL, the least privileges ROLE needs as KIND: 'relay' (its "
     "own tables), 'producer' (INSERT on the outbox) or 'consumer' (its inbox). Repeatable.",
 )
-def print_sql(schema: str, partitions: int, since_version: int, grants: tuple[str, ...]) -> None:
+@wake_trigger_option
+def print_sql(
+    schema: str, partitions: int, since_version: int, grants: tuple[str, ...], wake_trigger: bool
+) -> None:
     """Print the DDL that `migrate` applies, for Alembic, Django, Flyway or a DBA.
 
     Every statement is idempotent and records its version, so `migrate` can run after it.
@@ -133,7 +150,12 @@ def print_sql(schema: str, partitions: int, since_version: int, grants: tuple[st
             raise ConfigurationError(f"--grants/--schema: {exc}") from exc
         return
     try:
-        text = migration_sql(schema=schema, since_version=since_version, partitions=partitions)
+        text = migration_sql(
+            schema=schema,
+            since_version=since_version,
+            partitions=partitions,
+            wake_trigger=wake_trigger,
+        )
         click.echo(text, nl=False)
     except ValueError as exc:
         raise ConfigurationError(f"--schema: {exc}") from exc

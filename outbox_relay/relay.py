@@ -34,7 +34,7 @@ from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
 from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
-from outbox_relay.wakeup import BUSY_POLL_S, Step, WakeUp
+from outbox_relay.wakeup import BUSY_POLL_S, LATE_LOOK_S, Step, WakeUp
 
 # Draining a backlog of 512 B rows, 1000 relayed 6 % faster than 500 and no slower than
 # 2000 (relay / raw-pika ceiling, medians of three runs: 0.795, 0.843, 0.834).
@@ -274,7 +274,10 @@ class Relay:
                 # Then look once more: a row committed before the flag was visible sent
                 # no NOTIFY, but the next claim sees it. The first backstop poll after it
                 # comes soon (see _sleep).
-                self._next_due_in = self._store.set_waiting(True)
+                next_due = self._store.set_waiting(True)
+                # And once more a little later: producers that saw the flag down a moment
+                # ago send no NOTIFY yet (wakeup.FlagSeen).
+                self._next_due_in = LATE_LOOK_S if next_due is None else min(next_due, LATE_LOOK_S)
                 self._empty_polls = 0
             elif step is Step.POLL:
                 self._publisher.wait(BUSY_POLL_S)
@@ -297,14 +300,15 @@ class Relay:
         """Wait for a NOTIFY, the next scheduled row, or the backstop poll.
 
         The final check after raising the flag sees every row committed before the flag
-        was visible, and NOTIFY reports every row whose trigger saw the flag. What is
-        left is a transaction whose trigger ran before the flag was visible and that
-        committed after the final check: it was already running when the relay went idle.
-        The first poll comes after ``poll_interval_s`` and finds such a row; each empty
-        poll after it doubles the interval up to IDLE_POLL_MAX_S, so an idle relay costs
-        a transaction every few seconds instead of two a second. This relies on the
-        LISTEN connection being healthy: when it dies its socket becomes readable, the
-        wait returns, and reading the notifications raises StoreUnavailableError.
+        was visible, the late look (LATE_LOOK_S) the rows of producers that still trusted
+        it down, and NOTIFY reports every row whose insert saw the flag. What is left is
+        a transaction that inserted before then and committed after the late look: it
+        was already running when the relay went idle. The first poll comes after
+        ``poll_interval_s`` and finds such a row; each empty poll after it doubles the
+        interval up to IDLE_POLL_MAX_S, so an idle relay costs a transaction every few
+        seconds instead of two a second. This relies on the LISTEN connection being
+        healthy: when it dies its socket becomes readable, the wait returns, and reading
+        the notifications raises StoreUnavailableError.
         """
         poll = self._settings.poll_interval_s
         timeout = min(

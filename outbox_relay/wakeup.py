@@ -15,11 +15,19 @@ throughput. So the flag follows the load:
 Without this hysteresis a relay that keeps up with busy producers empties the table on
 every claim, raises the flag, and has producers notify for every commit until its next
 claim (measured: producers at 0.46 x the same transaction without an outbox row).
+
+Producers read the flag in their insert statement (``outbox_wake()``), and even reading
+it costs them: so a producer that saw the flag down trusts that for
+``FLAG_TRUST_S`` (:class:`FlagSeen`) and sends bare inserts meanwhile. A row inserted in
+that window after the relay raised its flag sends no NOTIFY; the relay therefore looks
+once more ``LATE_LOOK_S`` after raising it.
 """
 
 from __future__ import annotations
 
 import enum
+import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 # A claim of at least this many rows means producers are busy (at the relay's cycle of
@@ -29,6 +37,12 @@ BUSY_CLAIM_ROWS = 4
 BUSY_POLL_S = 0.001
 # Small or empty claims in a row, while polling, before the relay raises the flag.
 QUIET_CLAIMS = 8
+# How long a producer that saw the flag down sends inserts without looking at it.
+FLAG_TRUST_S = 0.010
+# After raising its flag, the relay claims once more this much later: rows inserted by
+# producers that still trusted the flag down have committed by then, unless their
+# transaction ran on for longer (the backstop poll finds those).
+LATE_LOOK_S = 0.05
 
 
 class Step(enum.Enum):
@@ -74,3 +88,29 @@ class WakeUp:
         """The flag's session is gone (a reconnect): it is down, start over polling."""
         self.waiting = False
         self._quiet = 0
+
+
+class FlagSeen:
+    """What producers of one process last saw of the wake-up flag, per database and schema.
+
+    ``must_look`` is true unless the flag was seen down less than ``trust_s`` ago: while
+    it may be up, every insert looks (and notifies). Thread-safe enough: a race between
+    threads costs at most one extra look.
+    """
+
+    def __init__(
+        self, *, trust_s: float = FLAG_TRUST_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._trust_s = trust_s
+        self._clock = clock
+        self._down_until: dict[Hashable, float] = {}
+
+    def must_look(self, key: Hashable) -> bool:
+        until = self._down_until.get(key)
+        return until is None or self._clock() >= until
+
+    def saw(self, key: Hashable, *, relay_may_wait: bool) -> None:
+        if relay_may_wait:
+            self._down_until.pop(key, None)
+        else:
+            self._down_until[key] = self._clock() + self._trust_s

@@ -32,10 +32,14 @@ class MigrationReport:
     partitions: int
 
 
-def migrate(url: str, *, schema: str, partitions: int = DEFAULT_PARTITIONS) -> MigrationReport:
+def migrate(
+    url: str, *, schema: str, partitions: int = DEFAULT_PARTITIONS, wake_trigger: bool = False
+) -> MigrationReport:
     """Apply the missing migrations in one transaction; a second run is a no-op.
 
     ``partitions`` is fixed by the first run; asking for another count later is refused.
+    ``wake_trigger`` (re)creates the optional trigger that wakes a waiting relay on every
+    insert, for writers that neither call ``publish`` nor ``outbox_wake()``.
     """
     _check(schema, partitions)
     queries = Queries("migrate", schema=schema)
@@ -61,6 +65,8 @@ def migrate(url: str, *, schema: str, partitions: int = DEFAULT_PARTITIONS) -> M
                 {"version": migration.version, "name": migration.name},
             )
             applied.append(migration.name)
+        if wake_trigger:
+            conn.execute(queries["wake_trigger"])
     already = tuple(m.name for m in versioned if m.version in done)
     return MigrationReport(
         schema=schema, applied=tuple(applied), already=already, partitions=partitions
@@ -68,12 +74,18 @@ def migrate(url: str, *, schema: str, partitions: int = DEFAULT_PARTITIONS) -> M
 
 
 def migration_sql(
-    *, schema: str, since_version: int = 0, partitions: int = DEFAULT_PARTITIONS
+    *,
+    schema: str,
+    since_version: int = 0,
+    partitions: int = DEFAULT_PARTITIONS,
+    wake_trigger: bool = False,
 ) -> str:
-    """The DDL of every migration after ``since_version``, with its bookkeeping insert."""
+    """The DDL of every migration after ``since_version``, with its bookkeeping insert,
+    and the optional wake-up trigger last."""
     _check(schema, partitions)
     bookkeeping, versioned = _split(migrations())
-    record = Queries("migrate", schema=schema)["record_version"]
+    queries = Queries("migrate", schema=schema)
+    record = queries["record_version"]
     chunks = [compose(bookkeeping.text, schema=schema).as_string(None).strip()]
     for migration in versioned:
         if migration.version <= since_version:
@@ -85,6 +97,8 @@ def migration_sql(
             "name": sql.Literal(migration.name).as_string(None),
         }
         chunks.append(insert + ";")
+    if wake_trigger:
+        chunks.append(queries["wake_trigger"].as_string(None) + ";")
     return "\n\n".join(chunks) + "\n"
 
 

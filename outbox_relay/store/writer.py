@@ -1,8 +1,11 @@
 """Inserting messages on the application's own connection, inside its transaction.
 
 One statement per call: plain VALUES for one message, arrays through ``unnest`` for many,
-so a batch costs one round trip. The sync and async paths share :func:`_statement`;
-only the ``execute`` call differs.
+so a batch costs one round trip. While a relay may be waiting for a NOTIFY, the same
+statement also calls ``outbox_wake()`` (it notifies only if a relay waits, and says
+whether one may); after it has said no, bare inserts follow for a few milliseconds
+(:class:`outbox_relay.wakeup.FlagSeen`). The sync and async paths share
+:func:`_statement`; only the ``execute`` call differs.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from psycopg import pq, sql
 from outbox_relay.errors import InvalidMessageError, StoreError
 from outbox_relay.message import NewMessage
 from outbox_relay.store.sqlfiles import Queries
+from outbox_relay.wakeup import FlagSeen
 
 SyncTarget = psycopg.Connection[Any] | psycopg.Cursor[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any]
@@ -30,10 +34,17 @@ def is_async_target(target: object) -> bool:
     return isinstance(target, (psycopg.AsyncConnection, psycopg.AsyncCursor))
 
 
+# What this process's producers last saw of the relays' wake-up flag.
+FLAG_SEEN = FlagSeen()
+FlagKey = tuple[str, int, str, str]  # host, port, database, schema
+
+
 def insert_messages(target: SyncTarget, messages: Sequence[NewMessage], *, schema: str) -> None:
-    query, params = _statement(target, messages, schema=schema)
+    query, params, flag = _statement(target, messages, schema=schema)
     try:
-        target.execute(query, params)
+        cursor = target.execute(query, params)
+        if flag is not None:
+            _saw(flag, cursor.fetchone())
     except psycopg.Error as exc:
         raise StoreError(f"inserting into {schema}.outbox failed: {exc}") from exc
 
@@ -41,21 +52,40 @@ def insert_messages(target: SyncTarget, messages: Sequence[NewMessage], *, schem
 async def insert_messages_async(
     target: AsyncTarget, messages: Sequence[NewMessage], *, schema: str
 ) -> None:
-    query, params = _statement(target, messages, schema=schema)
+    query, params, flag = _statement(target, messages, schema=schema)
     try:
-        await target.execute(query, params)
+        cursor = await target.execute(query, params)
+        if flag is not None:
+            _saw(flag, await cursor.fetchone())
     except psycopg.Error as exc:
         raise StoreError(f"inserting into {schema}.outbox failed: {exc}") from exc
 
 
+def _saw(flag: FlagKey, row: tuple[Any, ...] | None) -> None:
+    FLAG_SEEN.saw(flag, relay_may_wait=row is None or bool(row[0]))
+
+
 def _statement(
     target: SyncTarget | AsyncTarget, messages: Sequence[NewMessage], *, schema: str
-) -> tuple[sql.Composed, dict[str, Any]]:
-    _check_in_transaction(target)
+) -> tuple[sql.Composed, dict[str, Any], FlagKey | None]:
+    """The insert and its parameters, and the flag's key when the insert also looks at
+    the wake-up flag."""
+    conn = _connection(target)
+    _check_in_transaction(conn)
+    info = conn.info
+    flag = (info.host, info.port, info.dbname, schema)
+    name, params = _insert(messages)
+    if not FLAG_SEEN.must_look(flag):
+        return _insert_query(schema, name), params, None
+    return _insert_and_wake_query(schema, name), params, flag
+
+
+def _insert(messages: Sequence[NewMessage]) -> tuple[str, dict[str, Any]]:
+    """The name of the insert statement and its parameters."""
     if len(messages) == 1:
         # The usual call, publish(): plain VALUES costs the server less than unnest.
         (m,) = messages
-        return _insert_query(schema, "insert_message"), {
+        return "insert_message", {
             "message_id": m.message_id,
             "exchange": m.exchange,
             "routing_key": m.routing_key,
@@ -65,7 +95,7 @@ def _statement(
             "partition_key": m.partition_key,
             "delay_s": m.delay_s,
         }
-    return _insert_query(schema, "insert_messages"), {
+    return "insert_messages", {
         "message_ids": [m.message_id for m in messages],
         "exchanges": [m.exchange for m in messages],
         "routing_keys": [m.routing_key for m in messages],
@@ -82,10 +112,24 @@ def _insert_query(schema: str, name: str) -> sql.Composed:
     return Queries("producer", schema=schema)[name]
 
 
-def _check_in_transaction(target: SyncTarget | AsyncTarget) -> None:
-    conn = (
-        target.connection if isinstance(target, (psycopg.Cursor, psycopg.AsyncCursor)) else target
+@functools.lru_cache(maxsize=64)
+def _insert_and_wake_query(schema: str, name: str) -> sql.Composed:
+    return sql.SQL("WITH inserted AS ({}) {}").format(
+        _insert_query(schema, name), _insert_query(schema, "wake")
     )
+
+
+def _connection(
+    target: SyncTarget | AsyncTarget,
+) -> psycopg.Connection[Any] | psycopg.AsyncConnection[Any]:
+    if isinstance(target, (psycopg.Cursor, psycopg.AsyncCursor)):
+        return target.connection
+    return target
+
+
+def _check_in_transaction(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+) -> None:
     status = conn.info.transaction_status
     if status == pq.TransactionStatus.INERROR:
         raise InvalidMessageError(

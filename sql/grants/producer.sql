@@ -4,5 +4,7 @@
 GRANT USAGE ON SCHEMA {schema} TO {role};
 GRANT INSERT ON {schema}.outbox TO {role};
 
--- The outbox trigger runs as the inserting role and reads whether a relay is waiting.
+-- publish() calls outbox_wake() (as does the optional trigger), which runs as the
+-- inserting role: it reads whether a relay is waiting and sends the NOTIFY.
 GRANT SELECT ON {schema}.outbox_listener TO {role};
+GRANT EXECUTE ON FUNCTION {schema}.outbox_wake() TO {role};

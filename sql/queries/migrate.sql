@@ -17,3 +17,12 @@ SELECT to_regclass(%(table)s) IS NOT NULL AS created
 
 -- name: partition_count
 SELECT count(*) FROM {schema}.outbox_partitions
+
+-- name: wake_trigger
+-- Optional (`migrate --wake-trigger`): every INSERT into the outbox wakes a waiting relay,
+-- whoever writes it. Costs each inserting transaction the check that publish() makes
+-- only while a relay may be waiting (see migration 0007).
+DROP TRIGGER IF EXISTS outbox_notify ON {schema}.outbox;
+CREATE TRIGGER outbox_notify
+    AFTER INSERT ON {schema}.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.outbox_notify()

@@ -22,3 +22,8 @@ FROM unnest(%(message_ids)s::uuid[], %(exchanges)s::text[], %(routing_keys)s::te
             %(partition_keys)s::text[], %(delays)s::float8[])
     AS m(message_id, exchange, routing_key, payload, content_type, headers, partition_key,
          delay_s)
+
+-- name: wake
+-- Appended to the insert while a relay may be waiting: WITH inserted AS (insert) <this>.
+-- NOTIFY if a relay waits; tells publish() whether one may (see migration 0007).
+SELECT {schema}.outbox_wake() AS relay_may_wait

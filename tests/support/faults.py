@@ -206,7 +206,8 @@ def insert_rows(
     routing_key: str = "k",
 ) -> None:
     """Committed outbox rows with payload {"n": n, "key": ...}; keyed by n % keys when
-    ``keys``. Written with one INSERT ... SELECT, as a producer burst would."""
+    ``keys``. Written with one INSERT ... SELECT, as a producer burst would, and woken
+    up the way the README tells writers that do not use publish()."""
     query = sql.SQL(
         """
         INSERT INTO {schema}.outbox
@@ -230,6 +231,7 @@ def insert_rows(
                 "keys": keys,
             },
         )
+        conn.execute(sql.SQL("SELECT {}.outbox_wake()").format(sql.Identifier(schema)))
 
 
 def pending(database_url: str, schema: str) -> int:

@@ -16,7 +16,7 @@ from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
 from outbox_relay.relay import Relay, RelaySettings
-from outbox_relay.wakeup import BUSY_POLL_S
+from outbox_relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS
 
 
 def row(row_id: int, key: str | None = None, exchange: str = "ex", attempts: int = 0) -> OutboxRow:
@@ -396,3 +396,39 @@ class TestServe:
         assert store.flags == [True, True], "the flag raise, then a refresh after the failure"
         assert store.claims[-2:] == [[1, 2], []]
         assert publisher.sent == []
+
+    def test_after_raising_the_flag_the_relay_looks_once_more_a_little_later(self) -> None:
+        # Producers that saw the flag down just before it went up send no NOTIFY for
+        # FLAG_TRUST_S: the relay's first sleep must end by LATE_LOOK_S and claim again.
+        store = WakeUpStore([])
+        publisher = SleepsRecorded([], stop_after=2)
+        relay = relay_for(store, publisher)
+        publisher.relay = relay
+        relay._serve()
+        assert store.flags == [True]
+        first, second = publisher.sleeps
+        assert FLAG_TRUST_S < first <= LATE_LOOK_S
+        assert second > LATE_LOOK_S, "then it sleeps until the backstop poll"
+        claims_after_raise = len(store.claims) - QUIET_CLAIMS
+        assert claims_after_raise == 2, "the final check, then the late look"
+
+
+class SleepsRecorded(ScriptedPublisher):
+    """Records the relay's sleeps (waits longer than a busy poll), lets the short ones pass
+    in real time (the relay reads the monotonic clock), and stops it after some."""
+
+    relay: Relay
+
+    def __init__(self, rounds: list[dict[int, Outcome] | Exception], *, stop_after: int) -> None:
+        super().__init__(rounds)
+        self.sleeps: list[float] = []
+        self.stop_after = stop_after
+
+    def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
+        if timeout_s > BUSY_POLL_S:
+            self.sleeps.append(timeout_s)
+            if len(self.sleeps) >= self.stop_after:
+                self.relay.stop("test")
+            elif timeout_s <= LATE_LOOK_S:
+                time.sleep(timeout_s)
+        return False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.wakeup import QUIET_CLAIMS, Step, WakeUp
+from outbox_relay.wakeup import QUIET_CLAIMS, FlagSeen, Step, WakeUp
 
 
 def steps(policy: WakeUp, claims: list[int]) -> list[Step]:
@@ -74,3 +74,30 @@ class TestWakeUp:
             else:
                 assert not up, "the relay polls only with the flag down"
             assert policy.waiting == up
+
+
+class TestFlagSeen:
+    def test_a_flag_seen_down_is_trusted_for_a_while_then_looked_at_again(self) -> None:
+        now = [0.0]
+        seen = FlagSeen(trust_s=0.01, clock=lambda: now[0])
+        key = ("db", 5432, "app", "public")
+        assert seen.must_look(key), "never seen: look"
+        seen.saw(key, relay_may_wait=False)
+        assert not seen.must_look(key)
+        now[0] += 0.0099
+        assert not seen.must_look(key)
+        now[0] += 0.0001
+        assert seen.must_look(key)
+
+    def test_a_flag_that_may_be_up_is_looked_at_every_time(self) -> None:
+        seen = FlagSeen(trust_s=10.0, clock=lambda: 0.0)
+        key = ("db", 5432, "app", "public")
+        seen.saw(key, relay_may_wait=False)
+        seen.saw(key, relay_may_wait=True)
+        assert seen.must_look(key)
+
+    def test_each_database_and_schema_has_its_own_flag(self) -> None:
+        seen = FlagSeen(trust_s=10.0, clock=lambda: 0.0)
+        seen.saw(("db", 5432, "app", "public"), relay_may_wait=False)
+        assert seen.must_look(("db", 5432, "app", "billing"))
+        assert seen.must_look(("db", 5433, "app", "public"))
