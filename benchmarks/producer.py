@@ -13,7 +13,9 @@ separate processes; threads of one process would share their looks and look less
 
 Cases: the relay busy draining a backlog (its wake-up flag down), the relay idle (flag up
 when the load starts), no relay, and the message id index with random (v4) against
-time-ordered (v7) UUIDs.
+time-ordered (v7) UUIDs. Two references, with no relay: the same ``publish`` with the
+optional wake-up trigger installed (``migrate --wake-trigger``, for other writers), and
+the smallest row an outbox could be (id, message id, exchange, routing key, payload).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from benchmarks.common import (
     relay_process,
     wait_listening,
 )
+from outbox_relay.store.schema import migrate
 from outbox_relay.store.sqlfiles import Queries
 from outbox_relay.wakeup import FLAG_TRUST_S
 
@@ -50,6 +53,8 @@ SCENARIO = "producer"
 CLIENTS = 8
 UUID7 = "{schema}.uuid7()"
 UUID4 = "gen_random_uuid()"
+# Cases that are not the target's: what an option or the smallest possible row costs.
+REFERENCES = ("no relay, wake trigger installed", "no relay, minimal outbox row")
 _TPS_RE = re.compile(r"tps = ([\d.]+) \(without initial connection time\)")
 
 ORDER = "INSERT INTO {schema}.orders (customer, amount) VALUES (:customer, 42.00);"
@@ -58,6 +63,14 @@ PAYLOAD_SQL = f"decode(repeat('78', {PAYLOAD_BYTES}), 'hex')"
 
 def script(body: str, *, prelude: str = "") -> str:
     return f"\\set customer random(1, 100000)\n{prelude}BEGIN;\n{ORDER}\n{body}\nCOMMIT;\n"
+
+
+def minimal_script(schema: str) -> str:
+    insert = (
+        "INSERT INTO {schema}.minimal_outbox (message_id, exchange, routing_key, payload)"
+        f" VALUES ({UUID7}, 'bench', '{ROUTING_KEY}', {PAYLOAD_SQL});"
+    )
+    return script(insert).replace("{schema}", schema)
 
 
 def plain_script(schema: str) -> str:
@@ -147,7 +160,7 @@ def pgbench(env: Env, text: str, seconds: int) -> float:
 def prepared_schema(env: Env) -> Iterator[str]:
     with outbox_schema(env.database_url) as schema:
         with psycopg.connect(env.database_url, autocommit=True) as conn:
-            for name in ("orders_table", "plain_table", "uuid7_function"):
+            for name in ("orders_table", "plain_table", "minimal_outbox_table", "uuid7_function"):
                 conn.execute(query(name, schema))
         yield schema
 
@@ -176,6 +189,9 @@ def run(env: Env, report: Report) -> None:
                 sample("no relay, uuid7", v7)
                 v4 = outbox_script(conn, schema, route.exchange, UUID4, every)
                 sample("no relay, uuid4", v4)
+                sample("no relay, minimal outbox row", minimal_script(schema))
+                migrate(env.database_url, schema=schema, wake_trigger=True)
+                sample("no relay, wake trigger installed", v7)
             with (
                 prepared_schema(env) as schema,
                 psycopg.connect(env.database_url) as conn,
@@ -199,6 +215,8 @@ def run(env: Env, report: Report) -> None:
         ("relay idle", "ceiling, relay idle"),
         ("no relay, uuid7", "ceiling, no relay"),
         ("no relay, uuid4", "ceiling, no relay"),
+        ("no relay, wake trigger installed", "ceiling, no relay"),
+        ("no relay, minimal outbox row", "ceiling, no relay"),
     ):
         ceiling = medians[ceiling_case]
         report.add(
@@ -211,6 +229,10 @@ def run(env: Env, report: Report) -> None:
                 extra={"samples": rates[case], "ceiling_samples": rates[ceiling_case]},
             )
         )
+        if case in REFERENCES:
+            ratio = round(medians[case] / ceiling, 3)
+            report.add(Figure(SCENARIO, f"{case} / ceiling", ratio, "x"))
+            continue
         report.add(
             ratio_figure(
                 SCENARIO,

@@ -44,6 +44,18 @@ CREATE TABLE {schema}.plain (
     created_at timestamptz NOT NULL DEFAULT now()
 )
 
+-- name: minimal_outbox_table
+-- A reference, not a design: the smallest row an outbox relay could work from (an id
+-- to order by, a unique message id, where to send it, the payload).
+CREATE TABLE {schema}.minimal_outbox (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id  uuid NOT NULL UNIQUE,
+    exchange    text NOT NULL,
+    routing_key text NOT NULL,
+    payload     bytea NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+)
+
 -- name: uuid7_function
 -- A version 7 UUID in SQL (PostgreSQL 15 has none): 48 bits of Unix milliseconds first.
 CREATE FUNCTION {schema}.uuid7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
