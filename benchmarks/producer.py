@@ -99,7 +99,7 @@ def outbox_script(
     for name, value in values.items():
         statement = statement.replace(f"%({name})s", value)
     insert = " ".join(line.strip() for line in statement.splitlines())
-    wake = queries["wake"].as_string(conn)
+    wake = queries["wake"].as_string(conn).replace("%(wake_scheduled)s", "false")
     body = (
         "\\if :relay_may_wait or :look = 1\n"
         f"WITH inserted AS ({insert}) {wake} \\gset\n"
@@ -148,11 +148,13 @@ def pgbench(env: Env, text: str, seconds: int) -> float:
             ],
             capture_output=True,
             text=True,
-            check=True,
-        ).stdout
-    match = _TPS_RE.search(out)
+            check=False,
+        )
+    if out.returncode:
+        raise RuntimeError(f"pgbench failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    match = _TPS_RE.search(out.stdout)
     if not match:
-        raise RuntimeError(f"pgbench printed no tps:\n{out}")
+        raise RuntimeError(f"pgbench printed no tps:\n{out.stdout}")
     return float(match.group(1))
 
 

@@ -112,7 +112,7 @@ def migrate(database_url: str, schema: str, partitions: int, wake_trigger: bool)
     else:
         click.echo(f"{target} is up to date ({len(report.already)} migrations applied before)")
     if wake_trigger:
-        click.echo(f"the wake-up trigger is on {schema}.outbox")
+        click.echo(f"the wake-up trigger is on the outbox of schema {schema!r}")
 
 
 @main.command("sql")
@@ -131,7 +131,8 @@ def migrate(database_url: str, schema: str, partitions: int, wake_trigger: bool)
     multiple=True,
     metavar="KIND=ROLE",
     help="Print, instead of the DDL, the least privileges ROLE needs as KIND: 'relay' (its "
-    "own tables), 'producer' (INSERT on the outbox) or 'consumer' (its inbox). Repeatable.",
+    "own tables), 'producer' (INSERT on the outbox, its wake-up function) or 'consumer' (its "
+    "inbox). Repeatable.",
 )
 @wake_trigger_option
 def print_sql(
@@ -143,6 +144,11 @@ def print_sql(
     With --grants, print the GRANT statements for the relay's and producers' roles.
     """
     if grants:
+        if wake_trigger:
+            raise ConfigurationError(
+                "--wake-trigger is part of the DDL: print it without --grants, and the "
+                "grants in a second run"
+            )
         roles = [_grant(value) for value in grants]
         try:
             click.echo(grants_sql(schema=schema, roles=roles), nl=False)

@@ -34,7 +34,7 @@ from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
 from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
-from outbox_relay.wakeup import BUSY_POLL_S, LATE_LOOK_S, Step, WakeUp
+from outbox_relay.wakeup import BUSY_POLL_S, LATE_LOOK_S, Notices, Step, WakeUp
 
 # Draining a backlog of 512 B rows, 1000 relayed 6 % faster than 500 and no slower than
 # 2000 (relay / raw-pika ceiling, medians of three runs: 0.795, 0.843, 0.834).
@@ -46,6 +46,8 @@ LEASE_SAFETY_MARGIN_S = 1.0
 POLL_INTERVAL_S = 0.5
 # The backstop poll while idle doubles from POLL_INTERVAL_S up to this (see Relay._sleep).
 IDLE_POLL_MAX_S = 5.0
+# Rows found by the backstop poll, not announced by a NOTIFY, are logged at most this often.
+UNANNOUNCED_LOG_INTERVAL_S = 600.0
 MAX_ATTEMPTS = 10
 MAX_PUBLISH_ROUNDS = 5
 # /healthz fails when the loop has not gone round for this long (and is not merely
@@ -78,7 +80,7 @@ class Store(Protocol):
     def set_waiting(self, waiting: bool) -> float | None: ...
     def next_due_in(self) -> float | None: ...
     def listen_fileno(self) -> int: ...
-    def drain_notifications(self) -> int: ...
+    def drain_notifications(self) -> Notices: ...
     def forget_waiting(self) -> None: ...
 
 
@@ -184,10 +186,13 @@ class Relay:
         self._stop_reason = ""
         self._store_ok = False
         self._outage: str | None = None
-        self._next_due_in: float | None = None
-        # The row _next_due_in waited for is due: the time of the one after it is unknown.
+        self._due_at: float | None = None  # monotonic; when the next scheduled row is due
+        # That row is due, or a delayed row was announced: read when the next one is due.
         self._due_unknown = False
+        self._late_look_at: float | None = None  # monotonic; see Step.RAISE_FLAG
         self._notified = False  # the last sleep ended with a NOTIFY
+        self._polled = False  # the last sleep ended at the backstop poll or a heartbeat
+        self._unannounced_logged_at: float | None = None
         self._leases: Leases | None = None
         self._lease_deadline = 0.0  # monotonic; past it, this relay may not publish
         self._next_heartbeat = 0.0
@@ -262,36 +267,38 @@ class Relay:
             if time.monotonic() >= self._next_heartbeat:
                 self._heartbeat()
             notified, self._notified = self._notified, False
+            polled, self._polled = self._polled, False
             result = self.run_batches()
+            if polled and result.claimed:
+                self._unannounced(result.claimed)
             self.last_iteration = time.monotonic()
             self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
             step = self._wakeup.after_claim(result.claimed)
             if result.claimed:
                 self._empty_polls = 0
             if step is Step.LOWER_FLAG:
-                self._next_due_in = self._store.set_waiting(False)
+                self._due_from_now(self._store.set_waiting(False))
+                self._late_look_at = None
             elif step is Step.RAISE_FLAG:
                 # Then look once more: a row committed before the flag was visible sent
-                # no NOTIFY, but the next claim sees it. The first backstop poll after it
-                # comes soon (see _sleep).
-                next_due = self._store.set_waiting(True)
-                # And once more a little later: producers that saw the flag down a moment
-                # ago send no NOTIFY yet (wakeup.FlagSeen).
-                self._next_due_in = LATE_LOOK_S if next_due is None else min(next_due, LATE_LOOK_S)
+                # no NOTIFY, but the next claim sees it. And once more a little later:
+                # producers that saw the flag down a moment ago send no NOTIFY yet
+                # (wakeup.FlagSeen). The first backstop poll comes soon (see _sleep).
+                self._due_from_now(self._store.set_waiting(True))
+                self._late_look_at = time.monotonic() + LATE_LOOK_S
                 self._empty_polls = 0
             elif step is Step.POLL:
                 self._publisher.wait(BUSY_POLL_S)
             elif step is Step.SLEEP:
                 if result.failed:
                     # Their retry is scheduled now: learn when the next row is due.
-                    self._next_due_in = self._store.set_waiting(True)
-                    self._due_unknown = False
+                    self._due_from_now(self._store.set_waiting(True))
                 elif self._due_unknown or (notified and not result.claimed):
-                    # The row slept for was due (and claimed), or a NOTIFY announced a
-                    # row that is not due yet (a delayed message): learn when the next
-                    # one is due, or sleep would end at once or only at the backstop.
-                    self._next_due_in = self._store.next_due_in()
-                    self._due_unknown = False
+                    # The row slept for is due (and claimed), a delayed row was announced,
+                    # or a NOTIFY found nothing due (a delayed row from a writer that did
+                    # not say so): learn when the next one is due, or sleep would end at
+                    # once or only at the backstop.
+                    self._due_from_now(self._store.next_due_in())
                 if result.held:
                     continue  # rows left in the table may be due now; no NOTIFY will come
                 self._sleep()
@@ -302,8 +309,8 @@ class Relay:
         The final check after raising the flag sees every row committed before the flag
         was visible, the late look (LATE_LOOK_S) the rows of producers that still trusted
         it down, and NOTIFY reports every row whose insert saw the flag. What is left is
-        a transaction that inserted before then and committed after the late look: it
-        was already running when the relay went idle. The first poll comes after
+        a transaction that inserted without a NOTIFY before the late look and committed
+        after it, and rows of writers that skip the wake-up. The first poll comes after
         ``poll_interval_s`` and finds such a row; each empty poll after it doubles the
         interval up to IDLE_POLL_MAX_S, so an idle relay costs a transaction every few
         seconds instead of two a second. This relies on the LISTEN connection being
@@ -311,27 +318,54 @@ class Relay:
         the notifications raises StoreUnavailableError.
         """
         poll = self._settings.poll_interval_s
+        now = time.monotonic()
         timeout = min(
             poll * 2**self._empty_polls,
             max(poll, IDLE_POLL_MAX_S),
-            max(0.0, self._next_heartbeat - time.monotonic()),
+            max(0.0, self._next_heartbeat - now),
         )
-        next_due = self._next_due_in
-        if next_due is not None:
-            timeout = min(timeout, next_due)
-        started = time.monotonic()
+        for timer in (self._due_at, self._late_look_at):
+            if timer is not None:
+                timeout = min(timeout, max(0.0, timer - now))
         woke = self._publisher.wait(timeout, wake_fd=self._store.listen_fileno())
-        if next_due is not None:
-            left = next_due - (time.monotonic() - started)
-            self._next_due_in = left if left > 0 else None
-            self._due_unknown = left <= 0
-        if woke and self._store.drain_notifications():
+        now = time.monotonic()
+        timer_fired = False
+        if self._due_at is not None and now >= self._due_at:
+            self._due_at = None
+            self._due_unknown = True  # the next claim takes it; what is due after it?
+            timer_fired = True
+        if self._late_look_at is not None and now >= self._late_look_at:
+            self._late_look_at = None
+            timer_fired = True
+        # A backstop poll or a heartbeat ended this sleep, not a NOTIFY or a timer.
+        self._polled = not woke and not timer_fired
+        notices = self._store.drain_notifications() if woke else Notices(0, scheduled=False)
+        if notices.count:
             # Something was inserted: claim it at once. The flag is lowered after that
             # claim has published (see _serve), off the path the new message waits on.
             self._empty_polls = 0
             self._notified = True
-        elif not woke:
+            self._due_unknown = self._due_unknown or notices.scheduled
+        elif self._polled:
             self._empty_polls = min(self._empty_polls + 1, 16)
+
+    def _unannounced(self, rows: int) -> None:
+        """Rows that no NOTIFY announced while the relay slept: a transaction that raced
+        the flag going up (rare), or a writer that skips the wake-up (every time)."""
+        now = time.monotonic()
+        last = self._unannounced_logged_at
+        if last is not None and now - last < UNANNOUNCED_LOG_INTERVAL_S:
+            return
+        self._unannounced_logged_at = now
+        log.warning(
+            "relay.rows_without_wake_up",
+            rows=rows,
+            hint="rows were inserted while the relay slept and no NOTIFY announced them, "
+            "so they waited for the backstop poll (up to 5 s). Writers other than "
+            "outbox_relay.publish() must call SELECT <schema>.outbox_wake() in their "
+            "transaction, or install the trigger: outbox-relay migrate --wake-trigger. "
+            "Logged at most every 10 minutes; once after a burst can be a harmless race.",
+        )
 
     def _heartbeat(self) -> None:
         started = time.monotonic()
@@ -363,7 +397,13 @@ class Relay:
         if self._outage is not None:
             log.info("relay.recovered", outage=self._outage)
             self._outage = None
-        self._next_due_in = None
+        self._due_at = None
+        self._due_unknown = False
+        self._late_look_at = None
+
+    def _due_from_now(self, seconds: float | None) -> None:
+        self._due_at = None if seconds is None else time.monotonic() + seconds
+        self._due_unknown = False
 
     def _on_outage(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None

@@ -45,6 +45,18 @@ FLAG_TRUST_S = 0.010
 LATE_LOOK_S = 0.05
 
 
+# The NOTIFY payload of an insert that holds a delayed row: the relay reads when it is due.
+SCHEDULED = "scheduled"
+
+
+@dataclass(frozen=True)
+class Notices:
+    """What the relay's LISTEN session heard since it last looked."""
+
+    count: int
+    scheduled: bool  # one of them announced a delayed row
+
+
 class Step(enum.Enum):
     CLAIM = "claim"  # claim again at once
     POLL = "poll"  # pause BUSY_POLL_S with the flag down, then claim
@@ -93,24 +105,23 @@ class WakeUp:
 class FlagSeen:
     """What producers of one process last saw of the wake-up flag, per database and schema.
 
-    ``must_look`` is true unless the flag was seen down less than ``trust_s`` ago: while
-    it may be up, every insert looks (and notifies). Thread-safe enough: a race between
-    threads costs at most one extra look.
+    ``must_look`` is true unless the flag was seen down less than ``trust_s`` ago, timed
+    from when the look was sent: while it may be up, every insert looks (and notifies).
+    An older look that completes after a newer one changes nothing.
     """
 
     def __init__(
         self, *, trust_s: float = FLAG_TRUST_S, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._trust_s = trust_s
-        self._clock = clock
-        self._down_until: dict[Hashable, float] = {}
+        self.clock = clock
+        self._seen: dict[Hashable, tuple[float, bool]] = {}  # key: (looked at, may wait)
 
     def must_look(self, key: Hashable) -> bool:
-        until = self._down_until.get(key)
-        return until is None or self._clock() >= until
+        seen = self._seen.get(key)
+        return seen is None or seen[1] or self.clock() >= seen[0] + self._trust_s
 
-    def saw(self, key: Hashable, *, relay_may_wait: bool) -> None:
-        if relay_may_wait:
-            self._down_until.pop(key, None)
-        else:
-            self._down_until[key] = self._clock() + self._trust_s
+    def saw(self, key: Hashable, *, relay_may_wait: bool, looked_at: float) -> None:
+        seen = self._seen.get(key)
+        if seen is None or looked_at >= seen[0]:
+            self._seen[key] = (looked_at, relay_may_wait)

@@ -3,7 +3,7 @@
 Three connections: two for work (heartbeats between batches; claim, publish and settle
 inside one transaction, so claimed rows stay locked until settled; two so that the next
 batch can be claimed while one is being published) and one that LISTENs for the
-trigger's NOTIFY and carries this relay's wake-up flag.
+producers' NOTIFY and carries this relay's wake-up flag.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.store.connect import application_name_in, connect, translate_errors
 from outbox_relay.store.sqlfiles import Queries, notify_channel
+from outbox_relay.wakeup import SCHEDULED, Notices
 
 ORDER_GATE_MAX_WAIT_S = 30.0
 # Claims open at once: one being published, the next one claimed meanwhile.
@@ -213,11 +214,13 @@ class PostgresStore:
     def listen_fileno(self) -> int:
         return self._require(self._listen).fileno()
 
-    def drain_notifications(self) -> int:
-        """Consume pending notifications; they are only hints, so just count them."""
+    def drain_notifications(self) -> Notices:
+        """Consume pending notifications; they are only hints: count them, and note
+        whether one announced a delayed row."""
         conn = self._require(self._listen)
         with translate_errors("reading notifications"):
-            return sum(1 for _ in conn.notifies(timeout=0))
+            payloads = [n.payload for n in conn.notifies(timeout=0)]
+        return Notices(len(payloads), scheduled=SCHEDULED in payloads)
 
     def forget_waiting(self) -> None:
         """Remove this relay's flag at shutdown, so producers stop notifying for it."""

@@ -66,7 +66,10 @@ def migrate(
             )
             applied.append(migration.name)
         if wake_trigger:
-            conn.execute(queries["wake_trigger"])
+            table = sql.Identifier(schema, "outbox").as_string(None)
+            present = conn.execute(queries["wake_trigger_exists"], {"table": table}).fetchone()
+            if not (present and present[0]):
+                conn.execute(queries["create_wake_trigger"])
     already = tuple(m.name for m in versioned if m.version in done)
     return MigrationReport(
         schema=schema, applied=tuple(applied), already=already, partitions=partitions

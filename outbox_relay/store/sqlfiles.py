@@ -78,6 +78,11 @@ def validate_schema_name(schema: str) -> str:
     """A schema name PostgreSQL will store as given; any character is quoted safely."""
     if not schema or "\x00" in schema:
         raise ValueError(f"schema name {schema!r} is empty or contains NUL; choose another name")
+    if "$$" in schema:
+        raise ValueError(
+            f"schema name {schema!r} contains '$$', which would end the function bodies "
+            "of the migrations; choose another name"
+        )
     if len(schema.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
         raise ValueError(
             f"schema name {schema!r} is longer than {MAX_IDENTIFIER_BYTES} bytes, which "

@@ -10,12 +10,15 @@ whether one may); after it has said no, bare inserts follow for a few millisecon
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import pq, sql
+from psycopg.rows import tuple_row
 
 from outbox_relay.errors import InvalidMessageError, StoreError
 from outbox_relay.message import NewMessage
@@ -39,45 +42,84 @@ FLAG_SEEN = FlagSeen()
 FlagKey = tuple[str, int, str, str]  # host, port, database, schema
 
 
+@dataclass(frozen=True)
+class _Statement:
+    query: sql.Composed
+    params: dict[str, Any]
+    flag: FlagKey | None  # set when the statement also looks at the wake-up flag
+    looked_at: float
+
+    def saw(self, row: tuple[Any, ...] | None) -> None:
+        if self.flag is not None:
+            may_wait = row is None or bool(row[0])
+            FLAG_SEEN.saw(self.flag, relay_may_wait=may_wait, looked_at=self.looked_at)
+
+
 def insert_messages(target: SyncTarget, messages: Sequence[NewMessage], *, schema: str) -> None:
-    query, params, flag = _statement(target, messages, schema=schema)
-    try:
-        cursor = target.execute(query, params)
-        if flag is not None:
-            _saw(flag, cursor.fetchone())
-    except psycopg.Error as exc:
-        raise StoreError(f"inserting into {schema}.outbox failed: {exc}") from exc
+    conn = target.connection if isinstance(target, psycopg.Cursor) else target
+    with _translated(schema):
+        statement = _statement(conn, messages, schema=schema)
+        # A cursor of our own: the caller's row factory and result stay as they were.
+        with conn.cursor(row_factory=tuple_row) as cursor:
+            cursor.execute(statement.query, statement.params)
+            statement.saw(cursor.fetchone() if statement.flag else None)
 
 
 async def insert_messages_async(
     target: AsyncTarget, messages: Sequence[NewMessage], *, schema: str
 ) -> None:
-    query, params, flag = _statement(target, messages, schema=schema)
+    conn = target.connection if isinstance(target, psycopg.AsyncCursor) else target
+    with _translated(schema):
+        statement = _statement(conn, messages, schema=schema)
+        async with conn.cursor(row_factory=tuple_row) as cursor:
+            await cursor.execute(statement.query, statement.params)
+            statement.saw(await cursor.fetchone() if statement.flag else None)
+
+
+@contextlib.contextmanager
+def _translated(schema: str) -> Iterator[None]:
     try:
-        cursor = await target.execute(query, params)
-        if flag is not None:
-            _saw(flag, await cursor.fetchone())
+        yield
+    except psycopg.errors.UndefinedFunction as exc:
+        raise StoreError(
+            f"inserting into {schema}.outbox failed: {exc}\nThe outbox schema predates "
+            "migration 0007 (no outbox_wake()): run `outbox-relay migrate` on it (before "
+            "upgrading the applications that publish)."
+        ) from exc
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise StoreError(
+            f"inserting into {schema}.outbox failed: {exc}\nGrant the producer's role what "
+            f"`outbox-relay sql --schema {schema} --grants producer=ROLE` prints (INSERT on "
+            "the outbox, EXECUTE on outbox_wake(boolean), SELECT on outbox_listener)."
+        ) from exc
     except psycopg.Error as exc:
         raise StoreError(f"inserting into {schema}.outbox failed: {exc}") from exc
 
 
-def _saw(flag: FlagKey, row: tuple[Any, ...] | None) -> None:
-    FLAG_SEEN.saw(flag, relay_may_wait=row is None or bool(row[0]))
-
-
 def _statement(
-    target: SyncTarget | AsyncTarget, messages: Sequence[NewMessage], *, schema: str
-) -> tuple[sql.Composed, dict[str, Any], FlagKey | None]:
-    """The insert and its parameters, and the flag's key when the insert also looks at
-    the wake-up flag."""
-    conn = _connection(target)
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any],
+    messages: Sequence[NewMessage],
+    *,
+    schema: str,
+) -> _Statement:
+    """The insert and its parameters; while a relay may be waiting, with the look at the
+    wake-up flag (and the NOTIFY) in the same statement."""
     _check_in_transaction(conn)
     info = conn.info
-    flag = (info.host, info.port, info.dbname, schema)
+    flag = (info.host, _port(info), info.dbname, schema)
     name, params = _insert(messages)
+    looked_at = FLAG_SEEN.clock()
     if not FLAG_SEEN.must_look(flag):
-        return _insert_query(schema, name), params, None
-    return _insert_and_wake_query(schema, name), params, flag
+        return _Statement(_insert_query(schema, name), params, None, looked_at)
+    params["wake_scheduled"] = any(m.delay_s > 0 for m in messages)
+    return _Statement(_insert_and_wake_query(schema, name), params, flag, looked_at)
+
+
+def _port(info: psycopg.ConnectionInfo) -> int:
+    try:
+        return info.port
+    except psycopg.Error:  # libpq knows no port (no default compiled in): key on the rest
+        return 0
 
 
 def _insert(messages: Sequence[NewMessage]) -> tuple[str, dict[str, Any]]:
@@ -117,14 +159,6 @@ def _insert_and_wake_query(schema: str, name: str) -> sql.Composed:
     return sql.SQL("WITH inserted AS ({}) {}").format(
         _insert_query(schema, name), _insert_query(schema, "wake")
     )
-
-
-def _connection(
-    target: SyncTarget | AsyncTarget,
-) -> psycopg.Connection[Any] | psycopg.AsyncConnection[Any]:
-    if isinstance(target, (psycopg.Cursor, psycopg.AsyncCursor)):
-        return target.connection
-    return target
 
 
 def _check_in_transaction(

@@ -10,19 +10,22 @@
 -- raises its flag). So under load most producer transactions carry no check at all.
 --
 -- Writers that insert rows by other means call `SELECT <schema>.outbox_wake()` in the
--- same transaction, or put the trigger back with `outbox-relay migrate --wake-trigger`.
+-- same transaction (`outbox_wake(true)` when they wrote a delayed row), or put the trigger
+-- back with `outbox-relay migrate --wake-trigger`.
 -- Without either, their rows are found by the relay's backstop poll (within
 -- --poll-interval, and up to 5 s while the relay has been idle).
 
--- Sends the NOTIFY when a relay waits for one. Returns whether a relay may be waiting:
--- a caller that gets false may skip the check for a short while. Under REPEATABLE READ
--- and SERIALIZABLE the flag was read at the transaction's start, perhaps long ago, so
--- the answer is never false there.
-CREATE OR REPLACE FUNCTION {schema}.outbox_wake() RETURNS boolean
+-- Sends the NOTIFY when a relay waits for one; `scheduled` says that the statement wrote
+-- a delayed row, so the relay reads when it is due. Returns whether a relay may be
+-- waiting: a caller that gets false may skip the check for a short while. Under
+-- REPEATABLE READ and SERIALIZABLE the flag was read at the transaction's start, perhaps
+-- long ago, so the answer is never false there.
+CREATE OR REPLACE FUNCTION {schema}.outbox_wake(scheduled boolean DEFAULT false)
+RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM {schema}.outbox_listener WHERE waiting) THEN
-        PERFORM pg_notify({channel}, '');
+        PERFORM pg_notify({channel}, CASE WHEN scheduled THEN 'scheduled' ELSE '' END);
         RETURN true;
     END IF;
     RETURN current_setting('transaction_isolation') <> 'read committed';

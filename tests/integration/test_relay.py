@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from psycopg import sql
+from structlog.testing import capture_logs
 
 import outbox_relay
 from outbox_relay.errors import StoreUnavailableError
@@ -283,6 +285,43 @@ def test_a_delayed_row_published_while_the_relay_sleeps_goes_out_at_its_time(
         assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"n": "late"}]
         assert time.monotonic() - started < 1.2
         assert counter.iterations_over(1.0) <= 5
+
+
+def test_rows_no_notify_announced_go_out_at_the_poll_and_are_reported_once(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    # A writer that neither uses publish() nor calls outbox_wake(): the backstop poll
+    # finds its rows, and the relay says once how to wake it up properly.
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    counter = IterationCounter()
+    insert = sql.SQL(
+        "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload, content_type)"
+        " VALUES (gen_random_uuid(), %s, 'k', %s, 'application/json')"
+    ).format(sql.Identifier(schema))
+
+    def warnings() -> list[Any]:
+        return [e for e in logs if e["event"] == "relay.rows_without_wake_up"]
+
+    def write_one(n: int, *, wake: bool) -> None:
+        assert wait_for(lambda: counter.iterations_over(0.2) == 0, timeout_s=10)  # asleep
+        with psycopg.connect(database_url) as conn:
+            conn.execute(insert, (exchange, json.dumps({"n": n}).encode()))
+            if wake:
+                conn.execute(sql.SQL("SELECT {}.outbox_wake()").format(sql.Identifier(schema)))
+            conn.commit()
+        assert bodies(broker.drain(queue, expect=1, timeout_s=10)) == [{"n": n}]
+
+    with (
+        capture_logs() as logs,
+        running_relay(database_url, amqp_url, schema, observer=counter, poll_interval_s=0.3),
+    ):
+        write_one(0, wake=True)
+        assert warnings() == [], "announced by outbox_wake(): nothing to report"
+        write_one(1, wake=False)
+        write_one(2, wake=False)
+    assert len(warnings()) == 1, "logged once, not per row"
+    assert "outbox_wake()" in warnings()[0]["hint"]
 
 
 def test_broker_down_at_start_then_up_delivers_everything(

@@ -13,9 +13,11 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from psycopg import sql
+from psycopg.rows import dict_row
 
 import outbox_relay
 from outbox_relay.cli import main
+from outbox_relay.errors import StoreError
 from outbox_relay.store import writer
 from outbox_relay.store.sqlfiles import notify_channel
 from outbox_relay.wakeup import FLAG_TRUST_S, FlagSeen
@@ -40,7 +42,10 @@ class Listener:
         )
 
     def notifications(self) -> int:
-        return sum(1 for _ in self.conn.notifies(timeout=0.3))
+        return len(self.payloads())
+
+    def payloads(self) -> list[str]:
+        return [n.payload for n in self.conn.notifies(timeout=0.3)]
 
 
 class Clock:
@@ -113,7 +118,9 @@ def test_the_flag_is_seen_per_database_and_schema(
     publish_one(database_url, schema)
     listener.flag(waiting=True)
     # Another schema's down flag says nothing about this one.
-    writer.FLAG_SEEN.saw(("elsewhere", 5432, "test", schema), relay_may_wait=False)
+    writer.FLAG_SEEN.saw(
+        ("elsewhere", 5432, "test", schema), relay_may_wait=False, looked_at=clock.now
+    )
     assert writer.FLAG_SEEN.must_look(("elsewhere", 5432, "test", schema)) is False
     clock.now += FLAG_TRUST_S
     publish_one(database_url, schema)
@@ -181,3 +188,45 @@ def test_the_wake_trigger_is_there_only_when_asked_for(
         raw_insert(conn, schema)
         conn.commit()
     assert listener.notifications() == 0
+
+
+def test_a_delayed_message_is_announced_as_scheduled(
+    database_url: str, schema: str, listener: Listener, clock: Clock
+) -> None:
+    # The relay then reads when it is due instead of finding nothing to claim.
+    listener.flag(waiting=True)
+    with psycopg.connect(database_url) as conn:
+        outbox_relay.publish(
+            conn, exchange="orders", routing_key="k", payload={}, schema=schema, delay=5
+        )
+        conn.commit()
+    publish_one(database_url, schema)
+    assert listener.payloads() == ["scheduled", ""]
+
+
+def test_publish_keeps_the_callers_row_factory_and_cursor(
+    database_url: str, schema: str, listener: Listener, clock: Clock
+) -> None:
+    listener.flag(waiting=True)
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        outbox_relay.publish(conn, exchange="orders", routing_key="k", payload={}, schema=schema)
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT 42 AS answer")
+            outbox_relay.publish(
+                cursor, exchange="orders", routing_key="k", payload={}, schema=schema
+            )
+            assert cursor.fetchone() == {"answer": 42}
+        conn.commit()
+    assert listener.notifications() == 1  # one transaction: PostgreSQL folds the two
+
+
+def test_an_outbox_older_than_migration_7_is_named_with_the_fix(
+    database_url: str, schema: str, clock: Clock
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP FUNCTION {}.outbox_wake").format(sql.Identifier(schema)))
+    with (
+        psycopg.connect(database_url) as conn,
+        pytest.raises(StoreError, match=r"predates migration 0007.*outbox-relay migrate"),
+    ):
+        outbox_relay.publish(conn, exchange="orders", routing_key="k", payload={}, schema=schema)

@@ -16,7 +16,7 @@ from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
 from outbox_relay.relay import Relay, RelaySettings
-from outbox_relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS
+from outbox_relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS, Notices
 
 
 def row(row_id: int, key: str | None = None, exchange: str = "ex", attempts: int = 0) -> OutboxRow:
@@ -81,8 +81,8 @@ class FakeStore:
     def listen_fileno(self) -> int:
         return -1
 
-    def drain_notifications(self) -> int:
-        return 0
+    def drain_notifications(self) -> Notices:
+        return Notices(0, scheduled=False)
 
     def forget_waiting(self) -> None: ...
 
@@ -363,12 +363,28 @@ class WakeUpStore(TableStore):
         super().__init__([])
         self.arriving = arriving
         self.flags: list[bool] = []
+        self.next_due: float | None = None  # what set_waiting(True) reports, once
+        self.next_due_reads = 0
+        self.notices: list[Notices] = []
+        self.on_notify: Callable[[], None] = lambda: None
 
     def set_waiting(self, waiting: bool) -> float | None:
         self.flags.append(waiting)
         if waiting and self.arriving:
             self.rows, self.arriving = self.arriving, []
+        due, self.next_due = self.next_due, None
+        return due
+
+    def next_due_in(self) -> float | None:
+        self.next_due_reads += 1
         return None
+
+    def notify(self) -> None:
+        self.on_notify()
+        self.notices.append(Notices(1, scheduled=True))
+
+    def drain_notifications(self) -> Notices:
+        return self.notices.pop() if self.notices else Notices(0, scheduled=False)
 
 
 class SleepStops(ScriptedPublisher):
@@ -408,27 +424,67 @@ class TestServe:
         assert store.flags == [True]
         first, second = publisher.sleeps
         assert FLAG_TRUST_S < first <= LATE_LOOK_S
-        assert second > LATE_LOOK_S, "then it sleeps until the backstop poll"
+        # Then the backstop poll, at its interval: the late look is not an empty poll.
+        assert second == pytest.approx(RelaySettings().poll_interval_s, abs=0.01)
         claims_after_raise = len(store.claims) - QUIET_CLAIMS
         assert claims_after_raise == 2, "the final check, then the late look"
+
+    def test_a_scheduled_row_due_first_does_not_cancel_the_late_look(self) -> None:
+        store = WakeUpStore([])
+        store.next_due = 0.02  # a retried row, due before the late look
+        publisher = SleepsRecorded([], stop_after=3)
+        relay = relay_for(store, publisher)
+        publisher.relay = relay
+        relay._serve()
+        first, second, _ = publisher.sleeps
+        assert first == pytest.approx(0.02, abs=0.005)
+        assert second <= LATE_LOOK_S - first + 0.005, "the late look is still coming"
+        assert store.next_due_reads == 1, "the due row was taken: what is due next?"
+
+    def test_a_notify_for_a_delayed_row_reads_when_it_is_due_even_when_rows_were_claimed(
+        self,
+    ) -> None:
+        # One transaction wrote a message and a delayed one: a single NOTIFY, marked
+        # scheduled; the claim finds the first, and the relay must still read the time.
+        store = WakeUpStore([])
+        publisher = SleepsRecorded([{}], stop_after=3, notify_at=2)
+        relay = relay_for(store, publisher)
+        publisher.relay = relay
+        store.on_notify = lambda: store.rows.append(row(7))
+        relay._serve()
+        assert publisher.sent == [[7]]
+        assert store.next_due_reads == 1
 
 
 class SleepsRecorded(ScriptedPublisher):
     """Records the relay's sleeps (waits longer than a busy poll), lets the short ones pass
-    in real time (the relay reads the monotonic clock), and stops it after some."""
+    in real time (the relay reads the monotonic clock), and stops it after some. The
+    ``notify_at``-th sleep ends with a NOTIFY marked scheduled."""
 
     relay: Relay
 
-    def __init__(self, rounds: list[dict[int, Outcome] | Exception], *, stop_after: int) -> None:
+    def __init__(
+        self,
+        rounds: list[dict[int, Outcome] | Exception],
+        *,
+        stop_after: int,
+        notify_at: int | None = None,
+    ) -> None:
         super().__init__(rounds)
         self.sleeps: list[float] = []
         self.stop_after = stop_after
+        self.notify_at = notify_at
 
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
-        if timeout_s > BUSY_POLL_S:
-            self.sleeps.append(timeout_s)
-            if len(self.sleeps) >= self.stop_after:
-                self.relay.stop("test")
-            elif timeout_s <= LATE_LOOK_S:
-                time.sleep(timeout_s)
+        if timeout_s <= BUSY_POLL_S:
+            return False
+        self.sleeps.append(timeout_s)
+        if len(self.sleeps) >= self.stop_after:
+            self.relay.stop("test")
+            return False
+        if len(self.sleeps) == self.notify_at:
+            self.relay._store.notify()  # type: ignore[attr-defined]
+            return True
+        if timeout_s <= LATE_LOOK_S:
+            time.sleep(timeout_s)
         return False

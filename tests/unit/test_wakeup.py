@@ -77,27 +77,41 @@ class TestWakeUp:
 
 
 class TestFlagSeen:
-    def test_a_flag_seen_down_is_trusted_for_a_while_then_looked_at_again(self) -> None:
+    KEY = ("db", 5432, "app", "public")
+
+    def test_a_flag_seen_down_is_trusted_for_a_while_from_the_look_then_looked_at_again(
+        self,
+    ) -> None:
         now = [0.0]
         seen = FlagSeen(trust_s=0.01, clock=lambda: now[0])
-        key = ("db", 5432, "app", "public")
-        assert seen.must_look(key), "never seen: look"
-        seen.saw(key, relay_may_wait=False)
-        assert not seen.must_look(key)
-        now[0] += 0.0099
-        assert not seen.must_look(key)
-        now[0] += 0.0001
-        assert seen.must_look(key)
+        assert seen.must_look(self.KEY), "never seen: look"
+        seen.saw(self.KEY, relay_may_wait=False, looked_at=0.0)
+        now[0] = 0.0099
+        assert not seen.must_look(self.KEY)
+        now[0] = 0.01
+        assert seen.must_look(self.KEY)
+        # Timed from when the look was sent, not from when its answer arrived.
+        now[0] = 0.02
+        seen.saw(self.KEY, relay_may_wait=False, looked_at=0.015)
+        now[0] = 0.025
+        assert seen.must_look(self.KEY)
 
     def test_a_flag_that_may_be_up_is_looked_at_every_time(self) -> None:
-        seen = FlagSeen(trust_s=10.0, clock=lambda: 0.0)
-        key = ("db", 5432, "app", "public")
-        seen.saw(key, relay_may_wait=False)
-        seen.saw(key, relay_may_wait=True)
-        assert seen.must_look(key)
+        seen = FlagSeen(trust_s=10.0, clock=lambda: 1.0)
+        seen.saw(self.KEY, relay_may_wait=False, looked_at=0.5)
+        seen.saw(self.KEY, relay_may_wait=True, looked_at=0.6)
+        assert seen.must_look(self.KEY)
+
+    def test_an_older_look_answering_late_does_not_override_a_newer_one(self) -> None:
+        # Two threads: the newer look saw the flag up; the older one's "down" comes later.
+        seen = FlagSeen(trust_s=10.0, clock=lambda: 1.0)
+        seen.saw(self.KEY, relay_may_wait=True, looked_at=0.9)
+        seen.saw(self.KEY, relay_may_wait=False, looked_at=0.8)
+        assert seen.must_look(self.KEY)
 
     def test_each_database_and_schema_has_its_own_flag(self) -> None:
         seen = FlagSeen(trust_s=10.0, clock=lambda: 0.0)
-        seen.saw(("db", 5432, "app", "public"), relay_may_wait=False)
+        seen.saw(self.KEY, relay_may_wait=False, looked_at=0.0)
+        assert not seen.must_look(self.KEY)
         assert seen.must_look(("db", 5432, "app", "billing"))
         assert seen.must_look(("db", 5433, "app", "public"))
