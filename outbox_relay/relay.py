@@ -189,7 +189,7 @@ class Relay:
         self._due_at: float | None = None  # monotonic; when the next scheduled row is due
         # That row is due, or a delayed row was announced: read when the next one is due.
         self._due_unknown = False
-        self._late_look_at: float | None = None  # monotonic; see Step.RAISE_FLAG
+        self._look_until: float | None = None  # monotonic; see Step.RAISE_FLAG
         self._notified = False  # the last sleep ended with a NOTIFY
         self._polled = False  # the last sleep ended at the backstop poll or a heartbeat
         self._unannounced_logged_at: float | None = None
@@ -278,14 +278,14 @@ class Relay:
                 self._empty_polls = 0
             if step is Step.LOWER_FLAG:
                 self._due_from_now(self._store.set_waiting(False))
-                self._late_look_at = None
+                self._look_until = None
             elif step is Step.RAISE_FLAG:
                 # Then look once more: a row committed before the flag was visible sent
-                # no NOTIFY, but the next claim sees it. And once more a little later:
-                # producers that saw the flag down a moment ago send no NOTIFY yet
+                # no NOTIFY, but the next claim sees it. And keep looking for a little
+                # while: producers that saw the flag down a moment ago send no NOTIFY yet
                 # (wakeup.FlagSeen). The first backstop poll comes soon (see _sleep).
                 self._due_from_now(self._store.set_waiting(True))
-                self._late_look_at = time.monotonic() + LATE_LOOK_S
+                self._look_until = time.monotonic() + LATE_LOOK_S
                 self._empty_polls = 0
             elif step is Step.POLL:
                 self._publisher.wait(BUSY_POLL_S)
@@ -307,15 +307,16 @@ class Relay:
         """Wait for a NOTIFY, the next scheduled row, or the backstop poll.
 
         The final check after raising the flag sees every row committed before the flag
-        was visible, the late look (LATE_LOOK_S) the rows of producers that still trusted
-        it down, and NOTIFY reports every row whose insert saw the flag. What is left is
-        a transaction that inserted without a NOTIFY before the late look and committed
-        after it, and rows of writers that skip the wake-up. The first poll comes after
-        ``poll_interval_s`` and finds such a row; each empty poll after it doubles the
-        interval up to IDLE_POLL_MAX_S, so an idle relay costs a transaction every few
-        seconds instead of two a second. This relies on the LISTEN connection being
-        healthy: when it dies its socket becomes readable, the wait returns, and reading
-        the notifications raises StoreUnavailableError.
+        was visible; the looks every BUSY_POLL_S for LATE_LOOK_S after it see the rows of
+        producers that still trusted it down; NOTIFY reports every row whose insert saw
+        the flag. What is left is a transaction that inserted without a NOTIFY before
+        the last of those looks and committed after it, and rows of writers that skip
+        the wake-up. The first poll comes after ``poll_interval_s`` and finds such a
+        row; each empty poll after it doubles the interval up to IDLE_POLL_MAX_S, so an
+        idle relay costs a transaction every few seconds instead of two a second. This
+        relies on the LISTEN connection being healthy: when it dies its socket becomes
+        readable, the wait returns, and reading the notifications raises
+        StoreUnavailableError.
         """
         poll = self._settings.poll_interval_s
         now = time.monotonic()
@@ -324,9 +325,10 @@ class Relay:
             max(poll, IDLE_POLL_MAX_S),
             max(0.0, self._next_heartbeat - now),
         )
-        for timer in (self._due_at, self._late_look_at):
-            if timer is not None:
-                timeout = min(timeout, max(0.0, timer - now))
+        if self._due_at is not None:
+            timeout = min(timeout, max(0.0, self._due_at - now))
+        if self._look_until is not None:
+            timeout = min(timeout, BUSY_POLL_S)
         woke = self._publisher.wait(timeout, wake_fd=self._store.listen_fileno())
         now = time.monotonic()
         timer_fired = False
@@ -334,9 +336,10 @@ class Relay:
             self._due_at = None
             self._due_unknown = True  # the next claim takes it; what is due after it?
             timer_fired = True
-        if self._late_look_at is not None and now >= self._late_look_at:
-            self._late_look_at = None
+        if self._look_until is not None:
             timer_fired = True
+            if now >= self._look_until:
+                self._look_until = None
         # A backstop poll or a heartbeat ended this sleep, not a NOTIFY or a timer.
         self._polled = not woke and not timer_fired
         notices = self._store.drain_notifications() if woke else Notices(0, scheduled=False)
@@ -399,7 +402,7 @@ class Relay:
             self._outage = None
         self._due_at = None
         self._due_unknown = False
-        self._late_look_at = None
+        self._look_until = None
 
     def _due_from_now(self, seconds: float | None) -> None:
         self._due_at = None if seconds is None else time.monotonic() + seconds
