@@ -6,8 +6,8 @@
 -- server's CPU per transaction went from about 175 to 205 us with the trigger, which
 -- read a flag that was down. publish() now asks outbox_wake() in its INSERT statement
 -- itself, and after it has seen the flag down it does not ask again for 10 ms (per
--- process, database and schema; the relay looks once more after that long when it
--- raises its flag). So under load most producer transactions carry no check at all.
+-- process, database and schema; the relay keeps claiming for 20 ms after it raises its
+-- flag). So under load most producer transactions carry no check at all.
 --
 -- Writers that insert rows by other means call `SELECT <schema>.outbox_wake()` in the
 -- same transaction (`outbox_wake(true)` when they wrote a delayed row), or put the trigger
