@@ -50,10 +50,9 @@ class _Statement:
     flag: FlagKey | None  # set when the statement also looks at the wake-up flag
     looked_at: float
 
-    def saw(self, row: tuple[Any, ...] | None) -> None:
-        if self.flag is not None:
-            may_wait = row is None or bool(row[0])
-            FLAG_SEEN.saw(self.flag, relay_may_wait=may_wait, looked_at=self.looked_at)
+    def saw(self, flag: FlagKey, row: tuple[Any, ...] | None) -> None:
+        may_wait = row is None or bool(row[0])
+        FLAG_SEEN.saw(flag, relay_may_wait=may_wait, looked_at=self.looked_at)
 
 
 def insert_messages(target: SyncTarget, messages: Sequence[NewMessage], *, schema: str) -> None:
@@ -63,7 +62,8 @@ def insert_messages(target: SyncTarget, messages: Sequence[NewMessage], *, schem
         # A cursor of our own: the caller's row factory and result stay as they were.
         with conn.cursor(row_factory=tuple_row) as cursor:
             cursor.execute(statement.query, statement.params)
-            statement.saw(cursor.fetchone() if statement.flag else None)
+            if statement.flag:
+                statement.saw(statement.flag, cursor.fetchone())
 
 
 async def insert_messages_async(
@@ -74,7 +74,8 @@ async def insert_messages_async(
         statement = _statement(conn, messages, schema=schema)
         async with conn.cursor(row_factory=tuple_row) as cursor:
             await cursor.execute(statement.query, statement.params)
-            statement.saw(await cursor.fetchone() if statement.flag else None)
+            if statement.flag:
+                statement.saw(statement.flag, await cursor.fetchone())
 
 
 @contextlib.contextmanager

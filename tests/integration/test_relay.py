@@ -247,6 +247,10 @@ class IterationCounter:
         time.sleep(seconds)
         return self.iterations - before
 
+    def wait_asleep(self) -> None:
+        """Until the relay has stopped claiming: its flag is up and it waits."""
+        assert wait_for(lambda: self.iterations_over(0.3) == 0, timeout_s=10)
+
 
 def test_after_a_scheduled_row_is_published_the_idle_relay_sleeps_again(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
@@ -279,7 +283,7 @@ def test_a_delayed_row_published_while_the_relay_sleeps_goes_out_at_its_time(
         poll_interval_s=4.0,
         heartbeat_interval_s=3.0,
     ):
-        assert wait_for(lambda: counter.iterations_over(0.3) == 0, timeout_s=10)
+        counter.wait_asleep()
         write(database_url, schema, exchange, [{"n": "late"}], delay=0.5)
         started = time.monotonic()
         assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"n": "late"}]
@@ -304,7 +308,7 @@ def test_rows_no_notify_announced_go_out_at_the_poll_and_are_reported_once(
         return [e for e in logs if e["event"] == "relay.rows_without_wake_up"]
 
     def write_one(n: int, *, wake: bool) -> None:
-        assert wait_for(lambda: counter.iterations_over(0.2) == 0, timeout_s=10)  # asleep
+        counter.wait_asleep()
         with psycopg.connect(database_url) as conn:
             conn.execute(insert, (exchange, json.dumps({"n": n}).encode()))
             if wake:
