@@ -367,6 +367,33 @@ def relay_process(env: Env, schema: str, *args: str) -> Iterator[psutil.Process]
             print(err.decode(errors="replace")[-2000:], file=sys.stderr)
 
 
+def broker_processes() -> list[psutil.Process]:
+    """The local RabbitMQ node's Erlang VM (nothing if the broker runs elsewhere)."""
+    return [
+        proc
+        for proc in psutil.process_iter(["name"])
+        if (proc.info["name"] or "").startswith("beam")
+    ]
+
+
+@contextlib.contextmanager
+def busy_cores(processes: Sequence[psutil.Process]) -> Iterator[list[float]]:
+    """The cores ``processes`` used together while the block ran (filled in at its end)."""
+    result = [0.0]
+
+    def cpu() -> float:
+        total = 0.0
+        for proc in processes:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    before, start = cpu(), time.monotonic()
+    yield result
+    result[0] = (cpu() - before) / (time.monotonic() - start)
+
+
 class Sampler:
     """Samples a process's RSS (and anything else) on a background thread."""
 

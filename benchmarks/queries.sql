@@ -55,16 +55,3 @@ CREATE TABLE {schema}.minimal_outbox (
     payload     bytea NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 )
-
--- name: uuid7_function
--- A version 7 UUID in SQL (PostgreSQL 15 has none): 48 bits of Unix milliseconds first.
-CREATE FUNCTION {schema}.uuid7() RETURNS uuid LANGUAGE sql VOLATILE AS $$
-    SELECT encode(
-        set_bit(set_bit(
-            overlay(uuid_send(gen_random_uuid())
-                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp())
-                                                      * 1000)::bigint) FROM 3)
-                    FROM 1 FOR 6),
-            52, 1), 53, 1),
-        'hex')::uuid
-$$
