@@ -13,7 +13,7 @@ import traceback
 from benchmarks import results
 from benchmarks.common import Env, Figure, Report
 
-# Order of `all`. The consumer's benchmark is a script of its own: python -m benchmarks.consumer
+# Order of `all`.
 SCENARIOS = [
     "throughput",
     "latency",
@@ -22,6 +22,7 @@ SCENARIOS = [
     "relays",
     "scale",
     "blocked",
+    "consumer",
 ]
 
 

@@ -1,20 +1,16 @@
 """Consumer throughput with the inbox, beside the raw single-connection commit rate
-measured in the same run, and without a database.
-
-Prints one JSON line per figure. Run against the local services::
+measured in the same run, and without a database. Part of ``python -m benchmarks all``;
+alone, with its own sizes::
 
     python -m benchmarks.consumer [--messages N] [--runs R] [--concurrency C]
 
-Services come from OUTBOX_RELAY_BENCH_DATABASE_URL and OUTBOX_RELAY_BENCH_AMQP_URL (the
-local defaults otherwise). Every run uses its own schema, exchange and queues and
-removes them at the end.
+Every run uses its own schema, exchange and queues and removes them at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import threading
 import time
@@ -26,24 +22,23 @@ import pika
 import psycopg
 from psycopg import sql
 
+from benchmarks.common import Env, Figure, Report, outbox_schema, ratio_figure, unique
 from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.consumer.declare import declare
 from outbox_relay.consumer.runner import Runner
 from outbox_relay.logs import configure_logging
-from outbox_relay.store.schema import migrate
 
-DATABASE_URL = os.environ.get(
-    "OUTBOX_RELAY_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
-AMQP_URL = os.environ.get("OUTBOX_RELAY_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+SCENARIO = "consumer"
 TARGET_RATIO = 0.7
+CONCURRENCY = 4
 BODY = json.dumps({"order": 1, "pad": "x" * 480}).encode()  # about 512 bytes
 
 
-def commit_rate(schema: str, count: int) -> float:
+def commit_rate(database_url: str, schema: str, count: int) -> float:
     """Transactions a second on one connection, each inserting one inbox-shaped row."""
-    with psycopg.connect(DATABASE_URL) as conn:
-        table = sql.Identifier(schema, "bench_commits")
+    table = sql.Identifier(schema, "bench_commits")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
         conn.execute(
             sql.SQL(
                 "CREATE TABLE {} (consumer text, message_id text, "
@@ -71,15 +66,15 @@ def fill(channel: Any, exchange: str, count: int) -> None:
         )
 
 
-def consume_rate(schema: str, count: int, concurrency: int, *, with_db: bool) -> float:
+def consume_rate(env: Env, schema: str, count: int, concurrency: int, *, with_db: bool) -> float:
     """Messages a second for a prefilled queue of ``count``, from consuming to the last one."""
-    prefix = f"bench_{uuid.uuid4().hex[:8]}"
+    prefix = unique("bench")
     exchange, queue = f"{prefix}.ex", f"{prefix}.q"
     app = ConsumerApp(
         name=prefix,
         schema=schema,
-        database_url=DATABASE_URL,
-        amqp_url=AMQP_URL,
+        database_url=env.database_url,
+        amqp_url=env.amqp_url,
         concurrency=concurrency,
     )
     done = threading.Event()
@@ -105,12 +100,12 @@ def consume_rate(schema: str, count: int, concurrency: int, *, with_db: bool) ->
             count_one()
 
     app.handler(exchange=exchange, queue=queue, retry_delays=[1])(handler)
-    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    conn = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
     channel = conn.channel()
     runner = Runner(app, app.settings())
     thread = threading.Thread(target=runner.run, daemon=True)
     try:
-        declare(AMQP_URL, app.handlers)  # the queues exist before the backlog is written
+        declare(env.amqp_url, app.handlers)  # the queues exist before the backlog is written
         fill(channel, exchange, count)
         thread.start()
         if not runner.ready.wait(15):
@@ -128,66 +123,84 @@ def consume_rate(schema: str, count: int, concurrency: int, *, with_db: bool) ->
         conn.close()
 
 
-def report(figure: str, runs: list[float], **extra: Any) -> float:
-    median = statistics.median(runs)
-    print(
-        json.dumps(
-            {
-                "figure": figure,
-                "median": round(median, 1),
-                "runs": [round(r, 1) for r in runs],
-                **extra,
-            }
-        ),
-        flush=True,
+def run(
+    env: Env,
+    report: Report,
+    *,
+    messages: int | None = None,
+    runs: int | None = None,
+    concurrency: int = CONCURRENCY,
+) -> None:
+    messages = messages or env.size(10_000, 1_000)
+    runs = runs or (1 if env.quick else 3)
+    configure_logging(level="warning", fmt="json")  # per-message events would dominate
+    commits: list[float] = []
+    inbox: list[float] = []
+    no_db: list[float] = []
+    with outbox_schema(env.database_url) as schema:
+        for _ in range(runs):  # interleaved, so drift hits every figure alike
+            commits.append(commit_rate(env.database_url, schema, messages))
+            inbox.append(consume_rate(env, schema, messages, concurrency, with_db=True))
+            no_db.append(consume_rate(env, schema, messages, concurrency, with_db=False))
+    baseline = statistics.median(commits)
+    report.add(
+        Figure(
+            SCENARIO,
+            "raw single-connection commits",
+            round(baseline),
+            "tx/s",
+            extra={"samples": commits},
+        )
     )
-    return median
+    report.add(
+        Figure(
+            SCENARIO,
+            f"with inbox, concurrency {concurrency}, {messages} messages of 512 B",
+            round(statistics.median(inbox)),
+            "msg/s",
+            baseline=round(baseline),
+            extra={"samples": inbox},
+        )
+    )
+    # The median of each run's own ratio: runs are interleaved, the machine drifts.
+    ratio = statistics.median(i / c for i, c in zip(inbox, commits, strict=True))
+    report.add(
+        ratio_figure(
+            SCENARIO,
+            "with inbox / raw commits",
+            ratio,
+            1.0,
+            at_least=TARGET_RATIO,
+            against="raw commit rate",
+        )
+    )
+    report.add(
+        Figure(
+            SCENARIO,
+            f"without a database, concurrency {concurrency}",
+            round(statistics.median(no_db)),
+            "msg/s",
+            extra={"samples": no_db},
+        )
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     args = parser.parse_args()
-    configure_logging(level="warning", fmt="json")  # per-message events would dominate
-    schema = f"bench_{uuid.uuid4().hex[:8]}"
-    migrate(DATABASE_URL, schema=schema)
-    try:
-        baseline_runs, inbox_runs, nodb_runs = [], [], []
-        for _ in range(args.runs):  # interleaved, so drift hits every figure alike
-            baseline_runs.append(commit_rate_fresh(schema, args.messages))
-            inbox_runs.append(consume_rate(schema, args.messages, args.concurrency, with_db=True))
-            nodb_runs.append(consume_rate(schema, args.messages, args.concurrency, with_db=False))
-        baseline = report("raw_single_connection_commits_per_s", baseline_runs, unit="tx/s")
-        inbox = statistics.median(inbox_runs)
-        report(
-            "consumer_with_inbox_msgs_per_s",
-            inbox_runs,
-            unit="msg/s",
-            concurrency=args.concurrency,
-            baseline_commits_per_s=round(baseline, 1),
-            ratio=round(inbox / baseline, 2),
-            target_ratio=TARGET_RATIO,
-            meets_target=inbox / baseline >= TARGET_RATIO,
-        )
-        report(
-            "consumer_without_database_msgs_per_s",
-            nodb_runs,
-            unit="msg/s",
-            concurrency=args.concurrency,
-        )
-    finally:
-        with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
-
-
-def commit_rate_fresh(schema: str, count: int) -> float:
-    with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(schema, "bench_commits"))
-        )
-    return commit_rate(schema, count)
+    report = Report()
+    run(
+        Env.from_environment(quick=False),
+        report,
+        messages=args.messages,
+        runs=args.runs,
+        concurrency=args.concurrency,
+    )
+    print()
+    print(report.table())
 
 
 if __name__ == "__main__":

@@ -18,10 +18,16 @@ EXPECTED = {
     "throughput": ["relay / ceiling", "relay / baseline"],
     "latency": ["p50", "p95", "p99", "max"],
     "idle": ["idle relay CPU", "idle relay database transactions"],
-    "producer": ["relay busy / ceiling", "relay idle / ceiling", "uuid4 / uuid7"],
+    "producer": [
+        "relay busy / ceiling, relay busy",
+        "relay idle at start / ceiling, relay working",
+        "relay idle at start: NOTIFYs per 1000 tx",
+        "uuid4 / uuid7",
+    ],
     "relays": ["2 relays / 1 relay", "4 relays / 1 relay"],
     "scale": ["drain", "peak RSS", "table size", "index size"],
     "blocked": ["while blocked", "time to drain"],
+    "consumer": ["raw single-connection commits", "with inbox / raw commits", "without a database"],
 }
 
 
