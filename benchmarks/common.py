@@ -394,6 +394,28 @@ def busy_cores(processes: Sequence[psutil.Process]) -> Iterator[list[float]]:
     result[0] = (cpu() - before) / (time.monotonic() - start)
 
 
+def database_cpu_s() -> float | None:
+    """CPU seconds used so far by the local PostgreSQL server: the postmaster, its live
+    children, and the children it has reaped (ended sessions). None without a local
+    server this process can see."""
+    postmasters = [
+        proc
+        for proc in psutil.process_iter(["name", "ppid"])
+        if (proc.info["name"] or "").startswith("postgres") and proc.info["ppid"] == 1
+    ]
+    if len(postmasters) != 1:
+        return None
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        times = postmasters[0].cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+        for child in postmasters[0].children():
+            with contextlib.suppress(psutil.Error):
+                times = child.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 class Sampler:
     """Samples a process's RSS (and anything else) on a background thread."""
 

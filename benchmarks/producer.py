@@ -60,6 +60,7 @@ from benchmarks.common import (
     broker_processes,
     broker_route,
     busy_cores,
+    database_cpu_s,
     fill,
     fill_committed,
     outbox_schema,
@@ -240,6 +241,7 @@ class Rounds:
         return statistics.median(self.ratios(case, ceiling))
 
 
+CPU_PER_TX = "database CPU per transaction (all PostgreSQL processes), "
 LOOKS = "publish looks at the wake-up flag (when down) in one transaction of, "
 # (case, the ceiling it is judged against, whether the 0.9 x target applies)
 COMPARISONS = (
@@ -290,8 +292,16 @@ def run(env: Env, report: Report) -> None:
     measured = Rounds()
 
     def sample(case: str, text: str, at_start: Callable[[], object] | None = None) -> float:
+        before = database_cpu_s()
         rate = pgbench(env, text, seconds, at_start=at_start)
+        time.sleep(0.2)  # the server reaps the ended sessions, and counts their CPU
+        after = database_cpu_s()
         measured.add(case, rate)
+        # Only without a relay: its own database work would count as the producers'.
+        if "no relay" in case and before is not None and after is not None:
+            measured.note(
+                f"{CPU_PER_TX}{case}", round((after - before) / (rate * seconds) * 1e6, 1)
+            )
         return rate
 
     def sample_working(
@@ -384,9 +394,22 @@ def run(env: Env, report: Report) -> None:
         else:
             report.add(Figure(SCENARIO, name, round(ratio, 3), "x", extra=extra))
     for name, values in measured.extra.items():
-        unit = "tx" if name.startswith(LOOKS) else ""
+        unit = "tx" if name.startswith(LOOKS) else "us" if name.startswith(CPU_PER_TX) else ""
         report.add(
             Figure(SCENARIO, name, statistics.median(values), unit, extra={"rounds": values})
+        )
+    plain_cpu = measured.extra.get(f"{CPU_PER_TX}ceiling, no relay")
+    outbox_cpu = measured.extra.get(f"{CPU_PER_TX}no relay, uuid7")
+    if plain_cpu and outbox_cpu:
+        report.add(
+            Figure(
+                SCENARIO,
+                "database CPU per transaction, no relay: outbox row (uuid7) / plain row",
+                round(
+                    statistics.median(o / p for o, p in zip(outbox_cpu, plain_cpu, strict=True)), 3
+                ),
+                "x",
+            )
         )
     report.add(
         Figure(
