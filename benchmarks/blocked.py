@@ -27,8 +27,8 @@ from benchmarks.common import (
     outbox_schema,
     queue_depth,
     relay_process,
-    wait_empty,
     wait_listening,
+    wait_relayed,
 )
 
 SCENARIO = "blocked"
@@ -79,7 +79,7 @@ def run(env: Env, report: Report) -> None:
                 peak_blocked = sampler.peak_mb
                 stuck = queue_depth(env.amqp_url, route.queue)
                 released = time.monotonic()
-            finished = wait_empty(env.database_url, schema, timeout_s=600)
+            finished = wait_relayed(env, schema, route.queue, burst + 1, timeout_s=600)
         delivered = queue_depth(env.amqp_url, route.queue)
     check_delivered(delivered, burst + 1)
     report.add(

@@ -1,9 +1,6 @@
 -- Queries of the benchmark scripts. Each block starts with `-- name: NAME`; {schema} is
 -- replaced by the quoted schema name, values are psycopg parameters.
 
--- name: outbox_count
-SELECT count(*) FROM {schema}.outbox
-
 -- name: outbox_empty
 SELECT NOT EXISTS (SELECT 1 FROM {schema}.outbox)
 

@@ -22,7 +22,7 @@ from benchmarks.common import (
     outbox_schema,
     queue_depth,
     relay_process,
-    wait_empty,
+    wait_relayed,
 )
 from outbox_relay.store.status import read_status
 
@@ -62,7 +62,7 @@ def drain_rate(env: Env, relays: int, count: int) -> float:
             # 50k-row transactions); the clock starts before the first commit.
             started = time.monotonic()
             fill_committed(env.database_url, schema, route.exchange, count, size=512)
-            finished = wait_empty(env.database_url, schema, timeout_s=600)
+            finished = wait_relayed(env, schema, route.queue, count, timeout_s=600)
         check_delivered(queue_depth(env.amqp_url, route.queue), count)
     return count / (finished - started)
 

@@ -25,15 +25,16 @@ from benchmarks.common import (
     queue_depth,
     ratio_figure,
     relay_process,
-    wait_empty,
     wait_listening,
+    wait_relayed,
 )
 
 SCENARIO = "throughput"
 
 
 def relay_rate(env: Env, count: int, *, size: int = PAYLOAD_BYTES) -> float:
-    """Messages per second from the backlog's commit until the outbox is empty."""
+    """Messages per second from the backlog's commit until all are in the queue and the
+    outbox is empty."""
     with outbox_schema(env.database_url) as schema, broker_route(env.amqp_url) as route:
         with relay_process(env, schema):
             wait_listening(env.database_url, schema)
@@ -41,7 +42,7 @@ def relay_rate(env: Env, count: int, *, size: int = PAYLOAD_BYTES) -> float:
                 fill(conn, schema, route.exchange, count, size=size)
                 conn.commit()
                 started = time.monotonic()
-            finished = wait_empty(env.database_url, schema, timeout_s=600)
+            finished = wait_relayed(env, schema, route.queue, count, timeout_s=600)
         delivered = queue_depth(env.amqp_url, route.queue)
     check_delivered(delivered, count)
     return count / (finished - started)
@@ -60,7 +61,7 @@ def baseline_rate(env: Env, count: int) -> float:
         fill_committed(env.database_url, schema, route.exchange, count, size=PAYLOAD_BYTES)
         with naive.NaiveRelay(env.database_url, env.amqp_url, schema, poll_interval_s=1.0):
             started = time.monotonic()
-            finished = wait_empty(env.database_url, schema, timeout_s=600)
+            finished = wait_relayed(env, schema, route.queue, count, timeout_s=600)
     return count / (finished - started)
 
 
