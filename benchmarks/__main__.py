@@ -12,6 +12,7 @@ import traceback
 
 from benchmarks import results
 from benchmarks.common import Env, Figure, Report
+from outbox_relay.logs import configure_logging
 
 # Order of `all`.
 SCENARIOS = [
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {SCENARIOS}")
+    # The consumer runs in this process: its per-message events would dominate.
+    configure_logging(level="warning", fmt="json")
     env = Env.from_environment(quick=args.quick)
     report = Report()
     started = time.time()

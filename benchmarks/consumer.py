@@ -133,7 +133,6 @@ def run(
 ) -> None:
     messages = messages or env.size(10_000, 1_000)
     runs = runs or (1 if env.quick else 3)
-    configure_logging(level="warning", fmt="json")  # per-message events would dominate
     commits: list[float] = []
     inbox: list[float] = []
     no_db: list[float] = []
@@ -191,6 +190,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
     args = parser.parse_args()
+    configure_logging(level="warning", fmt="json")  # per-message events would dominate
     report = Report()
     run(
         Env.from_environment(quick=False),
