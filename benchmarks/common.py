@@ -305,9 +305,11 @@ def wait_relayed(
     interval_s: float = 0.02,
     on_sample: Callable[[float, int], None] | None = None,
 ) -> float:
-    """Wait until ``queue`` holds ``count`` messages and the outbox is empty; returns the
-    monotonic time the outbox was seen empty. ``on_sample(t, left)`` gets the messages
-    not yet in the queue at each poll.
+    """Wait until ``queue`` holds ``count`` messages, then until the outbox is empty;
+    returns the monotonic time the queue was seen holding them all (the relay deletes a
+    batch right after its confirms, and the emptiness check walks the dead rows, which is
+    not the relay's time). ``on_sample(t, left)`` gets the messages not yet in the queue
+    at each poll.
 
     Progress is read from the queue's depth, which costs the broker one small frame: a
     count of the outbox, or even a look for its first row, walks the dead rows the relay
@@ -322,13 +324,15 @@ def wait_relayed(
             if on_sample is not None:
                 on_sample(time.monotonic(), max(0, count - depth))
             if depth >= count:
+                delivered = time.monotonic()
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {depth} of {count} messages reached {queue}")
             conn.sleep(interval_s)
     finally:
         conn.close()
-    return wait_empty(env.database_url, schema, timeout_s=max(1.0, deadline - time.monotonic()))
+    wait_empty(env.database_url, schema, timeout_s=max(60.0, deadline - time.monotonic()))
+    return delivered
 
 
 def wait_listening(database_url: str, schema: str, *, timeout_s: float = 20.0) -> None:
@@ -387,12 +391,10 @@ def relay_process(env: Env, schema: str, *args: str) -> Iterator[psutil.Process]
 
 
 def broker_processes() -> list[psutil.Process]:
-    """The local RabbitMQ node's Erlang VM (nothing if the broker runs elsewhere)."""
-    return [
-        proc
-        for proc in psutil.process_iter(["name"])
-        if (proc.info["name"] or "").startswith("beam")
-    ]
+    """The local RabbitMQ node's Erlang VM: nothing if there is none, or more than one
+    Erlang VM and no telling which is the broker."""
+    beams = [proc for proc in psutil.process_iter(["name"]) if proc.info["name"] == "beam.smp"]
+    return beams if len(beams) == 1 else []
 
 
 @contextlib.contextmanager
@@ -413,25 +415,33 @@ def busy_cores(processes: Sequence[psutil.Process]) -> Iterator[list[float]]:
     result[0] = (cpu() - before) / (time.monotonic() - start)
 
 
-def database_cpu_s() -> float | None:
-    """CPU seconds used so far by the local PostgreSQL server: the postmaster, its live
-    children, and the children it has reaped (ended sessions). None without a local
-    server this process can see."""
-    postmasters = [
-        proc
-        for proc in psutil.process_iter(["name", "ppid"])
-        if (proc.info["name"] or "").startswith("postgres") and proc.info["ppid"] == 1
-    ]
-    if len(postmasters) != 1:
+def database_server(database_url: str) -> psutil.Process | None:
+    """The postmaster of the server at ``database_url``, found as the parent of a session
+    of ours; None when that server does not run on this machine."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        server = psutil.Process(int(row[0]) if row else 0).parent()
+    except (psutil.Error, ValueError):
         return None
-    total = 0.0
-    with contextlib.suppress(psutil.Error):
-        times = postmasters[0].cpu_times()
-        total += times.user + times.system + times.children_user + times.children_system
-        for child in postmasters[0].children():
-            with contextlib.suppress(psutil.Error):
-                times = child.cpu_times()
-                total += times.user + times.system
+    return server
+
+
+def server_cpu_s(server: psutil.Process | None) -> float | None:
+    """CPU seconds the whole server has used so far (every database on it): the
+    postmaster, its live children, and the children it has reaped (ended sessions)."""
+    if server is None:
+        return None
+    try:
+        times = server.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        children = server.children()
+    except psutil.Error:
+        return None
+    for child in children:
+        with contextlib.suppress(psutil.Error):  # a session that has just ended
+            times = child.cpu_times()
+            total += times.user + times.system
     return total
 
 

@@ -45,7 +45,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -60,7 +61,7 @@ from benchmarks.common import (
     broker_processes,
     broker_route,
     busy_cores,
-    database_cpu_s,
+    database_server,
     fill,
     fill_committed,
     outbox_schema,
@@ -68,6 +69,7 @@ from benchmarks.common import (
     query,
     ratio_figure,
     relay_process,
+    server_cpu_s,
     wait_empty,
     wait_listening,
 )
@@ -82,6 +84,8 @@ MESSAGE_ID_SQL = "lpad(to_hex(:mid::bigint), 32, '0')::uuid"
 UUID7 = f"\\set n :n + 1\n\\set mid :base + :n * {CLIENTS} + :client_id\n"
 UUID4 = "\\set mid random(0, 9223372036854775806)\n"
 _TPS_RE = re.compile(r"tps = ([\d.]+) \(without initial connection time\)")
+_DONE_RE = re.compile(r"number of transactions actually processed: (\d+)")
+REAP_S = 0.2  # for the server to reap the run's ended sessions and count their CPU
 
 ORDER = "INSERT INTO {schema}.orders (customer, amount) VALUES (:customer, 42.00);"
 PAYLOAD_SQL = f"decode(repeat('78', {PAYLOAD_BYTES}), 'hex')"
@@ -152,27 +156,45 @@ def schema_ident(conn: psycopg.Connection[object], schema: str) -> str:
 
 
 def id_base() -> int:
-    """Where this run's time-ordered ids start: above every earlier run's, as v7 ids made
-    later are (milliseconds now, with room for 2**20 ids a run)."""
+    """Where this run's time-ordered ids start: the milliseconds now times 2**20, so above
+    every earlier run's ids, as v7 ids made later are (a run uses far fewer than 2**20
+    ids a millisecond of its length)."""
     return time.time_ns() // 1_000_000 << 20
 
 
 def checkpoint(database_url: str) -> None:
-    """Start each run just after a checkpoint, so that none falls inside a run and each
-    pays the same full-page writes (skipped without the privilege to ask for one)."""
+    """A checkpoint now, so that none falls inside the next run and each run pays the
+    same full-page writes (skipped without the privilege to ask for one)."""
     with (
         psycopg.connect(database_url, autocommit=True) as conn,
         contextlib.suppress(psycopg.errors.InsufficientPrivilege),
     ):
-        conn.execute("CHECKPOINT")
+        conn.execute(query("checkpoint", ""))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pgbench run: its rate (without connection time), its transactions, the whole
+    database server's CPU per transaction, and the cores the watched processes used.
+    The last two are None when they could not be measured."""
+
+    rate: float
+    transactions: int
+    database_us_per_tx: float | None
+    cores: float | None
 
 
 def pgbench(
-    env: Env, text: str, seconds: int, *, at_start: Callable[[], object] | None = None
-) -> float:
-    """The rate of ``CLIENTS`` clients running ``text`` for ``seconds``; ``at_start`` is
-    called once pgbench has started."""
-    checkpoint(env.database_url)
+    env: Env,
+    text: str,
+    seconds: int,
+    *,
+    at_start: Callable[[], object] | None = None,
+    watched: Sequence[psutil.Process] = (),
+) -> Run:
+    """``CLIENTS`` clients running ``text`` for ``seconds``; ``at_start`` is called once
+    pgbench has started."""
+    server = database_server(env.database_url)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "tx.sql"
         path.write_text(text, encoding="utf-8")
@@ -197,18 +219,28 @@ def pgbench(
             str(path),
             env.database_url,
         ]
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        ) as child:
+        database_before = server_cpu_s(server)
+        with (
+            busy_cores(watched) as cores,
+            subprocess.Popen(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ) as child,
+        ):
             if at_start is not None:
                 at_start()
             stdout, stderr = child.communicate()
+        time.sleep(REAP_S)
+        database_after = server_cpu_s(server)
     if child.returncode:
         raise RuntimeError(f"pgbench failed ({child.returncode}):\n{stderr[-2000:]}")
-    match = _TPS_RE.search(stdout)
-    if not match:
+    rate, done = _TPS_RE.search(stdout), _DONE_RE.search(stdout)
+    if not rate or not done:
         raise RuntimeError(f"pgbench printed no tps:\n{stdout}")
-    return float(match.group(1))
+    transactions = int(done.group(1))
+    per_tx = None
+    if database_before is not None and database_after is not None and transactions:
+        per_tx = round((database_after - database_before) / transactions * 1e6, 1)
+    return Run(float(rate.group(1)), transactions, per_tx, round(cores[0], 2) if watched else None)
 
 
 @contextlib.contextmanager
@@ -221,18 +253,24 @@ def prepared_schema(env: Env) -> Iterator[str]:
 
 
 class Rounds:
-    """Each case's rate in every round. Ratios are taken within a round and their median
-    reported: the machine's speed drifts between rounds more than the cases differ."""
+    """Each case's rate in every round, and notes per round. Ratios are taken within a
+    round and their median reported: the machine's speed drifts between rounds more than
+    the cases differ."""
 
     def __init__(self) -> None:
+        self.round = 0
         self.rates: dict[str, list[float]] = {}
-        self.extra: dict[str, list[float]] = {}
+        self.notes: dict[str, dict[int, float]] = {}
+        self.units: dict[str, str] = {}
 
     def add(self, case: str, rate: float) -> None:
         self.rates.setdefault(case, []).append(rate)
 
-    def note(self, name: str, value: float) -> None:
-        self.extra.setdefault(name, []).append(value)
+    def note(self, name: str, value: float | None, unit: str) -> None:
+        """Keeps ``value`` for this round; a value that could not be measured is left out."""
+        self.units[name] = unit
+        if value is not None:
+            self.notes.setdefault(name, {})[self.round] = value
 
     def ratios(self, case: str, ceiling: str) -> list[float]:
         return [round(a / b, 3) for a, b in zip(self.rates[case], self.rates[ceiling], strict=True)]
@@ -240,9 +278,15 @@ class Rounds:
     def ratio(self, case: str, ceiling: str) -> float:
         return statistics.median(self.ratios(case, ceiling))
 
+    def note_ratio(self, name: str, reference: str) -> float | None:
+        """The median over the rounds where both notes were measured."""
+        ours, theirs = self.notes.get(name, {}), self.notes.get(reference, {})
+        pairs = [ours[r] / theirs[r] for r in ours.keys() & theirs.keys() if theirs[r]]
+        return round(statistics.median(pairs), 3) if pairs else None
 
-CPU_PER_TX = "database CPU per transaction (all PostgreSQL processes), "
-LOOKS = "publish looks at the wake-up flag (when down) in one transaction of, "
+
+CPU_PER_TX = "database server CPU per transaction, "
+LOOKS = "transactions per look at the wake-up flag while it is down, "
 # (case, the ceiling it is judged against, whether the 0.9 x target applies)
 COMPARISONS = (
     ("relay busy", "ceiling, relay busy", True),
@@ -263,25 +307,29 @@ COMPARISONS = (
 def notifies_counted(database_url: str, schema: str) -> Iterator[list[int]]:
     """Counts the NOTIFYs producers send while the block runs (a listener of its own)."""
     count = [0]
+    failed: list[BaseException] = []
     stop = threading.Event()
-    conn = psycopg.connect(database_url, autocommit=True)
-    conn.execute(
-        psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(notify_channel(schema)))
-    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        channel = psycopg.sql.Identifier(notify_channel(schema))
+        conn.execute(psycopg.sql.SQL("LISTEN {}").format(channel))
 
-    def listen() -> None:
-        while not stop.is_set():
-            for _ in conn.notifies(timeout=0.1):
-                count[0] += 1
+        def listen() -> None:
+            try:
+                while not stop.is_set():
+                    for _ in conn.notifies(timeout=0.1):
+                        count[0] += 1
+            except BaseException as exc:
+                failed.append(exc)
 
-    thread = threading.Thread(target=listen, daemon=True)
-    thread.start()
-    try:
-        yield count
-    finally:
-        stop.set()
-        thread.join()
-        conn.close()
+        thread = threading.Thread(target=listen, daemon=True)
+        thread.start()
+        try:
+            yield count
+        finally:
+            stop.set()
+            thread.join()
+    if failed:
+        raise failed[0]
 
 
 def run(env: Env, report: Report) -> None:
@@ -290,39 +338,37 @@ def run(env: Env, report: Report) -> None:
     # The busy relay must still be draining when the second pgbench run ends.
     backlog = env.size(200_000, 20_000)
     measured = Rounds()
+    broker = broker_processes()
+    cores_of = "cores used by the relay" + (" and the broker" if broker else "")
 
-    def sample(case: str, text: str, at_start: Callable[[], object] | None = None) -> float:
-        before = database_cpu_s()
-        rate = pgbench(env, text, seconds, at_start=at_start)
-        time.sleep(0.2)  # the server reaps the ended sessions, and counts their CPU
-        after = database_cpu_s()
-        measured.add(case, rate)
-        # Only without a relay: its own database work would count as the producers'.
-        if "no relay" in case and before is not None and after is not None:
-            measured.note(
-                f"{CPU_PER_TX}{case}", round((after - before) / (rate * seconds) * 1e6, 1)
-            )
-        return rate
-
-    def sample_working(
+    def sample(
         case: str,
         text: str,
-        relay: psutil.Process,
+        *,
+        relay: psutil.Process | None = None,
         at_start: Callable[[], object] | None = None,
-    ) -> float:
-        """``sample``, noting the cores the relay and the broker used meanwhile."""
-        with busy_cores([relay, *broker_processes()]) as cores:
-            rate = sample(case, text, at_start)
-        measured.note(f"{case}: relay and broker cores", round(cores[0], 2))
-        return rate
+        checkpoint_first: bool = True,
+    ) -> Run:
+        """One run of ``case``. The database's CPU is noted only without a relay: the
+        relay's own database work would count as the producers'."""
+        if checkpoint_first:
+            checkpoint(env.database_url)
+        watched = [relay, *broker] if relay is not None else []
+        result = pgbench(env, text, seconds, at_start=at_start, watched=watched)
+        measured.add(case, result.rate)
+        if relay is None:
+            measured.note(f"{CPU_PER_TX}{case}", result.database_us_per_tx, "us")
+        else:
+            measured.note(f"{case}: {cores_of}", result.cores, "cores")
+        return result
 
     # Each condition has its own ceiling: on a small machine a busy relay takes CPU from
     # the producers whatever they write, and that is not what the outbox costs them.
     with broker_route(env.amqp_url) as route:
-        for _ in range(rounds):
+        for measured.round in range(rounds):
             with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:
-                every = look_every(sample("ceiling, no relay", plain_script(schema)))
-                measured.note(LOOKS + "no relay", every)
+                every = look_every(sample("ceiling, no relay", plain_script(schema)).rate)
+                measured.note(LOOKS + "no relay", every, "tx")
                 v7 = outbox_script(conn, schema, route.exchange, UUID7, every)
                 sample("no relay, uuid7", v7)
                 v4 = outbox_script(conn, schema, route.exchange, UUID4, every)
@@ -337,77 +383,95 @@ def run(env: Env, report: Report) -> None:
                 with relay_process(env, schema) as relay:
                     # Clients look at the flag as often as they would at the rate they
                     # reach beside a working relay; the relay idle case uses it too.
-                    working_every = look_every(
-                        sample_working("ceiling, relay busy", plain_script(schema), relay)
-                    )
-                    measured.note(LOOKS + "relay working", working_every)
+                    ceiling = sample("ceiling, relay busy", plain_script(schema), relay=relay)
+                    working_every = look_every(ceiling.rate)
+                    measured.note(LOOKS + "relay working", working_every, "tx")
                     text = outbox_script(conn, schema, route.exchange, UUID7, working_every)
-                    sample_working("relay busy", text, relay)
+                    sample("relay busy", text, relay=relay)
+            purge(env.amqp_url, route.queue)
             with (
                 prepared_schema(env) as schema,
                 psycopg.connect(env.database_url) as conn,
                 relay_process(env, schema) as relay,
             ):
                 wait_listening(env.database_url, schema)
-                sample_working("ceiling, relay idle", plain_script(schema), relay)
+                sample("ceiling, relay idle", plain_script(schema), relay=relay)
                 wait_listening(env.database_url, schema)
                 text = outbox_script(conn, schema, route.exchange, UUID7, working_every)
                 with notifies_counted(env.database_url, schema) as notifies:
-                    rate = sample_working("relay idle at start", text, relay)
-                published = round(rate * seconds)
+                    published = sample("relay idle at start", text, relay=relay).transactions
                 measured.note(
-                    "relay idle at start: NOTIFYs per 1000 tx",
-                    round(notifies[0] * 1000 / published, 2),
+                    "relay idle at start: NOTIFYs sent",
+                    notifies[0] * 1000 / published,
+                    "per 1000 tx",
                 )
                 wait_empty(env.database_url, schema, timeout_s=120)
-                wait_listening(env.database_url, schema)
                 # The same work for the relay beside plain rows: as many messages,
-                # committed as the run starts, wake it from the same wait.
+                # committed as the run starts, wake it from the same wait. The outbox is
+                # vacuumed and the checkpoint taken before they are written, so that,
+                # as in the case above, the relay deletes rows on pages written since the
+                # checkpoint (no full-page writes) from a table without dead rows.
+                with psycopg.connect(env.database_url, autocommit=True) as admin:
+                    admin.execute(query("vacuum_outbox", schema))
+                wait_listening(env.database_url, schema)
+                checkpoint(env.database_url)
                 with psycopg.connect(env.database_url) as feeder:
                     fill(feeder, schema, route.exchange, published, size=PAYLOAD_BYTES)
-                    sample_working(
-                        "ceiling, relay working", plain_script(schema), relay, feeder.commit
+                    sample(
+                        "ceiling, relay working",
+                        plain_script(schema),
+                        relay=relay,
+                        at_start=feeder.commit,
+                        checkpoint_first=False,
                     )
             purge(env.amqp_url, route.queue)
+    reported: set[str] = set()
     for case, ceiling_case, target in COMPARISONS:
-        report.add(
-            Figure(
-                SCENARIO,
-                f"order + publish, {CLIENTS} clients, {case}",
-                round(statistics.median(measured.rates[case])),
-                "tx/s",
-                ceiling=round(statistics.median(measured.rates[ceiling_case])),
-                extra={
-                    "samples": measured.rates[case],
-                    "ceiling": ceiling_case,
-                    "ceiling_samples": measured.rates[ceiling_case],
-                },
+        if case not in reported:
+            reported.add(case)
+            report.add(
+                Figure(
+                    SCENARIO,
+                    f"order + publish, {CLIENTS} clients, {case}",
+                    round(statistics.median(measured.rates[case])),
+                    "tx/s",
+                    ceiling=round(statistics.median(measured.rates[ceiling_case])),
+                    extra={
+                        "samples": measured.rates[case],
+                        "ceiling": ceiling_case,
+                        "ceiling_samples": measured.rates[ceiling_case],
+                    },
+                )
             )
-        )
         name = f"{case} / {ceiling_case}"
         ratio = measured.ratio(case, ceiling_case)
-        extra = {"round_ratios": measured.ratios(case, ceiling_case)}
-        if target:
-            figure = ratio_figure(SCENARIO, name, ratio, 1.0, at_least=0.9, against="ceiling")
-            figure.extra = extra
-            report.add(figure)
-        else:
-            report.add(Figure(SCENARIO, name, round(ratio, 3), "x", extra=extra))
-    for name, values in measured.extra.items():
-        unit = "tx" if name.startswith(LOOKS) else "us" if name.startswith(CPU_PER_TX) else ""
-        report.add(
-            Figure(SCENARIO, name, statistics.median(values), unit, extra={"rounds": values})
+        figure = (
+            ratio_figure(SCENARIO, name, ratio, 1.0, at_least=0.9, against="ceiling")
+            if target
+            else Figure(SCENARIO, name, round(ratio, 3), "x")
         )
-    plain_cpu = measured.extra.get(f"{CPU_PER_TX}ceiling, no relay")
-    outbox_cpu = measured.extra.get(f"{CPU_PER_TX}no relay, uuid7")
-    if plain_cpu and outbox_cpu:
+        figure.extra = {"round_ratios": measured.ratios(case, ceiling_case)}
+        report.add(figure)
+    for name, values in measured.notes.items():
+        rounded = [round(v, 2) for v in values.values()]
         report.add(
             Figure(
                 SCENARIO,
-                "database CPU per transaction, no relay: outbox row (uuid7) / plain row",
-                round(
-                    statistics.median(o / p for o, p in zip(outbox_cpu, plain_cpu, strict=True)), 3
-                ),
+                name,
+                round(statistics.median(rounded), 2),
+                measured.units[name],
+                extra={"rounds": rounded},
+            )
+        )
+    cpu_ratio = measured.note_ratio(
+        f"{CPU_PER_TX}no relay, uuid7", f"{CPU_PER_TX}ceiling, no relay"
+    )
+    if cpu_ratio is not None:
+        report.add(
+            Figure(
+                SCENARIO,
+                "database server CPU per transaction, no relay: outbox row (uuid7) / plain row",
+                cpu_ratio,
                 "x",
             )
         )

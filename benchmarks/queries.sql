@@ -1,6 +1,12 @@
 -- Queries of the benchmark scripts. Each block starts with `-- name: NAME`; {schema} is
 -- replaced by the quoted schema name, values are psycopg parameters.
 
+-- name: checkpoint
+CHECKPOINT
+
+-- name: vacuum_outbox
+VACUUM {schema}.outbox
+
 -- name: outbox_empty
 SELECT NOT EXISTS (SELECT 1 FROM {schema}.outbox)
 

@@ -21,7 +21,7 @@ EXPECTED = {
     "producer": [
         "relay busy / ceiling, relay busy",
         "relay idle at start / ceiling, relay working",
-        "relay idle at start: NOTIFYs per 1000 tx",
+        "relay idle at start: NOTIFYs sent",
         "uuid4 / uuid7",
     ],
     "relays": ["2 relays / 1 relay", "4 relays / 1 relay"],
