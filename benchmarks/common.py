@@ -121,6 +121,20 @@ def ratio_figure(
 ) -> Figure:
     """The ratio of a rate to its same-run reference, checked against a target."""
     ratio = value / reference if reference else 0.0
+    return ratio_target(scenario, name, ratio, at_least=at_least, against=against)
+
+
+def ratio_target(
+    scenario: str,
+    name: str,
+    ratio: float,
+    *,
+    at_least: float,
+    against: str,
+    extra: dict[str, Any] | None = None,
+) -> Figure:
+    """A ratio measured already (the median of paired runs' ratios), checked against a
+    target."""
     return Figure(
         scenario,
         name,
@@ -128,6 +142,7 @@ def ratio_figure(
         "x",
         target=f">= {at_least} x {against}",
         met=ratio >= at_least,
+        extra=extra or {},
     )
 
 
