@@ -153,7 +153,8 @@ class _Batch:
                 "overflow=reject-publish)",
                 Reason.NACKED,
             )
-        returned = self.returned.get(str(self.rows[index].message_id))
+        # Most batches have no returns: no message id to format for each ack then.
+        returned = self.returned.get(str(self.rows[index].message_id)) if self.returned else None
         return Outcome.failed(returned, Reason.UNROUTABLE) if returned else Outcome.confirmed()
 
     def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
