@@ -146,6 +146,39 @@ def ratio_target(
     )
 
 
+class Rounds:
+    """Each case's rate in every round, and notes per round. Ratios are taken within a
+    round and their median reported: the machine's speed drifts between rounds more than
+    the cases differ."""
+
+    def __init__(self) -> None:
+        self.round = 0
+        self.rates: dict[str, list[float]] = {}
+        self.notes: dict[str, dict[int, float]] = {}
+        self.units: dict[str, str] = {}
+
+    def add(self, case: str, rate: float) -> None:
+        self.rates.setdefault(case, []).append(rate)
+
+    def note(self, name: str, value: float | None, unit: str) -> None:
+        """Keeps ``value`` for this round; a value that could not be measured is left out."""
+        self.units[name] = unit
+        if value is not None:
+            self.notes.setdefault(name, {})[self.round] = value
+
+    def ratios(self, case: str, ceiling: str) -> list[float]:
+        return [round(a / b, 3) for a, b in zip(self.rates[case], self.rates[ceiling], strict=True)]
+
+    def ratio(self, case: str, ceiling: str) -> float:
+        return statistics.median(self.ratios(case, ceiling))
+
+    def note_ratio(self, name: str, reference: str) -> float | None:
+        """The median over the rounds where both notes were measured."""
+        ours, theirs = self.notes.get(name, {}), self.notes.get(reference, {})
+        pairs = [ours[r] / theirs[r] for r in ours.keys() & theirs.keys() if theirs[r]]
+        return round(statistics.median(pairs), 3) if pairs else None
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 EXPECTED = {
     "throughput": ["relay / ceiling", "relay / baseline", "--batch-size 4000 / ceiling"],
     "latency": ["p50", "p95", "p99", "max"],
-    "idle": ["idle relay CPU", "idle relay database transactions"],
+    "idle": ["idle relay CPU", "idle relay database transactions", "wake-ups", "only sleeps"],
     "producer": [
         "relay busy / ceiling, relay busy",
         "relay idle at start / ceiling, relay working",
