@@ -116,14 +116,6 @@ def fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def ratio_figure(
-    scenario: str, name: str, value: float, reference: float, *, at_least: float, against: str
-) -> Figure:
-    """The ratio of a rate to its same-run reference, checked against a target."""
-    ratio = value / reference if reference else 0.0
-    return ratio_target(scenario, name, ratio, at_least=at_least, against=against)
-
-
 def ratio_target(
     scenario: str,
     name: str,
