@@ -91,8 +91,10 @@ def stalled_run(
     args: tuple[str, ...],
     stall: Callable[[RelayProcess], object],
     receive_buffer_bytes: int | None = None,
+    reads_only: bool = False,
 ) -> tuple[RelayProcess, Tally]:
-    """Relay 6000 rows through a proxy that stalls, mid-batch, while ``stall`` runs."""
+    """Relay 6000 rows through a proxy that stalls, mid-batch, while ``stall`` runs;
+    with ``reads_only`` the broker's answers still come through (see TcpProxy)."""
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
     total = 6000
@@ -103,11 +105,12 @@ def stalled_run(
         )
         try:
             assert publishing(database_url, schema, total)
-            proxy.stalled.set()
+            stalled = proxy.reads_stalled if reads_only else proxy.stalled
+            stalled.set()
             try:
                 stall(relay)
             finally:
-                proxy.stalled.clear()
+                stalled.clear()
             drained(relay, database_url, schema)
         finally:
             assert relay.stop() == 0, relay.log_text()[-4000:]
@@ -180,7 +183,12 @@ def test_a_hung_broker_is_found_dead_by_tcp_before_any_timeout_of_the_relays_own
 ) -> None:
     """The broker stops reading mid-batch (a hung peer: its window closes) and stays so.
     The confirm timeout (60 s) and the lease (30 s) are far off; TCP_USER_TIMEOUT (the
-    dead-peer timeout, 3 s) ends the connection, and the relay reconnects and delivers."""
+    dead-peer timeout, 3 s) ends the connection, and the relay reconnects and delivers.
+
+    Only the reading stops: the confirms of what the proxy already took still arrive, so
+    the relay goes on to send into the closed window. (Stalled both ways, a stall that
+    came after the relay had sent its whole batch left it nothing to send: no zero
+    window, only the confirm timeout.)"""
     waited: list[float] = []
 
     def until_found_dead(relay: RelayProcess) -> None:
@@ -206,6 +214,7 @@ def test_a_hung_broker_is_found_dead_by_tcp_before_any_timeout_of_the_relays_own
         ),
         stall=until_found_dead,
         receive_buffer_bytes=4096,
+        reads_only=True,
     )
     report_fault("broker hung (zero window), dead-peer timeout 3 s", tally)
     assert not tally.lost

@@ -13,7 +13,9 @@ class TcpProxy:
 
     ``accepting = False`` refuses new connections (the service looks down);
     :meth:`cut` drops every open connection (a network cut); ``stalled`` set stops
-    reading and forwarding both ways (a peer that hangs); :meth:`close` stops it.
+    reading and forwarding both ways (a peer that hangs); ``reads_stalled`` set stops
+    reading what the client sends while the service's answers still reach it (a peer that
+    stops reading its socket); :meth:`close` stops it.
 
     A stalled proxy's kernel still acknowledges what fits in its receive buffer, so the
     client sees a stall at the TCP level only once that buffer is full and the window
@@ -32,6 +34,7 @@ class TcpProxy:
         self.port = self._listener.getsockname()[1]
         self.accepting = True
         self.stalled = threading.Event()
+        self.reads_stalled = threading.Event()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._closed = threading.Event()
@@ -62,7 +65,8 @@ class TcpProxy:
         peers = {a: b, b: a}
         try:
             while not self._closed.is_set():
-                readable, _, _ = select.select([a, b], [], [], 0.1)
+                watched = [b] if self.reads_stalled.is_set() else [a, b]
+                readable, _, _ = select.select(watched, [], [], 0.1)
                 if self.stalled.is_set():
                     continue
                 for sock in readable:
