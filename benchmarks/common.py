@@ -345,8 +345,9 @@ def wait_relayed(
     interval_s: float = 0.02,
     on_sample: Callable[[float, int], None] | None = None,
 ) -> float:
-    """Wait until ``queue`` holds ``count`` messages, then until the outbox is empty;
-    returns the monotonic time the queue was seen holding them all (the relay deletes a
+    """Wait until ``queue`` holds ``count`` messages, then until the outbox is empty, and
+    check that none was lost (:func:`check_delivered`); returns the monotonic time the
+    queue was seen holding them all (the relay deletes a
     batch right after its confirms, and the emptiness check walks the dead rows, which is
     not the relay's time). ``on_sample(t, left)`` gets the messages not yet in the queue
     at each poll.
@@ -372,6 +373,9 @@ def wait_relayed(
     finally:
         conn.close()
     wait_empty(env.database_url, schema, timeout_s=max(60.0, deadline - time.monotonic()))
+    # Every row is settled now: the depth is final (a batch republished after a cut
+    # connection shows as duplicates).
+    check_delivered(queue_depth(env.amqp_url, queue), count)
     return delivered
 
 
