@@ -34,6 +34,7 @@ from outbox_relay.observability.http import HealthServer
 from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
 from outbox_relay.publisher import CONFIRM_TIMEOUT_S, Publisher
 from outbox_relay.relay import (
+    BATCH_BYTES,
     BATCH_SIZE,
     HEARTBEAT_INTERVAL_S,
     LEASE_TTL_S,
@@ -191,6 +192,17 @@ def _grant(value: str) -> tuple[str, str]:
     help="Rows claimed and published per transaction.",
 )
 @click.option(
+    "--batch-bytes",
+    envvar="OUTBOX_RELAY_BATCH_BYTES",
+    type=click.IntRange(min=1),
+    default=BATCH_BYTES,
+    show_default=True,
+    show_envvar=True,
+    help="Payload bytes per batch: a batch ends at this size or at --batch-size rows, "
+    "whichever comes first (its first row always goes, whatever its size). Bounds the "
+    "relay's memory when payloads are large.",
+)
+@click.option(
     "--poll-interval",
     envvar="OUTBOX_RELAY_POLL_INTERVAL",
     type=float,
@@ -293,6 +305,7 @@ def run(
     amqp_url: str,
     schema: str,
     batch_size: int,
+    batch_bytes: int,
     poll_interval: float,
     max_attempts: int,
     retry_base: float,
@@ -315,6 +328,7 @@ def run(
         schema=schema,
         relay=RelaySettings(
             batch_size=batch_size,
+            batch_bytes=batch_bytes,
             poll_interval_s=poll_interval,
             max_attempts=max_attempts,
             retry_base_s=retry_base,
@@ -369,6 +383,7 @@ def run(
         broker=redact_url(settings.amqp_url),
         schema=settings.schema,
         batch_size=settings.relay.batch_size,
+        batch_bytes=settings.relay.batch_bytes,
     )
     server = (
         HealthServer(

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreError, StoreUnavailableError
-from outbox_relay.message import OutboxRow
+from outbox_relay.message import LeftOver, OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.store.connect import application_name_in, connect, translate_errors
@@ -164,9 +164,11 @@ class PostgresStore:
 
     # -- one batch: claim, then settle or release ----------------------------------------
 
-    def claim(self, limit: int) -> PostgresClaim:
+    def claim(self, limit: int, max_bytes: int) -> PostgresClaim:
         """Lock up to ``limit`` due rows of this relay's partitions, in id order, in a
-        transaction left open for the claim's ``settle`` or ``release``.
+        transaction left open for the claim's ``settle`` or ``release``. Payloads stop
+        at ``max_bytes`` (the first row always comes): the rows after that stay locked
+        and are reported as left over, without their payload.
 
         Up to WORK_CONNECTIONS claims may be open at once, each on a connection of its
         own; the rows of one are locked, so the next claim skips them.
@@ -184,15 +186,18 @@ class PostgresStore:
             with translate_errors("claiming outbox rows"):
                 # Binary results: the payload comes as bytes rather than hex to decode.
                 cursor = conn.cursor(binary=True, row_factory=_outbox_row)
-                rows = cursor.execute(
-                    self._q["claim_batch"], {**self._claim_params, "limit": limit}
+                fetched = cursor.execute(
+                    self._q["claim_batch"],
+                    {**self._claim_params, "limit": limit, "max_bytes": max_bytes},
                 ).fetchall()
         except BaseException:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
             self._idle.append(conn)
             raise
-        return PostgresClaim(conn, rows, self._q, self._idle.append)
+        rows = [row for row in fetched if isinstance(row, OutboxRow)]
+        left_over = [row for row in fetched if isinstance(row, LeftOver)]
+        return PostgresClaim(conn, rows, left_over, self._q, self._idle.append)
 
     # -- waking up ----------------------------------------------------------------------
 
@@ -238,12 +243,17 @@ class PostgresStore:
 _NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
-def _outbox_row(_cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], OutboxRow]:
-    """Row factory of the claim: empty headers come as NULL (see claim_batch)."""
+def _outbox_row(
+    _cursor: psycopg.Cursor[Any],
+) -> Callable[[Sequence[Any]], OutboxRow | LeftOver]:
+    """Row factory of the claim: empty headers come as NULL, and rows past the byte
+    budget without their payload (see claim_batch)."""
 
-    def make(values: Sequence[Any]) -> OutboxRow:
+    def make(values: Sequence[Any]) -> OutboxRow | LeftOver:
         row_id, message_id, exchange, routing_key, payload, content_type = values[:6]
-        headers, partition_key, created_at, attempts = values[6:]
+        headers, partition_key, created_at, attempts, taken = values[6:]
+        if not taken:
+            return LeftOver(row_id, partition_key)
         return OutboxRow(
             row_id,
             message_id,
@@ -268,11 +278,13 @@ class PostgresClaim:
         self,
         conn: psycopg.Connection[Any],
         rows: list[OutboxRow],
+        left_over: list[LeftOver],
         queries: Queries,
         on_end: Callable[[psycopg.Connection[Any]], None],
     ) -> None:
         self._conn: psycopg.Connection[Any] | None = conn
         self.rows = rows
+        self.left_over = left_over
         self._q = queries
         self._on_end = on_end
 

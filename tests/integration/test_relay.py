@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 import outbox_relay
 from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.relay import BATCH_BYTES
 from outbox_relay.store.relay_store import PostgresStore
 from tests.support.broker import BrokerHelper
 from tests.support.proxy import TcpProxy
@@ -475,7 +476,7 @@ def test_a_claim_held_past_the_lease_ends_as_an_outage_not_an_error(
     store.connect()
     try:
         store.heartbeat()
-        claim = store.claim(10)
+        claim = store.claim(10, BATCH_BYTES)
         assert len(claim.rows) == 1
         time.sleep(0.8)  # frozen past the lease
         with pytest.raises(StoreUnavailableError, match="idle longer than the lease"):

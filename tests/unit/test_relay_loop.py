@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from outbox_relay.errors import PublishInterruptedError
-from outbox_relay.message import OutboxRow
+from outbox_relay.message import LeftOver, OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
 from outbox_relay.relay import Relay, RelaySettings
@@ -38,6 +38,7 @@ class FakeClaim:
     def __init__(self, store: FakeStore, rows: list[OutboxRow]) -> None:
         self.store = store
         self.rows = rows
+        self.left_over: list[LeftOver] = []
 
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
         self.store.settled.append((list(published), list(failures)))
@@ -62,7 +63,7 @@ class FakeStore:
         return Leases(owned=(0,), live=("me",), partitions=1)
 
     def release_leases(self) -> None: ...
-    def claim(self, limit: int) -> FakeClaim:
+    def claim(self, limit: int, max_bytes: int = 1 << 30) -> FakeClaim:
         return FakeClaim(self, self.rows[:limit])
 
     def unlock(
@@ -98,7 +99,7 @@ class TableStore(FakeStore):
         self.waiting: set[int] = set()
         self.claims: list[list[int]] = []
 
-    def claim(self, limit: int) -> FakeClaim:
+    def claim(self, limit: int, max_bytes: int = 1 << 30) -> FakeClaim:
         first_waiting: dict[str, int] = {}
         for r in self.rows:
             if r.id in self.waiting and r.partition_key is not None:
