@@ -205,7 +205,6 @@ class Relay:
         self._next_heartbeat = 0.0
         self._empty_polls = 0
         self._wakeup = WakeUp(batch_size=settings.batch_size)
-        self._claim_limit = settings.batch_size  # see _claim
         # Claims the next batch while the loop publishes one (see run_batches).
         self._store_thread: ThreadPoolExecutor | None = None
         self.last_iteration = time.monotonic()
@@ -489,13 +488,7 @@ class Relay:
     def _claim(self) -> Claim | None:
         if not self.owned_partitions or time.monotonic() >= self._lease_deadline:
             return None
-        claim = self._store.claim(self._claim_limit, self._settings.batch_bytes)
-        # Rows too large for the byte budget: lock about twice as many as fit next time,
-        # not the whole batch size (each locked row costs the database a write).
-        if claim.left_over:
-            self._claim_limit = min(self._settings.batch_size, 2 * len(claim.rows))
-        else:
-            self._claim_limit = self._settings.batch_size
+        claim = self._store.claim(self._settings.batch_size, self._settings.batch_bytes)
         if not claim.rows:
             claim.release()
             return None
