@@ -93,16 +93,6 @@ class OutboxRow:
     attempts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class LeftOver:
-    """A row a claim locked but left for a later batch, because its payload would have
-    taken the batch past its byte budget. Until that claim ends, no later row of its
-    key may be published."""
-
-    id: int
-    partition_key: str | None
-
-
 def new_message(
     *,
     exchange: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from outbox_relay.message import LeftOver, OutboxRow
+from outbox_relay.message import OutboxRow
 
 
 def held_back(rows: Iterable[OutboxRow], failed_ids: Collection[int]) -> set[int]:
@@ -39,15 +39,13 @@ def resend_order(
     )
 
 
-def waiting_behind(
-    rows: Iterable[OutboxRow], unconfirmed: Iterable[OutboxRow | LeftOver]
-) -> set[int]:
+def waiting_behind(rows: Iterable[OutboxRow], unconfirmed: Iterable[OutboxRow]) -> set[int]:
     """Ids of rows that must wait for an older row of their key in ``unconfirmed``.
 
     ``unconfirmed`` are the rows of the previous batch that the broker did not confirm
-    (refused, held back or never sent) and the rows its claim left over: they stay in
-    the table, so no later row of their key may go out before them. A row older than
-    all of them may. Rows without a partition key never wait.
+    (refused, held back or never sent): they stay in the table, so no later row of their
+    key may go out before them. A row older than all of them may. Rows without a
+    partition key never wait.
     """
     oldest: dict[str, int] = {}
     for row in unconfirmed:

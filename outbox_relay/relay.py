@@ -29,7 +29,7 @@ from outbox_relay.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from outbox_relay.message import LeftOver, OutboxRow
+from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
@@ -66,13 +66,14 @@ def new_relay_id() -> str:
 
 
 class Claim(Protocol):
-    """Rows locked by one claim; ``settle`` or ``release`` ends it. ``left_over`` rows
-    are locked too, but did not fit the batch's byte budget: they stay in the table."""
+    """Rows locked by one claim; ``settle`` or ``release`` ends it. It also locked
+    ``left_over`` rows that did not fit the batch's byte budget: they stay in the table,
+    locked until the claim ends."""
 
     @property
     def rows(self) -> Sequence[OutboxRow]: ...
     @property
-    def left_over(self) -> Sequence[LeftOver]: ...
+    def left_over(self) -> int: ...
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None: ...
     def release(self) -> None: ...
 
@@ -459,14 +460,16 @@ class Relay:
         unconfirmed row of their key in that batch stay in the table
         (:func:`waiting_behind`): per-key order, no loss and duplicates bounded by the
         batch in flight are what they are with one batch at a time. A batch cut short by
-        its byte budget is not full: the rows it left over come first in the next claim.
+        its byte budget is not full, so nothing is claimed ahead of it: a claim made
+        then would skip the rows it left over, still locked, and could publish a later
+        row of their key first. They come first in the next claim instead.
         """
         claim = self._claim()
         if claim is None:
             return BatchResult(0, 0, 0, 0)
         pool = self._store_thread
         totals = BatchResult(0, 0, 0, 0)
-        unconfirmed: list[OutboxRow | LeftOver] = []
+        unconfirmed: list[OutboxRow] = []
         while True:
             job = pool.submit(self._claim) if pool and self._may_claim_ahead(claim) else None
             try:
@@ -482,7 +485,6 @@ class Relay:
             if following is None:
                 return totals
             unconfirmed = [row for row in claim.rows if not _confirmed(outcomes.get(row.id))]
-            unconfirmed += claim.left_over
             claim = following
 
     def _claim(self) -> Claim | None:
@@ -496,16 +498,16 @@ class Relay:
 
     def _may_claim_ahead(self, claim: Claim) -> bool:
         """Claim the next batch during this one only when this one is full (a backlog),
-        and not when a heartbeat is due: heartbeats run between batches."""
+        never when its byte budget cut it short (see run_batches), and not when a
+        heartbeat is due: heartbeats run between batches."""
         return (
             len(claim.rows) >= self._settings.batch_size
+            and not claim.left_over
             and not self._stopping.is_set()
             and time.monotonic() < self._next_heartbeat
         )
 
-    def _publish_claim(
-        self, claim: Claim, unconfirmed: Sequence[OutboxRow | LeftOver]
-    ) -> dict[int, Outcome]:
+    def _publish_claim(self, claim: Claim, unconfirmed: Sequence[OutboxRow]) -> dict[int, Outcome]:
         """Publish the claim's rows except those waiting behind ``unconfirmed``; when that
         fails, settle what the broker confirmed (or release the claim) and re-raise."""
         try:
@@ -564,7 +566,7 @@ class Relay:
             now=dt.datetime.now(tz=dt.timezone.utc),
         )
         # Rows left over by the byte budget count as held: the loop claims again at once.
-        held = len(rows) + len(claim.left_over) - len(published) - len(failures)
+        held = len(rows) + claim.left_over - len(published) - len(failures)
         if failures:
             for failure in failures:
                 log.warning(
@@ -576,7 +578,7 @@ class Relay:
         log.debug(
             "relay.batch_published", published=len(published), failed=len(failures), held=held
         )
-        return BatchResult(len(rows) + len(claim.left_over), len(published), len(failures), held)
+        return BatchResult(len(rows) + claim.left_over, len(published), len(failures), held)
 
     def _failure(self, row: OutboxRow, error: str, reason: Reason | None) -> Failure:
         attempt = row.attempts + 1

@@ -61,7 +61,7 @@ class RelayMetrics:
         )
         self.batch_size = Histogram(
             "outbox_relay_batch_size",
-            "Rows claimed per batch.",
+            "Rows a batch took: claimed, within its byte budget.",
             buckets=BATCH_BUCKETS,
             registry=registry,
         )

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreError, StoreUnavailableError
-from outbox_relay.message import LeftOver, OutboxRow
+from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.store.connect import application_name_in, connect, translate_errors
@@ -168,7 +168,7 @@ class PostgresStore:
         """Lock up to ``limit`` due rows of this relay's partitions, in id order, in a
         transaction left open for the claim's ``settle`` or ``release``. Payloads stop
         at ``max_bytes`` (the first row always comes): the rows after that stay locked
-        and are reported as left over, without their payload.
+        until the claim ends, and are counted as its ``left_over``.
 
         Up to WORK_CONNECTIONS claims may be open at once, each on a connection of its
         own; the rows of one are locked, so the next claim skips them.
@@ -185,8 +185,9 @@ class PostgresStore:
         try:
             with translate_errors("claiming outbox rows"):
                 # Binary results: the payload comes as bytes rather than hex to decode.
-                cursor = conn.cursor(binary=True, row_factory=_outbox_row)
-                fetched = cursor.execute(
+                factory = _ClaimedRows()
+                cursor = conn.cursor(binary=True, row_factory=factory)
+                rows = cursor.execute(
                     self._q["claim_batch"],
                     {**self._claim_params, "limit": limit, "max_bytes": max_bytes},
                 ).fetchall()
@@ -195,8 +196,7 @@ class PostgresStore:
                 conn.rollback()
             self._idle.append(conn)
             raise
-        rows = [row for row in fetched if isinstance(row, OutboxRow)]
-        left_over = [row for row in fetched if isinstance(row, LeftOver)]
+        left_over = factory.locked - len(rows)
         return PostgresClaim(conn, rows, left_over, self._q, self._idle.append)
 
     # -- waking up ----------------------------------------------------------------------
@@ -243,31 +243,31 @@ class PostgresStore:
 _NO_HEADERS: Mapping[str, Any] = MappingProxyType({})
 
 
-def _outbox_row(
-    _cursor: psycopg.Cursor[Any],
-) -> Callable[[Sequence[Any]], OutboxRow | LeftOver]:
-    """Row factory of the claim: empty headers come as NULL, and rows past the byte
-    budget without their payload (see claim_batch)."""
+class _ClaimedRows:
+    """Row factory of the claim: empty headers come as NULL, and every row carries how
+    many rows the claim locked, which it keeps (see claim_batch)."""
 
-    def make(values: Sequence[Any]) -> OutboxRow | LeftOver:
-        row_id, message_id, exchange, routing_key, payload, content_type = values[:6]
-        headers, partition_key, created_at, attempts, taken = values[6:]
-        if not taken:
-            return LeftOver(row_id, partition_key)
-        return OutboxRow(
-            row_id,
-            message_id,
-            exchange,
-            routing_key,
-            payload,
-            content_type,
-            _NO_HEADERS if headers is None else headers,
-            partition_key,
-            created_at,
-            attempts,
-        )
+    def __init__(self) -> None:
+        self.locked = 0
 
-    return make
+    def __call__(self, _cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], OutboxRow]:
+        def make(values: Sequence[Any]) -> OutboxRow:
+            row_id, message_id, exchange, routing_key, payload, content_type = values[:6]
+            headers, partition_key, created_at, attempts, self.locked = values[6:]
+            return OutboxRow(
+                row_id,
+                message_id,
+                exchange,
+                routing_key,
+                payload,
+                content_type,
+                _NO_HEADERS if headers is None else headers,
+                partition_key,
+                created_at,
+                attempts,
+            )
+
+        return make
 
 
 class PostgresClaim:
@@ -278,7 +278,7 @@ class PostgresClaim:
         self,
         conn: psycopg.Connection[Any],
         rows: list[OutboxRow],
-        left_over: list[LeftOver],
+        left_over: int,
         queries: Queries,
         on_end: Callable[[psycopg.Connection[Any]], None],
     ) -> None:

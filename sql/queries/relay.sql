@@ -8,9 +8,9 @@
 -- (retry backoff or a delay) is held back from that row on, so a failing row delays
 -- only its own key.
 -- The batch's payloads stop at max_bytes (the first row always comes, whatever its
--- size): the rows past the budget stay locked but come back without their payload
--- (taken = false), so the relay knows which keys they hold back while the next claim
--- runs. A claim cannot lock only what fits: FOR UPDATE and window functions do not mix.
+-- size). A claim cannot lock only what fits (FOR UPDATE and window functions do not
+-- mix in one query level): the rows past the budget stay locked until the claim ends
+-- but do not come back; each row returned carries how many rows the claim locked.
 WITH owned AS (
     SELECT partition FROM {schema}.outbox_partitions
     WHERE owner = %(relay_id)s AND lease_until > now()
@@ -55,15 +55,17 @@ claimed AS MATERIALIZED (
     LIMIT %(limit)s
     FOR UPDATE OF o SKIP LOCKED
 )
-SELECT id, message_id, exchange, routing_key, CASE WHEN taken THEN payload END,
-       content_type, headers, partition_key, created_at, attempts, taken
+SELECT id, message_id, exchange, routing_key, payload, content_type, headers,
+       partition_key, created_at, attempts, locked
 FROM (
     -- A running total: once past the budget, every later row is too.
     SELECT claimed.*,
-           row_number() OVER running = 1 OR sum(size) OVER running <= %(max_bytes)s AS taken
+           row_number() OVER running = 1 OR sum(size) OVER running <= %(max_bytes)s AS taken,
+           count(*) OVER () AS locked
     FROM claimed
     WINDOW running AS (ORDER BY id)
 ) AS budgeted
+WHERE taken
 ORDER BY id
 
 -- name: delete_published

@@ -1,5 +1,6 @@
-"""A batch's byte budget: payloads stop at --batch-bytes, the rest stay locked, keyed
-order and delivery are unchanged."""
+"""A batch's byte budget: payloads stop at --batch-bytes, the rest of the claim stays
+locked, keyed order and delivery are unchanged, and a relay woken for large rows takes
+them all."""
 
 from __future__ import annotations
 
@@ -72,28 +73,38 @@ def test_a_claim_stops_at_its_byte_budget_and_keeps_the_rest_locked(
     assert [row.id for row in claim.rows] == ids[:2]  # a third would make 9000 bytes
     assert [len(row.payload) for row in claim.rows] == [3000, 3000]
     # The small row after the budget is left over too: a batch is a prefix in id order.
-    assert [(row.id, row.partition_key) for row in claim.left_over] == [
-        (ids[2], "k2"),
-        (ids[3], "k0"),
-    ]
+    assert claim.left_over == 2
     assert locked_by_others(database_url, schema) == ids
     claim.settle([row.id for row in claim.rows], [])
     assert [row_id for (row_id,) in outbox_rows(database_url, schema)] == ids[2:]
     assert locked_by_others(database_url, schema) == []
 
 
-def test_a_row_larger_than_the_budget_goes_alone(
+def test_a_batch_may_fill_its_budget_exactly(
+    database_url: str, schema: str, broker: BrokerHelper, store: PostgresStore
+) -> None:
+    write_sized(database_url, schema, broker.exchange(), [3000, 3000, 1])
+
+    claim = store.claim(10, 6000)
+
+    assert [len(row.payload) for row in claim.rows] == [3000, 3000]
+    assert claim.left_over == 1
+    claim.release()
+
+
+def test_a_row_larger_than_the_budget_goes_alone_and_the_next_claim_takes_the_rest(
     database_url: str, schema: str, broker: BrokerHelper, store: PostgresStore
 ) -> None:
     write_sized(database_url, schema, broker.exchange(), [50_000, 10, 10])
 
     claim = store.claim(10, 1000)
-
     assert [len(row.payload) for row in claim.rows] == [50_000]
-    assert len(claim.left_over) == 2
-    claim.release()
+    assert claim.left_over == 2
+    claim.settle([row.id for row in claim.rows], [])
+
     following = store.claim(10, 1000)
-    assert [len(row.payload) for row in following.rows] == [50_000]
+    assert [len(row.payload) for row in following.rows] == [10, 10]
+    assert following.left_over == 0
     following.release()
 
 
@@ -142,3 +153,25 @@ def test_the_relay_keeps_each_batch_within_its_budget_and_each_key_in_order(
         assert of_key == sorted(of_key)
     assert all(sum(batch) <= budget or len(batch) == 1 for batch in observed.batches)
     assert max(len(batch) for batch in observed.batches) > 1
+
+
+def test_a_waiting_relay_woken_for_rows_over_its_budget_publishes_them_all_at_once(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """Each claim takes one row and leaves the rest locked; the relay must claim again
+    rather than go back to sleep (until its next heartbeat, every 2 s, or its backstop
+    poll, 30 s here): six rows take a few milliseconds, not ten seconds."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    waiting = sql.SQL("SELECT count(*) FROM {}.outbox_listener WHERE waiting")
+
+    def relay_waits() -> bool:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute(waiting.format(sql.Identifier(schema))).fetchone()
+        return row is not None and row[0] > 0
+
+    with running_relay(database_url, amqp_url, schema, batch_bytes=20_000, poll_interval_s=30.0):
+        assert wait_for(relay_waits)
+        write_sized(database_url, schema, exchange, [20_000] * 6, keys=1)
+        received = broker.drain(queue, expect=6, timeout_s=5)
+    assert [int(message.body[:6]) for message in received] == [0, 1, 2, 3, 4, 5]

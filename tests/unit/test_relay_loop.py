@@ -12,7 +12,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from outbox_relay.errors import PublishInterruptedError
-from outbox_relay.message import LeftOver, OutboxRow
+from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
 from outbox_relay.relay import Relay, RelaySettings
@@ -35,18 +35,21 @@ def row(row_id: int, key: str | None = None, exchange: str = "ex", attempts: int
 
 
 class FakeClaim:
-    def __init__(self, store: FakeStore, rows: list[OutboxRow]) -> None:
+    def __init__(
+        self, store: FakeStore, rows: list[OutboxRow], locked: list[OutboxRow] | None = None
+    ) -> None:
         self.store = store
         self.rows = rows
-        self.left_over: list[LeftOver] = []
+        self.locked = rows if locked is None else locked  # rows and those left over
+        self.left_over = len(self.locked) - len(rows)
 
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
         self.store.settled.append((list(published), list(failures)))
-        self.store.unlock(self.rows, published, failures)
+        self.store.unlock(self.locked, published, failures)
 
     def release(self) -> None:
         self.store.released += 1
-        self.store.unlock(self.rows)
+        self.store.unlock(self.locked)
 
 
 class FakeStore:
@@ -90,7 +93,8 @@ class FakeStore:
 
 class TableStore(FakeStore):
     """Claims behave as on the table: locked rows are skipped, settled rows are gone,
-    failed rows wait for their retry and hold back later rows of their key."""
+    failed rows wait for their retry and hold back later rows of their key, and a claim
+    takes rows up to its byte budget (the first always) and locks the rest of its limit."""
 
     def __init__(self, rows: list[OutboxRow]) -> None:
         super().__init__(rows)
@@ -110,9 +114,14 @@ class TableStore(FakeStore):
             if r.id not in self.locked | self.gone | self.waiting
             and first_waiting.get(r.partition_key or "", r.id) >= r.id
         ][:limit]
+        taken = [
+            r
+            for n, r in enumerate(due)
+            if n == 0 or sum(len(d.payload) for d in due[: n + 1]) <= max_bytes
+        ]
         self.locked |= {r.id for r in due}
-        self.claims.append([r.id for r in due])
-        return FakeClaim(self, due)
+        self.claims.append([r.id for r in taken])
+        return FakeClaim(self, taken, due)
 
     def unlock(
         self,
@@ -415,6 +424,22 @@ class TestServe:
         # After the quiet claims: the final check, then a claim after the refresh.
         assert store.claims[QUIET_CLAIMS : QUIET_CLAIMS + 2] == [[1, 2], []]
         assert publisher.sent == []
+
+    def test_a_claim_cut_short_by_its_byte_budget_is_followed_by_another_while_the_flag_is_up(
+        self,
+    ) -> None:
+        # A NOTIFY wakes the sleeping relay for three rows, each as large as the budget:
+        # every claim takes one and leaves the others locked. A claim of one row while
+        # the flag is up would mean sleep again; rows left over mean claim again.
+        store = WakeUpStore([])
+        publisher = SleepsRecorded([{}, {}, {}], stop_after=2, notify_at=1)
+        relay = relay_for(store, publisher, batch_bytes=len(row(0).payload))
+        publisher.relay = relay
+        store.on_notify = lambda: store.rows.extend([row(1), row(2), row(3)])
+        relay._serve()
+        assert publisher.sent == [[1], [2], [3]]
+        assert store.flags == [True], "the flag stays up: one row a claim is not busy"
+        assert store.locked == set()
 
     def test_after_raising_the_flag_the_relay_keeps_looking_for_a_little_while(self) -> None:
         # Producers that saw the flag down just before it went up send no NOTIFY for
