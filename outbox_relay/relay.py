@@ -121,7 +121,9 @@ class RelayObserver(Protocol):
     def outage(self, service: str) -> None: ...
 
 
-class _Unobserved:
+class NullObserver:
+    """A :class:`RelayObserver` that ignores everything; subclass it to watch some events."""
+
     def batch_settled(
         self,
         *,
@@ -186,7 +188,7 @@ class Relay:
         observer: RelayObserver | None = None,
     ) -> None:
         self._store = store
-        self._observer: RelayObserver = observer or _Unobserved()
+        self._observer: RelayObserver = observer or NullObserver()
         self._publisher = publisher
         self._settings = settings
         self._random_unit = random_unit
