@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -114,10 +115,11 @@ class TableStore(FakeStore):
             if r.id not in self.locked | self.gone | self.waiting
             and first_waiting.get(r.partition_key or "", r.id) >= r.id
         ][:limit]
+        running = itertools.accumulate(len(r.payload) for r in due)
         taken = [
             r
-            for n, r in enumerate(due)
-            if n == 0 or sum(len(d.payload) for d in due[: n + 1]) <= max_bytes
+            for n, (r, total) in enumerate(zip(due, running, strict=True))
+            if n == 0 or total <= max_bytes
         ]
         self.locked |= {r.id for r in due}
         self.claims.append([r.id for r in taken])
