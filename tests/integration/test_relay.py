@@ -486,6 +486,24 @@ def test_a_claim_held_past_the_lease_ends_as_an_outage_not_an_error(
     assert len(outbox_rows(database_url, schema)) == 1
 
 
+def test_empty_claims_leave_the_claim_prepared(database_url: str, schema: str) -> None:
+    """psycopg forgets a connection's prepared statements on every ROLLBACK: an empty
+    claim that ended with one would have every claim after it planned again."""
+    store = PostgresStore(url=database_url, schema=schema, relay_id="empty", lease_ttl_s=8.0)
+    store.connect()
+    try:
+        store.heartbeat()
+        for _ in range(10):  # psycopg prepares a statement at its sixth execution
+            store.claim(10, BATCH_BYTES).release()
+        claim = store.claim(10, BATCH_BYTES)
+        assert claim._conn is not None
+        prepared = claim._conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        claim.release()
+    finally:
+        store.close()
+    assert [s for (s,) in prepared if "SKIP LOCKED" in s], prepared
+
+
 def publish_key_a(conn: psycopg.Connection[Any], schema: str, exchange: str, *, seq: int) -> None:
     outbox_relay.publish(
         conn,
