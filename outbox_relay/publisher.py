@@ -1,11 +1,14 @@
 """Publishing batches to RabbitMQ with pipelined publisher confirms.
 
 pika's ``BlockingChannel`` waits for each confirm in turn (the slow path). This adapter
-drives a ``SelectConnection`` from the caller's thread instead: it writes a whole batch,
-then runs pika's I/O loop until every message has been acked, nacked or returned, or
-the channel or connection died. Between batches :meth:`Publisher.wait` runs the same
-loop, so heartbeats are answered while the relay sleeps, and it also watches a file
-descriptor (the database's LISTEN socket) so a NOTIFY wakes the relay at once.
+drives a ``SelectConnection`` from the caller's thread instead: :meth:`Publisher.send`
+writes a whole batch and returns a :class:`Sending`, whose ``outcomes()`` runs pika's
+I/O loop until every message has been acked, nacked or returned, or the channel or
+connection died. Two batches may be in flight at once: the caller sends the next one
+while the confirms of the first are still coming. Between batches
+:meth:`Publisher.wait` runs the same loop, so heartbeats are answered while the relay
+sleeps, and it also watches a file descriptor (the database's LISTEN socket) so a
+NOTIFY wakes the relay at once.
 
 This is the only relay module that imports pika.
 """
@@ -35,7 +38,8 @@ from outbox_relay.urls import redact_url
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 2.0
-# Confirms of a pipelined batch take milliseconds; waiting this long is worth a warning.
+# Confirms of a pipelined batch take milliseconds; waiting this long is worth a warning,
+# and a batch's frames not written to the socket by then are left for that wait.
 SLOW_WAIT_S = 2.0
 EXCHANGE_CHECK_TTL_S = 10.0
 # Wait for the confirms of what is buffered before buffering more than this.
@@ -120,24 +124,51 @@ class _Connection(pika.SelectConnection):
             super()._adapter_emit_data(data)
 
 
-class _Batch:
-    """Outcomes of one batch, indexed by delivery tag."""
+class _ChannelClose:
+    """Why a channel closed, shared by every batch it cut short: the rows to blame are
+    looked for once, among the unconfirmed rows of all of them."""
 
-    def __init__(self, rows: Sequence[OutboxRow], first_tag: int) -> None:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.culprits: dict[int, Outcome] | None = None
+
+
+class _Batch:
+    """Outcomes of one batch, indexed by delivery tag on the channel it went out on."""
+
+    def __init__(
+        self,
+        rows: Sequence[OutboxRow],
+        *,
+        channel: Channel,
+        first_tag: int,
+        returned: dict[str, str],
+        deadline: float | None,
+    ) -> None:
         self.rows = rows
+        self.channel = channel
         self.first_tag = first_tag
+        self.deadline = deadline
         self.outcomes: list[Outcome | None] = [None] * len(rows)
         self.sent = 0
         self.settled = 0
         self._lowest = 0
-        self.returned: dict[str, str] = {}
+        self.returned = returned  # the publisher's: message id -> why it came back
+        self.closed: _ChannelClose | None = None
 
     def all_sent_settled(self) -> bool:
         return self.settled == self.sent
 
+    @property
+    def unconfirmed(self) -> int:
+        return self.sent - self.settled
+
     def settle(self, tag: int, *, multiple: bool, ack: bool) -> None:
         index = tag - self.first_tag
-        if index < 0 or index >= self.sent:
+        if multiple:
+            # An ack of many may end past this batch (the next one went out behind it).
+            index = min(index, self.sent - 1)
+        elif index < 0 or index >= self.sent:
             return
         for i in range(self._lowest, index + 1) if multiple else (index,):
             if self.outcomes[i] is None:
@@ -154,7 +185,9 @@ class _Batch:
                 Reason.NACKED,
             )
         # Most batches have no returns: no message id to format for each ack then.
-        returned = self.returned.get(str(self.rows[index].message_id)) if self.returned else None
+        returned = None
+        if self.returned:
+            returned = self.returned.pop(str(self.rows[index].message_id), None)
         return Outcome.failed(returned, Reason.UNROUTABLE) if returned else Outcome.confirmed()
 
     def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
@@ -162,6 +195,35 @@ class _Batch:
             row.id: outcome if outcome is not None else unresolved(row)
             for row, outcome in zip(self.rows, self.outcomes, strict=True)
         }
+
+
+class Sending:
+    """A batch handed to the broker: ``outcomes()`` waits for its confirms."""
+
+    def __init__(self, publisher: Publisher, batch: _Batch) -> None:
+        self._publisher = publisher
+        self._batch = batch
+
+    def flush(self) -> bool:
+        """Serve the connection until the batch's frames are all written to the socket
+        (``send`` only buffers them: pika writes from its I/O loop), so the broker has
+        them to work on while the caller does something else. False when that did not
+        happen (the channel or connection closed, the broker blocks publishers, or the
+        confirm timeout passed); errors wait for ``outcomes()``."""
+        return self._publisher._flush(self._batch)
+
+    def outcomes(self) -> dict[int, Outcome]:
+        """Each row's outcome, keyed by row id, once every message was confirmed or the
+        channel closed; raises PublishInterruptedError (see :meth:`Publisher.send`)."""
+        try:
+            self._publisher._await_confirms(self._batch)
+            return self._publisher._finish(self._batch)
+        finally:
+            self._publisher._forget(self._batch)
+
+    def abandon(self) -> None:
+        """Stop tracking the batch: confirms still to come for it are ignored."""
+        self._publisher._forget(self._batch)
 
 
 class Publisher:
@@ -187,12 +249,13 @@ class Publisher:
         self._channel: Channel | None = None
         self._channel_error: BaseException | None = None
         self._tag = 0
-        self._batch: _Batch | None = None
+        self._in_flight: list[_Batch] = []  # sent, confirms outstanding; oldest first
+        self._returned: dict[str, str] = {}  # message id -> why the broker returned it
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
         self._exchanges_seen: dict[str, float] = {}
-        self._deadline: float | None = None
+        self._deadline: float | None = None  # of the batch whose confirms are awaited
 
     @property
     def vhost(self) -> str:
@@ -255,6 +318,8 @@ class Publisher:
         if self._conn is not None:
             self._conn.ioloop.close()
         self._conn, self._channel = None, None
+        self._in_flight.clear()
+        self._returned.clear()
 
     def _open_channel(self) -> None:
         conn = self._require_connection()
@@ -265,7 +330,8 @@ class Publisher:
             channel.add_on_close_callback(self._on_channel_closed)
             channel.add_on_return_callback(self._on_return)
             channel.confirm_delivery(
-                self._on_confirm, callback=lambda _frame: self._note(ready, True)
+                lambda frame: self._on_confirm(channel, frame),
+                callback=lambda _frame: self._note(ready, True),
             )
             self._channel = channel
 
@@ -287,27 +353,31 @@ class Publisher:
 
     # -- publishing ---------------------------------------------------------------------
 
-    def publish(
-        self, rows: Sequence[OutboxRow], *, deadline: float | None = None
-    ) -> dict[int, Outcome]:
-        """Publish ``rows`` in order and return each row's outcome, keyed by row id.
+    def send(self, rows: Sequence[OutboxRow], *, deadline: float | None = None) -> Sending:
+        """Publish ``rows`` in order; their outcomes come from the returned
+        :class:`Sending`. Another batch may be sent before those outcomes are asked for.
 
         Rows the broker refused are FAILED with a reason; rows that never reached the
         broker because the channel closed under them are UNSENT. Raises
         PublishInterruptedError (carrying the outcomes known so far) when the connection
         is lost, confirms do not arrive within the confirm timeout, or the monotonic
-        ``deadline`` (the end of the caller's lease) passes.
+        ``deadline`` (the end of the caller's lease) passes; ``outcomes()`` raises it too.
         """
         if deadline is not None and time.monotonic() >= deadline:
             raise PublishInterruptedError("the partition lease ran out before publishing", {})
-        self._deadline = deadline
         if self._channel is None or not self._channel.is_open:
             self._open_channel()
         channel = self._channel
         assert channel is not None  # noqa: S101 - _open_channel raised otherwise
         conn = self._require_connection()
-        batch = _Batch(rows, first_tag=self._tag + 1)
-        self._batch = batch
+        batch = _Batch(
+            rows,
+            channel=channel,
+            first_tag=self._tag + 1,
+            returned=self._returned,
+            deadline=deadline,
+        )
+        self._in_flight.append(batch)
         conn.holding = True
         try:
             buffered = 0
@@ -339,19 +409,47 @@ class Publisher:
                 if buffered >= MAX_UNCONFIRMED_BYTES:
                     conn.release_held()
                     self._await_confirms(batch)
-                    if self._channel_error is not None:
+                    if batch.closed is not None:
                         break
                     conn.holding = True
                     buffered = 0
-            conn.release_held()
-            if self._channel_error is None:
-                self._await_confirms(batch)
-            return self._finish(batch)
+        except BaseException:
+            self._forget(batch)
+            raise
         finally:
             conn.release_held()
-            self._batch = None
+        return Sending(self, batch)
+
+    def _forget(self, batch: _Batch) -> None:
+        if batch in self._in_flight:
+            self._in_flight.remove(batch)
+        if not self._in_flight:
+            self._returned.clear()
+
+    def _flush(self, batch: _Batch) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        # A broker that does not take the frames at once is slow or stalled: leave the
+        # wait, and the reason, to outcomes() and its confirm timeout.
+        timeout = SLOW_WAIT_S
+        if batch.deadline is not None:
+            timeout = max(0.0, min(timeout, batch.deadline - time.monotonic()))
+        self._run_until(
+            lambda: (
+                conn._get_write_buffer_size() == 0
+                or batch.closed is not None
+                or self._conn_error is not None
+                or self.blocked
+            ),
+            timeout,
+        )
+        return conn._get_write_buffer_size() == 0 and batch.closed is None and self.connected
 
     def _await_confirms(self, batch: _Batch) -> None:
+        """Run the I/O loop until every message of the batch is confirmed or its channel
+        closed; otherwise give the connection up and raise PublishInterruptedError."""
+        self._deadline = batch.deadline
         started = time.monotonic()
         slow: list[float] = []
 
@@ -360,16 +458,14 @@ class Publisher:
             log.warning(
                 "publisher.confirms_delayed",
                 waited_s=round(waited_s, 1),
-                unconfirmed=batch.sent - batch.settled,
+                unconfirmed=batch.unconfirmed,
                 confirm_timeout_s=self._confirm_timeout_s,
                 blocked=self.blocked,
             )
 
         done = self._run_until(
             lambda: (
-                batch.all_sent_settled()
-                or self._channel_error is not None
-                or self._conn_error is not None
+                batch.all_sent_settled() or batch.closed is not None or self._conn_error is not None
             ),
             self._confirm_timeout_s,
             patient_while_blocked=True,
@@ -377,42 +473,52 @@ class Publisher:
         )
         if slow and done:
             log.info("publisher.confirms_resumed", waited_s=round(time.monotonic() - started, 1))
-        if self._conn_error is not None or not done:
-            if self._conn_error is not None:
-                reason = describe_amqp_error(self._conn_error)
-            elif self._should_stop():
-                reason = "stopping while confirms were outstanding"
-            elif self._deadline is not None and time.monotonic() >= self._deadline:
-                reason = "the partition lease ran out while confirms were outstanding"
-            else:
-                reason = f"no confirms within {self._confirm_timeout_s:g} s"
-            outcomes = {
-                row.id: outcome
-                for row, outcome in zip(batch.rows, batch.outcomes, strict=True)
-                if outcome is not None
-            }
-            # Give the connection up without closing it here: a graceful close waits (up
-            # to CLOSE_TIMEOUT_S) for a peer that may be stalled, and the caller must
-            # settle the confirmed rows before its lease ends. Its outage handling closes.
-            if self._conn_error is None:
-                self._conn_error = BrokerUnavailableError(reason)
-            raise PublishInterruptedError(f"publishing interrupted: {reason}", outcomes)
+        if self._conn_error is None and done:
+            return
+        if self._conn_error is not None:
+            reason = describe_amqp_error(self._conn_error)
+        elif self._should_stop():
+            reason = "stopping while confirms were outstanding"
+        elif self._deadline is not None and time.monotonic() >= self._deadline:
+            reason = "the partition lease ran out while confirms were outstanding"
+        else:
+            reason = f"no confirms within {self._confirm_timeout_s:g} s"
+        outcomes = {
+            row.id: outcome
+            for row, outcome in zip(batch.rows, batch.outcomes, strict=True)
+            if outcome is not None
+        }
+        # Give the connection up without closing it here: a graceful close waits (up
+        # to CLOSE_TIMEOUT_S) for a peer that may be stalled, and the caller must
+        # settle the confirmed rows before its lease ends. Its outage handling closes.
+        if self._conn_error is None:
+            self._conn_error = BrokerUnavailableError(reason)
+        raise PublishInterruptedError(f"publishing interrupted: {reason}", outcomes)
 
     def _finish(self, batch: _Batch) -> dict[int, Outcome]:
-        error = self._channel_error
-        if error is None:
+        close = batch.closed
+        if close is None:
             return batch.by_row(lambda _row: Outcome.unsent())
-        unresolved = [
-            row for row, outcome in zip(batch.rows, batch.outcomes, strict=True) if outcome is None
-        ]
-        culprits = self._culprits(error, unresolved)
-        self._channel = None
-        log.warning(
-            "publisher.channel_closed",
-            reason=describe_amqp_error(error),
-            failed_rows=len(culprits),
-            unsent_rows=len(unresolved) - len(culprits),
-        )
+        if close.culprits is None:
+            # Blame among the unconfirmed rows of every batch the close cut short, in the
+            # order they went out: the culprit may be in a later batch than this one.
+            cut = [b for b in self._in_flight if b.closed is close]
+            unresolved = [
+                row
+                for b in cut
+                for row, outcome in zip(b.rows, b.outcomes, strict=True)
+                if outcome is None
+            ]
+            close.culprits = self._culprits(close.error, unresolved)
+            if self._channel is batch.channel:
+                self._channel = None
+            log.warning(
+                "publisher.channel_closed",
+                reason=describe_amqp_error(close.error),
+                failed_rows=len(close.culprits),
+                unsent_rows=len(unresolved) - len(close.culprits),
+            )
+        culprits = close.culprits
         return batch.by_row(lambda row: culprits.get(row.id, Outcome.unsent()))
 
     def _culprits(
@@ -543,8 +649,8 @@ class Publisher:
             if patient_while_blocked and self._deadline is not None:
                 remaining = min(remaining, self._deadline - now)
             # Stopping abandons outstanding confirms only while the broker blocks us (that
-            # wait has no end); otherwise SIGTERM lets the batch in flight be confirmed and
-            # settled, so nothing it published is sent twice.
+            # wait has no end); otherwise SIGTERM lets the batches in flight be confirmed
+            # and settled, so nothing they published is sent twice.
             if remaining <= 0 or (patient_while_blocked and self.blocked and self._should_stop()):
                 return False
             timer = conn.ioloop.call_later(min(remaining, _TICK_S), conn.ioloop.stop)
@@ -591,24 +697,29 @@ class Publisher:
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is self._channel or self._channel is None:
             self._channel_error = reason
+        close = _ChannelClose(reason)
+        for batch in self._in_flight:
+            if batch.channel is channel and batch.closed is None:
+                batch.closed = close
         self._check()
 
     def _on_return(
         self, _channel: Channel, method: Basic.Return, properties: BasicProperties, _body: bytes
     ) -> None:
-        if self._batch is not None and properties.message_id:
-            self._batch.returned[properties.message_id] = (
+        if self._in_flight and properties.message_id:
+            self._returned[properties.message_id] = (
                 f"unroutable: no queue is bound to exchange '{method.exchange}' for routing key "
                 f"'{method.routing_key}' ({method.reply_code} {method.reply_text}); bind a queue "
                 "(`outbox-relay topology apply`) or give the exchange an alternate exchange"
             )
 
-    def _on_confirm(self, frame: Method[Any]) -> None:
+    def _on_confirm(self, channel: Channel, frame: Method[Any]) -> None:
         method = frame.method
-        if self._batch is not None:
-            self._batch.settle(
-                method.delivery_tag,
-                multiple=bool(method.multiple),
-                ack=isinstance(method, Basic.Ack),
-            )
+        for batch in self._in_flight:
+            if batch.channel is channel:
+                batch.settle(
+                    method.delivery_tag,
+                    multiple=bool(method.multiple),
+                    ack=isinstance(method, Basic.Ack),
+                )
         self._check()

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +24,7 @@ from tenacity import RetryCallState, RetryError
 
 from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S, retry_delay_s
 from outbox_relay.errors import (
+    BrokerError,
     BrokerUnavailableError,
     PublishInterruptedError,
     StoreError,
@@ -66,9 +67,9 @@ def new_relay_id() -> str:
 
 
 class Claim(Protocol):
-    """Rows locked by one claim; ``settle`` or ``release`` ends it. It also locked
-    ``left_over`` rows that did not fit the batch's byte budget: they stay in the table,
-    locked until the claim ends."""
+    """Rows locked by one claim; ``settle`` or ``release`` ends it, and ``release`` of an
+    ended claim does nothing. It also locked ``left_over`` rows that did not fit the
+    batch's byte budget: they stay in the table, locked until the claim ends."""
 
     @property
     def rows(self) -> Sequence[OutboxRow]: ...
@@ -91,6 +92,14 @@ class Store(Protocol):
     def forget_waiting(self) -> None: ...
 
 
+class Sending(Protocol):
+    """Rows handed to the broker, their confirms perhaps still to come."""
+
+    def flush(self) -> bool: ...
+    def outcomes(self) -> dict[int, Outcome]: ...
+    def abandon(self) -> None: ...
+
+
 class Publisher(Protocol):
     @property
     def connected(self) -> bool: ...
@@ -98,9 +107,7 @@ class Publisher(Protocol):
     def blocked(self) -> bool: ...
     def connect(self) -> None: ...
     def close(self) -> None: ...
-    def publish(
-        self, rows: Sequence[OutboxRow], *, deadline: float | None = None
-    ) -> dict[int, Outcome]: ...
+    def send(self, rows: Sequence[OutboxRow], *, deadline: float | None = None) -> Sending: ...
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]: ...
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool: ...
 
@@ -213,7 +220,7 @@ class Relay:
         self.last_iteration = time.monotonic()
 
     def stop(self, reason: str = "requested") -> None:
-        """Ask the loop to finish the batch in flight and return.
+        """Ask the loop to finish the batches in flight and return.
 
         Safe in a signal handler: it only sets an event (logging there could deadlock on
         a lock the interrupted code holds); the loop logs ``relay.stopping`` itself.
@@ -450,44 +457,64 @@ class Relay:
         claim = self._claim()
         if claim is None:
             return BatchResult(0, 0, 0, 0)
-        return self._settle(claim, self._publish_claim(claim, ()))
+        sent = self._send_claim(claim, ())
+        return self._settle(claim, self._confirm_claim(claim, sent))
 
     def run_batches(self) -> BatchResult:
         """Relay batches back to back for as long as they come back full; the totals.
 
-        While a full batch is being published and settled, the store thread claims the
-        next one on a connection of its own (the rows in flight are locked, so the claim
-        skips them), so the broker does not wait for that round trip. A batch is still
-        published only once the one before is settled, and its rows that follow an
-        unconfirmed row of their key in that batch stay in the table
-        (:func:`waiting_behind`): per-key order, no loss and duplicates bounded by the
-        batch in flight are what they are with one batch at a time. A batch cut short by
-        its byte budget is not full, so nothing is claimed ahead of it: a claim made
-        then would skip the rows it left over, still locked, and could publish a later
-        row of their key first. They come first in the next claim instead.
+        While a full batch is out, the store thread claims the next one on a connection
+        of its own (the rows in flight are locked, so the claim skips them), and the
+        next one goes out behind it before the first is confirmed. So the broker always
+        has messages to take while the relay builds the next batch's frames, waits for
+        confirms and settles: at most two batches are out at once, and a crash re-sends
+        at most those two.
+
+        Per-key order: a batch with a row whose key is in the batch still out goes only
+        after that batch is confirmed and settled, and then its rows that follow an
+        unconfirmed row of their key stay in the table (:func:`waiting_behind`). A
+        batch cut short by its byte budget is not full, so nothing is claimed ahead of
+        it: a claim made then would skip the rows it left over, still locked, and could
+        publish a later row of their key first. They come first in the next claim.
         """
         claim = self._claim()
         if claim is None:
             return BatchResult(0, 0, 0, 0)
         pool = self._store_thread
         totals = BatchResult(0, 0, 0, 0)
-        unconfirmed: list[OutboxRow] = []
+        waiting: Collection[int] = ()
+        sent: _Sent | None = None  # the claim's first round, once it has gone out
         while True:
             job = pool.submit(self._claim) if pool and self._may_claim_ahead(claim) else None
+            following: Claim | None = None
+            ahead: _Sent | None = None
+            failed: StoreError | BrokerError | None = None  # raised once the claim is settled
             try:
-                outcomes = self._publish_claim(claim, unconfirmed)
+                if sent is None:
+                    sent = self._send_claim(claim, waiting)
+                if job is not None and sent.flush():
+                    try:
+                        following, job = self._claimed_ahead(job), None
+                        ahead = self._send_ahead(following, claim)
+                    except (StoreError, BrokerError) as exc:
+                        failed = exc
+                outcomes = self._confirm_claim(claim, sent)
                 totals += self._settle(claim, outcomes)
+                if job is not None and failed is None:
+                    following, job = self._claimed_ahead(job), None
             except BaseException:
                 _abandon(job)
+                _drop(following, ahead)
+                _drop(claim, sent)
                 raise
-            following = job.result() if job is not None else None
-            if following is not None and self._stopping.is_set():
-                following.release()
-                following = None
+            if failed is not None:
+                _abandon(job)
+                raise failed
             if following is None:
                 return totals
             unconfirmed = [row for row in claim.rows if not _confirmed(outcomes.get(row.id))]
-            claim = following
+            waiting = waiting_behind(following.rows, unconfirmed)
+            claim, sent = following, ahead
 
     def _claim(self) -> Claim | None:
         if not self.owned_partitions or time.monotonic() >= self._lease_deadline:
@@ -497,6 +524,23 @@ class Relay:
             claim.release()
             return None
         return claim
+
+    def _send_ahead(self, following: Claim | None, out: Claim) -> _Sent | None:
+        """Send the next batch while ``out`` awaits its confirms, unless a row of it has
+        the key of a row of ``out``: it then waits until ``out`` is settled."""
+        if following is None or waiting_behind(following.rows, out.rows):
+            return None
+        ahead = self._send_claim(following, ())
+        ahead.flush()
+        return ahead
+
+    def _claimed_ahead(self, job: Future[Claim | None]) -> Claim | None:
+        """The claim made ahead; released when the relay is stopping meanwhile."""
+        following = job.result()
+        if following is not None and self._stopping.is_set():
+            following.release()
+            return None
+        return following
 
     def _may_claim_ahead(self, claim: Claim) -> bool:
         """Claim the next batch during this one only when this one is full (a backlog),
@@ -509,11 +553,22 @@ class Relay:
             and time.monotonic() < self._next_heartbeat
         )
 
-    def _publish_claim(self, claim: Claim, unconfirmed: Sequence[OutboxRow]) -> dict[int, Outcome]:
-        """Publish the claim's rows except those waiting behind ``unconfirmed``; when that
-        fails, settle what the broker confirmed (or release the claim) and re-raise."""
+    def _send_claim(self, claim: Claim, waiting: Collection[int]) -> _Sent:
+        """Send the claim's rows but ``waiting``; see :meth:`_send`."""
+        with self._ending_on_error(claim):
+            return self._send(claim.rows, waiting)
+
+    def _confirm_claim(self, claim: Claim, sent: _Sent) -> dict[int, Outcome]:
+        """The outcomes of the claim's rows; see :meth:`_confirm`."""
+        with self._ending_on_error(claim):
+            return self._confirm(claim.rows, sent)
+
+    @contextlib.contextmanager
+    def _ending_on_error(self, claim: Claim) -> Iterator[None]:
+        """When publishing the claim fails, settle what the broker confirmed (or release
+        the claim) and re-raise."""
         try:
-            return self._publish(claim.rows, waiting_behind(claim.rows, unconfirmed))
+            yield
         except PublishInterruptedError as exc:
             self._settle(claim, exc.outcomes)
             raise
@@ -521,13 +576,10 @@ class Relay:
             claim.release()
             raise
 
-    def _publish(self, rows: Sequence[OutboxRow], waiting: Collection[int]) -> dict[int, Outcome]:
-        """Publish the batch; publish again what a closed channel left unsent.
-
-        Rows to a missing exchange fail before anything is sent, and every row that
-        would go out after a failed row of its key waits in the table instead, as do the
-        ``waiting`` rows.
-        """
+    def _send(self, rows: Sequence[OutboxRow], waiting: Collection[int]) -> _Sent:
+        """The first round: rows to a missing exchange fail before anything is sent,
+        every row that would go out after a failed row of its key waits in the table, as
+        do the ``waiting`` rows, and the rest go out."""
         candidates = [row for row in rows if row.id not in waiting]
         missing = self._publisher.missing_exchanges({row.exchange for row in candidates})
         outcomes: dict[int, Outcome] = {
@@ -536,16 +588,28 @@ class Relay:
             if row.exchange in missing
         }
         unsent = [row.id for row in candidates if row.id not in outcomes]
-        for _ in range(MAX_PUBLISH_ROUNDS):
-            failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
-            pending = resend_order(rows, unsent, held_back(rows, failed))
-            if not pending:
-                break
-            try:
-                outcomes.update(self._publisher.publish(pending, deadline=self._lease_deadline))
-            except PublishInterruptedError as exc:
-                raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
-            unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
+        pending = resend_order(rows, unsent, held_back(rows, list(outcomes)))
+        sending = self._publisher.send(pending, deadline=self._lease_deadline) if pending else None
+        return _Sent(outcomes, sending)
+
+    def _confirm(self, rows: Sequence[OutboxRow], sent: _Sent) -> dict[int, Outcome]:
+        """Wait for the first round's confirms; publish again what a closed channel left
+        unsent, in up to MAX_PUBLISH_ROUNDS rounds in all."""
+        outcomes = dict(sent.outcomes)
+        sending = sent.sending
+        rounds = 1
+        try:
+            while sending is not None:
+                outcomes.update(sending.outcomes())
+                unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
+                failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
+                pending = resend_order(rows, unsent, held_back(rows, failed))
+                if not pending or rounds >= MAX_PUBLISH_ROUNDS:
+                    break
+                sending = self._publisher.send(pending, deadline=self._lease_deadline)
+                rounds += 1
+        except PublishInterruptedError as exc:
+            raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
         return outcomes
 
     def _settle(self, claim: Claim, outcomes: Mapping[int, Outcome]) -> BatchResult:
@@ -598,6 +662,31 @@ class Relay:
             dead=dead,
             reason=reason or Reason.CHANNEL_CLOSED,
         )
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A batch's first round: the rows that failed before sending, and those that went."""
+
+    outcomes: Mapping[int, Outcome]
+    sending: Sending | None
+
+    def flush(self) -> bool:
+        return self.sending is None or self.sending.flush()
+
+    def abandon(self) -> None:
+        if self.sending is not None:
+            self.sending.abandon()
+
+
+def _drop(claim: Claim | None, sent: _Sent | None) -> None:
+    """Give up a claim whose rows may be out: ignore their confirms and release it
+    (nothing happens to a claim that has ended). Its rows go again later."""
+    if sent is not None:
+        sent.abandon()
+    if claim is not None:
+        with contextlib.suppress(StoreError):
+            claim.release()
 
 
 def _confirmed(outcome: Outcome | None) -> bool:

@@ -3,52 +3,21 @@ each gets its own logged outcome; none crashes the relay or holds back another k
 
 from __future__ import annotations
 
-import contextlib
 import json
-import re
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from tests.faults.conftest import Report
-from tests.support.broker import BrokerHelper, Received
-from tests.support.faults import RelayProcess, Tally, insert_rows, pending
+from tests.support.broker import BrokerHelper, Received, broker_max_message_size
+from tests.support.faults import RelayProcess, Tally, insert_raw, insert_rows, pending
 from tests.support.relay import outbox_rows, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
 TEN_MB = 10 * 1024 * 1024
 HUGE_INT = 10**30
-
-
-def insert_raw(
-    conn: psycopg.Connection[Any],
-    schema: str,
-    *,
-    exchange: str,
-    key: str,
-    n: int,
-    routing_key: str = "ok.x",
-    headers: str = "{}",
-    content_type: str = "application/json",
-    payload: bytes | None = None,
-) -> int:
-    body = payload if payload is not None else json.dumps({"n": n, "key": key}).encode()
-    row = conn.execute(
-        sql.SQL(
-            "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload, content_type,"
-            " headers, partition_key) VALUES (gen_random_uuid(), %s, %s, %s, %s, %s::jsonb, %s)"
-            " RETURNING id"
-        ).format(sql.Identifier(schema)),
-        (exchange, routing_key, body, content_type, headers, key),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def relay_until_settled(
@@ -210,25 +179,6 @@ def test_a_burst_of_30k_rows_in_one_transaction(
     assert not tally.lost
     assert tally.duplicates == 0
     assert tally.out_of_order_keys() == []
-
-
-@contextlib.contextmanager
-def broker_max_message_size(limit: int) -> Iterator[None]:
-    """Lower RabbitMQ's max_message_size for channels opened meanwhile; restore it after."""
-
-    def rabbit_eval(expression: str) -> str:
-        return subprocess.run(
-            ["rabbitmqctl", "eval", expression], capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    before = rabbit_eval("application:get_env(rabbit, max_message_size).")
-    match = re.fullmatch(r"\{ok,(\d+)\}", before)
-    assert match, f"unexpected max_message_size: {before}"
-    rabbit_eval(f"application:set_env(rabbit, max_message_size, {limit}).")
-    try:
-        yield
-    finally:
-        rabbit_eval(f"application:set_env(rabbit, max_message_size, {match.group(1)}).")
 
 
 def test_a_message_over_the_brokers_max_size_fails_alone_and_named(

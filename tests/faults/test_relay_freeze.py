@@ -15,6 +15,8 @@ from tests.support.relay import wait_for
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
 BATCH = 200
+# Duplicates a fault may cause: the relay has up to two batches out (Relay.run_batches).
+OUT = 2 * BATCH
 CHUNK = 8000
 LEASE_TTL_S = 3.0
 ARGS = (
@@ -80,7 +82,7 @@ def test_a_relay_frozen_past_its_lease_publishes_nothing_out_of_order(
     assert not tally.lost
     assert not tally.invented
     assert tally.out_of_order_keys() == [], "a thawed relay published behind its successor"
-    assert tally.duplicates <= freezes * BATCH
+    assert tally.duplicates <= freezes * OUT
 
 
 def relay_owns_all(relay: RelayProcess) -> bool:

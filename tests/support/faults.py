@@ -196,6 +196,32 @@ def close_broker_connection(proxy: TcpProxy) -> list[str]:
 # -- rows and the tally ---------------------------------------------------------------
 
 
+def insert_raw(
+    conn: psycopg.Connection[Any],
+    schema: str,
+    *,
+    exchange: str,
+    key: str | None,
+    n: int,
+    routing_key: str = "ok.x",
+    headers: str = "{}",
+    content_type: str = "application/json",
+    payload: bytes | None = None,
+) -> int:
+    """One row written with SQL, past ``publish``'s checks; returns its id."""
+    body = payload if payload is not None else json.dumps({"n": n, "key": key}).encode()
+    row = conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload, content_type,"
+            " headers, partition_key) VALUES (gen_random_uuid(), %s, %s, %s, %s, %s::jsonb, %s)"
+            " RETURNING id"
+        ).format(sql.Identifier(schema)),
+        (exchange, routing_key, body, content_type, headers, key),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def insert_rows(
     database_url: str,
     schema: str,

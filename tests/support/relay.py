@@ -24,10 +24,13 @@ def make_relay(
     order_gate: bool = False,
     order_gate_max_wait_s: float = 30.0,
     observer: RelayObserver | None = None,
+    publisher_type: type[Publisher] = Publisher,
     **settings: Any,
 ) -> Relay:
     relay: Relay | None = None
-    publisher = Publisher(url=amqp_url, should_stop=lambda: relay is not None and relay.stopping)
+    publisher = publisher_type(
+        url=amqp_url, should_stop=lambda: relay is not None and relay.stopping
+    )
     relay = Relay(
         store=PostgresStore(
             url=database_url,

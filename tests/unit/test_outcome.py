@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import uuid
-
-from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Reason, Status, blame_channel_close
+from tests.support.rows import sized_row as row
 
 TOO_LARGE = "PRECONDITION_FAILED - message size 5000 is larger than configured max size 2048"
-
-
-def row(row_id: int, size: int) -> OutboxRow:
-    return OutboxRow(
-        id=row_id,
-        message_id=uuid.uuid4(),
-        exchange="ex",
-        routing_key="rk",
-        payload=b"x" * size,
-        content_type="application/octet-stream",
-        headers={},
-        partition_key=None,
-        created_at=dt.datetime.now(tz=dt.timezone.utc),
-    )
 
 
 class TestBlameChannelClose:

@@ -12,7 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from structlog.testing import capture_logs
 
-from outbox_relay.errors import PublishInterruptedError
+from outbox_relay.errors import (
+    BrokerUnavailableError,
+    PublishInterruptedError,
+    StoreUnavailableError,
+)
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
@@ -43,12 +47,18 @@ class FakeClaim:
         self.rows = rows
         self.locked = rows if locked is None else locked  # rows and those left over
         self.left_over = len(self.locked) - len(rows)
+        self.ended = False
 
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
+        assert not self.ended, "a claim is settled once, and not after its release"
+        self.ended = True
         self.store.settled.append((list(published), list(failures)))
         self.store.unlock(self.locked, published, failures)
 
     def release(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
         self.store.released += 1
         self.store.unlock(self.locked)
 
@@ -136,14 +146,38 @@ class TableStore(FakeStore):
         self.waiting |= {f.row_id for f in failures}
 
 
+class ScriptedSending:
+    def __init__(self, publisher: ScriptedPublisher, rows: Sequence[OutboxRow]) -> None:
+        self.publisher = publisher
+        self.ids = [r.id for r in rows]
+        self.asked = False  # as in Publisher, abandoning a batch whose outcomes came does nothing
+
+    def flush(self) -> bool:
+        return True
+
+    def outcomes(self) -> dict[int, Outcome]:
+        self.publisher.events.append(("outcomes", self.ids))
+        self.asked = True
+        answer = self.publisher.rounds.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {i: answer.get(i, Outcome.confirmed()) for i in self.ids}
+
+    def abandon(self) -> None:
+        if not self.asked:
+            self.publisher.events.append(("abandon", self.ids))
+
+
 class ScriptedPublisher:
-    """Each publish() call answers with the next scripted round of outcomes."""
+    """Each batch sent is answered, when its outcomes are asked for, with the next
+    scripted round of outcomes."""
 
     def __init__(
         self, rounds: list[dict[int, Outcome] | Exception], missing: dict[str, str] | None = None
     ) -> None:
         self.rounds = rounds
         self.sent: list[list[int]] = []
+        self.events: list[tuple[str, list[int]]] = []  # sends, outcomes asked, abandons
         self.missing = missing or {}
 
     @property
@@ -154,14 +188,10 @@ class ScriptedPublisher:
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
-    def publish(
-        self, rows: Sequence[OutboxRow], *, deadline: float | None = None
-    ) -> dict[int, Outcome]:
+    def send(self, rows: Sequence[OutboxRow], *, deadline: float | None = None) -> ScriptedSending:
         self.sent.append([r.id for r in rows])
-        answer = self.rounds.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return {r.id: answer.get(r.id, Outcome.confirmed()) for r in rows}
+        self.events.append(("send", [r.id for r in rows]))
+        return ScriptedSending(self, rows)
 
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
         return {e: self.missing[e] for e in exchanges if e in self.missing}
@@ -318,15 +348,15 @@ class TestRunBatches:
     ) -> None:
         store = TableStore([row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c")])
         publisher = ScriptedPublisher([{1: Outcome.failed("nacked", Reason.NACKED)}, {}])
-        original = publisher.publish
+        original = publisher.send
 
-        def publish_once_the_next_is_claimed(
+        def send_once_the_next_is_claimed(
             rows: Sequence[OutboxRow], *, deadline: float | None = None
-        ) -> dict[int, Outcome]:
+        ) -> ScriptedSending:
             assert wait_until(lambda: len(store.claims) >= 2)
             return original(rows, deadline=deadline)
 
-        publisher.publish = publish_once_the_next_is_claimed  # type: ignore[method-assign]
+        publisher.send = send_once_the_next_is_claimed  # type: ignore[method-assign]
         result = self.pipelined(store, publisher, store_thread).run_batches()
         # Row 3 was claimed while row 1 was in flight; it stays behind row 1's retry.
         assert store.claims[:2] == [[1, 2], [3, 4]]
@@ -347,21 +377,113 @@ class TestRunBatches:
         assert store.locked == set()
         assert store.gone == {1, 2, 3}
 
+    def test_the_next_batch_goes_out_before_this_one_is_confirmed(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(1), row(2, "a"), row(3), row(4, "b"), row(5)])
+        publisher = ScriptedPublisher([{}, {}, {}])
+        result = self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.events == [
+            ("send", [1, 2]),
+            ("send", [3, 4]),  # no key of it is in [1, 2]
+            ("outcomes", [1, 2]),
+            ("send", [5]),
+            ("outcomes", [3, 4]),
+            ("outcomes", [5]),
+        ]
+        assert [published for published, _ in store.settled] == [[1, 2], [3, 4], [5]]
+        assert (result.claimed, result.published) == (5, 5)
+        assert store.locked == set()
+
+    def test_a_batch_with_a_key_of_the_batch_out_waits_for_its_confirms(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(1, "a"), row(2), row(3), row(4, "a")])
+        publisher = ScriptedPublisher([{}, {}])
+        self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.events == [
+            ("send", [1, 2]),
+            ("outcomes", [1, 2]),
+            ("send", [3, 4]),
+            ("outcomes", [3, 4]),
+        ]
+        assert store.gone == {1, 2, 3, 4}
+
+    def test_a_dropped_connection_with_two_batches_out_loses_nothing(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 7)])
+        interrupted = PublishInterruptedError("connection lost", {1: Outcome.confirmed()})
+        publisher = ScriptedPublisher([interrupted])
+        with pytest.raises(PublishInterruptedError):
+            self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.events == [
+            ("send", [1, 2]),
+            ("send", [3, 4]),
+            ("outcomes", [1, 2]),
+            ("abandon", [3, 4]),  # its confirms will not come: it goes again later
+        ]
+        assert store.settled == [([1], [])]
+        assert store.locked == set()
+        assert store.gone == {1}
+        assert [r.id for r in store.claim(10).rows] == [2, 3, 4, 5, 6]
+
+    def test_a_failure_to_send_the_next_batch_is_raised_once_the_batch_out_is_settled(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 5)])
+        publisher = ScriptedPublisher([{}])
+        original = publisher.send
+
+        def second_send_fails(
+            rows: Sequence[OutboxRow], *, deadline: float | None = None
+        ) -> ScriptedSending:
+            if publisher.sent:
+                raise BrokerUnavailableError("connection lost")
+            return original(rows, deadline=deadline)
+
+        publisher.send = second_send_fails  # type: ignore[method-assign]
+        with pytest.raises(BrokerUnavailableError):
+            self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.events == [("send", [1, 2]), ("outcomes", [1, 2])]
+        assert store.settled == [([1, 2], [])]
+        assert store.released == 1  # the next batch, which never went out
+        assert store.locked == set()
+        assert [r.id for r in store.claim(10).rows] == [3, 4]
+
+    def test_a_failure_to_claim_ahead_is_raised_once_the_batch_out_is_settled(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 5)])
+        original = store.claim
+
+        def second_claim_fails(limit: int, max_bytes: int = 1 << 30) -> FakeClaim:
+            if store.claims:
+                raise StoreUnavailableError("connection lost")
+            return original(limit, max_bytes)
+
+        store.claim = second_claim_fails  # type: ignore[method-assign]
+        publisher = ScriptedPublisher([{}])
+        with pytest.raises(StoreUnavailableError):
+            self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.events == [("send", [1, 2]), ("outcomes", [1, 2])]
+        assert store.settled == [([1, 2], [])]
+
     def test_stopping_publishes_no_batch_claimed_ahead(
         self, store_thread: ThreadPoolExecutor
     ) -> None:
         store = TableStore([row(i) for i in range(1, 6)])
         publisher = ScriptedPublisher([{}, {}, {}])
         relay = self.pipelined(store, publisher, store_thread)
-        original = publisher.publish
+        original = publisher.send
 
-        def publish_then_stop(
+        def send_then_stop(
             rows: Sequence[OutboxRow], *, deadline: float | None = None
-        ) -> dict[int, Outcome]:
+        ) -> ScriptedSending:
             relay.stop()
             return original(rows, deadline=deadline)
 
-        publisher.publish = publish_then_stop  # type: ignore[method-assign]
+        publisher.send = send_then_stop  # type: ignore[method-assign]
         relay.run_batches()
         assert publisher.sent == [[1, 2]]
         assert store.settled == [([1, 2], [])]

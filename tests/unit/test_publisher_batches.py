@@ -1,0 +1,88 @@
+"""The publisher's book-keeping with two batches out, driven by the broker's replies as
+pika hands them to its callbacks (no connection is opened)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pika.exceptions
+from pika.spec import Basic
+
+from outbox_relay.message import OutboxRow
+from outbox_relay.outcome import Outcome, Reason, Status
+from outbox_relay.publisher import Publisher, _Batch
+from tests.support.rows import sized_row
+
+CHANNEL: Any = object()  # the channel both batches went out on
+
+
+def out(publisher: Publisher, rows: list[OutboxRow], first_tag: int) -> _Batch:
+    """A batch as ``send`` leaves it: every row handed to the broker on CHANNEL."""
+    batch = _Batch(
+        rows,
+        channel=CHANNEL,
+        first_tag=first_tag,
+        returned=publisher._returned,
+        deadline=None,
+    )
+    batch.sent = len(rows)
+    publisher._in_flight.append(batch)
+    return batch
+
+
+def ack(publisher: Publisher, tag: int, *, multiple: bool) -> None:
+    frame: Any = SimpleNamespace(method=Basic.Ack(delivery_tag=tag, multiple=multiple))
+    publisher._on_confirm(CHANNEL, frame)
+
+
+def test_an_ack_of_many_reaching_into_the_next_batch_settles_both() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    first = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
+    second = out(publisher, [sized_row(4, 10), sized_row(5, 10), sized_row(6, 10)], first_tag=4)
+
+    ack(publisher, 5, multiple=True)
+
+    assert (first.unconfirmed, second.unconfirmed) == (0, 1)
+    assert publisher._finish(first) == {i: Outcome.confirmed() for i in (1, 2, 3)}
+    ack(publisher, 6, multiple=False)
+    assert second.all_sent_settled()
+
+
+def test_a_close_is_blamed_on_the_culprit_in_the_later_batch_and_the_rest_go_again() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    first = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
+    second = out(publisher, [sized_row(4, 10), sized_row(5, 70_000), sized_row(6, 10)], first_tag=4)
+    ack(publisher, 1, multiple=False)
+    reason = pika.exceptions.ChannelClosedByBroker(
+        406, "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536"
+    )
+    publisher._on_channel_closed(CHANNEL, reason)
+
+    # The earlier batch is finished first, as the relay does: its unconfirmed rows are
+    # not to blame, though the culprit is not among them.
+    first_outcomes = publisher._finish(first)
+    publisher._forget(first)
+    second_outcomes = publisher._finish(second)
+
+    assert first_outcomes[1] == Outcome.confirmed()
+    assert [first_outcomes[i].status for i in (2, 3)] == [Status.UNSENT, Status.UNSENT]
+    assert second_outcomes[5].status is Status.FAILED
+    assert second_outcomes[5].reason is Reason.TOO_LARGE
+    assert [second_outcomes[i].status for i in (4, 6)] == [Status.UNSENT, Status.UNSENT]
+
+
+def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    first = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    ack(publisher, 2, multiple=True)
+    publisher._forget(first)
+    second = out(publisher, [sized_row(3, 10), sized_row(4, 10)], first_tag=3)
+    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
+
+    outcomes = publisher._finish(second)
+
+    assert first.closed is None
+    # The reply names no row: the first unconfirmed one of what the close cut is blamed.
+    assert outcomes[3].status is Status.FAILED
+    assert outcomes[4].status is Status.UNSENT
