@@ -42,11 +42,14 @@ CLOSE_TIMEOUT_S = 2.0
 # and a batch's frames not written to the socket by then are left for that wait.
 SLOW_WAIT_S = 2.0
 EXCHANGE_CHECK_TTL_S = 10.0
-# Wait for the confirms of what is buffered before buffering more than this.
+# Wait for the confirms of what a batch buffered before buffering more than this (per
+# batch: with two batches out, up to twice this is unconfirmed).
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
 # Frames of a batch are handed to the socket in writes of about this size (see _Connection).
 WRITE_CHUNK_BYTES = 128 * 1024
 _TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
+# How often a flush looks at what is left to write: no callback says the socket took it.
+_FLUSH_STEP_S = 0.001
 _NOT_FOUND = 404
 PERSISTENT = 2
 
@@ -208,8 +211,9 @@ class Sending:
         """Serve the connection until the batch's frames are all written to the socket
         (``send`` only buffers them: pika writes from its I/O loop), so the broker has
         them to work on while the caller does something else. False when that did not
-        happen (the channel or connection closed, the broker blocks publishers, or the
-        confirm timeout passed); errors wait for ``outcomes()``."""
+        happen: the channel or connection closed, the broker blocks publishers, or the
+        socket did not take them within SLOW_WAIT_S or before the lease deadline. Errors
+        are raised by ``outcomes()``."""
         return self._publisher._flush(self._batch)
 
     def outcomes(self) -> dict[int, Outcome]:
@@ -425,26 +429,41 @@ class Publisher:
             self._in_flight.remove(batch)
         if not self._in_flight:
             self._returned.clear()
+        elif self._returned:
+            # Returns of its messages that no ack consumed (the channel closed first):
+            # a message sent again must not find them.
+            for row in batch.rows:
+                self._returned.pop(str(row.message_id), None)
 
     def _flush(self, batch: _Batch) -> bool:
-        conn = self._conn
-        if conn is None:
-            return False
         # A broker that does not take the frames at once is slow or stalled: leave the
         # wait, and the reason, to outcomes() and its confirm timeout.
         timeout = SLOW_WAIT_S
         if batch.deadline is not None:
-            timeout = max(0.0, min(timeout, batch.deadline - time.monotonic()))
-        self._run_until(
-            lambda: (
-                conn._get_write_buffer_size() == 0
-                or batch.closed is not None
+            timeout = min(timeout, batch.deadline - time.monotonic())
+        deadline = time.monotonic() + timeout
+
+        def written() -> bool:
+            return self._unwritten() == 0
+
+        def over() -> bool:
+            return (
+                batch.closed is not None
                 or self._conn_error is not None
                 or self.blocked
-            ),
-            timeout,
-        )
-        return conn._get_write_buffer_size() == 0 and batch.closed is None and self.connected
+                or written()
+            )
+
+        while not over() and time.monotonic() < deadline:
+            self._run_until(over, min(_FLUSH_STEP_S, deadline - time.monotonic()))
+        return batch.closed is None and self._conn_error is None and written()
+
+    def _unwritten(self) -> int:
+        """Bytes buffered for the socket; 0 once pika dropped a lost connection's transport."""
+        conn = self._conn
+        if conn is None or conn._transport is None:
+            return 0
+        return conn._get_write_buffer_size()
 
     def _await_confirms(self, batch: _Batch) -> None:
         """Run the I/O loop until every message of the batch is confirmed or its channel
@@ -688,6 +707,7 @@ class Publisher:
     def _on_blocked(self, _conn: object, frame: Method[Any]) -> None:
         self.blocked = True
         log.warning("publisher.blocked", reason=getattr(frame.method, "reason", ""))
+        self._check()
 
     def _on_unblocked(self, _conn: object, _frame: object) -> None:
         self.blocked = False

@@ -503,9 +503,11 @@ class Relay:
                 if job is not None and failed is None:
                     following, job = self._claimed_ahead(job), None
             except BaseException:
-                _abandon(job)
-                _drop(following, ahead)
-                _drop(claim, sent)
+                try:
+                    _drop(following, ahead)
+                    _drop(claim, sent)
+                finally:
+                    _abandon(job)
                 raise
             if failed is not None:
                 _abandon(job)
@@ -526,12 +528,17 @@ class Relay:
         return claim
 
     def _send_ahead(self, following: Claim | None, out: Claim) -> _Sent | None:
-        """Send the next batch while ``out`` awaits its confirms, unless a row of it has
-        the key of a row of ``out``: it then waits until ``out`` is settled."""
+        """Send the next batch while ``out`` awaits its confirms, unless a row of it
+        would go out after an older row of its key in ``out``: it then waits until
+        ``out`` is settled."""
         if following is None or waiting_behind(following.rows, out.rows):
             return None
         ahead = self._send_claim(following, ())
-        ahead.flush()
+        try:
+            ahead.flush()
+        except BaseException:
+            _drop(following, ahead)
+            raise
         return ahead
 
     def _claimed_ahead(self, job: Future[Claim | None]) -> Claim | None:
@@ -589,7 +596,12 @@ class Relay:
         }
         unsent = [row.id for row in candidates if row.id not in outcomes]
         pending = resend_order(rows, unsent, held_back(rows, list(outcomes)))
-        sending = self._publisher.send(pending, deadline=self._lease_deadline) if pending else None
+        if not pending:
+            return _Sent(outcomes, None)
+        try:
+            sending = self._publisher.send(pending, deadline=self._lease_deadline)
+        except PublishInterruptedError as exc:
+            raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
         return _Sent(outcomes, sending)
 
     def _confirm(self, rows: Sequence[OutboxRow], sent: _Sent) -> dict[int, Outcome]:
@@ -695,12 +707,12 @@ def _confirmed(outcome: Outcome | None) -> bool:
 
 def _abandon(job: Future[Claim | None] | None) -> None:
     """Wait for the claim made ahead for a batch whose publishing failed, and release it.
-    Its own error gives way to the publishing error being raised."""
+    Its own error, whatever it is, gives way to the error being raised."""
     if job is None:
         return
     try:
         following = job.result()
-    except StoreError:
+    except Exception:  # noqa: BLE001 - the error being raised is the one to report
         return
     if following is not None:
         with contextlib.suppress(StoreError):

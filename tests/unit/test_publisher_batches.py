@@ -11,7 +11,7 @@ from pika.spec import Basic
 
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Outcome, Reason, Status
-from outbox_relay.publisher import Publisher, _Batch
+from outbox_relay.publisher import Publisher, Sending, _Batch
 from tests.support.rows import sized_row
 
 CHANNEL: Any = object()  # the channel both batches went out on
@@ -86,3 +86,29 @@ def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one()
     # The reply names no row: the first unconfirmed one of what the close cut is blamed.
     assert outcomes[3].status is Status.FAILED
     assert outcomes[4].status is Status.UNSENT
+
+
+def test_a_flush_on_a_lost_connection_says_so_without_raising() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
+    # pika drops a lost connection's transport before it calls the close callbacks,
+    # which look at what is left to write.
+    publisher._conn = SimpleNamespace(_transport=None)  # type: ignore[assignment]
+    assert publisher._unwritten() == 0
+    publisher._conn_error = pika.exceptions.StreamLostError("Transport indicated EOF")
+    assert Sending(publisher, batch).flush() is False
+
+
+def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    returned = sized_row(1, 10)
+    first = out(publisher, [returned], first_tag=1)
+    out(publisher, [sized_row(2, 10)], first_tag=2)
+    publisher._returned[str(returned.message_id)] = "unroutable"
+    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
+
+    publisher._finish(first)
+    publisher._forget(first)
+
+    # Sent again, and routed this time, its ack must not find the old return.
+    assert publisher._returned == {}

@@ -256,6 +256,24 @@ class TestRunBatch:
             )
         ]
 
+    def test_rows_to_a_missing_exchange_are_recorded_when_sending_the_rest_fails(self) -> None:
+        rows = [row(1, "a", exchange="gone"), row(2, "b")]
+        interrupted = PublishInterruptedError("the partition lease ran out", {})
+        publisher = ScriptedPublisher([], missing={"gone": "exchange 'gone' does not exist"})
+
+        def lease_over(
+            rows: Sequence[OutboxRow], *, deadline: float | None = None
+        ) -> ScriptedSending:
+            raise interrupted
+
+        publisher.send = lease_over  # type: ignore[method-assign]
+        store = FakeStore(rows)
+        with pytest.raises(PublishInterruptedError):
+            relay_for(store, publisher).run_batch()
+        [(published, failures)] = store.settled
+        assert published == []
+        assert [(f.row_id, f.reason) for f in failures] == [(1, Reason.MISSING_EXCHANGE)]
+
     def test_the_last_attempt_marks_the_row_dead(self) -> None:
         store = FakeStore([row(1, attempts=2)])
         relay = relay_for(
@@ -468,6 +486,48 @@ class TestRunBatches:
             self.pipelined(store, publisher, store_thread).run_batches()
         assert publisher.events == [("send", [1, 2]), ("outcomes", [1, 2])]
         assert store.settled == [([1, 2], [])]
+        assert store.locked == set()
+
+    def test_a_channel_closed_under_two_batches_sends_the_first_again_before_the_second(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 5)])
+        cut = {i: Outcome.unsent() for i in range(1, 5)}
+        publisher = ScriptedPublisher([cut, {}, cut, {}])
+        self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.events == [
+            ("send", [1, 2]),
+            ("send", [3, 4]),
+            ("outcomes", [1, 2]),  # the close cut both
+            ("send", [1, 2]),
+            ("outcomes", [1, 2]),
+            ("outcomes", [3, 4]),
+            ("send", [3, 4]),
+            ("outcomes", [3, 4]),
+        ]
+        assert [published for published, _ in store.settled] == [[1, 2], [3, 4]]
+
+    def test_stopping_after_the_next_batch_went_out_confirms_and_settles_it(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 7)])
+        publisher = ScriptedPublisher([{}, {}])
+        relay = self.pipelined(store, publisher, store_thread)
+        original = publisher.send
+
+        def stop_on_the_second_send(
+            rows: Sequence[OutboxRow], *, deadline: float | None = None
+        ) -> ScriptedSending:
+            if publisher.sent:
+                relay.stop()
+            return original(rows, deadline=deadline)
+
+        publisher.send = stop_on_the_second_send  # type: ignore[method-assign]
+        relay.run_batches()
+        assert publisher.sent == [[1, 2], [3, 4]]
+        assert [published for published, _ in store.settled] == [[1, 2], [3, 4]]
+        assert store.locked == set()
+        assert store.gone == {1, 2, 3, 4}
 
     def test_stopping_publishes_no_batch_claimed_ahead(
         self, store_thread: ThreadPoolExecutor
