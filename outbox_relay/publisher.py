@@ -48,8 +48,6 @@ MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
 # Frames of a batch are handed to the socket in writes of about this size (see _Connection).
 WRITE_CHUNK_BYTES = 128 * 1024
 _TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
-# How often a flush looks at what is left to write: no callback says the socket took it.
-_FLUSH_STEP_S = 0.001
 _NOT_FOUND = 404
 PERSISTENT = 2
 
@@ -437,26 +435,24 @@ class Publisher:
 
     def _flush(self, batch: _Batch) -> bool:
         # A broker that does not take the frames at once is slow or stalled: leave the
-        # wait, and the reason, to outcomes() and its confirm timeout.
+        # wait, and the reason, to outcomes() and its confirm timeout. No callback says
+        # the socket took the frames: the loop notices at the next confirm (of this batch
+        # or the one before), which comes within milliseconds while the broker works.
+        # (Looking every millisecond instead measured 0.921x raw pika against 0.947x.)
         timeout = SLOW_WAIT_S
         if batch.deadline is not None:
             timeout = min(timeout, batch.deadline - time.monotonic())
-        deadline = time.monotonic() + timeout
-
-        def written() -> bool:
-            return self._unwritten() == 0
 
         def over() -> bool:
             return (
                 batch.closed is not None
                 or self._conn_error is not None
                 or self.blocked
-                or written()
+                or self._unwritten() == 0
             )
 
-        while not over() and time.monotonic() < deadline:
-            self._run_until(over, min(_FLUSH_STEP_S, deadline - time.monotonic()))
-        return batch.closed is None and self._conn_error is None and written()
+        self._run_until(over, max(0.0, timeout))
+        return batch.closed is None and self._conn_error is None and self._unwritten() == 0
 
     def _unwritten(self) -> int:
         """Bytes buffered for the socket; 0 once pika dropped a lost connection's transport."""
