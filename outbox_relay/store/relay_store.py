@@ -309,6 +309,12 @@ class PostgresClaim:
                         },
                     )
                 conn.commit()
+        except BaseException:
+            # Not handed back with the failed transaction still open (its locks held,
+            # its DELETE waiting for the next claim's COMMIT): nothing of it happened.
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+            raise
         finally:
             self._on_end(conn)
 

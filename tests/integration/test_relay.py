@@ -14,7 +14,8 @@ from psycopg import sql
 from structlog.testing import capture_logs
 
 import outbox_relay
-from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.errors import StoreError, StoreUnavailableError
+from outbox_relay.outcome import Failure, Reason
 from outbox_relay.relay import BATCH_BYTES
 from outbox_relay.store.relay_store import PostgresStore
 from tests.support.broker import BrokerHelper
@@ -502,6 +503,31 @@ def test_empty_claims_leave_the_claim_prepared(database_url: str, schema: str) -
     finally:
         store.close()
     assert [s for (s,) in prepared if "SKIP LOCKED" in s], prepared
+
+
+def test_a_settle_that_fails_leaves_nothing_of_its_transaction_behind(
+    database_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    write(database_url, schema, exchange, [{"n": 1}, {"n": 2}])
+    store = PostgresStore(url=database_url, schema=schema, relay_id="failing", lease_ttl_s=8.0)
+    store.connect()
+    try:
+        store.heartbeat()
+        claim = store.claim(10, BATCH_BYTES)
+        first, second = (row.id for row in claim.rows)
+        # PostgreSQL text cannot hold NUL: recording this failure fails after the DELETE.
+        bad = Failure(second, "nul \x00 byte", 1.0, dead=False, reason=Reason.NACKED)
+        with pytest.raises(StoreError):
+            claim.settle([first], [bad])
+        # The next claim gets the same connection back: it must start clean, and the
+        # first row's DELETE must not be committed by it.
+        again = store.claim(10, BATCH_BYTES)
+        assert [row.id for row in again.rows] == [first, second]
+        again.release()
+    finally:
+        store.close()
+    assert [row_id for (row_id,) in outbox_rows(database_url, schema)] == [first, second]
 
 
 def publish_key_a(conn: psycopg.Connection[Any], schema: str, exchange: str, *, seq: int) -> None:
