@@ -452,7 +452,8 @@ class Publisher:
             )
 
         self._run_until(over, max(0.0, timeout))
-        return batch.closed is None and self._conn_error is None and self._unwritten() == 0
+        written = self._conn is not None and self._unwritten() == 0
+        return written and batch.closed is None and self._conn_error is None
 
     def _unwritten(self) -> int:
         """Bytes buffered for the socket; 0 once pika dropped a lost connection's transport."""

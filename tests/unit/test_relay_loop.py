@@ -153,7 +153,7 @@ class ScriptedSending:
         self.asked = False  # as in Publisher, abandoning a batch whose outcomes came does nothing
 
     def flush(self) -> bool:
-        return True
+        return self.publisher.flushes
 
     def outcomes(self) -> dict[int, Outcome]:
         self.publisher.events.append(("outcomes", self.ids))
@@ -178,6 +178,7 @@ class ScriptedPublisher:
         self.rounds = rounds
         self.sent: list[list[int]] = []
         self.events: list[tuple[str, list[int]]] = []  # sends, outcomes asked, abandons
+        self.flushes = True  # whether a batch's frames reach the socket (Sending.flush)
         self.missing = missing or {}
 
     @property
@@ -412,6 +413,21 @@ class TestRunBatches:
         assert [published for published, _ in store.settled] == [[1, 2], [3, 4], [5]]
         assert (result.claimed, result.published) == (5, 5)
         assert store.locked == set()
+
+    def test_a_batch_not_written_out_is_confirmed_before_the_next_goes(
+        self, store_thread: ThreadPoolExecutor
+    ) -> None:
+        store = TableStore([row(i) for i in range(1, 5)])
+        publisher = ScriptedPublisher([{}, {}])
+        publisher.flushes = False  # a blocked or stalled broker
+        self.pipelined(store, publisher, store_thread).run_batches()
+        assert publisher.events == [
+            ("send", [1, 2]),
+            ("outcomes", [1, 2]),
+            ("send", [3, 4]),
+            ("outcomes", [3, 4]),
+        ]
+        assert store.gone == {1, 2, 3, 4}
 
     def test_a_batch_with_a_key_of_the_batch_out_waits_for_its_confirms(
         self, store_thread: ThreadPoolExecutor
