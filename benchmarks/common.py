@@ -296,9 +296,16 @@ def payload(size: int = PAYLOAD_BYTES, *, seq: int = 0) -> bytes:
 
 
 def fill(
-    conn: psycopg.Connection[Any], schema: str, exchange: str, count: int, *, size: int
+    conn: psycopg.Connection[Any],
+    schema: str,
+    exchange: str,
+    count: int,
+    *,
+    size: int,
+    keys: int | None = None,
 ) -> None:
-    """Insert ``count`` messages of ``size`` bytes in the transaction open on ``conn``."""
+    """Insert ``count`` messages of ``size`` bytes in the transaction open on ``conn``;
+    with ``keys``, message ``i`` has the partition key ``k<i % keys>``."""
     for start in range(0, count, FILL_CHUNK):
         outbox_relay.publish_many(
             conn,
@@ -308,6 +315,7 @@ def fill(
                     routing_key=ROUTING_KEY,
                     payload=payload(size, seq=i),
                     content_type="application/octet-stream",
+                    partition_key=None if keys is None else f"k{i % keys}",
                 )
                 for i in range(start, min(count, start + FILL_CHUNK))
             ],
