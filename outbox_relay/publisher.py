@@ -150,6 +150,7 @@ class _Batch:
         self.channel = channel
         self.first_tag = first_tag
         self.deadline = deadline
+        self.sent_at = time.monotonic()  # the confirm timeout counts from here
         self.outcomes: list[Outcome | None] = [None] * len(rows)
         self.sent = 0
         self.settled = 0
@@ -466,7 +467,7 @@ class Publisher:
         """Run the I/O loop until every message of the batch is confirmed or its channel
         closed; otherwise give the connection up and raise PublishInterruptedError."""
         self._deadline = batch.deadline
-        started = time.monotonic()
+        started = batch.sent_at
         slow: list[float] = []
 
         def on_slow(waited_s: float) -> None:
@@ -486,6 +487,7 @@ class Publisher:
             self._confirm_timeout_s,
             patient_while_blocked=True,
             on_slow=on_slow,
+            started=started,
         )
         if slow and done:
             log.info("publisher.confirms_resumed", waited_s=round(time.monotonic() - started, 1))
@@ -642,8 +644,10 @@ class Publisher:
         *,
         patient_while_blocked: bool = False,
         on_slow: Callable[[float], None] | None = None,
+        started: float | None = None,
     ) -> bool:
         """Run the I/O loop until ``done()``; False on timeout or when asked to stop.
+        The timeout counts from ``started`` (monotonic; now by default).
 
         With ``patient_while_blocked`` the timeout restarts while the broker blocks the
         connection (memory or disk alarm): publishing waits for it rather than giving up.
@@ -652,7 +656,8 @@ class Publisher:
         conn = self._conn
         if conn is None:
             return done()
-        started = time.monotonic()
+        if started is None:
+            started = time.monotonic()
         deadline = started + timeout_s
         while not done():
             now = time.monotonic()

@@ -3,12 +3,16 @@ pika hands them to its callbacks (no connection is opened)."""
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pika.exceptions
+import pytest
+from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic
 
+from outbox_relay.errors import PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Outcome, Reason, Status
 from outbox_relay.publisher import Publisher, Sending, _Batch
@@ -112,3 +116,20 @@ def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch() -> None
 
     # Sent again, and routed this time, its ack must not find the old return.
     assert publisher._returned == {}
+
+
+def test_the_confirm_timeout_counts_from_when_the_batch_was_sent() -> None:
+    # With two batches out, the second one's confirms are waited for only after the
+    # first one's: its wait must not start the timeout over.
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=30)
+    ioloop = IOLoop()
+    publisher._conn = SimpleNamespace(ioloop=ioloop)  # type: ignore[assignment]
+    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
+    batch.sent_at -= 30  # sent a confirm timeout ago, and still unconfirmed
+    started = time.monotonic()
+    try:
+        with pytest.raises(PublishInterruptedError, match="no confirms within 30 s"):
+            Sending(publisher, batch).outcomes()
+    finally:
+        ioloop.close()
+    assert time.monotonic() - started < 10  # not another 30 s
