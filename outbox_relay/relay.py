@@ -470,13 +470,10 @@ class Relay:
         confirms and settles: at most two batches are out at once, and a crash re-sends
         at most those two.
 
-        Per-key order: the next batch goes out on the same channel behind the batch
-        out, so the broker takes the rows of a key in id order. Its rows that follow a
-        row of their key which the batch out did not hand to the broker (failed before
-        sending, or kept in the table) stay in the table; so do, once the batch out is
-        settled, those the broker did not take either (a closed channel) that follow an
-        unconfirmed row of their key (:func:`waiting_behind`). As within one batch, a
-        row sent before a row of its key was nacked or returned is published. A
+        Per-key order: a batch with a row that would go out after an older row of its
+        key in the batch still out goes only after that batch is confirmed and settled,
+        and then its rows that follow an unconfirmed row of their key stay in the table
+        (:func:`waiting_behind`). A
         batch cut short by its byte budget is not full, so nothing is claimed ahead of
         it: a claim made then would skip the rows it left over, still locked, and could
         publish a later row of their key first. They come first in the next claim.
@@ -499,10 +496,10 @@ class Relay:
                 if job is not None and sent.flush():
                     try:
                         following, job = self._claimed_ahead(job), None
-                        ahead = self._send_ahead(following, claim, sent)
+                        ahead = self._send_ahead(following, claim)
                     except (StoreError, BrokerError) as exc:
                         failed = exc
-                outcomes = self._confirm_claim(claim, sent, waiting)
+                outcomes = self._confirm_claim(claim, sent)
                 totals += self._settle(claim, outcomes)
                 if job is not None and failed is None:
                     following, job = self._claimed_ahead(job), None
@@ -531,14 +528,13 @@ class Relay:
             return None
         return claim
 
-    def _send_ahead(self, following: Claim | None, out: Claim, out_sent: _Sent) -> _Sent | None:
-        """Send the next batch while ``out`` awaits its confirms, but its rows that
-        follow a row of their key that ``out`` did not hand to the broker (failed before
-        sending, or kept in the table): those stay in the table."""
-        if following is None:
+    def _send_ahead(self, following: Claim | None, out: Claim) -> _Sent | None:
+        """Send the next batch while ``out`` awaits its confirms, unless a row of it
+        would go out after an older row of its key in ``out``: it then waits until
+        ``out`` is settled."""
+        if following is None or waiting_behind(following.rows, out.rows):
             return None
-        kept = waiting_behind(following.rows, [r for r in out.rows if r.id not in out_sent.handed])
-        ahead = self._send_claim(following, kept)
+        ahead = self._send_claim(following, ())
         try:
             ahead.flush()
         except BaseException:
@@ -570,12 +566,10 @@ class Relay:
         with self._ending_on_error(claim):
             return self._send(claim.rows, waiting)
 
-    def _confirm_claim(
-        self, claim: Claim, sent: _Sent, waiting: Collection[int] = ()
-    ) -> dict[int, Outcome]:
+    def _confirm_claim(self, claim: Claim, sent: _Sent) -> dict[int, Outcome]:
         """The outcomes of the claim's rows; see :meth:`_confirm`."""
         with self._ending_on_error(claim):
-            return self._confirm(claim.rows, sent, waiting)
+            return self._confirm(claim.rows, sent)
 
     @contextlib.contextmanager
     def _ending_on_error(self, claim: Claim) -> Iterator[None]:
@@ -604,19 +598,16 @@ class Relay:
         unsent = [row.id for row in candidates if row.id not in outcomes]
         pending = resend_order(rows, unsent, held_back(rows, list(outcomes)))
         if not pending:
-            return _Sent(outcomes, None, frozenset())
+            return _Sent(outcomes, None)
         try:
             sending = self._publisher.send(pending, deadline=self._lease_deadline)
         except PublishInterruptedError as exc:
             raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
-        return _Sent(outcomes, sending, frozenset(row.id for row in pending))
+        return _Sent(outcomes, sending)
 
-    def _confirm(
-        self, rows: Sequence[OutboxRow], sent: _Sent, waiting: Collection[int] = ()
-    ) -> dict[int, Outcome]:
+    def _confirm(self, rows: Sequence[OutboxRow], sent: _Sent) -> dict[int, Outcome]:
         """Wait for the first round's confirms; publish again what a closed channel left
-        unsent, in up to MAX_PUBLISH_ROUNDS rounds in all, but not the ``waiting`` rows
-        (their first round went out before they were known to wait)."""
+        unsent, in up to MAX_PUBLISH_ROUNDS rounds in all."""
         outcomes = dict(sent.outcomes)
         sending = sent.sending
         rounds = 1
@@ -625,7 +616,7 @@ class Relay:
                 outcomes.update(sending.outcomes())
                 unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
                 failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
-                pending = resend_order(rows, unsent, held_back(rows, failed) | set(waiting))
+                pending = resend_order(rows, unsent, held_back(rows, failed))
                 if not pending or rounds >= MAX_PUBLISH_ROUNDS:
                     break
                 sending = self._publisher.send(pending, deadline=self._lease_deadline)
@@ -688,12 +679,10 @@ class Relay:
 
 @dataclass(frozen=True)
 class _Sent:
-    """A batch's first round: the rows that failed before sending, those that went, and
-    the ids of those that went (the rest failed, or were kept in the table)."""
+    """A batch's first round: the rows that failed before sending, and those that went."""
 
     outcomes: Mapping[int, Outcome]
     sending: Sending | None
-    handed: frozenset[int]
 
     def flush(self) -> bool:
         return self.sending is None or self.sending.flush()

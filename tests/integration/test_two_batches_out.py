@@ -38,9 +38,12 @@ def test_a_backlog_goes_out_two_batches_at_a_time_each_key_in_order(
 ) -> None:
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
-    # Every batch of 100 shares its 5 keys with the batch before it: each goes out on
-    # the channel behind the one before, so the broker takes every key's rows in order.
-    insert_rows(database_url, schema, exchange, range(2500), keys=5)
+    # Unkeyed rows go out two batches at a time; a batch sharing a key with the batch
+    # out waits for it. The keyed rows come in runs that share their keys, and in runs
+    # of keys of their own.
+    insert_rows(database_url, schema, exchange, range(1000))
+    insert_rows(database_url, schema, exchange, range(1000, 1500), keys=5)
+    insert_rows(database_url, schema, exchange, range(1500, 2500), keys=700)
     with running_relay(
         database_url, amqp_url, schema, batch_size=100, publisher_type=CountingPublisher
     ) as relay:
