@@ -150,7 +150,9 @@ class _Batch:
         self.channel = channel
         self.first_tag = first_tag
         self.deadline = deadline
-        self.sent_at = time.monotonic()  # the confirm timeout counts from here
+        # The confirm timeout counts from here (from its last part's start, for a batch
+        # sent in parts of MAX_UNCONFIRMED_BYTES).
+        self.sent_at = time.monotonic()
         self.outcomes: list[Outcome | None] = [None] * len(rows)
         self.sent = 0
         self.settled = 0
@@ -257,6 +259,9 @@ class Publisher:
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
+        # When the broker last stopped blocking publishers: confirm timeouts of batches
+        # sent before that count from then.
+        self._unblocked_at = 0.0
         self._exchanges_seen: dict[str, float] = {}
         self._deadline: float | None = None  # of the batch whose confirms are awaited
 
@@ -416,6 +421,7 @@ class Publisher:
                         break
                     conn.holding = True
                     buffered = 0
+                    batch.sent_at = time.monotonic()  # the timeout of the part sent next
         except BaseException:
             self._forget(batch)
             raise
@@ -467,7 +473,7 @@ class Publisher:
         """Run the I/O loop until every message of the batch is confirmed or its channel
         closed; otherwise give the connection up and raise PublishInterruptedError."""
         self._deadline = batch.deadline
-        started = batch.sent_at
+        started = time.monotonic()
         slow: list[float] = []
 
         def on_slow(waited_s: float) -> None:
@@ -487,7 +493,7 @@ class Publisher:
             self._confirm_timeout_s,
             patient_while_blocked=True,
             on_slow=on_slow,
-            started=started,
+            started=max(batch.sent_at, self._unblocked_at),
         )
         if slow and done:
             log.info("publisher.confirms_resumed", waited_s=round(time.monotonic() - started, 1))
@@ -647,7 +653,8 @@ class Publisher:
         started: float | None = None,
     ) -> bool:
         """Run the I/O loop until ``done()``; False on timeout or when asked to stop.
-        The timeout counts from ``started`` (monotonic; now by default).
+        The timeout counts from ``started`` (monotonic; now by default), ``on_slow`` from
+        now: a batch whose wait began late is only reported if this wait is slow.
 
         With ``patient_while_blocked`` the timeout restarts while the broker blocks the
         connection (memory or disk alarm): publishing waits for it rather than giving up.
@@ -656,13 +663,13 @@ class Publisher:
         conn = self._conn
         if conn is None:
             return done()
-        if started is None:
-            started = time.monotonic()
-        deadline = started + timeout_s
+        waiting_since = time.monotonic()
+        deadline = (waiting_since if started is None else started) + timeout_s
+        looked = False  # a timeout is declared only after reading what has arrived
         while not done():
             now = time.monotonic()
-            if on_slow is not None and now - started >= SLOW_WAIT_S:
-                on_slow(now - started)
+            if on_slow is not None and now - waiting_since >= SLOW_WAIT_S:
+                on_slow(now - waiting_since)
                 on_slow = None
             if patient_while_blocked and self.blocked:
                 deadline = now + timeout_s
@@ -672,9 +679,12 @@ class Publisher:
             # Stopping abandons outstanding confirms only while the broker blocks us (that
             # wait has no end); otherwise SIGTERM lets the batches in flight be confirmed
             # and settled, so nothing they published is sent twice.
-            if remaining <= 0 or (patient_while_blocked and self.blocked and self._should_stop()):
+            if (remaining <= 0 and looked) or (
+                patient_while_blocked and self.blocked and self._should_stop()
+            ):
                 return False
-            timer = conn.ioloop.call_later(min(remaining, _TICK_S), conn.ioloop.stop)
+            looked = True
+            timer = conn.ioloop.call_later(max(0.0, min(remaining, _TICK_S)), conn.ioloop.stop)
             self._until = done
             try:
                 conn.ioloop.start()
@@ -713,6 +723,7 @@ class Publisher:
 
     def _on_unblocked(self, _conn: object, _frame: object) -> None:
         self.blocked = False
+        self._unblocked_at = time.monotonic()
         log.info("publisher.unblocked")
         self._check()
 

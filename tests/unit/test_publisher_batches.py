@@ -3,7 +3,9 @@ pika hands them to its callbacks (no connection is opened)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -118,18 +120,44 @@ def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch() -> None
     assert publisher._returned == {}
 
 
+@contextlib.contextmanager
+def io_loop(publisher: Publisher) -> Iterator[IOLoop]:
+    """The publisher's wait runs this I/O loop (there is no connection)."""
+    ioloop = IOLoop()
+    publisher._conn = SimpleNamespace(ioloop=ioloop)  # type: ignore[assignment]
+    try:
+        yield ioloop
+    finally:
+        ioloop.close()
+
+
 def test_the_confirm_timeout_counts_from_when_the_batch_was_sent() -> None:
     # With two batches out, the second one's confirms are waited for only after the
     # first one's: its wait must not start the timeout over.
     publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=30)
-    ioloop = IOLoop()
-    publisher._conn = SimpleNamespace(ioloop=ioloop)  # type: ignore[assignment]
     batch = out(publisher, [sized_row(1, 10)], first_tag=1)
     batch.sent_at -= 30  # sent a confirm timeout ago, and still unconfirmed
     started = time.monotonic()
-    try:
-        with pytest.raises(PublishInterruptedError, match="no confirms within 30 s"):
-            Sending(publisher, batch).outcomes()
-    finally:
-        ioloop.close()
+    with io_loop(publisher), pytest.raises(PublishInterruptedError, match="within 30 s"):
+        Sending(publisher, batch).outcomes()
     assert time.monotonic() - started < 10  # not another 30 s
+
+
+def test_confirms_that_arrived_are_read_before_the_timeout_is_declared() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=30)
+    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
+    batch.sent_at -= 31  # its timeout passed while the batch before it was confirmed
+    with io_loop(publisher) as ioloop:
+        ioloop.call_later(0, lambda: ack(publisher, 1, multiple=False))  # waiting to be read
+        assert Sending(publisher, batch).outcomes() == {1: Outcome.confirmed()}
+
+
+def test_the_confirm_timeout_does_not_count_while_the_broker_blocked_publishers() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=1)
+    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
+    batch.sent_at -= 5
+    # The broker blocked publishers until now, while the batch before it was waited for.
+    publisher._on_unblocked(None, None)
+    with io_loop(publisher) as ioloop:
+        ioloop.call_later(0.3, lambda: ack(publisher, 1, multiple=False))
+        assert Sending(publisher, batch).outcomes() == {1: Outcome.confirmed()}
