@@ -573,12 +573,15 @@ class Relay:
 
     @contextlib.contextmanager
     def _ending_on_error(self, claim: Claim) -> Iterator[None]:
-        """When publishing the claim fails, settle what the broker confirmed (or release
-        the claim) and re-raise."""
+        """When publishing the claim fails, settle what the broker confirmed or refused
+        (or release the claim when nothing is known) and re-raise."""
         try:
             yield
         except PublishInterruptedError as exc:
-            self._settle(claim, exc.outcomes)
+            if exc.outcomes:
+                self._settle(claim, exc.outcomes)
+            else:
+                claim.release()
             raise
         except BaseException:
             claim.release()
@@ -601,8 +604,8 @@ class Relay:
             return _Sent(outcomes, None)
         try:
             sending = self._publisher.send(pending, deadline=self._lease_deadline)
-        except PublishInterruptedError as exc:
-            raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
+        except BrokerUnavailableError as exc:
+            raise _interrupted(exc, outcomes) from exc
         return _Sent(outcomes, sending)
 
     def _confirm(self, rows: Sequence[OutboxRow], sent: _Sent) -> dict[int, Outcome]:
@@ -621,8 +624,9 @@ class Relay:
                     break
                 sending = self._publisher.send(pending, deadline=self._lease_deadline)
                 rounds += 1
-        except PublishInterruptedError as exc:
-            raise PublishInterruptedError(str(exc), {**outcomes, **exc.outcomes}) from exc
+        except BrokerUnavailableError as exc:
+            # Opening a channel for the next round can fail too: settle the first's.
+            raise _interrupted(exc, outcomes) from exc
         return outcomes
 
     def _settle(self, claim: Claim, outcomes: Mapping[int, Outcome]) -> BatchResult:
@@ -700,6 +704,15 @@ def _drop(claim: Claim | None, sent: _Sent | None) -> None:
     if claim is not None:
         with contextlib.suppress(StoreError):
             claim.release()
+
+
+def _interrupted(
+    exc: BrokerUnavailableError, known: Mapping[int, Outcome]
+) -> PublishInterruptedError:
+    """``exc`` as an interruption that carries the ``known`` outcomes besides its own, so
+    that the rows they settle are settled before the relay reconnects."""
+    carried = exc.outcomes if isinstance(exc, PublishInterruptedError) else {}
+    return PublishInterruptedError(str(exc), {**known, **carried})
 
 
 def _confirmed(outcome: Outcome | None) -> bool:

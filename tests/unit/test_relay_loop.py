@@ -319,6 +319,31 @@ class TestRunBatch:
         assert relay_for(store, ScriptedPublisher([])).run_batch().claimed == 0
         assert store.released == 1
 
+    def test_a_round_that_cannot_open_a_channel_settles_what_the_first_confirmed(
+        self,
+    ) -> None:
+        store = FakeStore([row(1), row(2), row(3, "a", exchange="gone")])
+        publisher = ScriptedPublisher(
+            [{2: Outcome.unsent()}], missing={"gone": "exchange 'gone' does not exist"}
+        )
+        original = publisher.send
+
+        def no_channel_for_the_second_round(
+            rows: Sequence[OutboxRow], *, deadline: float | None = None
+        ) -> ScriptedSending:
+            if publisher.sent:
+                raise BrokerUnavailableError("cannot open a confirm-mode channel: closed")
+            return original(rows, deadline=deadline)
+
+        publisher.send = no_channel_for_the_second_round  # type: ignore[method-assign]
+        with pytest.raises(PublishInterruptedError, match="cannot open a confirm-mode channel"):
+            relay_for(store, publisher).run_batch()
+        # Row 1 is not published again later; row 3's failure is recorded; row 2 stays.
+        [(published, failures)] = store.settled
+        assert published == [1]
+        assert [f.row_id for f in failures] == [3]
+        assert store.released == 0
+
     def test_rounds_are_bounded_when_the_channel_keeps_dying(self) -> None:
         store = FakeStore([row(1), row(2)])
         always_unsent = [{1: Outcome.unsent(), 2: Outcome.unsent()} for _ in range(10)]
