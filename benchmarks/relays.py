@@ -27,8 +27,12 @@ from outbox_relay.store.status import read_status
 SCENARIO = "relays"
 RELAY_COUNTS = (1, 2, 4)
 SETTLE_TIMEOUT_S = 30.0
-# Short leases so a relay that joins gets its share within a second or two.
-RELAY_ARGS = ("--heartbeat-interval", "0.3", "--lease-ttl", "3")
+# Frequent heartbeats, so a relay that joins gets its share within a second or two (the
+# others hand partitions over at their heartbeats). The lease outlasts the confirms of
+# the batches out: four relays keep up to 32,000 messages unconfirmed on two cores, which
+# took over 2 s to confirm, and a 3 s lease (publishing stops 1 s before it ends) cut
+# batches short and published them again.
+RELAY_ARGS = ("--heartbeat-interval", "0.3", "--lease-ttl", "10")
 
 
 def wait_balanced(database_url: str, schema: str, relays: int) -> None:

@@ -258,7 +258,9 @@ def _grant(value: str) -> tuple[str, str]:
     show_default=True,
     show_envvar=True,
     help="Seconds a relay holds its partitions without a heartbeat; a dead relay's "
-    "partitions move after at most this plus --heartbeat-interval.",
+    "partitions move after at most this plus --heartbeat-interval. Heartbeats run between "
+    "batches: it must outlast a heartbeat interval plus the broker's confirms of two "
+    "batches, with 1 s to spare, or batches are given up and published again.",
 )
 @click.option(
     "--heartbeat-interval",

@@ -504,7 +504,11 @@ class Publisher:
         elif self._should_stop():
             reason = "stopping while confirms were outstanding"
         elif self._deadline is not None and time.monotonic() >= self._deadline:
-            reason = "the partition lease ran out while confirms were outstanding"
+            reason = (
+                "the partition lease ran out while confirms were outstanding (the broker "
+                f"took over {time.monotonic() - batch.sent_at:.1f} s to confirm a batch of "
+                f"{len(batch.rows)}; raise --lease-ttl or lower --batch-size)"
+            )
         else:
             reason = f"no confirms within {self._confirm_timeout_s:g} s"
         outcomes = {
