@@ -15,7 +15,12 @@ from benchmarks.common import Env, Report
 pytestmark = pytest.mark.integration
 
 EXPECTED = {
-    "throughput": ["relay / ceiling", "relay / baseline", "--batch-size 1000 / ceiling"],
+    "throughput": [
+        "relay / ceiling",
+        "relay / baseline",
+        "--batch-size 1000 / ceiling",
+        "partition keys / ceiling",
+    ],
     "latency": ["p50", "p95", "p99", "max"],
     "idle": ["idle relay CPU", "idle relay database transactions", "wake-ups", "only sleeps"],
     "producer": [
