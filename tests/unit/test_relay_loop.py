@@ -180,6 +180,12 @@ class ScriptedPublisher:
         self.events: list[tuple[str, list[int]]] = []  # sends, outcomes asked, abandons
         self.flushes = True  # whether a batch's frames reach the socket (Sending.flush)
         self.missing = missing or {}
+        self.failing: tuple[int, Exception] | None = None  # see fail_after
+
+    def fail_after(self, sends: int, error: Exception) -> None:
+        """Every send after the first ``sends`` raises ``error`` (no channel, a lost
+        connection)."""
+        self.failing = (sends, error)
 
     @property
     def connected(self) -> bool:
@@ -190,6 +196,8 @@ class ScriptedPublisher:
     def connect(self) -> None: ...
     def close(self) -> None: ...
     def send(self, rows: Sequence[OutboxRow], *, deadline: float | None = None) -> ScriptedSending:
+        if self.failing is not None and len(self.sent) >= self.failing[0]:
+            raise self.failing[1]
         self.sent.append([r.id for r in rows])
         self.events.append(("send", [r.id for r in rows]))
         return ScriptedSending(self, rows)
@@ -326,16 +334,7 @@ class TestRunBatch:
         publisher = ScriptedPublisher(
             [{2: Outcome.unsent()}], missing={"gone": "exchange 'gone' does not exist"}
         )
-        original = publisher.send
-
-        def no_channel_for_the_second_round(
-            rows: Sequence[OutboxRow], *, deadline: float | None = None
-        ) -> ScriptedSending:
-            if publisher.sent:
-                raise BrokerUnavailableError("cannot open a confirm-mode channel: closed")
-            return original(rows, deadline=deadline)
-
-        publisher.send = no_channel_for_the_second_round  # type: ignore[method-assign]
+        publisher.fail_after(1, BrokerUnavailableError("cannot open a confirm-mode channel: x"))
         with pytest.raises(PublishInterruptedError, match="cannot open a confirm-mode channel"):
             relay_for(store, publisher).run_batch()
         # Row 1 is not published again later; row 3's failure is recorded; row 2 stays.
@@ -492,16 +491,7 @@ class TestRunBatches:
     ) -> None:
         store = TableStore([row(i) for i in range(1, 5)])
         publisher = ScriptedPublisher([{}])
-        original = publisher.send
-
-        def second_send_fails(
-            rows: Sequence[OutboxRow], *, deadline: float | None = None
-        ) -> ScriptedSending:
-            if publisher.sent:
-                raise BrokerUnavailableError("connection lost")
-            return original(rows, deadline=deadline)
-
-        publisher.send = second_send_fails  # type: ignore[method-assign]
+        publisher.fail_after(1, BrokerUnavailableError("connection lost"))
         with pytest.raises(BrokerUnavailableError):
             self.pipelined(store, publisher, store_thread).run_batches()
         assert publisher.events == [("send", [1, 2]), ("outcomes", [1, 2])]
