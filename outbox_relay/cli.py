@@ -245,8 +245,9 @@ def _grant(value: str) -> tuple[str, str]:
     default=CONFIRM_TIMEOUT_S,
     show_default=True,
     show_envvar=True,
-    help="Seconds a batch may wait for its publisher confirms, counted from when it was "
-    "sent, before the relay reconnects (not counted while the broker blocks publishers). "
+    help="Seconds the broker may leave a batch's publisher confirms outstanding without "
+    "confirming anything, counted from the batch's send or the last confirm, before the "
+    "relay reconnects (not counted while the broker blocks publishers). "
     "The wait also ends when the partition lease runs out "
     "(about --lease-ttl minus 1 s), since the database ends a claim idle that long.",
 )

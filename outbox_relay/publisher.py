@@ -150,8 +150,9 @@ class _Batch:
         self.channel = channel
         self.first_tag = first_tag
         self.deadline = deadline
-        # The confirm timeout counts from here (from its last part's start, for a batch
-        # sent in parts of MAX_UNCONFIRMED_BYTES).
+        # The confirm timeout counts from here, or from a later confirm (see
+        # Publisher._confirms_since); from its last part's start, for a batch sent in
+        # parts of MAX_UNCONFIRMED_BYTES.
         self.sent_at = time.monotonic()
         self.outcomes: list[Outcome | None] = [None] * len(rows)
         self.sent = 0
@@ -213,8 +214,8 @@ class Sending:
         (``send`` only buffers them: pika writes from its I/O loop), so the broker has
         them to work on while the caller does something else. False when that did not
         happen: the channel or connection closed, the broker blocks publishers, or the
-        socket did not take them within SLOW_WAIT_S or before the lease deadline. Errors
-        are raised by ``outcomes()``."""
+        socket did not take them within SLOW_WAIT_S or before the lease deadline (past
+        it, the loop still turns once). Errors are raised by ``outcomes()``."""
         return self._publisher._flush(self._batch)
 
     def outcomes(self) -> dict[int, Outcome]:
@@ -259,8 +260,9 @@ class Publisher:
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
-        # When the broker last stopped blocking publishers: confirm timeouts of batches
-        # sent before that count from then.
+        # When the broker last confirmed something, and last stopped blocking publishers:
+        # a confirm timeout counts from the later of these and the batch's send.
+        self._confirmed_at = 0.0
         self._unblocked_at = 0.0
         self._exchanges_seen: dict[str, float] = {}
         self._deadline: float | None = None  # of the batch whose confirms are awaited
@@ -493,7 +495,7 @@ class Publisher:
             self._confirm_timeout_s,
             patient_while_blocked=True,
             on_slow=on_slow,
-            started=max(batch.sent_at, self._unblocked_at),
+            since=lambda: self._confirms_since(batch),
         )
         if slow and done:
             log.info("publisher.confirms_resumed", waited_s=round(time.monotonic() - started, 1))
@@ -504,10 +506,12 @@ class Publisher:
         elif self._should_stop():
             reason = "stopping while confirms were outstanding"
         elif self._deadline is not None and time.monotonic() >= self._deadline:
-            reason = (
-                "the partition lease ran out while confirms were outstanding (the broker "
-                f"took over {time.monotonic() - batch.sent_at:.1f} s to confirm a batch of "
-                f"{len(batch.rows)}; raise --lease-ttl or lower --batch-size)"
+            reason = "the partition lease ran out while confirms were outstanding " + (
+                "(the broker blocks publishers: a memory or disk alarm)"
+                if self.blocked
+                else f"({batch.unconfirmed} of a batch of {len(batch.rows)} unconfirmed "
+                f"{time.monotonic() - batch.sent_at:.1f} s after it was sent; raise "
+                "--lease-ttl or lower --batch-size)"
             )
         else:
             reason = f"no confirms within {self._confirm_timeout_s:g} s"
@@ -522,6 +526,12 @@ class Publisher:
         if self._conn_error is None:
             self._conn_error = BrokerUnavailableError(reason)
         raise PublishInterruptedError(f"publishing interrupted: {reason}", outcomes)
+
+    def _confirms_since(self, batch: _Batch) -> float:
+        """When the wait for the batch's confirms started to count: its send, or the
+        broker's last confirm or unblock if later. A broker that keeps confirming is slow,
+        not stalled; and a batch waited for after another does not count the other's."""
+        return max(batch.sent_at, self._confirmed_at, self._unblocked_at)
 
     def _finish(self, batch: _Batch) -> dict[int, Outcome]:
         close = batch.closed
@@ -621,7 +631,12 @@ class Publisher:
             )
         if probe and probe[0].is_open:
             probe[0].close()
-        return bool(result) and result[0]
+        if not result:  # no answer is not an answer that the exchange is missing
+            raise BrokerUnavailableError(
+                f"the broker did not answer whether exchange {exchange!r} exists within "
+                f"{self._connect_timeout_s:g} s"
+            )
+        return result[0]
 
     # -- waiting ------------------------------------------------------------------------
 
@@ -654,11 +669,13 @@ class Publisher:
         *,
         patient_while_blocked: bool = False,
         on_slow: Callable[[float], None] | None = None,
-        started: float | None = None,
+        since: Callable[[], float] | None = None,
     ) -> bool:
         """Run the I/O loop until ``done()``; False on timeout or when asked to stop.
-        The timeout counts from ``started`` (monotonic; now by default), ``on_slow`` from
-        now: a batch whose wait began late is only reported if this wait is slow.
+        The timeout counts from ``since()`` (monotonic, read at every turn; now by
+        default); ``on_slow`` from now, so a batch waited for late is reported only when
+        this wait is slow. A timeout is declared only after one turn of the loop has read
+        what had arrived.
 
         With ``patient_while_blocked`` the timeout restarts while the broker blocks the
         connection (memory or disk alarm): publishing waits for it rather than giving up.
@@ -668,10 +685,12 @@ class Publisher:
         if conn is None:
             return done()
         waiting_since = time.monotonic()
-        deadline = (waiting_since if started is None else started) + timeout_s
-        looked = False  # a timeout is declared only after reading what has arrived
+        deadline = waiting_since + timeout_s
+        looked = False
         while not done():
             now = time.monotonic()
+            if since is not None:
+                deadline = since() + timeout_s
             if on_slow is not None and now - waiting_since >= SLOW_WAIT_S:
                 on_slow(now - waiting_since)
                 on_slow = None
@@ -751,6 +770,7 @@ class Publisher:
             )
 
     def _on_confirm(self, channel: Channel, frame: Method[Any]) -> None:
+        self._confirmed_at = time.monotonic()
         method = frame.method
         for batch in self._in_flight:
             if batch.channel is channel:

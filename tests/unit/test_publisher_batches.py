@@ -14,7 +14,7 @@ import pytest
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic
 
-from outbox_relay.errors import PublishInterruptedError
+from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Outcome, Reason, Status
 from outbox_relay.publisher import Publisher, Sending, _Batch
@@ -143,6 +143,19 @@ def test_the_confirm_timeout_counts_from_when_the_batch_was_sent() -> None:
     assert time.monotonic() - started < 10  # not another 30 s
 
 
+def test_a_broker_that_keeps_confirming_is_waited_for_past_the_confirm_timeout() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=1)
+    batch = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    with io_loop(publisher) as ioloop:
+        # Slow, not stalled: each confirm comes within the timeout of the one before.
+        ioloop.call_later(0.7, lambda: ack(publisher, 1, multiple=False))
+        ioloop.call_later(1.4, lambda: ack(publisher, 2, multiple=False))
+        assert Sending(publisher, batch).outcomes() == {
+            1: Outcome.confirmed(),
+            2: Outcome.confirmed(),
+        }
+
+
 def test_confirms_that_arrived_are_read_before_the_timeout_is_declared() -> None:
     publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=30)
     batch = out(publisher, [sized_row(1, 10)], first_tag=1)
@@ -161,3 +174,12 @@ def test_the_confirm_timeout_does_not_count_while_the_broker_blocked_publishers(
     with io_loop(publisher) as ioloop:
         ioloop.call_later(0.3, lambda: ack(publisher, 1, multiple=False))
         assert Sending(publisher, batch).outcomes() == {1: Outcome.confirmed()}
+
+
+def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing_exchange() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", connect_timeout_s=0.1)
+    with io_loop(publisher):
+        publisher._conn.is_open = True  # type: ignore[union-attr]
+        publisher._conn.channel = lambda on_open_callback: None  # type: ignore[union-attr]
+        with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
+            publisher.missing_exchanges({"orders"})
