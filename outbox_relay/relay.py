@@ -417,8 +417,10 @@ class Relay:
         if self._outage is not None:
             log.info("relay.recovered", outage=self._outage)
             self._outage = None
+        # An interrupted batch may have recorded failures (and their retry times) on its
+        # way out: read when the next scheduled row is due before sleeping.
         self._due_at = None
-        self._due_unknown = False
+        self._due_unknown = True
         self._look_until = None
 
     def _due_from_now(self, seconds: float | None) -> None:

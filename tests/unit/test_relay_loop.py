@@ -640,6 +640,21 @@ class TestServe:
         assert store.claims[QUIET_CLAIMS : QUIET_CLAIMS + 2] == [[1, 2], []]
         assert publisher.sent == []
 
+    def test_after_an_outage_the_relay_reads_when_the_next_row_is_due_before_sleeping(
+        self,
+    ) -> None:
+        # A batch cut short by a broker outage had its failures recorded, with their retry
+        # times, on its way out; the flag stayed up through the outage.
+        store = WakeUpStore([])
+        publisher = SleepStops([])
+        relay = relay_for(store, publisher)
+        publisher.relay = relay
+        relay._store_ok = True
+        relay._wakeup.waiting = True
+        relay._serve()  # reconnects, claims nothing, and stops at its first sleep
+        assert store.claims == [[]]
+        assert store.next_due_reads == 1
+
     def test_a_claim_cut_short_by_its_byte_budget_is_followed_by_another_while_the_flag_is_up(
         self,
     ) -> None:
