@@ -365,6 +365,15 @@ def store_thread() -> Iterator[ThreadPoolExecutor]:
         yield pool
 
 
+# Rows 1-4 in batches of two, the second sent only once the first is confirmed.
+ONE_BATCH_AT_A_TIME = [
+    ("send", [1, 2]),
+    ("outcomes", [1, 2]),
+    ("send", [3, 4]),
+    ("outcomes", [3, 4]),
+]
+
+
 class TestRunBatches:
     """Batches back to back, the next claimed while one is published."""
 
@@ -445,12 +454,7 @@ class TestRunBatches:
         publisher = ScriptedPublisher([{}, {}])
         publisher.flushes = False  # a blocked or stalled broker
         self.pipelined(store, publisher, store_thread).run_batches()
-        assert publisher.events == [
-            ("send", [1, 2]),
-            ("outcomes", [1, 2]),
-            ("send", [3, 4]),
-            ("outcomes", [3, 4]),
-        ]
+        assert publisher.events == ONE_BATCH_AT_A_TIME
         assert store.gone == {1, 2, 3, 4}
 
     def test_a_batch_with_a_key_of_the_batch_out_waits_for_its_confirms(
@@ -459,12 +463,7 @@ class TestRunBatches:
         store = TableStore([row(1, "a"), row(2), row(3), row(4, "a")])
         publisher = ScriptedPublisher([{}, {}])
         self.pipelined(store, publisher, store_thread).run_batches()
-        assert publisher.events == [
-            ("send", [1, 2]),
-            ("outcomes", [1, 2]),
-            ("send", [3, 4]),
-            ("outcomes", [3, 4]),
-        ]
+        assert publisher.events == ONE_BATCH_AT_A_TIME
         assert store.gone == {1, 2, 3, 4}
 
     def test_a_dropped_connection_with_two_batches_out_loses_nothing(
