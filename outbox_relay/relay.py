@@ -475,10 +475,10 @@ class Relay:
         Per-key order: a batch with a row that would go out after an older row of its
         key in the batch still out goes only after that batch is confirmed and settled,
         and then its rows that follow an unconfirmed row of their key stay in the table
-        (:func:`waiting_behind`). A
-        batch cut short by its byte budget is not full, so nothing is claimed ahead of
-        it: a claim made then would skip the rows it left over, still locked, and could
-        publish a later row of their key first. They come first in the next claim.
+        (:func:`waiting_behind`). A batch cut short by its byte budget is not full, so
+        nothing is claimed ahead of it: a claim made then would skip the rows it left
+        over, still locked, and could publish a later row of their key first. They come
+        first in the next claim.
         """
         claim = self._claim()
         if claim is None:
