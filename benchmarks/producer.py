@@ -15,21 +15,25 @@ share their looks and look less).
 ``publish`` makes each message id in Python and sends it as a parameter. pgbench has
 integers only, so the scripts send one and the server turns it into the id with two cheap
 functions (a little more than parsing a parameter costs it): a per-client counter for a
-time-ordered id (like v7 ids from several processes, each insert lands at the right edge
-of the index) or a random number (like v4, scattered over the index).
+time-ordered id (like v7 ids from several processes) or a random number (like v4).
+
+The outbox has no index on the message id (migration 0008). What one would cost is
+measured by putting a unique index back for the cases named "message id index": there a
+time-ordered id lands at the right edge of the index, a random one anywhere in it.
 
 Each round starts each run just after a checkpoint, and ratios are taken within a round.
 
 Cases, each against a ceiling where the relay does the same work (on two cores the relay
 and the broker take CPU from the producers whatever they write):
 - relay busy: it drains a backlog (its wake-up flag down), beside the ceiling's plain rows
-  while it drains one;
+  while it drains one; also with the message id index (the two in turns: which one runs
+  first alternates between rounds, the ceiling runs before both);
 - relay idle at start (flag up when the load starts): the first NOTIFY wakes it and it
   publishes the producers' rows; the ceiling's relay also waits at the start and is woken
   to publish as many messages, committed by another session as the run starts. Also
   reported against plain rows beside a relay that has nothing to do, and how many
   producer transactions sent a NOTIFY;
-- no relay, with time-ordered (v7) and random (v4) ids for the message id index.
+- no relay; and with the message id index, with time-ordered (v7) and random (v4) ids.
 Two references, with no relay: the same ``publish`` with the optional wake-up trigger
 installed (``migrate --wake-trigger``, for other writers), and the smallest row an outbox
 could be (id, message id, exchange, routing key, payload). The cores the relay and the
@@ -264,12 +268,26 @@ COMPARISONS = (
     # The ceiling's plain rows give the relay nothing to do: this ratio includes the CPU
     # the relay and the broker spend publishing on the same two cores.
     ("relay idle at start", "ceiling, relay idle", False),
-    ("no relay, uuid7", "ceiling, no relay", True),
-    # What a random id would cost (the message id index); publish makes v7 ids.
-    ("no relay, uuid4", "ceiling, no relay", False),
+    ("no relay", "ceiling, no relay", True),
+    # What a unique index on the message id would cost (migration 0008 dropped it), with
+    # the time-ordered ids publish makes and with random ones.
+    ("relay busy, message id index", "ceiling, relay busy", False),
+    ("no relay, message id index, uuid7", "ceiling, no relay", False),
+    ("no relay, message id index, uuid4", "ceiling, no relay", False),
     ("no relay, wake trigger installed", "ceiling, no relay", False),
     ("no relay, minimal outbox row", "ceiling, no relay", False),
 )
+
+
+@contextlib.contextmanager
+def message_id_index(database_url: str, schema: str) -> Iterator[None]:
+    """A unique index on the outbox's message id while the block runs."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(query("create_message_id_index", schema))
+        try:
+            yield
+        finally:
+            conn.execute(query("drop_message_id_index", schema))
 
 
 @contextlib.contextmanager
@@ -304,8 +322,8 @@ def notifies_counted(database_url: str, schema: str) -> Iterator[list[int]]:
 def run(env: Env, report: Report) -> None:
     seconds = 2 if env.quick else 6
     rounds = 1 if env.quick else 5
-    # The busy relay must still be draining when the second pgbench run ends.
-    backlog = env.size(200_000, 20_000)
+    # The busy relay must still be draining when the third pgbench run ends.
+    backlog = env.size(300_000, 30_000)
     measured = Rounds()
     broker = broker_processes()
     cores_of = "cores used by the relay" + (" and the broker" if broker else "")
@@ -339,9 +357,11 @@ def run(env: Env, report: Report) -> None:
                 every = look_every(sample("ceiling, no relay", plain_script(schema)).rate)
                 measured.note(LOOKS + "no relay", every, "tx")
                 v7 = outbox_script(conn, schema, route.exchange, UUID7, every)
-                sample("no relay, uuid7", v7)
-                v4 = outbox_script(conn, schema, route.exchange, UUID4, every)
-                sample("no relay, uuid4", v4)
+                sample("no relay", v7)
+                with message_id_index(env.database_url, schema):
+                    sample("no relay, message id index, uuid7", v7)
+                    v4 = outbox_script(conn, schema, route.exchange, UUID4, every)
+                    sample("no relay, message id index, uuid4", v4)
                 sample("no relay, minimal outbox row", minimal_script(schema))
                 migrate(env.database_url, schema=schema, wake_trigger=True)
                 sample("no relay, wake trigger installed", v7)
@@ -356,7 +376,12 @@ def run(env: Env, report: Report) -> None:
                     working_every = look_every(ceiling.rate)
                     measured.note(LOOKS + "relay working", working_every, "tx")
                     text = outbox_script(conn, schema, route.exchange, UUID7, working_every)
-                    sample("relay busy", text, relay=relay)
+                    for indexed in (False, True) if measured.round % 2 else (True, False):
+                        if indexed:
+                            with message_id_index(env.database_url, schema):
+                                sample("relay busy, message id index", text, relay=relay)
+                        else:
+                            sample("relay busy", text, relay=relay)
             purge(env.amqp_url, route.queue)
             with (
                 prepared_schema(env) as schema,
@@ -431,23 +456,34 @@ def run(env: Env, report: Report) -> None:
                 extra={"rounds": rounded},
             )
         )
-    cpu_ratio = measured.note_ratio(
-        f"{CPU_PER_TX}no relay, uuid7", f"{CPU_PER_TX}ceiling, no relay"
-    )
+    cpu_ratio = measured.note_ratio(f"{CPU_PER_TX}no relay", f"{CPU_PER_TX}ceiling, no relay")
     if cpu_ratio is not None:
         report.add(
             Figure(
                 SCENARIO,
-                "database server CPU per transaction, no relay: outbox row (uuid7) / plain row",
+                "database server CPU per transaction, no relay: outbox row / plain row",
                 cpu_ratio,
                 "x",
             )
         )
-    report.add(
-        Figure(
-            SCENARIO,
+    for name, case, without in (
+        (
+            "message id index, relay busy: with / without",
+            "relay busy, message id index",
+            "relay busy",
+        ),
+        (
+            "message id index, no relay: with / without",
+            "no relay, message id index, uuid7",
+            "no relay",
+        ),
+        (
             "message id index: uuid4 / uuid7",
-            round(measured.ratio("no relay, uuid4", "no relay, uuid7"), 3),
-            "x",
+            "no relay, message id index, uuid4",
+            "no relay, message id index, uuid7",
+        ),
+    ):
+        extra = {"round_ratios": measured.ratios(case, without)}
+        report.add(
+            Figure(SCENARIO, name, round(measured.ratio(case, without), 3), "x", extra=extra)
         )
-    )

@@ -1,7 +1,9 @@
 """Message ids: time-ordered UUIDs (RFC 9562 version 7).
 
-A random UUID (version 4) lands anywhere in the outbox's unique index, so each insert
-touches a random leaf page; version 7 ids start with the time, so inserts append.
+Version 7 ids start with the time, so they sort in the order they were made (as text
+too). A consumer's inbox is keyed by (consumer, message id): its inserts append to that
+index, where a random UUID (version 4) would land anywhere and touch a random leaf page.
+The outbox has no index on the id (migration 0008).
 """
 
 from __future__ import annotations

@@ -125,6 +125,46 @@ class _Connection(pika.SelectConnection):
             super()._adapter_emit_data(data)
 
 
+class _Returns:
+    """Messages the broker returned (unroutable) whose acks have not come yet.
+
+    A return names no delivery tag, only the message: it is matched to the row by message
+    id, exchange and routing key. Message ids need not be unique, so one id may go to two
+    destinations in one batch, one routed and one not, and a row's return must not be
+    taken by the other. The broker sends a message's return before its ack, and acks in
+    publishing order, so the returns of rows alike in all three are taken in that order.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str, str], list[str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._waiting)
+
+    def add(self, message_id: str, exchange: str, routing_key: str, reason: str) -> None:
+        self._waiting.setdefault((message_id, exchange, routing_key), []).append(reason)
+
+    def take(self, row: OutboxRow) -> str | None:
+        """Why ``row``, just acked, was returned; None when it was routed."""
+        key = (str(row.message_id), row.exchange, row.routing_key)
+        reasons = self._waiting.get(key)
+        if not reasons:
+            return None
+        reason = reasons.pop(0)
+        if not reasons:
+            del self._waiting[key]
+        return reason
+
+    def forget(self, rows: Sequence[OutboxRow]) -> None:
+        """Drop what these rows left: their channel closed before acking them, and a row
+        sent again must not find its old return."""
+        for row in rows:
+            self._waiting.pop((str(row.message_id), row.exchange, row.routing_key), None)
+
+    def clear(self) -> None:
+        self._waiting.clear()
+
+
 class _ChannelClose:
     """Why a channel closed, shared by every batch it cut short: the rows to blame are
     looked for once, among the unconfirmed rows of all of them."""
@@ -143,7 +183,7 @@ class _Batch:
         *,
         channel: Channel,
         first_tag: int,
-        returned: dict[str, str],
+        returned: _Returns,
         deadline: float | None,
     ) -> None:
         self.rows = rows
@@ -158,7 +198,7 @@ class _Batch:
         self.sent = 0
         self.settled = 0
         self._lowest = 0
-        self.returned = returned  # the publisher's: message id -> why it came back
+        self.returned = returned  # the publisher's
         self.closed: _ChannelClose | None = None
 
     def all_sent_settled(self) -> bool:
@@ -190,9 +230,7 @@ class _Batch:
                 Reason.NACKED,
             )
         # Most batches have no returns: no message id to format for each ack then.
-        returned = None
-        if self.returned:
-            returned = self.returned.pop(str(self.rows[index].message_id), None)
+        returned = self.returned.take(self.rows[index]) if self.returned else None
         return Outcome.failed(returned, Reason.UNROUTABLE) if returned else Outcome.confirmed()
 
     def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
@@ -256,7 +294,7 @@ class Publisher:
         self._channel_error: BaseException | None = None
         self._tag = 0
         self._in_flight: list[_Batch] = []  # sent, confirms outstanding; oldest first
-        self._returned: dict[str, str] = {}  # message id -> why the broker returned it
+        self._returned = _Returns()
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
@@ -437,10 +475,8 @@ class Publisher:
         if not self._in_flight:
             self._returned.clear()
         elif self._returned:
-            # Returns of its messages that no ack consumed (the channel closed first):
-            # a message sent again must not find them.
-            for row in batch.rows:
-                self._returned.pop(str(row.message_id), None)
+            # Returns of its messages that no ack consumed (the channel closed first).
+            self._returned.forget(batch.rows)
 
     def _flush(self, batch: _Batch) -> bool:
         # A broker that does not take the frames at once is slow or stalled: leave the
@@ -763,10 +799,13 @@ class Publisher:
         self, _channel: Channel, method: Basic.Return, properties: BasicProperties, _body: bytes
     ) -> None:
         if self._in_flight and properties.message_id:
-            self._returned[properties.message_id] = (
+            self._returned.add(
+                properties.message_id,
+                method.exchange,
+                method.routing_key,
                 f"unroutable: no queue is bound to exchange '{method.exchange}' for routing key "
                 f"'{method.routing_key}' ({method.reply_code} {method.reply_text}); bind a queue "
-                "(`outbox-relay topology apply`) or give the exchange an alternate exchange"
+                "(`outbox-relay topology apply`) or give the exchange an alternate exchange",
             )
 
     def _on_confirm(self, channel: Channel, frame: Method[Any]) -> None:

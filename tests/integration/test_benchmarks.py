@@ -28,6 +28,7 @@ EXPECTED = {
         "relay idle at start / ceiling, relay working",
         "relay idle at start: NOTIFYs sent",
         "uuid4 / uuid7",
+        "message id index, relay busy: with / without",
     ],
     "relays": ["2 relays / 1 relay", "4 relays / 1 relay"],
     "scale": ["drain", "peak RSS", "table size", "index size"],

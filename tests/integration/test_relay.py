@@ -152,6 +152,47 @@ def test_unroutable_row_is_kept_retried_then_marked_dead_while_others_flow(
     assert exchange in error
 
 
+def test_a_message_id_published_twice_goes_out_twice_each_with_its_own_outcome(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    # Message ids are not unique in the outbox (migration 0008): the same id, in one
+    # batch, twice to a bound routing key and once to one nobody listens to. Each copy
+    # has its own outcome: both routed copies go out, the unroutable one stays. (Which
+    # row a return belongs to when acks come together is in test_publisher_batches.py.)
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "routed.#"))
+    message_id = uuid.uuid4()
+    items = [
+        {"n": 1, "rk": "routed.x"},
+        {"n": 2, "rk": "nobody.listens"},
+        {"n": 3, "rk": "routed.x"},
+    ]
+    with psycopg.connect(database_url) as conn:
+        for item in items:
+            outbox_relay.publish(
+                conn,
+                exchange=exchange,
+                routing_key=str(item["rk"]),
+                payload=item,
+                message_id=message_id,
+                schema=schema,
+            )
+
+    with running_relay(database_url, amqp_url, schema, max_attempts=1):
+        received = broker.drain(queue, expect=2)
+        assert wait_for(
+            lambda: (
+                outbox_rows(database_url, schema, "routing_key, dead_at IS NOT NULL")
+                == [("nobody.listens", True)]
+            )
+        ), outbox_rows(database_url, schema, "routing_key, dead_at, last_error")
+
+    assert [b["n"] for b in bodies(received)] == [1, 3]
+    assert {r.properties.message_id for r in received} == {str(message_id)}
+    [(error,)] = outbox_rows(database_url, schema, "last_error")
+    assert "unroutable" in error
+
+
 def test_missing_exchange_fails_its_row_and_holds_back_only_its_key(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:

@@ -4,6 +4,7 @@ pika hands them to its callbacks (no connection is opened)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from typing import Any
 import pika.exceptions
 import pytest
 from pika.adapters.select_connection import IOLoop
-from pika.spec import Basic
+from pika.spec import Basic, BasicProperties
 
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
@@ -110,14 +111,58 @@ def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch() -> None
     returned = sized_row(1, 10)
     first = out(publisher, [returned], first_tag=1)
     out(publisher, [sized_row(2, 10)], first_tag=2)
-    publisher._returned[str(returned.message_id)] = "unroutable"
+    returned_by_broker(publisher, returned)
     publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
 
     publisher._finish(first)
     publisher._forget(first)
 
     # Sent again, and routed this time, its ack must not find the old return.
-    assert publisher._returned == {}
+    assert publisher._returned.take(returned) is None
+
+
+def returned_by_broker(publisher: Publisher, row: OutboxRow) -> None:
+    """The broker's Basic.Return of ``row``, as pika hands it over."""
+    method = Basic.Return(
+        reply_code=312, reply_text="NO_ROUTE", exchange=row.exchange, routing_key=row.routing_key
+    )
+    properties = BasicProperties(message_id=str(row.message_id))  # type: ignore[no-untyped-call]
+    publisher._on_return(CHANNEL, method, properties, row.payload)
+
+
+def test_one_message_id_sent_to_two_destinations_gets_each_its_own_outcome() -> None:
+    # Message ids need not be unique: the same message to a bound and an unbound
+    # exchange. The return names the unbound one; the ack of both must not give it to
+    # the first row, which would leave the returned row confirmed, and lost.
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    routed = sized_row(1, 10)
+    unbound = dataclasses.replace(routed, id=2, exchange="audit")
+    batch = out(publisher, [routed, unbound], first_tag=1)
+
+    returned_by_broker(publisher, unbound)
+    ack(publisher, 2, multiple=True)
+
+    outcomes = publisher._finish(batch)
+    assert outcomes[1] == Outcome.confirmed()
+    assert outcomes[2].status is Status.FAILED
+    assert outcomes[2].reason is Reason.UNROUTABLE
+    assert "'audit'" in str(outcomes[2].error)
+
+
+def test_two_returns_of_one_message_fail_both_rows() -> None:
+    # The same message published twice to one place, and both returned.
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    first = sized_row(1, 10)
+    again = dataclasses.replace(first, id=2)
+    batch = out(publisher, [first, again], first_tag=1)
+
+    returned_by_broker(publisher, first)
+    returned_by_broker(publisher, again)
+    ack(publisher, 2, multiple=True)
+
+    outcomes = publisher._finish(batch)
+    assert [outcomes[i].reason for i in (1, 2)] == [Reason.UNROUTABLE, Reason.UNROUTABLE]
+    assert not publisher._returned
 
 
 @contextlib.contextmanager
