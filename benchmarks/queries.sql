@@ -10,6 +10,12 @@ VACUUM {schema}.outbox
 -- name: outbox_empty
 SELECT NOT EXISTS (SELECT 1 FROM {schema}.outbox)
 
+-- name: max_id
+SELECT max(id) FROM {schema}.outbox
+
+-- name: rows_up_to
+SELECT count(*) FROM {schema}.outbox WHERE id <= %(last)s
+
 -- name: relay_waiting
 SELECT EXISTS (SELECT 1 FROM {schema}.outbox_listener WHERE waiting)
 

@@ -13,7 +13,9 @@ from outbox_relay.message import OutboxRow
 class Status(enum.Enum):
     CONFIRMED = "confirmed"  # the broker confirmed it: delete the row
     FAILED = "failed"  # the broker refused it (nack, unroutable, missing exchange): retry later
-    UNSENT = "unsent"  # the channel died before the broker saw it: send again, no attempt lost
+    # Not seen by the broker (the channel died first, or a message with its id was out):
+    # send again, no attempt lost.
+    UNSENT = "unsent"
 
 
 class Reason(str, enum.Enum):

@@ -29,6 +29,7 @@ from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
 from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
@@ -125,125 +126,10 @@ class _Connection(pika.SelectConnection):
             super()._adapter_emit_data(data)
 
 
-class _Returns:
-    """Messages the broker returned (unroutable) whose acks have not come yet.
-
-    A return names no delivery tag, only the message: it is matched to the row by message
-    id, exchange and routing key. Message ids need not be unique, so one id may go to two
-    destinations in one batch, one routed and one not, and a row's return must not be
-    taken by the other. The broker sends a message's return before its ack, and acks in
-    publishing order, so the returns of rows alike in all three are taken in that order.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[tuple[str, str, str], list[str]] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._waiting)
-
-    def add(self, message_id: str, exchange: str, routing_key: str, reason: str) -> None:
-        self._waiting.setdefault((message_id, exchange, routing_key), []).append(reason)
-
-    def take(self, row: OutboxRow) -> str | None:
-        """Why ``row``, just acked, was returned; None when it was routed."""
-        key = (str(row.message_id), row.exchange, row.routing_key)
-        reasons = self._waiting.get(key)
-        if not reasons:
-            return None
-        reason = reasons.pop(0)
-        if not reasons:
-            del self._waiting[key]
-        return reason
-
-    def forget(self, rows: Sequence[OutboxRow]) -> None:
-        """Drop what these rows left: their channel closed before acking them, and a row
-        sent again must not find its old return."""
-        for row in rows:
-            self._waiting.pop((str(row.message_id), row.exchange, row.routing_key), None)
-
-    def clear(self) -> None:
-        self._waiting.clear()
-
-
-class _ChannelClose:
-    """Why a channel closed, shared by every batch it cut short: the rows to blame are
-    looked for once, among the unconfirmed rows of all of them."""
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-        self.culprits: dict[int, Outcome] | None = None
-
-
-class _Batch:
-    """Outcomes of one batch, indexed by delivery tag on the channel it went out on."""
-
-    def __init__(
-        self,
-        rows: Sequence[OutboxRow],
-        *,
-        channel: Channel,
-        first_tag: int,
-        returned: _Returns,
-        deadline: float | None,
-    ) -> None:
-        self.rows = rows
-        self.channel = channel
-        self.first_tag = first_tag
-        self.deadline = deadline
-        # The confirm timeout counts from here, or from a later confirm (see
-        # Publisher._confirms_since); from its last part's start, for a batch sent in
-        # parts of MAX_UNCONFIRMED_BYTES.
-        self.sent_at = time.monotonic()
-        self.outcomes: list[Outcome | None] = [None] * len(rows)
-        self.sent = 0
-        self.settled = 0
-        self._lowest = 0
-        self.returned = returned  # the publisher's
-        self.closed: _ChannelClose | None = None
-
-    def all_sent_settled(self) -> bool:
-        return self.settled == self.sent
-
-    @property
-    def unconfirmed(self) -> int:
-        return self.sent - self.settled
-
-    def settle(self, tag: int, *, multiple: bool, ack: bool) -> None:
-        index = tag - self.first_tag
-        if multiple:
-            # An ack of many may end past this batch (the next one went out behind it).
-            index = min(index, self.sent - 1)
-        elif index < 0 or index >= self.sent:
-            return
-        for i in range(self._lowest, index + 1) if multiple else (index,):
-            if self.outcomes[i] is None:
-                self.outcomes[i] = self._outcome(i, ack=ack)
-                self.settled += 1
-        while self._lowest < self.sent and self.outcomes[self._lowest] is not None:
-            self._lowest += 1
-
-    def _outcome(self, index: int, *, ack: bool) -> Outcome:
-        if not ack:
-            return Outcome.failed(
-                "the broker nacked the message (an internal error, or a queue limit with "
-                "overflow=reject-publish)",
-                Reason.NACKED,
-            )
-        # Most batches have no returns: no message id to format for each ack then.
-        returned = self.returned.take(self.rows[index]) if self.returned else None
-        return Outcome.failed(returned, Reason.UNROUTABLE) if returned else Outcome.confirmed()
-
-    def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
-        return {
-            row.id: outcome if outcome is not None else unresolved(row)
-            for row, outcome in zip(self.rows, self.outcomes, strict=True)
-        }
-
-
 class Sending:
     """A batch handed to the broker: ``outcomes()`` waits for its confirms."""
 
-    def __init__(self, publisher: Publisher, batch: _Batch) -> None:
+    def __init__(self, publisher: Publisher, batch: Batch) -> None:
         self._publisher = publisher
         self._batch = batch
 
@@ -293,8 +179,8 @@ class Publisher:
         self._channel: Channel | None = None
         self._channel_error: BaseException | None = None
         self._tag = 0
-        self._in_flight: list[_Batch] = []  # sent, confirms outstanding; oldest first
-        self._returned = _Returns()
+        self._in_flight: list[Batch] = []  # sent, confirms outstanding; oldest first
+        self._returned = Returns()
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
@@ -406,7 +292,8 @@ class Publisher:
         :class:`Sending`. Another batch may be sent before those outcomes are asked for.
 
         Rows the broker refused are FAILED with a reason; rows that never reached the
-        broker because the channel closed under them are UNSENT. Raises
+        broker because the channel closed under them, or were not sent because a message
+        with their id was out already (and the rows after them), are UNSENT. Raises
         PublishInterruptedError (carrying the outcomes known so far) when the connection
         is lost, confirms do not arrive within the confirm timeout, or the monotonic
         ``deadline`` (the end of the caller's lease) passes; ``outcomes()`` raises it too.
@@ -418,18 +305,25 @@ class Publisher:
         channel = self._channel
         assert channel is not None  # noqa: S101 - _open_channel raised otherwise
         conn = self._require_connection()
-        batch = _Batch(
+        batch = Batch(
             rows,
             channel=channel,
             first_tag=self._tag + 1,
             returned=self._returned,
             deadline=deadline,
         )
+        # Message ids of the batches already out (see Returns).
+        out = set().union(*(other.ids for other in self._in_flight))
         self._in_flight.append(batch)
         conn.holding = True
         try:
             buffered = 0
             for row in rows:
+                message_id = str(row.message_id)
+                if message_id in out or message_id in batch.ids:
+                    # One message with this id is out already: this row and the rest
+                    # stay UNSENT and go in the next round, in order.
+                    break
                 try:
                     channel.basic_publish(
                         exchange=row.exchange,
@@ -439,7 +333,7 @@ class Publisher:
                         properties=BasicProperties(  # type: ignore[no-untyped-call]
                             content_type=row.content_type,
                             delivery_mode=PERSISTENT,
-                            message_id=str(row.message_id),
+                            message_id=message_id,
                             timestamp=int(row.created_at.timestamp()),
                             headers=amqp_headers(row.headers) if row.headers else None,
                         ),
@@ -453,6 +347,7 @@ class Publisher:
                     break
                 self._tag += 1
                 batch.sent += 1
+                batch.ids.add(message_id)
                 buffered += len(row.payload)
                 if buffered >= MAX_UNCONFIRMED_BYTES:
                     conn.release_held()
@@ -469,16 +364,15 @@ class Publisher:
             conn.release_held()
         return Sending(self, batch)
 
-    def _forget(self, batch: _Batch) -> None:
+    def _forget(self, batch: Batch) -> None:
         if batch in self._in_flight:
             self._in_flight.remove(batch)
         if not self._in_flight:
             self._returned.clear()
         elif self._returned:
-            # Returns of its messages that no ack consumed (the channel closed first).
-            self._returned.forget(batch.rows)
+            self._returned.forget(batch.ids)
 
-    def _flush(self, batch: _Batch) -> bool:
+    def _flush(self, batch: Batch) -> bool:
         # A broker that does not take the frames at once is slow or stalled: leave the
         # wait, and the reason, to outcomes() and its confirm timeout. No callback says
         # the socket took the frames: the loop notices at the next confirm (of this batch
@@ -507,7 +401,7 @@ class Publisher:
             return 0
         return conn._get_write_buffer_size()
 
-    def _await_confirms(self, batch: _Batch) -> None:
+    def _await_confirms(self, batch: Batch) -> None:
         """Run the I/O loop until every message of the batch is confirmed or its channel
         closed; otherwise give the connection up and raise PublishInterruptedError."""
         self._deadline = batch.deadline
@@ -563,13 +457,13 @@ class Publisher:
             self._conn_error = BrokerUnavailableError(reason)
         raise PublishInterruptedError(f"publishing interrupted: {reason}", outcomes)
 
-    def _confirms_since(self, batch: _Batch) -> float:
+    def _confirms_since(self, batch: Batch) -> float:
         """When the wait for the batch's confirms started to count: its send, or the
         broker's last confirm or unblock if later. A broker that keeps confirming is slow,
         not stalled; and a batch waited for after another does not count the other's."""
         return max(batch.sent_at, self._confirmed_at, self._unblocked_at)
 
-    def _finish(self, batch: _Batch) -> dict[int, Outcome]:
+    def _finish(self, batch: Batch) -> dict[int, Outcome]:
         close = batch.closed
         if close is None:
             return batch.by_row(lambda _row: Outcome.unsent())
@@ -789,7 +683,7 @@ class Publisher:
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is self._channel or self._channel is None:
             self._channel_error = reason
-        close = _ChannelClose(reason)
+        close = ChannelClose(reason)
         for batch in self._in_flight:
             if batch.channel is channel and batch.closed is None:
                 batch.closed = close
@@ -798,11 +692,11 @@ class Publisher:
     def _on_return(
         self, _channel: Channel, method: Basic.Return, properties: BasicProperties, _body: bytes
     ) -> None:
-        if self._in_flight and properties.message_id:
+        message_id = properties.message_id
+        # A late return of a message no longer tracked has no ack left to wait for.
+        if message_id and any(message_id in batch.ids for batch in self._in_flight):
             self._returned.add(
-                properties.message_id,
-                method.exchange,
-                method.routing_key,
+                message_id,
                 f"unroutable: no queue is bound to exchange '{method.exchange}' for routing key "
                 f"'{method.routing_key}' ({method.reply_code} {method.reply_text}); bind a queue "
                 "(`outbox-relay topology apply`) or give the exchange an alternate exchange",

@@ -611,8 +611,9 @@ class Relay:
         return _Sent(outcomes, sending)
 
     def _confirm(self, rows: Sequence[OutboxRow], sent: _Sent) -> dict[int, Outcome]:
-        """Wait for the first round's confirms; publish again what a closed channel left
-        unsent, in up to MAX_PUBLISH_ROUNDS rounds in all."""
+        """Wait for the first round's confirms; publish again what was left unsent (by
+        a closed channel, or behind a message id already out), in up to
+        MAX_PUBLISH_ROUNDS rounds in all."""
         outcomes = dict(sent.outcomes)
         sending = sent.sending
         rounds = 1

@@ -29,6 +29,8 @@ EXPECTED = {
         "relay idle at start: NOTIFYs sent",
         "uuid4 / uuid7",
         "message id index, relay busy: with / without",
+        "message id index, no relay: with / without",
+        "relay busy: backlog rows left after its last run",
     ],
     "relays": ["2 relays / 1 relay", "4 relays / 1 relay"],
     "scale": ["drain", "peak RSS", "table size", "index size"],

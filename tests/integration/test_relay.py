@@ -156,9 +156,9 @@ def test_a_message_id_published_twice_goes_out_twice_each_with_its_own_outcome(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
     # Message ids are not unique in the outbox (migration 0008): the same id, in one
-    # batch, twice to a bound routing key and once to one nobody listens to. Each copy
-    # has its own outcome: both routed copies go out, the unroutable one stays. (Which
-    # row a return belongs to when acks come together is in test_publisher_batches.py.)
+    # claim, twice to a bound routing key and once to one nobody listens to. They go out
+    # one at a time (a return names only the id; see test_publisher_batches.py), each
+    # with its own outcome: both routed copies go out, in order; the unroutable one stays.
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "routed.#"))
     message_id = uuid.uuid4()
