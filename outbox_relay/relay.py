@@ -208,7 +208,10 @@ class Relay:
         self._due_unknown = False
         self._look_until: float | None = None  # monotonic; see Step.RAISE_FLAG
         self._notified = False  # the last sleep ended with a NOTIFY
-        self._polled = False  # the last sleep ended at the backstop poll or a heartbeat
+        self._polled = False  # the last sleep ended at the backstop poll
+        # The last sleep ended for the heartbeat alone: heartbeat, and sleep on.
+        self._heartbeat_only = False
+        self._poll_at: float | None = None  # monotonic; the next backstop poll
         self._unannounced_logged_at: float | None = None
         self._leases: Leases | None = None
         self._lease_deadline = 0.0  # monotonic; past it, this relay may not publish
@@ -281,11 +284,16 @@ class Relay:
     def _serve(self) -> None:
         self._connect()
         while not self._stopping.is_set():
-            if time.monotonic() >= self._next_heartbeat:
-                self._heartbeat()
+            if time.monotonic() >= self._next_heartbeat and self._heartbeat():
+                self._heartbeat_only = False  # new partitions: claim their rows now
+            if self._heartbeat_only:
+                self._heartbeat_only = False
+                self._sleep()
+                continue
             notified, self._notified = self._notified, False
             polled, self._polled = self._polled, False
             result = self.run_batches()
+            self._poll_at = None  # a claim is as good as a poll
             if polled and result.claimed:
                 self._unannounced(result.claimed)
             self.last_iteration = time.monotonic()
@@ -330,18 +338,21 @@ class Relay:
         the last of those looks and committed after it, and rows of writers that skip
         the wake-up. The first poll comes after ``poll_interval_s`` and finds such a
         row; each empty poll after it doubles the interval up to IDLE_POLL_MAX_S, so an
-        idle relay costs a transaction every few seconds instead of two a second. This
+        idle relay costs a transaction every few seconds instead of two a second. A
+        sleep that ends for the lease heartbeat alone claims nothing: the loop
+        heartbeats and sleeps on until the poll (see _serve). This
         relies on the LISTEN connection being healthy: when it dies its socket becomes
         readable, the wait returns, and reading the notifications raises
         StoreUnavailableError.
         """
         poll = self._settings.poll_interval_s
         now = time.monotonic()
-        timeout = min(
-            poll * 2**self._empty_polls,
-            max(poll, IDLE_POLL_MAX_S),
-            max(0.0, self._next_heartbeat - now),
-        )
+        if self._poll_at is None:
+            self._poll_at = now + min(poll * 2**self._empty_polls, max(poll, IDLE_POLL_MAX_S))
+        poll_in = max(0.0, self._poll_at - now)
+        heartbeat_in = max(0.0, self._next_heartbeat - now)
+        for_heartbeat = heartbeat_in < poll_in
+        timeout = min(poll_in, heartbeat_in)
         if self._due_at is not None:
             timeout = min(timeout, max(0.0, self._due_at - now))
         if self._look_until is not None:
@@ -357,8 +368,10 @@ class Relay:
             timer_fired = True
             if now >= self._look_until:
                 self._look_until = None
-        # A backstop poll or a heartbeat ended this sleep, not a NOTIFY or a timer.
-        self._polled = not woke and not timer_fired
+        # The backstop poll or the heartbeat ended this sleep, not a NOTIFY or a timer.
+        ended = not woke and not timer_fired
+        self._polled = ended and not for_heartbeat
+        self._heartbeat_only = ended and for_heartbeat
         notices = self._store.drain_notifications() if woke else Notices(0, scheduled=False)
         if notices.count:
             # Something was inserted: claim it at once. The flag is lowered after that
@@ -387,9 +400,12 @@ class Relay:
             "Logged at most every 10 minutes; once after a burst can be a harmless race.",
         )
 
-    def _heartbeat(self) -> None:
+    def _heartbeat(self) -> bool:
+        """Renew the leases; True when this relay now holds a partition it did not."""
         started = time.monotonic()
         leases = self._store.heartbeat()
+        held = set(self._leases.owned) if self._leases is not None else set()
+        gained = bool(set(leases.owned) - held)
         if self._leases is None or leases.owned != self._leases.owned:
             log.info(
                 "relay.partitions_changed",
@@ -401,6 +417,7 @@ class Relay:
         self._observer.partitions(len(leases.owned))
         self._lease_deadline = started + self._settings.lease_ttl_s - LEASE_SAFETY_MARGIN_S
         self._next_heartbeat = started + self._settings.heartbeat_interval_s
+        return gained
 
     @property
     def owned_partitions(self) -> tuple[int, ...]:
@@ -412,6 +429,7 @@ class Relay:
             self._store_ok = True
             self._wakeup.flag_lost()
             self._next_heartbeat = 0.0
+            self._poll_at = None
         if not self._publisher.connected:
             self._publisher.connect()
         if self._outage is not None:

@@ -713,6 +713,52 @@ class TestServe:
         assert publisher.sent == [[7]]
         assert store.next_due_reads == 1
 
+    def test_an_idle_relay_heartbeats_without_claiming_until_its_backstop_poll(self) -> None:
+        # Heartbeats every 0.05 s, the first backstop poll 0.5 s after the looks: the
+        # sleeps that end for a heartbeat renew the leases and claim nothing.
+        store = CountingHeartbeats([])
+        publisher = SleepsRecorded([], stop_after=40)
+        relay = relay_for(store, publisher, heartbeat_interval_s=0.05)
+        publisher.relay = relay
+        publisher.on_sleep = lambda: store.claims_at_sleep.append(len(store.claims))
+        relay._serve()
+        looked = store.claims_at_sleep[0]
+        after = [n - looked for n in store.claims_at_sleep]
+        assert store.heartbeats >= 20
+        # No claim before the poll is due (0.5 s); then polls at doubling intervals, a
+        # few claims where a claim at every heartbeat would make one per sleep.
+        assert after[:5] == [0] * 5, after
+        assert 1 <= after[-1] <= 3, after
+
+    def test_a_heartbeat_that_takes_a_partition_claims_its_rows_at_once(self) -> None:
+        # Another relay left: its partition's rows had no NOTIFY for this one, and
+        # waiting for the backstop poll would hold them back for seconds.
+        store = CountingHeartbeats([], gain_at=5)
+        publisher = SleepsRecorded([], stop_after=8)
+        relay = relay_for(store, publisher, heartbeat_interval_s=0.05, poll_interval_s=2.0)
+        publisher.relay = relay
+        publisher.on_sleep = lambda: store.claims_at_sleep.append(len(store.claims))
+        relay._serve()
+        looked = store.claims_at_sleep[0]
+        assert store.heartbeats >= 6
+        assert [n - looked for n in store.claims_at_sleep][-1] == 1, store.claims_at_sleep
+
+
+class CountingHeartbeats(WakeUpStore):
+    """Counts heartbeats; from the ``gain_at``-th on, holds a second partition."""
+
+    def __init__(self, arriving: list[OutboxRow], *, gain_at: int | None = None) -> None:
+        super().__init__(arriving)
+        self.heartbeats = 0
+        self.gain_at = gain_at
+        self.claims_at_sleep: list[int] = []
+
+    def heartbeat(self) -> Leases:
+        self.heartbeats += 1
+        if self.gain_at is not None and self.heartbeats >= self.gain_at:
+            return Leases(owned=(0, 1), live=("me",), partitions=2)
+        return super().heartbeat()
+
 
 class SleepsRecorded(ScriptedPublisher):
     """Records the relay's sleeps (waits longer than a busy poll), lets the short ones pass
@@ -733,6 +779,7 @@ class SleepsRecorded(ScriptedPublisher):
         self.slept_at: list[float] = []
         self.stop_after = stop_after
         self.notify_at = notify_at
+        self.on_sleep: Callable[[], None] = lambda: None
 
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
         if timeout_s <= BUSY_POLL_S:
@@ -740,6 +787,7 @@ class SleepsRecorded(ScriptedPublisher):
             return False
         self.sleeps.append(timeout_s)
         self.slept_at.append(time.monotonic())
+        self.on_sleep()
         if len(self.sleeps) >= self.stop_after:
             self.relay.stop("test")
             return False
