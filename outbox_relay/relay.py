@@ -284,10 +284,9 @@ class Relay:
     def _serve(self) -> None:
         self._connect()
         while not self._stopping.is_set():
-            if time.monotonic() >= self._next_heartbeat and self._heartbeat():
-                self._heartbeat_only = False  # new partitions: claim their rows now
-            if self._heartbeat_only:
-                self._heartbeat_only = False
+            if self._renew_leases_only():
+                self.last_iteration = time.monotonic()  # the loop went round (/healthz)
+                self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
                 self._sleep()
                 continue
             notified, self._notified = self._notified, False
@@ -328,6 +327,16 @@ class Relay:
                     continue  # rows left in the table may be due now; no NOTIFY will come
                 self._sleep()
 
+    def _renew_leases_only(self) -> bool:
+        """Heartbeat when due. True when the last sleep ended for the heartbeat alone
+        and it took no partition: the loop sleeps on without claiming."""
+        if time.monotonic() >= self._next_heartbeat:
+            gained = self._heartbeat()
+            if gained:
+                self._heartbeat_only = False  # claim the new partitions' rows now
+        only, self._heartbeat_only = self._heartbeat_only, False
+        return only
+
     def _sleep(self) -> None:
         """Wait for a NOTIFY, the next scheduled row, or the backstop poll.
 
@@ -338,12 +347,14 @@ class Relay:
         the last of those looks and committed after it, and rows of writers that skip
         the wake-up. The first poll comes after ``poll_interval_s`` and finds such a
         row; each empty poll after it doubles the interval up to IDLE_POLL_MAX_S, so an
-        idle relay costs a transaction every few seconds instead of two a second. A
-        sleep that ends for the lease heartbeat alone claims nothing: the loop
-        heartbeats and sleeps on until the poll (see _serve). This
+        idle relay costs a transaction every few seconds instead of two a second. This
         relies on the LISTEN connection being healthy: when it dies its socket becomes
         readable, the wait returns, and reading the notifications raises
         StoreUnavailableError.
+
+        A sleep also ends for the lease heartbeat; one that ends for it alone claims
+        nothing: the loop heartbeats and sleeps on until the poll, unless the heartbeat
+        took a partition (see _serve).
         """
         poll = self._settings.poll_interval_s
         now = time.monotonic()
@@ -430,6 +441,8 @@ class Relay:
             self._wakeup.flag_lost()
             self._next_heartbeat = 0.0
             self._poll_at = None
+        # A sleep cut short by the outage must not skip the claim after reconnecting.
+        self._heartbeat_only = False
         if not self._publisher.connected:
             self._publisher.connect()
         if self._outage is not None:

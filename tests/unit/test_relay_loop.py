@@ -717,22 +717,22 @@ class TestServe:
         # Heartbeats every 0.05 s, the first backstop poll 0.5 s after the looks: the
         # sleeps that end for a heartbeat renew the leases and claim nothing.
         store = CountingHeartbeats([])
-        publisher = SleepsRecorded([], stop_after=40)
+        publisher = SleepsRecorded([], stop_after=24)
         relay = relay_for(store, publisher, heartbeat_interval_s=0.05)
         publisher.relay = relay
         publisher.on_sleep = lambda: store.claims_at_sleep.append(len(store.claims))
         relay._serve()
         looked = store.claims_at_sleep[0]
         after = [n - looked for n in store.claims_at_sleep]
-        assert store.heartbeats >= 20
+        assert store.heartbeats >= 12
         # No claim before the poll is due (0.5 s); then polls at doubling intervals, a
         # few claims where a claim at every heartbeat would make one per sleep.
-        assert after[:5] == [0] * 5, after
+        assert after[:3] == [0] * 3, after
         assert 1 <= after[-1] <= 3, after
 
     def test_a_heartbeat_that_takes_a_partition_claims_its_rows_at_once(self) -> None:
-        # Another relay left: its partition's rows had no NOTIFY for this one, and
-        # waiting for the backstop poll would hold them back for seconds.
+        # Another relay left: the NOTIFYs for its partition's rows came while it held
+        # it, and waiting for the backstop poll would hold them back for seconds.
         store = CountingHeartbeats([], gain_at=5)
         publisher = SleepsRecorded([], stop_after=8)
         relay = relay_for(store, publisher, heartbeat_interval_s=0.05, poll_interval_s=2.0)
@@ -742,6 +742,20 @@ class TestServe:
         looked = store.claims_at_sleep[0]
         assert store.heartbeats >= 6
         assert [n - looked for n in store.claims_at_sleep][-1] == 1, store.claims_at_sleep
+
+    def test_after_reconnecting_the_relay_claims_even_if_its_last_sleep_was_for_a_heartbeat(
+        self,
+    ) -> None:
+        # The heartbeat after such a sleep found the database gone; the flag was lost
+        # with the connection, so no NOTIFY will come for rows committed meanwhile.
+        store = WakeUpStore([])
+        publisher = SleepStops([])
+        relay = relay_for(store, publisher)
+        publisher.relay = relay
+        relay._heartbeat_only = True
+        relay._store_ok = False
+        relay._serve()  # reconnects, claims (then looks a while), and stops at its sleep
+        assert store.claims, "no claim between the reconnect and the first sleep"
 
 
 class CountingHeartbeats(WakeUpStore):
