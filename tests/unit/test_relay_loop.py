@@ -623,6 +623,14 @@ class SleepStops(ScriptedPublisher):
         return False
 
 
+def stopping_at_first_sleep(store: WakeUpStore) -> Relay:
+    """A relay on ``store`` whose publisher stops it at its first sleep."""
+    publisher = SleepStops([])
+    relay = relay_for(store, publisher)
+    publisher.relay = relay
+    return relay
+
+
 class TestServe:
     def test_a_failure_while_the_flag_is_up_refreshes_when_to_wake_and_claims_again(
         self,
@@ -645,9 +653,7 @@ class TestServe:
         # A batch cut short by a broker outage had its failures recorded, with their retry
         # times, on its way out; the flag stayed up through the outage.
         store = WakeUpStore([])
-        publisher = SleepStops([])
-        relay = relay_for(store, publisher)
-        publisher.relay = relay
+        relay = stopping_at_first_sleep(store)
         relay._store_ok = True
         relay._wakeup.waiting = True
         relay._serve()  # reconnects, claims nothing, and stops at its first sleep
@@ -749,9 +755,7 @@ class TestServe:
         # The heartbeat after such a sleep found the database gone; the flag was lost
         # with the connection, so no NOTIFY will come for rows committed meanwhile.
         store = WakeUpStore([])
-        publisher = SleepStops([])
-        relay = relay_for(store, publisher)
-        publisher.relay = relay
+        relay = stopping_at_first_sleep(store)
         relay._heartbeat_only = True
         relay._store_ok = False
         relay._serve()  # reconnects, claims (then looks a while), and stops at its sleep
