@@ -285,8 +285,7 @@ class Relay:
         self._connect()
         while not self._stopping.is_set():
             if self._renew_leases_only():
-                self.last_iteration = time.monotonic()  # the loop went round (/healthz)
-                self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
+                self._went_round()
                 self._sleep()
                 continue
             notified, self._notified = self._notified, False
@@ -295,8 +294,7 @@ class Relay:
             self._poll_at = None  # a claim is as good as a poll
             if polled and result.claimed:
                 self._unannounced(result.claimed)
-            self.last_iteration = time.monotonic()
-            self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
+            self._went_round()
             step = self._wakeup.after_claim(result.claimed)
             if result.claimed:
                 self._empty_polls = 0
@@ -326,6 +324,11 @@ class Relay:
                 if result.held:
                     continue  # rows left in the table may be due now; no NOTIFY will come
                 self._sleep()
+
+    def _went_round(self) -> None:
+        """The loop went round (for /healthz and the iteration gauge)."""
+        self.last_iteration = time.monotonic()
+        self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
 
     def _renew_leases_only(self) -> bool:
         """Heartbeat when due. True when the last sleep ended for the heartbeat alone
