@@ -5,9 +5,10 @@
 -- waiting: measured with pgbench (8 clients, an order insert plus one outbox row), the
 -- server's CPU per transaction went from about 175 to 205 us with the trigger, which
 -- read a flag that was down. publish() now asks outbox_wake() in its INSERT statement
--- itself, and after it has seen the flag down it does not ask again for 10 ms (per
--- process, database and schema; the relay keeps claiming for 20 ms after it raises its
--- flag). So under load most producer transactions carry no check at all.
+-- itself, and after it has seen the flag down it does not ask again for a short while
+-- (per process, database and schema; the relay keeps claiming for a little longer than
+-- that after it raises its flag: the README's "Run the relay" gives the figures). So
+-- under load most producer transactions carry no check at all.
 --
 -- Writers that insert rows by other means call `SELECT <schema>.outbox_wake()` in the
 -- same transaction (`outbox_wake(true)` when they wrote a delayed row), or put the trigger
