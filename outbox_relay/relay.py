@@ -333,11 +333,9 @@ class Relay:
     def _renew_leases_only(self) -> bool:
         """Heartbeat when due. True when the last sleep ended for the heartbeat alone
         and it took no partition: the loop sleeps on without claiming."""
-        if time.monotonic() >= self._next_heartbeat:
-            gained = self._heartbeat()
-            if gained:
-                self._heartbeat_only = False  # claim the new partitions' rows now
-        only, self._heartbeat_only = self._heartbeat_only, False
+        gained = time.monotonic() >= self._next_heartbeat and self._heartbeat()
+        only = self._heartbeat_only and not gained  # claim new partitions' rows now
+        self._heartbeat_only = False
         return only
 
     def _sleep(self) -> None:
