@@ -4,6 +4,13 @@ The producer writes one message per transaction at a fixed rate and notes the ti
 after COMMIT returns; a consumer process on the same machine notes when each message
 arrives. Both use CLOCK_MONOTONIC, which Linux shares between processes. The naive 1 s
 poller is the baseline, measured the same way in the same run.
+
+The ceiling is the dual write the outbox replaces, measured the same way in the same run:
+each producer commits the same transaction with a plain row instead of the outbox row,
+then publishes the message itself, with a publisher confirm, on a channel of its own. It
+is what commit to delivery costs the machine without a relay in between (the same
+producers, database, broker and consumer on the same cores), so it shows how much of the
+relay's figure the machine itself takes.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import multiprocessing
 import multiprocessing.synchronize
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -33,6 +40,7 @@ from benchmarks.common import (
     outbox_schema,
     payload,
     percentile,
+    query,
     relay_process,
     wait_listening,
 )
@@ -44,6 +52,12 @@ PRODUCERS = 4
 DEADLINE_S = 180
 
 Starter = Callable[[Env, str], AbstractContextManager[Any]]
+# Writes message ``seq`` in a transaction of its own and commits it.
+Write = Callable[[psycopg.Connection[Any], int, bytes], None]
+# Runs right after the commit, off the clock: the ceiling's producers publish there.
+AfterCommit = Callable[[int, bytes], None]
+# One per producer thread: how it writes, and what it does after each commit.
+Producer = Callable[[Env, str, Route], AbstractContextManager[tuple[Write, AfterCommit]]]
 
 
 def consume(
@@ -82,7 +96,9 @@ def consume(
     results.put(arrivals)
 
 
-def measure(env: Env, start_relay: Starter, *, duration_s: float) -> dict[str, float]:
+def measure(
+    env: Env, start_relay: Starter, *, duration_s: float, producer: Producer | None = None
+) -> dict[str, float]:
     count = int(RATE_PER_S * duration_s)
     context = multiprocessing.get_context("spawn")
     with outbox_schema(env.database_url) as schema, broker_route(env.amqp_url) as route:
@@ -93,7 +109,7 @@ def measure(env: Env, start_relay: Starter, *, duration_s: float) -> dict[str, f
         consumer.start()
         ready.wait(20)
         with start_relay(env, schema):
-            committed, offered = produce(env, schema, route, count)
+            committed, offered = produce(env, schema, route, count, producer or outbox_producer)
             arrivals: dict[int, float] = results.get(timeout=120)
         consumer.join(10)
     latencies_ms = [(arrivals[i] - committed[i]) * 1000 for i in committed if i in arrivals]
@@ -109,7 +125,9 @@ def measure(env: Env, start_relay: Starter, *, duration_s: float) -> dict[str, f
     }
 
 
-def produce(env: Env, schema: str, route: Route, count: int) -> tuple[dict[int, float], float]:
+def produce(
+    env: Env, schema: str, route: Route, count: int, producer: Producer
+) -> tuple[dict[int, float], float]:
     """One message per transaction at RATE_PER_S in total, from PRODUCERS threads (one
     connection cannot commit that fast on every machine); returns commit times and the
     rate reached."""
@@ -117,24 +135,19 @@ def produce(env: Env, schema: str, route: Route, count: int) -> tuple[dict[int, 
     body = payload()
     started = time.monotonic() + 0.2
 
-    def producer(first: int) -> None:
-        with psycopg.connect(env.database_url) as conn:
+    def run(first: int) -> None:
+        with psycopg.connect(env.database_url) as conn, producer(env, schema, route) as steps:
+            write, after_commit = steps
             for i in range(first, count, PRODUCERS):
                 delay = started + i / RATE_PER_S - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                outbox_relay.publish(
-                    conn,
-                    exchange=route.exchange,
-                    routing_key=ROUTING_KEY,
-                    payload=f"{i:0{SEQ_DIGITS}d}".encode() + body[SEQ_DIGITS:],
-                    content_type="application/octet-stream",
-                    schema=schema,
-                )
-                conn.commit()
+                message = f"{i:0{SEQ_DIGITS}d}".encode() + body[SEQ_DIGITS:]
+                write(conn, i, message)
                 committed[i] = time.monotonic()
+                after_commit(i, message)
 
-    threads = [threading.Thread(target=producer, args=(n,)) for n in range(PRODUCERS)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(PRODUCERS)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -143,10 +156,66 @@ def produce(env: Env, schema: str, route: Route, count: int) -> tuple[dict[int, 
 
 
 @contextlib.contextmanager
+def outbox_producer(_env: Env, schema: str, route: Route) -> Iterator[tuple[Write, AfterCommit]]:
+    """``publish`` in the transaction; the relay does the rest."""
+
+    def write(conn: psycopg.Connection[Any], _seq: int, message: bytes) -> None:
+        outbox_relay.publish(
+            conn,
+            exchange=route.exchange,
+            routing_key=ROUTING_KEY,
+            payload=message,
+            content_type="application/octet-stream",
+            schema=schema,
+        )
+        conn.commit()
+
+    yield write, _nothing
+
+
+@contextlib.contextmanager
+def direct_producer(env: Env, schema: str, route: Route) -> Iterator[tuple[Write, AfterCommit]]:
+    """The dual write: a plain row in the transaction, then the message published by the
+    producer itself, confirmed, after the commit."""
+    insert = query("plain_row", schema)
+    connection = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
+    channel = connection.channel()
+    channel.confirm_delivery()
+    properties = pika.BasicProperties(
+        content_type="application/octet-stream", delivery_mode=pika.DeliveryMode.Persistent
+    )
+
+    def write(conn: psycopg.Connection[Any], _seq: int, message: bytes) -> None:
+        conn.execute(insert, {"payload": message})
+        conn.commit()
+
+    def publish(_seq: int, message: bytes) -> None:
+        channel.basic_publish(route.exchange, ROUTING_KEY, message, properties)
+
+    try:
+        yield write, publish
+    finally:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            connection.close()
+
+
+def _nothing(_seq: int, _message: bytes) -> None:
+    pass
+
+
+@contextlib.contextmanager
 def the_relay(env: Env, schema: str) -> Any:
     with relay_process(env, schema) as process:
         wait_listening(env.database_url, schema)
         yield process
+
+
+@contextlib.contextmanager
+def plain_table(env: Env, schema: str) -> Iterator[None]:
+    """No relay: the ceiling's producers publish themselves, into the table made here."""
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        conn.execute(query("plain_table", schema))
+    yield
 
 
 @contextlib.contextmanager
@@ -159,6 +228,7 @@ def naive_poller(env: Env, schema: str) -> Any:
 def run(env: Env, report: Report) -> None:
     duration = 3.0 if env.quick else 30.0
     relay = measure(env, the_relay, duration_s=duration)
+    ceiling = measure(env, plain_table, duration_s=duration, producer=direct_producer)
     baseline = measure(env, naive_poller, duration_s=3.0 if env.quick else 10.0)
     targets = {"p50": 2.0, "p99": 5.0}
     for key in ("p50", "p95", "p99", "max"):
@@ -169,9 +239,10 @@ def run(env: Env, report: Report) -> None:
                 f"commit to delivery {key}, {relay['offered']:.0f} msg/s offered",
                 round(relay[key], 2),
                 "ms",
+                ceiling=round(ceiling[key], 2),
                 baseline=round(baseline[key], 1),
                 target=f"<= {target:g} ms" if target else "",
                 met=relay[key] <= target if target else None,
-                extra={"messages": relay["count"]},
+                extra={"messages": relay["count"], "ceiling_offered": round(ceiling["offered"])},
             )
         )

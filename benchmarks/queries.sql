@@ -53,6 +53,9 @@ CREATE TABLE {schema}.plain (
     created_at timestamptz NOT NULL DEFAULT now()
 )
 
+-- name: plain_row
+INSERT INTO {schema}.plain (payload) VALUES (%(payload)s)
+
 -- name: minimal_outbox_table
 -- A reference, not a design: the smallest row an outbox relay could work from (an id
 -- to order by, a message id, where to send it, the payload).
