@@ -140,6 +140,17 @@ class Queries:
         self._composed = {
             name: compose(text, schema=schema) for name, text in queries(group).items()
         }
+        self._encoded: dict[tuple[str, str], bytes] = {}
 
     def __getitem__(self, name: str) -> sql.Composed:
         return self._composed[name]
+
+    def encoded(self, name: str, encoding: str) -> bytes:
+        """The query as bytes in a connection's ``encoding``, for statements run many
+        times a second: psycopg renders a composed query again on every execute, but
+        caches the parsing of bytes (68 against 39 us for the relay's claim)."""
+        key = (name, encoding)
+        query = self._encoded.get(key)
+        if query is None:
+            query = self._encoded[key] = self._composed[name].as_string(None).encode(encoding)
+        return query

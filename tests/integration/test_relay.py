@@ -626,6 +626,33 @@ def test_without_the_gate_a_later_id_that_commits_first_goes_first(
         assert bodies(broker.drain(queue, expect=1)) == [{"seq": 1}]
 
 
+def test_the_order_gate_does_not_wait_for_the_relays_own_claim(
+    database_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """A claim made while another claim of the same relay is open (two batches out)
+    must not wait for that claim's transaction: the gate leaves out the relay's own
+    work sessions, named to the server as an array of their pids."""
+    exchange = broker.exchange()
+    with psycopg.connect(database_url) as conn:
+        publish_key_a(conn, schema, exchange, seq=1)
+    store = PostgresStore(
+        url=database_url, schema=schema, relay_id="gated", lease_ttl_s=8.0, order_gate=True
+    )
+    store.connect()
+    try:
+        store.heartbeat()
+        out = store.claim(10, BATCH_BYTES)  # locks seq 1: its transaction now has an id
+        with psycopg.connect(database_url) as conn:
+            publish_key_a(conn, schema, exchange, seq=2)
+        following = store.claim(10, BATCH_BYTES)
+        claimed = [row.payload for row in following.rows]
+        following.release()
+        out.release()
+    finally:
+        store.close()
+    assert [json.loads(p) for p in claimed] == [{"seq": 2}]
+
+
 def test_the_order_gate_gives_up_after_its_maximum_wait(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
