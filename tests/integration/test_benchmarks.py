@@ -50,3 +50,5 @@ def test_quick_mode_produces_every_figure(scenario: str, database_url: str, amqp
     for expected in EXPECTED[scenario]:
         assert any(expected in name for name in names), (expected, names)
     assert all(figure.value == figure.value for figure in report.figures)  # no NaN
+    if scenario == "latency":  # beside the dual write and the naive poller of the same run
+        assert all(f.ceiling is not None and f.baseline is not None for f in report.figures)
