@@ -6,12 +6,11 @@ arrives. Both use CLOCK_MONOTONIC, which Linux shares between processes. The nai
 poller is the baseline, measured the same way in the same run.
 
 The ceiling is the dual write the outbox replaces, measured the same way in the same run:
-each producer commits the same transaction with a plain row instead of the outbox row,
-then publishes the message itself on a channel of its own, without waiting for a confirm
-(waiting for each one, four producers fell short of the offered rate on a slow machine). It
-is what commit to delivery costs the machine without a relay in between (the same
-producers, database, broker and consumer on the same cores), so it shows how much of the
-relay's figure the machine itself takes.
+each producer commits a transaction holding a plain row instead of the outbox row, then
+publishes the message itself on a channel of its own, without waiting for a confirm
+(waiting for each one, four producers fell short of the offered rate on a slow machine).
+It is what commit to delivery costs on the same producers, database, broker and consumer
+without the relay or its load: a lower bound, not a target.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import multiprocessing.synchronize
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -52,11 +52,12 @@ SEQ_DIGITS = 12
 PRODUCERS = 4
 DEADLINE_S = 180
 
-Starter = Callable[[Env, str], AbstractContextManager[Any]]
-# Writes message ``seq`` in a transaction of its own and commits it.
-Write = Callable[[psycopg.Connection[Any], int, bytes], None]
+# What runs beside the producers: the relay, the naive poller, or the ceiling's table.
+Setting = Callable[[Env, str], AbstractContextManager[Any]]
+# Writes a message in a transaction of its own and commits it.
+Write = Callable[[psycopg.Connection[Any], bytes], None]
 # Runs right after the commit, off the clock: the ceiling's producers publish there.
-AfterCommit = Callable[[int, bytes], None]
+AfterCommit = Callable[[bytes], None]
 # One per producer thread: how it writes, and what it does after each commit.
 Producer = Callable[[Env, str, Route], AbstractContextManager[tuple[Write, AfterCommit]]]
 
@@ -98,7 +99,7 @@ def consume(
 
 
 def measure(
-    env: Env, start_relay: Starter, *, duration_s: float, producer: Producer | None = None
+    env: Env, beside: Setting, *, duration_s: float, producer: Producer | None = None
 ) -> dict[str, float]:
     count = int(RATE_PER_S * duration_s)
     context = multiprocessing.get_context("spawn")
@@ -108,11 +109,16 @@ def measure(
             target=consume, args=(env.amqp_url, route.queue, count, ready, results), daemon=True
         )
         consumer.start()
-        ready.wait(20)
-        with start_relay(env, schema):
-            committed, offered = produce(env, schema, route, count, producer or outbox_producer)
-            arrivals: dict[int, float] = results.get(timeout=120)
-        consumer.join(10)
+        try:
+            ready.wait(20)
+            with beside(env, schema):
+                committed, offered = produce(env, schema, route, count, producer or outbox_producer)
+                arrivals: dict[int, float] = results.get(timeout=120)
+            consumer.join(10)
+        finally:
+            if consumer.is_alive():  # it would go on reconnecting to a deleted queue
+                consumer.terminate()
+                consumer.join(5)
     latencies_ms = [(arrivals[i] - committed[i]) * 1000 for i in committed if i in arrivals]
     if len(latencies_ms) < 0.99 * count:  # a cut connection loses what auto_ack had taken
         raise AssertionError(f"only {len(latencies_ms)} of {count} messages arrived")
@@ -131,36 +137,54 @@ def produce(
 ) -> tuple[dict[int, float], float]:
     """One message per transaction at RATE_PER_S in total, from PRODUCERS threads (one
     connection cannot commit that fast on every machine); returns commit times and the
-    rate reached."""
+    rate reached. The schedule starts once every thread has connected; an error in one
+    ends them all and is raised."""
     committed: dict[int, float] = {}
     body = payload()
-    started = time.monotonic() + 0.2
+    started = [0.0]
+
+    def begin() -> None:
+        started[0] = time.monotonic()
+
+    ready = threading.Barrier(PRODUCERS, action=begin)
+    failed = threading.Event()
 
     def run(first: int) -> None:
-        with psycopg.connect(env.database_url) as conn, producer(env, schema, route) as steps:
-            write, after_commit = steps
-            for i in range(first, count, PRODUCERS):
-                delay = started + i / RATE_PER_S - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                message = f"{i:0{SEQ_DIGITS}d}".encode() + body[SEQ_DIGITS:]
-                write(conn, i, message)
-                committed[i] = time.monotonic()
-                after_commit(i, message)
+        try:
+            with (
+                psycopg.connect(env.database_url) as conn,
+                producer(env, schema, route) as (write, after_commit),
+            ):
+                ready.wait()
+                for i in range(first, count, PRODUCERS):
+                    if failed.is_set():
+                        return
+                    delay = started[0] + i / RATE_PER_S - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    message = f"{i:0{SEQ_DIGITS}d}".encode() + body[SEQ_DIGITS:]
+                    write(conn, message)
+                    committed[i] = time.monotonic()
+                    after_commit(message)
+        except BaseException:
+            failed.set()  # the others stop at their next message,
+            ready.abort()  # or stop waiting for this one
+            raise
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(PRODUCERS)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return committed, count / (max(committed.values()) - started)
+    with ThreadPoolExecutor(PRODUCERS) as pool:
+        futures = [pool.submit(run, n) for n in range(PRODUCERS)]
+    errors = [e for e in (f.exception() for f in futures) if e is not None]
+    if errors:  # the first cause, not a thread that merely saw the barrier broken
+        errors.sort(key=lambda e: isinstance(e, threading.BrokenBarrierError))
+        raise errors[0]
+    return committed, count / (max(committed.values()) - started[0])
 
 
 @contextlib.contextmanager
 def outbox_producer(_env: Env, schema: str, route: Route) -> Iterator[tuple[Write, AfterCommit]]:
     """``publish`` in the transaction; the relay does the rest."""
 
-    def write(conn: psycopg.Connection[Any], _seq: int, message: bytes) -> None:
+    def write(conn: psycopg.Connection[Any], message: bytes) -> None:
         outbox_relay.publish(
             conn,
             exchange=route.exchange,
@@ -179,27 +203,27 @@ def direct_producer(env: Env, schema: str, route: Route) -> Iterator[tuple[Write
     """The dual write: a plain row in the transaction, then the message published by the
     producer itself after the commit, no confirm awaited."""
     insert = query("plain_row", schema)
-    connection = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
-    channel = connection.channel()
     properties = pika.BasicProperties(
         content_type="application/octet-stream", delivery_mode=pika.DeliveryMode.Persistent
     )
-
-    def write(conn: psycopg.Connection[Any], _seq: int, message: bytes) -> None:
-        conn.execute(insert, {"payload": message})
-        conn.commit()
-
-    def publish(_seq: int, message: bytes) -> None:
-        channel.basic_publish(route.exchange, ROUTING_KEY, message, properties)
-
+    connection = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
     try:
+        channel = connection.channel()
+
+        def write(conn: psycopg.Connection[Any], message: bytes) -> None:
+            conn.execute(insert, {"payload": message})
+            conn.commit()
+
+        def publish(message: bytes) -> None:
+            channel.basic_publish(route.exchange, ROUTING_KEY, message, properties)
+
         yield write, publish
     finally:
         with contextlib.suppress(pika.exceptions.AMQPError):
             connection.close()
 
 
-def _nothing(_seq: int, _message: bytes) -> None:
+def _nothing(_message: bytes) -> None:
     pass
 
 
