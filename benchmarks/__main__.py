@@ -11,7 +11,7 @@ import time
 import traceback
 
 from benchmarks import results
-from benchmarks.common import Env, Figure, Report
+from benchmarks.common import Env, Figure, Report, services
 from outbox_relay.logs import configure_logging
 
 # Order of `all`.
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     env = Env.from_environment(quick=args.quick)
     report = Report()
     started = time.time()
+    servers = services(env)
+    print(f"services: {servers}")
     failed = []
     for name in names:
         module = importlib.import_module(f"benchmarks.{name}")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.table())
     if not (args.quick or args.no_write):
-        path = results.write(report, names, started=started)
+        path = results.write(report, names, started=started, services=servers)
         print(f"\nwritten to {path}")
     return 1 if failed else 0
 

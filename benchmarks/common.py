@@ -182,6 +182,24 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {mem_gb:.1f} GiB RAM, Python {sys.version.split()[0]}"
 
 
+def services(env: Env) -> str:
+    """The servers' versions and the PostgreSQL settings the figures depend on: without
+    autovacuum the outbox keeps every dead row for the whole run."""
+    with psycopg.connect(env.database_url, autocommit=True) as conn:
+        row = conn.execute(query("server_settings", "public")).fetchone()
+    assert row is not None
+    connection = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
+    try:
+        properties = connection._impl.server_properties or {}
+    finally:
+        connection.close()
+    broker = properties.get("version", b"?")
+    broker = broker.decode() if isinstance(broker, bytes) else str(broker)
+    return (
+        f"PostgreSQL {row[0]} (autovacuum {row[1]}, synchronous_commit {row[2]}), RabbitMQ {broker}"
+    )
+
+
 # -- SQL of the benchmarks ----------------------------------------------------------------
 
 

@@ -74,3 +74,7 @@ CREATE UNIQUE INDEX bench_message_id_idx ON {schema}.outbox (message_id)
 
 -- name: drop_message_id_index
 DROP INDEX {schema}.bench_message_id_idx
+
+-- name: server_settings
+SELECT current_setting('server_version'), current_setting('autovacuum'),
+       current_setting('synchronous_commit')

@@ -18,14 +18,15 @@ read the ratios, not the absolute rates.
 """
 
 
-def write(report: Report, scenarios: list[str], *, started: float) -> Path:
+def write(report: Report, scenarios: list[str], *, started: float, services: str) -> Path:
     path = HERE / "RESULTS.md"
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     when = dt.datetime.fromtimestamp(started, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (
-        f"{HEADER}\n- machine: {machine()}\n- date: {when}\n- commit: {commit or 'unknown'}\n"
+        f"{HEADER}\n- machine: {machine()}\n- services: {services}\n- date: {when}\n"
+        f"- commit: {commit or 'unknown'}\n"
         f"- scenarios: {', '.join(scenarios)}\n\n{report.table()}\n"
     )
     old = path.read_text(encoding="utf-8") if path.exists() else ""

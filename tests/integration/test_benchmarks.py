@@ -6,11 +6,12 @@ Speed is never asserted here; benchmarks are scripts (`python -m benchmarks`).
 from __future__ import annotations
 
 import importlib
+import re
 
 import pytest
 
 from benchmarks.__main__ import available
-from benchmarks.common import Env, Report
+from benchmarks.common import Env, Report, services
 
 pytestmark = pytest.mark.integration
 
@@ -52,3 +53,14 @@ def test_quick_mode_produces_every_figure(scenario: str, database_url: str, amqp
     assert all(figure.value == figure.value for figure in report.figures)  # no NaN
     if scenario == "latency":  # beside the dual write and the naive poller of the same run
         assert all(f.ceiling is not None and f.baseline is not None for f in report.figures)
+
+
+def test_the_results_name_the_servers_and_the_settings_the_figures_depend_on(
+    database_url: str, amqp_url: str
+) -> None:
+    text = services(Env(database_url=database_url, amqp_url=amqp_url, quick=True))
+    assert re.fullmatch(
+        r"PostgreSQL \d+\.\d+.* \(autovacuum (on|off), synchronous_commit \w+\), "
+        r"RabbitMQ \d+\.\d+\.\d+.*",
+        text,
+    ), text
