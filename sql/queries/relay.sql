@@ -102,12 +102,14 @@ SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS allowed
 -- PostgreSQL compile the claim with JIT: 300 ms a claim instead of 0.5 ms.
 -- work_mem: the claimed rows pass through a CTE and that sort with their payloads; at
 -- the default 4 MB, 4000 rows of 1.5 kB spilled 6 MB to temporary files per claim.
--- enable_seqscan off: statements run often are prepared, and PostgreSQL keeps a prepared
--- statement's generic plan until the table is vacuumed or analyzed. Planned while the
--- outbox was nearly empty, the settle's DELETE scanned the whole table, where every row
--- deleted since stays as a dead row until vacuum: after 3000 batches of 4 rows it read
--- 992 pages instead of 10, and the work session's CPU per batch had grown from about 1
--- to 2.1-3.3 ms (no autovacuum; with this setting it stayed at 0.6-1.3 ms).
+-- enable_seqscan off: psycopg prepares a statement at its sixth execution, and PostgreSQL
+-- may then keep one generic plan for it until the table is vacuumed or analyzed. Made
+-- while the outbox held a few rows, the settle DELETE's plan was a sequential scan, and
+-- every row deleted since stays in the table until vacuum: after 3000 batches of 4 rows
+-- it read 992 pages instead of 10, and the work session's CPU per batch had grown from
+-- about 1 to 2.1-3.3 ms (no autovacuum; with this setting it stayed at 0.6-1.3 ms).
+-- Statements that no index serves (the leases' lookups by owner) still scan: the setting
+-- makes a scan dearer, it does not forbid one.
 SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, false),
        set_config('enable_sort', 'off', false),
        set_config('enable_seqscan', 'off', false),
