@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import pika.exceptions
 import psutil
 import psycopg
 from psycopg import sql
@@ -30,6 +31,7 @@ from psycopg import sql
 import outbox_relay
 from outbox_relay.store.schema import migrate
 from outbox_relay.store.sqlfiles import compose
+from outbox_relay.topology.broker import server_version
 
 DATABASE_ENV = "OUTBOX_RELAY_BENCH_DATABASE_URL"
 AMQP_ENV = "OUTBOX_RELAY_BENCH_AMQP_URL"
@@ -183,21 +185,26 @@ def machine() -> str:
 
 
 def services(env: Env) -> str:
-    """The servers' versions and the PostgreSQL settings the figures depend on: without
-    autovacuum the outbox keeps every dead row for the whole run."""
-    with psycopg.connect(env.database_url, autocommit=True) as conn:
-        row = conn.execute(query("server_settings", "public")).fetchone()
-    assert row is not None
-    connection = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
+    """The servers' versions and the PostgreSQL settings the figures depend on (without
+    autovacuum the outbox keeps every deleted row for the whole run); what could not be
+    read says why, and the scenarios then report their own failures."""
     try:
-        properties = connection._impl.server_properties or {}
-    finally:
-        connection.close()
-    broker = properties.get("version", b"?")
-    broker = broker.decode() if isinstance(broker, bytes) else str(broker)
-    return (
-        f"PostgreSQL {row[0]} (autovacuum {row[1]}, synchronous_commit {row[2]}), RabbitMQ {broker}"
-    )
+        with psycopg.connect(env.database_url, autocommit=True) as conn:
+            row = conn.execute(query("server_settings", "public")).fetchone()
+        assert row is not None
+        database = f"PostgreSQL {row[0]} (autovacuum {row[1]}, synchronous_commit {row[2]})"
+    except psycopg.Error as exc:
+        database = f"PostgreSQL not read: {' '.join(str(exc).split())} (the URL: {DATABASE_ENV})"
+    try:
+        connection = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
+        try:
+            broker = "RabbitMQ " + ".".join(map(str, server_version(connection)))
+        finally:
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                connection.close()
+    except pika.exceptions.AMQPError as exc:
+        broker = f"RabbitMQ not read: {exc!r} (the URL: {AMQP_ENV})"
+    return f"{database}, {broker}"
 
 
 # -- SQL of the benchmarks ----------------------------------------------------------------
