@@ -1,7 +1,7 @@
-"""The README's configuration references are checked against the CLI, so they cannot drift.
+"""The guides' configuration references are checked against the CLI, so they cannot drift.
 
-Each command's table lives under its own heading: `run` under "Run the relay", `consume`
-under "Consume with handlers".
+Each command's table lives under its own heading in its guide: `run` under "Options" in
+docs/relay.md, `consume` under "Command-line options" in docs/consumer.md.
 """
 
 from __future__ import annotations
@@ -15,17 +15,21 @@ import pytest
 
 from outbox_relay.cli import main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-DOCS = README.parent / "docs"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
 ROW = re.compile(r"^\| `(--[a-z-]+)`(?: / `--no-[a-z-]+`)? \| `([A-Z_]+)` \| (?:`([^`]*)`|none) \|")
-SECTIONS = {"run": "## Run the relay", "consume": "## Consume with handlers"}
+SECTIONS = {
+    "run": (DOCS / "relay.md", "## Options"),
+    "consume": (DOCS / "consumer.md", "## Command-line options"),
+}
 APP_DEFAULT = "(the app's)"  # a consume option left out takes the ConsumerApp's value
 
 
 def documented_rows(command_name: str) -> dict[str, tuple[str, str | None]]:
     """flag -> (variable, default); an option without a default says `none`."""
-    text = README.read_text(encoding="utf-8")
-    start = text.index(SECTIONS[command_name])
+    guide, heading = SECTIONS[command_name]
+    text = guide.read_text(encoding="utf-8")
+    start = text.index(f"\n{heading}\n")
     end = text.find("\n## ", start + 1)
     rows = {}
     for line in text[start : end if end != -1 else None].splitlines():
@@ -53,7 +57,7 @@ def test_every_option_is_documented_with_its_variable_and_default(
 ) -> None:
     rows = documented_rows(command_name)
     flag = option.opts[0]
-    assert flag in rows, f"{flag} is missing from the README's `{command_name}` table"
+    assert flag in rows, f"{flag} is missing from the `{command_name}` table in {SECTIONS[command_name][0].name}"
     envvar, default = rows[flag]
     assert envvar == option.envvar
     if option.default is None and (option.name or "").endswith("_file"):
