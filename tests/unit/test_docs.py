@@ -103,6 +103,7 @@ def test_the_command_reference_is_current() -> None:
 
 README = ROOT / "README.md"
 GUIDES = [README, *sorted(DOCS.glob("*.md"))]
+LINKED = [*GUIDES, *sorted((ROOT / "benchmarks").glob("*.md"))]
 FENCE = re.compile(r"^\s*```(\S*)")
 SHELL_BLOCKS = {"sh", "bash", "shell", "console"}
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -269,7 +270,7 @@ def broken_links(path: Path) -> list[str]:
     return broken
 
 
-@pytest.mark.parametrize("path", GUIDES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_leads_to_a_file_and_heading(path: Path) -> None:
     assert broken_links(path) == []
 
