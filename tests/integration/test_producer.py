@@ -1,4 +1,5 @@
-"""publish() on real PostgreSQL: in the caller's transaction, with every supported connection."""
+"""publish() on real PostgreSQL with psycopg's connections and cursors, in the caller's
+transaction (SQLAlchemy and Django: test_producer_sqlalchemy.py, test_producer_django.py)."""
 
 from __future__ import annotations
 
@@ -154,62 +155,6 @@ def test_async_connection(database_url: str, schema: str) -> None:
                     conn, exchange="orders", routing_key="a", payload={}, schema=schema
                 )
             await conn.commit()
-
-    asyncio.run(main())
-    assert count(database_url, schema) == 2
-
-
-def sqlalchemy_url(database_url: str, *, driver: str = "psycopg") -> str:
-    return database_url.replace("postgresql://", f"postgresql+{driver}://", 1)
-
-
-def test_sqlalchemy_session_joins_the_orm_transaction(database_url: str, schema: str) -> None:
-    sqlalchemy = pytest.importorskip("sqlalchemy")
-    from sqlalchemy.orm import Session
-
-    engine = sqlalchemy.create_engine(sqlalchemy_url(database_url))
-    try:
-        with Session(engine) as session:
-            session.execute(sqlalchemy.text("SELECT 1"))
-            outbox_relay.publish(
-                session, exchange="orders", routing_key="a", payload={"orm": True}, schema=schema
-            )
-            session.rollback()
-        assert count(database_url, schema) == 0
-        with Session(engine) as session, session.begin():
-            outbox_relay.publish(
-                session, exchange="orders", routing_key="a", payload={"orm": True}, schema=schema
-            )
-        with engine.begin() as connection:
-            outbox_relay.publish(
-                connection,
-                exchange="orders",
-                routing_key="b",
-                payload={"core": True},
-                schema=schema,
-            )
-    finally:
-        engine.dispose()
-    assert count(database_url, schema) == 2
-
-
-def test_sqlalchemy_async_session(database_url: str, schema: str) -> None:
-    pytest.importorskip("sqlalchemy")
-    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
-    async def main() -> None:
-        engine = create_async_engine(sqlalchemy_url(database_url))
-        try:
-            async with AsyncSession(engine) as session, session.begin():
-                await outbox_relay.publish_async(
-                    session, exchange="orders", routing_key="a", payload={}, schema=schema
-                )
-            async with engine.begin() as connection:
-                await outbox_relay.publish_async(
-                    connection, exchange="orders", routing_key="b", payload={}, schema=schema
-                )
-        finally:
-            await engine.dispose()
 
     asyncio.run(main())
     assert count(database_url, schema) == 2
