@@ -3,34 +3,103 @@
 too), inside ``transaction.atomic()``. The message commits and rolls back with the domain
 write; outside an atomic block (Django's autocommit) publish() refuses and says so.
 
+The outbox also gets into a Django project the way its tables do: a migration that runs
+the SQL `outbox-relay sql` prints (the ``shop`` app below, written as the producing guide
+shows it).
+
 Django's settings are process-wide: they are configured once, for the whole session, with
-a PostgreSQL alias ``default``, a second one ``other`` and an SQLite ``lite``.
+a PostgreSQL alias ``default``, a second one ``other``, one for the ``shop`` app whose
+search_path each test sets to its own schema, and an SQLite ``lite``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import outbox_relay
 from outbox_relay import InvalidMessageError, Message
+from tests.conftest import unique_name
 from tests.support.producing import committed, create_orders
 
 django = pytest.importorskip("django")
 
 from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
 from django.db import connection, connections, transaction  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
+# A Django app with a model and its migrations, then the outbox's migration as the
+# producing guide shows it, next to the SQL `outbox-relay sql` printed.
+SHOP_FILES = {
+    "__init__.py": "",
+    "models.py": """\
+from django.db import models
+
+
+class Order(models.Model):
+    total = models.IntegerField()
+""",
+    "migrations/__init__.py": "",
+    "migrations/0001_initial.py": """\
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    operations = [
+        migrations.CreateModel(
+            "Order",
+            fields=[
+                ("id", models.BigAutoField(primary_key=True)),
+                ("total", models.IntegerField()),
+            ],
+        ),
+    ]
+""",
+    "migrations/0002_outbox.py": """\
+from pathlib import Path
+
+from django.db import migrations
+
+
+class Migration(migrations.Migration):
+    dependencies = [("shop", "0001_initial")]
+    operations = [
+        migrations.RunSQL(Path(__file__).with_name("0002_outbox.sql").read_text()),
+    ]
+""",
+}
+
+
 @pytest.fixture(scope="session")
-def django_databases(database_url: str) -> None:
+def shop_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The ``shop`` app's folder, importable for the session."""
+    root = tmp_path_factory.mktemp("django_project")
+    for name, text in SHOP_FILES.items():
+        path = root / "shop" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    sys.path.insert(0, str(root))
+    yield root / "shop"
+    sys.path.remove(str(root))
+
+
+@pytest.fixture(scope="session")
+def django_databases(database_url: str, shop_app: Path) -> None:
     if settings.configured:
         return
     params = conninfo_to_dict(database_url)
@@ -46,8 +115,11 @@ def django_databases(database_url: str) -> None:
         DATABASES={
             "default": postgres,
             "other": dict(postgres),
+            "shop": {**postgres, "OPTIONS": {}},
             "lite": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
         },
+        INSTALLED_APPS=["shop"],
+        DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
         USE_TZ=True,
     )
     django.setup()
@@ -183,3 +255,63 @@ def test_publish_async_names_publish_for_django(django_db: None, schema: str) ->
                 connection, exchange="o", routing_key="a", payload=1, schema=schema
             )
         )
+
+
+@pytest.fixture
+def shop_schema(django_db: None, database_url: str, shop_app: Path) -> Iterator[str]:
+    """An empty schema of this test's own that the ``shop`` alias works in, with the SQL
+    `outbox-relay sql --schema` prints for it next to the outbox's migration."""
+    name = unique_name("t")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    printed = subprocess.run(
+        [Path(sys.executable).with_name("outbox-relay"), "sql", "--schema", name],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    (shop_app / "migrations" / "0002_outbox.sql").write_text(printed)
+    connections["shop"].settings_dict["OPTIONS"]["options"] = f"-c search_path={name}"
+    yield name
+    connections.close_all()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+def test_a_django_migration_creates_the_outbox_and_orders_publish_with_the_orm(
+    shop_schema: str, database_url: str
+) -> None:
+    from shop.models import Order
+
+    out = io.StringIO()
+    call_command("migrate", "shop", database="shop", stdout=out)
+    assert "Applying shop.0002_outbox... OK" in out.getvalue()
+
+    def order(total: int, *, rollback: bool) -> None:
+        with transaction.atomic(using="shop"):
+            created = Order.objects.using("shop").create(total=total)
+            outbox_relay.publish(
+                connections["shop"],
+                exchange="orders",
+                routing_key="order.created",
+                payload={"id": created.id, "total": total},
+                schema=shop_schema,
+            )
+            if rollback:
+                raise Rollback
+
+    with pytest.raises(Rollback):
+        order(1, rollback=True)
+    order(2, rollback=False)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        totals = conn.execute(
+            sql.SQL("SELECT total FROM {}").format(sql.Identifier(shop_schema, "shop_order"))
+        ).fetchall()
+        payloads = conn.execute(
+            sql.SQL("SELECT convert_from(payload, 'UTF8')::jsonb->'total' FROM {}").format(
+                sql.Identifier(shop_schema, "outbox")
+            )
+        ).fetchall()
+    assert totals == [(2,)]
+    assert payloads == [(2,)]
