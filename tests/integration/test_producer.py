@@ -12,6 +12,7 @@ from psycopg import sql
 
 import outbox_relay
 from outbox_relay import InvalidMessageError, Message
+from tests.support.producing import committed, create_orders
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +166,46 @@ def test_unsupported_connection_names_what_to_pass(schema: str) -> None:
         outbox_relay.publish(
             object(), exchange="orders", routing_key="a", payload={}, schema=schema
         )
+
+
+# What the producing guide shows for writers that cannot call publish() (another language,
+# a data fix in psql): the same row, and the relay's wake-up in the same transaction.
+PLAIN_SQL_WRITER = """
+INSERT INTO orders (id, total) VALUES (42, 990);
+INSERT INTO outbox (message_id, exchange, routing_key, payload, content_type,
+                    headers, partition_key)
+VALUES (gen_random_uuid(), 'orders', 'order.created',
+        convert_to('{"order_id":42}', 'UTF8'), 'application/json',
+        '{"tenant": "acme"}', '42');
+SELECT outbox_wake();  -- outbox_wake(true) when the row is delayed
+"""
+
+
+def test_a_plain_sql_writer_writes_the_row_publish_writes(database_url: str, schema: str) -> None:
+    create_orders(database_url, schema)
+    with psycopg.connect(database_url) as conn:
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(PLAIN_SQL_WRITER)
+        conn.rollback()
+        assert committed(database_url, schema) == ([], [])
+        conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
+        conn.execute(PLAIN_SQL_WRITER)
+        conn.commit()
+        outbox_relay.publish(
+            conn,
+            exchange="orders",
+            routing_key="order.created",
+            payload={"order_id": 42},
+            headers={"tenant": "acme"},
+            partition_key="42",
+            schema=schema,
+        )
+        conn.commit()
+        rows = conn.execute(
+            sql.SQL(
+                "SELECT exchange, routing_key, payload, content_type, headers, partition_key,"
+                " available_at - created_at, attempts, dead_at FROM {}.outbox ORDER BY id"
+            ).format(sql.Identifier(schema))
+        ).fetchall()
+    assert committed(database_url, schema) == ([42], [{"order_id": 42}, {"order_id": 42}])
+    assert rows[0] == rows[1]

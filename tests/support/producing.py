@@ -10,7 +10,7 @@ def create_orders(database_url: str, schema: str) -> str:
     """A domain table next to the outbox; returns its quoted name for the test's own SQL."""
     table = sql.Identifier(schema, "orders")
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY)").format(table))
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, total int)").format(table))
         return table.as_string(conn)
 
 
