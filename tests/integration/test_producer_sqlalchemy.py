@@ -25,7 +25,14 @@ from sqlalchemy.ext.asyncio import (  # noqa: E402
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import Session, scoped_session, sessionmaker  # noqa: E402
+from sqlalchemy.orm import (  # noqa: E402
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    scoped_session,
+    sessionmaker,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession as SQLModelAsyncSession  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -94,17 +101,84 @@ def test_the_message_commits_and_rolls_back_with_the_domain_write(
         holder.close()
 
 
-def test_a_session_in_a_begin_block_commits_at_its_end(
-    engine: Any, database_url: str, schema: str
-) -> None:
+class Base(DeclarativeBase):
+    pass
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    total: Mapped[int]
+
+
+class SQLModelOrder(sqlmodel.SQLModel, table=True):
+    __tablename__ = "orders"
+    id: int = sqlmodel.Field(primary_key=True)
+    total: int
+
+
+def test_the_guides_examples(database_url: str, schema: str) -> None:
+    """The producing guide's SQLAlchemy and SQLModel examples; the models' tables are
+    mapped to the test's schema, the examples publish there."""
     create_orders(database_url, schema)
-    with sqlmodel.Session(engine) as session, session.begin():
-        outbox_relay.publish(session, exchange="orders", routing_key="a", payload=1, schema=schema)
-    with engine.begin() as connection:
-        outbox_relay.publish(
-            connection, exchange="orders", routing_key="a", payload=2, schema=schema
+    in_schema = {"schema_translate_map": {None: schema}}
+    engine = sqlalchemy.create_engine(sqlalchemy_url(database_url), execution_options=in_schema)
+    try:
+        with Session(engine) as session, session.begin():
+            session.add(Order(id=1, total=990))
+            outbox_relay.publish(
+                session,
+                exchange="orders",
+                routing_key="order.created",
+                payload={"order_id": 1},
+                schema=schema,
+            )
+
+        with sqlmodel.Session(engine) as session:
+            session.add(SQLModelOrder(id=2, total=990))
+            outbox_relay.publish(
+                session,
+                exchange="orders",
+                routing_key="order.created",
+                payload={"order_id": 2},
+                schema=schema,
+            )
+            session.commit()
+
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.insert(Order).values(id=3, total=990))
+            outbox_relay.publish(
+                connection,
+                exchange="orders",
+                routing_key="order.created",
+                payload={"order_id": 3},
+                schema=schema,
+            )
+    finally:
+        engine.dispose()
+
+    async def main() -> None:
+        async_engine = create_async_engine(
+            sqlalchemy_url(database_url), execution_options=in_schema
         )
-    assert committed(database_url, schema) == ([], [1, 2])
+        try:
+            async with AsyncSession(async_engine) as session, session.begin():
+                session.add(Order(id=4, total=990))
+                await outbox_relay.publish_async(
+                    session,
+                    exchange="orders",
+                    routing_key="order.created",
+                    payload={"order_id": 4},
+                    schema=schema,
+                )
+        finally:
+            await async_engine.dispose()
+
+    asyncio.run(main())
+    assert committed(database_url, schema) == (
+        [1, 2, 3, 4],
+        [{"order_id": 1}, {"order_id": 2}, {"order_id": 3}, {"order_id": 4}],
+    )
 
 
 def test_an_autocommit_engine_is_refused_with_the_way_out(engine: Any, schema: str) -> None:
