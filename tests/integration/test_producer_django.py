@@ -304,14 +304,6 @@ def test_a_django_migration_creates_the_outbox_and_orders_publish_with_the_orm(
     with pytest.raises(Rollback):
         order(1, rollback=True)
     order(2, rollback=False)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        totals = conn.execute(
-            sql.SQL("SELECT total FROM {}").format(sql.Identifier(shop_schema, "shop_order"))
-        ).fetchall()
-        payloads = conn.execute(
-            sql.SQL("SELECT convert_from(payload, 'UTF8')::jsonb->'total' FROM {}").format(
-                sql.Identifier(shop_schema, "outbox")
-            )
-        ).fetchall()
-    assert totals == [(2,)]
-    assert payloads == [(2,)]
+    totals, payloads = committed(database_url, shop_schema, table="shop_order", column="total")
+    assert totals == [2]
+    assert [payload["total"] for payload in payloads] == [2]

@@ -14,12 +14,16 @@ def create_orders(database_url: str, schema: str) -> str:
         return table.as_string(conn)
 
 
-def committed(database_url: str, schema: str) -> tuple[list[int], list[object]]:
-    """The committed orders' ids and the committed messages' payloads, as another session
-    sees them."""
+def committed(
+    database_url: str, schema: str, *, table: str = "orders", column: str = "id"
+) -> tuple[list[int], list[object]]:
+    """The committed orders' ids (or another column of theirs) and the committed messages'
+    payloads, as another session sees them."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         orders = conn.execute(
-            sql.SQL("SELECT id FROM {} ORDER BY id").format(sql.Identifier(schema, "orders"))
+            sql.SQL("SELECT {} FROM {} ORDER BY id").format(
+                sql.Identifier(column), sql.Identifier(schema, table)
+            )
         ).fetchall()
         payloads = conn.execute(
             sql.SQL("SELECT convert_from(payload, 'UTF8')::jsonb FROM {} ORDER BY id").format(
