@@ -126,7 +126,7 @@ def decode(delivery: Delivery, *, require_message_id: bool = False) -> Message:
     if is_json(delivery.content_type):
         try:
             body = json.loads(delivery.body)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise UndecodableMessageError(
                 f"the body is not valid JSON although its content type is "
                 f"{delivery.content_type!r}: {exc}"

@@ -20,6 +20,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from outbox_relay.consumer import ConsumerApp, Message, Reject
+from outbox_relay.consumer.dead_letter import DeadLetterFilter
+from outbox_relay.consumer.parking import ParkingLot
 from tests.support import raw_amqp as amqp
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import effects, make_effects_table, record_effect, running_consumer
@@ -218,3 +220,35 @@ def test_no_header_or_property_stalls_the_consumer_or_takes_its_connection_down(
     assert "consumer.broker_unavailable" not in events
     parked_logged = [e for e in logs if e.get("outcome") == "parked"]
     assert len(parked_logged) == len(parked_names)
+
+
+def test_the_parking_lot_lists_and_replays_a_message_whose_headers_pika_cannot_decode(
+    amqp_url: str, broker: BrokerHelper
+) -> None:
+    """The broker dead-letters a message by itself (e.g. a quorum queue's delivery limit),
+    undecodable headers and all: reading the lot must not drop the connection."""
+    queue = broker.queue("orders")
+    lot = broker.queue("orders.parking")
+    bad = amqp.RawMessage(message_id=b"bad-1", headers=one(amqp.timestamp(2**62)))
+    amqp.publish_raw(broker.channel, "", lot, b'{"n": 1}', bad)
+    good = amqp.RawMessage(message_id=b"good-1", headers=one(amqp.long_string(b"fine")))
+    amqp.publish_raw(broker.channel, "", lot, b'{"n": 2}', good)
+
+    with ParkingLot(amqp_url, lot) as parking:
+        letters = parking.browse(DeadLetterFilter(), limit=10)
+    assert wait_for(lambda: broker.depth(lot) == 2)  # browsing gave both back
+    with ParkingLot(amqp_url, lot) as parking:
+        moved = parking.replay(DeadLetterFilter(message_ids=frozenset({"bad-1"})))
+
+    assert [letter.message_id for letter in letters] == ["bad-1", "good-1"]
+    first = letters[0]
+    assert first.error_type == "UndecodableMessageError"
+    assert "Value too large" in first.error_message
+    assert first.raw_properties is not None
+    assert base64.b64decode(first.raw_properties) == bad.properties_payload()
+    assert letters[1].other_headers == {"h": "fine"}
+    assert moved == 1
+    replayed = broker.drain(queue, expect=1, timeout_s=10)
+    assert [r.properties.message_id for r in replayed] == ["bad-1"]
+    assert not replayed[0].properties.headers  # the headers that could not be read are gone
+    assert wait_for(lambda: broker.depth(lot) == 1)  # the good one, requeued
