@@ -28,6 +28,8 @@ from outbox_relay.consumer.failure import (
     truncate_tail,
     wire_value,
 )
+from outbox_relay.consumer.lenient_frames import FRAME_OVERHEAD
+from outbox_relay.consumer.runner import fitted
 
 ROUTE = RetryRoute(
     queue="billing",
@@ -247,3 +249,28 @@ class TestFitHeaders:
         assert encoded_size(fitted) <= limit
         for key in set(own) - set(fitted):
             assert key in fitted[DROPPED_HEADERS_HEADER]
+
+
+class TestFittedProperties:
+    """What the runner republishes always fits one content-header frame and encodes."""
+
+    original = pika.BasicProperties(  # type: ignore[no-untyped-call]
+        message_id="m-1", content_type="application/json", timestamp=1_700_000_000
+    )
+
+    def frame_size(self, properties: pika.BasicProperties) -> int:
+        return len(b"".join(properties.encode())) + FRAME_OVERHEAD  # type: ignore[no-untyped-call]
+
+    def test_headers_too_large_for_the_frame_are_cut_to_fit(self) -> None:
+        headers = {**ours(), "large": b"l" * 10_000, RAW_PROPERTIES_HEADER: "QUJD" * 3000}
+        fitted_ = fitted(self.original, headers, frame_max=8192)
+        assert self.frame_size(fitted_) <= 8192
+        assert fitted_.message_id == "m-1"
+        assert fitted_.headers[DROPPED_HEADERS_HEADER] == ["large"]
+
+    def test_a_value_no_one_made_encodable_drops_the_messages_own_headers(self) -> None:
+        headers = {**ours(), "float": 1.5, "fine": "x"}
+        fitted_ = fitted(self.original, headers, frame_max=131_072)
+        assert fitted_.headers[DROPPED_HEADERS_HEADER] == ["float", "fine"]
+        assert fitted_.headers[ERROR_TRACE_HEADER] == "t" * 4000
+        fitted_.encode()  # type: ignore[no-untyped-call]
