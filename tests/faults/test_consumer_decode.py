@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(1
 
 YEAR_9999_END = 253_402_300_799  # 9999-12-31T23:59:59Z, the last second Python can hold
 GOOD = 50
+PAST_TIME_T = r"Value too large|out of range"  # OSError 75 or OverflowError on Linux
 FRAME_FILLER = 125_000  # bytes of header that leave the frame (128 KiB) almost full
 FRAME_FULL = 130_800  # bytes of header that leave no room for the failure's headers
 
@@ -44,7 +46,7 @@ class Case:
     content_type: bytes = b"application/json"
     timestamp: int | None = None
     reject: bool = False  # the handler rejects it, so its odd headers are republished
-    reason: str = ""  # in the parked message's error, when pika could not decode it
+    reason: str = ""  # a pattern of the parked message's error, when pika could not decode it
 
     def raw(self) -> amqp.RawMessage:
         message_id = self.message_id if self.message_id is not None else self.name.encode()
@@ -111,19 +113,19 @@ CASES = [
     # What pika cannot decode: parked with the reason and the raw properties.
     Case("year-10000", "parked", headers=one(amqp.timestamp(YEAR_9999_END + 1)), reason="year"),
     Case("ts-2^40", "parked", headers=one(amqp.timestamp(2**40)), reason="year"),
-    Case("ts-2^62", "parked", headers=one(amqp.timestamp(2**62)), reason="Value too large"),
-    Case("ts-max", "parked", headers=one(amqp.timestamp(2**64 - 1)), reason="out of range"),
+    Case("ts-2^62", "parked", headers=one(amqp.timestamp(2**62)), reason=PAST_TIME_T),
+    Case("ts-max", "parked", headers=one(amqp.timestamp(2**64 - 1)), reason=PAST_TIME_T),
     Case(
         "ts-in-array",
         "parked",
         headers=one(amqp.array(amqp.void(), amqp.timestamp(2**62))),
-        reason="Value too large",
+        reason=PAST_TIME_T,
     ),
     Case(
         "ts-in-table",
         "parked",
         headers=one(amqp.table((b"t", amqp.timestamp(2**62)))),
-        reason="Value too large",
+        reason=PAST_TIME_T,
     ),
     Case("arrays-20000-deep", "parked", headers=one(amqp.nested_arrays(20_000)), reason="recurs"),
     Case("tables-15000-deep", "parked", headers=one(amqp.nested_tables(15_000)), reason="recurs"),
@@ -134,7 +136,7 @@ CASES = [
             (b"filler", amqp.byte_array(b"\x02" * FRAME_FILLER)),
             (b"h", amqp.timestamp(2**62)),
         ),
-        reason="Value too large",
+        reason=PAST_TIME_T,
     ),
     # Properties a handler cannot be given as they are.
     Case("message-id-not-utf8", "parked", message_id=b"\xffid", reason="message_id"),
@@ -195,7 +197,7 @@ def test_no_header_or_property_stalls_the_consumer_or_takes_its_connection_down(
             continue
         assert headers["outbox-attempt"] == 1
         assert headers["outbox-error-type"].endswith("UndecodableMessageError"), case.name
-        assert case.reason in headers["outbox-error-message"], (case.name, headers)
+        assert re.search(case.reason, headers["outbox-error-message"]), (case.name, headers)
         if case.headers is not None:  # the raw properties are kept, whole or cut
             raw = base64.b64decode(headers["outbox-raw-properties"])
             whole = case.raw().properties_payload()
@@ -243,7 +245,7 @@ def test_the_parking_lot_lists_and_replays_a_message_whose_headers_pika_cannot_d
     assert [letter.message_id for letter in letters] == ["bad-1", "good-1"]
     first = letters[0]
     assert first.error_type == "UndecodableMessageError"
-    assert "Value too large" in first.error_message
+    assert re.search(PAST_TIME_T, first.error_message)
     assert first.raw_properties is not None
     assert base64.b64decode(first.raw_properties) == bad.properties_payload()
     assert letters[1].other_headers == {"h": "fine"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 import struct
 from types import SimpleNamespace
 from typing import Any
@@ -49,10 +50,13 @@ def one(value: bytes) -> bytes:
     return amqp.table_body((b"h", value))
 
 
+# What datetime raises past time_t depends on the platform (Linux: OSError 75 or
+# OverflowError; elsewhere a ValueError naming the year).
+PAST_TIME_T = r"Value too large|out of range"
 UNDECODABLE = {
     "year 10000": (one(amqp.timestamp(253_402_300_800)), "year 10000 is out of range"),
-    "timestamp 2^62": (one(amqp.timestamp(2**62)), "Value too large"),
-    "timestamp max": (one(amqp.timestamp(2**64 - 1)), "out of range"),
+    "timestamp 2^62": (one(amqp.timestamp(2**62)), PAST_TIME_T),
+    "timestamp max": (one(amqp.timestamp(2**64 - 1)), PAST_TIME_T),
     "NaN double": (one(amqp.double(math.nan)), "NaN"),
     "infinite double": (one(amqp.double(math.inf)), "infinity"),
     "infinite float": (one(amqp.single(-math.inf)), "infinity"),
@@ -64,7 +68,7 @@ UNDECODABLE = {
         struct.pack(">I", 10) + amqp.short(b"h") + b"S" + struct.pack(">I", 4096) + b"abc",
         "unpack_from requires a buffer",
     ),
-    "bad value in array": (one(amqp.array(amqp.void(), amqp.timestamp(2**62))), "Value too"),
+    "bad value in array": (one(amqp.array(amqp.void(), amqp.timestamp(2**62))), PAST_TIME_T),
 }
 
 
@@ -132,7 +136,7 @@ class TestDecodeFrame:
         found = undecodable(decoded.properties)
         assert found is not None
         assert found.raw == properties
-        assert error in found.error
+        assert re.search(error, found.error), found.error
         assert found.salvaged
         assert decoded.properties.headers is None
         assert decoded.properties.message_id == "m-1"
