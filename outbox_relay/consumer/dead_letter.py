@@ -13,16 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from outbox_relay.consumer.failure import (
+    DROPPED_HEADERS_HEADER,
     ERROR_MESSAGE_HEADER,
     ERROR_TRACE_HEADER,
     ERROR_TYPE_HEADER,
     FAILED_QUEUE_HEADER,
+    RAW_PROPERTIES_HEADER,
+    RAW_PROPERTIES_SIZE_HEADER,
+    wire_value,
 )
 from outbox_relay.consumer.message import (
     ATTEMPT_HEADER,
     ORIGINAL_EXCHANGE_HEADER,
     ORIGINAL_ROUTING_KEY_HEADER,
     attempts_made,
+    utc_datetime,
 )
 from outbox_relay.topology import QueueSpec, RetryPolicy, parking_queue_name
 
@@ -33,6 +38,9 @@ FAILURE_HEADERS = (
     ERROR_MESSAGE_HEADER,
     ERROR_TRACE_HEADER,
     FAILED_QUEUE_HEADER,
+    RAW_PROPERTIES_HEADER,
+    RAW_PROPERTIES_SIZE_HEADER,
+    DROPPED_HEADERS_HEADER,
 )
 _OURS = (*FAILURE_HEADERS, ORIGINAL_ROUTING_KEY_HEADER, ORIGINAL_EXCHANGE_HEADER)
 # The suffix the topology gives a queue's parking lot, e.g. "billing.orders.parking".
@@ -58,6 +66,11 @@ class DeadLetter:
     content_type: str | None
     body: bytes = b""
     other_headers: Mapping[str, Any] = field(default_factory=dict)
+    # Properties pika could not decode (base64, maybe cut) and their full size; the names
+    # of the message's own headers dropped to fit a frame.
+    raw_properties: str | None = None
+    raw_properties_size: int | None = None
+    dropped_headers: tuple[str, ...] = ()
 
     def age_s(self, now: dt.datetime) -> float | None:
         """Seconds since the message was first published (None without a timestamp)."""
@@ -90,9 +103,17 @@ class DeadLetter:
                 else self.published_at.isoformat(),
                 "content_type": self.content_type,
                 "error_trace": self.error_trace,
-                "headers": {key: _jsonable(value) for key, value in self.other_headers.items()},
+                "headers": {
+                    _jsonable_key(key): _jsonable(value)
+                    for key, value in self.other_headers.items()
+                },
             }
         )
+        if self.raw_properties is not None:
+            data["raw_properties"] = self.raw_properties
+            data["raw_properties_size"] = self.raw_properties_size
+        if self.dropped_headers:
+            data["dropped_headers"] = list(self.dropped_headers)
         if payload:
             data["payload"] = self.body.decode("utf-8", errors="replace")
         return data
@@ -103,16 +124,21 @@ def dead_letter(
     body: bytes,
     routing_key: str,
     exchange: str,
-    message_id: str | None,
-    content_type: str | None,
+    message_id: object,
+    content_type: object,
     timestamp: int | None,
-    headers: Mapping[str, Any] | None,
+    headers: Mapping[Any, Any] | None,
 ) -> DeadLetter:
     """Decode a parked delivery. ``routing_key`` and ``exchange`` are the delivery's own
-    (the parking lot's name and the default exchange): the headers say where it began."""
+    (the parking lot's name and the default exchange): the headers say where it began.
+    Whatever pika decoded is taken: short strings that are not UTF-8 (bytes), timestamps
+    past year 9999 (no ``published_at``), header values of any AMQP type."""
     headers = headers or {}
+    raw = headers.get(RAW_PROPERTIES_HEADER)
+    raw_size = headers.get(RAW_PROPERTIES_SIZE_HEADER)
+    dropped = headers.get(DROPPED_HEADERS_HEADER)
     return DeadLetter(
-        message_id=message_id,
+        message_id=_text(message_id) if message_id is not None else None,
         routing_key=_text(headers.get(ORIGINAL_ROUTING_KEY_HEADER)) or routing_key,
         exchange=_text(headers.get(ORIGINAL_EXCHANGE_HEADER)) or exchange,
         failed_queue=_text(headers.get(FAILED_QUEUE_HEADER)) or None,
@@ -120,14 +146,13 @@ def dead_letter(
         error_message=_text(headers.get(ERROR_MESSAGE_HEADER)),
         error_trace=_text(headers.get(ERROR_TRACE_HEADER)),
         attempts=attempts_made(headers),
-        published_at=(
-            dt.datetime.fromtimestamp(timestamp, tz=dt.timezone.utc)
-            if timestamp is not None
-            else None
-        ),
-        content_type=content_type,
+        published_at=utc_datetime(timestamp) if timestamp is not None else None,
+        content_type=_text(content_type) if content_type is not None else None,
         body=body,
         other_headers={k: v for k, v in headers.items() if k not in _OURS},
+        raw_properties=_text(raw) if raw is not None else None,
+        raw_properties_size=raw_size if isinstance(raw_size, int) else None,
+        dropped_headers=tuple(_text(name) for name in dropped) if isinstance(dropped, list) else (),
     )
 
 
@@ -178,8 +203,13 @@ def replay_target(letter: DeadLetter, parking_lot: str) -> str:
 
 def replay_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """The headers of a replayed copy: the failure cleared, the attempt count reset, the
-    original routing key and exchange kept (handlers see them as ``message.routing_key``)."""
-    return {k: v for k, v in (headers or {}).items() if k not in FAILURE_HEADERS and k != "x-death"}
+    original routing key and exchange kept (handlers see them as ``message.routing_key``),
+    every value in a form AMQP can carry."""
+    return {
+        k: wire_value(v)
+        for k, v in (headers or {}).items()
+        if k not in FAILURE_HEADERS and k != "x-death"
+    }
 
 
 def _text(value: object) -> str:
@@ -188,11 +218,15 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+def _jsonable_key(key: object) -> str:
+    return key if isinstance(key, str) else repr(key)
+
+
 def _jsonable(value: object) -> Any:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {_jsonable_key(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, dt.datetime):

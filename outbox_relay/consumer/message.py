@@ -14,6 +14,9 @@ ATTEMPT_HEADER = "outbox-attempt"
 ORIGINAL_ROUTING_KEY_HEADER = "outbox-original-routing-key"
 ORIGINAL_EXCHANGE_HEADER = "outbox-original-exchange"
 JSON_TYPES = ("application/json",)
+# A larger count in a header is taken as this one, so that the attempt number (one more)
+# still fits a 32-bit integer, in a handler's table as in AMQP.
+MAX_ATTEMPT_COUNT = 2**31 - 2
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,50 @@ class Delivery:
     headers: Mapping[str, Any]
     timestamp: int | None
     queue: str
+    # Why the properties cannot be handed to a handler as they are (None: they can), and
+    # the raw property bytes when pika could not decode them.
+    problem: str | None = None
+    raw_properties: bytes | None = None
+
+    @classmethod
+    def received(
+        cls,
+        *,
+        body: bytes,
+        exchange: object,
+        routing_key: object,
+        redelivered: bool,
+        queue: str,
+        message_id: object,
+        content_type: object,
+        headers: object,
+        timestamp: object,
+        undecodable: str | None = None,
+        raw_properties: bytes | None = None,
+    ) -> Delivery:
+        """A delivery from the values pika decoded, whatever their types: a short string
+        that is not UTF-8 arrives as bytes, and becomes a ``problem`` (the message is
+        parked) when the consumer needs it as text. ``undecodable``: pika could not
+        decode the properties at all (see :mod:`outbox_relay.consumer.lenient_frames`)."""
+        problems = [undecodable] if undecodable else []
+        texts: dict[str, str | None] = {}
+        for name, value in (("message_id", message_id), ("content_type", content_type)):
+            texts[name], problem = _text_property(name, value)
+            if problem:
+                problems.append(problem)
+        return cls(
+            body=body,
+            exchange=_text(exchange, ""),
+            routing_key=_text(routing_key, ""),
+            redelivered=redelivered,
+            message_id=texts["message_id"],
+            content_type=texts["content_type"],
+            headers=headers if isinstance(headers, Mapping) else {},
+            timestamp=timestamp if isinstance(timestamp, int) else None,
+            queue=queue,
+            problem="; ".join(problems) or None,
+            raw_properties=raw_properties,
+        )
 
 
 @dataclass(frozen=True)
@@ -68,6 +115,8 @@ def decode(delivery: Delivery, *, require_message_id: bool = False) -> Message:
     ``require_message_id``: the inbox keys on it, so a handler with a transaction cannot
     take a message without one.
     """
+    if delivery.problem:
+        raise UndecodableMessageError(delivery.problem)
     if require_message_id and not delivery.message_id:
         raise UndecodableMessageError(
             "the message has no message_id, so the inbox cannot deduplicate it; publish "
@@ -77,7 +126,7 @@ def decode(delivery: Delivery, *, require_message_id: bool = False) -> Message:
     if is_json(delivery.content_type):
         try:
             body = json.loads(delivery.body)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise UndecodableMessageError(
                 f"the body is not valid JSON although its content type is "
                 f"{delivery.content_type!r}: {exc}"
@@ -94,12 +143,28 @@ def decode(delivery: Delivery, *, require_message_id: bool = False) -> Message:
         content_type=delivery.content_type,
         attempt=attempts_made(headers) + 1,
         redelivered=delivery.redelivered,
-        timestamp=(
-            dt.datetime.fromtimestamp(delivery.timestamp, tz=dt.timezone.utc)
-            if delivery.timestamp is not None
-            else None
-        ),
+        timestamp=_timestamp(delivery.timestamp),
     )
+
+
+def _timestamp(seconds: int | None) -> dt.datetime | None:
+    if seconds is None:
+        return None
+    moment = utc_datetime(seconds)
+    if moment is None:
+        raise UndecodableMessageError(
+            f"the timestamp property {seconds} is not a time Python can represent (past "
+            "year 9999); the publisher must send seconds since 1970-01-01 UTC"
+        )
+    return moment
+
+
+def utc_datetime(seconds: int) -> dt.datetime | None:
+    """``seconds`` since the epoch as a UTC datetime; None past what Python holds."""
+    try:
+        return dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+    except (OverflowError, OSError, ValueError):  # each platform picks its own
+        return None
 
 
 def original_routing_key(delivery: Delivery) -> str:
@@ -118,9 +183,22 @@ def attempts_made(headers: Mapping[str, Any]) -> int:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     try:
-        return max(0, int(value)) if value is not None else 0
-    except (TypeError, ValueError):
+        count = int(value) if value is not None else 0
+    except (TypeError, ValueError, OverflowError):
         return 0
+    return min(max(0, count), MAX_ATTEMPT_COUNT)
+
+
+def _text_property(name: str, value: object) -> tuple[str | None, str | None]:
+    """A short-string property as text, and the problem when it is not UTF-8."""
+    if value is None or isinstance(value, str):
+        return value, None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace"), (
+            f"the {name} property is not valid UTF-8 ({value[:64]!r}); the publisher must "
+            "send it as UTF-8 text"
+        )
+    return str(value), f"the {name} property is not text ({type(value).__name__})"
 
 
 def _text(value: object, default: str) -> str:

@@ -12,25 +12,40 @@ A replayed message is published to its queue through the default exchange on a
 confirm-mode channel with ``mandatory``; its parked copy is acked only once the broker
 confirmed the new one. A crash in between leaves both (at least once; a handler with a
 transaction recognises the second in its inbox), never neither.
+
+The lot is read through :mod:`~outbox_relay.consumer.lenient_frames`: a message whose
+headers pika cannot decode (the broker may dead-letter one here by itself, e.g. at a
+quorum queue's delivery limit) lists with the reason and its raw properties instead of
+dropping the connection; replayed, it goes back without the headers that could not be
+read.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
+from typing import Any
 
 import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.dead_letter import (
     DeadLetter,
     DeadLetterFilter,
     dead_letter,
     replay_headers,
     replay_target,
+)
+from outbox_relay.consumer.failure import (
+    ERROR_MESSAGE_HEADER,
+    ERROR_TYPE_HEADER,
+    RAW_PROPERTIES_HEADER,
+    RAW_PROPERTIES_SIZE_HEADER,
 )
 from outbox_relay.consumer.runner import republished
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
@@ -54,6 +69,7 @@ class ParkingLot:
     def __enter__(self) -> ParkingLot:
         try:
             self._conn = pika.BlockingConnection(pika.URLParameters(self._url))
+            lenient_frames.install(self._conn)
             self._channel = self._conn.channel()
             self._channel.confirm_delivery()
         except (pika.exceptions.AMQPError, OSError) as exc:
@@ -194,7 +210,7 @@ class ParkingLot:
                     message_id=properties.message_id,
                     content_type=properties.content_type,
                     timestamp=properties.timestamp,
-                    headers=properties.headers,
+                    headers=_readable_headers(properties),
                 )
                 yield int(method.delivery_tag), letter, properties
         except (pika.exceptions.AMQPError, OSError) as exc:
@@ -211,6 +227,19 @@ class ParkingLot:
         delay = moment - time.monotonic()
         if delay > 0:
             self._conn.sleep(delay)  # serves heartbeats meanwhile
+
+
+def _readable_headers(properties: pika.BasicProperties) -> dict[str, Any] | None:
+    """The headers, or what stands for them when pika could not decode them."""
+    found = lenient_frames.undecodable(properties)
+    if found is None:
+        return properties.headers  # type: ignore[no-any-return]
+    return {
+        ERROR_TYPE_HEADER: "UndecodableMessageError",
+        ERROR_MESSAGE_HEADER: found.reason(),
+        RAW_PROPERTIES_HEADER: base64.b64encode(found.raw).decode("ascii"),
+        RAW_PROPERTIES_SIZE_HEADER: len(found.raw),
+    }
 
 
 def _report(progress: Progress | None, done: int) -> None:

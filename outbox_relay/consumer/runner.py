@@ -10,6 +10,14 @@ then ack. Workers never touch pika: they queue their result and wake this thread
 events the thread runs ``process_data_events`` every few hundred milliseconds, so
 heartbeats flow however long a handler takes.
 
+Undecodable messages: the connection decodes content headers through
+:mod:`~outbox_relay.consumer.lenient_frames`, so properties pika cannot decode arrive as
+a delivery with a problem (and their raw bytes) instead of dropping the connection; the
+worker parks such a delivery with the reason, like any message it cannot decode. What is
+republished is made to fit: header values AMQP cannot carry again travel as text, and
+headers that would overflow the negotiated frame size are cut (see
+:func:`~outbox_relay.consumer.failure.fit_headers`).
+
 Connection loss: every delivery carries the generation of the connection it came on;
 results of an older generation are dropped (the broker has requeued those deliveries;
 work that committed is recognised by the inbox on redelivery). The runner reconnects
@@ -22,6 +30,7 @@ import contextlib
 import functools
 import queue
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -36,9 +45,15 @@ from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
 from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
-from outbox_relay.consumer.failure import destination, failure_headers
+from outbox_relay.consumer.failure import (
+    DROPPED_HEADERS_HEADER,
+    destination,
+    failure_headers,
+    fit_headers,
+)
 from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
 from outbox_relay.errors import BrokerUnavailableError, StoreError
@@ -103,6 +118,7 @@ class Runner:
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
         self._publisher: BlockingChannel | None = None
+        self._frame_max = pika.spec.FRAME_MAX_SIZE
         self._cancelled_by_broker = False
         self._outage = False
         self._signalled: int | None = None
@@ -236,6 +252,8 @@ class Runner:
             self._log.info("consumer.declared", created=[i.label() for i in report.created])
         try:
             conn = pika.BlockingConnection(self._params)
+            lenient_frames.install(conn)  # before any delivery can arrive
+            self._frame_max = lenient_frames.negotiated_frame_max(conn)
             self._generation += 1
             self._conn, self._cancelled_by_broker = conn, False
             channel = conn.channel()
@@ -316,16 +334,19 @@ class Runner:
         if self._stopping.is_set():
             channel.basic_nack(tag, requeue=True)
             return
-        delivery = Delivery(
+        undecodable = lenient_frames.undecodable(properties)
+        delivery = Delivery.received(
             body=body,
             exchange=method.exchange,
             routing_key=method.routing_key,
             redelivered=bool(method.redelivered),
+            queue=handler.queue,
             message_id=properties.message_id,
             content_type=properties.content_type,
-            headers=properties.headers or {},
+            headers=properties.headers,
             timestamp=properties.timestamp,
-            queue=handler.queue,
+            undecodable=undecodable.reason() if undecodable else None,
+            raw_properties=undecodable.raw if undecodable else None,
         )
         self._pool.submit(Job(delivery, handler, _Token(self._generation, tag, properties)))
 
@@ -418,13 +439,14 @@ class Runner:
             failed_queue=job.handler.queue,
             routing_key=original_routing_key(job.delivery),
             exchange=original_exchange(job.delivery),
+            raw_properties=job.delivery.raw_properties,
         )
         try:
             self._publisher.basic_publish(
                 "",
                 target.queue,
                 job.delivery.body,
-                properties=republished(token.properties, headers),
+                properties=fitted(token.properties, headers, frame_max=self._frame_max),
                 mandatory=True,
             )
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
@@ -462,6 +484,25 @@ class Runner:
                 self._log.warning("consumer.inbox_purge_failed", error=str(exc))
                 continue
             self._log.info("consumer.inbox_purged", deleted=deleted)
+
+
+def fitted(
+    original: BasicProperties, headers: dict[str, Any], *, frame_max: int
+) -> BasicProperties:
+    """:func:`republished`, its headers cut to fit one content-header frame of
+    ``frame_max`` bytes (a larger one makes the broker close the connection)."""
+
+    def size_of(candidate: dict[str, Any]) -> int:
+        return len(b"".join(republished(original, candidate).encode()))  # type: ignore[no-untyped-call]
+
+    limit = frame_max - lenient_frames.FRAME_OVERHEAD
+    try:
+        return republished(original, fit_headers(headers, size_of=size_of, limit=limit))
+    except (struct.error, pika.exceptions.AMQPError, TypeError, ValueError):
+        # A value failure_headers did not make encodable: keep only our own headers.
+        ours = {k: v for k, v in headers.items() if isinstance(k, str) and k.startswith("outbox-")}
+        ours[DROPPED_HEADERS_HEADER] = [str(k) for k in headers if k not in ours]
+        return republished(original, fit_headers(ours, size_of=size_of, limit=limit))
 
 
 def republished(original: BasicProperties, headers: dict[str, Any]) -> BasicProperties:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from outbox_relay.consumer.errors import UndecodableMessageError
-from outbox_relay.consumer.message import Delivery, decode, is_json
+from outbox_relay.consumer.message import (
+    MAX_ATTEMPT_COUNT,
+    Delivery,
+    attempts_made,
+    decode,
+    is_json,
+)
 
 
 def delivery(body: bytes, content_type: str | None = "application/json", **kw: Any) -> Delivery:
@@ -77,3 +84,74 @@ def test_is_json() -> None:
     assert is_json("application/problem+json")
     assert not is_json("text/plain")
     assert not is_json(None)
+
+
+def received(**kw: Any) -> Delivery:
+    fields: dict[str, Any] = {
+        "body": b"{}",
+        "exchange": "orders",
+        "routing_key": "order.paid",
+        "redelivered": False,
+        "queue": "billing",
+        "message_id": "m-1",
+        "content_type": "application/json",
+        "headers": {"a": 1},
+        "timestamp": 1_700_000_000,
+    }
+    fields.update(kw)
+    return Delivery.received(**fields)
+
+
+class TestWhatPikaDecoded:
+    """Short strings that are not UTF-8 arrive from pika as bytes, timestamps as any
+    64-bit count: none of it may stop a worker; what a handler cannot take is parked."""
+
+    def test_text_properties_arrive_as_text(self) -> None:
+        message = decode(received())
+        assert (message.message_id, message.content_type, message.body) == (
+            "m-1",
+            "application/json",
+            {},
+        )
+        assert message.headers == {"a": 1}
+
+    @pytest.mark.parametrize("name", ["message_id", "content_type"])
+    def test_a_text_property_that_is_not_utf8_parks_the_message(self, name: str) -> None:
+        delivery = received(**{name: b"\xff\xfe"})
+        assert getattr(delivery, name) == "\ufffd\ufffd"
+        with pytest.raises(UndecodableMessageError, match=f"the {name} property is not valid"):
+            decode(delivery)
+
+    def test_properties_pika_could_not_decode_park_the_message_with_the_reason(self) -> None:
+        delivery = received(headers=None, undecodable="pika cannot decode", raw_properties=b"\x01")
+        assert delivery.headers == {}
+        assert delivery.raw_properties == b"\x01"
+        with pytest.raises(UndecodableMessageError, match="pika cannot decode"):
+            decode(delivery, require_message_id=True)
+
+    def test_routing_key_and_exchange_that_are_not_utf8_are_shown_as_text(self) -> None:
+        message = decode(received(exchange=b"ex\xff", routing_key=b"k\xff"))
+        assert (message.exchange, message.routing_key) == ("ex\ufffd", "k\ufffd")
+
+    @pytest.mark.parametrize("seconds", [253_402_300_800, 2**40, 2**62, 2**64 - 1])
+    def test_a_timestamp_past_year_9999_parks_the_message(self, seconds: int) -> None:
+        with pytest.raises(UndecodableMessageError, match=f"timestamp property {seconds}"):
+            decode(received(timestamp=seconds))
+
+    def test_the_last_second_of_year_9999_is_a_time(self) -> None:
+        message = decode(received(timestamp=253_402_300_799))
+        assert message.timestamp is not None
+        assert message.timestamp.year == 9999
+
+    def test_a_json_body_nested_past_the_recursion_limit_parks_the_message(self) -> None:
+        with pytest.raises(UndecodableMessageError, match="not valid JSON"):
+            decode(received(body=b"[" * 100_000 + b"]" * 100_000))
+
+    @pytest.mark.parametrize(
+        ("value", "made"),
+        [(2**63 - 1, MAX_ATTEMPT_COUNT), (10**40, MAX_ATTEMPT_COUNT), (Decimal("Infinity"), 0)],
+    )
+    def test_an_attempt_count_past_32_bits_is_capped(self, value: object, made: int) -> None:
+        assert attempts_made({"outbox-attempt": value}) == made
+        assert decode(received(headers={"outbox-attempt": value})).attempt == made + 1
+        assert made + 1 < 2**31  # a handler can store it in an integer column

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 
 import pytest
@@ -96,6 +97,40 @@ class TestDeadLetter:
         assert letter.attempts == 0
         assert letter.age_s(PUBLISHED) is None
         assert replay_target(letter, "billing.orders.parking") == "billing.orders"
+
+    def test_what_the_consumer_parks_for_undecodable_properties_reads_back(self) -> None:
+        """Odd values reach the parking lot as they were (pika decodes them so): none of
+        them stops a listing, and the raw properties are shown, the trace is not lost."""
+        headers = parked(
+            **{"outbox-raw-properties": "AAE=", "outbox-raw-properties-size": 2},
+            big=10**30,
+            when=dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc),
+            amount=decimal.Decimal("2.147483647E-246"),
+        )
+        letter = dead_letter(
+            body=b"{}",
+            routing_key="billing.orders.parking",
+            exchange="",
+            message_id=b"\xffid",  # a short string that is not UTF-8 arrives as bytes
+            content_type=b"\xff/json",
+            timestamp=2**64 - 1,  # past year 9999
+            headers={**headers, b"\xfe": b"\xff"},
+        )
+        details = letter.details(PUBLISHED, payload=True)
+        json.dumps(details)
+        json.dumps(letter.summary(PUBLISHED))
+        assert letter.message_id == "\ufffdid"
+        assert letter.content_type == "\ufffd/json"
+        assert letter.published_at is None
+        assert details["raw_properties"] == "AAE="
+        assert details["raw_properties_size"] == 2
+        assert "outbox-raw-properties" not in details["headers"]
+        assert details["headers"]["big"] == str(10**30)  # past 64 bits: parked as text
+        assert (
+            replay_headers(headers)
+            .keys()
+            .isdisjoint({"outbox-raw-properties", "outbox-raw-properties-size"})
+        )
 
 
 class TestFilter:
