@@ -20,10 +20,6 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP) $(RUNTIME)
 
-# The name older instructions use for the dev install.
-$(VENV)/.installed: $(STAMP)
-	touch $@
-
 ## test: every tier (unit, integration, faults) against PostgreSQL and RabbitMQ on their
 ## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
 test: $(STAMP)
