@@ -4,7 +4,6 @@ both pasted into the revision, as the documentation tells."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +12,11 @@ import pytest
 from alembic import command as alembic_command
 from alembic.config import Config
 from click.testing import CliRunner
-from psycopg import sql
 
 import outbox_relay
 from outbox_relay.cli import main
 from tests.support.catalog import objects, snapshot
+from tests.support.schemas import user_schema
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +68,10 @@ def printed(*args: str) -> str:
 @pytest.fixture
 def app_schema(database_url: str) -> Iterator[str]:
     """The application's own schema, with a table of its own and Alembic's version table."""
-    name = f"alembic_{uuid.uuid4().hex[:8]}"
-    ident = sql.Identifier(name)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-        conn.execute(sql.SQL("CREATE TABLE {}.customers (id int PRIMARY KEY)").format(ident))
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+    with user_schema(
+        database_url, "alembic", "CREATE TABLE {schema}.customers (id int PRIMARY KEY)"
+    ) as name:
+        yield name
 
 
 def alembic(database_url: str, schema: str, tmp_path: Path) -> Config:

@@ -9,7 +9,6 @@ import select
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 
 import psycopg
@@ -19,6 +18,7 @@ from psycopg import sql
 
 from outbox_relay.cli import main
 from tests.support.catalog import objects, snapshot
+from tests.support.schemas import user_schema
 
 pytestmark = pytest.mark.integration
 
@@ -26,22 +26,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def app_schema(database_url: str) -> Iterator[str]:
     """An application's schema with a table, a function and a sequence of its own."""
-    name = f"app_{uuid.uuid4().hex[:8]}"
-    ident = sql.Identifier(name)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-        conn.execute(
-            sql.SQL("CREATE TABLE {}.orders (id serial PRIMARY KEY, total int)").format(ident)
-        )
-        conn.execute(sql.SQL("INSERT INTO {}.orders (total) VALUES (7), (9)").format(ident))
-        conn.execute(
-            sql.SQL(
-                "CREATE FUNCTION {}.order_total() RETURNS int LANGUAGE sql AS 'SELECT 1'"
-            ).format(ident)
-        )
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+    with user_schema(
+        database_url,
+        "app",
+        "CREATE TABLE {schema}.orders (id serial PRIMARY KEY, total int)",
+        "INSERT INTO {schema}.orders (total) VALUES (7), (9)",
+        "CREATE FUNCTION {schema}.order_total() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+    ) as name:
+        yield name
 
 
 def orders(database_url: str, schema: str) -> list[tuple[int, int]]:

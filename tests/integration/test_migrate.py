@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -13,6 +14,7 @@ from psycopg import sql
 import outbox_relay
 from outbox_relay.store.schema import grants_sql, migrate, schema_sql
 from outbox_relay.store.sqlfiles import Migration, migrations
+from tests.support.schemas import user_schema
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +30,15 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def app_schema(database_url: str) -> object:
+def app_schema(database_url: str) -> Iterator[str]:
     """An application's existing schema with a table of its own in it."""
-    name = f"app_{uuid.uuid4().hex[:8]}"
-    ident = sql.Identifier(name)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-        conn.execute(
-            sql.SQL("CREATE TABLE {}.orders (id int PRIMARY KEY, total numeric)").format(ident)
-        )
-        conn.execute(sql.SQL("INSERT INTO {}.orders VALUES (1, 9.5), (2, 3)").format(ident))
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+    with user_schema(
+        database_url,
+        "app",
+        "CREATE TABLE {schema}.orders (id int PRIMARY KEY, total numeric)",
+        "INSERT INTO {schema}.orders VALUES (1, 9.5), (2, 3)",
+    ) as name:
+        yield name
 
 
 def tables(database_url: str, schema: str) -> list[str]:

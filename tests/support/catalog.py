@@ -100,19 +100,17 @@ _QUERIES: dict[str, str] = {
 }
 
 
-def snapshot(url: str, schema: str, *, with_partitions: bool = True) -> dict[str, Any]:
+def snapshot(url: str, schema: str) -> dict[str, Any]:
     """The catalog entries of ``schema``, its name replaced by ``<schema>``."""
     found: dict[str, Any] = {}
+    partitions = sql.SQL(
+        "SELECT partition, owner, lease_until, epoch FROM {}.outbox_partitions ORDER BY partition"
+    ).format(sql.Identifier(schema))
     with psycopg.connect(url) as conn:
         for name, query in _QUERIES.items():
             rows = conn.execute(query, {"schema": schema}).fetchall()
             found[name] = [tuple(_normalise(value, schema) for value in row) for row in rows]
-        if with_partitions:
-            query = sql.SQL(
-                "SELECT partition, owner, lease_until, epoch FROM {}.outbox_partitions "
-                "ORDER BY partition"
-            ).format(sql.Identifier(schema))
-            found["partition_rows"] = conn.execute(query).fetchall()
+        found["partition_rows"] = conn.execute(partitions).fetchall()
     return found
 
 
