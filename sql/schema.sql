@@ -1,15 +1,13 @@
--- The outbox schema as it is now, created directly: what `outbox-relay sql` prints and
--- `outbox-relay migrate` applies to a schema that has no outbox yet.
+-- The outbox schema, created directly: what `outbox-relay sql` prints and `outbox-relay
+-- migrate` applies to a schema without an outbox. Every statement is idempotent, and the
+-- last ones record the migrations this schema already contains, so `outbox-relay migrate`
+-- can run afterwards and a later version's `outbox-relay sql --since-version N` goes on
+-- from here. `outbox-relay sql --drop` prints the statements that remove it again.
 --
--- The schema placeholder below is replaced by the quoted schema name, the channel
--- placeholder by the NOTIFY channel and the partitions placeholder by the partition count
--- (`--partitions N`, default 16). Every statement is idempotent, so the printed DDL can go
--- into any migration tool and `outbox-relay migrate` can still run afterwards.
---
--- sql/migrations/ holds the same schema as a chain of changes, for databases created by
--- an earlier version; tests/integration/test_schema_equivalence.py proves that both build
--- the same catalog. A change to this file needs a new migration there, and the other way
--- round.
+-- In the file, placeholders stand for the quoted schema name, its NOTIFY channel and the
+-- partition count (`--partitions N`, default 16). sql/migrations/ builds the same schema
+-- step by step, for schemas an earlier version created; a test compares the catalogs
+-- the two build, so a change here needs the same change as a new migration there.
 
 CREATE SCHEMA IF NOT EXISTS {schema};
 
