@@ -2,17 +2,30 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two installs: the demo needs the package alone (seconds); the tests and tools need the
+# dev extras. Installing the dev extras satisfies the demo too.
+RUNTIME := $(VENV)/.installed-runtime
+STAMP := $(VENV)/.installed-dev
 
 .PHONY: test unit integration faults lint typecheck check demo bench docs clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
 
-## test: every tier (unit, integration, faults); needs PostgreSQL and RabbitMQ (see README)
+$(RUNTIME): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $(RUNTIME)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP) $(RUNTIME)
+
+# The name older instructions use for the dev install.
+$(VENV)/.installed: $(STAMP)
+	touch $@
+
+## test: every tier (unit, integration, faults) against PostgreSQL and RabbitMQ on their
+## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
 test: $(STAMP)
 	$(BIN)/pytest tests
 
@@ -35,7 +48,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 ## demo: orders with outbox messages, some rolled back, relayed and consumed
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/python deploy/demo.py
 
 ## bench: the benchmark suite (see benchmarks/README.md)

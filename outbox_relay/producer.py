@@ -2,8 +2,10 @@
 
 ``publish`` never commits, rolls back or talks to the broker: the message becomes real
 when the caller commits, and vanishes if it rolls back. It accepts psycopg 3 connections
-and cursors, and SQLAlchemy sessions and connections that use the psycopg driver; the
-async twins take their async counterparts. All of them share one validation path
+and cursors, SQLAlchemy sessions and connections on the psycopg driver (subclasses such
+as SQLModel's included), and Django's connections and cursors inside
+``transaction.atomic()`` (:mod:`outbox_relay.store.targets`); the async twins take the
+async counterparts. All of them share one validation path
 (:func:`outbox_relay.message.new_message`) and one statement.
 """
 
@@ -13,11 +15,10 @@ import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.message import DEFAULT_LIMITS, Limits, NewMessage, new_message
-from outbox_relay.store import writer
+from outbox_relay.store import targets, writer
 from outbox_relay.store.sqlfiles import validate_schema_name
 from outbox_relay.tracing import with_trace_context
 
@@ -54,8 +55,10 @@ def publish(
 ) -> uuid.UUID:
     """Insert one message into ``<schema>.outbox`` in the transaction open on ``conn``.
 
-    ``conn`` is a psycopg ``Connection`` or ``Cursor``, or a SQLAlchemy ``Session`` or
-    ``Connection`` on the psycopg driver. ``payload`` is a JSON-serialisable object, or
+    ``conn`` is a psycopg ``Connection`` or ``Cursor``; a SQLAlchemy ``Session``,
+    ``scoped_session`` or ``Connection`` on the psycopg driver (subclasses too); or Django's
+    ``django.db.connection``, ``connections[alias]`` or a cursor of theirs, inside
+    ``transaction.atomic()``. ``payload`` is a JSON-serialisable object, or
     bytes with ``content_type``. ``partition_key`` orders messages: rows with the same
     key are published in the order they were written. ``delay`` (seconds or a
     timedelta) holds the message back. ``limits`` bounds the payload and headers
@@ -107,7 +110,7 @@ async def publish_async(
     limits: Limits = DEFAULT_LIMITS,
 ) -> uuid.UUID:
     """:func:`publish` for psycopg ``AsyncConnection``/``AsyncCursor`` and SQLAlchemy's
-    ``AsyncSession``/``AsyncConnection``."""
+    ``AsyncSession``/``async_scoped_session``/``AsyncConnection`` (subclasses too)."""
     message = new_message(
         exchange=exchange,
         routing_key=routing_key,
@@ -165,13 +168,13 @@ def _build_all(messages: Iterable[Message], limits: Limits) -> list[NewMessage]:
 
 def _write(conn: object, messages: Sequence[NewMessage], *, schema: str) -> None:
     _check_schema(schema)
-    target = _sync_target(conn)
+    target = targets.sync_target(conn)
     writer.insert_messages(target, messages, schema=schema)
 
 
 async def _write_async(conn: object, messages: Sequence[NewMessage], *, schema: str) -> None:
     _check_schema(schema)
-    target = await _async_target(conn)
+    target = await targets.async_target(conn)
     await writer.insert_messages_async(target, messages, schema=schema)
 
 
@@ -180,55 +183,3 @@ def _check_schema(schema: str) -> None:
         validate_schema_name(schema)
     except ValueError as exc:
         raise InvalidMessageError(f"schema: {exc}") from exc
-
-
-def _sync_target(conn: object) -> writer.SyncTarget:
-    if writer.is_sync_target(conn):
-        return conn  # type: ignore[return-value]
-    if writer.is_async_target(conn):
-        raise InvalidMessageError(
-            "conn: an async connection was passed to publish(); use publish_async()"
-        )
-    if _is_sqlalchemy(conn):
-        # Session.connection() joins (or begins) the session's transaction.
-        sa_conn: Any = conn.connection() if hasattr(conn, "get_bind") else conn  # type: ignore[attr-defined]
-        driver = sa_conn.connection.driver_connection
-        if writer.is_sync_target(driver):
-            return driver  # type: ignore[no-any-return]
-        raise _unsupported_driver(driver)
-    raise _unsupported(conn)
-
-
-async def _async_target(conn: object) -> writer.AsyncTarget:
-    if writer.is_async_target(conn):
-        return conn  # type: ignore[return-value]
-    if writer.is_sync_target(conn):
-        raise InvalidMessageError(
-            "conn: a sync connection was passed to publish_async(); use publish()"
-        )
-    if _is_sqlalchemy(conn):
-        sa_conn: Any = await conn.connection() if hasattr(conn, "get_bind") else conn  # type: ignore[attr-defined]
-        raw = await sa_conn.get_raw_connection()
-        driver = raw.driver_connection
-        if writer.is_async_target(driver):
-            return driver  # type: ignore[no-any-return]
-        raise _unsupported_driver(driver)
-    raise _unsupported(conn)
-
-
-def _is_sqlalchemy(conn: object) -> bool:
-    return type(conn).__module__.startswith("sqlalchemy.")
-
-
-def _unsupported_driver(driver: object) -> InvalidMessageError:
-    return InvalidMessageError(
-        f"conn: SQLAlchemy is using the {type(driver).__module__} driver; outbox-relay needs "
-        "psycopg 3: create the engine with a 'postgresql+psycopg://' URL"
-    )
-
-
-def _unsupported(conn: object) -> InvalidMessageError:
-    return InvalidMessageError(
-        f"conn: {type(conn).__name__} is not supported; pass a psycopg 3 Connection or Cursor, "
-        "or a SQLAlchemy Session or Connection on the psycopg driver"
-    )

@@ -7,6 +7,7 @@ Each test gets its own schema (dropped afterwards) and its own exchange and queu
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 
 import pika
@@ -15,6 +16,7 @@ import pytest
 from hypothesis import settings
 
 from outbox_relay.store.schema import migrate
+from outbox_relay.urls import redact_url
 from tests.support import services
 from tests.support.broker import BrokerHelper
 
@@ -23,24 +25,80 @@ settings.register_profile("outbox-relay", deadline=None)
 settings.load_profile("outbox-relay")
 
 
+_SERVICES = pytest.StashKey[dict[str, services.Found]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_SERVICES] = {}
+
+
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    with services.postgres_url() as url:
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with services.postgres_url() as found:
+        url = found.url or ""
         try:
             psycopg.connect(url, connect_timeout=5).close()
         except psycopg.OperationalError as exc:
-            services.unavailable(services.DATABASE_ENV, f"cannot connect to {url}: {exc}")
+            services.unavailable(
+                f"PostgreSQL: cannot connect to {redact_url(url)} (from {found.source}): "
+                f"{first_line(exc)}; start it or set {services.DATABASE_ENV}"
+            )
+        request.config.stash[_SERVICES]["PostgreSQL"] = found
         yield url
 
 
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
-    with services.amqp_url() as url:
+def amqp_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    with services.amqp_url() as found:
+        url = found.url or ""
         try:
             pika.BlockingConnection(pika.URLParameters(url)).close()
         except pika.exceptions.AMQPError as exc:
-            services.unavailable(services.AMQP_ENV, f"cannot connect to {url}: {exc!r}")
+            services.unavailable(
+                f"RabbitMQ: cannot connect to {redact_url(url)} (from {found.source}): "
+                f"{exc!r}; start it or set {services.AMQP_ENV}"
+            )
+        request.config.stash[_SERVICES]["RabbitMQ"] = found
         yield url
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A missing service skips every test that needs it for the same reason: report those
+    skips at one place so ``-ra`` folds them into one line instead of one per test."""
+    report: pytest.TestReport = yield
+    if report.skipped and isinstance(report.longrepr, tuple):
+        _path, _line, reason = report.longrepr
+        if reason.startswith(services.SKIP_PREFIXES):
+            report.longrepr = (
+                services.__file__,
+                services.unavailable.__code__.co_firstlineno,
+                reason,
+            )
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say which services the integration and fault tiers ran against, and how many
+    tests of each tier passed, so a green run shows it was not a run of skips."""
+    found = terminalreporter.config.stash.get(_SERVICES, {})
+    tiers = Counter(
+        report.nodeid.split("/")[1]
+        for report in terminalreporter.stats.get("passed", [])
+        if report.nodeid.startswith("tests/") and report.nodeid.count("/") >= 2
+    )
+    if not found and not tiers:
+        return
+    terminalreporter.section("services and tiers")
+    if found:
+        terminalreporter.write_line(services.summary_line(found))
+    if tiers:
+        counts = ", ".join(f"{tier} {count}" for tier, count in sorted(tiers.items()))
+        terminalreporter.write_line(f"passed per tier: {counts}")
 
 
 def unique_name(prefix: str) -> str:

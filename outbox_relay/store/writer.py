@@ -30,14 +30,6 @@ SyncTarget = psycopg.Connection[Any] | psycopg.Cursor[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any]
 
 
-def is_sync_target(target: object) -> bool:
-    return isinstance(target, (psycopg.Connection, psycopg.Cursor))
-
-
-def is_async_target(target: object) -> bool:
-    return isinstance(target, (psycopg.AsyncConnection, psycopg.AsyncCursor))
-
-
 # What this process's producers last saw of the relays' wake-up flag.
 FLAG_SEEN = FlagSeen()
 FlagKey = tuple[str, int, str, str]  # host, port, database, schema

@@ -18,8 +18,8 @@ from tests.support.faults import (
     close_broker_connection,
     insert_rows,
     pending,
-    rabbitmqctl,
 )
+from tests.support.private_rabbit import PrivateRabbit
 from tests.support.relay import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
@@ -229,23 +229,24 @@ def test_a_hung_broker_is_found_dead_by_tcp_before_any_timeout_of_the_relays_own
     assert waited[0] < 15, f"found dead after {waited[0]:.1f} s"
 
 
-@pytest.mark.faults
 def test_broker_restart_during_a_run(
     database_url: str,
-    amqp_url: str,
     schema: str,
-    broker: BrokerHelper,
+    own_rabbit: PrivateRabbit,
+    own_broker: BrokerHelper,
     tmp_path: Path,
     report_fault: Report,
 ) -> None:
-    """Restarts the shared broker's application (`stop_app`/`start_app`): one test only."""
+    """Restarts the broker's application (`stop_app`/`start_app`) under the relay: on a
+    private node, so the shared broker and the tests using it are untouched."""
+    broker = own_broker
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
     total = 30_000
     insert_rows(database_url, schema, exchange, range(total), keys=20)
     relay = RelayProcess(
         database_url,
-        amqp_url,
+        own_rabbit.url,
         schema,
         "--batch-size",
         str(BATCH),
@@ -256,12 +257,7 @@ def test_broker_restart_during_a_run(
     try:
         assert publishing(database_url, schema, total)
         left_at_fault = pending(database_url, schema)
-        try:
-            rabbitmqctl("stop_app")
-            time.sleep(1)
-        finally:
-            rabbitmqctl("start_app")
-            rabbitmqctl("await_startup")
+        own_rabbit.restart_app()
         drained(relay, database_url, schema)
     finally:
         assert relay.stop() == 0, relay.log_text()[-4000:]
