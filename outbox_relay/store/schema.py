@@ -153,9 +153,8 @@ def schema_sql(
         if not newer:
             chunks.append(f"-- Nothing to apply: version {since_version} is the newest.")
     else:
-        chunks = [compose(ddl("schema"), schema=schema, partitions=partitions).as_string(None)]
-        chunks[0] = chunks[0].strip()
-        chunks += [_record_statement(queries, m) for m in chain]
+        whole = compose(ddl("schema"), schema=schema, partitions=partitions)
+        chunks = [whole.as_string(None).strip(), *(_record_statement(queries, m) for m in chain)]
     if wake_trigger:
         chunks.append(queries["wake_trigger"].as_string(None) + ";")
     return "\n\n".join(chunks) + "\n"
