@@ -17,7 +17,7 @@ integers only, so the scripts send one and the server turns it into the id with 
 functions (a little more than parsing a parameter costs it): a per-client counter for a
 time-ordered id (like v7 ids from several processes) or a random number (like v4).
 
-The outbox has no index on the message id (migration 0008). What one would cost is
+The outbox has no index on the message id (see sql/schema.sql). What one would cost is
 measured by putting a unique index back for the cases named "message id index": there a
 time-ordered id lands at the right edge of the index, a random one anywhere in it.
 
@@ -277,7 +277,7 @@ COMPARISONS = (
     # the relay and the broker spend publishing on the same two cores.
     ("relay idle at start", "ceiling, relay idle", False),
     ("no relay", "ceiling, no relay", True),
-    # What a unique index on the message id would cost (migration 0008 dropped it), with
+    # What a unique index on the message id would cost (the outbox has none), with
     # the time-ordered ids publish makes and with random ones.
     ("relay busy, message id index", "ceiling, relay busy", False),
     ("no relay, message id index, uuid7", "ceiling, no relay", False),

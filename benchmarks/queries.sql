@@ -69,7 +69,7 @@ CREATE TABLE {schema}.minimal_outbox (
 )
 
 -- name: create_message_id_index
--- What the outbox dropped in migration 0008, put back to measure what it costs.
+-- The index on the message id the outbox does without, put back to measure what it costs.
 CREATE UNIQUE INDEX bench_message_id_idx ON {schema}.outbox (message_id)
 
 -- name: drop_message_id_index

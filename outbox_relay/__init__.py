@@ -18,6 +18,7 @@ from outbox_relay.errors import (
 )
 from outbox_relay.message import Limits
 from outbox_relay.producer import Message, publish, publish_async, publish_many, publish_many_async
+from outbox_relay.store.schema import drop_sql, schema_sql
 
 __all__ = [
     "BrokerError",
@@ -30,8 +31,10 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "TopologyError",
+    "drop_sql",
     "publish",
     "publish_async",
     "publish_many",
     "publish_many_async",
+    "schema_sql",
 ]

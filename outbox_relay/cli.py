@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from typing import Any
 
 import click
@@ -49,7 +50,8 @@ from outbox_relay.settings import (
 )
 from outbox_relay.status_view import render_status
 from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S, PostgresStore
-from outbox_relay.store.schema import grants_sql, migration_sql
+from outbox_relay.store.schema import drop as drop_outbox
+from outbox_relay.store.schema import drop_sql, grants_sql, schema_sql
 from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.sqlfiles import GRANT_KINDS
 from outbox_relay.store.status import backlog_figures, read_status
@@ -94,26 +96,74 @@ wake_trigger_option = click.option(
 )
 
 
+drop_option = click.option(
+    "--drop",
+    is_flag=True,
+    help="Remove what migrate created instead: the outbox's tables, with every row in them, "
+    "and its functions. Nothing else: no CASCADE (an object of yours that depends on them "
+    "stops it), and the schema itself stays.",
+)
+
+
 @main.command()
 @database_url_option
 @schema_option
 @partitions_option
 @wake_trigger_option
-def migrate(database_url: str, schema: str, partitions: int, wake_trigger: bool) -> None:
+@drop_option
+@click.option(
+    "--yes", is_flag=True, help="With --drop: do not ask for confirmation (needed without a TTY)."
+)
+def migrate(
+    database_url: str, schema: str, partitions: int, wake_trigger: bool, drop: bool, yes: bool
+) -> None:
     """Create or upgrade the outbox tables in SCHEMA (creating the schema if needed).
 
-    Idempotent: a second run applies nothing. Touches no other table.
+    Idempotent: a second run applies nothing. Touches no other table. With --drop, remove
+    them again, after asking.
     """
+    target = f"{redact_url(database_url)} schema {schema!r}"
+    if drop:
+        _drop(database_url, schema, target, wake_trigger=wake_trigger, yes=yes)
+        return
+    if yes:
+        raise ConfigurationError("--yes confirms --drop; without --drop there is nothing to ask")
     report = apply_migrations(
         database_url, schema=schema, partitions=partitions, wake_trigger=wake_trigger
     )
-    target = f"{redact_url(database_url)} schema {schema!r}"
-    if report.applied:
+    if report.created:
+        click.echo(f"created the outbox (version {report.version}) in {target}")
+    elif report.applied:
         click.echo(f"applied {', '.join(report.applied)} to {target}")
     else:
-        click.echo(f"{target} is up to date ({len(report.already)} migrations applied before)")
+        click.echo(f"{target} is up to date (version {report.version})")
     if wake_trigger:
         click.echo(f"the wake-up trigger is on the outbox of schema {schema!r}")
+
+
+def _drop(database_url: str, schema: str, target: str, *, wake_trigger: bool, yes: bool) -> None:
+    if wake_trigger:
+        raise ConfigurationError("--drop removes the wake-up trigger too; leave --wake-trigger out")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigurationError(
+                "--drop asks before it drops anything, and there is no terminal to ask on: "
+                "pass --yes to drop without asking"
+            )
+        click.confirm(
+            f"Drop the outbox from {target}: its tables with every row in them (messages not "
+            "yet relayed, the inbox) and its functions?",
+            abort=True,
+        )
+    report = drop_outbox(database_url, schema=schema)
+    if not report.tables and not report.functions:
+        click.echo(f"{target} holds no outbox: nothing dropped")
+        return
+    click.echo(
+        f"dropped from {target}: tables {', '.join(report.tables) or 'none'}; "
+        f"functions {', '.join(report.functions) or 'none'}. "
+        f"The schema itself is left in place."
+    )
 
 
 @main.command("sql")
@@ -124,7 +174,8 @@ def migrate(database_url: str, schema: str, partitions: int, wake_trigger: bool)
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Print only migrations newer than this version.",
+    help="Print only the migrations newer than this version (the highest in "
+    "SCHEMA.outbox_migrations), for a schema that has it; 0 prints the whole schema.",
 )
 @click.option(
     "--grants",
@@ -136,14 +187,38 @@ def migrate(database_url: str, schema: str, partitions: int, wake_trigger: bool)
     "inbox). Repeatable.",
 )
 @wake_trigger_option
+@click.option(
+    "--drop",
+    is_flag=True,
+    help="Print, instead of the DDL, the statements that remove what it creates (what "
+    "`migrate --drop` runs): the outbox's tables and functions, no CASCADE, not the schema. "
+    "For a migration tool's downgrade.",
+)
 def print_sql(
-    schema: str, partitions: int, since_version: int, grants: tuple[str, ...], wake_trigger: bool
+    schema: str,
+    partitions: int,
+    since_version: int,
+    grants: tuple[str, ...],
+    wake_trigger: bool,
+    drop: bool,
 ) -> None:
     """Print the DDL that `migrate` applies, for Alembic, Django, Flyway or a DBA.
 
     Every statement is idempotent and records its version, so `migrate` can run after it.
-    With --grants, print the GRANT statements for the relay's and producers' roles.
+    With --grants, print the GRANT statements for the relay's and producers' roles; with
+    --drop, the statements that remove the outbox again.
     """
+    if drop:
+        if grants or wake_trigger or since_version:
+            raise ConfigurationError(
+                "--drop prints the statements that remove the whole outbox (the trigger "
+                "too); leave out --grants, --wake-trigger and --since-version"
+            )
+        try:
+            click.echo(drop_sql(schema=schema), nl=False)
+        except ValueError as exc:
+            raise ConfigurationError(f"--schema: {exc}") from exc
+        return
     if grants:
         if wake_trigger:
             raise ConfigurationError(
@@ -157,13 +232,15 @@ def print_sql(
             raise ConfigurationError(f"--grants/--schema: {exc}") from exc
         return
     try:
-        text = migration_sql(
+        text = schema_sql(
             schema=schema,
             since_version=since_version,
             partitions=partitions,
             wake_trigger=wake_trigger,
         )
         click.echo(text, nl=False)
+    except ConfigurationError:
+        raise
     except ValueError as exc:
         raise ConfigurationError(f"--schema: {exc}") from exc
 

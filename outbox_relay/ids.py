@@ -3,7 +3,7 @@
 Version 7 ids start with the time, so they sort in the order they were made (as text
 too). A consumer's inbox is keyed by (consumer, message id): its inserts append to that
 index, where a random UUID (version 4) would land anywhere and touch a random leaf page.
-The outbox has no index on the id (migration 0008).
+The outbox has no index on the id (see sql/schema.sql).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A row's partition comes from its partition key: the first 28 bits of the key's MD5,
 modulo the partition count; rows without a key spread by id. Relays compute it in SQL when
-they claim (``outbox_partition`` in ``sql/migrations/0006_lean_row.sql``), so producers
+they claim (``outbox_partition`` in ``sql/schema.sql``), so producers
 store nothing for it; :func:`partition_for` is the same function in Python, for tools
 and tests.
 """

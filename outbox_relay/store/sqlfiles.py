@@ -1,7 +1,9 @@
-"""The SQL in ``sql/``: migration files and named query blocks, composed with psycopg.sql.
+"""The SQL in ``sql/``: the schema, its migrations, its removal and named query blocks,
+composed with psycopg.sql.
 
 Placeholders in the files are ``{schema}`` (a quoted identifier), ``{channel}`` (a
-quoted literal) and ``{partitions}`` (an integer literal, in the partitions migration).
+quoted literal), ``{partitions}`` (an integer literal, where the partitions are created)
+and ``{role}`` (a quoted identifier, in the grants).
 They are spliced in as :mod:`psycopg.sql` objects, never as text, so a schema name
 cannot change the meaning of a statement.
 """
@@ -53,7 +55,15 @@ def queries(group: str) -> dict[str, str]:
 
 
 @functools.cache
+def ddl(name: str) -> str:
+    """``sql/NAME.sql``: ``schema`` (the whole schema as it is now, for a fresh install) or
+    ``drop`` (what removes it)."""
+    return (sql_dir() / f"{name}.sql").read_text(encoding="utf-8")
+
+
+@functools.cache
 def migrations() -> tuple[Migration, ...]:
+    """``sql/migrations``, in version order: the baseline first, then each later change."""
     found = []
     for path in sorted((sql_dir() / "migrations").glob("*.sql")):
         match = _MIGRATION_RE.match(path.name)

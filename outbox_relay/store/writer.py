@@ -76,9 +76,9 @@ def _translated(schema: str) -> Iterator[None]:
         yield
     except psycopg.errors.UndefinedFunction as exc:
         raise StoreError(
-            f"inserting into {schema}.outbox failed: {exc}\nThe outbox schema predates "
-            "migration 0007 (no outbox_wake()): run `outbox-relay migrate` on it (before "
-            "upgrading the applications that publish)."
+            f"inserting into {schema}.outbox failed: {exc}\nThe outbox schema has no "
+            "outbox_wake(): it predates this outbox-relay. Run `outbox-relay migrate` on it "
+            "(before upgrading the applications that publish)."
         ) from exc
     except psycopg.errors.InsufficientPrivilege as exc:
         raise StoreError(

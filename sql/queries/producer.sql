@@ -25,5 +25,5 @@ FROM unnest(%(message_ids)s::uuid[], %(exchanges)s::text[], %(routing_keys)s::te
 
 -- name: wake
 -- Appended to the insert while a relay may be waiting: WITH inserted AS (insert) <this>.
--- NOTIFY if a relay waits; tells publish() whether one may (see migration 0007).
+-- NOTIFY if a relay waits; tells publish() whether one may (see sql/schema.sql).
 SELECT {schema}.outbox_wake(%(wake_scheduled)s::boolean) AS relay_may_wait

@@ -111,7 +111,11 @@ def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
     """A quoted schema or role name may hold a newline; inside a `--` comment it would end
     the comment and turn the rest of the name into SQL."""
     placeholder = re.compile(r"--.*\{(schema|role|channel|partitions)\}")
-    files: list[Path] = [*sql_dir().glob("migrations/*.sql"), *sql_dir().glob("grants/*.sql")]
+    files: list[Path] = [
+        *sql_dir().glob("*.sql"),
+        *sql_dir().glob("migrations/*.sql"),
+        *sql_dir().glob("grants/*.sql"),
+    ]
     assert files
     for path in files:
         for line in path.read_text(encoding="utf-8").splitlines():

@@ -5,14 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
 from psycopg import sql
 
 import outbox_relay
-from outbox_relay.store.schema import grants_sql, migrate, migration_sql
-from outbox_relay.store.sqlfiles import migrations
+from outbox_relay.store.schema import grants_sql, migrate, schema_sql
+from outbox_relay.store.sqlfiles import Migration, migrations
+from tests.support.schemas import user_schema
 
 pytestmark = pytest.mark.integration
 
@@ -28,19 +30,15 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def app_schema(database_url: str) -> object:
+def app_schema(database_url: str) -> Iterator[str]:
     """An application's existing schema with a table of its own in it."""
-    name = f"app_{uuid.uuid4().hex[:8]}"
-    ident = sql.Identifier(name)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-        conn.execute(
-            sql.SQL("CREATE TABLE {}.orders (id int PRIMARY KEY, total numeric)").format(ident)
-        )
-        conn.execute(sql.SQL("INSERT INTO {}.orders VALUES (1, 9.5), (2, 3)").format(ident))
-    yield name
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
+    with user_schema(
+        database_url,
+        "app",
+        "CREATE TABLE {schema}.orders (id int PRIMARY KEY, total numeric)",
+        "INSERT INTO {schema}.orders VALUES (1, 9.5), (2, 3)",
+    ) as name:
+        yield name
 
 
 def tables(database_url: str, schema: str) -> list[str]:
@@ -58,7 +56,7 @@ def test_migrate_twice_into_an_existing_schema_leaves_its_tables_alone(
     first = cli("migrate", "--database-url", database_url, "--schema", app_schema)
     second = cli("migrate", "--database-url", database_url, "--schema", app_schema)
     assert first.returncode == 0, first.stderr
-    assert "applied 0001_outbox" in first.stdout
+    assert f"created the outbox (version {migrations()[-1].version})" in first.stdout
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
     assert tables(database_url, app_schema) == [
@@ -88,7 +86,8 @@ def test_printed_sql_applied_by_hand_then_migrate_is_a_no_op(
         conn.execute(printed.stdout)  # type: ignore[call-overload]  # what a DBA would run
     report = migrate(database_url, schema=app_schema)
     assert report.applied == ()
-    assert report.already == tuple(m.name for m in migrations()[1:])
+    assert not report.created
+    assert report.already == tuple(m.name for m in migrations())
     with psycopg.connect(database_url) as conn:
         outbox_relay.publish(conn, exchange="e", routing_key="k", payload={}, schema=app_schema)
         conn.commit()
@@ -105,7 +104,7 @@ def test_a_hostile_schema_name_is_quoted_not_executed(database_url: str) -> None
             conn.commit()
         assert "outbox" in tables(database_url, hostile)
         assert "canary_outbox_relay" in tables(database_url, "public")
-        assert 'CREATE SCHEMA IF NOT EXISTS "x""; DROP TABLE canary; --"' in migration_sql(
+        assert 'CREATE SCHEMA IF NOT EXISTS "x""; DROP TABLE canary; --"' in schema_sql(
             schema=hostile
         )
     finally:
@@ -148,7 +147,7 @@ def test_printed_sql_is_safe_with_a_newline_in_the_schema_name(database_url: str
         conn.execute(create.format(sql.Identifier(canary)))
     try:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(migration_sql(schema=hostile))  # type: ignore[call-overload]
+            conn.execute(schema_sql(schema=hostile))  # type: ignore[call-overload]
             row = conn.execute("SELECT current_user").fetchone()
             assert row is not None
             grants = grants_sql(schema=hostile, roles=[("relay", row[0]), ("producer", row[0])])
@@ -161,3 +160,34 @@ def test_printed_sql_is_safe_with_a_newline_in_the_schema_name(database_url: str
                 sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(hostile))
             )
             conn.execute(sql.SQL("DROP TABLE IF EXISTS public.{}").format(sql.Identifier(canary)))
+
+
+def test_a_later_migration_is_applied_once_and_printed_since_the_version_before(
+    database_url: str, app_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The machinery for the migrations after the baseline: `migrate` applies what a
+    schema lacks, `sql --since-version` prints it, a fresh schema records it."""
+    migrate(database_url, schema=app_schema)
+    later = Migration(
+        9, "0009_exchange_idx", "CREATE INDEX IF NOT EXISTS x_idx ON {schema}.outbox (exchange);"
+    )
+    chain = (*migrations(), later)
+    monkeypatch.setattr("outbox_relay.store.schema.migrations", lambda: chain)
+
+    report = migrate(database_url, schema=app_schema)
+    again = migrate(database_url, schema=app_schema)
+
+    assert (report.created, report.applied, report.version) == (False, ("0009_exchange_idx",), 9)
+    assert (again.applied, again.already) == ((), tuple(m.name for m in chain))
+    with psycopg.connect(database_url) as conn:
+        found = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND indexname = 'x_idx'",
+            [app_schema],
+        ).fetchall()
+    assert len(found) == 1
+    printed = schema_sql(schema=app_schema, since_version=8)
+    assert printed.startswith(f'CREATE INDEX IF NOT EXISTS x_idx ON "{app_schema}".outbox')
+    assert "VALUES (9, '0009_exchange_idx')" in printed
+    assert "VALUES (8," not in printed
+    assert "VALUES (8, '0008_baseline')" in schema_sql(schema=app_schema)
+    assert "VALUES (9, '0009_exchange_idx')" in schema_sql(schema=app_schema)

@@ -156,7 +156,7 @@ def test_unroutable_row_is_kept_retried_then_marked_dead_while_others_flow(
 def test_a_message_id_published_twice_goes_out_twice_each_with_its_own_outcome(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
-    # Message ids are not unique in the outbox (migration 0008): the same id, in one
+    # Message ids are not unique in the outbox (no index on them): the same id, in one
     # claim, twice to a bound routing key and once to one nobody listens to. They go out
     # one at a time (a return names only the id; see test_publisher_batches.py), each
     # with its own outcome: both routed copies go out, in order; the unroutable one stays.
