@@ -109,9 +109,6 @@ SHELL_BLOCKS = {"sh", "bash", "shell", "console"}
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
-# TODO(merge): options documented ahead of the change that adds them; accepted only while the
-# command lacks them. Remove each entry once its option exists.
-PENDING_OPTIONS = {("sql", "--drop"), ("migrate", "--drop"), ("migrate", "--yes")}
 
 
 def _blocks(text: str) -> list[tuple[str, int, str]]:
@@ -172,9 +169,7 @@ def check_command(argv: list[str]) -> None:
     path: list[str] = []
     args = list(argv)
     while True:
-        real = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
         name = " ".join(path)
-        args = [a for a in args if (name, a) not in PENDING_OPTIONS or a in real]
         opts, rest, _ = command.make_parser(ctx).parse_args(args=args)
         if not isinstance(command, click.Group):
             break
