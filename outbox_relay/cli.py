@@ -28,7 +28,13 @@ from outbox_relay.cli_options import (
     schema_option,
 )
 from outbox_relay.cli_topology import topology
-from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
+from outbox_relay.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    OutboxRelayError,
+    StoreError,
+    StoreUnavailableError,
+)
 from outbox_relay.logs import configure_logging
 from outbox_relay.observability.http import HealthServer
 from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
@@ -67,15 +73,34 @@ class _Group(click.Group):
         except StoreError as exc:
             click.echo(f"error: {_store_hint(exc)}", err=True)
             ctx.exit(EXIT_FAILED)
+        except BrokerUnavailableError as exc:
+            click.echo(f"error: {_one_line(exc)}; {_BROKER_HINT}", err=True)
+            ctx.exit(EXIT_FAILED)
         except OutboxRelayError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_FAILED)
 
 
+_DATABASE_HINT = (
+    "check that PostgreSQL runs at that address and that --database-url "
+    "(OUTBOX_RELAY_DATABASE_URL) names the right host, port, database, user and password"
+)
+_BROKER_HINT = (
+    "check that RabbitMQ runs at that address and that --amqp-url (OUTBOX_RELAY_AMQP_URL) "
+    "names the right host, port, vhost (as %2F for '/'), user and password"
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _store_hint(exc: StoreError) -> str:
-    text = str(exc)
+    text = _one_line(exc)
     if "does not exist" in text and ("outbox" in text or "schema" in text):
-        return f"{text}\nThe outbox table is missing: run `outbox-relay migrate --schema S` first."
+        return f"{text}; the outbox table is missing: run `outbox-relay migrate --schema S` first"
+    if isinstance(exc, StoreUnavailableError):
+        return f"{text}; {_DATABASE_HINT}"
     return text
 
 

@@ -137,3 +137,26 @@ def _blank_runs(text: str, secrets: set[str]) -> str:
         elif index == 0 or not covered[index - 1]:
             out.append("***")
     return "".join(out)
+
+
+def url_problem(url: str) -> str | None:
+    """What makes ``url`` unusable before anything connects (a NUL, an unencoded ``@``,
+    ``/``, ``?`` or ``#`` in the user or password, a port that is not a number), with the
+    fix; None when it looks well formed. Never quotes the password."""
+    if "\x00" in url:
+        return "it contains a NUL character; remove it"
+    if "://" not in url:
+        return None  # key=value connection strings: libpq reports what it cannot read
+    rest = url.partition("://")[2]
+    userinfo, at, _ = rest.rpartition("@")
+    if at and ("@" in userinfo or _cut(rest) < len(userinfo)):
+        return (
+            "its user or password holds an unencoded '@', '/', '?' or '#': percent-encode "
+            "them (@ as %40, / as %2F, ? as %3F, # as %23)"
+        )
+    netloc = rest[: _cut(rest)].rpartition("@")[2]
+    for host in netloc.split(","):  # libpq accepts host1:port1,host2:port2
+        port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host else ""
+        if port and not port.isdigit():
+            return f"its port {port!r} is not a number: write the port as digits (host:port)"
+    return None

@@ -25,6 +25,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from outbox_relay.amqp_url import describe_amqp_error, url_parameters
 from outbox_relay.consumer.dead_letter import (
     DeadLetter,
     DeadLetterFilter,
@@ -34,7 +35,7 @@ from outbox_relay.consumer.dead_letter import (
 )
 from outbox_relay.consumer.runner import republished
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
-from outbox_relay.urls import redact_url
+from outbox_relay.urls import redact_url, scrub
 
 PROGRESS_EVERY = 100
 NOT_FOUND = 404
@@ -53,13 +54,15 @@ class ParkingLot:
 
     def __enter__(self) -> ParkingLot:
         try:
-            self._conn = pika.BlockingConnection(pika.URLParameters(self._url))
+            self._conn = pika.BlockingConnection(url_parameters(self._url))
             self._channel = self._conn.channel()
             self._channel.confirm_delivery()
         except (pika.exceptions.AMQPError, OSError) as exc:
+            reason = scrub(describe_amqp_error(exc), self._url)
+            # No chain: pika's own exception may quote the URL.
             raise BrokerUnavailableError(
-                f"cannot connect to {redact_url(self._url)}: {exc!r}"
-            ) from exc
+                f"cannot connect to {redact_url(self._url)}: {reason}"
+            ) from None
         try:
             self.depth()  # fail early, with the name, when the queue is missing
         except BrokerError:

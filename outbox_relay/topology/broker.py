@@ -50,7 +50,7 @@ from outbox_relay.topology.plan import (
     TopologyConflictError,
     TopologyPartlyAppliedError,
 )
-from outbox_relay.urls import redact_url
+from outbox_relay.urls import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 10.0
 _NOT_FOUND = 404
@@ -119,9 +119,10 @@ def _connect(amqp_url: str) -> Iterator[_Broker]:
     try:
         connection = pika.BlockingConnection(params)
     except pika.exceptions.AMQPError as exc:
+        reason = scrub(describe_amqp_error(exc), amqp_url)
         raise BrokerUnavailableError(
-            f"cannot connect to {redact_url(amqp_url)}: {describe_amqp_error(exc)}"
-        ) from exc
+            f"cannot connect to {redact_url(amqp_url)}: {reason}"
+        ) from None
     quiet = _QuietRefusals()
     _PIKA_CHANNEL_LOG.addFilter(quiet)
     try:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.urls import redact_url, scrub
+from outbox_relay.urls import redact_url, scrub, url_problem
 
 MARKER = "Zx7Q"  # in every generated password: a piece no URL or message holds otherwise
 SCHEMES = ("postgresql", "amqp", "amqps")
@@ -104,3 +104,37 @@ class TestScrub:
     def test_text_without_secrets_is_left_alone(self) -> None:
         text = "connection refused: is the server running on host db?"
         assert scrub(text, "postgresql://u:Hunter2@db/app") == text
+
+
+class TestUrlProblem:
+    @pytest.mark.parametrize(
+        "url",
+        [
+            "postgresql://u:p%40ss@db:5432/app?sslmode=require",
+            "postgresql://db1:5432,db2:5433/app",
+            "postgresql://[::1]:5432/app",
+            "amqps://guest:guest@mq/%2F?heartbeat=30",
+            "host=db password='a b'",
+            "postgresql://db/app",
+        ],
+    )
+    def test_well_formed_urls_pass(self, url: str) -> None:
+        assert url_problem(url) is None
+
+    @pytest.mark.parametrize(
+        ("url", "words"),
+        [
+            ("postgresql://u:Hunter2@Secret99@db/app", "percent-encode"),
+            ("amqp://u:Hunter2#Secret99@mq/%2F", "percent-encode"),
+            ("amqp://u:Hunter2/Secret99@mq/%2F", "percent-encode"),
+            ("postgresql://u:pw@db:port/app", "'port' is not a number"),
+            ("amqp://u:pw@mq:5672x/%2F", "'5672x' is not a number"),
+            ("postgresql://u:p\x00w@db/app", "NUL"),
+        ],
+    )
+    def test_malformed_urls_are_named_without_the_password(self, url: str, words: str) -> None:
+        problem = url_problem(url)
+        assert problem is not None
+        assert words in problem
+        for secret in ("Hunter2", "Secret99"):
+            assert secret not in problem
