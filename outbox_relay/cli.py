@@ -156,6 +156,8 @@ def migrate(database_url: str, schema: str, partitions: int, wake_trigger: bool)
     "grants",
     multiple=True,
     metavar="KIND=ROLE",
+    # The consumer form, consumer=ROLE:APP[,APP...], is explained by its usage error;
+    # docs/cli.md is generated from this text.
     help="Print, instead of the DDL, the least privileges ROLE needs as KIND: 'relay' (its "
     "own tables), 'producer' (INSERT on the outbox, its wake-up function) or 'consumer' (its "
     "inbox). Repeatable.",
@@ -175,9 +177,11 @@ def print_sql(
                 "--wake-trigger is part of the DDL: print it without --grants, and the "
                 "grants in a second run"
             )
-        roles = [_grant(value) for value in grants]
+        parsed = [_grant(value) for value in grants]
+        roles = [(kind, role) for kind, role, _ in parsed]
+        apps = {role: names for kind, role, names in parsed if kind == "consumer"}
         try:
-            click.echo(grants_sql(schema=schema, roles=roles), nl=False)
+            click.echo(grants_sql(schema=schema, roles=roles, consumer_apps=apps), nl=False)
         except ValueError as exc:
             raise ConfigurationError(f"--grants/--schema: {exc}") from exc
         return
@@ -193,14 +197,27 @@ def print_sql(
         raise ConfigurationError(f"--schema: {exc}") from exc
 
 
-def _grant(value: str) -> tuple[str, str]:
+def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
+    """KIND=ROLE, or consumer=ROLE:APP[,APP...]: the consumer apps whose inbox rows the
+    role may use."""
     kind, _, role = value.partition("=")
     if kind not in GRANT_KINDS or not role:
         raise ConfigurationError(
             f"--grants {value!r}: expected KIND=ROLE with KIND one of {', '.join(GRANT_KINDS)}, "
-            "e.g. --grants relay=outbox_relay --grants producer=app --grants consumer=billing"
+            "e.g. --grants relay=outbox_relay --grants producer=app "
+            "--grants consumer=billing_role:billing"
         )
-    return kind, role
+    if kind != "consumer":
+        return kind, role, ()
+    role, _, names = role.partition(":")
+    apps = tuple(names.split(",")) if names else ()
+    if not role or not apps or not all(apps) or any(":" in app for app in apps):
+        raise ConfigurationError(
+            f"--grants {value!r}: expected consumer=ROLE:APP[,APP...], APP being the name "
+            "of a consumer app (ConsumerApp(name=...)) whose inbox rows ROLE may use; "
+            "app names cannot contain ':'"
+        )
+    return kind, role, apps
 
 
 @main.command()

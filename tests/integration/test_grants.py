@@ -62,7 +62,7 @@ def test_the_printed_grants_are_enough_and_no_more(
             "--grants",
             f"producer={producer_role}",
             "--grants",
-            f"consumer={consumer_role}",
+            f"consumer={consumer_role}:billing",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -110,7 +110,7 @@ def test_the_printed_grants_are_enough_and_no_more(
 def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
     """A quoted schema or role name may hold a newline; inside a `--` comment it would end
     the comment and turn the rest of the name into SQL."""
-    placeholder = re.compile(r"--.*\{(schema|role|channel|partitions)\}")
+    placeholder = re.compile(r"--.*\{(schema|role|channel|partitions|policy|apps)\}")
     files: list[Path] = [*sql_dir().glob("migrations/*.sql"), *sql_dir().glob("grants/*.sql")]
     assert files
     for path in files:
@@ -123,14 +123,96 @@ def test_the_consumer_grants_cover_its_inbox_statements(
 ) -> None:
     _, _, consumer_role = roles
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(grants_sql(schema=schema, roles=[("consumer", consumer_role)]))  # type: ignore[call-overload]
+        grants = grants_sql(
+            schema=schema,
+            roles=[("consumer", consumer_role)],
+            consumer_apps={consumer_role: ["billing"]},
+        )
+        conn.execute(grants)  # type: ignore[call-overload]
     queries = Queries("consumer", schema=schema)
     message_id = uuid.uuid4()
     with psycopg.connect(as_role(database_url, consumer_role)) as conn:
-        insert = {"consumer": "billing", "message_id": message_id}
+        insert = {"consumer": "billing:billing.orders", "message_id": message_id}
         assert conn.execute(queries["inbox_insert"], insert).fetchone() == (1,)
         assert conn.execute(queries["inbox_insert"], insert).fetchone() is None  # duplicate
         conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
         conn.commit()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(sql.SQL("SELECT 1 FROM {}.outbox").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def two_consumers(database_url: str) -> Iterator[tuple[str, str]]:
+    """Login roles for two consumer applications sharing one inbox, dropped after."""
+    names = (unique_name("billing"), unique_name("shipping"))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for role in names:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    yield names
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for role in names:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_consumer_role_cannot_touch_another_consumers_inbox_rows(
+    database_url: str, schema: str, two_consumers: tuple[str, str]
+) -> None:
+    """The inbox is keyed by (consumer, message_id), consumer being "<app name>:<queue>";
+    each role works only on the rows of the app names it was granted."""
+    billing_role, shipping_role = two_consumers
+    result = CliRunner().invoke(
+        main,
+        [
+            "sql",
+            "--schema",
+            schema,
+            "--grants",
+            f"consumer={billing_role}:billing",
+            "--grants",
+            f"consumer={shipping_role}:shipping,shipping-v2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(result.output)  # type: ignore[call-overload]
+        conn.execute(result.output)  # type: ignore[call-overload]  # applying twice is fine
+    queries = Queries("consumer", schema=schema)
+    inbox = sql.Identifier(schema, "inbox")
+    billing_ids = [str(uuid.uuid4()) for _ in range(3)]
+    with psycopg.connect(as_role(database_url, billing_role)) as conn:
+        for message_id in billing_ids:
+            row = {"consumer": "billing:billing.orders", "message_id": message_id}
+            assert conn.execute(queries["inbox_insert"], row).fetchone() == (1,)
+            assert conn.execute(queries["inbox_insert"], row).fetchone() is None  # duplicate
+        conn.commit()
+    with psycopg.connect(as_role(database_url, shipping_role)) as conn:
+        row = {"consumer": "shipping-v2:ship.orders", "message_id": billing_ids[0]}
+        assert conn.execute(queries["inbox_insert"], row).fetchone() == (1,)
+        conn.commit()
+        # Nothing of billing's can be seen, deleted, purged or forged.
+        assert conn.execute(sql.SQL("SELECT consumer FROM {}").format(inbox)).fetchall() == [
+            ("shipping-v2:ship.orders",)
+        ]
+        assert conn.execute(sql.SQL("DELETE FROM {}").format(inbox)).rowcount == 1
+        conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                queries["inbox_insert"], {"consumer": "billing:x", "message_id": billing_ids[0]}
+            )
+        conn.rollback()
+        # A name that only starts like another app's is still another app.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(queries["inbox_insert"], {"consumer": "shippingx:q", "message_id": "m"})
+        conn.rollback()
+    with psycopg.connect(database_url) as conn:
+        kept = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(inbox)).fetchone()
+        assert kept == (3,)
+
+
+def test_consumer_grants_need_the_app_names() -> None:
+    for value in ("consumer=billing_role", "consumer=billing_role:", "consumer=r:a:b"):
+        result = CliRunner().invoke(main, ["sql", "--grants", value])
+        assert result.exit_code == 2, result.output
+        assert "consumer=ROLE:APP" in result.output
