@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -24,19 +25,37 @@ from tests.support.relay import outbox_rows, running_relay, wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def roles(database_url: str) -> Iterator[tuple[str, str, str]]:
-    """Login roles for a relay, a producer and a consumer with no privileges (unique
-    names), dropped after the test."""
-    names = (unique_name("relay"), unique_name("producer"), unique_name("consumer"))
+@contextlib.contextmanager
+def login_roles(database_url: str, *prefixes: str) -> Iterator[tuple[str, ...]]:
+    """Login roles with no privileges (unique names), dropped afterwards."""
+    names = tuple(unique_name(prefix) for prefix in prefixes)
     with psycopg.connect(database_url, autocommit=True) as conn:
         for role in names:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    yield names
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for role in names:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    try:
+        yield names
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for role in names:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def roles(database_url: str) -> Iterator[tuple[str, ...]]:
+    """Roles for a relay, a producer and a consumer."""
+    with login_roles(database_url, "relay", "producer", "consumer") as names:
+        yield names
+
+
+def printed_grants(schema: str, *grants: str) -> str:
+    """What `outbox-relay sql --schema SCHEMA --grants G ...` prints."""
+    args = ["sql", "--schema", schema]
+    for grant in grants:
+        args += ["--grants", grant]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def as_role(database_url: str, role: str) -> str:
@@ -48,24 +67,12 @@ def test_the_printed_grants_are_enough_and_no_more(
     amqp_url: str,
     schema: str,
     broker: BrokerHelper,
-    roles: tuple[str, str, str],
+    roles: tuple[str, ...],
 ) -> None:
     relay_role, producer_role, consumer_role = roles
-    result = CliRunner().invoke(
-        main,
-        [
-            "sql",
-            "--schema",
-            schema,
-            "--grants",
-            f"relay={relay_role}",
-            "--grants",
-            f"producer={producer_role}",
-            "--grants",
-            f"consumer={consumer_role}:billing",
-        ],
+    grants = printed_grants(
+        schema, f"relay={relay_role}", f"producer={producer_role}", f"consumer={consumer_role}:b"
     )
-    assert result.exit_code == 0, result.output
     with psycopg.connect(database_url, autocommit=True) as conn:
         # A hardened database: nothing runs on PUBLIC's default EXECUTE right.
         conn.execute(
@@ -73,7 +80,7 @@ def test_the_printed_grants_are_enough_and_no_more(
                 sql.Identifier(schema)
             )
         )
-        conn.execute(result.output)  # type: ignore[call-overload]
+        conn.execute(grants)  # type: ignore[call-overload]
 
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
@@ -119,7 +126,7 @@ def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
 
 
 def test_the_consumer_grants_cover_its_inbox_statements(
-    database_url: str, schema: str, roles: tuple[str, str, str]
+    database_url: str, schema: str, roles: tuple[str, ...]
 ) -> None:
     _, _, consumer_role = roles
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -142,41 +149,24 @@ def test_the_consumer_grants_cover_its_inbox_statements(
 
 
 @pytest.fixture
-def two_consumers(database_url: str) -> Iterator[tuple[str, str]]:
-    """Login roles for two consumer applications sharing one inbox, dropped after."""
-    names = (unique_name("billing"), unique_name("shipping"))
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for role in names:
-            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    yield names
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for role in names:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+def two_consumers(database_url: str) -> Iterator[tuple[str, ...]]:
+    """Roles for two consumer applications sharing one inbox."""
+    with login_roles(database_url, "billing", "shipping") as names:
+        yield names
 
 
 def test_a_consumer_role_cannot_touch_another_consumers_inbox_rows(
-    database_url: str, schema: str, two_consumers: tuple[str, str]
+    database_url: str, schema: str, two_consumers: tuple[str, ...]
 ) -> None:
     """The inbox is keyed by (consumer, message_id), consumer being "<app name>:<queue>";
     each role works only on the rows of the app names it was granted."""
     billing_role, shipping_role = two_consumers
-    result = CliRunner().invoke(
-        main,
-        [
-            "sql",
-            "--schema",
-            schema,
-            "--grants",
-            f"consumer={billing_role}:billing",
-            "--grants",
-            f"consumer={shipping_role}:shipping,shipping-v2",
-        ],
+    grants = printed_grants(
+        schema, f"consumer={billing_role}:billing", f"consumer={shipping_role}:shipping,shipping-v2"
     )
-    assert result.exit_code == 0, result.output
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(result.output)  # type: ignore[call-overload]
-        conn.execute(result.output)  # type: ignore[call-overload]  # applying twice is fine
+        conn.execute(grants)  # type: ignore[call-overload]
+        conn.execute(grants)  # type: ignore[call-overload]  # applying twice is fine
     queries = Queries("consumer", schema=schema)
     inbox = sql.Identifier(schema, "inbox")
     billing_ids = [str(uuid.uuid4()) for _ in range(3)]
