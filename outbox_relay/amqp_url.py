@@ -14,13 +14,18 @@ import pika
 
 from outbox_relay.dead_peer import DeadPeerTimings
 from outbox_relay.errors import ConfigurationError
-from outbox_relay.urls import redact_url, scrub
+from outbox_relay.urls import redact_url, scrub, url_problem
 
 
 def url_parameters(url: str, *, dead_peer_timeout_s: float = 0.0) -> pika.URLParameters:
     """pika's parameters for ``url``, with TCP keepalives and TCP_USER_TIMEOUT for the
     dead-peer timeout unless the URL sets its own ``tcp_options``; raises
     ConfigurationError naming what is wrong (never the password)."""
+    problem = url_problem(url)
+    if problem:
+        # Before pika reads it: pika would split a malformed URL in the middle of the
+        # password and quote a piece of it as the host or port.
+        raise ConfigurationError(f"AMQP URL {redact_url(url)}: {problem}")
     try:
         params = pika.URLParameters(url)
     except OSError as exc:  # ssl_options names a file that cannot be loaded

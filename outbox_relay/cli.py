@@ -29,7 +29,13 @@ from outbox_relay.cli_options import (
     schema_option,
 )
 from outbox_relay.cli_topology import topology
-from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
+from outbox_relay.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    OutboxRelayError,
+    StoreError,
+    StoreUnavailableError,
+)
 from outbox_relay.logs import configure_logging
 from outbox_relay.observability.http import HealthServer
 from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
@@ -69,15 +75,34 @@ class _Group(click.Group):
         except StoreError as exc:
             click.echo(f"error: {_store_hint(exc)}", err=True)
             ctx.exit(EXIT_FAILED)
+        except BrokerUnavailableError as exc:
+            click.echo(f"error: {_one_line(exc)}; {_BROKER_HINT}", err=True)
+            ctx.exit(EXIT_FAILED)
         except OutboxRelayError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_FAILED)
 
 
+_DATABASE_HINT = (
+    "check that PostgreSQL runs at that address and that --database-url "
+    "(OUTBOX_RELAY_DATABASE_URL) names the right host, port, database, user and password"
+)
+_BROKER_HINT = (
+    "check that RabbitMQ runs at that address and that --amqp-url (OUTBOX_RELAY_AMQP_URL) "
+    "names the right host, port, vhost (as %2F for '/'), user and password"
+)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _store_hint(exc: StoreError) -> str:
-    text = str(exc)
+    text = _one_line(exc)
     if "does not exist" in text and ("outbox" in text or "schema" in text):
-        return f"{text}\nThe outbox table is missing: run `outbox-relay migrate --schema S` first."
+        return f"{text}; the outbox table is missing: run `outbox-relay migrate --schema S` first"
+    if isinstance(exc, StoreUnavailableError):
+        return f"{text}; {_DATABASE_HINT}"
     return text
 
 
@@ -182,6 +207,8 @@ def _drop(database_url: str, schema: str, target: str, *, wake_trigger: bool, ye
     "grants",
     multiple=True,
     metavar="KIND=ROLE",
+    # The consumer form, consumer=ROLE:APP[,APP...], is explained by its usage error;
+    # docs/cli.md is generated from this text.
     help="Print, instead of the DDL, the least privileges ROLE needs as KIND: 'relay' (its "
     "own tables), 'producer' (INSERT on the outbox, its wake-up function) or 'consumer' (its "
     "inbox). Repeatable.",
@@ -225,9 +252,11 @@ def print_sql(
                 "--wake-trigger is part of the DDL: print it without --grants, and the "
                 "grants in a second run"
             )
-        roles = [_grant(value) for value in grants]
+        parsed = [_grant(value) for value in grants]
+        roles = [(kind, role) for kind, role, _ in parsed]
+        apps = {role: names for kind, role, names in parsed if kind == "consumer"}
         try:
-            click.echo(grants_sql(schema=schema, roles=roles), nl=False)
+            click.echo(grants_sql(schema=schema, roles=roles, consumer_apps=apps), nl=False)
         except ValueError as exc:
             raise ConfigurationError(f"--grants/--schema: {exc}") from exc
         return
@@ -245,14 +274,27 @@ def print_sql(
         raise ConfigurationError(f"--schema: {exc}") from exc
 
 
-def _grant(value: str) -> tuple[str, str]:
+def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
+    """KIND=ROLE, or consumer=ROLE:APP[,APP...]: the consumer apps whose inbox rows the
+    role may use."""
     kind, _, role = value.partition("=")
     if kind not in GRANT_KINDS or not role:
         raise ConfigurationError(
             f"--grants {value!r}: expected KIND=ROLE with KIND one of {', '.join(GRANT_KINDS)}, "
-            "e.g. --grants relay=outbox_relay --grants producer=app --grants consumer=billing"
+            "e.g. --grants relay=outbox_relay --grants producer=app "
+            "--grants consumer=billing_role:billing"
         )
-    return kind, role
+    if kind != "consumer":
+        return kind, role, ()
+    role, _, names = role.partition(":")
+    apps = tuple(names.split(",")) if names else ()
+    if not role or not apps or not all(apps) or any(":" in app for app in apps):
+        raise ConfigurationError(
+            f"--grants {value!r}: expected consumer=ROLE:APP[,APP...], APP being the name "
+            "of a consumer app (ConsumerApp(name=...)) whose inbox rows ROLE may use; "
+            "app names cannot contain ':'"
+        )
+    return kind, role, apps
 
 
 @main.command()

@@ -27,10 +27,26 @@ from outbox_relay.consumer.dead_letter import DeadLetter, DeadLetterFilter, park
 from outbox_relay.consumer.parking import ParkingLot
 
 LIST_LIMIT = 50
+MAX_QUEUE_NAME_BYTES = 255
 
 
 def _queue(func: Any) -> Any:
-    return click.argument("queue")(func)
+    return click.argument("queue", callback=_valid_queue)(func)
+
+
+def _valid_queue(_ctx: click.Context, _param: click.Parameter, queue: str) -> str:
+    """AMQP names are short strings: at most 255 bytes, the parking-lot suffix included."""
+    parking = parking_lot_for(queue)
+    size = len(parking.encode("utf-8", errors="surrogatepass"))
+    if size > MAX_QUEUE_NAME_BYTES:
+        shown = parking if len(parking) <= 60 else f"{parking[:40]}...{parking[-12:]}"
+        raise click.BadParameter(
+            f"its parking lot {shown!r} is {size} bytes long; AMQP allows queue names of at "
+            f"most {MAX_QUEUE_NAME_BYTES} bytes: check the name"
+        )
+    if "\x00" in queue:
+        raise click.BadParameter(f"{queue!r} contains a NUL character: check the name")
+    return queue
 
 
 def _filters(func: Any) -> Any:

@@ -20,6 +20,8 @@ from outbox_relay.settings import (
     DEFAULT_SCHEMA,
     read_secret_file,
 )
+from outbox_relay.store.sqlfiles import validate_schema_name
+from outbox_relay.urls import redact_url, url_problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1
@@ -62,6 +64,10 @@ def url_option(func: F, *, name: str, envvar: str, default: str | None, help: st
                     f"{flag} and {flag}-file were both given ({envvar} or {envvar}_FILE); give one"
                 )
             kwargs[name] = read_secret_file(path, option=f"{flag}-file")
+        url = kwargs.get(name)
+        problem = url_problem(url) if url else None
+        if url and problem:
+            raise ConfigurationError(f"{flag} {redact_url(url)}: {problem}")
         return func(*args, **kwargs)
 
     with_file = click.option(
@@ -95,7 +101,15 @@ def schema_option(func: F) -> F:
         show_default=True,
         show_envvar=True,
         help="Schema that holds the outbox table.",
+        callback=_valid_schema,
     )(func)
+
+
+def _valid_schema(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return validate_schema_name(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def partitions_option(func: F) -> F:

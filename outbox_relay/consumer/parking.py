@@ -33,6 +33,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
+from outbox_relay.amqp_url import describe_amqp_error, url_parameters
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.dead_letter import (
     DeadLetter,
@@ -49,7 +50,8 @@ from outbox_relay.consumer.failure import (
 )
 from outbox_relay.consumer.runner import republished
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
-from outbox_relay.urls import redact_url
+from outbox_relay.rpc_deadline import RPC_TIMEOUT_S, close_within, deadline
+from outbox_relay.urls import redact_url, scrub
 
 PROGRESS_EVERY = 100
 NOT_FOUND = 404
@@ -60,22 +62,30 @@ Progress = Callable[[int], None]
 class ParkingLot:
     """One parking-lot queue, opened with ``with``. Raises BrokerError with what to do."""
 
-    def __init__(self, amqp_url: str, queue: str) -> None:
+    def __init__(self, amqp_url: str, queue: str, *, rpc_timeout_s: float = RPC_TIMEOUT_S) -> None:
         self.queue = queue
         self._url = amqp_url
+        self._rpc_timeout_s = rpc_timeout_s
         self._conn: pika.BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
 
     def __enter__(self) -> ParkingLot:
         try:
-            self._conn = pika.BlockingConnection(pika.URLParameters(self._url))
+            self._conn = pika.BlockingConnection(url_parameters(self._url))
             lenient_frames.install(self._conn)
-            self._channel = self._conn.channel()
-            self._channel.confirm_delivery()
+            with self._deadline("opening a channel"):
+                self._channel = self._conn.channel()
+                self._channel.confirm_delivery()
+        except BrokerUnavailableError:
+            self.__exit__(None, None, None)
+            raise
         except (pika.exceptions.AMQPError, OSError) as exc:
+            self.__exit__(None, None, None)
+            reason = scrub(describe_amqp_error(exc), self._url)
+            # No chain: pika's own exception may quote the URL.
             raise BrokerUnavailableError(
-                f"cannot connect to {redact_url(self._url)}: {exc!r}"
-            ) from exc
+                f"cannot connect to {redact_url(self._url)}: {reason}"
+            ) from None
         try:
             self.depth()  # fail early, with the name, when the queue is missing
         except BrokerError:
@@ -90,9 +100,8 @@ class ParkingLot:
         _tb: TracebackType | None,
     ) -> None:
         conn, self._conn, self._channel = self._conn, None, None
-        if conn is not None and conn.is_open:
-            with contextlib.suppress(pika.exceptions.AMQPError, OSError):
-                conn.close()  # the broker requeues whatever is still unacked
+        if conn is not None:
+            close_within(conn)  # the broker requeues whatever is still unacked
 
     @property
     def channel(self) -> BlockingChannel:
@@ -103,7 +112,9 @@ class ParkingLot:
     def depth(self) -> int:
         """Messages waiting in the lot (unacked ones not counted)."""
         try:
-            return int(self.channel.queue_declare(self.queue, passive=True).method.message_count)
+            with self._deadline(f"counting the messages in {self.queue!r}"):
+                declared = self.channel.queue_declare(self.queue, passive=True)
+            return int(declared.method.message_count)
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code == NOT_FOUND:
                 raise BrokerError(
@@ -141,13 +152,14 @@ class ParkingLot:
                 self._pause_until(started + moved / rate_per_s)
             target = replay_target(letter, self.queue)
             try:
-                self.channel.basic_publish(
-                    "",
-                    target,
-                    letter.body,
-                    properties=republished(properties, replay_headers(properties.headers)),
-                    mandatory=True,
-                )
+                with self._deadline(f"sending message {letter.message_id} back to {target!r}"):
+                    self.channel.basic_publish(
+                        "",
+                        target,
+                        letter.body,
+                        properties=republished(properties, replay_headers(properties.headers)),
+                        mandatory=True,
+                    )
             except pika.exceptions.UnroutableError as exc:
                 raise BrokerError(
                     f"message {letter.message_id} cannot go back to queue {target!r}: no such "
@@ -200,7 +212,8 @@ class ParkingLot:
         channel = self.channel
         try:
             for _ in range(self.depth()):
-                method, properties, body = channel.basic_get(self.queue, auto_ack=False)
+                with self._deadline(f"reading {self.queue!r}"):
+                    method, properties, body = channel.basic_get(self.queue, auto_ack=False)
                 if method is None or properties is None:
                     return
                 letter = dead_letter(
@@ -220,7 +233,14 @@ class ParkingLot:
             ) from exc
         finally:
             if channel.is_open:
-                channel.basic_nack(0, multiple=True, requeue=True)
+                with contextlib.suppress(pika.exceptions.AMQPError, OSError):
+                    # closing the connection requeues them too, should this fail
+                    channel.basic_nack(0, multiple=True, requeue=True)
+
+    def _deadline(self, what: str) -> contextlib.AbstractContextManager[None]:
+        if self._conn is None:
+            raise BrokerError("the parking lot is not open: use `with ParkingLot(...)`")
+        return deadline(self._conn, self._rpc_timeout_s, what)
 
     def _pause_until(self, moment: float) -> None:
         assert self._conn is not None  # noqa: S101 - open while scanning

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,16 +193,25 @@ def drop(url: str, *, schema: str) -> DropReport:
     )
 
 
-def grants_sql(*, schema: str, roles: Sequence[tuple[str, str]]) -> str:
+def grants_sql(
+    *,
+    schema: str,
+    roles: Sequence[tuple[str, str]],
+    consumer_apps: Mapping[str, Sequence[str]] | None = None,
+) -> str:
     """GRANT statements giving each (kind, role) the least it needs on ``schema``: ``relay``
-    its own tables, ``producer`` INSERT on the outbox, ``consumer`` its inbox."""
+    its own tables, ``producer`` INSERT on the outbox, ``consumer`` the inbox rows of the
+    consumer apps ``consumer_apps[role]`` names (row-level security), and no others."""
     validate_schema_name(schema)
     chunks = []
     for kind, role in roles:
         if not role or len(role.encode("utf-8")) > MAX_IDENTIFIER_BYTES or "\x00" in role:
             raise ValueError(f"role name {role!r} is empty, contains NUL or is too long")
-        text = compose(grant_template(kind), schema=schema, role=role).as_string(None)
-        chunks.append(text.strip())
+        apps = tuple((consumer_apps or {}).get(role, ())) if kind == "consumer" else ()
+        if kind == "consumer":
+            _check_apps(role, apps)
+        text = compose(grant_template(kind), schema=schema, role=role, apps=apps)
+        chunks.append(text.as_string(None).strip())
     return "\n\n".join(chunks) + "\n"
 
 
@@ -254,6 +263,20 @@ def _dependents_hint(schema: str, exc: psycopg.errors.DependentObjectsStillExist
         + ". Nothing was dropped: outbox-relay never drops objects of yours (no CASCADE); "
         "drop or change them first, then run this again"
     )
+
+
+def _check_apps(role: str, apps: Sequence[str]) -> None:
+    if not apps:
+        raise ValueError(
+            f"consumer role {role!r}: name the consumer apps (ConsumerApp(name=...)) whose "
+            "inbox rows it may use"
+        )
+    for app in apps:
+        if not app or ":" in app or "\x00" in app:
+            raise ValueError(
+                f"consumer app name {app!r} is empty or contains ':' or NUL; an app name "
+                "with ':' would also match the inbox rows of another app"
+            )
 
 
 def _check(schema: str, partitions: int) -> None:

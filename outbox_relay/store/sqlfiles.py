@@ -13,13 +13,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from psycopg import sql
 
 _NAME_RE = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
-_PLACEHOLDER_RE = re.compile(r"\{(schema|channel|partitions|role)\}")
+_PLACEHOLDER_RE = re.compile(r"\{(schema|channel|partitions|role|policy|apps)\}")
 _MIGRATION_RE = re.compile(r"^(\d{4})_(\w+)\.sql$")
 MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 
@@ -116,10 +117,16 @@ def lock_key(*parts: str) -> int:
 
 
 def compose(
-    template: str, *, schema: str, partitions: int | None = None, role: str | None = None
+    template: str,
+    *,
+    schema: str,
+    partitions: int | None = None,
+    role: str | None = None,
+    apps: Sequence[str] = (),
 ) -> sql.Composed:
     """Splice the quoted schema (its NOTIFY channel, the partition count, a quoted role
-    name) into a template."""
+    name, its inbox policy's name and the condition on the consumer apps it may use)
+    into a template."""
     pieces: list[sql.Composable] = []
     position = 0
     for match in _PLACEHOLDER_RE.finditer(template):
@@ -129,10 +136,14 @@ def compose(
             pieces.append(sql.Identifier(schema))
         elif name == "channel":
             pieces.append(sql.Literal(notify_channel(schema)))
-        elif name == "role":
+        elif name in ("role", "policy"):
             if role is None:
                 raise ValueError("this SQL needs a role name")
-            pieces.append(sql.Identifier(role))
+            pieces.append(sql.Identifier(role if name == "role" else inbox_policy_name(role)))
+        elif name == "apps":
+            if not apps:
+                raise ValueError("this SQL needs the consumer apps' names")
+            pieces.append(_apps_condition(apps))
         elif partitions is None:
             raise ValueError("this SQL needs the partition count")
         else:
@@ -140,6 +151,21 @@ def compose(
         position = match.end()
     pieces.append(sql.SQL(template[position:]))
     return sql.Composed(pieces)
+
+
+def inbox_policy_name(role: str) -> str:
+    """The name of ``role``'s row-level security policy on the inbox; always a valid,
+    distinct identifier (a long role name is hashed rather than truncated)."""
+    name = f"inbox_{role}"
+    if len(name.encode("utf-8")) <= MAX_IDENTIFIER_BYTES:
+        return name
+    return "inbox_" + hashlib.blake2b(role.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _apps_condition(apps: Sequence[str]) -> sql.Composed:
+    """True for inbox rows of these apps: their consumer key is "<app name>:<queue>"."""
+    tests = [sql.SQL("starts_with(consumer, {})").format(sql.Literal(f"{app}:")) for app in apps]
+    return sql.SQL("(") + sql.SQL(" OR ").join(tests) + sql.SQL(")")
 
 
 class Queries:

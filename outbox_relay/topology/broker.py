@@ -29,6 +29,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 
 from outbox_relay.amqp_url import describe_amqp_error, url_parameters
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
+from outbox_relay.rpc_deadline import RPC_TIMEOUT_S, close_within, deadline
 from outbox_relay.topology.conflicts import (
     CannotAdoptError,
     Inequivalence,
@@ -50,7 +51,7 @@ from outbox_relay.topology.plan import (
     TopologyConflictError,
     TopologyPartlyAppliedError,
 )
-from outbox_relay.urls import redact_url
+from outbox_relay.urls import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 10.0
 _NOT_FOUND = 404
@@ -60,21 +61,26 @@ _PIKA_CHANNEL_LOG = logging.getLogger("pika.channel")
 Request = Mapping[str, Any]
 
 
-def plan(amqp_url: str, topology: Topology) -> Plan:
-    """What applying ``topology`` would create, what already matches and what conflicts."""
-    with _connect(amqp_url) as broker:
+def plan(amqp_url: str, topology: Topology, *, rpc_timeout_s: float = RPC_TIMEOUT_S) -> Plan:
+    """What applying ``topology`` would create, what already matches and what conflicts.
+
+    Each call to the broker gets ``rpc_timeout_s``; then BrokerUnavailableError.
+    """
+    with _connect(amqp_url, rpc_timeout_s=rpc_timeout_s) as broker:
         return broker.plan(topology)
 
 
-def apply(amqp_url: str, topology: Topology) -> ApplyReport:
+def apply(
+    amqp_url: str, topology: Topology, *, rpc_timeout_s: float = RPC_TIMEOUT_S
+) -> ApplyReport:
     """Declare what ``topology`` needs; a second call finds everything up to date.
 
     Raises TopologyConflictError, having declared nothing, when an object exists with
     other arguments or a referenced exchange exists nowhere; TopologyPartlyAppliedError
     when the broker refuses a declaration half-way; BrokerUnavailableError when the
-    broker cannot be reached.
+    broker cannot be reached or leaves a call unanswered for ``rpc_timeout_s``.
     """
-    with _connect(amqp_url) as broker:
+    with _connect(amqp_url, rpc_timeout_s=rpc_timeout_s) as broker:
         result = broker.plan(topology)
         if not result.ok:
             raise TopologyConflictError(result)
@@ -113,19 +119,20 @@ class _QuietRefusals(logging.Filter):
 
 
 @contextlib.contextmanager
-def _connect(amqp_url: str) -> Iterator[_Broker]:
+def _connect(amqp_url: str, *, rpc_timeout_s: float = RPC_TIMEOUT_S) -> Iterator[_Broker]:
     params = url_parameters(amqp_url)
     params.socket_timeout = params.blocked_connection_timeout = CONNECT_TIMEOUT_S
     try:
         connection = pika.BlockingConnection(params)
     except pika.exceptions.AMQPError as exc:
+        reason = scrub(describe_amqp_error(exc), amqp_url)
         raise BrokerUnavailableError(
-            f"cannot connect to {redact_url(amqp_url)}: {describe_amqp_error(exc)}"
-        ) from exc
+            f"cannot connect to {redact_url(amqp_url)}: {reason}"
+        ) from None
     quiet = _QuietRefusals()
     _PIKA_CHANNEL_LOG.addFilter(quiet)
     try:
-        yield _Broker(connection, vhost=str(params.virtual_host))
+        yield _Broker(connection, vhost=str(params.virtual_host), rpc_timeout_s=rpc_timeout_s)
     except pika.exceptions.AMQPConnectionError as exc:
         raise BrokerUnavailableError(
             f"lost the connection to {redact_url(amqp_url)}: {describe_amqp_error(exc)}"
@@ -134,8 +141,7 @@ def _connect(amqp_url: str) -> Iterator[_Broker]:
         raise BrokerError(f"RabbitMQ refused an operation: {exc!r}") from exc
     finally:
         _PIKA_CHANNEL_LOG.removeFilter(quiet)
-        with contextlib.suppress(pika.exceptions.AMQPError):
-            connection.close()
+        close_within(connection)
 
 
 def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
@@ -147,9 +153,12 @@ def server_version(connection: pika.BlockingConnection) -> tuple[int, ...]:
 
 
 class _Broker:
-    def __init__(self, connection: pika.BlockingConnection, *, vhost: str) -> None:
+    def __init__(
+        self, connection: pika.BlockingConnection, *, vhost: str, rpc_timeout_s: float
+    ) -> None:
         self._connection = connection
         self.vhost = vhost
+        self._rpc_timeout_s = rpc_timeout_s
         self.version = server_version(connection)
 
     # -- planning -----------------------------------------------------------------------
@@ -217,7 +226,10 @@ class _Broker:
         found: list[Inequivalence] = []
         first_refusal: str | None = None
         for _ in range(_MAX_ROUNDS):
-            refusal = self._refusal(partial(_declare, kind=kind, name=name, request=request))
+            refusal = self._refusal(
+                partial(_declare, kind=kind, name=name, request=request),
+                f"declaring {kind} {name!r} again to compare its arguments",
+            )
             if refusal is None:
                 break
             first_refusal = first_refusal or refusal
@@ -238,25 +250,32 @@ class _Broker:
         if item.kind == "binding":
             r = item.request
             return self._refusal(
-                lambda ch: ch.queue_bind(r["queue"], r["exchange"], routing_key=r["routing_key"])
+                lambda ch: ch.queue_bind(r["queue"], r["exchange"], routing_key=r["routing_key"]),
+                f"declaring {item.label()}",
             )
-        return self._refusal(lambda ch: _declare(ch, item.kind, item.name, item.request))
+        return self._refusal(
+            lambda ch: _declare(ch, item.kind, item.name, item.request), f"declaring {item.label()}"
+        )
 
     # -- channels -----------------------------------------------------------------------
 
-    def _refusal(self, operation: Callable[[BlockingChannel], object]) -> str | None:
-        """Run ``operation`` on a throwaway channel; the broker's refusal text, or None."""
-        channel = self._connection.channel()
-        try:
-            operation(channel)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            return f"{exc.reply_code} {exc.reply_text}"
-        if channel.is_open:
-            channel.close()
-        return None
+    def _refusal(self, operation: Callable[[BlockingChannel], object], what: str) -> str | None:
+        """Run ``operation`` on a throwaway channel; the broker's refusal text, or None.
+        Raises BrokerUnavailableError when the broker leaves it unanswered too long."""
+        with deadline(self._connection, self._rpc_timeout_s, what):
+            channel = self._connection.channel()
+            try:
+                operation(channel)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                return f"{exc.reply_code} {exc.reply_text}"
+            if channel.is_open:
+                channel.close()
+            return None
 
     def _exists(self, kind: str, name: str) -> bool:
-        refusal = self._refusal(lambda ch: _passive(ch, kind, name))
+        refusal = self._refusal(
+            lambda ch: _passive(ch, kind, name), f"checking whether {kind} {name!r} exists"
+        )
         if refusal is None:
             return True
         if refusal.startswith(f"{_NOT_FOUND} "):
@@ -266,7 +285,8 @@ class _Broker:
     def _depth(self, queue: str) -> int | None:
         depth: list[int] = []
         self._refusal(
-            lambda ch: depth.append(ch.queue_declare(queue, passive=True).method.message_count)
+            lambda ch: depth.append(ch.queue_declare(queue, passive=True).method.message_count),
+            f"counting the messages in queue {queue!r}",
         )
         return depth[0] if depth else None
 

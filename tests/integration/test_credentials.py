@@ -68,7 +68,6 @@ def test_a_bad_secret_file_is_refused_without_showing_its_content(
         f"postgresql://u:{SECRET}@127.0.0.1:1/x",
         f"host=127.0.0.1 port=1 password={SECRET}",
         f"host=127.0.0.1 password=s3 {SECRET}",  # malformed: libpq quotes the second word
-        f"postgresql://u:{SECRET}@127.0.0.1:notaport/x",
         f"postgresql://127.0.0.1:1/x?password={SECRET}",
     ],
 )
@@ -79,10 +78,18 @@ def test_database_errors_never_show_the_password(url: str) -> None:
     assert SECRET not in result.output
 
 
+def test_a_malformed_database_url_is_a_usage_error_without_the_password() -> None:
+    url = f"postgresql://u:{SECRET}@127.0.0.1:notaport/x"
+    result = CliRunner().invoke(main, ["migrate", "--database-url", url], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert "its port 'notaport' is not a number" in result.output
+    assert SECRET not in result.output
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        (f"amqp://guest:{SECRET}@127.0.0.1:notaport/%2F", "Port could not be cast"),
+        (f"amqp://guest:{SECRET}@127.0.0.1:notaport/%2F", "its port 'notaport' is not a number"),
         (f"amqp://guest:{SECRET}@127.0.0.1/%2F?heartbeat=abc", "Invalid heartbeat value"),
         (
             f"amqps://guest:{SECRET}@127.0.0.1/%2F?ssl_options=%7B%27ca_certs%27%3A%27/nope%27%7D",

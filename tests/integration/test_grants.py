@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -24,19 +25,37 @@ from tests.support.relay import outbox_rows, running_relay, wait_for
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def roles(database_url: str) -> Iterator[tuple[str, str, str]]:
-    """Login roles for a relay, a producer and a consumer with no privileges (unique
-    names), dropped after the test."""
-    names = (unique_name("relay"), unique_name("producer"), unique_name("consumer"))
+@contextlib.contextmanager
+def login_roles(database_url: str, *prefixes: str) -> Iterator[tuple[str, ...]]:
+    """Login roles with no privileges (unique names), dropped afterwards."""
+    names = tuple(unique_name(prefix) for prefix in prefixes)
     with psycopg.connect(database_url, autocommit=True) as conn:
         for role in names:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    yield names
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        for role in names:
-            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    try:
+        yield names
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for role in names:
+                conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+                conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def roles(database_url: str) -> Iterator[tuple[str, ...]]:
+    """Roles for a relay, a producer and a consumer."""
+    with login_roles(database_url, "relay", "producer", "consumer") as names:
+        yield names
+
+
+def printed_grants(schema: str, *grants: str) -> str:
+    """What `outbox-relay sql --schema SCHEMA --grants G ...` prints."""
+    args = ["sql", "--schema", schema]
+    for grant in grants:
+        args += ["--grants", grant]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def as_role(database_url: str, role: str) -> str:
@@ -48,24 +67,12 @@ def test_the_printed_grants_are_enough_and_no_more(
     amqp_url: str,
     schema: str,
     broker: BrokerHelper,
-    roles: tuple[str, str, str],
+    roles: tuple[str, ...],
 ) -> None:
     relay_role, producer_role, consumer_role = roles
-    result = CliRunner().invoke(
-        main,
-        [
-            "sql",
-            "--schema",
-            schema,
-            "--grants",
-            f"relay={relay_role}",
-            "--grants",
-            f"producer={producer_role}",
-            "--grants",
-            f"consumer={consumer_role}",
-        ],
+    grants = printed_grants(
+        schema, f"relay={relay_role}", f"producer={producer_role}", f"consumer={consumer_role}:b"
     )
-    assert result.exit_code == 0, result.output
     with psycopg.connect(database_url, autocommit=True) as conn:
         # A hardened database: nothing runs on PUBLIC's default EXECUTE right.
         conn.execute(
@@ -73,7 +80,7 @@ def test_the_printed_grants_are_enough_and_no_more(
                 sql.Identifier(schema)
             )
         )
-        conn.execute(result.output)  # type: ignore[call-overload]
+        conn.execute(grants)  # type: ignore[call-overload]
 
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
@@ -110,7 +117,7 @@ def test_the_printed_grants_are_enough_and_no_more(
 def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
     """A quoted schema or role name may hold a newline; inside a `--` comment it would end
     the comment and turn the rest of the name into SQL."""
-    placeholder = re.compile(r"--.*\{(schema|role|channel|partitions)\}")
+    placeholder = re.compile(r"--.*\{(schema|role|channel|partitions|policy|apps)\}")
     files: list[Path] = [
         *sql_dir().glob("*.sql"),
         *sql_dir().glob("migrations/*.sql"),
@@ -123,18 +130,83 @@ def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
 
 
 def test_the_consumer_grants_cover_its_inbox_statements(
-    database_url: str, schema: str, roles: tuple[str, str, str]
+    database_url: str, schema: str, roles: tuple[str, ...]
 ) -> None:
     _, _, consumer_role = roles
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(grants_sql(schema=schema, roles=[("consumer", consumer_role)]))  # type: ignore[call-overload]
+        grants = grants_sql(
+            schema=schema,
+            roles=[("consumer", consumer_role)],
+            consumer_apps={consumer_role: ["billing"]},
+        )
+        conn.execute(grants)  # type: ignore[call-overload]
     queries = Queries("consumer", schema=schema)
     message_id = uuid.uuid4()
     with psycopg.connect(as_role(database_url, consumer_role)) as conn:
-        insert = {"consumer": "billing", "message_id": message_id}
+        insert = {"consumer": "billing:billing.orders", "message_id": message_id}
         assert conn.execute(queries["inbox_insert"], insert).fetchone() == (1,)
         assert conn.execute(queries["inbox_insert"], insert).fetchone() is None  # duplicate
         conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
         conn.commit()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(sql.SQL("SELECT 1 FROM {}.outbox").format(sql.Identifier(schema)))
+
+
+@pytest.fixture
+def two_consumers(database_url: str) -> Iterator[tuple[str, ...]]:
+    """Roles for two consumer applications sharing one inbox."""
+    with login_roles(database_url, "billing", "shipping") as names:
+        yield names
+
+
+def test_a_consumer_role_cannot_touch_another_consumers_inbox_rows(
+    database_url: str, schema: str, two_consumers: tuple[str, ...]
+) -> None:
+    """The inbox is keyed by (consumer, message_id), consumer being "<app name>:<queue>";
+    each role works only on the rows of the app names it was granted."""
+    billing_role, shipping_role = two_consumers
+    grants = printed_grants(
+        schema, f"consumer={billing_role}:billing", f"consumer={shipping_role}:shipping,shipping-v2"
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(grants)  # type: ignore[call-overload]
+        conn.execute(grants)  # type: ignore[call-overload]  # applying twice is fine
+    queries = Queries("consumer", schema=schema)
+    inbox = sql.Identifier(schema, "inbox")
+    billing_ids = [str(uuid.uuid4()) for _ in range(3)]
+    with psycopg.connect(as_role(database_url, billing_role)) as conn:
+        for message_id in billing_ids:
+            row = {"consumer": "billing:billing.orders", "message_id": message_id}
+            assert conn.execute(queries["inbox_insert"], row).fetchone() == (1,)
+            assert conn.execute(queries["inbox_insert"], row).fetchone() is None  # duplicate
+        conn.commit()
+    with psycopg.connect(as_role(database_url, shipping_role)) as conn:
+        row = {"consumer": "shipping-v2:ship.orders", "message_id": billing_ids[0]}
+        assert conn.execute(queries["inbox_insert"], row).fetchone() == (1,)
+        conn.commit()
+        # Nothing of billing's can be seen, deleted, purged or forged.
+        assert conn.execute(sql.SQL("SELECT consumer FROM {}").format(inbox)).fetchall() == [
+            ("shipping-v2:ship.orders",)
+        ]
+        assert conn.execute(sql.SQL("DELETE FROM {}").format(inbox)).rowcount == 1
+        conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
+        conn.commit()
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(
+                queries["inbox_insert"], {"consumer": "billing:x", "message_id": billing_ids[0]}
+            )
+        conn.rollback()
+        # A name that only starts like another app's is still another app.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(queries["inbox_insert"], {"consumer": "shippingx:q", "message_id": "m"})
+        conn.rollback()
+    with psycopg.connect(database_url) as conn:
+        kept = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(inbox)).fetchone()
+        assert kept == (3,)
+
+
+def test_consumer_grants_need_the_app_names() -> None:
+    for value in ("consumer=billing_role", "consumer=billing_role:", "consumer=r:a:b"):
+        result = CliRunner().invoke(main, ["sql", "--grants", value])
+        assert result.exit_code == 2, result.output
+        assert "consumer=ROLE:APP" in result.output
