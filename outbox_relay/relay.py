@@ -699,7 +699,9 @@ class Relay:
         return BatchResult(len(rows) + claim.left_over, len(published), len(failures), held)
 
     def _failure(self, row: OutboxRow, error: str, reason: Reason | None) -> Failure:
-        attempt = row.attempts + 1
+        # attempts written with SQL may be anything the column holds: below zero counts
+        # as none, and at the integer maximum the store saturates it.
+        attempt = max(row.attempts, 0) + 1
         dead = attempt >= self._settings.max_attempts or (reason is not None and reason.permanent)
         delay = retry_delay_s(
             attempt,
