@@ -34,7 +34,7 @@ from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
-from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
+from outbox_relay.reconnect import RECONNECT_MAX_S, ReconnectBackoff, reconnecting
 from outbox_relay.wakeup import BUSY_POLL_S, LATE_LOOK_S, Notices, Step, WakeUp
 
 # Draining a backlog of 512 B rows against raw pika at its best (medians of three
@@ -218,6 +218,8 @@ class Relay:
         self._next_heartbeat = 0.0
         self._empty_polls = 0
         self._wakeup = WakeUp(batch_size=settings.batch_size)
+        # Restarts from its base once connected again (see _connect).
+        self._backoff = ReconnectBackoff(max_s=settings.reconnect_max_s, random_unit=random_unit)
         # Claims the next batch while the loop publishes one (see run_batches).
         self._store_thread: ThreadPoolExecutor | None = None
         self.last_iteration = time.monotonic()
@@ -264,7 +266,7 @@ class Relay:
             should_stop=self._stopping.is_set,
             sleep=self._stopping.wait,
             on_outage=self._on_outage,
-            max_s=self._settings.reconnect_max_s,
+            backoff=self._backoff,
         )
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-store") as pool:
@@ -446,6 +448,7 @@ class Relay:
         self._heartbeat_only = False
         if not self._publisher.connected:
             self._publisher.connect()
+        self._backoff.connected()
         if self._outage is not None:
             log.info("relay.recovered", outage=self._outage)
             self._outage = None
