@@ -30,6 +30,7 @@ from outbox_relay.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from outbox_relay.isolation import Isolation
 from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
@@ -218,6 +219,9 @@ class Relay:
         self._next_heartbeat = 0.0
         self._empty_polls = 0
         self._wakeup = WakeUp(batch_size=settings.batch_size)
+        # While looking for the row the broker refused, sends carry fewer rows and no
+        # batch goes out ahead of another (see outbox_relay.isolation).
+        self._isolation = Isolation()
         # Restarts from its base once connected again (see _connect).
         self._backoff = ReconnectBackoff(max_s=settings.reconnect_max_s, random_unit=random_unit)
         # Claims the next batch while the loop publishes one (see run_batches).
@@ -594,6 +598,7 @@ class Relay:
         return (
             len(claim.rows) >= self._settings.batch_size
             and not claim.left_over
+            and self._isolation.limit is None
             and not self._stopping.is_set()
             and time.monotonic() < self._next_heartbeat
         )
@@ -628,6 +633,7 @@ class Relay:
         """The first round: rows to a missing exchange fail before anything is sent,
         every row that would go out after a failed row of its key waits in the table, as
         do the ``waiting`` rows, and the rest go out."""
+        self._isolation.claimed([row.id for row in rows])
         candidates = [row for row in rows if row.id not in waiting]
         missing = self._publisher.missing_exchanges({row.exchange for row in candidates})
         outcomes: dict[int, Outcome] = {
@@ -636,7 +642,9 @@ class Relay:
             if row.exchange in missing
         }
         unsent = [row.id for row in candidates if row.id not in outcomes]
-        pending = resend_order(rows, unsent, held_back(rows, list(outcomes)))
+        pending = self._within_limit(
+            resend_order(rows, unsent, held_back(rows, list(outcomes))), outcomes
+        )
         if not pending:
             return _Sent(outcomes, None)
         try:
@@ -654,10 +662,14 @@ class Relay:
         rounds = 1
         try:
             while sending is not None:
-                outcomes.update(sending.outcomes())
+                got = sending.outcomes()
+                outcomes.update(got)
+                self._isolation.sent(got)
                 unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
                 failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
-                pending = resend_order(rows, unsent, held_back(rows, failed))
+                pending = self._within_limit(
+                    resend_order(rows, unsent, held_back(rows, failed)), outcomes
+                )
                 if not pending or rounds >= MAX_PUBLISH_ROUNDS:
                     break
                 sending = self._publisher.send(pending, deadline=self._lease_deadline)
@@ -666,6 +678,18 @@ class Relay:
             # Opening a channel for the next round can fail too: settle the first's.
             raise _interrupted(exc, outcomes) from exc
         return outcomes
+
+    def _within_limit(
+        self, pending: Sequence[OutboxRow], outcomes: dict[int, Outcome]
+    ) -> Sequence[OutboxRow]:
+        """The first rows of ``pending`` that the send limit lets go; the others are
+        UNSENT in ``outcomes`` (and go in a later round or claim)."""
+        limit = self._isolation.limit
+        if limit is None or len(pending) <= limit:
+            return pending
+        for row in pending[limit:]:
+            outcomes.setdefault(row.id, Outcome.unsent())
+        return pending[:limit]
 
     def _settle(self, claim: Claim, outcomes: Mapping[int, Outcome]) -> BatchResult:
         rows = claim.rows
