@@ -23,6 +23,13 @@ BLAMED = Outcome.failed("the broker closed the connection over this message", Re
 OK = Outcome.confirmed()
 
 
+def searching(suspects: int) -> Isolation:
+    """A search after a refusal with rows 1..suspects unconfirmed."""
+    isolation = Isolation()
+    isolation.sent(dict.fromkeys(range(1, suspects + 1), REFUSED))
+    return isolation
+
+
 class TestIsolation:
     def test_no_search_without_a_refusal(self) -> None:
         isolation = Isolation()
@@ -37,30 +44,26 @@ class TestIsolation:
         assert isolation.limit == 10
 
     def test_a_send_that_goes_through_keeps_the_limit_while_suspects_are_left(self) -> None:
-        isolation = Isolation()
-        isolation.sent(dict.fromkeys(range(1, 11), REFUSED))
+        isolation = searching(10)
         isolation.sent(dict.fromkeys(range(1, 6), OK))
         assert isolation.limit == 5
         isolation.sent(dict.fromkeys(range(6, 11), OK))
         assert isolation.limit is None, "every suspect went through: the search is over"
 
     def test_the_blamed_row_ends_the_search(self) -> None:
-        isolation = Isolation()
-        isolation.sent(dict.fromkeys(range(1, 11), REFUSED))
+        isolation = searching(10)
         isolation.sent({1: OK, 2: BLAMED})
         assert isolation.limit is None
 
     def test_a_claim_without_any_suspect_ends_the_search(self) -> None:
-        isolation = Isolation()
-        isolation.sent(dict.fromkeys(range(1, 11), REFUSED))
+        isolation = searching(10)
         isolation.claimed([5, 11, 12])
         assert isolation.limit == 5
         isolation.claimed([11, 12])
         assert isolation.limit is None
 
     def test_suspects_of_two_batches_are_kept_together(self) -> None:
-        isolation = Isolation()
-        isolation.sent(dict.fromkeys(range(1, 11), REFUSED))
+        isolation = searching(10)
         isolation.sent(dict.fromkeys(range(11, 15), REFUSED))
         assert isolation.limit == 2
         isolation.sent(dict.fromkeys(range(11, 15), OK))
