@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.isolation import Isolation
+from outbox_relay.isolation import ISOLATION_MAX_ROWS, Isolation
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Outcome, Reason
 from tests.unit.test_relay_loop import (
@@ -39,9 +39,11 @@ class TestIsolation:
     def test_several_suspects_halve_the_sends(self) -> None:
         isolation = Isolation()
         isolation.sent(dict.fromkeys(range(1, 102), REFUSED))
-        assert isolation.limit == 51
-        isolation.sent(dict.fromkeys(range(20, 40), REFUSED))
-        assert isolation.limit == 10
+        assert isolation.limit == ISOLATION_MAX_ROWS, "small sends: few duplicates"
+        isolation.sent(dict.fromkeys(range(20, 36), REFUSED))
+        assert isolation.limit == 8
+        isolation.sent(dict.fromkeys(range(20, 23), REFUSED))
+        assert isolation.limit == 2
 
     def test_a_send_that_goes_through_keeps_the_limit_while_suspects_are_left(self) -> None:
         isolation = searching(10)
@@ -142,6 +144,7 @@ class TestRelayIsolates:
         assert [(f.row_id, f.dead, f.reason) for f in failures] == [
             (64, True, Reason.BROKER_REFUSED)
         ]
-        assert [len(sent) for sent in publisher.sent][:3] == [100, 50, 50]
-        assert len(publisher.sent) <= 20
+        sizes = [len(sent) for sent in publisher.sent]
+        assert sizes[:5] == [100, 16, 16, 16, 16]
+        assert len(sizes) <= 20, sizes
         assert relay._isolation.limit is None, "back to whole batches"
