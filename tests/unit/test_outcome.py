@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from outbox_relay.outcome import Reason, Status, blame_channel_close
+import pytest
+
+from outbox_relay.outcome import Reason, Status, blame_channel_close, refused_by_broker
 from tests.support.rows import sized_row as row
 
 TOO_LARGE = "PRECONDITION_FAILED - message size 5000 is larger than configured max size 2048"
@@ -33,3 +35,17 @@ class TestBlameChannelClose:
         assert blame_channel_close(406, "PRECONDITION_FAILED - other", [row(1, 5000)]) is None
         assert blame_channel_close(404, TOO_LARGE, [row(1, 5000)]) is None
         assert blame_channel_close(None, "", [row(1, 5000)]) is None
+
+
+class TestRefusedByBroker:
+    @pytest.mark.parametrize("code", [501, 502, 503, 504, 505, 530, 540])
+    def test_hard_errors_over_what_was_sent_are_refusals(self, code: int) -> None:
+        assert refused_by_broker(code)
+
+    @pytest.mark.parametrize("code", [None, 200, 320, 404, 406, 506, 541])
+    def test_the_brokers_own_closes_are_not(self, code: int | None) -> None:
+        assert not refused_by_broker(code)
+
+    def test_a_refused_row_is_dead_at_once(self) -> None:
+        assert Reason.BROKER_REFUSED.permanent
+        assert not Reason.CHANNEL_CLOSED.permanent
