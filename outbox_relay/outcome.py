@@ -111,7 +111,8 @@ def blame_channel_close(
 ) -> tuple[OutboxRow, Outcome] | None:
     """The row whose publish made the broker close the channel, when its reply says
     which: a message over ``max_message_size`` is named by its size. None when the reply
-    does not tell (the caller then blames the first unconfirmed row)."""
+    does not tell (the caller then blames the one unconfirmed row, or makes suspects of
+    them all: see :mod:`outbox_relay.isolation`)."""
     match = _TOO_LARGE.search(reply_text) if reply_code == _PRECONDITION_FAILED else None
     if match is None:
         return None
@@ -124,3 +125,26 @@ def blame_channel_close(
                 Reason.TOO_LARGE,
             )
     return None
+
+
+_ACCESS_REFUSED = 403
+# RabbitMQ's words when the user may not write to an exchange.
+_EXCHANGE_REFUSED = re.compile(r"access to exchange '(.*)' in vhost '(.*)' refused for user '(.*)'")
+
+
+def blame_access_refused(
+    reply_code: int | None, reply_text: str, unresolved: Sequence[OutboxRow]
+) -> dict[int, Outcome]:
+    """The rows to an exchange the broker refused the relay's user access to, when the
+    reply names it: each fails (and is retried: the permission may be granted)."""
+    match = _EXCHANGE_REFUSED.search(reply_text) if reply_code == _ACCESS_REFUSED else None
+    if match is None:
+        return {}
+    exchange, vhost, user = match.groups()
+    outcome = Outcome.failed(
+        f"the broker refused user '{user}' access to exchange '{exchange}' on vhost "
+        f"'{vhost}' ({reply_code} {reply_text}): grant the relay's user write permission "
+        "on it (rabbitmqctl set_permissions)",
+        Reason.CHANNEL_CLOSED,
+    )
+    return {row.id: outcome for row in unresolved if row.exchange == exchange}

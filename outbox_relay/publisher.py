@@ -33,7 +33,13 @@ from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
-from outbox_relay.outcome import Outcome, Reason, blame_channel_close, refused_by_broker
+from outbox_relay.outcome import (
+    Outcome,
+    Reason,
+    blame_access_refused,
+    blame_channel_close,
+    refused_by_broker,
+)
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -520,7 +526,8 @@ class Publisher:
         suspects (see :mod:`outbox_relay.isolation`)."""
         if not unresolved:
             return {}
-        if getattr(error, "reply_code", None) == _NOT_FOUND:
+        code, text = getattr(error, "reply_code", None), str(getattr(error, "reply_text", ""))
+        if code == _NOT_FOUND:
             self._exchanges_seen.clear()
             missing = self.missing_exchanges({row.exchange for row in unresolved})
             if missing:
@@ -529,12 +536,13 @@ class Publisher:
                     for row in unresolved
                     if row.exchange in missing
                 }
-        blamed = blame_channel_close(
-            getattr(error, "reply_code", None), str(getattr(error, "reply_text", "")), unresolved
-        )
+        blamed = blame_channel_close(code, text, unresolved)
         if blamed is not None:
             row, outcome = blamed
             return {row.id: outcome}
+        refused = blame_access_refused(code, text, unresolved)
+        if refused:
+            return refused
         said = describe_amqp_error(error)
         if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
             reason, closed = Reason.BROKER_REFUSED, "the connection"

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from outbox_relay.outcome import Reason, Status, blame_channel_close, refused_by_broker
+from outbox_relay.outcome import (
+    Reason,
+    Status,
+    blame_access_refused,
+    blame_channel_close,
+    refused_by_broker,
+)
 from tests.support.rows import sized_row as row
 
 TOO_LARGE = "PRECONDITION_FAILED - message size 5000 is larger than configured max size 2048"
@@ -49,3 +57,25 @@ class TestRefusedByBroker:
     def test_a_refused_row_is_dead_at_once(self) -> None:
         assert Reason.BROKER_REFUSED.permanent
         assert not Reason.CHANNEL_CLOSED.permanent
+
+
+ACCESS_REFUSED = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
+
+
+class TestBlameAccessRefused:
+    def test_every_unconfirmed_row_to_the_refused_exchange_fails(self) -> None:
+        rows = [row(1, 10), dataclasses.replace(row(2, 10), exchange="audit"), row(3, 10)]
+        rows.append(dataclasses.replace(row(4, 10), exchange="audit"))
+        blamed = blame_access_refused(403, ACCESS_REFUSED, rows)
+        assert set(blamed) == {2, 4}
+        outcome = blamed[2]
+        assert outcome.status is Status.FAILED
+        assert outcome.reason is Reason.CHANNEL_CLOSED, "permissions may be granted: retried"
+        assert outcome.error is not None
+        assert "'audit'" in outcome.error
+        assert "permission" in outcome.error
+
+    def test_another_reply_blames_nobody(self) -> None:
+        rows = [dataclasses.replace(row(1, 10), exchange="audit")]
+        assert blame_access_refused(406, ACCESS_REFUSED, rows) == {}
+        assert blame_access_refused(403, "ACCESS_REFUSED - something else", rows) == {}

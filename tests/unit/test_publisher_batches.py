@@ -409,3 +409,17 @@ def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing
         publisher._conn.channel = lambda on_open_callback: None  # type: ignore[union-attr]
         with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
             publisher.missing_exchanges({"orders"})
+
+
+def test_a_channel_closed_for_access_to_an_exchange_fails_the_rows_to_it() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    audit = dataclasses.replace(sized_row(2, 10), exchange="audit")
+    batch = out(publisher, [sized_row(1, 10), audit, sized_row(3, 10)], first_tag=1)
+    text = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
+    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(403, text))
+
+    outcomes = publisher._finish(batch)
+
+    assert outcomes[2].status is Status.FAILED
+    assert not outcomes[1].suspected
+    assert not outcomes[3].suspected, "the culprit is known: the others simply go again"
