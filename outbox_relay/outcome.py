@@ -27,6 +27,8 @@ class Reason(str, enum.Enum):
     CHANNEL_CLOSED = "channel_closed"  # the broker closed the channel over it
     UNENCODABLE = "unencodable"  # a header or routing key AMQP cannot carry
     TOO_LARGE = "too_large"  # over the broker's max_message_size
+    # The broker closed the connection over it (a hard error such as 501 FRAME_ERROR).
+    BROKER_REFUSED = "broker_refused"
 
     @property
     def permanent(self) -> bool:
@@ -34,9 +36,10 @@ class Reason(str, enum.Enum):
         instead of holding its key back through every attempt: a row AMQP cannot carry
         never will be, and a message over the broker's max_message_size stays over it
         until someone raises the limit (then `outbox-relay failed retry`); each retry
-        would close the channel again and resend the batch's unconfirmed rows. A
+        would close the channel again and resend the batch's unconfirmed rows; a
+        message the broker closed the whole connection over is malformed for it. A
         missing exchange or binding may be created in the meantime, so those retry."""
-        return self in (Reason.UNENCODABLE, Reason.TOO_LARGE)
+        return self in (Reason.UNENCODABLE, Reason.TOO_LARGE, Reason.BROKER_REFUSED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,17 @@ class Outcome:
     def unsent(cls) -> Outcome:
         return _UNSENT
 
+    @classmethod
+    def suspect(cls, error: str, reason: Reason) -> Outcome:
+        """Unconfirmed when the broker closed the channel or the connection over one of
+        several such rows, not knowing which: send again, in smaller batches (see
+        :mod:`outbox_relay.isolation`), no attempt lost."""
+        return cls(Status.UNSENT, error, reason)
+
+    @property
+    def suspected(self) -> bool:
+        return self.status is Status.UNSENT and self.reason is not None
+
 
 _CONFIRMED = Outcome(Status.CONFIRMED)
 _UNSENT = Outcome(Status.UNSENT)
@@ -74,6 +88,19 @@ class Failure:
 
 
 _PRECONDITION_FAILED = 406
+# Connection-level hard errors the broker raises over what a client sent (AMQP 0-9-1):
+# FRAME_ERROR, SYNTAX_ERROR, COMMAND_INVALID, CHANNEL_ERROR, UNEXPECTED_FRAME, NOT_ALLOWED,
+# NOT_IMPLEMENTED. Not CONNECTION_FORCED (320, an operator or a shutdown), RESOURCE_ERROR
+# (506) nor INTERNAL_ERROR (541): those are the broker's state, an outage.
+_REFUSALS = frozenset({501, 502, 503, 504, 505, 530, 540})
+
+
+def refused_by_broker(reply_code: int | None) -> bool:
+    """Whether the broker closed the connection with ``reply_code`` because of something
+    the client sent, as opposed to being down, restarted or closed by an operator."""
+    return reply_code in _REFUSALS
+
+
 # RabbitMQ's words when a message is over max_message_size (3.8 and later).
 # ("configured" is missing when the limit is the broker's hard maximum).
 _TOO_LARGE = re.compile(r"message size (\d+) is larger than (?:configured )?max size (\d+)")
@@ -84,7 +111,8 @@ def blame_channel_close(
 ) -> tuple[OutboxRow, Outcome] | None:
     """The row whose publish made the broker close the channel, when its reply says
     which: a message over ``max_message_size`` is named by its size. None when the reply
-    does not tell (the caller then blames the first unconfirmed row)."""
+    does not tell (the caller then blames the one unconfirmed row, or makes suspects of
+    them all: see :mod:`outbox_relay.isolation`)."""
     match = _TOO_LARGE.search(reply_text) if reply_code == _PRECONDITION_FAILED else None
     if match is None:
         return None
@@ -97,3 +125,26 @@ def blame_channel_close(
                 Reason.TOO_LARGE,
             )
     return None
+
+
+_ACCESS_REFUSED = 403
+# RabbitMQ's words when the user may not write to an exchange.
+_EXCHANGE_REFUSED = re.compile(r"access to exchange '(.*)' in vhost '(.*)' refused for user '(.*)'")
+
+
+def blame_access_refused(
+    reply_code: int | None, reply_text: str, unresolved: Sequence[OutboxRow]
+) -> dict[int, Outcome]:
+    """The rows to an exchange the broker refused the relay's user access to, when the
+    reply names it: each fails (and is retried: the permission may be granted)."""
+    match = _EXCHANGE_REFUSED.search(reply_text) if reply_code == _ACCESS_REFUSED else None
+    if match is None:
+        return {}
+    exchange, vhost, user = match.groups()
+    outcome = Outcome.failed(
+        f"the broker refused user '{user}' access to exchange '{exchange}' on vhost "
+        f"'{vhost}' ({reply_code} {reply_text}): grant the relay's user write permission "
+        "on it (rabbitmqctl set_permissions)",
+        Reason.CHANNEL_CLOSED,
+    )
+    return {row.id: outcome for row in unresolved if row.exchange == exchange}

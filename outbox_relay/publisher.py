@@ -33,7 +33,13 @@ from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow, amqp_problem
-from outbox_relay.outcome import Outcome, Reason, blame_channel_close
+from outbox_relay.outcome import (
+    Outcome,
+    Reason,
+    blame_access_refused,
+    blame_channel_close,
+    refused_by_broker,
+)
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -176,6 +182,9 @@ class Publisher:
         self._conn: _Connection | None = None
         self._opened = False
         self._conn_error: BaseException | None = None
+        # Why the broker closed the connection over what was out (not an outage): the
+        # rows are blamed, and the next use of the publisher connects again.
+        self._refused: BaseException | None = None
         self._channel: Channel | None = None
         self._channel_error: BaseException | None = None
         self._tag = 0
@@ -205,6 +214,7 @@ class Publisher:
         """Open the connection and the confirm-mode channel; raises BrokerUnavailableError."""
         self.close()
         self._opened, self._conn_error, self.blocked = False, None, False
+        self._refused = None
         try:
             conn = _Connection(
                 self._params,
@@ -256,6 +266,9 @@ class Publisher:
         self._returned.clear()
 
     def _open_channel(self) -> None:
+        if self._refused is not None:
+            self._connect_after_refusal()  # which opens the channel
+            return
         conn = self._require_connection()
         self._channel, self._channel_error, self._tag = None, None, 0
         ready: list[bool] = []
@@ -278,7 +291,16 @@ class Publisher:
             reason = describe_amqp_error(self._channel_error or self._conn_error)
             raise BrokerUnavailableError(f"cannot open a confirm-mode channel: {reason}")
 
+    def _connect_after_refusal(self) -> None:
+        """The broker closed the connection over a message, not for an outage: connect
+        again at once (an outage now raises BrokerUnavailableError, as usual)."""
+        refused, self._refused = self._refused, None
+        log.info("publisher.reconnecting", reason=describe_amqp_error(refused))
+        self.connect()
+
     def _require_connection(self) -> _Connection:
+        if self._refused is not None:
+            self._connect_after_refusal()
         if self._conn is None or self._conn_error is not None or not self._conn.is_open:
             raise BrokerUnavailableError(
                 f"not connected to {redact_url(self._url)}: {describe_amqp_error(self._conn_error)}"
@@ -467,9 +489,14 @@ class Publisher:
         close = batch.closed
         if close is None:
             return batch.by_row(lambda _row: Outcome.unsent())
+        culprits = self._blame(close)
+        return batch.by_row(lambda row: culprits.get(row.id, Outcome.unsent()))
+
+    def _blame(self, close: ChannelClose) -> dict[int, Outcome]:
+        """The outcomes of the rows to blame for ``close``, found once, among the
+        unconfirmed rows of every batch the close cut short, in the order they went
+        out: the culprit may be in a later batch than the one asked about."""
         if close.culprits is None:
-            # Blame among the unconfirmed rows of every batch the close cut short, in the
-            # order they went out: the culprit may be in a later batch than this one.
             cut = [b for b in self._in_flight if b.closed is close]
             unresolved = [
                 row
@@ -478,24 +505,29 @@ class Publisher:
                 if outcome is None
             ]
             close.culprits = self._culprits(close.error, unresolved)
-            if self._channel is batch.channel:
+            if any(self._channel is b.channel for b in cut):
                 self._channel = None
+            failed = sum(not o.suspected for o in close.culprits.values())
             log.warning(
                 "publisher.channel_closed",
                 reason=describe_amqp_error(close.error),
-                failed_rows=len(close.culprits),
+                failed_rows=failed,
+                suspect_rows=len(close.culprits) - failed,
                 unsent_rows=len(unresolved) - len(close.culprits),
             )
-        culprits = close.culprits
-        return batch.by_row(lambda row: culprits.get(row.id, Outcome.unsent()))
+        return close.culprits
 
     def _culprits(
         self, error: BaseException, unresolved: Sequence[OutboxRow]
     ) -> dict[int, Outcome]:
-        """Which unconfirmed rows made the broker close the channel."""
+        """Which unconfirmed rows made the broker close the channel (or the connection,
+        see _on_connection_closed): the row its reply names, the one row unconfirmed,
+        or, when there are several and nothing tells them apart, all of them as
+        suspects (see :mod:`outbox_relay.isolation`)."""
         if not unresolved:
             return {}
-        if getattr(error, "reply_code", None) == _NOT_FOUND:
+        code, text = getattr(error, "reply_code", None), str(getattr(error, "reply_text", ""))
+        if code == _NOT_FOUND:
             self._exchanges_seen.clear()
             missing = self.missing_exchanges({row.exchange for row in unresolved})
             if missing:
@@ -504,19 +536,36 @@ class Publisher:
                     for row in unresolved
                     if row.exchange in missing
                 }
-        blamed = blame_channel_close(
-            getattr(error, "reply_code", None), str(getattr(error, "reply_text", "")), unresolved
-        )
+        blamed = blame_channel_close(code, text, unresolved)
         if blamed is not None:
             row, outcome = blamed
             return {row.id: outcome}
-        first = unresolved[0]
-        return {
-            first.id: Outcome.failed(
-                f"the broker closed the channel: {describe_amqp_error(error)}",
-                Reason.CHANNEL_CLOSED,
+        refused = blame_access_refused(code, text, unresolved)
+        if refused:
+            return refused
+        said = describe_amqp_error(error)
+        if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
+            reason, closed = Reason.BROKER_REFUSED, "the connection"
+            fix = (
+                "the message breaks a limit of AMQP or of the broker (501 FRAME_ERROR: its "
+                "properties and headers are larger than the connection's frame_max); "
+                "correct the row, then `outbox-relay failed retry` it"
             )
-        }
+        else:
+            reason, closed = Reason.CHANNEL_CLOSED, "the channel"
+            fix = "see the broker's log for this message"
+        if len(unresolved) == 1:
+            return {
+                unresolved[0].id: Outcome.failed(
+                    f"the broker closed {closed} over this message: {said}; {fix}", reason
+                )
+            }
+        suspect = Outcome.suspect(
+            f"the broker closed {closed} over one of {len(unresolved)} unconfirmed "
+            f"messages: {said}",
+            reason,
+        )
+        return {row.id: suspect for row in unresolved}
 
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
         """The exchanges among ``exchanges`` that do not exist, each with the error to record.
@@ -665,8 +714,24 @@ class Publisher:
         self._check()
 
     def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
-        self._conn_error = reason
         self._channel = None
+        if refused_by_broker(getattr(reason, "reply_code", None)) and any(
+            batch.unconfirmed for batch in self._in_flight
+        ):
+            # A hard error over something a batch carried (501 FRAME_ERROR, ...): the
+            # broker is up and the batches' rows are to blame, not an outage. Blame them
+            # now, while the batches are known (connecting again forgets them).
+            self._refused = reason
+            close = ChannelClose(reason)
+            for batch in self._in_flight:
+                if batch.closed is None:
+                    batch.closed = close
+            for batch in list(self._in_flight):
+                assert batch.closed is not None  # noqa: S101 - set just above
+                if batch.closed.error is reason:
+                    self._blame(batch.closed)
+        else:
+            self._conn_error = reason
         self._check()
 
     def _on_blocked(self, _conn: object, frame: Method[Any]) -> None:

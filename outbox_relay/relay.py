@@ -30,11 +30,12 @@ from outbox_relay.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from outbox_relay.isolation import Isolation
 from outbox_relay.message import OutboxRow
 from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
-from outbox_relay.reconnect import RECONNECT_MAX_S, reconnecting
+from outbox_relay.reconnect import RECONNECT_MAX_S, ReconnectBackoff, reconnecting
 from outbox_relay.wakeup import BUSY_POLL_S, LATE_LOOK_S, Notices, Step, WakeUp
 
 # Draining a backlog of 512 B rows against raw pika at its best (medians of three
@@ -218,6 +219,11 @@ class Relay:
         self._next_heartbeat = 0.0
         self._empty_polls = 0
         self._wakeup = WakeUp(batch_size=settings.batch_size)
+        # While looking for the row the broker refused, sends carry fewer rows and no
+        # batch goes out ahead of another (see outbox_relay.isolation).
+        self._isolation = Isolation()
+        # Restarts from its base once connected again (see _connect).
+        self._backoff = ReconnectBackoff(max_s=settings.reconnect_max_s, random_unit=random_unit)
         # Claims the next batch while the loop publishes one (see run_batches).
         self._store_thread: ThreadPoolExecutor | None = None
         self.last_iteration = time.monotonic()
@@ -264,7 +270,7 @@ class Relay:
             should_stop=self._stopping.is_set,
             sleep=self._stopping.wait,
             on_outage=self._on_outage,
-            max_s=self._settings.reconnect_max_s,
+            backoff=self._backoff,
         )
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-store") as pool:
@@ -446,6 +452,7 @@ class Relay:
         self._heartbeat_only = False
         if not self._publisher.connected:
             self._publisher.connect()
+        self._backoff.connected()
         if self._outage is not None:
             log.info("relay.recovered", outage=self._outage)
             self._outage = None
@@ -591,6 +598,7 @@ class Relay:
         return (
             len(claim.rows) >= self._settings.batch_size
             and not claim.left_over
+            and self._isolation.limit is None
             and not self._stopping.is_set()
             and time.monotonic() < self._next_heartbeat
         )
@@ -625,6 +633,7 @@ class Relay:
         """The first round: rows to a missing exchange fail before anything is sent,
         every row that would go out after a failed row of its key waits in the table, as
         do the ``waiting`` rows, and the rest go out."""
+        self._isolation.claimed([row.id for row in rows])
         candidates = [row for row in rows if row.id not in waiting]
         missing = self._publisher.missing_exchanges({row.exchange for row in candidates})
         outcomes: dict[int, Outcome] = {
@@ -633,7 +642,9 @@ class Relay:
             if row.exchange in missing
         }
         unsent = [row.id for row in candidates if row.id not in outcomes]
-        pending = resend_order(rows, unsent, held_back(rows, list(outcomes)))
+        pending = self._within_limit(
+            resend_order(rows, unsent, held_back(rows, list(outcomes))), outcomes
+        )
         if not pending:
             return _Sent(outcomes, None)
         try:
@@ -651,10 +662,14 @@ class Relay:
         rounds = 1
         try:
             while sending is not None:
-                outcomes.update(sending.outcomes())
+                got = sending.outcomes()
+                outcomes.update(got)
+                self._isolation.sent(got)
                 unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
                 failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
-                pending = resend_order(rows, unsent, held_back(rows, failed))
+                pending = self._within_limit(
+                    resend_order(rows, unsent, held_back(rows, failed)), outcomes
+                )
                 if not pending or rounds >= MAX_PUBLISH_ROUNDS:
                     break
                 sending = self._publisher.send(pending, deadline=self._lease_deadline)
@@ -663,6 +678,18 @@ class Relay:
             # Opening a channel for the next round can fail too: settle the first's.
             raise _interrupted(exc, outcomes) from exc
         return outcomes
+
+    def _within_limit(
+        self, pending: Sequence[OutboxRow], outcomes: dict[int, Outcome]
+    ) -> Sequence[OutboxRow]:
+        """The first rows of ``pending`` that the send limit lets go; the others are
+        UNSENT in ``outcomes`` (and go in a later round or claim)."""
+        limit = self._isolation.limit
+        if limit is None or len(pending) <= limit:
+            return pending
+        for row in pending[limit:]:
+            outcomes.setdefault(row.id, Outcome.unsent())
+        return pending[:limit]
 
     def _settle(self, claim: Claim, outcomes: Mapping[int, Outcome]) -> BatchResult:
         rows = claim.rows
@@ -699,7 +726,9 @@ class Relay:
         return BatchResult(len(rows) + claim.left_over, len(published), len(failures), held)
 
     def _failure(self, row: OutboxRow, error: str, reason: Reason | None) -> Failure:
-        attempt = row.attempts + 1
+        # attempts written with SQL may be anything the column holds: below zero counts
+        # as none, and at the integer maximum the store saturates it.
+        attempt = max(row.attempts, 0) + 1
         dead = attempt >= self._settings.max_attempts or (reason is not None and reason.permanent)
         delay = retry_delay_s(
             attempt,

@@ -57,7 +57,7 @@ from outbox_relay.consumer.failure import (
 from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
 from outbox_relay.errors import BrokerUnavailableError, StoreError
-from outbox_relay.reconnect import reconnecting
+from outbox_relay.reconnect import ReconnectBackoff, reconnecting
 from outbox_relay.store.inbox import HandlerSession, purge_inbox
 from outbox_relay.urls import redact_url
 
@@ -121,6 +121,8 @@ class Runner:
         self._frame_max = pika.spec.FRAME_MAX_SIZE
         self._cancelled_by_broker = False
         self._outage = False
+        # Restarts from its base once connected again (see _connected).
+        self._backoff = ReconnectBackoff(max_s=settings.reconnect_max_s)
         self._signalled: int | None = None
         self._wake_lock = threading.Lock()
         self._wake_pending = False
@@ -205,7 +207,7 @@ class Runner:
             should_stop=self._should_stop,
             sleep=self._sleep,
             on_outage=self._on_outage,
-            max_s=self._settings.reconnect_max_s,
+            backoff=self._backoff,
             reraise=True,
         )
         try:
@@ -285,6 +287,7 @@ class Runner:
 
     def _connected(self) -> None:
         self.ready.set()
+        self._backoff.connected()
         if self._outage:
             self._outage = False
             self._log.info("consumer.broker_reconnected")

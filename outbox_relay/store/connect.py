@@ -83,12 +83,12 @@ def translate_errors(action: str) -> Iterator[None]:
         ) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise StoreUnavailableError(
-            f"database unavailable while {action}: {_first_line(exc)}"
+            f"database unavailable while {action}: {first_line(exc)}"
         ) from exc
     except psycopg.Error as exc:
-        raise StoreError(f"database error while {action}: {_first_line(exc)}") from exc
+        raise StoreError(f"database error while {action}: {first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

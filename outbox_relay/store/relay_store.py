@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg import sql
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
@@ -23,13 +24,20 @@ from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
-from outbox_relay.store.connect import application_name_in, connect, translate_errors
+from outbox_relay.store.connect import (
+    application_name_in,
+    connect,
+    first_line,
+    translate_errors,
+)
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 from outbox_relay.wakeup import SCHEDULED, Notices
 
 ORDER_GATE_MAX_WAIT_S = 30.0
 # Claims open at once: one being published, the next one claimed meanwhile.
 WORK_CONNECTIONS = 2
+
+log = structlog.get_logger("outbox_relay.store")
 
 
 class PostgresStore:
@@ -289,7 +297,12 @@ class PostgresClaim:
         self._on_end = on_end
 
     def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
-        """Delete published rows, record failures, and commit the claim's transaction."""
+        """Delete published rows, record failures, and commit the claim's transaction.
+
+        A failure the database refuses to record as given (a value of that row out of
+        range, say) is that row's problem: it never undoes the DELETE of the rows the
+        broker confirmed, nor the other failures (see :meth:`_record`).
+        """
         conn = self._end()
         # Not pipelined: a pipeline reports a session the server ended (e.g. after
         # idle_in_transaction_session_timeout) as a bare "server closed the connection",
@@ -302,15 +315,7 @@ class PostgresClaim:
                         {"ids": _int_array(published)},
                     )
                 if failures:
-                    conn.execute(
-                        self._q["record_failures"],
-                        {
-                            "ids": [f.row_id for f in failures],
-                            "errors": [f.error for f in failures],
-                            "delays": [f.retry_in_s for f in failures],
-                            "dead": [f.dead for f in failures],
-                        },
-                    )
+                    self._record(conn, failures)
                 conn.commit()
         except BaseException:
             # Not handed back with the failed transaction still open (its locks held,
@@ -320,6 +325,44 @@ class PostgresClaim:
             raise
         finally:
             self._on_end(conn)
+
+    def _record(self, conn: psycopg.Connection[Any], failures: Sequence[Failure]) -> None:
+        """Record the failures in one statement, inside a savepoint. When the database
+        refuses it for the data of a row, record them one by one, and mark a row whose
+        own record is refused dead with the reason, so that it cannot come back to fail
+        the same way; a row even that is refused for stays as it was (and is logged)."""
+        if self._recorded(conn, failures) is None:
+            return
+        for failure in failures:
+            refused = self._recorded(conn, [failure])
+            if refused is None:
+                continue
+            error = _storable(
+                f"{failure.error}; this failure could not be recorded as it was ({refused}), "
+                "so the row is dead: `outbox-relay failed retry` sends it again"
+            )
+            try:
+                with conn.transaction():
+                    conn.execute(
+                        self._q["record_failure_dead"], {"id": failure.row_id, "error": error}
+                    )
+            except _ROW_DATA_ERRORS as exc:
+                log.error(  # noqa: TRY400 - the reason is logged; a traceback adds nothing
+                    "relay.failure_not_recorded",
+                    row_id=failure.row_id,
+                    error=failure.error,
+                    refused=first_line(exc),
+                )
+
+    def _recorded(self, conn: psycopg.Connection[Any], failures: Sequence[Failure]) -> str | None:
+        """Record ``failures`` in one statement inside a savepoint; None when done, or
+        why the database refused it for the data of a row (then nothing was recorded)."""
+        try:
+            with conn.transaction():
+                conn.execute(self._q["record_failures"], _failure_parameters(failures))
+        except _ROW_DATA_ERRORS as exc:
+            return first_line(exc)
+        return None
 
     def release(self) -> None:
         """End the claim changing nothing: every claimed row stays as it was. Ending an
@@ -349,6 +392,27 @@ class PostgresClaim:
         if conn is None:
             raise StoreError("this claim was already settled or released")
         return conn
+
+
+# What the database raises for a value it cannot store (out of range, NUL in text, a
+# constraint): the data of one row, not an outage nor a bug of the statement.
+_ROW_DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError)
+
+
+def _failure_parameters(failures: Sequence[Failure]) -> dict[str, Any]:
+    return {
+        "ids": [f.row_id for f in failures],
+        "errors": [_storable(f.error) for f in failures],
+        "delays": [f.retry_in_s for f in failures],
+        "dead": [f.dead for f in failures],
+    }
+
+
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL text can hold it: NUL and lone surrogates escaped."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _int_array(values: Iterable[int]) -> str:

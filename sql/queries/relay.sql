@@ -77,14 +77,25 @@ DELETE FROM {schema}.outbox WHERE id = ANY(%(ids)s::bigint[])
 
 -- name: record_failures
 -- One statement for all failed rows of a batch: attempts + 1, the error, the next try.
+-- attempts stops at the integer maximum: a row written with SQL at that maximum must
+-- fail like any other, not make the statement (and the batch's settle) fail.
 UPDATE {schema}.outbox AS o
-SET attempts = o.attempts + 1,
+SET attempts = least(o.attempts, 2147483646) + 1,
     last_error = f.error,
     available_at = now() + make_interval(secs => f.delay_s),
     dead_at = CASE WHEN f.dead THEN now() END
 FROM unnest(%(ids)s::bigint[], %(errors)s::text[], %(delays)s::float8[], %(dead)s::boolean[])
     AS f(id, error, delay_s, dead)
 WHERE o.id = f.id
+
+-- name: record_failure_dead
+-- The fallback for a row whose failure the database would not record as given (see
+-- PostgresClaim.settle): dead, with the error and why it could not be recorded.
+UPDATE {schema}.outbox
+SET attempts = least(attempts, 2147483646) + 1,
+    last_error = %(error)s,
+    dead_at = now()
+WHERE id = %(id)s
 
 -- name: can_see_all_sessions
 -- The order gate reads other sessions' transaction starts from pg_stat_activity.

@@ -15,7 +15,7 @@ from psycopg.conninfo import make_conninfo
 from structlog.testing import capture_logs
 
 import outbox_relay
-from outbox_relay.errors import StoreError, StoreUnavailableError
+from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.outcome import Failure, Reason
 from outbox_relay.relay import BATCH_BYTES
 from outbox_relay.store.relay_store import PostgresStore
@@ -608,31 +608,6 @@ def _pages_the_settle_reads(conn: psycopg.Connection[Any]) -> int:
     return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
 
 
-def test_a_settle_that_fails_leaves_nothing_of_its_transaction_behind(
-    database_url: str, schema: str, broker: BrokerHelper
-) -> None:
-    exchange = broker.exchange()
-    write(database_url, schema, exchange, [{"n": 1}, {"n": 2}])
-    store = PostgresStore(url=database_url, schema=schema, relay_id="failing", lease_ttl_s=8.0)
-    store.connect()
-    try:
-        store.heartbeat()
-        claim = store.claim(10, BATCH_BYTES)
-        first, second = (row.id for row in claim.rows)
-        # PostgreSQL text cannot hold NUL: recording this failure fails after the DELETE.
-        bad = Failure(second, "nul \x00 byte", 1.0, dead=False, reason=Reason.NACKED)
-        with pytest.raises(StoreError):
-            claim.settle([first], [bad])
-        # The next claim gets the same connection back: it must start clean, and the
-        # first row's DELETE must not be committed by it.
-        again = store.claim(10, BATCH_BYTES)
-        assert [row.id for row in again.rows] == [first, second]
-        again.release()
-    finally:
-        store.close()
-    assert [row_id for (row_id,) in outbox_rows(database_url, schema)] == [first, second]
-
-
 def publish_key_a(conn: psycopg.Connection[Any], schema: str, exchange: str, *, seq: int) -> None:
     outbox_relay.publish(
         conn,
@@ -731,3 +706,76 @@ def test_the_order_gate_gives_up_after_its_maximum_wait(
         assert broker.drain(queue, expect=1, timeout_s=0.5) == []
         assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"seq": 1}]
         long_report.rollback()
+
+
+def test_a_failing_row_at_the_attempts_maximum_fails_alone_and_the_batch_is_not_resent(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """attempts = 2**31 - 1, written with SQL: recording its failure used to overflow,
+    which ended the relay and rolled back the DELETE of the rows it had just published
+    (published again by every restart)."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "routed.#"))
+    write(database_url, schema, exchange, [{"n": -1, "rk": "nobody.listens"}])
+    write(database_url, schema, exchange, [{"n": i, "rk": "routed.x"} for i in range(100)])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "UPDATE {0}.outbox SET attempts = 2147483647"
+                " WHERE id = (SELECT min(id) FROM {0}.outbox)"
+            ).format(sql.Identifier(schema))
+        )
+
+    with running_relay(database_url, amqp_url, schema):
+        received = broker.drain(queue, expect=100)
+        assert wait_for(
+            lambda: (
+                outbox_rows(database_url, schema, "attempts, dead_at IS NOT NULL")
+                == [(2147483647, True)]
+            )
+        ), outbox_rows(database_url, schema, "attempts, dead_at, last_error")
+        received += broker.drain_all(queue)
+
+    assert sorted(b["n"] for b in bodies(received)) == list(range(100)), "each exactly once"
+    [(error,)] = outbox_rows(database_url, schema, "last_error")
+    assert "unroutable" in error
+
+
+def test_a_failure_that_cannot_be_recorded_does_not_undo_the_published_rows(
+    database_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """One failure whose record the database refuses (an interval out of range) does not
+    take the batch's DELETE and the other failures down with it: the other rows' records
+    stand, and the refused one is marked dead with the reason."""
+    exchange = broker.exchange()
+    write(database_url, schema, exchange, [{"n": n} for n in range(4)])
+    store = PostgresStore(url=database_url, schema=schema, relay_id="settling", lease_ttl_s=8.0)
+    store.connect()
+    try:
+        store.heartbeat()
+        claim = store.claim(10, BATCH_BYTES)
+        published, bad, nul, fine = (row.id for row in claim.rows)
+        claim.settle(
+            [published],
+            [
+                Failure(bad, "nacked", 1e300, dead=False, reason=Reason.NACKED),
+                # PostgreSQL text cannot hold NUL: recorded with the byte escaped.
+                Failure(nul, "nul \x00 byte", 1.0, dead=False, reason=Reason.NACKED),
+                Failure(fine, "nacked", 1.0, dead=False, reason=Reason.NACKED),
+            ],
+        )
+        # The same connection serves the next claim: nothing of the settle is left open.
+        again = store.claim(10, BATCH_BYTES)
+        assert again.rows == []
+        again.release()
+    finally:
+        store.close()
+    rows = outbox_rows(database_url, schema, "id, attempts, dead_at IS NOT NULL, last_error")
+    by_id = {row_id: (attempts, dead, error) for row_id, attempts, dead, error in rows}
+    assert set(by_id) == {bad, nul, fine}, "the published row stays deleted"
+    assert by_id[fine] == (1, False, "nacked")
+    assert by_id[nul] == (1, False, "nul \\x00 byte")
+    attempts, dead, error = by_id[bad]
+    assert (attempts, dead) == (1, True)
+    assert error.startswith("nacked")
+    assert "could not be recorded" in error

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from outbox_relay.outcome import Reason, Status, blame_channel_close
+import dataclasses
+
+import pytest
+
+from outbox_relay.outcome import (
+    Reason,
+    Status,
+    blame_access_refused,
+    blame_channel_close,
+    refused_by_broker,
+)
 from tests.support.rows import sized_row as row
 
 TOO_LARGE = "PRECONDITION_FAILED - message size 5000 is larger than configured max size 2048"
@@ -33,3 +43,39 @@ class TestBlameChannelClose:
         assert blame_channel_close(406, "PRECONDITION_FAILED - other", [row(1, 5000)]) is None
         assert blame_channel_close(404, TOO_LARGE, [row(1, 5000)]) is None
         assert blame_channel_close(None, "", [row(1, 5000)]) is None
+
+
+class TestRefusedByBroker:
+    @pytest.mark.parametrize("code", [501, 502, 503, 504, 505, 530, 540])
+    def test_hard_errors_over_what_was_sent_are_refusals(self, code: int) -> None:
+        assert refused_by_broker(code)
+
+    @pytest.mark.parametrize("code", [None, 200, 320, 404, 406, 506, 541])
+    def test_the_brokers_own_closes_are_not(self, code: int | None) -> None:
+        assert not refused_by_broker(code)
+
+    def test_a_refused_row_is_dead_at_once(self) -> None:
+        assert Reason.BROKER_REFUSED.permanent
+        assert not Reason.CHANNEL_CLOSED.permanent
+
+
+ACCESS_REFUSED = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
+
+
+class TestBlameAccessRefused:
+    def test_every_unconfirmed_row_to_the_refused_exchange_fails(self) -> None:
+        rows = [row(1, 10), dataclasses.replace(row(2, 10), exchange="audit"), row(3, 10)]
+        rows.append(dataclasses.replace(row(4, 10), exchange="audit"))
+        blamed = blame_access_refused(403, ACCESS_REFUSED, rows)
+        assert set(blamed) == {2, 4}
+        outcome = blamed[2]
+        assert outcome.status is Status.FAILED
+        assert outcome.reason is Reason.CHANNEL_CLOSED, "permissions may be granted: retried"
+        assert outcome.error is not None
+        assert "'audit'" in outcome.error
+        assert "permission" in outcome.error
+
+    def test_another_reply_blames_nobody(self) -> None:
+        rows = [dataclasses.replace(row(1, 10), exchange="audit")]
+        assert blame_access_refused(406, ACCESS_REFUSED, rows) == {}
+        assert blame_access_refused(403, "ACCESS_REFUSED - something else", rows) == {}

@@ -95,9 +95,96 @@ def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one()
     outcomes = publisher._finish(second)
 
     assert first.closed is None
-    # The reply names no row: the first unconfirmed one of what the close cut is blamed.
-    assert outcomes[3].status is Status.FAILED
-    assert outcomes[4].status is Status.UNSENT
+    # The reply names no row: both unconfirmed rows are suspects, sent again in smaller
+    # batches until the culprit is alone (see outbox_relay.isolation).
+    assert [outcomes[i].status for i in (3, 4)] == [Status.UNSENT, Status.UNSENT]
+    assert outcomes[3].suspected
+    assert outcomes[3].reason is Reason.CHANNEL_CLOSED
+    assert outcomes[3].error is not None
+    assert "541 boom" in outcomes[3].error
+
+
+def test_a_close_with_one_unconfirmed_row_blames_it() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    batch = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    ack(publisher, 1, multiple=False)
+    publisher._on_channel_closed(
+        CHANNEL, pika.exceptions.ChannelClosedByBroker(403, "ACCESS_REFUSED - no")
+    )
+
+    outcomes = publisher._finish(batch)
+
+    assert outcomes[1] == Outcome.confirmed()
+    assert outcomes[2].status is Status.FAILED
+    assert outcomes[2].reason is Reason.CHANNEL_CLOSED
+    assert outcomes[2].error is not None
+    assert "403 ACCESS_REFUSED - no" in outcomes[2].error
+
+
+FRAME_TOO_LARGE = "FRAME_ERROR - type 2, all octets = <<>>: {frame_too_large,150012,131064}"
+
+
+def close_connection(publisher: Publisher, reason: BaseException) -> None:
+    """pika's order when the broker closes the connection: each channel, then it."""
+    publisher._on_channel_closed(CHANNEL, reason)
+    publisher._on_connection_closed(None, reason)
+
+
+def test_a_connection_closed_over_a_message_blames_it_and_is_no_outage() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    first = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    second = out(publisher, [sized_row(3, 10)], first_tag=3)
+    ack(publisher, 2, multiple=True)
+    close_connection(publisher, pika.exceptions.ConnectionClosedByBroker(501, FRAME_TOO_LARGE))
+
+    assert publisher._conn_error is None, "taken for an outage"
+    assert publisher._refused is not None, "the next use connects again"
+    # Blamed at once: connecting again forgets the batches out.
+    publisher._in_flight.clear()
+    assert publisher._finish(first) == {1: Outcome.confirmed(), 2: Outcome.confirmed()}
+    [(row_id, outcome)] = publisher._finish(second).items()
+    assert row_id == 3
+    assert outcome.status is Status.FAILED
+    assert outcome.reason is Reason.BROKER_REFUSED
+    assert outcome.reason.permanent
+    assert outcome.error is not None
+    assert "501 FRAME_ERROR" in outcome.error
+    assert "frame_max" in outcome.error
+
+
+def test_a_connection_closed_over_one_of_several_messages_makes_them_suspects() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    batch = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
+    close_connection(publisher, pika.exceptions.ConnectionClosedByBroker(505, "UNEXPECTED_FRAME"))
+
+    outcomes = publisher._finish(batch)
+
+    assert all(o.suspected and o.reason is Reason.BROKER_REFUSED for o in outcomes.values())
+
+
+@pytest.mark.parametrize(
+    "reason",
+    [
+        pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - shutdown"),
+        pika.exceptions.ConnectionClosedByBroker(541, "INTERNAL_ERROR"),
+        pika.exceptions.StreamLostError("Transport indicated EOF"),
+    ],
+)
+def test_a_connection_closed_for_the_brokers_own_reasons_is_an_outage(
+    reason: BaseException,
+) -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    out(publisher, [sized_row(1, 10)], first_tag=1)
+    close_connection(publisher, reason)
+    assert publisher._conn_error is reason
+    assert publisher._refused is None
+
+
+def test_a_hard_error_with_nothing_out_is_an_outage() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    reason = pika.exceptions.ConnectionClosedByBroker(501, FRAME_TOO_LARGE)
+    publisher._on_connection_closed(None, reason)
+    assert publisher._conn_error is reason
 
 
 def test_a_flush_on_a_lost_connection_says_so_without_raising() -> None:
@@ -322,3 +409,17 @@ def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing
         publisher._conn.channel = lambda on_open_callback: None  # type: ignore[union-attr]
         with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
             publisher.missing_exchanges({"orders"})
+
+
+def test_a_channel_closed_for_access_to_an_exchange_fails_the_rows_to_it() -> None:
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    audit = dataclasses.replace(sized_row(2, 10), exchange="audit")
+    batch = out(publisher, [sized_row(1, 10), audit, sized_row(3, 10)], first_tag=1)
+    text = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
+    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(403, text))
+
+    outcomes = publisher._finish(batch)
+
+    assert outcomes[2].status is Status.FAILED
+    assert not outcomes[1].suspected
+    assert not outcomes[3].suspected, "the culprit is known: the others simply go again"

@@ -298,6 +298,19 @@ class TestRunBatch:
         assert [entry["event"] for entry in logs] == ["relay.row_dead", "relay.batch_published"]
         assert logs[0]["row_id"] == 1
 
+    @pytest.mark.parametrize("attempts", [-(2**31), -1, 2**31 - 2, 2**31 - 1])
+    def test_attempts_at_the_ends_of_their_type_fail_the_row_and_nothing_else(
+        self, attempts: int
+    ) -> None:
+        store = FakeStore([row(1, "a", attempts=attempts), row(2, "b")])
+        publisher = ScriptedPublisher([{1: Outcome.failed("nacked", Reason.NACKED)}])
+        relay_for(store, publisher, max_attempts=3).run_batch()
+        [(published, [failure])] = store.settled
+        assert published == [2]
+        assert failure.row_id == 1
+        assert failure.dead == (attempts > 0)
+        assert 0.0 <= failure.retry_in_s <= 300.0
+
     def test_a_row_no_retry_can_help_is_dead_at_its_first_attempt(self) -> None:
         store = FakeStore([row(1, "a"), row(2, "b"), row(3, "c")])
         unencodable = Outcome.failed("routing_key is 300 bytes", Reason.UNENCODABLE)
