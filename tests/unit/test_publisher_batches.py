@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic, BasicProperties
 
+from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.confirms import Batch
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
@@ -137,6 +138,7 @@ class Broker:
         self._publisher = publisher
         self._rows: list[OutboxRow] = []
         self._next = 0
+        self.params = SimpleNamespace(frame_max=DEFAULT_FRAME_MAX_BYTES)  # as negotiated
         publisher._channel = self  # type: ignore[assignment]
         publisher._conn = self  # type: ignore[assignment]
 
