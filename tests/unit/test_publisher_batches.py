@@ -324,3 +324,20 @@ def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing
         publisher._conn.channel = lambda on_open_callback: None  # type: ignore[union-attr]
         with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
             publisher.missing_exchanges({"orders"})
+
+
+def test_a_row_over_the_negotiated_frame_max_is_never_written_and_fails_alone() -> None:
+    # The broker would close the whole connection (501 FRAME_ERROR) over its properties.
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    broker = Broker(publisher)
+    broker.params.frame_max = 8192
+    big = dataclasses.replace(sized_row(2, 10), headers={"h": "x" * 9000})
+    batch = broker.send([sized_row(1, 10), big, sized_row(3, 10)])
+    assert [row.id for _, row in broker.published] == [1]
+    ack(publisher, 1, multiple=False, channel=broker)
+    outcomes = publisher._finish(batch)
+    assert outcomes[3] == Outcome.unsent(), "the rows after it go in the next round"
+    assert outcomes[2].status is Status.FAILED
+    assert outcomes[2].reason is Reason.UNENCODABLE
+    assert "frame_max of 8192" in (outcomes[2].error or "")
+    assert publisher.refused([big, sized_row(3, 10)]) == {2: outcomes[2]}
