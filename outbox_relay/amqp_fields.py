@@ -45,6 +45,8 @@ def short_string_problem(name: str, value: str) -> str | None:
     """Why ``value`` cannot be an AMQP short string, or None."""
     # isascii() reads a flag CPython keeps: most names cost no encoding.
     if value.isascii():
+        if len(value) <= MAX_SHORT_STRING_BYTES:
+            return None
         size = len(value)
     else:
         try:
@@ -70,31 +72,38 @@ def table_size(table: Mapping[Any, Any], path: str = "") -> int:
 
 def _table(table: Mapping[Any, Any], path: str, depth: int) -> int:
     if depth > MAX_HEADER_DEPTH:
-        raise UnencodableError(
-            f"{shown(path)} is nested too deep: more than {MAX_HEADER_DEPTH} levels of "
-            "tables and lists"
-        )
+        raise _too_deep(path)
     size = 4
     for key, value in table.items():
         if not isinstance(key, str):
             raise UnencodableError(
                 f"{shown(path or 'the table')} has a key that is not a str: {shown(key)}"
             )
-        where = f"{path}.{key}" if path else key
-        problem = short_string_problem(f"the name {shown(where)}", key)
-        if problem is not None:
-            raise UnencodableError(problem)
-        if "\x00" in key:
-            raise UnencodableError(
-                f"the name {shown(where)} holds a NUL character, which PostgreSQL cannot store"
-            )
-        size += 1 + len(key.encode("utf-8")) + _value(value, where, depth)
+        if key.isascii() and len(key) <= MAX_SHORT_STRING_BYTES and "\x00" not in key:
+            key_bytes = len(key)
+        else:
+            key_bytes = _name_bytes(key, _where(path, key))
+        size += 1 + key_bytes + _value(value, path, key, depth)
     return size
 
 
-def _value(value: Any, path: str, depth: int) -> int:  # noqa: PLR0911 - one return per type
+def _name_bytes(key: str, where: str) -> int:
+    problem = short_string_problem(f"the name {shown(where)}", key)
+    if problem is not None:
+        raise UnencodableError(problem)
+    if "\x00" in key:
+        raise UnencodableError(
+            f"the name {shown(where)} holds a NUL character, which PostgreSQL cannot store"
+        )
+    return len(key.encode("utf-8"))
+
+
+def _value(value: Any, path: str, part: str | int, depth: int) -> int:  # noqa: PLR0911
+    # One return per type; the value's path is only spelled out for an error or a nest.
     if isinstance(value, str):
-        return 5 + _text_bytes(value, path)
+        if value.isascii() and "\x00" not in value:
+            return 5 + len(value)
+        return 5 + _text_bytes(value, _where(path, part))
     if value is None:
         return 1
     if isinstance(value, bool):
@@ -104,26 +113,39 @@ def _value(value: Any, path: str, depth: int) -> int:  # noqa: PLR0911 - one ret
             return 5
         if -_INT64 <= value < _INT64:
             return 9
-        raise UnencodableError(f"{shown(path)} does not fit in a signed 64-bit integer")
+        raise UnencodableError(
+            f"{shown(_where(path, part))} does not fit in a signed 64-bit integer"
+        )
     if isinstance(value, float):
         if not -_INT64 < value < _INT64:  # also inf and nan
             raise UnencodableError(
-                f"{shown(path)} is {value!r}; headers take finite numbers under 2**63 "
-                "(jsonb stores larger ones as integers AMQP cannot carry): send it as a string"
+                f"{shown(_where(path, part))} is {value!r}; headers take finite numbers "
+                "under 2**63 (jsonb stores larger ones as integers AMQP cannot carry): send "
+                "it as a string"
             )
         return 5 + len(repr(value))  # sent as its decimal string
     if isinstance(value, Mapping):
-        return 1 + _table(value, path, depth + 1)
+        return 1 + _table(value, _where(path, part), depth + 1)
     if isinstance(value, (list, tuple)):
+        where = _where(path, part)
         if depth + 1 > MAX_HEADER_DEPTH:
-            raise UnencodableError(
-                f"{shown(path)} is nested too deep: more than {MAX_HEADER_DEPTH} levels of "
-                "tables and lists"
-            )
-        return 5 + sum(_value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value))
+            raise _too_deep(where)
+        return 5 + sum(_value(item, where, i, depth + 1) for i, item in enumerate(value))
     raise UnencodableError(
-        f"{shown(path)} is a {type(value).__name__}; use str, int, float, bool, None, "
-        "or lists and dicts of them"
+        f"{shown(_where(path, part))} is a {type(value).__name__}; use str, int, float, "
+        "bool, None, or lists and dicts of them"
+    )
+
+
+def _where(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    return f"{path}.{part}" if path else part
+
+
+def _too_deep(path: str) -> UnencodableError:
+    return UnencodableError(
+        f"{shown(path)} is nested too deep: more than {MAX_HEADER_DEPTH} levels of tables and lists"
     )
 
 
