@@ -136,6 +136,10 @@ def new_message(
 
     Raises :class:`InvalidMessageError` naming the argument and the fix.
     """
+    if not isinstance(limits, Limits):
+        raise InvalidMessageError(
+            f"limits: expected outbox_relay.Limits, got {type(limits).__name__}"
+        )
     _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=False)
     _check_name("routing_key", routing_key, MAX_ROUTING_KEY_BYTES, allow_empty=True)
     body, ctype = encode_payload(payload, content_type, limits)

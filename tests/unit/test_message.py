@@ -141,6 +141,7 @@ class TestNewMessage:
             ({"message_id": "\ud800"}, "message_id"),
             ({"message_id": b"0" * 16}, "message_id"),
             ({"payload": 10**5000}, "payload"),
+            ({"limits": {"max_payload_bytes": 10}}, "limits"),
         ],
     )
     def test_bad_input_names_the_argument(self, overrides: dict[str, object], names: str) -> None:
