@@ -48,7 +48,7 @@ class _ClampedTimestamptz(Loader):
 
     def __init__(self, oid: int, context: Any = None) -> None:
         super().__init__(oid, context)
-        base = psycopg.adapters.get_loader(oid, Format.BINARY)
+        base = psycopg.adapters.get_loader(oid, self.format)
         assert base is not None  # noqa: S101 - psycopg always has one
         self._load = base(oid, context).load
 
@@ -56,11 +56,26 @@ class _ClampedTimestamptz(Loader):
         try:
             return self._load(data)  # type: ignore[no-any-return]
         except psycopg.DataError:
-            # A big-endian int64 of microseconds: its sign says which end it is past.
-            return _LATEST if bytes(data[:1]) < b"\x80" else _EARLIEST
+            return _EARLIEST if self._before(bytes(data)) else _LATEST
+
+    @staticmethod
+    def _before(data: bytes) -> bool:
+        # A big-endian int64 of microseconds: its sign says which end it is past.
+        return data[:1] >= b"\x80"
+
+
+class _ClampedTimestamptzText(_ClampedTimestamptz):
+    """The same, in text: '-infinity' and years BC are the earliest."""
+
+    format = Format.TEXT
+
+    @staticmethod
+    def _before(data: bytes) -> bool:
+        return data.startswith(b"-") or data.endswith(b"BC")
 
 
 def configure(conn: psycopg.Connection[Any]) -> None:
     """Make ``conn`` load rows as this module describes."""
     set_json_loads(load_json, conn)
     conn.adapters.register_loader("timestamptz", _ClampedTimestamptz)
+    conn.adapters.register_loader("timestamptz", _ClampedTimestamptzText)

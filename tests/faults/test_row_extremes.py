@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from outbox_relay.store.failed import DeadRowFilter, FailedRows
 from outbox_relay.store.status import read_status
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper
@@ -55,6 +56,11 @@ BAD_ROWS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         ("headers", "255"),
     ),
     "headers-an-array": ({"headers": "[1, 2]"}, ("headers", "object")),
+    # Dead, and created at a time Python's datetime cannot hold.
+    "created-at-infinity": (
+        {"exchange": "E" * 300, "created_at": "infinity"},
+        ("exchange", "255"),
+    ),
 }
 
 
@@ -98,7 +104,10 @@ def test_rows_at_every_extreme_fail_alone_among_good_rows(
             # for the bad row and then goes out.
             insert_raw(conn, schema, exchange=exchange, key=f"before-{name}", n=n)
             row = {"exchange": exchange, **columns}
-            bad_ids[insert_raw(conn, schema, key=name, n=n + 1, **row)] = name
+            later = {c: row.pop(c) for c in ("created_at",) if c in row}
+            bad_id = insert_raw(conn, schema, key=name, n=n + 1, **row)
+            insert_with(conn, schema, bad_id, **later)
+            bad_ids[bad_id] = name
             insert_raw(conn, schema, exchange=exchange, key=name, n=n + 2)
             expected |= {n, n + 2}
             n += 3
@@ -181,7 +190,13 @@ def test_rows_at_every_extreme_fail_alone_among_good_rows(
         for word in BAD_ROWS[name][1]:
             assert word in error, (name, error)
     assert len(relay.events("publisher.connected")) == 1, "a row cost a reconnect"
-    # `outbox-relay status` reads them too.
+    # `outbox-relay status` and `failed list|show` read them too.
     assert read_status(database_url, schema=schema).pending == len(far)
+    failed = FailedRows(database_url, schema=schema)
+    assert {row.id for row in failed.find(DeadRowFilter(), limit=100)} == set(bad_ids)
+    for row_id in bad_ids:
+        shown = failed.show(row_id)
+        assert shown is not None
+        assert shown.last_error == {i: e for i, e, *_ in left}[row_id]
     assert not relay.events("relay.broker_unavailable")
     assert not relay.events("relay.database_unavailable")
