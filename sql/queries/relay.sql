@@ -132,7 +132,7 @@ WITH flag AS (
 SELECT extract(epoch FROM min(available_at) - now())::float8 AS next_in_s
 FROM {schema}.outbox
 WHERE dead_at IS NULL AND available_at > now() AND available_at > created_at
-  AND isfinite(available_at)
+  AND available_at < 'infinity'
 
 -- name: next_due
 -- Seconds until the next scheduled row, read while the flag stays as it is. A row due
@@ -140,7 +140,7 @@ WHERE dead_at IS NULL AND available_at > now() AND available_at > created_at
 SELECT extract(epoch FROM min(available_at) - now())::float8 AS next_in_s
 FROM {schema}.outbox
 WHERE dead_at IS NULL AND available_at > now() AND available_at > created_at
-  AND isfinite(available_at)
+  AND available_at < 'infinity'
 
 -- name: listener_remove
 DELETE FROM {schema}.outbox_listener WHERE backend_pid = pg_backend_pid()
