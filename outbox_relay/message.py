@@ -106,7 +106,8 @@ class NewMessage:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """A row claimed by the relay, as it will be published."""
+    """A row claimed by the relay, as it will be published. ``headers`` is an
+    :class:`UnreadableHeaders` when the stored JSON cannot be loaded in Python."""
 
     id: int
     message_id: uuid.UUID
@@ -350,9 +351,8 @@ def _check_name(argument: str, value: object, max_bytes: int, *, allow_empty: bo
             f"{argument}: is not valid Unicode (it holds a lone surrogate); pass proper text"
         ) from None
     if size > max_bytes:
-        raise InvalidMessageError(
-            f"{argument}: {size} bytes exceeds the limit of {max_bytes} bytes"
-        )
+        whose = "AMQP's limit" if max_bytes == MAX_SHORT_STRING_BYTES else "the limit"
+        raise InvalidMessageError(f"{argument}: {size} bytes exceeds {whose} of {max_bytes} bytes")
 
 
 def _message_id(value: uuid.UUID | str | None) -> uuid.UUID:
