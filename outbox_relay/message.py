@@ -8,23 +8,38 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from outbox_relay.amqp_fields import (
+    DEFAULT_FRAME_MAX_BYTES,
+    MAX_PROPERTIES_BYTES,
+    MAX_SHORT_STRING_BYTES,
+    UnencodableError,
+    content_header_frame_bytes,
+    short_string_problem,
+    shown,
+    table_size,
+)
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.ids import uuid7
 
 JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
-MAX_ROUTING_KEY_BYTES = 255  # AMQP 0-9-1 shortstr
-MAX_EXCHANGE_NAME_BYTES = 255
+MAX_ROUTING_KEY_BYTES = MAX_SHORT_STRING_BYTES
+MAX_EXCHANGE_NAME_BYTES = MAX_SHORT_STRING_BYTES
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # RabbitMQ's own default max_message_size is 16 MiB
 MAX_HEADER_COUNT = 100
-MAX_SHORT_STRING_BYTES = 255  # AMQP shortstr: header names, content type
-MAX_HEADERS_JSON_BYTES = 64 * 1024
+# The header table as AMQP encodes it (not its JSON): it travels in one frame, with the
+# other properties, and must fit in the connection's frame_max.
+MAX_HEADERS_BYTES = 64 * 1024
+# The most a header table may take under RabbitMQ's default frame_max of 128 KiB.
+HEADERS_BYTES_CEILING = DEFAULT_FRAME_MAX_BYTES - MAX_PROPERTIES_BYTES
+MAX_PARTITION_KEY_BYTES = 1024
+# A delay holds back its partition key until it ends: a year is the most publish() takes.
+MAX_DELAY_S = 365 * 24 * 3600.0
 # RabbitMQ refuses any message over 512 MiB whatever max_message_size says.
 BROKER_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 
@@ -38,26 +53,38 @@ class Limits:
 
     The defaults suit RabbitMQ's defaults: raise ``max_payload_bytes`` together with the
     broker's ``max_message_size`` (a message over it closes the relay's channel and the
-    row fails at the broker instead of at ``publish``).
+    row fails at the broker instead of at ``publish``). ``max_headers_bytes`` bounds the
+    header table as AMQP encodes it; it cannot go past what fits in one frame under
+    RabbitMQ's default ``frame_max`` (HEADERS_BYTES_CEILING).
     """
 
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     max_header_count: int = MAX_HEADER_COUNT
-    max_headers_json_bytes: int = MAX_HEADERS_JSON_BYTES
+    max_headers_bytes: int = MAX_HEADERS_BYTES
 
     def __post_init__(self) -> None:
-        for name, value, ceiling in (
-            ("max_payload_bytes", self.max_payload_bytes, BROKER_MAX_MESSAGE_BYTES),
-            ("max_header_count", self.max_header_count, None),
-            ("max_headers_json_bytes", self.max_headers_json_bytes, None),
+        for name, value, ceiling, what in (
+            (
+                "max_payload_bytes",
+                self.max_payload_bytes,
+                BROKER_MAX_MESSAGE_BYTES,
+                "bytes RabbitMQ accepts in one message",
+            ),
+            ("max_header_count", self.max_header_count, None, ""),
+            (
+                "max_headers_bytes",
+                self.max_headers_bytes,
+                HEADERS_BYTES_CEILING,
+                (
+                    f"bytes of headers that fit in a frame of {DEFAULT_FRAME_MAX_BYTES} bytes "
+                    "(RabbitMQ's default frame_max)"
+                ),
+            ),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"Limits.{name}: expected a positive int, got {value!r}")
             if ceiling is not None and value > ceiling:
-                raise ValueError(
-                    f"Limits.{name}: {value} is over the {ceiling} bytes RabbitMQ accepts "
-                    "in one message"
-                )
+                raise ValueError(f"Limits.{name}: {value} is over the {ceiling} {what}")
 
 
 DEFAULT_LIMITS = Limits()
@@ -79,7 +106,8 @@ class NewMessage:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """A row claimed by the relay, as it will be published."""
+    """A row claimed by the relay, as it will be published. ``headers`` is an
+    :class:`UnreadableHeaders` when the stored JSON cannot be loaded in Python."""
 
     id: int
     message_id: uuid.UUID
@@ -109,6 +137,10 @@ def new_message(
 
     Raises :class:`InvalidMessageError` naming the argument and the fix.
     """
+    if not isinstance(limits, Limits):
+        raise InvalidMessageError(
+            f"limits: expected outbox_relay.Limits, got {type(limits).__name__}"
+        )
     _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=False)
     _check_name("routing_key", routing_key, MAX_ROUTING_KEY_BYTES, allow_empty=True)
     body, ctype = encode_payload(payload, content_type, limits)
@@ -128,6 +160,8 @@ def encode_payload(
     payload: object, content_type: str | None, limits: Limits = DEFAULT_LIMITS
 ) -> tuple[bytes, str]:
     """Bytes pass through with their content type; anything else is encoded as JSON."""
+    if content_type is not None:
+        _check_name("content_type", content_type, MAX_SHORT_STRING_BYTES, allow_empty=False)
     if isinstance(payload, (bytes, bytearray, memoryview)):
         body = bytes(payload)
         ctype = content_type or BYTES_CONTENT_TYPE
@@ -138,16 +172,9 @@ def encode_payload(
                 f"{type(payload).__name__} payload; pass bytes already encoded as "
                 f"{content_type!r}, or leave content_type out to send JSON"
             )
-        try:
-            text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidMessageError(
-                f"payload: cannot be encoded as JSON ({exc}); pass a JSON-serialisable "
-                "object, or bytes with a content_type"
-            ) from exc
-        body = text.encode("utf-8")
+        body = _json_bytes(payload)
         ctype = JSON_CONTENT_TYPE
-    if not ctype.strip() or len(ctype.encode("utf-8")) > MAX_SHORT_STRING_BYTES:
+    if not ctype.strip():
         raise InvalidMessageError(
             f"content_type: {ctype!r} is not a usable MIME type; pass e.g. 'text/plain'"
         )
@@ -160,8 +187,25 @@ def encode_payload(
     return body, ctype
 
 
+def _json_bytes(payload: object) -> bytes:
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except RecursionError:
+        problem = "it is nested too deep"
+    except UnicodeEncodeError:
+        problem = "it holds text that is not valid Unicode (a lone surrogate)"
+    except (TypeError, ValueError) as exc:
+        problem = str(exc)[:200]
+    raise InvalidMessageError(
+        f"payload: cannot be encoded as JSON ({problem}); pass a JSON-serialisable "
+        "object, or bytes with a content_type"
+    )
+
+
 def encode_headers(headers: Mapping[str, object] | None, limits: Limits = DEFAULT_LIMITS) -> str:
-    """Headers as JSON text for the jsonb column; keys are str, values JSON-representable."""
+    """Headers as JSON text for the jsonb column, once checked against what AMQP carries
+    (see :func:`outbox_relay.amqp_fields.table_size`) and ``limits``."""
     if headers is None:
         return "{}"
     if not isinstance(headers, Mapping):
@@ -175,83 +219,100 @@ def encode_headers(headers: Mapping[str, object] | None, limits: Limits = DEFAUL
         )
     for key in headers:
         if not isinstance(key, str) or not key:
-            raise InvalidMessageError(f"headers: key {key!r} is not a non-empty str")
+            raise InvalidMessageError(f"headers: key {shown(key)} is not a non-empty str")
         if key.lower().startswith(RESERVED_HEADER_PREFIXES):
             raise InvalidMessageError(
-                f"headers: {key!r} uses a reserved prefix ({', '.join(RESERVED_HEADER_PREFIXES)}"
-                "); choose another name"
+                f"headers: {shown(key)} uses a reserved prefix "
+                f"({', '.join(RESERVED_HEADER_PREFIXES)}); choose another name"
             )
-    _check_header_table("", headers)
-    text = json.dumps(headers, separators=(",", ":"), ensure_ascii=False)
-    size = len(text.encode("utf-8"))
-    if size > limits.max_headers_json_bytes:
-        raise InvalidMessageError(
-            f"headers: {size} bytes of headers exceed the {limits.max_headers_json_bytes}-byte "
-            "limit (Limits.max_headers_json_bytes); put large data in the payload"
-        )
-    return text
-
-
-def amqp_problem(row: OutboxRow) -> str | None:
-    """Why a claimed row cannot be encoded as an AMQP message, or None when it can.
-
-    ``publish`` never writes such a row; this names the culprit of one written past it
-    (by SQL, or by an older version), so the relay can fail that row alone.
-    """
-    for name, value in (("routing_key", row.routing_key), ("content_type", row.content_type)):
-        size = len(value.encode("utf-8"))
-        if size > MAX_SHORT_STRING_BYTES:
-            return f"{name} is {size} bytes; AMQP allows {MAX_SHORT_STRING_BYTES}"
-    if not isinstance(row.headers, Mapping):
-        return f"headers: expected a JSON object, got a JSON {type(row.headers).__name__}"
     try:
-        _check_header_table("", row.headers)
-    except InvalidMessageError as exc:
-        return str(exc)
+        size = table_size(headers)
+    except UnencodableError as exc:
+        raise InvalidMessageError(f"headers: {exc}") from None
+    if size > limits.max_headers_bytes:
+        raise InvalidMessageError(
+            f"headers: {size} bytes once AMQP-encoded exceed the {limits.max_headers_bytes}-"
+            "byte limit (Limits.max_headers_bytes); put large data in the payload"
+        )
+    try:
+        return json.dumps(
+            headers, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_plain
+        )
+    except ValueError as exc:
+        raise InvalidMessageError(
+            f"headers: cannot be encoded as JSON ({exc}); use finite numbers"
+        ) from None
+
+
+def _plain(value: object) -> object:
+    """json.dumps' fallback: a mapping that is not a dict (table_size allowed it)."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableHeaders:
+    """Stands for a claimed row's headers JSON that Python cannot load (nested past its
+    recursion limit, a number of thousands of digits): the relay fails the row alone."""
+
+    reason: str
+
+
+def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
+    row: OutboxRow, *, frame_max: int = DEFAULT_FRAME_MAX_BYTES
+) -> str | None:
+    """Why a claimed row cannot be sent as an AMQP message on a connection whose
+    negotiated frame size is ``frame_max`` (0: no limit), or None when it can.
+
+    ``publish`` never writes such a row under the default frame_max; this names the
+    culprit of one written past it (by SQL, or by an older version), so the relay can
+    fail that row alone before the broker closes the connection over it.
+    """
+    headers = row.headers
+    exchange, routing_key, content_type = row.exchange, row.routing_key, row.content_type
+    if (
+        not headers
+        and exchange.isascii()
+        and routing_key.isascii()
+        and content_type.isascii()
+        and max(len(exchange), len(routing_key), len(content_type)) <= MAX_SHORT_STRING_BYTES
+    ):
+        # The usual row, checked in well under a microsecond. Without headers the
+        # properties take at most MAX_PROPERTIES_BYTES: under the 4096 bytes every
+        # frame_max allows.
+        return None
+    problem = (
+        short_string_problem("exchange", row.exchange)
+        or short_string_problem("routing_key", row.routing_key)
+        or short_string_problem("content_type", row.content_type)
+    )
+    if problem is not None:
+        return problem
+    if isinstance(headers, UnreadableHeaders):
+        return f"headers: {headers.reason}"
+    if not isinstance(headers, Mapping):
+        return f"headers: expected a JSON object, got a JSON {type(headers).__name__}"
+    if not headers:
+        return None
+    try:
+        headers_bytes = table_size(headers)
+    except UnencodableError as exc:
+        return f"headers: {exc}"
+    size = content_header_frame_bytes(
+        content_type=row.content_type, message_id=str(row.message_id), headers_bytes=headers_bytes
+    )
+    if frame_max and size > frame_max:
+        return (
+            f"headers: the message's properties take {size} bytes once AMQP-encoded, over "
+            f"the connection's frame_max of {frame_max} bytes; put large data in the payload "
+            "(or raise frame_max on the broker)"
+        )
     return None
 
 
-def _check_header_table(path: str, table: Mapping[Any, object]) -> None:
-    for key, item in table.items():
-        where = f"{path}.{key}" if path else str(key)
-        if not isinstance(key, str):
-            raise InvalidMessageError(f"headers: {path!r} has a non-str key {key!r}")
-        if len(key.encode("utf-8")) > MAX_SHORT_STRING_BYTES:
-            raise InvalidMessageError(
-                f"headers: the name {where[:40]!r}... is {len(key.encode('utf-8'))} bytes; "
-                f"AMQP allows {MAX_SHORT_STRING_BYTES}"
-            )
-        _check_header_value(where, item)
-
-
-def _check_header_value(path: str, value: object) -> None:
-    if value is None or isinstance(value, (str, bool)):
-        return
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:
-            raise InvalidMessageError(f"headers: {path!r} does not fit in a signed 64-bit integer")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidMessageError(
-                f"headers: {path!r} is {value}; AMQP and JSON need a finite number"
-            )
-        return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _check_header_value(f"{path}[{index}]", item)
-        return
-    if isinstance(value, Mapping):
-        _check_header_table(path, value)
-        return
-    raise InvalidMessageError(
-        f"headers: {path!r} is a {type(value).__name__}; use str, int, float, bool, None, "
-        "or lists and dicts of them"
-    )
-
-
 def delay_seconds(delay: float | dt.timedelta | None) -> float:
-    """A delay as non-negative finite seconds."""
+    """A delay as seconds from 0 to MAX_DELAY_S."""
     if delay is None:
         return 0.0
     seconds = delay.total_seconds() if isinstance(delay, dt.timedelta) else delay
@@ -259,8 +320,13 @@ def delay_seconds(delay: float | dt.timedelta | None) -> float:
         raise InvalidMessageError(
             f"delay: expected seconds or a timedelta, got {type(delay).__name__}"
         )
-    if not math.isfinite(seconds) or seconds < 0:
-        raise InvalidMessageError(f"delay: {seconds!r} is not a non-negative number of seconds")
+    # Compared, not converted: an int too large for a float is refused, not an error.
+    if not 0 <= seconds <= MAX_DELAY_S:
+        raise InvalidMessageError(
+            f"delay: {shown(seconds)} is not between 0 and {MAX_DELAY_S:.0f} seconds "
+            "(a year, MAX_DELAY_S); a delayed message holds back its partition key until "
+            "it is due, so schedule further ahead in the application"
+        )
     return float(seconds)
 
 
@@ -271,12 +337,22 @@ def _check_name(argument: str, value: object, max_bytes: int, *, allow_empty: bo
         raise InvalidMessageError(
             f"{argument}: must not be empty (the default exchange cannot route by topic); "
             "name the topic exchange to publish to"
+            if argument == "exchange"
+            else f"{argument}: must not be empty"
         )
-    size = len(value.encode("utf-8"))
-    if size > max_bytes:
+    if "\x00" in value:
         raise InvalidMessageError(
-            f"{argument}: {size} bytes exceeds AMQP's limit of {max_bytes} bytes"
+            f"{argument}: holds a NUL character, which PostgreSQL cannot store; remove it"
         )
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidMessageError(
+            f"{argument}: is not valid Unicode (it holds a lone surrogate); pass proper text"
+        ) from None
+    if size > max_bytes:
+        whose = "AMQP's limit" if max_bytes == MAX_SHORT_STRING_BYTES else "the limit"
+        raise InvalidMessageError(f"{argument}: {size} bytes exceeds {whose} of {max_bytes} bytes")
 
 
 def _message_id(value: uuid.UUID | str | None) -> uuid.UUID:
@@ -287,18 +363,15 @@ def _message_id(value: uuid.UUID | str | None) -> uuid.UUID:
     if isinstance(value, str):
         try:
             return uuid.UUID(value)
-        except ValueError as exc:
+        except ValueError:
             raise InvalidMessageError(
-                f"message_id: {value!r} is not a UUID; pass a uuid.UUID or leave it out"
-            ) from exc
+                f"message_id: {shown(value)} is not a UUID; pass a uuid.UUID or leave it out"
+            ) from None
     raise InvalidMessageError(f"message_id: expected a UUID, got {type(value).__name__}")
 
 
 def _partition_key(value: str | None) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise InvalidMessageError(f"partition_key: expected a non-empty str or None, got {value!r}")
-    if len(value.encode("utf-8")) > 1024:
-        raise InvalidMessageError("partition_key: longer than 1024 bytes; use the aggregate's id")
+    _check_name("partition_key", value, MAX_PARTITION_KEY_BYTES, allow_empty=False)
     return value

@@ -109,6 +109,7 @@ class Publisher(Protocol):
     def connect(self) -> None: ...
     def close(self) -> None: ...
     def send(self, rows: Sequence[OutboxRow], *, deadline: float | None = None) -> Sending: ...
+    def refused(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]: ...
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]: ...
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool: ...
 
@@ -630,17 +631,20 @@ class Relay:
             raise
 
     def _send(self, rows: Sequence[OutboxRow], waiting: Collection[int]) -> _Sent:
-        """The first round: rows to a missing exchange fail before anything is sent,
-        every row that would go out after a failed row of its key waits in the table, as
-        do the ``waiting`` rows, and the rest go out."""
+        """The first round: rows AMQP or the broker cannot carry, then rows to a missing
+        exchange, fail before anything is sent, every row that would go out after a
+        failed row of its key waits in the table, as do the ``waiting`` rows, and the
+        rest go out. The exchange check only sees names AMQP can carry."""
         self._isolation.claimed([row.id for row in rows])
         candidates = [row for row in rows if row.id not in waiting]
+        outcomes: dict[int, Outcome] = dict(self._publisher.refused(candidates))
+        candidates = [row for row in candidates if row.id not in outcomes]
         missing = self._publisher.missing_exchanges({row.exchange for row in candidates})
-        outcomes: dict[int, Outcome] = {
-            row.id: Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE)
+        outcomes.update(
+            (row.id, Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE))
             for row in candidates
             if row.exchange in missing
-        }
+        )
         unsent = [row.id for row in candidates if row.id not in outcomes]
         pending = self._within_limit(
             resend_order(rows, unsent, held_back(rows, list(outcomes))), outcomes

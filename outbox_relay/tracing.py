@@ -28,8 +28,8 @@ def with_trace_context(headers: Mapping[str, object] | None) -> Mapping[str, obj
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     found = {key: value for key, value in carrier.items() if key in TRACE_HEADERS}
-    if not found:
-        return headers
+    if not found or not isinstance(headers, (Mapping, type(None))):
+        return headers  # what is not a mapping is refused with the other arguments
     return {**found, **(headers or {})}
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from outbox_relay.store import lenient
 from outbox_relay.store.connect import connect, translate_errors
 from outbox_relay.store.sqlfiles import Queries
 
@@ -59,7 +60,9 @@ class FailedRows:
         self._q = Queries("failed", schema=schema)
 
     def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
-        return connect(self._url, autocommit=True, application_name="outbox-relay failed")
+        conn = connect(self._url, autocommit=True, application_name="outbox-relay failed")
+        lenient.configure(conn)  # dead rows are often the ones Python cannot load
+        return conn
 
     def find(self, where: DeadRowFilter, *, limit: int) -> list[DeadRow]:
         with self._connect() as conn, translate_errors("listing dead rows"):

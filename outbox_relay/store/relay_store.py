@@ -24,6 +24,7 @@ from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
+from outbox_relay.store import lenient
 from outbox_relay.store.connect import (
     application_name_in,
     connect,
@@ -95,6 +96,8 @@ class PostgresStore:
             )
             for _ in range(WORK_CONNECTIONS)
         ]
+        for conn in self._idle:
+            lenient.configure(conn)
         self._work = self._idle[0]
         self._claim_params["relay_pids"] = _int_array(conn.info.backend_pid for conn in self._idle)
         self._listen = connect(

@@ -133,7 +133,8 @@ DELETE FROM {schema}.outbox_listener AS l
 WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity AS a WHERE a.pid = l.backend_pid)
 
 -- name: listener_set
--- Sets or clears this relay's wake-up flag; returns seconds until the next scheduled row.
+-- Sets or clears this relay's wake-up flag; returns seconds until the next scheduled row
+-- (a row due at 'infinity' never is, and cannot be subtracted from).
 WITH flag AS (
     INSERT INTO {schema}.outbox_listener AS l (backend_pid, waiting, updated_at)
     VALUES (pg_backend_pid(), %(waiting)s, now())
@@ -142,12 +143,15 @@ WITH flag AS (
 SELECT extract(epoch FROM min(available_at) - now())::float8 AS next_in_s
 FROM {schema}.outbox
 WHERE dead_at IS NULL AND available_at > now() AND available_at > created_at
+  AND available_at < 'infinity'
 
 -- name: next_due
--- Seconds until the next scheduled row, read while the flag stays as it is.
+-- Seconds until the next scheduled row, read while the flag stays as it is. A row due
+-- at 'infinity' never is (and cannot be subtracted from).
 SELECT extract(epoch FROM min(available_at) - now())::float8 AS next_in_s
 FROM {schema}.outbox
 WHERE dead_at IS NULL AND available_at > now() AND available_at > created_at
+  AND available_at < 'infinity'
 
 -- name: listener_remove
 DELETE FROM {schema}.outbox_listener WHERE backend_pid = pg_backend_pid()

@@ -6,8 +6,9 @@ SELECT
     count(*) FILTER (WHERE dead_at IS NULL AND available_at <= now()) AS due,
     count(*) FILTER (WHERE dead_at IS NULL AND attempts > 0) AS retrying,
     count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead,
-    extract(epoch FROM now() - min(created_at) FILTER (WHERE dead_at IS NULL))::float8
-        AS oldest_pending_s
+    -- A created_at of '-infinity' (written with SQL) cannot be subtracted from.
+    extract(epoch FROM now() - min(created_at) FILTER (
+        WHERE dead_at IS NULL AND isfinite(created_at)))::float8 AS oldest_pending_s
 FROM {schema}.outbox
 
 -- name: relays
@@ -26,7 +27,8 @@ SELECT p.partition,
        CASE WHEN p.lease_until > now() THEN p.owner END AS owner,
        greatest(extract(epoch FROM p.lease_until - now()), 0)::float8 AS lease_left_s,
        count(o.id) AS pending,
-       extract(epoch FROM now() - min(o.created_at))::float8 AS oldest_pending_s
+       extract(epoch FROM now() - min(o.created_at) FILTER (WHERE isfinite(o.created_at)))::float8
+           AS oldest_pending_s
 FROM {schema}.outbox_partitions AS p
 LEFT JOIN {schema}.outbox AS o
        ON {schema}.outbox_partition(

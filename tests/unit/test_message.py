@@ -14,15 +14,25 @@ from hypothesis import strategies as st
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.message import (
     BROKER_MAX_MESSAGE_BYTES,
+    HEADERS_BYTES_CEILING,
+    MAX_DELAY_S,
     MAX_PAYLOAD_BYTES,
     Limits,
     OutboxRow,
+    UnreadableHeaders,
     amqp_problem,
     delay_seconds,
     encode_headers,
     encode_payload,
     new_message,
 )
+
+
+def _nested_list(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def build(**overrides: object):  # type: ignore[no-untyped-def]
@@ -87,6 +97,51 @@ class TestNewMessage:
             ({"message_id": 12}, "message_id"),
             ({"partition_key": ""}, "partition_key"),
             ({"partition_key": 7}, "partition_key"),
+            # PostgreSQL's text and jsonb cannot store NUL: refused before any statement.
+            ({"exchange": "ex\x00"}, "exchange"),
+            ({"routing_key": "a\x00b"}, "routing_key"),
+            ({"partition_key": "\x00"}, "partition_key"),
+            ({"payload": b"x", "content_type": "text/plain\x00"}, "content_type"),
+            ({"headers": {"a\x00": 1}}, "headers"),
+            ({"headers": {"a": "b\x00"}}, "headers"),
+            ({"headers": {"a": {"b": ["c", "\x00"]}}}, "headers"),
+            # Lone surrogates are not Unicode text.
+            ({"exchange": "ex\ud800"}, "exchange"),
+            ({"routing_key": "\udfff"}, "routing_key"),
+            ({"partition_key": "k\ud800"}, "partition_key"),
+            ({"payload": b"x", "content_type": "text/\ud800"}, "content_type"),
+            ({"headers": {"\ud800": 1}}, "headers"),
+            ({"headers": {"a": "\ud800"}}, "headers"),
+            ({"payload": {"a": "\ud800"}}, "payload"),
+            ({"payload": "\ud800"}, "payload"),
+            # Nesting: AMQP tables to MAX_HEADER_DEPTH; payloads as deep as json can go.
+            (
+                {
+                    "headers": {
+                        "a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]
+                    }
+                },
+                "headers",
+            ),
+            ({"payload": _nested_list(5000)}, "payload"),
+            ({"headers": {"a": _nested_list(5000)}}, "headers"),
+            # The AMQP-encoded size, not the JSON size: 60 KB of JSON, 150 KB of AMQP.
+            ({"headers": {"h": [0] * 30000}}, "headers"),
+            ({"headers": {"f": 1e19}}, "headers"),
+            ({"headers": {"f": math.nan}}, "headers"),
+            ({"delay": 1e13}, "delay"),
+            ({"delay": 1e300}, "delay"),
+            ({"delay": 10**400}, "delay"),
+            ({"delay": math.nan}, "delay"),
+            ({"delay": MAX_DELAY_S + 1}, "delay"),
+            ({"delay": dt.timedelta.max}, "delay"),
+            ({"content_type": 5, "payload": b"x"}, "content_type"),
+            ({"content_type": "", "payload": b"x"}, "content_type"),
+            ({"message_id": "x" * 100_000}, "message_id"),
+            ({"message_id": "\ud800"}, "message_id"),
+            ({"message_id": b"0" * 16}, "message_id"),
+            ({"payload": 10**5000}, "payload"),
+            ({"limits": {"max_payload_bytes": 10}}, "limits"),
         ],
     )
     def test_bad_input_names_the_argument(self, overrides: dict[str, object], names: str) -> None:
@@ -94,15 +149,17 @@ class TestNewMessage:
             build(**overrides)
         assert str(info.value).startswith(names), str(info.value)
         assert isinstance(info.value, ValueError)
+        assert len(str(info.value)) < 500, "the error quotes the value whole"
+        str(info.value).encode("utf-8")
 
     def test_limits_can_be_raised_and_lowered(self) -> None:
         big = b"x" * (MAX_PAYLOAD_BYTES + 1)
         assert build(payload=big, limits=Limits(max_payload_bytes=len(big))).payload == big
-        tight = Limits(max_payload_bytes=10, max_header_count=1, max_headers_json_bytes=20)
+        tight = Limits(max_payload_bytes=10, max_header_count=1, max_headers_bytes=20)
         for overrides, names, limit in (
             ({"payload": b"x" * 11}, "payload", "Limits.max_payload_bytes"),
             ({"headers": {"a": 1, "b": 2}}, "headers", "Limits.max_header_count"),
-            ({"headers": {"a": "y" * 30}}, "headers", "Limits.max_headers_json_bytes"),
+            ({"headers": {"a": "y" * 30}}, "headers", "Limits.max_headers_bytes"),
         ):
             with pytest.raises(InvalidMessageError) as info:
                 build(limits=tight, **overrides)
@@ -114,9 +171,10 @@ class TestNewMessage:
         [
             {"max_payload_bytes": 0},
             {"max_header_count": -1},
-            {"max_headers_json_bytes": 1.5},
+            {"max_headers_bytes": 1.5},
             {"max_payload_bytes": True},
             {"max_payload_bytes": BROKER_MAX_MESSAGE_BYTES + 1},
+            {"max_headers_bytes": HEADERS_BYTES_CEILING + 1},
         ],
     )
     def test_limits_refuse_values_that_make_no_sense(self, arguments: dict[str, object]) -> None:
@@ -127,22 +185,42 @@ class TestNewMessage:
         assert build(delay=dt.timedelta(minutes=1)).delay_s == 60.0
         assert build(delay=2).delay_s == 2.0
         assert build().delay_s == 0.0
+        assert build(delay=dt.timedelta(days=365)).delay_s == MAX_DELAY_S
+
+    def test_headers_may_be_any_mapping_and_any_sequence(self) -> None:
+        from types import MappingProxyType
+
+        headers = MappingProxyType({"a": (1, 2), "t": MappingProxyType({"b": "c"})})
+        assert json.loads(build(headers=headers).headers_json) == {"a": [1, 2], "t": {"b": "c"}}
+
+    def test_headers_up_to_the_ceiling_are_accepted_when_the_limit_is_raised(self) -> None:
+        limits = Limits(max_headers_bytes=HEADERS_BYTES_CEILING)
+        pad = HEADERS_BYTES_CEILING - (4 + 1 + 1 + 5)
+        assert build(headers={"h": "x" * pad}, limits=limits).headers_json
+        with pytest.raises(InvalidMessageError, match=r"Limits\.max_headers_bytes"):
+            build(headers={"h": "x" * (pad + 1)}, limits=limits)
+
+
+# Text PostgreSQL's text and jsonb store: no NUL, no lone surrogates.
+_PG_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 
 
 class TestHeaders:
     @given(
         st.dictionaries(
             # AMQP header names are at most 255 bytes: 60 characters of up to 4 bytes
-            st.text(min_size=1, max_size=60).filter(lambda k: not k.lower().startswith("outbox-")),
+            st.text(_PG_TEXT, min_size=1, max_size=60).filter(
+                lambda k: not k.lower().startswith("outbox-")
+            ),
             st.recursive(
                 st.none()
                 | st.booleans()
                 | st.integers(-(2**63), 2**63 - 1)
-                | st.text()
-                | st.floats(allow_nan=False, allow_infinity=False),
+                | st.text(_PG_TEXT)
+                | st.floats(min_value=-(2.0**62), max_value=2.0**62),
                 lambda inner: (
                     st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=60), inner, max_size=3)
+                    | st.dictionaries(st.text(_PG_TEXT, max_size=60), inner, max_size=3)
                 ),
                 max_leaves=10,
             ),
@@ -160,11 +238,13 @@ class TestAmqpProblem:
     """Rows written past ``publish`` (by SQL): what makes them unpublishable, by name."""
 
     @staticmethod
-    def row(headers: object, content_type: str = "application/json") -> OutboxRow:
+    def row(
+        headers: object, content_type: str = "application/json", exchange: str = "ex"
+    ) -> OutboxRow:
         return OutboxRow(
             id=1,
             message_id=uuid.uuid4(),
-            exchange="ex",
+            exchange=exchange,
             routing_key="rk",
             payload=b"{}",
             content_type=content_type,
@@ -192,6 +272,32 @@ class TestAmqpProblem:
         assert problem is not None
         assert names in problem
 
+    @pytest.mark.parametrize(
+        ("exchange", "names"),
+        [("E" * 300, "exchange is 300 bytes"), ("é" * 128, "exchange is 256 bytes")],
+    )
+    def test_names_an_exchange_amqp_cannot_carry(self, exchange: str, names: str) -> None:
+        assert names in (amqp_problem(self.row({}, exchange=exchange)) or "")
+
+    def test_properties_over_the_connections_frame_max_are_named(self) -> None:
+        row = self.row({"h": [0] * 30000})
+        problem = amqp_problem(row) or ""
+        assert "frame_max of 131072" in problem
+        assert problem.startswith("headers:")
+        assert amqp_problem(row, frame_max=1024 * 1024) is None
+        assert amqp_problem(row, frame_max=0) is None, "0: the broker sets no limit"
+        assert "frame_max of 4096" in (
+            amqp_problem(self.row({"h": "x" * 4100}), frame_max=4096) or ""
+        )
+
+    def test_headers_nested_too_deep_or_unreadable_are_named(self) -> None:
+        deep: dict[str, object] = {"leaf": 1}
+        for _ in range(40):
+            deep = {"t": deep}
+        assert "nested too deep" in (amqp_problem(self.row(deep)) or "")
+        unreadable = UnreadableHeaders("nested too deep to be read")
+        assert amqp_problem(self.row(unreadable)) == "headers: nested too deep to be read"
+
     def test_json_values_amqp_carries_are_fine(self) -> None:
         headers = {"f": 0.5, "mix": [1, "a", True, None, 2.5, {"x": 1}], "i": 2**63 - 1}
         assert amqp_problem(self.row(headers)) is None
@@ -202,6 +308,6 @@ class TestEncoding:
     def test_bytes_are_never_altered(self, body: bytes) -> None:
         assert encode_payload(body, None) == (body, "application/octet-stream")
 
-    @given(st.floats(min_value=0, allow_infinity=False, allow_nan=False))
-    def test_any_non_negative_finite_delay_is_kept(self, seconds: float) -> None:
+    @given(st.floats(min_value=0, max_value=MAX_DELAY_S))
+    def test_any_delay_up_to_a_year_is_kept(self, seconds: float) -> None:
         assert delay_seconds(seconds) == seconds

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic, BasicProperties
 
+from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.confirms import Batch
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
@@ -224,6 +225,7 @@ class Broker:
         self._publisher = publisher
         self._rows: list[OutboxRow] = []
         self._next = 0
+        self.params = SimpleNamespace(frame_max=DEFAULT_FRAME_MAX_BYTES)  # as negotiated
         publisher._channel = self  # type: ignore[assignment]
         publisher._conn = self  # type: ignore[assignment]
 
@@ -423,3 +425,20 @@ def test_a_channel_closed_for_access_to_an_exchange_fails_the_rows_to_it() -> No
     assert outcomes[2].status is Status.FAILED
     assert not outcomes[1].suspected
     assert not outcomes[3].suspected, "the culprit is known: the others simply go again"
+
+
+def test_a_row_over_the_negotiated_frame_max_is_never_written_and_fails_alone() -> None:
+    # The broker would close the whole connection (501 FRAME_ERROR) over its properties.
+    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+    broker = Broker(publisher)
+    broker.params.frame_max = 8192
+    big = dataclasses.replace(sized_row(2, 10), headers={"h": "x" * 9000})
+    batch = broker.send([sized_row(1, 10), big, sized_row(3, 10)])
+    assert [row.id for _, row in broker.published] == [1]
+    ack(publisher, 1, multiple=False, channel=broker)
+    outcomes = publisher._finish(batch)
+    assert outcomes[3] == Outcome.unsent(), "the rows after it go in the next round"
+    assert outcomes[2].status is Status.FAILED
+    assert outcomes[2].reason is Reason.UNENCODABLE
+    assert "frame_max of 8192" in (outcomes[2].error or "")
+    assert publisher.refused([big, sized_row(3, 10)]) == {2: outcomes[2]}

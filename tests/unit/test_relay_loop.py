@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from structlog.testing import capture_logs
 
+from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.errors import (
     BrokerUnavailableError,
     PublishInterruptedError,
@@ -20,6 +21,7 @@ from outbox_relay.errors import (
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
+from outbox_relay.publisher import refusal
 from outbox_relay.relay import Relay, RelaySettings
 from outbox_relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS, Notices
 
@@ -180,6 +182,7 @@ class ScriptedPublisher:
         self.events: list[tuple[str, list[int]]] = []  # sends, outcomes asked, abandons
         self.flushes = True  # whether a batch's frames reach the socket (Sending.flush)
         self.missing = missing or {}
+        self.exchanges_checked: set[str] = set()
         self.failing: tuple[int, Exception] | None = None  # see fail_after
 
     def fail_after(self, sends: int, error: Exception) -> None:
@@ -202,7 +205,12 @@ class ScriptedPublisher:
         self.events.append(("send", [r.id for r in rows]))
         return ScriptedSending(self, rows)
 
+    def refused(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]:
+        refusals = {r.id: refusal(r, frame_max=DEFAULT_FRAME_MAX_BYTES) for r in rows}
+        return {i: outcome for i, outcome in refusals.items() if outcome is not None}
+
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
+        self.exchanges_checked.update(exchanges)
         return {e: self.missing[e] for e in exchanges if e in self.missing}
 
     def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
@@ -264,6 +272,19 @@ class TestRunBatch:
                 ],
             )
         ]
+
+    def test_a_row_amqp_cannot_carry_is_dead_at_once_before_the_exchange_check(self) -> None:
+        long_name = "E" * 300
+        rows = [row(1, "a", exchange=long_name), row(2, "a"), row(3, "b")]
+        publisher = ScriptedPublisher([{}])
+        store = FakeStore(rows)
+        relay_for(store, publisher).run_batch()
+        assert long_name not in publisher.exchanges_checked
+        assert publisher.sent == [[3]]
+        [(published, [failure])] = store.settled
+        assert published == [3]
+        assert (failure.row_id, failure.dead, failure.reason) == (1, True, Reason.UNENCODABLE)
+        assert "exchange is 300 bytes; AMQP allows 255" in failure.error
 
     def test_rows_to_a_missing_exchange_are_recorded_when_sending_the_rest_fails(self) -> None:
         rows = [row(1, "a", exchange="gone"), row(2, "b")]
