@@ -111,3 +111,11 @@ def test_an_app_without_handlers_is_refused() -> None:
 def test_the_http_port_is_checked_with_the_other_settings() -> None:
     with pytest.raises(ConfigurationError, match="http_port"):
         ConsumerSettings(name="x", http_port=70000)
+
+
+@pytest.mark.parametrize("name", ["billing:eu", "bill\x00ing"])
+def test_a_name_that_could_reach_another_apps_inbox_rows_is_refused(name: str) -> None:
+    app = ConsumerApp(name=name, amqp_url="amqp://localhost")
+    app.handler(exchange="e", queue="q")(lambda message: None)
+    with pytest.raises(ConfigurationError, match="contains ':' or NUL"):
+        app.settings()
