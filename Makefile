@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 ## test: every tier (unit, integration, faults) against PostgreSQL and RabbitMQ on their
 ## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
+## (see docs/testing.md)
 test: $(STAMP)
 	$(BIN)/pytest tests
 

@@ -3,7 +3,7 @@
 TLS is configured in the URL, as pika reads it: ``amqps://`` verifies the broker's
 certificate against the system CAs and its host name against the URL's host; the
 ``ssl_options`` query parameter (a dict literal) names a CA file, a client certificate
-and key, or another server name. See README ("TLS").
+and key, or another server name. See docs/security.md ("TLS to RabbitMQ").
 """
 
 from __future__ import annotations

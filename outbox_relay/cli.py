@@ -117,7 +117,8 @@ wake_trigger_option = click.option(
     is_flag=True,
     help="Also (re)create the trigger that wakes a waiting relay on every INSERT into the "
     "outbox, for writers that do not use publish() or call outbox_wake(). It costs every "
-    "inserting transaction a little (see the README); publish() does not need it.",
+    "inserting transaction a little (see docs/producing.md#writers-other-than-publish); "
+    "publish() does not need it.",
 )
 
 
@@ -207,11 +208,12 @@ def _drop(database_url: str, schema: str, target: str, *, wake_trigger: bool, ye
     "grants",
     multiple=True,
     metavar="KIND=ROLE",
-    # The consumer form, consumer=ROLE:APP[,APP...], is explained by its usage error;
     # docs/cli.md is generated from this text.
     help="Print, instead of the DDL, the least privileges ROLE needs as KIND: 'relay' (its "
-    "own tables), 'producer' (INSERT on the outbox, its wake-up function) or 'consumer' (its "
-    "inbox). Repeatable.",
+    "own tables), 'producer' (INSERT on the outbox, its wake-up function) or 'consumer', "
+    "written consumer=ROLE:APP[,APP...] (the inbox rows of those consumer apps, "
+    "ConsumerApp(name=...), and no others, through row-level security: print it for every "
+    "consumer role). Repeatable.",
 )
 @wake_trigger_option
 @click.option(
@@ -232,8 +234,8 @@ def print_sql(
     """Print the DDL that `migrate` applies, for Alembic, Django, Flyway or a DBA.
 
     Every statement is idempotent and records its version, so `migrate` can run after it.
-    With --grants, print the GRANT statements for the relay's and producers' roles; with
-    --drop, the statements that remove the outbox again.
+    With --grants, print the GRANT statements for the relay's, producers' and consumers'
+    roles; with --drop, the statements that remove the outbox again.
     """
     if drop:
         if grants or wake_trigger or since_version:

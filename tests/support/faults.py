@@ -233,7 +233,7 @@ def insert_rows(
 ) -> None:
     """Committed outbox rows with payload {"n": n, "key": ...}; keyed by n % keys when
     ``keys``. Written with one INSERT ... SELECT, as a producer burst would, and woken
-    up the way the README tells writers that do not use publish()."""
+    up the way docs/producing.md tells writers that do not use publish()."""
     query = sql.SQL(
         """
         INSERT INTO {schema}.outbox
