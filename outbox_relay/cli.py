@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -23,12 +24,18 @@ from outbox_relay.cli_options import (
     amqp_url_option,
     database_url_option,
     http_options,
+    listen_database_url_option,
     logging_options,
     partitions_option,
     schema_option,
 )
 from outbox_relay.cli_topology import topology
-from outbox_relay.errors import ConfigurationError, OutboxRelayError, StoreError
+from outbox_relay.errors import (
+    ConfigurationError,
+    OutboxRelayError,
+    SchemaNotMigratedError,
+    StoreError,
+)
 from outbox_relay.logs import configure_logging
 from outbox_relay.observability.http import HealthServer
 from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
@@ -74,7 +81,7 @@ class _Group(click.Group):
 
 def _store_hint(exc: StoreError) -> str:
     text = str(exc)
-    if "does not exist" in text and ("outbox" in text or "schema" in text):
+    if isinstance(exc, SchemaNotMigratedError):
         return f"{text}\nThe outbox table is missing: run `outbox-relay migrate --schema S` first."
     return text
 
@@ -180,6 +187,7 @@ def _grant(value: str) -> tuple[str, str]:
 
 @main.command()
 @database_url_option
+@listen_database_url_option
 @amqp_url_option
 @schema_option
 @click.option(
@@ -306,6 +314,7 @@ def _grant(value: str) -> tuple[str, str]:
 @logging_options
 def run(
     database_url: str,
+    listen_database_url: str | None,
     amqp_url: str,
     schema: str,
     batch_size: int,
@@ -328,6 +337,7 @@ def run(
     """Relay committed outbox rows to RabbitMQ until SIGTERM or SIGINT."""
     settings = RunSettings(
         database_url=database_url,
+        listen_database_url=listen_database_url,
         amqp_url=amqp_url,
         schema=schema,
         relay=RelaySettings(
@@ -353,16 +363,18 @@ def run(
     registry.register(
         BacklogCollector(lambda: backlog_figures(settings.database_url, settings.schema))
     )
+    store = PostgresStore(
+        url=settings.database_url,
+        schema=settings.schema,
+        relay_id=new_relay_id(),
+        lease_ttl_s=settings.relay.lease_ttl_s,
+        order_gate=order_gate,
+        order_gate_max_wait_s=order_gate_max_wait,
+        dead_peer_timeout_s=settings.dead_peer_timeout_s,
+        listen_url=settings.listen_database_url,
+    )
     relay = Relay(
-        store=PostgresStore(
-            url=settings.database_url,
-            schema=settings.schema,
-            relay_id=new_relay_id(),
-            lease_ttl_s=settings.relay.lease_ttl_s,
-            order_gate=order_gate,
-            order_gate_max_wait_s=order_gate_max_wait,
-            dead_peer_timeout_s=settings.dead_peer_timeout_s,
-        ),
+        store=store,
         publisher=Publisher(
             url=settings.amqp_url,
             confirm_timeout_s=settings.confirm_timeout_s,
@@ -395,7 +407,7 @@ def run(
             port=http_port,
             registry=registry,
             liveness=relay.liveness,
-            readiness=relay.readiness,
+            readiness=_with_wake_up(relay.readiness, store),
         ).start()
         if http_port
         else None
@@ -405,6 +417,20 @@ def run(
     finally:
         if server is not None:
             server.close()
+
+
+def _with_wake_up(
+    readiness: Callable[[], tuple[bool, str]], store: PostgresStore
+) -> Callable[[], tuple[bool, str]]:
+    """/readyz's details also say how the relay learns of new rows (polling behind a
+    transaction-mode pooler)."""
+
+    def ready() -> tuple[bool, str]:
+        ok, detail = readiness()
+        wake_up = store.wake_up
+        return ok, f"{detail}; {wake_up}" if wake_up else detail
+
+    return ready
 
 
 @main.command()
