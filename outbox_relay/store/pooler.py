@@ -26,10 +26,11 @@ Detection, cheap where it matters:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -62,7 +63,7 @@ def pooler_in_front(conn: psycopg.Connection[Any]) -> bool:
     if conn.autocommit:
         row = conn.execute("SELECT pg_backend_pid()").fetchone()
     else:
-        with conn.transaction():
+        with _refusing_statement_mode(), conn.transaction():
             row = conn.execute("SELECT pg_backend_pid()").fetchone()
     return row is None or row[0] != conn.info.backend_pid
 
@@ -96,10 +97,17 @@ def pooling_mode(
 
 
 def _notify_in_transaction(conn: psycopg.Connection[Any], channel: str) -> None:
+    with _refusing_statement_mode(), conn.transaction():
+        conn.execute("SELECT 1")
+        conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(channel)))
+
+
+@contextlib.contextmanager
+def _refusing_statement_mode() -> Iterator[None]:
+    """A pooler's refusal of a transaction becomes StoreError (not "unavailable": no
+    retry can help), naming the pooler's mode and the fix."""
     try:
-        with conn.transaction():
-            conn.execute("SELECT 1")
-            conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(channel)))
+        yield
     except psycopg.Error as exc:
         text = str(exc).lower()
         if "statement pooling" not in text and "statement mode" not in text:
@@ -121,22 +129,13 @@ _announced: set[tuple[str, str]] = set()
 _announced_lock = threading.Lock()
 
 
-def announce_once(component: str, mode: Pooling, *, changes: str) -> None:
-    """Log, once per process, component and mode, what was found and what it changed;
-    a direct connection changes nothing and is not logged."""
-    if mode is Pooling.DIRECT:
-        return
+def announce_once(component: str, *, detected: str, changes: str) -> None:
+    """Log, once per process and component, the pooler found and what it changed."""
     with _announced_lock:
-        if (component, mode.value) in _announced:
+        if (component, detected) in _announced:
             return
-        _announced.add((component, mode.value))
-    log.info(
-        "database.pooler_detected",
-        component=component,
-        pool_mode=mode.value,
-        detected=describe(mode),
-        changes=changes,
-    )
+        _announced.add((component, detected))
+    log.info("database.pooler_detected", component=component, detected=detected, changes=changes)
 
 
 def describe(mode: Pooling) -> str:

@@ -31,7 +31,7 @@ from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.poll_ticker import POOLED_POLL_S, PollTicker
 from outbox_relay.store.connect import application_name_in, connect, translate_errors
-from outbox_relay.store.pooler import Pooling, announce_once, pooling_mode
+from outbox_relay.store.pooler import Pooling, announce_once, describe, pooling_mode
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 from outbox_relay.wakeup import SCHEDULED, Notices
 
@@ -141,7 +141,8 @@ class PostgresStore:
                     conn.prepare_threshold = None
             allowed = self._work.execute(self._q["can_see_all_sessions"]).fetchone()
             self._work.commit()
-        announce_once("relay", pooling, changes=self._pooling_changes())
+        if pooling is not Pooling.DIRECT:
+            announce_once("relay", detected=describe(pooling), changes=self._pooling_changes())
         if self._claim_params["order_gate"] and not (allowed and allowed[0]):
             raise StoreError(
                 "--order-gate reads other sessions' transactions from pg_stat_activity, which "
