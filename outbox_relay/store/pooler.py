@@ -15,9 +15,9 @@ Detection, cheap where it matters:
    cancel key, ``conn.info.backend_pid``) is its own, not the server's
    ``pg_backend_pid()``. Equal: a direct connection (one round trip, the only cost on
    the common path).
-2. Behind a pooler, two more short connections: one runs a transaction of two statements
-   with a ``NOTIFY`` (a statement-mode pooler refuses the transaction), the other
-   ``LISTEN``\\ s for it. The notification arrives within milliseconds when the listening
+2. Behind a pooler, one more short connection listens while the first runs a
+   transaction of two statements with a ``NOTIFY`` (a statement-mode pooler refuses the
+   transaction). The notification arrives within milliseconds when the listening
    server session stays with its client (session mode) and never when the pooler has
    handed that session back (transaction mode; the probe then waits
    ``LISTEN_PROBE_TIMEOUT_S``). Whatever is not proven session mode is treated as
@@ -72,34 +72,32 @@ def pooling_mode(
     conn: psycopg.Connection[Any], opener: Callable[[], psycopg.Connection[Any]]
 ) -> Pooling:
     """How ``conn`` reaches PostgreSQL. ``opener()`` opens another autocommit connection
-    to the same URL (used only behind a pooler, and closed here).
+    to the same URL, only behind a pooler, to LISTEN while ``conn`` sends the NOTIFY (one
+    connection more than the caller's, for a moment: a session pool sized to the relay's
+    connections still has room). ``conn`` is left without an open transaction.
 
     Raises StoreError for a statement-mode pooler, naming it and the fix; psycopg's
     errors otherwise pass through (the caller translates them).
     """
     if not pooler_in_front(conn):
         return Pooling.DIRECT
-    channel = f"outbox_relay_probe_{uuid.uuid4().hex[:12]}"
+    channel = sql.Identifier(f"outbox_relay_probe_{uuid.uuid4().hex[:12]}")
     listener: psycopg.Connection[Any] = opener()
     try:
-        listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
-        notifier: psycopg.Connection[Any] = opener()
-        try:
-            _notify_in_transaction(notifier, channel)
-        finally:
-            notifier.close()
+        listener.execute(sql.SQL("LISTEN {}").format(channel))
+        _notify_in_transaction(conn, channel)
         heard = list(listener.notifies(timeout=LISTEN_PROBE_TIMEOUT_S, stop_after=1))
         if heard:
-            listener.execute(sql.SQL("UNLISTEN {}").format(sql.Identifier(channel)))
+            listener.execute(sql.SQL("UNLISTEN {}").format(channel))
     finally:
         listener.close()
     return Pooling.SESSION if heard else Pooling.TRANSACTION
 
 
-def _notify_in_transaction(conn: psycopg.Connection[Any], channel: str) -> None:
+def _notify_in_transaction(conn: psycopg.Connection[Any], channel: sql.Identifier) -> None:
     with _refusing_statement_mode(), conn.transaction():
         conn.execute("SELECT 1")
-        conn.execute(sql.SQL("NOTIFY {}").format(sql.Identifier(channel)))
+        conn.execute(sql.SQL("NOTIFY {}").format(channel))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,333 @@
+"""Behind a real PgBouncer: the relay, the consumer and publish() through a small pool.
+
+Transaction mode is the common production setup and the hard one: each transaction may
+run on another server session, so prepared statements, session settings and LISTEN do
+not carry over. Session mode must keep working; statement mode is refused at start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import outbox_relay
+from outbox_relay.store.schema import migrate
+from tests.support.broker import BrokerHelper
+from tests.support.consumer import ROOT, effects, make_effects_table
+from tests.support.faults import RelayProcess, Tally
+from tests.support.http import free_port, get
+from tests.support.pgbouncer import PgBouncer, pgbouncer
+from tests.support.relay import wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+PRODUCERS = 8
+PER_PRODUCER = 150
+KEYS_PER_PRODUCER = 3  # each key written by one producer, in order
+# What a session mixed up by a pooler looks like in a log.
+SESSION_ERRORS = (
+    "prepared statement",
+    "bind message supplies",
+    "transaction blocks not allowed",
+    "idle_in_transaction",
+    "unavailable",
+    "Traceback",
+)
+
+
+@pytest.fixture
+def transaction_pool(database_url: str, tmp_path: Path) -> Iterator[PgBouncer]:
+    with pgbouncer(database_url, tmp_path, pool_mode="transaction") as bouncer:
+        yield bouncer
+
+
+def produce(url: str, schema: str, exchange: str, producer: int) -> None:
+    """One message per transaction on the application's own pooled connection, configured
+    as the producing guide says (no prepared statements)."""
+    with psycopg.connect(url, prepare_threshold=None) as conn:
+        for i in range(PER_PRODUCER):
+            n = producer * PER_PRODUCER + i
+            key = f"p{producer}-{i % KEYS_PER_PRODUCER}"
+            outbox_relay.publish(
+                conn,
+                exchange=exchange,
+                routing_key="order.placed",
+                payload={"n": n, "key": key},
+                partition_key=key,
+                schema=schema,
+            )
+            conn.commit()
+
+
+def producers(url: str, schema: str, exchange: str) -> list[threading.Thread]:
+    threads = [
+        threading.Thread(target=produce, args=(url, schema, exchange, p), name=f"producer-{p}")
+        for p in range(PRODUCERS)
+    ]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+@contextlib.contextmanager
+def consumer_process(
+    url: str, amqp_url: str, schema: str, exchange: str, queue: str, log_path: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    """tests/support/consumer_app.py in a subprocess, its JSON log in ``log_path``."""
+    env = {
+        **os.environ,
+        "OUTBOX_RELAY_DATABASE_URL": url,
+        "OUTBOX_RELAY_AMQP_URL": amqp_url,
+        "OUTBOX_RELAY_SCHEMA": schema,
+        "TEST_QUEUE": queue,
+        "TEST_EXCHANGE": exchange,
+    }
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "outbox_relay", "consume"),
+                *("tests.support.consumer_app:app", "--log-format", "json", "--concurrency", "2"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def session_errors(text: str) -> list[str]:
+    """Lines of a log that show a session error (the line saying what the pooler changed
+    names prepared statements too)."""
+    return [
+        line
+        for line in text.splitlines()
+        if any(e in line for e in SESSION_ERRORS) and "database.pooler_detected" not in line
+    ]
+
+
+def test_relays_producers_and_consumers_all_through_a_transaction_pool(
+    transaction_pool: PgBouncer,
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+) -> None:
+    """Eight producers, two relays sharing the partitions and three consumer processes,
+    every connection through a transaction-mode PgBouncer with three server sessions:
+    every message is published once and applied once, at its first attempt, and no log
+    shows a prepared-statement or session error."""
+    url = transaction_pool.url
+    migrate(url, schema=schema)  # migrate works through the pool too
+    make_effects_table(database_url, schema)
+    exchange = broker.exchange()
+    tally_queue = broker.queue("tally", bind=(exchange, "#"))
+    queue = broker.name("consumed")
+    for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
+        broker.track_queue(name)
+    expected = set(range(PRODUCERS * PER_PRODUCER))
+
+    relays = [RelayProcess(url, amqp_url, schema, log_dir=tmp_path) for _ in range(2)]
+    consumer_logs = [tmp_path / f"consumer-{i}.log" for i in range(3)]
+    try:
+        with contextlib.ExitStack() as stack:
+            for log_path in consumer_logs:
+                stack.enter_context(
+                    consumer_process(url, amqp_url, schema, exchange, queue, log_path)
+                )
+            threads = producers(url, schema, exchange)
+            for thread in threads:
+                thread.join(60)
+            assert wait_for(
+                lambda: len(effects(database_url, schema)) >= len(expected), timeout_s=60
+            )
+            tally = Tally(expected)
+            tally.add(broker.collect(tally_queue, quiet_s=1.0))
+        codes = [relay.stop() for relay in relays]
+    finally:
+        for relay in relays:
+            relay.kill()
+
+    applied = effects(database_url, schema)
+    assert codes == [0, 0]
+    assert not tally.lost
+    assert not tally.invented
+    assert tally.duplicates == 0  # nothing crashed: not even the at-least-once window
+    assert not tally.out_of_order_keys()
+    per_message = Counter(message_id for message_id, _attempt, _note in applied)
+    assert len(per_message) == len(expected)
+    assert set(per_message.values()) == {1}
+    assert {attempt for _id, attempt, _note in applied} == {1}  # no good message retried
+    for relay in relays:
+        assert session_errors(relay.log_text()) == [], relay.name
+        detected = relay.events("database.pooler_detected")
+        assert len(detected) == 1
+        assert "transaction mode" in detected[0]["detected"]
+        assert "no server-side prepared statements" in detected[0]["changes"]
+    for log_path in consumer_logs:
+        assert session_errors(log_path.read_text(encoding="utf-8")) == [], log_path.name
+        detected = [r for r in records(log_path) if r.get("event") == "database.pooler_detected"]
+        assert len(detected) == 1
+    assert {len(r.events("relay.partitions_changed")) > 0 for r in relays} == {True}
+
+
+def relay_with_http(
+    url: str, amqp_url: str, schema: str, tmp_path: Path, *args: str
+) -> tuple[RelayProcess, int]:
+    port = free_port()
+    relay = RelayProcess(url, amqp_url, schema, "--http-port", str(port), *args, log_dir=tmp_path)
+    assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=30), relay.log_text()
+    return relay, port
+
+
+def publish_one(url: str, schema: str, exchange: str, n: int) -> None:
+    with psycopg.connect(url, prepare_threshold=None) as conn:
+        outbox_relay.publish(
+            conn, exchange=exchange, routing_key="k", payload={"n": n}, schema=schema
+        )
+
+
+def waiting_flags(database_url: str, schema: str) -> int:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.outbox_listener WHERE waiting").format(
+                sql.Identifier(schema)
+            )
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_without_a_listen_url_the_relay_polls_and_says_so(
+    transaction_pool: PgBouncer,
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+) -> None:
+    """LISTEN hears nothing through a transaction pool: the relay polls instead, logs it
+    once and shows it in /readyz, and raises no wake-up flag producers would pay for."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    relay, port = relay_with_http(transaction_pool.url, amqp_url, schema, tmp_path)
+    try:
+        _status, ready = get(port, "/readyz")
+        assert "wake-up: polling every 100 ms" in ready
+        assert "--listen-database-url" in ready
+        for n in range(3):
+            publish_one(transaction_pool.url, schema, exchange, n)
+            assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
+        assert waiting_flags(database_url, schema) == 0
+        assert relay.stop() == 0
+    finally:
+        relay.kill()
+    (detected,) = relay.events("database.pooler_detected")
+    assert "polling for new rows every 100 ms" in detected["changes"]
+    assert session_errors(relay.log_text()) == []
+
+
+def test_with_a_listen_url_the_relay_listens_there(
+    transaction_pool: PgBouncer,
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+) -> None:
+    """With --listen-database-url (here the direct URL) the relay LISTENs there and raises
+    its wake-up flag, so producers writing through the pool wake it with NOTIFY."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    relay, port = relay_with_http(
+        transaction_pool.url, amqp_url, schema, tmp_path, "--listen-database-url", database_url
+    )
+    try:
+        assert "wake-up: LISTEN on --listen-database-url" in get(port, "/readyz")[1]
+        assert wait_for(lambda: waiting_flags(database_url, schema) == 1, timeout_s=15)
+        for n in range(3):
+            publish_one(transaction_pool.url, schema, exchange, n)
+            assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
+        assert relay.stop() == 0
+    finally:
+        relay.kill()
+    (detected,) = relay.events("database.pooler_detected")
+    assert "LISTEN on --listen-database-url" in detected["changes"]
+    assert session_errors(relay.log_text()) == []
+
+
+def test_a_listen_url_through_the_transaction_pool_is_refused(
+    transaction_pool: PgBouncer, amqp_url: str, schema: str, tmp_path: Path
+) -> None:
+    url = transaction_pool.url
+    relay = RelayProcess(url, amqp_url, schema, "--listen-database-url", url, log_dir=tmp_path)
+    try:
+        assert relay.process.wait(30) == 1
+    finally:
+        relay.kill()
+    assert "--listen-database-url goes through a connection pooler in transaction" in (
+        relay.log_text()
+    )
+
+
+def test_a_statement_mode_pool_is_refused_at_start_with_the_fix(
+    database_url: str, amqp_url: str, schema: str, tmp_path: Path
+) -> None:
+    with pgbouncer(database_url, tmp_path, pool_mode="statement") as bouncer:
+        relay = RelayProcess(bouncer.url, amqp_url, schema, log_dir=tmp_path)
+        try:
+            assert relay.process.wait(30) == 1
+        finally:
+            relay.kill()
+    text = relay.log_text()
+    assert "connection pooler in statement mode" in text
+    assert "pool_mode = transaction" in text
+
+
+def test_a_session_mode_pool_keeps_listen_and_prepared_statements(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, tmp_path: Path
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    # A session pool pins a server session per client: the relay's three and a producer's.
+    with pgbouncer(database_url, tmp_path, pool_mode="session", pool_size=4) as bouncer:
+        relay, port = relay_with_http(bouncer.url, amqp_url, schema, tmp_path)
+        try:
+            assert get(port, "/readyz")[1].rstrip().endswith("; wake-up: LISTEN")
+            assert wait_for(lambda: waiting_flags(database_url, schema) == 1, timeout_s=15)
+            for n in range(3):
+                publish_one(bouncer.url, schema, exchange, n)
+                assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
+            assert relay.stop() == 0
+        finally:
+            relay.kill()
+    (detected,) = relay.events("database.pooler_detected")
+    assert "session mode" in detected["detected"]
+    assert detected["changes"].startswith("nothing")
+    assert session_errors(relay.log_text()) == []
