@@ -18,9 +18,11 @@ the median of the rounds' own ratios (unprepared time / prepared time).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import psycopg
 
@@ -30,9 +32,12 @@ from outbox_relay.store.relay_store import PostgresStore
 
 BATCH = 10
 BATCH_BYTES = 8 * 1024 * 1024
+WARM_UP_CYCLES = 20
+T = TypeVar("T")
 
 
-def _store(database_url: str, schema: str, *, prepare: bool) -> PostgresStore:
+@contextlib.contextmanager
+def relay_store(database_url: str, schema: str, *, prepare: bool) -> Iterator[PostgresStore]:
     store = PostgresStore(
         url=database_url, schema=schema, relay_id=uuid.uuid4().hex, lease_ttl_s=30
     )
@@ -41,7 +46,32 @@ def _store(database_url: str, schema: str, *, prepare: bool) -> PostgresStore:
         for conn in store._idle:
             conn.prepare_threshold = None
     store.heartbeat()
-    return store
+    try:
+        yield store
+    finally:
+        store.release_leases()
+        store.close()
+
+
+@contextlib.contextmanager
+def handler_session(database_url: str, schema: str, *, prepare: bool) -> Iterator[HandlerSession]:
+    session = HandlerSession(url=database_url, schema=schema, application_name="bench")
+    inbox(session, 1)  # connects
+    if not prepare:
+        session.connection.prepare_threshold = None
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def measured(
+    resource: contextlib.AbstractContextManager[T], loop: Callable[[T, int], float], cycles: int
+) -> float:
+    """Seconds a cycle of ``loop`` takes, once past psycopg's preparing threshold."""
+    with resource as thing:
+        loop(thing, WARM_UP_CYCLES)
+        return loop(thing, cycles)
 
 
 def claim_settle(store: PostgresStore, cycles: int) -> float:
@@ -65,15 +95,6 @@ def inbox(session: HandlerSession, cycles: int) -> float:
         session.begin(consumer="bench", message_id=uuid.uuid4().hex)
         session.commit()
     return (time.perf_counter() - started) / cycles
-
-
-def _session(database_url: str, schema: str, *, prepare: bool) -> HandlerSession:
-    session = HandlerSession(url=database_url, schema=schema, application_name="bench")
-    session.begin(consumer="bench", message_id=uuid.uuid4().hex)
-    session.commit()
-    if not prepare:
-        session.connection.prepare_threshold = None
-    return session
 
 
 def run_case(
@@ -105,30 +126,14 @@ def main() -> None:
 
         def backlog(prepare: bool) -> float:
             fill_committed(url, schema, "bench", BATCH * cycles, size=512)
-            store = _store(url, schema, prepare=prepare)
-            try:
-                claim_settle(store, 20)  # past psycopg's preparing threshold
-                return claim_settle(store, cycles - 20)
-            finally:
-                store.release_leases()
-                store.close()
+            store = relay_store(url, schema, prepare=prepare)
+            return measured(store, claim_settle, cycles - WARM_UP_CYCLES)
 
         def idle(prepare: bool) -> float:
-            store = _store(url, schema, prepare=prepare)
-            try:
-                empty_claim(store, 20)
-                return empty_claim(store, cycles)
-            finally:
-                store.release_leases()
-                store.close()
+            return measured(relay_store(url, schema, prepare=prepare), empty_claim, cycles)
 
         def consumer(prepare: bool) -> float:
-            session = _session(url, schema, prepare=prepare)
-            try:
-                inbox(session, 20)
-                return inbox(session, cycles)
-            finally:
-                session.close()
+            return measured(handler_session(url, schema, prepare=prepare), inbox, cycles)
 
         with psycopg.connect(url) as conn:
             version = conn.info.server_version

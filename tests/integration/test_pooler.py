@@ -201,15 +201,6 @@ def test_relays_producers_and_consumers_all_through_a_transaction_pool(
     assert {len(r.events("relay.partitions_changed")) > 0 for r in relays} == {True}
 
 
-def relay_with_http(
-    url: str, amqp_url: str, schema: str, tmp_path: Path, *args: str
-) -> tuple[RelayProcess, int]:
-    port = free_port()
-    relay = RelayProcess(url, amqp_url, schema, "--http-port", str(port), *args, log_dir=tmp_path)
-    assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=30), relay.log_text()
-    return relay, port
-
-
 def publish_one(url: str, schema: str, exchange: str, n: int) -> None:
     with psycopg.connect(url, prepare_threshold=None) as conn:
         outbox_relay.publish(
@@ -228,6 +219,38 @@ def waiting_flags(database_url: str, schema: str) -> int:
     return int(row[0])
 
 
+def relay_wakes_up(
+    url: str,
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    tmp_path: Path,
+    *args: str,
+    ready: str,
+    flags: int,
+) -> RelayProcess:
+    """A relay through ``url`` whose /readyz ends with ``ready`` and that raises ``flags``
+    wake-up flags when idle; three messages published one by one through ``url`` each
+    arrive; it stops with 0 and logs no session error. Returns it, stopped."""
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    port = free_port()
+    relay = RelayProcess(url, amqp_url, schema, "--http-port", str(port), *args, log_dir=tmp_path)
+    try:
+        assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=30), relay.log_text()
+        assert get(port, "/readyz")[1].rstrip().endswith(ready)
+        assert wait_for(lambda: waiting_flags(database_url, schema) == flags, timeout_s=15)
+        for n in range(3):
+            publish_one(url, schema, exchange, n)
+            assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
+        assert relay.stop() == 0
+    finally:
+        relay.kill()
+    assert session_errors(relay.log_text()) == []
+    return relay
+
+
 def test_without_a_listen_url_the_relay_polls_and_says_so(
     transaction_pool: PgBouncer,
     database_url: str,
@@ -238,23 +261,14 @@ def test_without_a_listen_url_the_relay_polls_and_says_so(
 ) -> None:
     """LISTEN hears nothing through a transaction pool: the relay polls instead, logs it
     once and shows it in /readyz, and raises no wake-up flag producers would pay for."""
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
-    relay, port = relay_with_http(transaction_pool.url, amqp_url, schema, tmp_path)
-    try:
-        _status, ready = get(port, "/readyz")
-        assert "wake-up: polling every 100 ms" in ready
-        assert "--listen-database-url" in ready
-        for n in range(3):
-            publish_one(transaction_pool.url, schema, exchange, n)
-            assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
-        assert waiting_flags(database_url, schema) == 0
-        assert relay.stop() == 0
-    finally:
-        relay.kill()
+    relay = relay_wakes_up(
+        *(transaction_pool.url, database_url, amqp_url, schema, broker, tmp_path),
+        ready="wake-up: polling every 100 ms (LISTEN cannot work through a transaction-mode "
+        "pooler; set --listen-database-url to a direct or session-mode URL for it)",
+        flags=0,
+    )
     (detected,) = relay.events("database.pooler_detected")
     assert "polling for new rows every 100 ms" in detected["changes"]
-    assert session_errors(relay.log_text()) == []
 
 
 def test_with_a_listen_url_the_relay_listens_there(
@@ -267,23 +281,14 @@ def test_with_a_listen_url_the_relay_listens_there(
 ) -> None:
     """With --listen-database-url (here the direct URL) the relay LISTENs there and raises
     its wake-up flag, so producers writing through the pool wake it with NOTIFY."""
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
-    relay, port = relay_with_http(
-        transaction_pool.url, amqp_url, schema, tmp_path, "--listen-database-url", database_url
+    relay = relay_wakes_up(
+        *(transaction_pool.url, database_url, amqp_url, schema, broker, tmp_path),
+        *("--listen-database-url", database_url),
+        ready="; wake-up: LISTEN on --listen-database-url",
+        flags=1,
     )
-    try:
-        assert "wake-up: LISTEN on --listen-database-url" in get(port, "/readyz")[1]
-        assert wait_for(lambda: waiting_flags(database_url, schema) == 1, timeout_s=15)
-        for n in range(3):
-            publish_one(transaction_pool.url, schema, exchange, n)
-            assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
-        assert relay.stop() == 0
-    finally:
-        relay.kill()
     (detected,) = relay.events("database.pooler_detected")
     assert "LISTEN on --listen-database-url" in detected["changes"]
-    assert session_errors(relay.log_text()) == []
 
 
 def test_a_listen_url_through_the_transaction_pool_is_refused(
@@ -317,21 +322,13 @@ def test_a_statement_mode_pool_is_refused_at_start_with_the_fix(
 def test_a_session_mode_pool_keeps_listen_and_prepared_statements(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, tmp_path: Path
 ) -> None:
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
     # A session pool pins a server session per client: the relay's three and a producer's.
     with pgbouncer(database_url, tmp_path, pool_mode="session", pool_size=4) as bouncer:
-        relay, port = relay_with_http(bouncer.url, amqp_url, schema, tmp_path)
-        try:
-            assert get(port, "/readyz")[1].rstrip().endswith("; wake-up: LISTEN")
-            assert wait_for(lambda: waiting_flags(database_url, schema) == 1, timeout_s=15)
-            for n in range(3):
-                publish_one(bouncer.url, schema, exchange, n)
-                assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
-            assert relay.stop() == 0
-        finally:
-            relay.kill()
+        relay = relay_wakes_up(
+            *(bouncer.url, database_url, amqp_url, schema, broker, tmp_path),
+            ready="; wake-up: LISTEN",
+            flags=1,
+        )
     (detected,) = relay.events("database.pooler_detected")
     assert "session mode" in detected["detected"]
     assert detected["changes"].startswith("nothing")
-    assert session_errors(relay.log_text()) == []
