@@ -15,6 +15,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,24 @@ SESSION_ERRORS = (
     "unavailable",
     "Traceback",
 )
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The services of a test: the direct database URL, the broker and the test's names."""
+
+    database_url: str
+    amqp_url: str
+    schema: str
+    broker: BrokerHelper
+    tmp_path: Path
+
+
+@pytest.fixture
+def scene(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, tmp_path: Path
+) -> Scene:
+    return Scene(database_url, amqp_url, schema, broker, tmp_path)
 
 
 @pytest.fixture
@@ -132,18 +151,14 @@ def session_errors(text: str) -> list[str]:
 
 
 def test_relays_producers_and_consumers_all_through_a_transaction_pool(
-    transaction_pool: PgBouncer,
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
+    transaction_pool: PgBouncer, scene: Scene
 ) -> None:
     """Eight producers, two relays sharing the partitions and three consumer processes,
     every connection through a transaction-mode PgBouncer with three server sessions:
     every message is published once and applied once, at its first attempt, and no log
     shows a prepared-statement or session error."""
-    url = transaction_pool.url
+    url, database_url, amqp_url = transaction_pool.url, scene.database_url, scene.amqp_url
+    schema, broker, tmp_path = scene.schema, scene.broker, scene.tmp_path
     migrate(url, schema=schema)  # migrate works through the pool too
     make_effects_table(database_url, schema)
     exchange = broker.exchange()
@@ -219,28 +234,21 @@ def waiting_flags(database_url: str, schema: str) -> int:
     return int(row[0])
 
 
-def relay_wakes_up(
-    url: str,
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    *args: str,
-    ready: str,
-    flags: int,
-) -> RelayProcess:
+def relay_wakes_up(url: str, scene: Scene, *args: str, ready: str, flags: int) -> RelayProcess:
     """A relay through ``url`` whose /readyz ends with ``ready`` and that raises ``flags``
     wake-up flags when idle; three messages published one by one through ``url`` each
     arrive; it stops with 0 and logs no session error. Returns it, stopped."""
+    schema, broker = scene.schema, scene.broker
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
     port = free_port()
-    relay = RelayProcess(url, amqp_url, schema, "--http-port", str(port), *args, log_dir=tmp_path)
+    relay = RelayProcess(
+        url, scene.amqp_url, schema, "--http-port", str(port), *args, log_dir=scene.tmp_path
+    )
     try:
         assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=30), relay.log_text()
         assert get(port, "/readyz")[1].rstrip().endswith(ready)
-        assert wait_for(lambda: waiting_flags(database_url, schema) == flags, timeout_s=15)
+        assert wait_for(lambda: waiting_flags(scene.database_url, schema) == flags, timeout_s=15)
         for n in range(3):
             publish_one(url, schema, exchange, n)
             assert len(broker.drain(queue, expect=1, timeout_s=10)) == 1
@@ -252,17 +260,13 @@ def relay_wakes_up(
 
 
 def test_without_a_listen_url_the_relay_polls_and_says_so(
-    transaction_pool: PgBouncer,
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
+    transaction_pool: PgBouncer, scene: Scene
 ) -> None:
     """LISTEN hears nothing through a transaction pool: the relay polls instead, logs it
     once and shows it in /readyz, and raises no wake-up flag producers would pay for."""
     relay = relay_wakes_up(
-        *(transaction_pool.url, database_url, amqp_url, schema, broker, tmp_path),
+        transaction_pool.url,
+        scene,
         ready="wake-up: polling every 100 ms (LISTEN cannot work through a transaction-mode "
         "pooler; set --listen-database-url to a direct or session-mode URL for it)",
         flags=0,
@@ -272,18 +276,14 @@ def test_without_a_listen_url_the_relay_polls_and_says_so(
 
 
 def test_with_a_listen_url_the_relay_listens_there(
-    transaction_pool: PgBouncer,
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
+    transaction_pool: PgBouncer, scene: Scene
 ) -> None:
     """With --listen-database-url (here the direct URL) the relay LISTENs there and raises
     its wake-up flag, so producers writing through the pool wake it with NOTIFY."""
     relay = relay_wakes_up(
-        *(transaction_pool.url, database_url, amqp_url, schema, broker, tmp_path),
-        *("--listen-database-url", database_url),
+        transaction_pool.url,
+        scene,
+        *("--listen-database-url", scene.database_url),
         ready="; wake-up: LISTEN on --listen-database-url",
         flags=1,
     )
@@ -319,13 +319,12 @@ def test_a_statement_mode_pool_is_refused_at_start_with_the_fix(
     assert "pool_mode = transaction" in text
 
 
-def test_a_session_mode_pool_keeps_listen_and_prepared_statements(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, tmp_path: Path
-) -> None:
+def test_a_session_mode_pool_keeps_listen_and_prepared_statements(scene: Scene) -> None:
     # A session pool pins a server session per client: the relay's three and a producer's.
-    with pgbouncer(database_url, tmp_path, pool_mode="session", pool_size=4) as bouncer:
+    with pgbouncer(scene.database_url, scene.tmp_path, pool_mode="session", pool_size=4) as bouncer:
         relay = relay_wakes_up(
-            *(bouncer.url, database_url, amqp_url, schema, broker, tmp_path),
+            bouncer.url,
+            scene,
             ready="; wake-up: LISTEN",
             flags=1,
         )
