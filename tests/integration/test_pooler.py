@@ -291,30 +291,27 @@ def test_with_a_listen_url_the_relay_listens_there(
     assert "LISTEN on --listen-database-url" in detected["changes"]
 
 
-def test_a_listen_url_through_the_transaction_pool_is_refused(
-    transaction_pool: PgBouncer, amqp_url: str, schema: str, tmp_path: Path
-) -> None:
-    url = transaction_pool.url
-    relay = RelayProcess(url, amqp_url, schema, "--listen-database-url", url, log_dir=tmp_path)
+def refused(url: str, scene: Scene, *args: str) -> str:
+    """The log of a relay through ``url`` that must exit 1 at start."""
+    relay = RelayProcess(url, scene.amqp_url, scene.schema, *args, log_dir=scene.tmp_path)
     try:
         assert relay.process.wait(30) == 1
     finally:
         relay.kill()
-    assert "--listen-database-url goes through a connection pooler in transaction" in (
-        relay.log_text()
-    )
+    return relay.log_text()
 
 
-def test_a_statement_mode_pool_is_refused_at_start_with_the_fix(
-    database_url: str, amqp_url: str, schema: str, tmp_path: Path
+def test_a_listen_url_through_the_transaction_pool_is_refused(
+    transaction_pool: PgBouncer, scene: Scene
 ) -> None:
-    with pgbouncer(database_url, tmp_path, pool_mode="statement") as bouncer:
-        relay = RelayProcess(bouncer.url, amqp_url, schema, log_dir=tmp_path)
-        try:
-            assert relay.process.wait(30) == 1
-        finally:
-            relay.kill()
-    text = relay.log_text()
+    url = transaction_pool.url
+    text = refused(url, scene, "--listen-database-url", url)
+    assert "--listen-database-url goes through a connection pooler in transaction" in text
+
+
+def test_a_statement_mode_pool_is_refused_at_start_with_the_fix(scene: Scene) -> None:
+    with pgbouncer(scene.database_url, scene.tmp_path, pool_mode="statement") as bouncer:
+        text = refused(bouncer.url, scene)
     assert "connection pooler in statement mode" in text
     assert "pool_mode = transaction" in text
 
