@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
-from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.store.connect import connect, translate_errors
 from outbox_relay.store.pooler import announce_once, pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
@@ -70,8 +70,14 @@ class HandlerSession:
                 dead_peer_timeout_s=self._dead_peer_timeout_s,
                 prepare=True,
             )
-            with translate_errors("checking for a connection pooler"):
-                pooled = pooler_in_front(self._conn)
+            try:
+                with translate_errors("checking for a connection pooler"):
+                    pooled = pooler_in_front(self._conn)
+            except StoreError as exc:
+                # A statement-mode pooler: no message can be handled until the URL is
+                # fixed, so the delivery goes back (with the reason logged), never to retry.
+                self.close()
+                raise StoreUnavailableError(str(exc)) from exc
             if pooled:
                 self._conn.prepare_threshold = None
                 announce_once(

@@ -24,6 +24,8 @@ import pytest
 from psycopg import sql
 
 import outbox_relay
+from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.store.inbox import HandlerSession
 from outbox_relay.store.schema import migrate
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import ROOT, effects, make_effects_table
@@ -312,6 +314,11 @@ def test_a_listen_url_through_the_transaction_pool_is_refused(
 def test_a_statement_mode_pool_is_refused_at_start_with_the_fix(scene: Scene) -> None:
     with pgbouncer(scene.database_url, scene.tmp_path, pool_mode="statement") as bouncer:
         text = refused(bouncer.url, scene)
+        # A consumer's handler session: the delivery goes back with the reason, and is
+        # never retried towards the parking lot as if the handler had failed.
+        session = HandlerSession(url=bouncer.url, schema=scene.schema, application_name="t")
+        with pytest.raises(StoreUnavailableError, match="pooler in statement mode"):
+            session.begin(consumer="c", message_id="m")
     assert "connection pooler in statement mode" in text
     assert "pool_mode = transaction" in text
 
