@@ -7,7 +7,9 @@ if that is measurably faster. This measures it, same run, on the same connection
 - ``claim+settle``: the relay's cycle over a backlog, claim 10 rows and delete them (small
   batches, so planning weighs as much as it can);
 - ``empty claim``: a claim that finds nothing and its end (an idle or polling relay);
-- ``inbox``: a consumer's handler transaction with nothing else in it (insert, commit).
+- ``inbox``: a consumer's handler transaction with nothing else in it (insert, commit);
+- ``publish``: a producer's transaction with one publish() and nothing else (the
+  application chooses its connection's ``prepare_threshold``).
 
 Each case runs in interleaved rounds, prepared and unprepared alternately; the figure is
 the median of the rounds' own ratios (unprepared time / prepared time).
@@ -22,10 +24,11 @@ import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
+import outbox_relay
 from benchmarks.common import Env, fill_committed, median, outbox_schema
 from outbox_relay.store.inbox import HandlerSession
 from outbox_relay.store.relay_store import PostgresStore
@@ -97,6 +100,25 @@ def inbox(session: HandlerSession, cycles: int) -> float:
     return (time.perf_counter() - started) / cycles
 
 
+@contextlib.contextmanager
+def producer_connection(database_url: str, *, prepare: bool) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(database_url, prepare_threshold=5 if prepare else None) as conn:
+        yield conn
+
+
+def make_publish(schema: str) -> Callable[[psycopg.Connection[Any], int], float]:
+    def publish(conn: psycopg.Connection[Any], cycles: int) -> float:
+        started = time.perf_counter()
+        for n in range(cycles):
+            outbox_relay.publish(
+                conn, exchange="bench", routing_key="k", payload={"n": n}, schema=schema
+            )
+            conn.commit()
+        return (time.perf_counter() - started) / cycles
+
+    return publish
+
+
 def run_case(
     name: str, rounds: int, measure: Callable[[bool], float]
 ) -> tuple[float, float, float]:
@@ -135,12 +157,17 @@ def main() -> None:
         def consumer(prepare: bool) -> float:
             return measured(handler_session(url, schema, prepare=prepare), inbox, cycles)
 
+        def producer(prepare: bool) -> float:
+            conn = producer_connection(url, prepare=prepare)
+            return measured(conn, make_publish(schema), cycles)
+
         with psycopg.connect(url) as conn:
             version = conn.info.server_version
         print(f"PostgreSQL {version}, {cycles} cycles a round")
         run_case("claim+settle", args.rounds, backlog)
         run_case("empty claim", args.rounds, idle)
         run_case("inbox", args.rounds, consumer)
+        run_case("publish", args.rounds, producer)
 
 
 if __name__ == "__main__":
