@@ -335,3 +335,39 @@ def test_a_session_mode_pool_keeps_listen_and_prepared_statements(scene: Scene) 
     (detected,) = relay.events("database.pooler_detected")
     assert "session mode" in detected["detected"]
     assert detected["changes"].startswith("nothing")
+
+
+def test_publish_on_connections_that_prepare_works_through_a_transaction_pool(
+    transaction_pool: PgBouncer, scene: Scene
+) -> None:
+    """Applications that kept psycopg's default prepare_threshold: publish() never lets its
+    insert be prepared behind the pooler, so concurrent producers do not trip over each
+    other's _pg3_0 on the shared server sessions."""
+    errors: list[BaseException] = []
+
+    def produce_with_defaults(producer: int) -> None:
+        try:
+            with psycopg.connect(transaction_pool.url) as conn:  # prepare_threshold=5
+                for n in range(30):
+                    outbox_relay.publish(
+                        conn,
+                        exchange="x",
+                        routing_key="k",
+                        payload={"n": producer * 30 + n},
+                        schema=scene.schema,
+                    )
+                    conn.commit()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=produce_with_defaults, args=(p,)) for p in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with psycopg.connect(scene.database_url) as conn:
+        count = conn.execute(
+            sql.SQL("SELECT count(*) FROM {}.outbox").format(sql.Identifier(scene.schema))
+        ).fetchone()
+    assert count == (180,)
