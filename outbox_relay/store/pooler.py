@@ -87,8 +87,9 @@ def pooling_mode(
         listener.execute(sql.SQL("LISTEN {}").format(channel))
         _notify_in_transaction(conn, channel)
         heard = list(listener.notifies(timeout=LISTEN_PROBE_TIMEOUT_S, stop_after=1))
-        if heard:
-            listener.execute(sql.SQL("UNLISTEN {}").format(channel))
+        # Behind a transaction pool this lands on any server session, often the one
+        # that LISTENed (the pool hands back the session freed last); no harm otherwise.
+        listener.execute(sql.SQL("UNLISTEN {}").format(channel))
     finally:
         listener.close()
     return Pooling.SESSION if heard else Pooling.TRANSACTION

@@ -290,7 +290,8 @@ class PostgresStore:
                 if not self._keeps_session():
                     pid = self._configure(conn, local=True)
                     self._claim_pids[id(conn)] = pid
-                    params["relay_pids"] = _int_array(self._claim_pids.values())
+                    # A copy: the claim ahead runs on another thread than the settles.
+                    params["relay_pids"] = _int_array(tuple(self._claim_pids.values()))
                 # Binary results: the payload comes as bytes rather than hex to decode.
                 factory = _ClaimedRows()
                 cursor = conn.cursor(binary=True, row_factory=factory)
