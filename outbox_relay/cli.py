@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -24,6 +25,7 @@ from outbox_relay.cli_options import (
     amqp_url_option,
     database_url_option,
     http_options,
+    listen_database_url_option,
     logging_options,
     partitions_option,
     schema_option,
@@ -33,6 +35,7 @@ from outbox_relay.errors import (
     BrokerUnavailableError,
     ConfigurationError,
     OutboxRelayError,
+    SchemaNotMigratedError,
     StoreError,
     StoreUnavailableError,
 )
@@ -99,7 +102,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _store_hint(exc: StoreError) -> str:
     text = _one_line(exc)
-    if "does not exist" in text and ("outbox" in text or "schema" in text):
+    if isinstance(exc, SchemaNotMigratedError):
         return f"{text}; the outbox table is missing: run `outbox-relay migrate --schema S` first"
     if isinstance(exc, StoreUnavailableError):
         return f"{text}; {_DATABASE_HINT}"
@@ -301,6 +304,7 @@ def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
 
 @main.command()
 @database_url_option
+@listen_database_url_option
 @amqp_url_option
 @schema_option
 @click.option(
@@ -427,6 +431,7 @@ def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
 @logging_options
 def run(
     database_url: str,
+    listen_database_url: str | None,
     amqp_url: str,
     schema: str,
     batch_size: int,
@@ -449,6 +454,7 @@ def run(
     """Relay committed outbox rows to RabbitMQ until SIGTERM or SIGINT."""
     settings = RunSettings(
         database_url=database_url,
+        listen_database_url=listen_database_url,
         amqp_url=amqp_url,
         schema=schema,
         relay=RelaySettings(
@@ -474,16 +480,18 @@ def run(
     registry.register(
         BacklogCollector(lambda: backlog_figures(settings.database_url, settings.schema))
     )
+    store = PostgresStore(
+        url=settings.database_url,
+        schema=settings.schema,
+        relay_id=new_relay_id(),
+        lease_ttl_s=settings.relay.lease_ttl_s,
+        order_gate=order_gate,
+        order_gate_max_wait_s=order_gate_max_wait,
+        dead_peer_timeout_s=settings.dead_peer_timeout_s,
+        listen_url=settings.listen_database_url,
+    )
     relay = Relay(
-        store=PostgresStore(
-            url=settings.database_url,
-            schema=settings.schema,
-            relay_id=new_relay_id(),
-            lease_ttl_s=settings.relay.lease_ttl_s,
-            order_gate=order_gate,
-            order_gate_max_wait_s=order_gate_max_wait,
-            dead_peer_timeout_s=settings.dead_peer_timeout_s,
-        ),
+        store=store,
         publisher=Publisher(
             url=settings.amqp_url,
             confirm_timeout_s=settings.confirm_timeout_s,
@@ -516,7 +524,7 @@ def run(
             port=http_port,
             registry=registry,
             liveness=relay.liveness,
-            readiness=relay.readiness,
+            readiness=_with_wake_up(relay.readiness, store),
         ).start()
         if http_port
         else None
@@ -526,6 +534,20 @@ def run(
     finally:
         if server is not None:
             server.close()
+
+
+def _with_wake_up(
+    readiness: Callable[[], tuple[bool, str]], store: PostgresStore
+) -> Callable[[], tuple[bool, str]]:
+    """/readyz's details also say how the relay learns of new rows (polling behind a
+    transaction-mode pooler)."""
+
+    def ready() -> tuple[bool, str]:
+        ok, detail = readiness()
+        wake_up = store.wake_up
+        return ok, f"{detail}; {wake_up}" if wake_up else detail
+
+    return ready
 
 
 @main.command()

@@ -48,6 +48,18 @@ def amqp_url_option(func: F) -> F:
     )
 
 
+def listen_database_url_option(func: F) -> F:
+    return url_option(
+        func,
+        name="listen_database_url",
+        envvar="OUTBOX_RELAY_LISTEN_DATABASE_URL",
+        default=None,
+        help="PostgreSQL URL used only to LISTEN for new rows, direct or through a "
+        "session-mode pool, for when --database-url goes through a transaction-mode pooler "
+        "(where LISTEN cannot work and the relay polls every 100 ms instead).",
+    )
+
+
 def url_option(func: F, *, name: str, envvar: str, default: str | None, help: str) -> F:
     """``--NAME`` and ``--NAME-file``: a URL that may carry a password, given directly or
     read from a file (a container secret), so it need not sit in the environment."""

@@ -32,6 +32,11 @@ class StoreError(OutboxRelayError):
     """Raised when a database operation fails; the transaction in progress was rolled back."""
 
 
+class SchemaNotMigratedError(StoreError):
+    """Raised when a table, function or the schema the statement needs does not exist:
+    ``outbox-relay migrate`` has not run for that schema (or the URL names another database)."""
+
+
 class StoreUnavailableError(StoreError):
     """Raised when the database cannot be reached or the connection was lost.
 

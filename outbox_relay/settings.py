@@ -47,20 +47,26 @@ class RunSettings:
     relay: RelaySettings
     confirm_timeout_s: float
     dead_peer_timeout_s: float
+    listen_database_url: str | None = None
 
     def __post_init__(self) -> None:
         try:
             validate_schema_name(self.schema)
         except ValueError as exc:
             raise ConfigurationError(f"--schema: {exc}") from exc
-        if (
-            not self.database_url.startswith(("postgresql://", "postgres://"))
-            and "=" not in self.database_url
+        for flag, url in (
+            ("--database-url", self.database_url),
+            ("--listen-database-url", self.listen_database_url),
         ):
-            raise ConfigurationError(
-                f"--database-url: expected postgresql://user@host:port/dbname, got a value "
-                f"starting {self.database_url[:12]!r}"
-            )
+            if (
+                url is not None
+                and not url.startswith(("postgresql://", "postgres://"))
+                and "=" not in url
+            ):
+                raise ConfigurationError(
+                    f"{flag}: expected postgresql://user@host:port/dbname, got a value "
+                    f"starting {url[:12]!r}"
+                )
         if not self.amqp_url.startswith(("amqp://", "amqps://")):
             raise ConfigurationError(
                 "--amqp-url: expected amqp://user:password@host:port/vhost (or amqps://)"

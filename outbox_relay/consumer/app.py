@@ -94,8 +94,11 @@ class ConsumerSettings:
             (bool(self.name.strip()), "name: give the consumer a name (it keys the inbox)"),
             (
                 ":" not in self.name and "\x00" not in self.name,
-                f"name: {self.name!r} contains ':' or NUL; the inbox keys rows '<name>:<queue>' "
-                "and the consumer grants match that prefix, so choose a name without them",
+                (
+                    f"name: {self.name!r} contains ':' or NUL; the inbox keys rows "
+                    "'<name>:<queue>' and the consumer grants match that prefix, so choose "
+                    "a name without them"
+                ),
             ),
             (self.concurrency >= 1, "concurrency must be at least 1"),
             (self.prefetch_multiplier >= 1, "prefetch_multiplier must be at least 1"),

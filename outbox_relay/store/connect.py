@@ -10,10 +10,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S, DeadPeerTimings
-from outbox_relay.errors import StoreError, StoreUnavailableError
+from outbox_relay.errors import SchemaNotMigratedError, StoreError, StoreUnavailableError
 from outbox_relay.urls import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 5
+# psycopg's default: a statement is prepared on the server at its sixth execution.
+PREPARE_THRESHOLD = 5
 
 
 def application_name_in(url: str) -> str | None:
@@ -32,9 +34,17 @@ def connect(
     autocommit: bool,
     application_name: str,
     dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
+    prepare: bool = False,
 ) -> psycopg.Connection[tuple[Any, ...]]:
     """A connection with a connect timeout, TCP keepalives and TCP_USER_TIMEOUT (see
     :mod:`outbox_relay.dead_peer`); raises StoreUnavailableError.
+
+    Server-side prepared statements only with ``prepare``: a connection pooler in
+    transaction mode (see :mod:`outbox_relay.store.pooler`) runs each transaction on
+    whichever server session is free, where psycopg's ``_pg3_0`` may already exist or
+    be missing. Long-lived connections that repeat their statements ask for them, and
+    turn them off again when :func:`~outbox_relay.store.pooler.pooling_mode` finds a
+    pooler; the others (commands, probes) gain nothing from them.
 
     libpq quotes the parts of a connection string it cannot parse, so the error is
     scrubbed of the password before it goes anywhere.
@@ -46,6 +56,7 @@ def connect(
                 autocommit=autocommit,
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name=application_name,
+                prepare_threshold=PREPARE_THRESHOLD if prepare else None,
                 **_dead_peer_parameters(url, dead_peer_timeout_s),
             )
     except StoreError as exc:
@@ -68,6 +79,19 @@ def _dead_peer_parameters(url: str, timeout_s: float) -> dict[str, Any]:
     return {key: value for key, value in timings.libpq_parameters().items() if key not in given}
 
 
+# What server-side state left behind in, or missing from, a pooled server session looks
+# like: these never mean the schema is missing.
+_SESSION_MIXED_UP = (
+    psycopg.errors.DuplicatePreparedStatement,  # prepared statement "_pg3_0" already exists
+    psycopg.errors.InvalidSqlStatementName,  # prepared statement "_pg3_0" does not exist
+)
+_NOT_MIGRATED = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.InvalidSchemaName,
+    psycopg.errors.UndefinedFunction,
+)
+
+
 @contextlib.contextmanager
 def translate_errors(action: str) -> Iterator[None]:
     """psycopg.OperationalError and friends become StoreUnavailableError, the rest StoreError."""
@@ -81,6 +105,15 @@ def translate_errors(action: str) -> Iterator[None]:
             "longer than the lease (idle_in_transaction_session_timeout); its rows are "
             "released and will be claimed again"
         ) from exc
+    except _SESSION_MIXED_UP as exc:
+        raise StoreError(
+            f"database error while {action}: {first_line(exc)}: a connection pooler in "
+            "transaction mode ran this statement on another client's server session. "
+            "outbox-relay turns prepared statements off when it detects one at start; "
+            "give it a direct or session-mode URL, or report how this pooler was set up"
+        ) from exc
+    except _NOT_MIGRATED as exc:
+        raise SchemaNotMigratedError(f"database error while {action}: {first_line(exc)}") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise StoreUnavailableError(
             f"database unavailable while {action}: {first_line(exc)}"

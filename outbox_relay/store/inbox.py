@@ -6,6 +6,10 @@ connection to the handler; the runner then commits or rolls back. A session whos
 handler ran past its timeout is ended from another thread with :meth:`HandlerSession.kill`:
 the running statement is cancelled and the backend terminated, so the transaction can
 never commit and its inbox row lock is released for the retry.
+
+Behind a connection pooler each transaction may run on another server session: the
+session then prepares no statements, and the server process to end is the one that ran
+the inbox insert of the transaction in question, which must still be running.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from typing import Any
 import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
-from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.store.connect import connect, translate_errors
+from outbox_relay.store.pooler import announce_once, pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
 
 PURGE_BATCH = 5_000
@@ -41,7 +46,9 @@ class HandlerSession:
         self._application_name = application_name
         self._q = Queries("consumer", schema=schema)
         self._conn: psycopg.Connection[Any] | None = None
+        # The server process running the current transaction, and when that began.
         self._pid: int | None = None
+        self._xact_start: object = None
         self._insert = ""
 
     @property
@@ -61,8 +68,25 @@ class HandlerSession:
                 autocommit=False,
                 application_name=self._application_name,
                 dead_peer_timeout_s=self._dead_peer_timeout_s,
+                prepare=True,
             )
-            self._pid = self._conn.info.backend_pid
+            try:
+                with translate_errors("checking for a connection pooler"):
+                    pooled = pooler_in_front(self._conn)
+            except StoreError as exc:
+                # A statement-mode pooler: no message can be handled until the URL is
+                # fixed, so the delivery goes back (with the reason logged), never to retry.
+                self.close()
+                raise StoreUnavailableError(str(exc)) from exc
+            if pooled:
+                self._conn.prepare_threshold = None
+                announce_once(
+                    "consumer",
+                    detected="a connection pooler (the server session announced at connect "
+                    "differs from the one answering)",
+                    changes="no server-side prepared statements; a timed-out handler's "
+                    "server session is found per transaction",
+                )
             # Rendered once: composing the quoted schema on every delivery costs more
             # than the insert's round trip on a busy consumer.
             self._insert = self._q["inbox_insert"].as_string(self._conn)
@@ -71,6 +95,7 @@ class HandlerSession:
                 self._insert,
                 {"consumer": consumer, "message_id": message_id},
             ).fetchone()
+        self._pid, self._xact_start = (row[0], row[1]) if row is not None else (None, None)
         return row is not None
 
     def commit(self) -> None:
@@ -102,10 +127,12 @@ class HandlerSession:
             contextlib.suppress(StoreUnavailableError, psycopg.Error),
             admin_connection(self._url) as admin,
         ):
-            admin.execute(self._q["terminate_backend"], {"pid": pid})
+            admin.execute(
+                self._q["terminate_backend"], {"pid": pid, "xact_start": self._xact_start}
+            )
 
     def close(self) -> None:
-        conn, self._conn, self._pid = self._conn, None, None
+        conn, self._conn, self._pid, self._xact_start = self._conn, None, None, None
         if conn is not None and not conn.closed:
             with contextlib.suppress(psycopg.Error):
                 conn.close()

@@ -4,6 +4,12 @@ Three connections: two for work (heartbeats between batches; claim, publish and 
 inside one transaction, so claimed rows stay locked until settled; two so that the next
 batch can be claimed while one is being published) and one that LISTENs for the
 producers' NOTIFY and carries this relay's wake-up flag.
+
+Behind a connection pooler in transaction mode (see :mod:`outbox_relay.store.pooler`)
+nothing may outlive a transaction: the work connections prepare no statements and apply
+their settings to each claim's transaction; LISTEN goes to ``listen_url`` (a direct or
+session-mode URL) when there is one, and otherwise a :class:`PollTicker` wakes the relay
+every POOLED_POLL_S instead, which it says once at start and in ``wake_up``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
+from outbox_relay.poll_ticker import POOLED_POLL_S, PollTicker
 from outbox_relay.store import lenient
 from outbox_relay.store.connect import (
     application_name_in,
@@ -31,12 +38,16 @@ from outbox_relay.store.connect import (
     first_line,
     translate_errors,
 )
+from outbox_relay.store.pooler import Pooling, announce_once, describe, pooling_mode
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 from outbox_relay.wakeup import SCHEDULED, Notices
 
 ORDER_GATE_MAX_WAIT_S = 30.0
 # Claims open at once: one being published, the next one claimed meanwhile.
 WORK_CONNECTIONS = 2
+# How long connect() waits for a NOTIFY sent through the database URL to reach the
+# listen URL's session, which proves both reach the same database.
+LISTEN_CHECK_TIMEOUT_S = 2.0
 
 log = structlog.get_logger("outbox_relay.store")
 
@@ -56,8 +67,10 @@ class PostgresStore:
         order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S,
         application_name: str = "outbox-relay",
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
+        listen_url: str | None = None,
     ) -> None:
         self._url = url
+        self._listen_url = listen_url
         self._dead_peer_timeout_s = dead_peer_timeout_s
         self._schema = schema
         self.relay_id = relay_id
@@ -79,13 +92,33 @@ class PostgresStore:
         # Work connections without an open claim; _work is one of them between batches.
         self._idle: list[psycopg.Connection[Any]] = []
         self._listen: psycopg.Connection[Any] | None = None
+        self._pooling: Pooling | None = None
+        self._ticker: PollTicker | None = None
+        # Behind a transaction-mode pooler: the server session of each open claim.
+        self._claim_pids: dict[int, int] = {}
 
     @property
     def schema(self) -> str:
         return self._schema
 
+    @property
+    def wake_up(self) -> str | None:
+        """How this relay learns of new rows, for /readyz; None before it connected."""
+        if self._pooling is None:
+            return None
+        if self._ticker is not None:
+            return (
+                f"wake-up: polling every {self._ticker.interval_s * 1000:.0f} ms (LISTEN "
+                "cannot work through a transaction-mode pooler; set --listen-database-url "
+                "to a direct or session-mode URL for it)"
+            )
+        if self._listen_url is not None:
+            return "wake-up: LISTEN on --listen-database-url"
+        return "wake-up: LISTEN"
+
     def connect(self) -> None:
-        """Open the connections and LISTEN; raises StoreUnavailableError."""
+        """Open the connections and LISTEN (or start polling, see the module's doc);
+        raises StoreUnavailableError, or StoreError for a setup that cannot work."""
         self.close()
         self._idle = [
             connect(
@@ -93,32 +126,34 @@ class PostgresStore:
                 autocommit=False,
                 application_name=self._application_name,
                 dead_peer_timeout_s=self._dead_peer_timeout_s,
+                prepare=True,
             )
             for _ in range(WORK_CONNECTIONS)
         ]
         for conn in self._idle:
             lenient.configure(conn)
         self._work = self._idle[0]
-        self._claim_params["relay_pids"] = _int_array(conn.info.backend_pid for conn in self._idle)
-        self._listen = connect(
-            self._url,
-            autocommit=True,
-            application_name=f"{self._application_name} listener",
-            dead_peer_timeout_s=self._dead_peer_timeout_s,
-        )
-        with translate_errors(f"listening on schema {self._schema!r}"):
-            self._listen.execute(
-                sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self._schema)))
-            )
+        with translate_errors("checking for a connection pooler"):
+            pooling = pooling_mode(self._work, lambda: self._open(self._url, "probe"))
+        self._pooling = pooling
+        self._listen = self._open(self._listen_url or self._url, "listener")
+        if self._listen_url is None and not pooling.keeps_session:
+            self._ticker = PollTicker()
+        else:
+            self._start_listening()
+        with translate_errors("configuring the work connections"):
             self._listen.execute(self._q["listener_forget_gone"])
             self._listen.execute(self._leases["forget_stale_relays"])
-        with translate_errors("configuring the work connections"):
-            timeout_ms = str(int(self._lease_ttl_s * 1000))
-            for conn in self._idle:
-                conn.execute(self._q["configure_work_session"], {"timeout_ms": timeout_ms})
-                conn.commit()
+            if pooling.keeps_session:
+                pids = [self._configure(conn, local=False) for conn in self._idle]
+                self._claim_params["relay_pids"] = _int_array(pids)
+            else:
+                for conn in self._idle:
+                    conn.prepare_threshold = None
             allowed = self._work.execute(self._q["can_see_all_sessions"]).fetchone()
             self._work.commit()
+        if pooling is not Pooling.DIRECT:
+            announce_once("relay", detected=describe(pooling), changes=self._pooling_changes())
         if self._claim_params["order_gate"] and not (allowed and allowed[0]):
             raise StoreError(
                 "--order-gate reads other sessions' transactions from pg_stat_activity, which "
@@ -165,7 +200,74 @@ class PostgresStore:
             conn.execute(self._leases["unregister"], {"relay_id": self.relay_id})
             conn.commit()
 
+    def _open(self, url: str, role: str) -> psycopg.Connection[Any]:
+        return connect(
+            url,
+            autocommit=True,
+            application_name=f"{self._application_name} {role}",
+            dead_peer_timeout_s=self._dead_peer_timeout_s,
+        )
+
+    def _start_listening(self) -> None:
+        """LISTEN on the listen connection; one on its own URL must hear a NOTIFY sent
+        through the database URL (the same database, not through a transaction pool)."""
+        listen = self._require(self._listen)
+        channel = sql.Identifier(notify_channel(self._schema))
+        if self._listen_url is None:
+            with translate_errors(f"listening on schema {self._schema!r}"):
+                listen.execute(sql.SQL("LISTEN {}").format(channel))
+            return
+        url = self._listen_url
+        with translate_errors("listening on --listen-database-url"):
+            mode = pooling_mode(listen, lambda: self._open(url, "probe"))
+            if not mode.keeps_session:
+                raise StoreError(
+                    "--listen-database-url goes through a connection pooler in transaction "
+                    "mode, where LISTEN hears nothing: give it a direct URL to PostgreSQL "
+                    "or a session-mode pool (PgBouncer: pool_mode = session)"
+                )
+            listen.execute(sql.SQL("LISTEN {}").format(channel))
+            work = self._require(self._work)
+            work.execute(sql.SQL("NOTIFY {}, 'connect'").format(channel))
+            work.commit()
+            if not list(listen.notifies(timeout=LISTEN_CHECK_TIMEOUT_S, stop_after=1)):
+                raise StoreError(
+                    f"--listen-database-url: a NOTIFY sent through --database-url did not "
+                    f"arrive on it within {LISTEN_CHECK_TIMEOUT_S:.0f} s: point both at the "
+                    "same database (the listen URL directly or through a session-mode pool)"
+                )
+
+    def _configure(self, conn: psycopg.Connection[Any], *, local: bool) -> int:
+        """Apply the work settings to the session, or to the transaction just begun
+        (``local``, left open); returns the server process of the session."""
+        row = conn.execute(
+            self._q["configure_work_session"],
+            {"timeout_ms": str(int(self._lease_ttl_s * 1000)), "local": local},
+        ).fetchone()
+        if not local:
+            conn.commit()
+        assert row is not None  # noqa: S101 - the statement always returns one row
+        return int(row[-1])
+
+    def _pooling_changes(self) -> str:
+        if self._pooling is None or self._pooling.keeps_session:
+            return "nothing: session state lasts through this pooler"
+        wake = (
+            "LISTEN on --listen-database-url"
+            if self._ticker is None
+            else f"polling for new rows every {POOLED_POLL_S * 1000:.0f} ms instead of "
+            "LISTEN (set --listen-database-url to a direct or session-mode URL to LISTEN)"
+        )
+        return (
+            "no server-side prepared statements; the work settings are applied to each "
+            f"claim's transaction (SET LOCAL); wake-ups: {wake}"
+        )
+
     def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.close()
+            self._ticker = None
+        self._claim_pids.clear()
         for conn in {id(c): c for c in (self._work, *self._idle, self._listen) if c}.values():
             if not conn.closed:
                 with contextlib.suppress(psycopg.Error):
@@ -189,32 +291,46 @@ class PostgresStore:
                 raise StoreUnavailableError("not connected to the database")
             raise StoreError(f"at most {WORK_CONNECTIONS} claims may be open at once")
         conn = self._idle.pop()
+        params = {**self._claim_params, "limit": limit, "max_bytes": max_bytes}
         # Not in pipeline mode, though it would save the BEGIN's round trip: a transaction
         # opened through a pipeline is not ended by idle_in_transaction_session_timeout
         # (seen on PostgreSQL 15 with psycopg 3.3), and that timeout is what frees the
         # partitions of a relay frozen inside its claim.
         try:
             with translate_errors("claiming outbox rows"):
+                if not self._keeps_session():
+                    pid = self._configure(conn, local=True)
+                    self._claim_pids[id(conn)] = pid
+                    # A copy: the claim ahead runs on another thread than the settles.
+                    params["relay_pids"] = _int_array(tuple(self._claim_pids.values()))
                 # Binary results: the payload comes as bytes rather than hex to decode.
                 factory = _ClaimedRows()
                 cursor = conn.cursor(binary=True, row_factory=factory)
                 rows = cursor.execute(
-                    self._q.encoded("claim_batch", conn.info.encoding),
-                    {**self._claim_params, "limit": limit, "max_bytes": max_bytes},
+                    self._q.encoded("claim_batch", conn.info.encoding), params
                 ).fetchall()
         except BaseException:
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
-            self._idle.append(conn)
+            self._claim_ended(conn)
             raise
         left_over = factory.locked - len(rows)
-        return PostgresClaim(conn, rows, left_over, self._q, self._idle.append)
+        return PostgresClaim(conn, rows, left_over, self._q, self._claim_ended)
+
+    def _claim_ended(self, conn: psycopg.Connection[Any]) -> None:
+        self._claim_pids.pop(id(conn), None)
+        self._idle.append(conn)
+
+    def _keeps_session(self) -> bool:
+        return self._pooling is None or self._pooling.keeps_session
 
     # -- waking up ----------------------------------------------------------------------
 
     def set_waiting(self, waiting: bool) -> float | None:
         """Raise or lower this relay's wake-up flag; returns seconds until the next
         scheduled (delayed or retried) row, or None when there is none."""
+        if self._ticker is not None:
+            return self.next_due_in()  # no LISTEN, so no flag: producers need not notify
         conn = self._require(self._listen)
         with translate_errors("setting the wake-up flag"):
             row = conn.execute(self._q["listener_set"], {"waiting": waiting}).fetchone()
@@ -228,19 +344,25 @@ class PostgresStore:
         return _seconds(row)
 
     def listen_fileno(self) -> int:
+        if self._ticker is not None:
+            return self._ticker.fileno()
         return self._require(self._listen).fileno()
 
     def drain_notifications(self) -> Notices:
         """Consume pending notifications; they are only hints: count them, and note
         whether one announced a delayed row."""
         conn = self._require(self._listen)
+        if self._ticker is not None:
+            # A tick: the relay claims after any wake-up; nothing was announced.
+            self._ticker.drain()
+            return Notices(0, scheduled=False)
         with translate_errors("reading notifications"):
             payloads = [n.payload for n in conn.notifies(timeout=0)]
         return Notices(len(payloads), scheduled=SCHEDULED in payloads)
 
     def forget_waiting(self) -> None:
         """Remove this relay's flag at shutdown, so producers stop notifying for it."""
-        if self._listen is None or self._listen.closed:
+        if self._listen is None or self._listen.closed or self._ticker is not None:
             return
         with translate_errors("removing the wake-up flag"):
             self._listen.execute(self._q["listener_remove"])

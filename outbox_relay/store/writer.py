@@ -6,6 +6,11 @@ statement also calls ``outbox_wake()`` (it notifies only if a relay waits, and s
 whether one may); after it has said no, bare inserts follow for a few milliseconds
 (:class:`outbox_relay.wakeup.FlagSeen`). The sync and async paths share
 :func:`_statement`; only the ``execute`` call differs.
+
+On a connection that prepares statements (psycopg's default ``prepare_threshold``) the
+first insert also asks, once per connection, whether a connection pooler answers (see
+:mod:`outbox_relay.store.pooler`): behind one, the insert is never prepared, since the
+next transaction may run on a server session that has another client's ``_pg3_0``.
 """
 
 from __future__ import annotations
@@ -53,7 +58,9 @@ def insert_messages(target: SyncTarget, messages: Sequence[NewMessage], *, schem
         statement = _statement(conn, messages, schema=schema)
         # A cursor of our own: the caller's row factory and result stay as they were.
         with conn.cursor(row_factory=tuple_row) as cursor:
-            cursor.execute(statement.query, statement.params)
+            if conn.prepare_threshold is not None and conn not in _POOLED:
+                _saw_backend(conn, cursor.execute(_BACKEND_PID).fetchone())
+            cursor.execute(statement.query, statement.params, prepare=_prepare(conn))
             if statement.flag:
                 statement.saw(statement.flag, cursor.fetchone())
 
@@ -65,7 +72,10 @@ async def insert_messages_async(
     with _translated(schema):
         statement = _statement(conn, messages, schema=schema)
         async with conn.cursor(row_factory=tuple_row) as cursor:
-            await cursor.execute(statement.query, statement.params)
+            if conn.prepare_threshold is not None and conn not in _POOLED:
+                await cursor.execute(_BACKEND_PID)
+                _saw_backend(conn, await cursor.fetchone())
+            await cursor.execute(statement.query, statement.params, prepare=_prepare(conn))
             if statement.flag:
                 statement.saw(statement.flag, await cursor.fetchone())
 
@@ -108,6 +118,23 @@ def _statement(
     params["wake_scheduled"] = any(m.delay_s > 0 for m in messages)
     query = _query(schema, name, info.encoding, wake=True)
     return _Statement(query, params, flag, looked_at)
+
+
+# Connections known to reach PostgreSQL directly (False) or through a pooler (True).
+_POOLED: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
+_BACKEND_PID = b"SELECT pg_backend_pid()"
+
+
+def _saw_backend(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], row: tuple[Any, ...] | None
+) -> None:
+    """Behind a pooler the server process answering is not the one announced at connect."""
+    _POOLED[conn] = row is None or row[0] != conn.info.backend_pid
+
+
+def _prepare(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool | None:
+    """False (never prepare) behind a pooler; None (psycopg decides) otherwise."""
+    return False if _POOLED.get(conn) else None
 
 
 # Where each connection goes (host, port, database), read from libpq once per connection.

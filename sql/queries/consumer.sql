@@ -3,10 +3,12 @@
 -- name: inbox_insert
 -- The first statement of every handler transaction. No row back: a duplicate.
 -- A concurrent delivery of the same message waits here until the other commits or rolls back.
+-- Returns the server process running the transaction and when the transaction began:
+-- behind a connection pooler both change from one transaction to the next.
 INSERT INTO {schema}.inbox (consumer, message_id)
 VALUES (%(consumer)s, %(message_id)s)
 ON CONFLICT (consumer, message_id) DO NOTHING
-RETURNING 1
+RETURNING pg_backend_pid(), now()
 
 -- name: inbox_purge
 -- One batch of rows older than the retention window; the caller repeats until it is short.
@@ -19,5 +21,8 @@ WHERE ctid = ANY(ARRAY(
 ))
 
 -- name: terminate_backend
--- Ends a timed-out handler's session: its transaction rolls back and its locks go.
-SELECT pg_terminate_backend(%(pid)s)
+-- Ends a timed-out handler's session: its transaction rolls back and its locks go. Only
+-- while that transaction still runs there: behind a pooler, once it ended, the server
+-- session may already run another client's.
+SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+WHERE pid = %(pid)s AND xact_start = %(xact_start)s

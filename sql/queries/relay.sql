@@ -102,6 +102,9 @@ WHERE id = %(id)s
 SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS allowed
 
 -- name: configure_work_session
+-- For the session, or (local) for the transaction begun by this statement: behind a
+-- transaction-mode pooler, each claim's, since its next transaction may run on another
+-- server session. Returns the server process, which the order gate must not wait for.
 -- A relay frozen inside its claim (SIGSTOP, a VM pause) must not hold its partitions
 -- forever: the server ends such a transaction after the lease time.
 -- enable_sort off: the claim must read the first due rows in id order from an index.
@@ -121,11 +124,12 @@ SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS allowed
 -- about 1 to 2.1-3.3 ms (no autovacuum; with this setting it stayed at 0.6-1.3 ms).
 -- Statements that no index serves (the leases' lookups by owner) still scan: the setting
 -- makes a scan dearer, it does not forbid one.
-SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, false),
-       set_config('enable_sort', 'off', false),
-       set_config('enable_seqscan', 'off', false),
-       set_config('jit', 'off', false),
-       set_config('work_mem', '32MB', false)
+SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, %(local)s),
+       set_config('enable_sort', 'off', %(local)s),
+       set_config('enable_seqscan', 'off', %(local)s),
+       set_config('jit', 'off', %(local)s),
+       set_config('work_mem', '32MB', %(local)s),
+       pg_backend_pid()
 
 -- name: listener_forget_gone
 -- Relays that died while waiting leave their flag behind; their sessions are gone.

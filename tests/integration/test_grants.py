@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 import uuid
 from collections.abc import Iterator
@@ -144,7 +145,7 @@ def test_the_consumer_grants_cover_its_inbox_statements(
     message_id = uuid.uuid4()
     with psycopg.connect(as_role(database_url, consumer_role)) as conn:
         insert = {"consumer": "billing:billing.orders", "message_id": message_id}
-        assert conn.execute(queries["inbox_insert"], insert).fetchone() == (1,)
+        assert conn.execute(queries["inbox_insert"], insert).fetchone() is not None
         assert conn.execute(queries["inbox_insert"], insert).fetchone() is None  # duplicate
         conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
         conn.commit()
@@ -177,12 +178,12 @@ def test_a_consumer_role_cannot_touch_another_consumers_inbox_rows(
     with psycopg.connect(as_role(database_url, billing_role)) as conn:
         for message_id in billing_ids:
             row = {"consumer": "billing:billing.orders", "message_id": message_id}
-            assert conn.execute(queries["inbox_insert"], row).fetchone() == (1,)
+            assert conn.execute(queries["inbox_insert"], row).fetchone() is not None
             assert conn.execute(queries["inbox_insert"], row).fetchone() is None  # duplicate
         conn.commit()
     with psycopg.connect(as_role(database_url, shipping_role)) as conn:
         row = {"consumer": "shipping-v2:ship.orders", "message_id": billing_ids[0]}
-        assert conn.execute(queries["inbox_insert"], row).fetchone() == (1,)
+        assert conn.execute(queries["inbox_insert"], row).fetchone() is not None
         conn.commit()
         # Nothing of billing's can be seen, deleted, purged or forged.
         assert conn.execute(sql.SQL("SELECT consumer FROM {}").format(inbox)).fetchall() == [
@@ -210,3 +211,38 @@ def test_consumer_grants_need_the_app_names() -> None:
         result = CliRunner().invoke(main, ["sql", "--grants", value])
         assert result.exit_code == 2, result.output
         assert "consumer=ROLE:APP" in result.output
+
+
+def test_the_consumer_ends_a_handler_session_only_while_its_transaction_runs(
+    database_url: str, schema: str, roles: tuple[str, str, str]
+) -> None:
+    """Behind a pooler the server session of a timed-out handler serves another client
+    once the handler's transaction ended: the consumer role ends it only while the
+    transaction the inbox insert started still runs there."""
+    _, _, consumer_role = roles
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            grants_sql(
+                schema=schema,
+                roles=[("consumer", consumer_role)],
+                consumer_apps={consumer_role: ["billing"]},
+            )
+        )  # type: ignore[call-overload]
+    queries = Queries("consumer", schema=schema)
+    url = as_role(database_url, consumer_role)
+    handler = psycopg.connect(url)
+    try:
+        inserted = handler.execute(
+            queries["inbox_insert"],
+            {"consumer": "billing:billing.orders", "message_id": uuid.uuid4()},
+        ).fetchone()
+        assert inserted is not None
+        pid, xact_start = inserted
+        with psycopg.connect(url, autocommit=True) as admin:
+            earlier = {"pid": pid, "xact_start": xact_start - dt.timedelta(microseconds=1)}
+            assert admin.execute(queries["terminate_backend"], earlier).fetchall() == []
+            assert not handler.closed
+            ended = {"pid": pid, "xact_start": xact_start}
+            assert admin.execute(queries["terminate_backend"], ended).fetchall() == [(True,)]
+    finally:
+        handler.close()

@@ -74,6 +74,8 @@ def test_every_option_is_documented_with_its_variable_and_default(
         expected = APP_DEFAULT
     elif option.default is None and default in {f"({o.opts[0]})" for o in options_of(command_name)}:
         expected = default  # derived from another option, documented as `(--that-option)`
+    elif option.default is None:
+        expected = None  # no value means not used (e.g. --listen-database-url): `none`
     else:
         expected = str(option.default)
     assert default == expected
