@@ -45,6 +45,8 @@ def test_orders_are_relayed_and_invoiced_once(
     monkeypatch.setenv("OUTBOX_RELAY_AMQP_URL", amqp_url)
     shop = load_shop(schema, monkeypatch)
     broker.track_exchange(shop.EXCHANGE)
+    with psycopg.connect(scoped) as owner:
+        shop.create_tables(owner)  # `shop.py setup` also grants; the test's role owns all
     with running_relay(database_url, amqp_url, schema), running_consumer(shop.app, broker):
         shop.produce(count=20, interval_s=0.01)
 
