@@ -1,0 +1,10 @@
+#!/bin/sh
+# The default user from the environment (the official image's variables), reachable from
+# other containers, then the server in the foreground (SIGTERM stops it).
+set -eu
+{
+    echo "loopback_users = none"
+    echo "default_user = ${RABBITMQ_DEFAULT_USER:-guest}"
+    echo "default_pass = ${RABBITMQ_DEFAULT_PASS:-guest}"
+} > /etc/rabbitmq/rabbitmq.conf
+exec rabbitmq-server
