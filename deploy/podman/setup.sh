@@ -73,11 +73,8 @@ debian_image "$RABBITMQ_BASE-root" rabbitmq-server,ca-certificates
 
 # The service images: the Debian root plus an entrypoint that behaves like the official
 # image's in what the compose file uses (POSTGRES_PASSWORD and init scripts; a default user).
-if ! have_image "$POSTGRES_BASE"; then
-    $PODMAN build --quiet $BUILD_FLAGS --build-arg ROOT="$POSTGRES_BASE-root" \
-        -f "$here/postgres.Containerfile" -t "$POSTGRES_BASE" "$here" >/dev/null
-fi
-if ! have_image "$RABBITMQ_BASE"; then
-    $PODMAN build --quiet $BUILD_FLAGS --build-arg ROOT="$RABBITMQ_BASE-root" \
-        -f "$here/rabbitmq.Containerfile" -t "$RABBITMQ_BASE" "$here" >/dev/null
-fi
+# Always built: a thin layer, cached while its files stay the same.
+$PODMAN build --quiet --build-arg ROOT="$POSTGRES_BASE-root" \
+    -f "$here/postgres.Containerfile" -t "$POSTGRES_BASE" "$here" >/dev/null
+$PODMAN build --quiet --build-arg ROOT="$RABBITMQ_BASE-root" \
+    -f "$here/rabbitmq.Containerfile" -t "$RABBITMQ_BASE" "$here" >/dev/null

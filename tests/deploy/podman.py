@@ -21,7 +21,9 @@ def environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "CONTAINERS_CONF": str(PODMAN_DIR / "containers.conf"), **extra}
 
 
-def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         ["podman", *args],
         env=environment(),
