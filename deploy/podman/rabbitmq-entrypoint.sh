@@ -7,4 +7,6 @@ set -eu
     echo "default_user = ${RABBITMQ_DEFAULT_USER:-guest}"
     echo "default_pass = ${RABBITMQ_DEFAULT_PASS:-guest}"
 } > /etc/rabbitmq/rabbitmq.conf
-exec rabbitmq-server
+# The server script itself, not /usr/sbin/rabbitmq-server: that wrapper neither execs nor
+# forwards SIGTERM, so a stop would wait out its grace and kill the broker.
+exec /usr/lib/rabbitmq/bin/rabbitmq-server
