@@ -109,17 +109,21 @@ def test_the_relay_container_relays_reports_health_and_stops_cleanly(
     assert events[-2:] == ["relay.stopping", "relay.stopped"]
 
 
+def start_idle(image: str, containers: list[str], *argv: str) -> str:
+    """A container of ``image`` whose process sleeps, with ``argv`` on its command line."""
+    name = f"deploy-idle-{uuid.uuid4().hex[:8]}"
+    containers.append(name)
+    idle = ["--entrypoint=python", image, "-c", "import time; time.sleep(120)", *argv]
+    podman("run", "--detach", f"--name={name}", f"--label={LABEL}=1", *idle)
+    return name
+
+
 def test_the_healthcheck_passes_for_a_container_that_serves_no_http(
     relay_image: str, containers: list[str]
 ) -> None:
     # A producer (the compose example's) runs a script from the image, with the image's
     # OUTBOX_RELAY_HTTP_PORT=9000 still set: nothing listens there, nothing to fail.
-    name = f"deploy-producer-{uuid.uuid4().hex[:8]}"
-    containers.append(name)
-    podman(
-        "run", "--detach", f"--name={name}", f"--label={LABEL}=1", "--entrypoint=python",
-        relay_image, "-c", "import time; time.sleep(120)",
-    )  # fmt: skip
+    name = start_idle(relay_image, containers)
     podman("healthcheck", "run", name)
     health = podman("inspect", "--format={{.State.Health.Status}}", name)
     assert health.stdout.strip() == "healthy"
@@ -130,12 +134,7 @@ def test_the_healthcheck_fails_when_the_served_port_does_not_answer(
 ) -> None:
     # A process whose command line is `outbox-relay consume ... --http-port 9102` but that
     # serves nothing there (a consumer whose HTTP server died): unhealthy.
-    name = f"deploy-consumer-{uuid.uuid4().hex[:8]}"
-    containers.append(name)
-    podman(
-        "run", "--detach", f"--name={name}", f"--label={LABEL}=1", "--entrypoint=python",
-        relay_image, "-c", "import time; time.sleep(120)",
-        "outbox-relay", "consume", "app:app", "--http-port", "9102",
-    )  # fmt: skip
+    argv = ["outbox-relay", "consume", "app:app", "--http-port", "9102"]
+    name = start_idle(relay_image, containers, *argv)
     result = podman("healthcheck", "run", name, check=False)
     assert result.returncode == 1, result

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.support.scripts import load_script
 
 DEMO = Path(__file__).resolve().parents[2] / "deploy" / "demo.py"
 
@@ -24,13 +24,7 @@ def closed_port() -> int:
 def load_demo(monkeypatch: pytest.MonkeyPatch, database_url: str, amqp_url: str) -> ModuleType:
     monkeypatch.setenv("OUTBOX_RELAY_DATABASE_URL", database_url)
     monkeypatch.setenv("OUTBOX_RELAY_AMQP_URL", amqp_url)
-    spec = importlib.util.spec_from_file_location("outbox_relay_demo", DEMO)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(DEMO, "outbox_relay_demo", monkeypatch)
 
 
 def test_unreachable_services_are_named_without_their_passwords(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +17,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from outbox_relay.cli import main
 from outbox_relay.observability.consumer_metrics import ConsumerMetrics
 from outbox_relay.observability.relay_metrics import BacklogCollector, RelayMetrics
+from tests.support.scripts import load_script
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 METRIC = re.compile(r"\b(outbox_relay_[a-z_]+)\b")
@@ -251,15 +250,6 @@ def test_the_build_context_leaves_out_environments_and_caches() -> None:
     assert {".git", ".venv", "**/__pycache__", ".mypy_cache", "dist"} <= ignored
 
 
-def load_healthcheck() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("healthcheck", DEPLOY / "healthcheck.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 PORT = ["--http-port", "9102"]
 
 
@@ -285,6 +275,7 @@ PORT = ["--http-port", "9102"]
     ],
 )
 def test_the_healthcheck_probes_the_port_the_command_serves(
-    argv: list[str], environ: dict[str, str], port: int
+    argv: list[str], environ: dict[str, str], port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert load_healthcheck().served_port(argv, environ) == port
+    healthcheck = load_script(DEPLOY / "healthcheck.py", "healthcheck", monkeypatch)
+    assert healthcheck.served_port(argv, environ) == port
