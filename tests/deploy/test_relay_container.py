@@ -52,6 +52,7 @@ def run_args(name: str, database_url: str, amqp_url: str, schema: str, port: int
         f"--name={name}",
         f"--label={LABEL}=1",
         "--network=host",
+        "--read-only",  # as the Kubernetes manifests run it (readOnlyRootFilesystem)
         f"--env=OUTBOX_RELAY_DATABASE_URL={database_url}",
         f"--env=OUTBOX_RELAY_AMQP_URL={amqp_url}",
         f"--env=OUTBOX_RELAY_SCHEMA={schema}",
@@ -77,6 +78,9 @@ def test_the_relay_container_relays_reports_health_and_stops_cleanly(
     containers.append(f"deploy-relay-{tag}")
     podman("run", "--detach", *common, relay_image)
     assert wait_for(lambda: healthz(port) == 200, timeout_s=30)
+
+    # Not root: the image's user.
+    assert podman("exec", f"deploy-relay-{tag}", "id", "-u").stdout.strip() == "10001"
 
     # The image's HEALTHCHECK finds the port the relay serves and passes.
     podman("healthcheck", "run", f"deploy-relay-{tag}")
