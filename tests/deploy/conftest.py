@@ -2,9 +2,11 @@
 with podman (`make deploy-test`; not part of `make test`).
 
 deploy/podman/setup.sh installs podman, runc, mmdebstrap and podman-compose when missing
-and builds the base images from Debian's packages once (kept between runs, by tag). The
-project's image is built fresh for each session and removed afterwards, as is every
-container, network and volume the tests create.
+and builds the base images from Debian's packages once (kept between runs, by tag);
+`make deploy-test` runs it before pytest, so that a first run's few minutes do not count
+against the first test's timeout. The project's image is built for each session (podman's
+layer cache makes an unchanged tree a matter of seconds) and removed afterwards, as is
+every container, network and volume the tests create.
 """
 
 from __future__ import annotations
