@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test unit integration faults lint typecheck check demo bench docs clean
+.PHONY: test unit integration faults deploy-test lint typecheck check demo bench docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 ## test: every tier (unit, integration, faults) against PostgreSQL and RabbitMQ on their
 ## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
-## (see docs/testing.md)
+## (see docs/testing.md; the deploy tier is `make deploy-test`)
 test: $(STAMP)
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests -m "not deploy"
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
@@ -34,6 +34,12 @@ integration: $(STAMP)
 
 faults: $(STAMP)
 	$(BIN)/pytest tests/faults
+
+## deploy-test: the image, the relay container and the compose example, run with podman
+## (deploy/podman/setup.sh installs podman and builds the base images when missing)
+deploy-test: $(STAMP)
+	bash deploy/podman/setup.sh
+	$(BIN)/pytest tests/deploy -m deploy
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

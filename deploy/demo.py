@@ -24,6 +24,7 @@ from psycopg import sql
 
 import outbox_relay
 from outbox_relay.store.schema import migrate
+from outbox_relay.urls import redact_url, scrub
 
 DATABASE_URL = os.environ.get(
     "OUTBOX_RELAY_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -37,8 +38,9 @@ ORDERS_PER_SECOND = 200
 COMPOSE_UP = "`docker compose -f deploy/docker-compose.yml up -d postgres rabbitmq`"
 
 
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def first_line(exc: BaseException, url: str) -> str:
+    """The error's first line, without the password of ``url`` (drivers may quote it)."""
+    return scrub((str(exc).strip().splitlines() or [type(exc).__name__])[0], url)
 
 
 def check_services() -> None:
@@ -47,7 +49,8 @@ def check_services() -> None:
         psycopg.connect(DATABASE_URL, connect_timeout=3).close()
     except psycopg.OperationalError as exc:
         problems.append(
-            f"PostgreSQL is not reachable at {DATABASE_URL} ({first_line(exc)}).\n"
+            f"PostgreSQL is not reachable at {redact_url(DATABASE_URL)} "
+            f"({first_line(exc, DATABASE_URL)}).\n"
             "  Start it: pg_ctlcluster --skip-systemctl-redirect 15 main start "
             "(Debian: apt-get install postgresql),\n"
             f"  or, where Docker runs, {COMPOSE_UP},\n"
@@ -57,7 +60,8 @@ def check_services() -> None:
         pika.BlockingConnection(pika.URLParameters(AMQP_URL)).close()
     except pika.exceptions.AMQPError as exc:
         problems.append(
-            f"RabbitMQ is not reachable at {AMQP_URL} ({exc!r}).\n"
+            f"RabbitMQ is not reachable at {redact_url(AMQP_URL)} "
+            f"({scrub(repr(exc), AMQP_URL)}).\n"
             "  Start it: rabbitmq-server -detached (Debian: apt-get install rabbitmq-server),\n"
             f"  or, where Docker runs, {COMPOSE_UP},\n"
             "  or point OUTBOX_RELAY_AMQP_URL at yours."

@@ -1,26 +1,33 @@
 """The example application of deploy/docker-compose.yml: a shop that places orders and a
 billing service that invoices them.
 
+    python shop.py setup              # as the owner, after `outbox-relay migrate`: tables, grants
     python shop.py produce            # place an order every 0.2 s, each with its message
     outbox-relay consume shop:app     # invoice each order once (PYTHONPATH holds this folder)
 
-Both read OUTBOX_RELAY_DATABASE_URL and OUTBOX_RELAY_AMQP_URL.
+They read OUTBOX_RELAY_DATABASE_URL (each with its own role: the owner, `shop`, `billing`;
+see roles.sql) and OUTBOX_RELAY_AMQP_URL.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 import uuid
 
 import psycopg
+from psycopg import sql
 
 import outbox_relay
 from outbox_relay.consumer import ConsumerApp, Message
 
 EXCHANGE = "shop.orders"
 SCHEMA = os.environ.get("OUTBOX_RELAY_SCHEMA", "public")
+
+# The roles of roles.sql, as `outbox-relay sql --grants` kinds.
+ROLES = {"relay": "relay", "producer": "shop", "consumer": "billing"}
 
 app = ConsumerApp(name="billing", schema=SCHEMA)
 
@@ -29,6 +36,28 @@ def create_tables(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS shop_orders (id uuid PRIMARY KEY, total numeric)")
     conn.execute(
         "CREATE TABLE IF NOT EXISTS billing_invoices (order_id uuid PRIMARY KEY, total numeric)"
+    )
+    conn.commit()
+
+
+def setup(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """As the owner, after `outbox-relay migrate`: the shop's tables, and to each role the
+    least it needs (the outbox's grants from `outbox-relay sql --grants`, then its tables)."""
+    create_tables(conn)
+    kinds = [f"--grants={kind}={role}" for kind, role in ROLES.items()]
+    grants = subprocess.run(
+        [sys.executable, "-m", "outbox_relay", "sql", "--schema", SCHEMA, *kinds],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    conn.execute(grants.encode())
+    grant_insert = sql.SQL("GRANT INSERT ON {} TO {}")
+    conn.execute(
+        grant_insert.format(sql.Identifier("shop_orders"), sql.Identifier(ROLES["producer"]))
+    )
+    conn.execute(
+        grant_insert.format(sql.Identifier("billing_invoices"), sql.Identifier(ROLES["consumer"]))
     )
     conn.commit()
 
@@ -62,7 +91,6 @@ def invoice(message: Message, tx: psycopg.Connection[tuple[object, ...]]) -> Non
 def produce(count: int | None = None, interval_s: float = 0.2) -> None:
     url = os.environ.get("OUTBOX_RELAY_DATABASE_URL", "postgresql://localhost/postgres")
     with psycopg.connect(url) as conn:
-        create_tables(conn)
         placed = 0
         while count is None or placed < count:
             place_order(conn, total=10.0 + placed % 90)
@@ -71,6 +99,10 @@ def produce(count: int | None = None, interval_s: float = 0.2) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] != ["produce"]:
+    if sys.argv[1:] == ["setup"]:
+        with psycopg.connect(os.environ["OUTBOX_RELAY_DATABASE_URL"]) as owner:
+            setup(owner)
+    elif sys.argv[1:] == ["produce"]:
+        produce()
+    else:
         sys.exit(__doc__)
-    produce()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 from urllib.parse import quote
@@ -14,6 +12,7 @@ import pytest
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import running_consumer
 from tests.support.relay import running_relay, wait_for
+from tests.support.scripts import load_script
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +21,7 @@ SHOP = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "shop.py"
 
 def load_shop(schema: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("OUTBOX_RELAY_SCHEMA", schema)
-    spec = importlib.util.spec_from_file_location(f"shop_{schema}", SHOP)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SHOP, f"shop_{schema}", monkeypatch)
 
 
 def test_orders_are_relayed_and_invoiced_once(
@@ -45,6 +38,8 @@ def test_orders_are_relayed_and_invoiced_once(
     monkeypatch.setenv("OUTBOX_RELAY_AMQP_URL", amqp_url)
     shop = load_shop(schema, monkeypatch)
     broker.track_exchange(shop.EXCHANGE)
+    with psycopg.connect(scoped) as owner:
+        shop.create_tables(owner)  # `shop.py setup` also grants; the test's role owns all
     with running_relay(database_url, amqp_url, schema), running_consumer(shop.app, broker):
         shop.produce(count=20, interval_s=0.01)
 
