@@ -44,7 +44,11 @@ def setup(conn: psycopg.Connection[tuple[object, ...]]) -> None:
     """As the owner, after `outbox-relay migrate`: the shop's tables, and to each role the
     least it needs (the outbox's grants from `outbox-relay sql --grants`, then its tables)."""
     create_tables(conn)
-    kinds = [f"--grants={kind}={role}" for kind, role in ROLES.items()]
+    # A consumer role is granted the inbox rows of its consumer app only (ROLE:APP).
+    kinds = [
+        f"--grants={kind}={role}:{app.name}" if kind == "consumer" else f"--grants={kind}={role}"
+        for kind, role in ROLES.items()
+    ]
     grants = subprocess.run(
         [sys.executable, "-m", "outbox_relay", "sql", "--schema", SCHEMA, *kinds],
         check=True,
