@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg
@@ -45,15 +46,28 @@ def start_relay(
     )
 
 
-def interrupt_after(relay: subprocess.Popen[str], seconds: float) -> str:
-    """SIGINT after ``seconds``; the relay's stderr once it exited with 0."""
+def interrupt_once_logged(relay: subprocess.Popen[str], event: str, timeout_s: float = 30) -> str:
+    """SIGINT once the relay logged ``event`` (not after a fixed time: on a busy machine the
+    signal could arrive while Python still imports); its stderr once it exited with 0."""
+    lines: list[str] = []
+    assert relay.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(relay.stderr), daemon=True)  # type: ignore[arg-type]
+    reader.start()
     try:
-        time.sleep(seconds)
+        logged = wait_for(
+            lambda: any(f'"event": "{event}"' in line for line in lines), timeout_s=timeout_s
+        )
         relay.send_signal(signal.SIGINT)
-        _, stderr = relay.communicate(timeout=15)
+        relay.wait(timeout=15)
     finally:
         if relay.poll() is None:
             relay.kill()
+        reader.join(timeout=5)
+        for pipe in (relay.stdout, relay.stderr):
+            if pipe is not None:
+                pipe.close()
+    stderr = "".join(lines)
+    assert logged, f"the relay never logged {event}: {stderr[-2000:]}"
     assert relay.returncode == 0, stderr
     return stderr
 
@@ -107,7 +121,7 @@ def test_sigterm_finishes_and_settles_the_batch_in_flight_then_exits_0(
 
 def test_logs_are_json_and_never_show_a_password(database_url: str, schema: str) -> None:
     relay = start_relay(database_url, "amqp://guest:s3cr3t-pw@127.0.0.1:1/%2F", schema)
-    stderr = interrupt_after(relay, 2)
+    stderr = interrupt_once_logged(relay, "relay.broker_unavailable")
     records = [json.loads(line) for line in stderr.splitlines()]
     assert "s3cr3t-pw" not in stderr
     outages = [r for r in records if r["event"] == "relay.broker_unavailable"]
