@@ -20,6 +20,7 @@ from outbox_relay.store.schema import migrate
 from outbox_relay.urls import redact_url
 from tests.support import services
 from tests.support.broker import BrokerHelper
+from tests.support.private_postgres import PrivatePostgres, private_postgres
 from tests.support.private_rabbit import PrivateRabbit, private_rabbit
 
 # Shared, noisy machines: a slow example is not a failure.
@@ -154,3 +155,10 @@ def own_broker(own_rabbit: PrivateRabbit) -> Iterator[BrokerHelper]:
     yield helper
     helper.cleanup()
 
+
+@pytest.fixture
+def own_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own, for tests that stop or restart the
+    database; ``own_postgres.url`` names its ``postgres`` database, as superuser."""
+    with private_postgres() as cluster:
+        yield cluster
