@@ -2,15 +2,20 @@
 alarm forced with a tiny watermark), then released. The relay must wait
 (connection.blocked) without growing, and drain once released.
 
-The watermark is always restored to 0.4, whatever happens.
+The alarm blocks every publisher of the node, so the scenario runs on a private RabbitMQ
+node of its own (tests/support/private_rabbit.py), never on the broker at
+OUTBOX_RELAY_TEST_AMQP_URL, which other runs may share; the node is stopped afterwards,
+whatever happens.
 """
 
 from __future__ import annotations
 
 import contextlib
-import subprocess
+import dataclasses
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 
@@ -29,6 +34,7 @@ from benchmarks.common import (
     wait_listening,
     wait_relayed,
 )
+from tests.support.private_rabbit import PrivateRabbit, private_rabbit
 
 SCENARIO = "blocked"
 BIG_BYTES = 10 * 1024 * 1024
@@ -36,28 +42,31 @@ NORMAL_WATERMARK = "0.4"
 ALARM_WATERMARK = "0.0000001"
 
 
-def set_watermark(value: str) -> None:
-    subprocess.run(
-        ["rabbitmqctl", "set_vm_memory_high_watermark", value],
-        check=True,
-        capture_output=True,
-    )
+@contextlib.contextmanager
+def own_broker(env: Env) -> Iterator[tuple[Env, PrivateRabbit]]:
+    """``env`` pointed at a private RabbitMQ node, and the node; stopped afterwards."""
+    with (
+        tempfile.TemporaryDirectory(prefix="outbox-bench-rabbit-") as directory,
+        private_rabbit(Path(directory)) as rabbit,
+    ):
+        yield dataclasses.replace(env, amqp_url=rabbit.url), rabbit
 
 
 @contextlib.contextmanager
-def memory_alarm() -> Iterator[None]:
-    """RabbitMQ blocks publishers inside the block; the watermark is restored after it."""
+def memory_alarm(rabbit: PrivateRabbit) -> Iterator[None]:
+    """``rabbit`` blocks publishers inside the block; the watermark is restored after it."""
     try:
-        set_watermark(ALARM_WATERMARK)
+        rabbit.rabbitmqctl("set_vm_memory_high_watermark", ALARM_WATERMARK)
         yield
     finally:
-        set_watermark(NORMAL_WATERMARK)
+        rabbit.rabbitmqctl("set_vm_memory_high_watermark", NORMAL_WATERMARK)
 
 
-def run(env: Env, report: Report) -> None:
-    burst = env.size(100_000, 5_000)
-    blocked_s = 5.0 if env.quick else 20.0
+def run(shared_env: Env, report: Report) -> None:
+    burst = shared_env.size(100_000, 5_000)
+    blocked_s = 5.0 if shared_env.quick else 20.0
     with (
+        own_broker(shared_env) as (env, rabbit),
         outbox_schema(env.database_url) as schema,
         broker_route(env.amqp_url) as route,
         relay_process(env, schema) as process,
@@ -65,7 +74,7 @@ def run(env: Env, report: Report) -> None:
     ):
         wait_listening(env.database_url, schema)
         rss_idle = process.memory_info().rss / 2**20
-        with memory_alarm():
+        with memory_alarm(rabbit):
             time.sleep(1.0)
             with psycopg.connect(env.database_url) as conn:
                 outbox_relay.publish(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pika
 import psycopg
@@ -19,6 +20,8 @@ from outbox_relay.store.schema import migrate
 from outbox_relay.urls import redact_url
 from tests.support import services
 from tests.support.broker import BrokerHelper
+from tests.support.private_postgres import PrivatePostgres, private_postgres
+from tests.support.private_rabbit import PrivateRabbit, private_rabbit
 
 # Shared, noisy machines: a slow example is not a failure.
 settings.register_profile("outbox-relay", deadline=None)
@@ -129,3 +132,33 @@ def broker(amqp_url: str) -> Iterator[BrokerHelper]:
     helper = BrokerHelper(amqp_url, prefix=unique_name("t"))
     yield helper
     helper.cleanup()
+
+
+@pytest.fixture
+def own_rabbit(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PrivateRabbit]:
+    """A RabbitMQ node of the test's own, for tests that stop, restart or reconfigure the
+    broker. ``@pytest.mark.rabbitmq_conf(max_message_size=65536)`` puts those
+    ``rabbitmq.conf`` settings in force from the node's boot."""
+    marker = request.node.get_closest_marker("rabbitmq_conf")
+    settings = marker.kwargs if marker else {}
+    config = "".join(f"{key} = {value}\n" for key, value in settings.items())
+    directory = tmp_path / "rabbit"
+    directory.mkdir()
+    with private_rabbit(directory, config=config) as rabbit:
+        yield rabbit
+
+
+@pytest.fixture
+def own_broker(own_rabbit: PrivateRabbit) -> Iterator[BrokerHelper]:
+    """Like ``broker``, on the test's own node."""
+    helper = BrokerHelper(own_rabbit.url, prefix=unique_name("t"))
+    yield helper
+    helper.cleanup()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL cluster of the test's own, for tests that stop or restart the
+    database; ``own_postgres.url`` names its ``postgres`` database, as superuser."""
+    with private_postgres() as cluster:
+        yield cluster

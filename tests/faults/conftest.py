@@ -3,16 +3,12 @@ session prints one table at the end (lost must be 0)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.conftest import unique_name
-from tests.support.broker import BrokerHelper
 from tests.support.faults import Tally
-from tests.support.private_rabbit import PrivateRabbit, private_rabbit
 
 
 @dataclass(frozen=True)
@@ -32,23 +28,6 @@ Report = Callable[..., None]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ROWS] = []
-
-
-@pytest.fixture
-def own_rabbit(tmp_path: Path) -> Iterator[PrivateRabbit]:
-    """A RabbitMQ node of the test's own, for faults that stop or restart the broker."""
-    directory = tmp_path / "rabbit"
-    directory.mkdir()
-    with private_rabbit(directory) as rabbit:
-        yield rabbit
-
-
-@pytest.fixture
-def own_broker(own_rabbit: PrivateRabbit) -> Iterator[BrokerHelper]:
-    """Like ``broker``, on the test's own node."""
-    helper = BrokerHelper(own_rabbit.url, prefix=unique_name("t"))
-    yield helper
-    helper.cleanup()
 
 
 @pytest.fixture

@@ -10,14 +10,16 @@ import psycopg
 import pytest
 
 from tests.faults.conftest import Report
-from tests.support.broker import BrokerHelper, Received, broker_max_message_size
+from tests.support.broker import BrokerHelper, Received
 from tests.support.faults import RelayProcess, Tally, insert_raw, insert_rows, pending
+from tests.support.private_rabbit import PrivateRabbit
 from tests.support.relay import outbox_rows, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
 TEN_MB = 10 * 1024 * 1024
 HUGE_INT = 10**30
+MAX_MESSAGE_SIZE = 64 * 1024  # of the private node that refuses a bigger message
 
 
 def relay_until_settled(
@@ -181,17 +183,21 @@ def test_a_burst_of_30k_rows_in_one_transaction(
     assert tally.out_of_order_keys() == []
 
 
+@pytest.mark.rabbitmq_conf(max_message_size=MAX_MESSAGE_SIZE)
 def test_a_message_over_the_brokers_max_size_fails_alone_and_named(
     database_url: str,
-    amqp_url: str,
     schema: str,
-    broker: BrokerHelper,
+    own_rabbit: PrivateRabbit,
+    own_broker: BrokerHelper,
     tmp_path: Path,
     report_fault: Report,
 ) -> None:
+    """On a private node whose max_message_size is lowered in its configuration, so the
+    shared broker's limit is never changed under other tests."""
+    broker = own_broker
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "ok.#"))
-    limit = 64 * 1024
+    limit = MAX_MESSAGE_SIZE
     insert_rows(database_url, schema, exchange, range(300), keys=10, routing_key="ok.y")
     with psycopg.connect(database_url) as conn:
         big_id = insert_raw(
@@ -199,8 +205,7 @@ def test_a_message_over_the_brokers_max_size_fails_alone_and_named(
         )
         conn.commit()
     insert_rows(database_url, schema, exchange, range(300, 600), keys=10, routing_key="ok.y")
-    with broker_max_message_size(limit):
-        _, received = relay_until_settled(database_url, amqp_url, schema, broker, queue, tmp_path)
+    _, received = relay_until_settled(database_url, own_rabbit.url, schema, broker, queue, tmp_path)
     tally = Tally(expected=set(range(600)))
     tally.add(received)
     report_fault("a message over the broker's max_message_size among 600", tally)

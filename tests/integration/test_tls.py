@@ -1,14 +1,16 @@
 """TLS against RabbitMQ's own TLS listener: amqps:// with a CA, host name verification
 and client certificates, for the relay and the consumer; sslmode for PostgreSQL.
 
-Each broker-side test runs against a TLS listener started on the test broker for this
-module (see tests/support/rabbit_tls.py), with a server certificate for DNS:localhost
-signed by a throwaway CA: one listener that asks for no client certificate, one that
+Each broker-side test runs against a private RabbitMQ node of this module, started with
+a TLS listener in its configuration (see tests/support/rabbit_tls.py; the shared broker's
+listeners are never changed), with a server certificate for DNS:localhost signed by a
+throwaway CA: one node whose listener asks for no client certificate, one whose listener
 refuses clients without one (verify_peer, fail_if_no_peer_cert).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -24,9 +26,10 @@ from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.errors import BrokerUnavailableError, StoreUnavailableError
 from outbox_relay.publisher import Publisher
 from outbox_relay.store.connect import connect
+from tests.conftest import unique_name
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import publish, running_consumer
-from tests.support.rabbit_tls import broker_tls_listener, tls_listener_ports
+from tests.support.rabbit_tls import TlsRabbit, listening, rabbit_with_tls
 from tests.support.relay import outbox_rows, running_relay, wait_for
 from tests.support.tls import Pki, make_pki
 
@@ -38,27 +41,61 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture(scope="module")
-def tls_port(pki: Pki, amqp_url: str) -> Iterator[int]:
-    """A TLS listener that verifies nothing of the client."""
-    with broker_tls_listener(amqp_url, pki, client_certificate_required=False) as port:
-        yield port
-    assert port not in tls_listener_ports()
+@contextlib.contextmanager
+def node(
+    factory: pytest.TempPathFactory, pki: Pki, *, client_certificate_required: bool
+) -> Iterator[TlsRabbit]:
+    directory = factory.mktemp("rabbit")
+    with rabbit_with_tls(
+        directory, pki, client_certificate_required=client_certificate_required
+    ) as rabbit:
+        yield rabbit
+    assert not listening(rabbit.tls_port), "the node's TLS listener outlived it"
 
 
 @pytest.fixture(scope="module")
-def mutual_tls_port(pki: Pki, amqp_url: str) -> Iterator[int]:
-    """A TLS listener that refuses clients without a certificate signed by the test CA."""
-    with broker_tls_listener(amqp_url, pki, client_certificate_required=True) as port:
-        yield port
-    assert port not in tls_listener_ports()
+def tls_node(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRabbit]:
+    """A node whose TLS listener verifies nothing of the client."""
+    with node(tmp_path_factory, pki, client_certificate_required=False) as rabbit:
+        yield rabbit
 
 
-def amqps_url(amqp_url: str, host: str, port: int, **ssl_options: Path | str) -> str:
-    target = urlsplit(amqp_url)
+@pytest.fixture(scope="module")
+def mutual_tls_node(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRabbit]:
+    """A node whose TLS listener refuses clients without a certificate signed by the
+    test CA."""
+    with node(tmp_path_factory, pki, client_certificate_required=True) as rabbit:
+        yield rabbit
+
+
+@contextlib.contextmanager
+def broker_on(rabbit: TlsRabbit) -> Iterator[BrokerHelper]:
+    """Like ``broker``, on ``rabbit``'s plain AMQP listener."""
+    helper = BrokerHelper(rabbit.rabbit.url, prefix=unique_name("t"))
+    try:
+        yield helper
+    finally:
+        helper.cleanup()
+
+
+@pytest.fixture
+def tls_broker(tls_node: TlsRabbit) -> Iterator[BrokerHelper]:
+    with broker_on(tls_node) as helper:
+        yield helper
+
+
+@pytest.fixture
+def mutual_tls_broker(mutual_tls_node: TlsRabbit) -> Iterator[BrokerHelper]:
+    with broker_on(mutual_tls_node) as helper:
+        yield helper
+
+
+def amqps_url(rabbit: TlsRabbit, host: str, **ssl_options: Path | str) -> str:
+    """The node's TLS listener, by ``host``, as its plain listener's user."""
+    target = urlsplit(rabbit.rabbit.url)
     options = {key: str(value) for key, value in ssl_options.items()}
     query = f"?ssl_options={quote(repr(options))}" if options else ""
-    return f"amqps://{target.username}:{target.password}@{host}:{port}/%2F{query}"
+    return f"amqps://{target.username}:{target.password}@{host}:{rabbit.tls_port}/%2F{query}"
 
 
 def client_certificate(pki: Pki) -> dict[str, Path]:
@@ -97,25 +134,22 @@ def relay_rows(database_url: str, url: str, schema: str, broker: BrokerHelper) -
 
 
 def test_the_relay_publishes_to_the_brokers_tls_listener_verifying_it(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, pki: Pki, tls_port: int
+    database_url: str, schema: str, tls_node: TlsRabbit, tls_broker: BrokerHelper, pki: Pki
 ) -> None:
     """amqps:// with the CA that signed the broker's certificate, by the name it carries."""
-    url = amqps_url(amqp_url, "localhost", tls_port, ca_certs=pki.ca)
-    relay_rows(database_url, url, schema, broker)
+    url = amqps_url(tls_node, "localhost", ca_certs=pki.ca)
+    relay_rows(database_url, url, schema, tls_broker)
 
 
 def test_the_relay_publishes_with_a_client_certificate_where_one_is_required(
     database_url: str,
-    amqp_url: str,
     schema: str,
-    broker: BrokerHelper,
+    mutual_tls_node: TlsRabbit,
+    mutual_tls_broker: BrokerHelper,
     pki: Pki,
-    mutual_tls_port: int,
 ) -> None:
-    url = amqps_url(
-        amqp_url, "localhost", mutual_tls_port, ca_certs=pki.ca, **client_certificate(pki)
-    )
-    relay_rows(database_url, url, schema, broker)
+    url = amqps_url(mutual_tls_node, "localhost", ca_certs=pki.ca, **client_certificate(pki))
+    relay_rows(database_url, url, schema, mutual_tls_broker)
 
 
 @pytest.mark.parametrize(
@@ -128,28 +162,28 @@ def test_the_relay_publishes_with_a_client_certificate_where_one_is_required(
     ],
 )
 def test_a_broker_certificate_that_fails_verification_is_refused_saying_what_to_fix(
-    amqp_url: str, pki: Pki, tls_port: int, host: str, ca: str, expected: str
+    pki: Pki, tls_node: TlsRabbit, host: str, ca: str, expected: str
 ) -> None:
-    url = amqps_url(amqp_url, host, tls_port, ca_certs=getattr(pki, ca))
-    message = connect_error(url, starts=f"amqps://guest:***@{host}:{tls_port}")
+    url = amqps_url(tls_node, host, ca_certs=getattr(pki, ca))
+    message = connect_error(url, starts=f"amqps://guest:***@{host}:{tls_node.tls_port}")
     assert "certificate verify failed" in message
     assert expected in message
 
 
 def test_without_a_client_certificate_the_broker_refuses_saying_what_to_fix(
-    amqp_url: str, pki: Pki, mutual_tls_port: int
+    pki: Pki, mutual_tls_node: TlsRabbit
 ) -> None:
-    url = amqps_url(amqp_url, "localhost", mutual_tls_port, ca_certs=pki.ca)
-    message = connect_error(url, starts=f"amqps://guest:***@localhost:{mutual_tls_port}")
+    url = amqps_url(mutual_tls_node, "localhost", ca_certs=pki.ca)
+    port = mutual_tls_node.tls_port
+    message = connect_error(url, starts=f"amqps://guest:***@localhost:{port}")
     assert "set certfile and keyfile in ssl_options" in message
 
 
 def test_the_consumer_consumes_over_tls_with_a_client_certificate(
-    amqp_url: str, broker: BrokerHelper, pki: Pki, mutual_tls_port: int
+    mutual_tls_node: TlsRabbit, mutual_tls_broker: BrokerHelper, pki: Pki
 ) -> None:
-    url = amqps_url(
-        amqp_url, "localhost", mutual_tls_port, ca_certs=pki.ca, **client_certificate(pki)
-    )
+    broker = mutual_tls_broker
+    url = amqps_url(mutual_tls_node, "localhost", ca_certs=pki.ca, **client_certificate(pki))
     exchange = broker.exchange()
     app = ConsumerApp(name=f"tls-{uuid.uuid4().hex[:6]}", amqp_url=url)
     received: list[Any] = []

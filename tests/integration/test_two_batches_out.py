@@ -14,11 +14,14 @@ from structlog.testing import capture_logs
 
 from outbox_relay.message import OutboxRow
 from outbox_relay.publisher import Publisher, Sending
-from tests.support.broker import BrokerHelper, broker_max_message_size
+from tests.support.broker import BrokerHelper
 from tests.support.faults import Tally, insert_raw, insert_rows
+from tests.support.private_rabbit import PrivateRabbit
 from tests.support.relay import outbox_rows, running_relay, wait_for
 
 pytestmark = pytest.mark.integration
+
+MAX_MESSAGE_SIZE = 64 * 1024  # of the private node that refuses a bigger message
 
 
 class CountingPublisher(Publisher):
@@ -60,12 +63,16 @@ def test_a_backlog_goes_out_two_batches_at_a_time_each_key_in_order(
     assert tally.out_of_order_keys() == []
 
 
+@pytest.mark.rabbitmq_conf(max_message_size=MAX_MESSAGE_SIZE)
 def test_a_row_that_closes_the_channel_while_two_batches_are_out_fails_alone(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+    database_url: str, schema: str, own_rabbit: PrivateRabbit, own_broker: BrokerHelper
 ) -> None:
+    """On a private node whose max_message_size is lowered in its configuration, so the
+    shared broker's limit is never changed under other tests."""
+    broker = own_broker
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
-    limit = 64 * 1024
+    limit = MAX_MESSAGE_SIZE
     insert_rows(database_url, schema, exchange, range(100))
     with psycopg.connect(database_url) as conn:
         big_id = insert_raw(
@@ -74,10 +81,9 @@ def test_a_row_that_closes_the_channel_while_two_batches_are_out_fails_alone(
         conn.commit()
     insert_rows(database_url, schema, exchange, range(100, 400))
     with (
-        broker_max_message_size(limit),
         capture_logs() as logs,
         running_relay(
-            database_url, amqp_url, schema, batch_size=100, publisher_type=CountingPublisher
+            database_url, own_rabbit.url, schema, batch_size=100, publisher_type=CountingPublisher
         ) as relay,
     ):
         assert wait_for(lambda: len(outbox_rows(database_url, schema)) == 1, timeout_s=60)

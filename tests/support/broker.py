@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import re
-import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,22 +125,3 @@ class BrokerHelper:
             for exchange in self.exchanges:
                 channel.exchange_delete(exchange)
             conn.close()
-
-
-@contextlib.contextmanager
-def broker_max_message_size(limit: int) -> Iterator[None]:
-    """Lower RabbitMQ's max_message_size for channels opened meanwhile; restore it after."""
-
-    def rabbit_eval(expression: str) -> str:
-        return subprocess.run(
-            ["rabbitmqctl", "eval", expression], capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    before = rabbit_eval("application:get_env(rabbit, max_message_size).")
-    match = re.fullmatch(r"\{ok,(\d+)\}", before)
-    assert match, f"unexpected max_message_size: {before}"
-    rabbit_eval(f"application:set_env(rabbit, max_message_size, {limit}).")
-    try:
-        yield
-    finally:
-        rabbit_eval(f"application:set_env(rabbit, max_message_size, {match.group(1)}).")

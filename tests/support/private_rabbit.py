@@ -1,11 +1,13 @@
-"""A private RabbitMQ node for tests that stop or restart the broker.
+"""A private RabbitMQ node for tests that stop, restart or reconfigure the broker.
 
-The shared broker is never restarted by a test. A test that needs a broker outage of
-its own starts a node of its own: a random node name, its own AMQP and distribution
-ports on 127.0.0.1, its own data, logs, configuration and Erlang cookie under the test's
-``tmp_path``, no plugins. It registers with the host's epmd like any node and touches
-nothing else. It needs the ``rabbitmq-server`` package installed (the Debian scripts in
-/usr/lib/rabbitmq/bin are used directly, so it runs as the current user).
+The shared broker is never restarted or reconfigured by a test. A test that needs a
+broker outage, or a broker configured its own way (a lower ``max_message_size``, TLS
+listeners), starts a node of its own: a random node name, its own AMQP and distribution
+ports on 127.0.0.1, its own data, logs, configuration (``rabbitmq.conf`` lines given by
+the test, read at boot) and Erlang cookie under the test's ``tmp_path``, no plugins. It
+registers with the host's epmd like any node and touches nothing else. It needs the
+``rabbitmq-server`` package installed (the Debian scripts in /usr/lib/rabbitmq/bin are
+used directly, so it runs as the current user).
 """
 
 from __future__ import annotations
@@ -83,10 +85,10 @@ class PrivateRabbit:
             return ""
 
 
-def _environment(directory: Path, node: str, port: int) -> dict[str, str]:
+def _environment(directory: Path, node: str, port: int, config: str) -> dict[str, str]:
     (directory / "mnesia").mkdir()
     (directory / "log").mkdir()
-    (directory / "rabbitmq.conf").write_text("")
+    (directory / "rabbitmq.conf").write_text(config)
     (directory / "rabbitmq-env.conf").write_text("")  # not /etc/rabbitmq's node name
     (directory / "enabled_plugins").write_text("[].\n")
     return {
@@ -140,9 +142,11 @@ def _stop(rabbit: PrivateRabbit, server: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def private_rabbit(directory: Path) -> Iterator[PrivateRabbit]:
-    """Start a private RabbitMQ node keeping its files in ``directory``; stopped on exit,
-    whatever the test did. Skips (fails under CI) when RabbitMQ is not installed."""
+def private_rabbit(directory: Path, *, config: str = "") -> Iterator[PrivateRabbit]:
+    """Start a private RabbitMQ node keeping its files in ``directory``, with ``config``
+    (``rabbitmq.conf`` lines, e.g. ``max_message_size = 65536``) in force from its boot;
+    stopped on exit, whatever the test did. Skips (fails under CI) when RabbitMQ is not
+    installed."""
     server_script, ctl = _script("rabbitmq-server"), _script("rabbitmqctl")
     if server_script is None or ctl is None:
         unavailable(
@@ -151,7 +155,7 @@ def private_rabbit(directory: Path) -> Iterator[PrivateRabbit]:
         )
     node = f"outbox-test-{uuid.uuid4().hex[:8]}@localhost"
     port = free_port()
-    env = _environment(directory, node, port)
+    env = _environment(directory, node, port, config)
     log_file = directory / "server.log"
     rabbit = PrivateRabbit(node=node, port=port, env=env, log_file=log_file, ctl=ctl)
     with log_file.open("wb") as log:
