@@ -23,6 +23,7 @@ from outbox_relay.cli_options import (
     EXIT_FAILED,
     amqp_url_option,
     database_url_option,
+    db_timeout_option,
     http_options,
     logging_options,
     partitions_option,
@@ -55,6 +56,7 @@ from outbox_relay.settings import (
     RunSettings,
 )
 from outbox_relay.status_view import render_status
+from outbox_relay.store.deadline import DB_TIMEOUT_S
 from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S, PostgresStore
 from outbox_relay.store.schema import drop as drop_outbox
 from outbox_relay.store.schema import drop_sql, grants_sql, schema_sql
@@ -421,6 +423,7 @@ def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
     "operating system's defaults. Default: --lease-ttl, since a relay cut off that long has lost "
     "its partitions anyway.",
 )
+@db_timeout_option(default=DB_TIMEOUT_S)
 @http_options
 @logging_options
 def run(
@@ -439,6 +442,7 @@ def run(
     order_gate: bool,
     order_gate_max_wait: float,
     dead_peer_timeout: float | None,
+    db_timeout: float,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -461,6 +465,7 @@ def run(
         ),
         confirm_timeout_s=confirm_timeout,
         dead_peer_timeout_s=lease_ttl if dead_peer_timeout is None else dead_peer_timeout,
+        db_timeout_s=db_timeout,
     )
     relay: Relay | None = None
 
@@ -481,6 +486,7 @@ def run(
             order_gate=order_gate,
             order_gate_max_wait_s=order_gate_max_wait,
             dead_peer_timeout_s=settings.dead_peer_timeout_s,
+            db_timeout_s=settings.db_timeout_s,
         ),
         publisher=Publisher(
             url=settings.amqp_url,

@@ -58,6 +58,7 @@ from outbox_relay.consumer.message import Delivery, original_exchange, original_
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
 from outbox_relay.errors import BrokerUnavailableError, StoreError
 from outbox_relay.reconnect import ReconnectBackoff, reconnecting
+from outbox_relay.store.deadline import Deadlines
 from outbox_relay.store.inbox import HandlerSession, purge_inbox
 from outbox_relay.urls import redact_url
 
@@ -140,6 +141,9 @@ class Runner:
                     schema=settings.schema,
                     application_name=f"outbox-relay consumer {settings.name}",
                     dead_peer_timeout_s=settings.dead_peer_timeout_s,
+                    deadlines=Deadlines(
+                        timeout_s=settings.db_timeout_s, owner=f"consumer {settings.name}"
+                    ),
                 )
                 if url and any(h.uses_db for h in self._handlers)
                 else None

@@ -17,8 +17,9 @@ from typing import Any
 import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
-from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.store.connect import connect, translate_errors
+from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.sqlfiles import Queries
 
 PURGE_BATCH = 5_000
@@ -34,9 +35,12 @@ class HandlerSession:
         schema: str,
         application_name: str,
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._url = url
         self._dead_peer_timeout_s = dead_peer_timeout_s
+        # The SDK's own round trips have a deadline; the handler's statements are its own.
+        self._deadlines = deadlines or Deadlines(owner=application_name)
         self._schema = schema
         self._application_name = application_name
         self._q = Queries("consumer", schema=schema)
@@ -66,7 +70,7 @@ class HandlerSession:
             # Rendered once: composing the quoted schema on every delivery costs more
             # than the insert's round trip on a busy consumer.
             self._insert = self._q["inbox_insert"].as_string(self._conn)
-        with translate_errors(f"recording message {message_id} in {self._schema}.inbox"):
+        with self._guarded(f"recording message {message_id} in {self._schema}.inbox"):
             row = self._conn.execute(
                 self._insert,
                 {"consumer": consumer, "message_id": message_id},
@@ -74,7 +78,7 @@ class HandlerSession:
         return row is not None
 
     def commit(self) -> None:
-        with translate_errors("committing the handler's transaction"):
+        with self._guarded("committing the handler's transaction"):
             self.connection.commit()
 
     def rollback(self) -> None:
@@ -83,9 +87,13 @@ class HandlerSession:
         if conn is None or conn.closed:
             return
         try:
-            conn.rollback()
-        except psycopg.Error:
+            with self._guarded("rolling back the handler's transaction"):
+                conn.rollback()
+        except StoreError:
             self.close()
+
+    def _guarded(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return guarded(self._deadlines, self.connection, connection="handler", action=action)
 
     def kill(self) -> None:
         """From another thread: cancel the running statement and terminate the backend.

@@ -4,6 +4,11 @@ Three connections: two for work (heartbeats between batches; claim, publish and 
 inside one transaction, so claimed rows stay locked until settled; two so that the next
 batch can be claimed while one is being published) and one that LISTENs for the
 producers' NOTIFY and carries this relay's wake-up flag.
+
+Every round trip on them has a deadline (:mod:`outbox_relay.store.deadline`): a
+connection that stops answering is closed, and the error makes the relay reconnect. The
+LISTEN connection, which otherwise only waits, is asked a question at least every
+LISTEN_PROBE_INTERVAL_S (with the heartbeat), so it cannot go silent unnoticed.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -31,12 +37,15 @@ from outbox_relay.store.connect import (
     first_line,
     translate_errors,
 )
+from outbox_relay.store.deadline import DB_TIMEOUT_S, Deadlines, guarded
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 from outbox_relay.wakeup import SCHEDULED, Notices
 
 ORDER_GATE_MAX_WAIT_S = 30.0
 # Claims open at once: one being published, the next one claimed meanwhile.
 WORK_CONNECTIONS = 2
+# The LISTEN connection answers a question at least this often (when the relay heartbeats).
+LISTEN_PROBE_INTERVAL_S = 5.0
 
 log = structlog.get_logger("outbox_relay.store")
 
@@ -56,9 +65,12 @@ class PostgresStore:
         order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S,
         application_name: str = "outbox-relay",
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
+        db_timeout_s: float = DB_TIMEOUT_S,
     ) -> None:
         self._url = url
         self._dead_peer_timeout_s = dead_peer_timeout_s
+        self._deadlines = Deadlines(timeout_s=db_timeout_s, owner="relay")
+        self._listen_asked_at = 0.0  # monotonic; the LISTEN connection's last round trip
         self._schema = schema
         self.relay_id = relay_id
         self._lease_ttl_s = lease_ttl_s
@@ -106,17 +118,18 @@ class PostgresStore:
             application_name=f"{self._application_name} listener",
             dead_peer_timeout_s=self._dead_peer_timeout_s,
         )
-        with translate_errors(f"listening on schema {self._schema!r}"):
+        with self._on_listen(f"listening on schema {self._schema!r}"):
             self._listen.execute(
                 sql.SQL("LISTEN {}").format(sql.Identifier(notify_channel(self._schema)))
             )
             self._listen.execute(self._q["listener_forget_gone"])
             self._listen.execute(self._leases["forget_stale_relays"])
-        with translate_errors("configuring the work connections"):
-            timeout_ms = str(int(self._lease_ttl_s * 1000))
-            for conn in self._idle:
+        timeout_ms = str(int(self._lease_ttl_s * 1000))
+        for conn in self._idle:
+            with self._on_work(conn, "configuring the work connections"):
                 conn.execute(self._q["configure_work_session"], {"timeout_ms": timeout_ms})
                 conn.commit()
+        with self._on_work(self._work, "configuring the work connections"):
             allowed = self._work.execute(self._q["can_see_all_sessions"]).fetchone()
             self._work.commit()
         if self._claim_params["order_gate"] and not (allowed and allowed[0]):
@@ -133,7 +146,7 @@ class PostgresStore:
         until it holds its fair share. One short transaction."""
         conn = self._require(self._work)
         ids = {"relay_id": self.relay_id, "ttl_s": self._lease_ttl_s}
-        with translate_errors("renewing partition leases"):
+        with self._on_work(conn, "renewing partition leases"):
             row = conn.execute(
                 self._leases["heartbeat"],
                 {**ids, "hostname": socket.gethostname(), "pid": os.getpid()},
@@ -152,14 +165,23 @@ class PostgresStore:
                 owned += [r[0] for r in taken]
             conn.commit()
         self._claim_params["partitions"] = partitions
+        self._probe_listener()
         return Leases(owned=tuple(sorted(owned)), live=live, partitions=partitions)
+
+    def _probe_listener(self) -> None:
+        """A round trip on the LISTEN connection when it had none for
+        LISTEN_PROBE_INTERVAL_S: while the relay only waits for its notifications, a
+        silent connection would be noticed only at the next flag change."""
+        if time.monotonic() - self._listen_asked_at < LISTEN_PROBE_INTERVAL_S:
+            return
+        self.next_due_in()
 
     def release_leases(self) -> None:
         """Hand every partition back and leave, so others take over at once."""
         conn = self._work
         if conn is None or conn.closed:
             return
-        with translate_errors("releasing partition leases"):
+        with self._on_work(conn, "releasing partition leases"):
             conn.rollback()
             conn.execute(self._leases["release_all"], {"relay_id": self.relay_id})
             conn.execute(self._leases["unregister"], {"relay_id": self.relay_id})
@@ -172,6 +194,7 @@ class PostgresStore:
                     conn.close()
         self._work = self._listen = None
         self._idle = []
+        self._deadlines.close()
 
     # -- one batch: claim, then settle or release ----------------------------------------
 
@@ -194,7 +217,7 @@ class PostgresStore:
         # (seen on PostgreSQL 15 with psycopg 3.3), and that timeout is what frees the
         # partitions of a relay frozen inside its claim.
         try:
-            with translate_errors("claiming outbox rows"):
+            with self._on_work(conn, "claiming outbox rows"):
                 # Binary results: the payload comes as bytes rather than hex to decode.
                 factory = _ClaimedRows()
                 cursor = conn.cursor(binary=True, row_factory=factory)
@@ -208,7 +231,9 @@ class PostgresStore:
             self._idle.append(conn)
             raise
         left_over = factory.locked - len(rows)
-        return PostgresClaim(conn, rows, left_over, self._q, self._idle.append)
+        return PostgresClaim(
+            conn, rows, left_over, self._q, self._idle.append, deadlines=self._deadlines
+        )
 
     # -- waking up ----------------------------------------------------------------------
 
@@ -216,14 +241,14 @@ class PostgresStore:
         """Raise or lower this relay's wake-up flag; returns seconds until the next
         scheduled (delayed or retried) row, or None when there is none."""
         conn = self._require(self._listen)
-        with translate_errors("setting the wake-up flag"):
+        with self._on_listen("setting the wake-up flag"):
             row = conn.execute(self._q["listener_set"], {"waiting": waiting}).fetchone()
         return _seconds(row)
 
     def next_due_in(self) -> float | None:
         """Seconds until the next scheduled (delayed or retried) row, None when none."""
         conn = self._require(self._listen)
-        with translate_errors("reading when the next scheduled row is due"):
+        with self._on_listen("reading when the next scheduled row is due"):
             row = conn.execute(self._q["next_due"]).fetchone()
         return _seconds(row)
 
@@ -242,8 +267,18 @@ class PostgresStore:
         """Remove this relay's flag at shutdown, so producers stop notifying for it."""
         if self._listen is None or self._listen.closed:
             return
-        with translate_errors("removing the wake-up flag"):
+        with self._on_listen("removing the wake-up flag"):
             self._listen.execute(self._q["listener_remove"])
+
+    def _on_work(
+        self, conn: psycopg.Connection[Any], action: str
+    ) -> contextlib.AbstractContextManager[None]:
+        return guarded(self._deadlines, conn, connection="work", action=action)
+
+    def _on_listen(self, action: str) -> contextlib.AbstractContextManager[None]:
+        self._listen_asked_at = time.monotonic()
+        conn = self._require(self._listen)
+        return guarded(self._deadlines, conn, connection="LISTEN", action=action)
 
     def _require(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
         if conn is None or conn.closed:
@@ -292,8 +327,11 @@ class PostgresClaim:
         left_over: int,
         queries: Queries,
         on_end: Callable[[psycopg.Connection[Any]], None],
+        *,
+        deadlines: Deadlines,
     ) -> None:
         self._conn: psycopg.Connection[Any] | None = conn
+        self._deadlines = deadlines
         self.rows = rows
         self.left_over = left_over
         self._q = queries
@@ -311,7 +349,7 @@ class PostgresClaim:
         # idle_in_transaction_session_timeout) as a bare "server closed the connection",
         # losing the reason; the round trip saved is a fraction of a batch's time.
         try:
-            with translate_errors("settling outbox rows"):
+            with guarded(self._deadlines, conn, connection="work", action="settling outbox rows"):
                 if published:
                     conn.execute(
                         self._q.encoded("delete_published", conn.info.encoding),
@@ -382,7 +420,9 @@ class PostgresClaim:
             return
         try:
             if not conn.closed:
-                with translate_errors("releasing claimed rows"):
+                with guarded(
+                    self._deadlines, conn, connection="work", action="releasing claimed rows"
+                ):
                     if self.rows:
                         conn.rollback()
                     else:
