@@ -16,12 +16,17 @@ from __future__ import annotations
 import ssl
 
 import pika
+import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from outbox_relay.dead_peer import DeadPeerTimings
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.urls import redact_url, scrub, url_problem
 
 AMQP_HEARTBEAT_S = 10
+# What opening a BlockingConnection raises: besides AMQPError, a handshake that gets no
+# answer (a silent network) raises AMQPConnectorStackTimeout, which is no AMQPError.
+CONNECT_ERRORS = (pika.exceptions.AMQPError, AMQPConnectorException, OSError)
 
 
 def url_parameters(url: str, *, dead_peer_timeout_s: float = 0.0) -> pika.URLParameters:

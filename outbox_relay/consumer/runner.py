@@ -44,7 +44,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
-from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, url_parameters
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
@@ -167,9 +167,13 @@ class Runner:
         return False, f"the I/O loop has not run for {idle_s:.0f}s"
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready: connected to the broker and consuming every handler's queue."""
+        """Ready: connected to the broker and consuming every handler's queue, and the
+        handlers' database (if any) answered the last time it was used."""
         if not self.ready.is_set():
             return False, "not consuming: connecting to the broker or stopping"
+        problem = self._pool.database_problem
+        if problem is not None:
+            return False, f"deliveries go back to the queue: {problem}"
         return True, f"consuming {len(self._handlers)} queues, {self._pool.busy} handlers running"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -281,7 +285,7 @@ class Runner:
             if self._cancelled_by_broker:
                 raise BrokerUnavailableError("the broker cancelled the consumer (queue deleted?)")
             self._drain(conn, channel, tags)
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except CONNECT_ERRORS as exc:
             raise BrokerUnavailableError(
                 f"lost the connection to {redact_url(self._settings.amqp_url)}: "
                 f"{describe_amqp_error(exc)}"
