@@ -7,6 +7,7 @@ message says what and what to do); 2 bad usage or configuration.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -64,6 +65,7 @@ from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.sqlfiles import GRANT_KINDS
 from outbox_relay.store.status import backlog_figures, read_status
 from outbox_relay.urls import redact_url
+from outbox_relay.watchdog import SystemdNotifier, Watchdog
 
 
 class _Group(click.Group):
@@ -424,6 +426,16 @@ def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
     "its partitions anyway.",
 )
 @db_timeout_option(default=DB_TIMEOUT_S)
+@click.option(
+    "--exit-when-stuck/--no-exit-when-stuck",
+    envvar="OUTBOX_RELAY_EXIT_WHEN_STUCK",
+    default=False,
+    show_default=True,
+    show_envvar=True,
+    help="Exit with code 1 when the loop has not gone round for 60 s (what /healthz "
+    "reports), so a restart policy (compose's `restart:`) starts the relay again where "
+    "nothing reads /healthz. Under systemd, WatchdogSec= in the unit does this instead.",
+)
 @http_options
 @logging_options
 def run(
@@ -443,6 +455,7 @@ def run(
     order_gate_max_wait: float,
     dead_peer_timeout: float | None,
     db_timeout: float,
+    exit_when_stuck: bool,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -525,9 +538,16 @@ def run(
         if http_port
         else None
     )
+    watchdog = Watchdog(
+        notifier=SystemdNotifier(os.environ),
+        liveness=relay.liveness,
+        stopping=lambda: relay.stopping,
+        exit_when_stuck=exit_when_stuck,
+    ).start()
     try:
         relay.run()
     finally:
+        watchdog.close()
         if server is not None:
             server.close()
 
