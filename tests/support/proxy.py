@@ -97,6 +97,11 @@ class TcpProxy:
             self._silent = True
             self._dead.update(client for client, _ in self._pairs)
 
+    def silence_newest(self) -> None:
+        """Only the connection opened last goes silent, for good."""
+        with self._lock:
+            self._dead.add(self._pairs[-1][0])
+
     def back_again(self) -> None:
         """New connections work again; the ones that went silent stay silent."""
         with self._lock:
