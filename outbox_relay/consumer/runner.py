@@ -58,6 +58,7 @@ from outbox_relay.consumer.message import Delivery, original_exchange, original_
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
 from outbox_relay.errors import BrokerUnavailableError, StoreError
 from outbox_relay.reconnect import ReconnectBackoff, reconnecting
+from outbox_relay.rpc_deadline import close_within
 from outbox_relay.store.deadline import Deadlines
 from outbox_relay.store.inbox import HandlerSession, purge_inbox
 from outbox_relay.urls import redact_url
@@ -131,6 +132,9 @@ class Runner:
         self._last_tick = time.monotonic()
         self._observer: ConsumerObserver = observer or _Unobserved()
         url = settings.database_url
+        self._deadlines = Deadlines(
+            timeout_s=settings.db_timeout_s, owner=f"consumer {settings.name}"
+        )
         self._pool = WorkerPool(
             size=settings.concurrency,
             consumer=settings.name,
@@ -141,9 +145,7 @@ class Runner:
                     schema=settings.schema,
                     application_name=f"outbox-relay consumer {settings.name}",
                     dead_peer_timeout_s=settings.dead_peer_timeout_s,
-                    deadlines=Deadlines(
-                        timeout_s=settings.db_timeout_s, owner=f"consumer {settings.name}"
-                    ),
+                    deadlines=self._deadlines,
                 )
                 if url and any(h.uses_db for h in self._handlers)
                 else None
@@ -232,6 +234,7 @@ class Runner:
             self._pool.stop(0.0)
             if purger is not None:
                 purger.join(5)
+            self._deadlines.close()
             self._log.info("consumer.stopped")
 
     def _should_stop(self) -> bool:
@@ -306,11 +309,9 @@ class Runner:
         self.ready.clear()
         conn, self._conn, self._channel, self._publisher = self._conn, None, None, None
         self._pool.take_unstarted()  # their channel is gone: the broker requeues them
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                self._log.debug("consumer.close_failed", error=repr(exc))
+        if conn is not None:
+            # Within CLOSE_TIMEOUT_S: a broker gone silent never answers the close.
+            close_within(conn)
 
     def _drain(
         self, conn: pika.BlockingConnection, channel: BlockingChannel, tags: list[str]

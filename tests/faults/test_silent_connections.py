@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,32 +71,85 @@ def relay_args(http_port: int, *extra: str) -> tuple[str, ...]:
     )
 
 
-def readiness_during(port: int, seconds: float) -> list[int]:
-    """/readyz's status codes, sampled every 0.2 s for ``seconds``."""
-    codes = []
-    until = time.monotonic() + seconds
-    while time.monotonic() < until:
-        codes.append(get(port, "/readyz")[0])
-        time.sleep(0.2)
-    return codes
+# The AMQP heartbeat the broker tests negotiate (the URL's `heartbeat` wins over the
+# default of 10 s): pika finds a silent connection within 2 x (heartbeat + 5 s).
+HEARTBEAT_S = 2
+BROKER_DETECTION_S = 2 * (HEARTBEAT_S + 5)
+# A connection attempt made while the network was silent waits out pika's handshake
+# timeout (15 s) before the next one; then the backoff (at most half the outage).
+BROKER_RECOVERY_BOUND_S = 15 + OUTAGE_S / 2 + 10
 
 
-def silence(
-    relay: RelayProcess, proxy: TcpProxy, port: int, *, detect_within_s: float
-) -> list[int]:
-    """Make the network silent for OUTAGE_S; /readyz turns 503 within ``detect_within_s``
-    and stays so until the network is back. Returns the codes sampled meanwhile."""
+class Outage:
+    """What a test saw of one silent spell: readiness sampled after detection, and how
+    long delivery took to resume once the network was back."""
+
+    def __init__(self) -> None:
+        self.ready: list[bool] = []
+        self.recovered_s = float("inf")
+
+
+def silent_network(
+    proxy: TcpProxy,
+    ready: Callable[[], bool],
+    *,
+    write: Callable[[], None],
+    detect_within_s: float,
+    write_once_detected: bool = False,
+) -> Outage:
+    """The network goes silent and ``write`` writes what must wait for the outage (at
+    once, or ``write_once_detected``); readiness must turn false within
+    ``detect_within_s``, and it is sampled until OUTAGE_S is over; then the network is
+    back, and the outage's ``recovered_s`` counts from there (see :func:`resumed`)."""
+    outage = Outage()
     proxy.go_silent()
     started = time.monotonic()
     try:
-        assert wait_for(lambda: get(port, "/readyz")[0] == 503, timeout_s=detect_within_s), (
-            relay.log_text()[-3000:]
-        )
-        left = OUTAGE_S - (time.monotonic() - started)
-        codes = readiness_during(port, max(left, 1.0))
+        if not write_once_detected:
+            write()
+        assert wait_for(lambda: not ready(), timeout_s=detect_within_s), "readiness lied"
+        if write_once_detected:
+            write()
+        while time.monotonic() - started < OUTAGE_S or not outage.ready:
+            outage.ready.append(ready())
+            time.sleep(0.2)
     finally:
         proxy.back_again()
-    return codes
+    outage.recovered_s = time.monotonic()
+    return outage
+
+
+def resumed(outage: Outage, done: Callable[[], bool], *, bound_s: float, why: str = "") -> None:
+    """Delivery resumes within ``bound_s`` of the network coming back."""
+    back = outage.recovered_s
+    assert wait_for(done, timeout_s=bound_s), why
+    outage.recovered_s = time.monotonic() - back
+
+
+def relay_ready(port: int) -> Callable[[], bool]:
+    return lambda: get(port, "/readyz")[0] == 200
+
+
+def check_relay_run(
+    relay: RelayProcess,
+    broker: BrokerHelper,
+    queue: str,
+    outage: Outage,
+    *,
+    total: int,
+    bound_s: float,
+    fault: str,
+    report_fault: Report,
+) -> None:
+    tally = Tally(expected=set(range(total)))
+    tally.add(broker.collect(queue))
+    report_fault(fault, tally)
+    assert not tally.lost
+    assert not tally.invented
+    assert tally.duplicates <= OUT
+    assert not any(outage.ready), outage.ready
+    assert outage.recovered_s < bound_s
+    assert relay.events("relay.recovered")
 
 
 def test_relay_database_connections_go_silent(
@@ -114,46 +168,43 @@ def test_relay_database_connections_go_silent(
         relay = RelayProcess(proxied, amqp_url, schema, *relay_args(port), log_dir=tmp_path)
         try:
             assert wait_for(lambda: pending(database_url, schema) == 0, timeout_s=30)
-            assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=10)
+            assert wait_for(relay_ready(port), timeout_s=10)
             # Written while the relay's connections are silent: nothing can claim them.
-            insert_rows(database_url, schema, exchange, range(500, 1000))
-            codes = silence(relay, proxy, port, detect_within_s=DB_TIMEOUT_S + 3)
+            outage = silent_network(
+                proxy,
+                relay_ready(port),
+                write=lambda: insert_rows(database_url, schema, exchange, range(500, 1000)),
+                detect_within_s=DB_TIMEOUT_S + 3,
+            )
             assert pending(database_url, schema) == 500
-            back = time.monotonic()
-            assert wait_for(
-                lambda: pending(database_url, schema) == 0, timeout_s=RECOVERY_BOUND_S
-            ), relay.log_text()[-3000:]
-            recovered_s = time.monotonic() - back
-            assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=5)
+            resumed(
+                outage,
+                lambda: pending(database_url, schema) == 0,
+                bound_s=RECOVERY_BOUND_S,
+                why=relay.log_text()[-3000:],
+            )
+            assert wait_for(relay_ready(port), timeout_s=5)
             # The new LISTEN connection works: a NOTIFY wakes the relay.
             insert_rows(database_url, schema, exchange, range(1000, 1001))
             assert wait_for(lambda: pending(database_url, schema) == 0, timeout_s=5)
         finally:
             code = relay.stop()
         assert code == 0, relay.log_text()[-3000:]
-    tally = Tally(expected=set(range(1001)))
-    tally.add(broker.collect(queue))
-    report_fault(f"relay-database connections silent {OUTAGE_S:g} s", tally)
-    assert not tally.lost
-    assert not tally.invented
-    assert tally.duplicates <= OUT
-    assert set(codes) == {503}, codes
-    assert recovered_s < RECOVERY_BOUND_S
+    check_relay_run(
+        relay,
+        broker,
+        queue,
+        outage,
+        total=1001,
+        bound_s=RECOVERY_BOUND_S,
+        fault=f"relay-database connections silent {OUTAGE_S:g} s",
+        report_fault=report_fault,
+    )
     warnings = relay.events("store.no_answer")
     assert warnings, relay.log_text()[-3000:]
     assert {w["connection"] for w in warnings} <= {"work", "LISTEN"}
     assert all(w["level"] == "warning" and w["db_timeout_s"] == DB_TIMEOUT_S for w in warnings)
     assert relay.events("relay.database_unavailable")
-    assert relay.events("relay.recovered")
-
-
-# The AMQP heartbeat the broker tests negotiate (the URL's `heartbeat` wins over the
-# default of 10 s): pika finds a silent connection within 2 x (heartbeat + 5 s).
-HEARTBEAT_S = 2
-BROKER_DETECTION_S = 2 * (HEARTBEAT_S + 5)
-# A connection attempt made while the network was silent waits out pika's handshake
-# timeout (15 s) before the next one; then the backoff (at most half the outage).
-BROKER_RECOVERY_BOUND_S = 15 + OUTAGE_S / 2 + 10
 
 
 def test_relay_broker_connection_goes_silent_while_idle(
@@ -173,37 +224,38 @@ def test_relay_broker_connection_goes_silent_while_idle(
         relay = RelayProcess(database_url, proxied, schema, *relay_args(port), log_dir=tmp_path)
         try:
             assert wait_for(lambda: pending(database_url, schema) == 0, timeout_s=30)
-            assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=10)
-            proxy.go_silent()
-            try:
-                assert wait_for(
-                    lambda: get(port, "/readyz")[0] == 503, timeout_s=BROKER_DETECTION_S + 3
-                ), relay.log_text()[-3000:]
-                # Written during the outage, once the relay knows of it.
-                insert_rows(database_url, schema, exchange, range(200, 400))
-                codes = readiness_during(port, OUTAGE_S)
-            finally:
-                proxy.back_again()
-            back = time.monotonic()
-            assert wait_for(
-                lambda: pending(database_url, schema) == 0, timeout_s=BROKER_RECOVERY_BOUND_S
-            ), relay.log_text()[-3000:]
-            recovered_s = time.monotonic() - back
+            assert wait_for(relay_ready(port), timeout_s=10)
+            outage = silent_network(
+                proxy,
+                relay_ready(port),
+                # Once the heartbeats found the silence: a batch sent into it would be
+                # found by its lease instead.
+                write=lambda: insert_rows(database_url, schema, exchange, range(200, 400)),
+                write_once_detected=True,
+                detect_within_s=BROKER_DETECTION_S + 3,
+            )
+            resumed(
+                outage,
+                lambda: pending(database_url, schema) == 0,
+                bound_s=BROKER_RECOVERY_BOUND_S,
+                why=relay.log_text()[-3000:],
+            )
         finally:
             code = relay.stop()
         assert code == 0, relay.log_text()[-3000:]
-    tally = Tally(expected=set(range(400)))
-    tally.add(broker.collect(queue))
-    report_fault(f"relay-broker connection silent {OUTAGE_S:g} s (idle)", tally)
-    assert not tally.lost
-    assert not tally.invented
-    assert tally.duplicates <= OUT
-    assert set(codes) == {503}, codes
-    assert recovered_s < BROKER_RECOVERY_BOUND_S
+    check_relay_run(
+        relay,
+        broker,
+        queue,
+        outage,
+        total=400,
+        bound_s=BROKER_RECOVERY_BOUND_S,
+        fault=f"relay-broker connection silent {OUTAGE_S:g} s (idle)",
+        report_fault=report_fault,
+    )
     outages = relay.events("relay.broker_unavailable")
     assert outages
     assert "heartbeats" in outages[0]["error"]
-    assert relay.events("relay.recovered")
 
 
 def consumer_app(
@@ -221,8 +273,56 @@ def consumer_app(
     return app, exchange, queue
 
 
+def publish_all(broker: BrokerHelper, exchange: str, message_ids: list[str]) -> None:
+    for message_id in message_ids:
+        publish(broker, exchange, "k", b"{}", message_id=message_id)
+
+
 def handled(database_url: str, schema: str) -> list[str]:
     return [m for m, _, _ in effects(database_url, schema)]
+
+
+def consumer_through_silence(
+    app: ConsumerApp,
+    exchange: str,
+    queue: str,
+    proxy: TcpProxy,
+    *,
+    database_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    detect_within_s: float,
+    bound_s: float,
+    fault: str,
+    report_fault: Report,
+    **overrides: Any,
+) -> list[dict[str, Any]]:
+    """50 messages handled, the network silent while 50 more wait in the queue, then
+    back: each message's effect happened once, readiness said "not ready" during the
+    outage, delivery resumed within ``bound_s``. Returns the logs."""
+    before = [str(uuid.uuid4()) for _ in range(50)]
+    during = [str(uuid.uuid4()) for _ in range(50)]
+    with capture_logs() as logs, running_consumer(app, broker, **overrides) as runner:
+        publish_all(broker, exchange, before)
+        assert wait_for(lambda: len(handled(database_url, schema)) == 50)
+        outage = silent_network(
+            proxy,
+            lambda: runner.readiness()[0],
+            write=lambda: publish_all(broker, exchange, during),
+            detect_within_s=detect_within_s,
+        )
+        resumed(outage, lambda: len(handled(database_url, schema)) >= 100, bound_s=bound_s)
+        assert wait_for(lambda: broker.depth(queue) == 0)
+        assert wait_for(lambda: runner.readiness()[0], timeout_s=5)
+    effects_seen = handled(database_url, schema)
+    ids = before + during
+    tally = Tally(expected=set(range(100)))
+    tally.received = [{"n": ids.index(m)} for m in effects_seen]
+    report_fault(fault, tally, duplicate_effects=len(effects_seen) - len(set(effects_seen)))
+    assert sorted(effects_seen) == sorted(ids)  # every message, each effect once
+    assert not any(outage.ready), outage.ready
+    assert outage.recovered_s < bound_s
+    return logs
 
 
 def test_consumer_broker_connection_goes_silent(
@@ -231,39 +331,19 @@ def test_consumer_broker_connection_goes_silent(
     make_effects_table(database_url, schema)
     with broker_proxy(f"{amqp_url}?heartbeat={HEARTBEAT_S}") as (proxy, proxied):
         app, exchange, queue = consumer_app("silent-mq", schema, database_url, proxied, broker)
-        before = [str(uuid.uuid4()) for _ in range(50)]
-        during = [str(uuid.uuid4()) for _ in range(50)]
-        with capture_logs() as logs, running_consumer(app, broker) as runner:
-            for message_id in before:
-                publish(broker, exchange, "k", b"{}", message_id=message_id)
-            assert wait_for(lambda: len(handled(database_url, schema)) == 50)
-            proxy.go_silent()
-            try:
-                for message_id in during:  # waiting in the queue for the consumer
-                    publish(broker, exchange, "k", b"{}", message_id=message_id)
-                assert wait_for(lambda: not runner.readiness()[0], timeout_s=BROKER_DETECTION_S + 3)
-                ready = []
-                until = time.monotonic() + OUTAGE_S
-                while time.monotonic() < until:
-                    ready.append(runner.readiness()[0])
-                    time.sleep(0.2)
-            finally:
-                proxy.back_again()
-            back = time.monotonic()
-            assert wait_for(
-                lambda: len(handled(database_url, schema)) >= 100,
-                timeout_s=BROKER_RECOVERY_BOUND_S,
-            )
-            recovered_s = time.monotonic() - back
-            assert wait_for(lambda: broker.depth(queue) == 0)
-    effects_seen = handled(database_url, schema)
-    tally = Tally(expected=set(range(100)))
-    ids = before + during
-    tally.received = [{"n": ids.index(m)} for m in effects_seen]
-    report_fault(f"consumer-broker connection silent {OUTAGE_S:g} s", tally, duplicate_effects=0)
-    assert sorted(effects_seen) == sorted(ids)  # every message, each effect once
-    assert not any(ready), ready
-    assert recovered_s < BROKER_RECOVERY_BOUND_S
+        logs = consumer_through_silence(
+            app,
+            exchange,
+            queue,
+            proxy,
+            database_url=database_url,
+            schema=schema,
+            broker=broker,
+            detect_within_s=BROKER_DETECTION_S + 3,
+            bound_s=BROKER_RECOVERY_BOUND_S,
+            fault=f"consumer-broker connection silent {OUTAGE_S:g} s",
+            report_fault=report_fault,
+        )
     outages = [e for e in logs if e["event"] == "consumer.broker_unavailable"]
     assert outages
     assert outages[0]["log_level"] == "warning"
@@ -276,43 +356,20 @@ def test_consumer_database_connection_goes_silent(
     make_effects_table(database_url, schema)
     with service_proxy(database_url, 5432) as (proxy, proxied):
         app, exchange, queue = consumer_app("silent-db", schema, proxied, amqp_url, broker)
-        before = [str(uuid.uuid4()) for _ in range(50)]
-        during = [str(uuid.uuid4()) for _ in range(50)]
-        with (
-            capture_logs() as logs,
-            running_consumer(app, broker, db_timeout_s=DB_TIMEOUT_S) as runner,
-        ):
-            for message_id in before:
-                publish(broker, exchange, "k", b"{}", message_id=message_id)
-            assert wait_for(lambda: len(handled(database_url, schema)) == 50)
-            proxy.go_silent()
-            try:
-                for message_id in during:
-                    publish(broker, exchange, "k", b"{}", message_id=message_id)
-                assert wait_for(lambda: not runner.readiness()[0], timeout_s=DB_TIMEOUT_S + 3)
-                ready = []
-                until = time.monotonic() + OUTAGE_S
-                while time.monotonic() < until:
-                    ready.append(runner.readiness()[0])
-                    time.sleep(0.2)
-                assert len(handled(database_url, schema)) == 50
-            finally:
-                proxy.back_again()
-            back = time.monotonic()
-            assert wait_for(
-                lambda: len(handled(database_url, schema)) >= 100, timeout_s=RECOVERY_BOUND_S
-            )
-            recovered_s = time.monotonic() - back
-            assert wait_for(lambda: broker.depth(queue) == 0)
-            assert wait_for(lambda: runner.readiness()[0], timeout_s=5)
-    effects_seen = handled(database_url, schema)
-    ids = before + during
-    tally = Tally(expected=set(range(100)))
-    tally.received = [{"n": ids.index(m)} for m in effects_seen]
-    report_fault(f"consumer-database connection silent {OUTAGE_S:g} s", tally, duplicate_effects=0)
-    assert sorted(effects_seen) == sorted(ids)
-    assert not any(ready), ready
-    assert recovered_s < RECOVERY_BOUND_S
+        logs = consumer_through_silence(
+            app,
+            exchange,
+            queue,
+            proxy,
+            database_url=database_url,
+            schema=schema,
+            broker=broker,
+            detect_within_s=DB_TIMEOUT_S + 3,
+            bound_s=RECOVERY_BOUND_S,
+            fault=f"consumer-database connection silent {OUTAGE_S:g} s",
+            report_fault=report_fault,
+            db_timeout_s=DB_TIMEOUT_S,
+        )
     warnings = [e for e in logs if e["event"] == "store.no_answer"]
     assert warnings
     assert warnings[0]["log_level"] == "warning"
