@@ -491,6 +491,7 @@ class Runner:
                     url,
                     schema=self._settings.schema,
                     older_than_s=self._settings.inbox_retention_s,
+                    deadlines=self._deadlines,
                 )
             except StoreError as exc:
                 self._log.warning("consumer.inbox_purge_failed", error=str(exc))

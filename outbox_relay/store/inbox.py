@@ -18,7 +18,7 @@ import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreError, StoreUnavailableError
-from outbox_relay.store.connect import connect, translate_errors
+from outbox_relay.store.connect import connect
 from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.sqlfiles import Queries
 
@@ -128,16 +128,27 @@ def admin_connection(url: str) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
-def purge_inbox(url: str, *, schema: str, older_than_s: float, batch: int = PURGE_BATCH) -> int:
-    """Delete inbox rows older than ``older_than_s``, ``batch`` rows per transaction.
+def purge_inbox(
+    url: str,
+    *,
+    schema: str,
+    older_than_s: float,
+    batch: int = PURGE_BATCH,
+    deadlines: Deadlines | None = None,
+) -> int:
+    """Delete inbox rows older than ``older_than_s``, ``batch`` rows per transaction,
+    each within ``deadlines`` when given.
 
     Short transactions keep locks and WAL bursts small; returns the rows deleted.
     """
     query = Queries("consumer", schema=schema)["inbox_purge"]
     deleted = 0
-    with admin_connection(url) as conn, translate_errors(f"purging {schema}.inbox"):
+    deadlines = deadlines or Deadlines(timeout_s=0)
+    action = f"purging {schema}.inbox"
+    with admin_connection(url) as conn:
         while True:
-            count = conn.execute(query, {"older_than_s": older_than_s, "batch": batch}).rowcount
+            with guarded(deadlines, conn, connection="purge", action=action):
+                count = conn.execute(query, {"older_than_s": older_than_s, "batch": batch}).rowcount
             deleted += max(count, 0)
             if count < batch:
                 return deleted
