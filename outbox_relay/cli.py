@@ -7,6 +7,7 @@ message says what and what to do); 2 bad usage or configuration.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from outbox_relay.cli_options import (
     EXIT_FAILED,
     amqp_url_option,
     database_url_option,
+    db_timeout_option,
     http_options,
     listen_database_url_option,
     logging_options,
@@ -58,6 +60,7 @@ from outbox_relay.settings import (
     RunSettings,
 )
 from outbox_relay.status_view import render_status
+from outbox_relay.store.deadline import DB_TIMEOUT_S
 from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S, PostgresStore
 from outbox_relay.store.schema import drop as drop_outbox
 from outbox_relay.store.schema import drop_sql, grants_sql, schema_sql
@@ -65,6 +68,7 @@ from outbox_relay.store.schema import migrate as apply_migrations
 from outbox_relay.store.sqlfiles import GRANT_KINDS
 from outbox_relay.store.status import backlog_figures, read_status
 from outbox_relay.urls import redact_url
+from outbox_relay.watchdog import SystemdNotifier, Watchdog
 
 
 class _Group(click.Group):
@@ -427,6 +431,17 @@ def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
     "operating system's defaults. Default: --lease-ttl, since a relay cut off that long has lost "
     "its partitions anyway.",
 )
+@db_timeout_option(default=DB_TIMEOUT_S)
+@click.option(
+    "--exit-when-stuck/--no-exit-when-stuck",
+    envvar="OUTBOX_RELAY_EXIT_WHEN_STUCK",
+    default=False,
+    show_default=True,
+    show_envvar=True,
+    help="Exit with code 1 when the loop has not gone round for 60 s (what /healthz "
+    "reports), so a restart policy (compose's `restart:`) starts the relay again where "
+    "nothing reads /healthz. Under systemd, WatchdogSec= in the unit does this instead.",
+)
 @http_options
 @logging_options
 def run(
@@ -446,6 +461,8 @@ def run(
     order_gate: bool,
     order_gate_max_wait: float,
     dead_peer_timeout: float | None,
+    db_timeout: float,
+    exit_when_stuck: bool,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -469,6 +486,7 @@ def run(
         ),
         confirm_timeout_s=confirm_timeout,
         dead_peer_timeout_s=lease_ttl if dead_peer_timeout is None else dead_peer_timeout,
+        db_timeout_s=db_timeout,
     )
     relay: Relay | None = None
 
@@ -489,6 +507,7 @@ def run(
         order_gate_max_wait_s=order_gate_max_wait,
         dead_peer_timeout_s=settings.dead_peer_timeout_s,
         listen_url=settings.listen_database_url,
+        db_timeout_s=settings.db_timeout_s,
     )
     relay = Relay(
         store=store,
@@ -529,9 +548,16 @@ def run(
         if http_port
         else None
     )
+    watchdog = Watchdog(
+        notifier=SystemdNotifier(os.environ),
+        liveness=relay.liveness,
+        stopping=lambda: relay.stopping,
+        exit_when_stuck=exit_when_stuck,
+    ).start()
     try:
         relay.run()
     finally:
+        watchdog.close()
         if server is not None:
             server.close()
 

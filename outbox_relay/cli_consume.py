@@ -15,7 +15,12 @@ from pathlib import Path
 
 import click
 
-from outbox_relay.cli_options import http_options, logging_options, url_option
+from outbox_relay.cli_options import (
+    db_timeout_option,
+    http_options,
+    logging_options,
+    url_option,
+)
 from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.logs import configure_logging
@@ -92,6 +97,7 @@ def load_app(spec: str) -> ConsumerApp:
     "RabbitMQ counts as dead (TCP keepalives and TCP_USER_TIMEOUT); 0 leaves the "
     "operating system's defaults. Default: 30.",
 )
+@db_timeout_option(default=None)
 @http_options
 @logging_options
 def consume(
@@ -102,6 +108,7 @@ def consume(
     concurrency: int | None,
     shutdown_grace: float | None,
     dead_peer_timeout: float | None,
+    db_timeout: float | None,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -121,6 +128,7 @@ def consume(
         "concurrency": concurrency,
         "shutdown_grace_s": shutdown_grace,
         "dead_peer_timeout_s": dead_peer_timeout,
+        "db_timeout_s": db_timeout,
         "http_port": http_port,
         "http_host": http_host,
     }

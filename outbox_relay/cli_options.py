@@ -20,6 +20,7 @@ from outbox_relay.settings import (
     DEFAULT_SCHEMA,
     read_secret_file,
 )
+from outbox_relay.store.deadline import DB_TIMEOUT_S
 from outbox_relay.store.sqlfiles import validate_schema_name
 from outbox_relay.urls import redact_url, url_problem
 
@@ -195,6 +196,22 @@ def http_options(func: F) -> F:
         show_envvar=True,
         help="Address the HTTP endpoints listen on.",
     )(func)
+
+
+def db_timeout_option(*, default: float | None) -> Callable[[F], F]:
+    """``--db-timeout``: the deadline of each round trip to PostgreSQL (None: the app's)."""
+    return click.option(
+        "--db-timeout",
+        envvar="OUTBOX_RELAY_DB_TIMEOUT",
+        type=float,
+        default=default,
+        show_default=default is not None,
+        show_envvar=True,
+        help="Seconds PostgreSQL may take to answer one statement, commit or notification "
+        "check before the connection counts as dead: it is closed, a warning is logged, and "
+        "a new connection replaces it. 0 waits for ever."
+        + ("" if default is not None else f" Default: {DB_TIMEOUT_S:g}."),
+    )
 
 
 def yes_option(func: F) -> F:

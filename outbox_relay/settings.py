@@ -8,6 +8,7 @@ from pathlib import Path
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_RULE, usable_dead_peer_timeout
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
+from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
 from outbox_relay.store.sqlfiles import validate_schema_name
 
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/postgres"
@@ -48,6 +49,7 @@ class RunSettings:
     confirm_timeout_s: float
     dead_peer_timeout_s: float
     listen_database_url: str | None = None
+    db_timeout_s: float = DB_TIMEOUT_S
 
     def __post_init__(self) -> None:
         try:
@@ -82,6 +84,7 @@ class RunSettings:
                 usable_dead_peer_timeout(self.dead_peer_timeout_s),
                 f"--dead-peer-timeout {DEAD_PEER_TIMEOUT_RULE}",
             ),
+            (usable_db_timeout(self.db_timeout_s), f"--db-timeout {DB_TIMEOUT_RULE}"),
             (relay.retry_base_s > 0, "--retry-base must be positive"),
             (
                 relay.retry_max_s >= relay.retry_base_s,

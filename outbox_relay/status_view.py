@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from outbox_relay.store.status import Status
+from outbox_relay.store.status import RelayInfo, Status
+
+# A relay that holds no lease and has not heartbeaten for this long (longer than the
+# default lease) is cut off from the database or stuck: said next to it.
+SILENT_AFTER_S = 10.0
 
 
 def _age(seconds: float | None) -> str:
@@ -31,6 +35,16 @@ def _ranges(numbers: list[int]) -> str:
     return ",".join(parts)
 
 
+_SILENT = (
+    "holds no lease; it cannot reach the database or its loop is stuck (its log says "
+    "which: relay.database_unavailable, store.no_answer), or it is gone"
+)
+
+
+def silent(relay: RelayInfo) -> bool:
+    return not relay.partitions and relay.heartbeat_age_s > SILENT_AFTER_S
+
+
 def render_status(status: Status) -> str:
     lines = [
         f"schema {status.schema!r}",
@@ -49,6 +63,7 @@ def render_status(status: Status) -> str:
         lines.append(
             f"  {relay.relay_id:<40} heartbeat {_age(relay.heartbeat_age_s):>7} ago  "
             f"partitions {_ranges(relay.partitions)}"
+            + ("  SILENT: " + _SILENT if silent(relay) else "")
         )
     if not status.relays:
         lines.append("  none: start `outbox-relay run`")

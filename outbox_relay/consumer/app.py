@@ -22,6 +22,7 @@ from outbox_relay.dead_peer import (
     usable_dead_peer_timeout,
 )
 from outbox_relay.errors import ConfigurationError
+from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
 from outbox_relay.store.sqlfiles import validate_schema_name
 from outbox_relay.topology import QueueSpec
 
@@ -82,6 +83,7 @@ class ConsumerSettings:
     inbox_purge_interval_s: float = INBOX_PURGE_INTERVAL_S
     reconnect_max_s: float = 30.0
     dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S
+    db_timeout_s: float = DB_TIMEOUT_S  # each SDK round trip: inbox insert, commit, rollback
     http_port: int = 0  # serve /healthz, /readyz and /metrics here; 0: no endpoints
     http_host: str = HTTP_HOST
 
@@ -111,6 +113,7 @@ class ConsumerSettings:
                 usable_dead_peer_timeout(self.dead_peer_timeout_s),
                 f"dead_peer_timeout {DEAD_PEER_TIMEOUT_RULE}",
             ),
+            (usable_db_timeout(self.db_timeout_s), f"db_timeout {DB_TIMEOUT_RULE}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -33,7 +33,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, url_parameters
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.dead_letter import (
     DeadLetter,
@@ -79,7 +79,7 @@ class ParkingLot:
         except BrokerUnavailableError:
             self.__exit__(None, None, None)
             raise
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except CONNECT_ERRORS as exc:
             self.__exit__(None, None, None)
             reason = scrub(describe_amqp_error(exc), self._url)
             # No chain: pika's own exception may quote the URL.

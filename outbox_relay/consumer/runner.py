@@ -44,7 +44,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
-from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, url_parameters
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
@@ -58,6 +58,8 @@ from outbox_relay.consumer.message import Delivery, original_exchange, original_
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
 from outbox_relay.errors import BrokerUnavailableError, StoreError
 from outbox_relay.reconnect import ReconnectBackoff, reconnecting
+from outbox_relay.rpc_deadline import close_within
+from outbox_relay.store.deadline import Deadlines
 from outbox_relay.store.inbox import HandlerSession, purge_inbox
 from outbox_relay.urls import redact_url
 
@@ -130,6 +132,9 @@ class Runner:
         self._last_tick = time.monotonic()
         self._observer: ConsumerObserver = observer or _Unobserved()
         url = settings.database_url
+        self._deadlines = Deadlines(
+            timeout_s=settings.db_timeout_s, owner=f"consumer {settings.name}"
+        )
         self._pool = WorkerPool(
             size=settings.concurrency,
             consumer=settings.name,
@@ -140,6 +145,7 @@ class Runner:
                     schema=settings.schema,
                     application_name=f"outbox-relay consumer {settings.name}",
                     dead_peer_timeout_s=settings.dead_peer_timeout_s,
+                    deadlines=self._deadlines,
                 )
                 if url and any(h.uses_db for h in self._handlers)
                 else None
@@ -163,9 +169,13 @@ class Runner:
         return False, f"the I/O loop has not run for {idle_s:.0f}s"
 
     def readiness(self) -> tuple[bool, str]:
-        """Ready: connected to the broker and consuming every handler's queue."""
+        """Ready: connected to the broker and consuming every handler's queue, and the
+        handlers' database (if any) answered the last time it was used."""
         if not self.ready.is_set():
             return False, "not consuming: connecting to the broker or stopping"
+        problem = self._pool.database_problem
+        if problem is not None:
+            return False, f"deliveries go back to the queue: {problem}"
         return True, f"consuming {len(self._handlers)} queues, {self._pool.busy} handlers running"
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -224,6 +234,7 @@ class Runner:
             self._pool.stop(0.0)
             if purger is not None:
                 purger.join(5)
+            self._deadlines.close()
             self._log.info("consumer.stopped")
 
     def _should_stop(self) -> bool:
@@ -277,7 +288,7 @@ class Runner:
             if self._cancelled_by_broker:
                 raise BrokerUnavailableError("the broker cancelled the consumer (queue deleted?)")
             self._drain(conn, channel, tags)
-        except (pika.exceptions.AMQPError, OSError) as exc:
+        except CONNECT_ERRORS as exc:
             raise BrokerUnavailableError(
                 f"lost the connection to {redact_url(self._settings.amqp_url)}: "
                 f"{describe_amqp_error(exc)}"
@@ -298,11 +309,9 @@ class Runner:
         self.ready.clear()
         conn, self._conn, self._channel, self._publisher = self._conn, None, None, None
         self._pool.take_unstarted()  # their channel is gone: the broker requeues them
-        if conn is not None and conn.is_open:
-            try:
-                conn.close()
-            except (pika.exceptions.AMQPError, OSError) as exc:
-                self._log.debug("consumer.close_failed", error=repr(exc))
+        if conn is not None:
+            # Within CLOSE_TIMEOUT_S: a broker gone silent never answers the close.
+            close_within(conn)
 
     def _drain(
         self, conn: pika.BlockingConnection, channel: BlockingChannel, tags: list[str]
@@ -482,6 +491,7 @@ class Runner:
                     url,
                     schema=self._settings.schema,
                     older_than_s=self._settings.inbox_retention_s,
+                    deadlines=self._deadlines,
                 )
             except StoreError as exc:
                 self._log.warning("consumer.inbox_purge_failed", error=str(exc))

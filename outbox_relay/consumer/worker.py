@@ -123,6 +123,8 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._serial = 0
+        # Why the last database round trip of a handler failed; None once one succeeded.
+        self.database_problem: str | None = None
 
     def start(self) -> None:
         for _ in range(self._size):
@@ -234,6 +236,7 @@ class WorkerPool:
         try:
             kind = self._run_handler(job, message, session)
         except StoreUnavailableError as exc:
+            self.database_problem = str(exc)
             if session is not None:
                 session.rollback()
             time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
@@ -251,6 +254,8 @@ class WorkerPool:
             )
         if kind is None:
             return None
+        if session is not None:
+            self.database_problem = None
         if kind is Kind.HANDLED:
             self._run_hooks(message)
         return result(kind, message=message)

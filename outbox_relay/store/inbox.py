@@ -23,6 +23,7 @@ import psycopg
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.store.connect import connect, translate_errors
+from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.pooler import announce_once, pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
 
@@ -39,9 +40,12 @@ class HandlerSession:
         schema: str,
         application_name: str,
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._url = url
         self._dead_peer_timeout_s = dead_peer_timeout_s
+        # The SDK's own round trips have a deadline; the handler's statements are its own.
+        self._deadlines = deadlines or Deadlines(owner=application_name)
         self._schema = schema
         self._application_name = application_name
         self._q = Queries("consumer", schema=schema)
@@ -90,7 +94,7 @@ class HandlerSession:
             # Rendered once: composing the quoted schema on every delivery costs more
             # than the insert's round trip on a busy consumer.
             self._insert = self._q["inbox_insert"].as_string(self._conn)
-        with translate_errors(f"recording message {message_id} in {self._schema}.inbox"):
+        with self._guarded(f"recording message {message_id} in {self._schema}.inbox"):
             row = self._conn.execute(
                 self._insert,
                 {"consumer": consumer, "message_id": message_id},
@@ -99,7 +103,7 @@ class HandlerSession:
         return row is not None
 
     def commit(self) -> None:
-        with translate_errors("committing the handler's transaction"):
+        with self._guarded("committing the handler's transaction"):
             self.connection.commit()
 
     def rollback(self) -> None:
@@ -108,9 +112,13 @@ class HandlerSession:
         if conn is None or conn.closed:
             return
         try:
-            conn.rollback()
-        except psycopg.Error:
+            with self._guarded("rolling back the handler's transaction"):
+                conn.rollback()
+        except StoreError:
             self.close()
+
+    def _guarded(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return guarded(self._deadlines, self.connection, connection="handler", action=action)
 
     def kill(self) -> None:
         """From another thread: cancel the running statement and terminate the backend.
@@ -147,16 +155,27 @@ def admin_connection(url: str) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
-def purge_inbox(url: str, *, schema: str, older_than_s: float, batch: int = PURGE_BATCH) -> int:
-    """Delete inbox rows older than ``older_than_s``, ``batch`` rows per transaction.
+def purge_inbox(
+    url: str,
+    *,
+    schema: str,
+    older_than_s: float,
+    batch: int = PURGE_BATCH,
+    deadlines: Deadlines | None = None,
+) -> int:
+    """Delete inbox rows older than ``older_than_s``, ``batch`` rows per transaction,
+    each within ``deadlines`` when given.
 
     Short transactions keep locks and WAL bursts small; returns the rows deleted.
     """
     query = Queries("consumer", schema=schema)["inbox_purge"]
     deleted = 0
-    with admin_connection(url) as conn, translate_errors(f"purging {schema}.inbox"):
+    deadlines = deadlines or Deadlines(timeout_s=0)
+    action = f"purging {schema}.inbox"
+    with admin_connection(url) as conn:
         while True:
-            count = conn.execute(query, {"older_than_s": older_than_s, "batch": batch}).rowcount
+            with guarded(deadlines, conn, connection="purge", action=action):
+                count = conn.execute(query, {"older_than_s": older_than_s, "batch": batch}).rowcount
             deleted += max(count, 0)
             if count < batch:
                 return deleted

@@ -10,6 +10,11 @@ nothing may outlive a transaction: the work connections prepare no statements an
 their settings to each claim's transaction; LISTEN goes to ``listen_url`` (a direct or
 session-mode URL) when there is one, and otherwise a :class:`PollTicker` wakes the relay
 every POOLED_POLL_S instead, which it says once at start and in ``wake_up``.
+
+Every round trip on them has a deadline (:mod:`outbox_relay.store.deadline`): a
+connection that stops answering is closed, and the error makes the relay reconnect. The
+LISTEN connection, which otherwise only waits, is asked a question at least every
+LISTEN_PROBE_INTERVAL_S (with the heartbeat), so it cannot go silent unnoticed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -38,6 +44,7 @@ from outbox_relay.store.connect import (
     first_line,
     translate_errors,
 )
+from outbox_relay.store.deadline import DB_TIMEOUT_S, Deadlines, guarded
 from outbox_relay.store.pooler import Pooling, announce_once, describe, pooling_mode
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 from outbox_relay.wakeup import SCHEDULED, Notices
@@ -48,6 +55,8 @@ WORK_CONNECTIONS = 2
 # How long connect() waits for a NOTIFY sent through the database URL to reach the
 # listen URL's session, which proves both reach the same database.
 LISTEN_CHECK_TIMEOUT_S = 2.0
+# The LISTEN connection answers a question at least this often (when the relay heartbeats).
+LISTEN_PROBE_INTERVAL_S = 5.0
 
 log = structlog.get_logger("outbox_relay.store")
 
@@ -68,10 +77,13 @@ class PostgresStore:
         application_name: str = "outbox-relay",
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
         listen_url: str | None = None,
+        db_timeout_s: float = DB_TIMEOUT_S,
     ) -> None:
         self._url = url
         self._listen_url = listen_url
         self._dead_peer_timeout_s = dead_peer_timeout_s
+        self._deadlines = Deadlines(timeout_s=db_timeout_s, owner="relay")
+        self._listen_asked_at = 0.0  # monotonic; the LISTEN connection's last round trip
         self._schema = schema
         self.relay_id = relay_id
         self._lease_ttl_s = lease_ttl_s
@@ -141,9 +153,10 @@ class PostgresStore:
             self._ticker = PollTicker()
         else:
             self._start_listening()
-        with translate_errors("configuring the work connections"):
+        with self._on_listen("forgetting relays that are gone"):
             self._listen.execute(self._q["listener_forget_gone"])
             self._listen.execute(self._leases["forget_stale_relays"])
+        with self._on_work(self._work, "configuring the work connections"):
             if pooling.keeps_session:
                 pids = [self._configure(conn, local=False) for conn in self._idle]
                 self._claim_params["relay_pids"] = _int_array(pids)
@@ -168,7 +181,7 @@ class PostgresStore:
         until it holds its fair share. One short transaction."""
         conn = self._require(self._work)
         ids = {"relay_id": self.relay_id, "ttl_s": self._lease_ttl_s}
-        with translate_errors("renewing partition leases"):
+        with self._on_work(conn, "renewing partition leases"):
             row = conn.execute(
                 self._leases["heartbeat"],
                 {**ids, "hostname": socket.gethostname(), "pid": os.getpid()},
@@ -187,14 +200,23 @@ class PostgresStore:
                 owned += [r[0] for r in taken]
             conn.commit()
         self._claim_params["partitions"] = partitions
+        self._probe_listener()
         return Leases(owned=tuple(sorted(owned)), live=live, partitions=partitions)
+
+    def _probe_listener(self) -> None:
+        """A round trip on the LISTEN connection when it had none for
+        LISTEN_PROBE_INTERVAL_S: while the relay only waits for its notifications, a
+        silent connection would be noticed only at the next flag change."""
+        if time.monotonic() - self._listen_asked_at < LISTEN_PROBE_INTERVAL_S:
+            return
+        self.next_due_in()
 
     def release_leases(self) -> None:
         """Hand every partition back and leave, so others take over at once."""
         conn = self._work
         if conn is None or conn.closed:
             return
-        with translate_errors("releasing partition leases"):
+        with self._on_work(conn, "releasing partition leases"):
             conn.rollback()
             conn.execute(self._leases["release_all"], {"relay_id": self.relay_id})
             conn.execute(self._leases["unregister"], {"relay_id": self.relay_id})
@@ -274,6 +296,7 @@ class PostgresStore:
                     conn.close()
         self._work = self._listen = None
         self._idle = []
+        self._deadlines.close()
 
     # -- one batch: claim, then settle or release ----------------------------------------
 
@@ -297,7 +320,7 @@ class PostgresStore:
         # (seen on PostgreSQL 15 with psycopg 3.3), and that timeout is what frees the
         # partitions of a relay frozen inside its claim.
         try:
-            with translate_errors("claiming outbox rows"):
+            with self._on_work(conn, "claiming outbox rows"):
                 if not self._keeps_session():
                     pid = self._configure(conn, local=True)
                     self._claim_pids[id(conn)] = pid
@@ -315,7 +338,9 @@ class PostgresStore:
             self._claim_ended(conn)
             raise
         left_over = factory.locked - len(rows)
-        return PostgresClaim(conn, rows, left_over, self._q, self._claim_ended)
+        return PostgresClaim(
+            conn, rows, left_over, self._q, self._claim_ended, deadlines=self._deadlines
+        )
 
     def _claim_ended(self, conn: psycopg.Connection[Any]) -> None:
         self._claim_pids.pop(id(conn), None)
@@ -332,14 +357,14 @@ class PostgresStore:
         if self._ticker is not None:
             return self.next_due_in()  # no LISTEN, so no flag: producers need not notify
         conn = self._require(self._listen)
-        with translate_errors("setting the wake-up flag"):
+        with self._on_listen("setting the wake-up flag"):
             row = conn.execute(self._q["listener_set"], {"waiting": waiting}).fetchone()
         return _seconds(row)
 
     def next_due_in(self) -> float | None:
         """Seconds until the next scheduled (delayed or retried) row, None when none."""
         conn = self._require(self._listen)
-        with translate_errors("reading when the next scheduled row is due"):
+        with self._on_listen("reading when the next scheduled row is due"):
             row = conn.execute(self._q["next_due"]).fetchone()
         return _seconds(row)
 
@@ -364,8 +389,18 @@ class PostgresStore:
         """Remove this relay's flag at shutdown, so producers stop notifying for it."""
         if self._listen is None or self._listen.closed or self._ticker is not None:
             return
-        with translate_errors("removing the wake-up flag"):
+        with self._on_listen("removing the wake-up flag"):
             self._listen.execute(self._q["listener_remove"])
+
+    def _on_work(
+        self, conn: psycopg.Connection[Any], action: str
+    ) -> contextlib.AbstractContextManager[None]:
+        return guarded(self._deadlines, conn, connection="work", action=action)
+
+    def _on_listen(self, action: str) -> contextlib.AbstractContextManager[None]:
+        self._listen_asked_at = time.monotonic()
+        conn = self._require(self._listen)
+        return guarded(self._deadlines, conn, connection="LISTEN", action=action)
 
     def _require(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
         if conn is None or conn.closed:
@@ -414,8 +449,11 @@ class PostgresClaim:
         left_over: int,
         queries: Queries,
         on_end: Callable[[psycopg.Connection[Any]], None],
+        *,
+        deadlines: Deadlines,
     ) -> None:
         self._conn: psycopg.Connection[Any] | None = conn
+        self._deadlines = deadlines
         self.rows = rows
         self.left_over = left_over
         self._q = queries
@@ -433,7 +471,7 @@ class PostgresClaim:
         # idle_in_transaction_session_timeout) as a bare "server closed the connection",
         # losing the reason; the round trip saved is a fraction of a batch's time.
         try:
-            with translate_errors("settling outbox rows"):
+            with guarded(self._deadlines, conn, connection="work", action="settling outbox rows"):
                 if published:
                     conn.execute(
                         self._q.encoded("delete_published", conn.info.encoding),
@@ -504,7 +542,9 @@ class PostgresClaim:
             return
         try:
             if not conn.closed:
-                with translate_errors("releasing claimed rows"):
+                with guarded(
+                    self._deadlines, conn, connection="work", action="releasing claimed rows"
+                ):
                     if self.rows:
                         conn.rollback()
                     else:

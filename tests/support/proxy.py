@@ -6,6 +6,7 @@ import contextlib
 import select
 import socket
 import threading
+import time
 
 
 class TcpProxy:
@@ -15,7 +16,10 @@ class TcpProxy:
     :meth:`cut` drops every open connection (a network cut); ``stalled`` set stops
     reading and forwarding both ways (a peer that hangs); ``reads_stalled`` set stops
     reading what the client sends while the service's answers still reach it (a peer that
-    stops reading its socket); :meth:`close` stops it.
+    stops reading its socket); :meth:`go_silent` stops forwarding for good on every
+    connection open then or opened until :meth:`back_again`, without closing any (a NAT
+    entry that expired, a failover address that moved: no FIN, no RST), while the
+    connections opened after :meth:`back_again` work; :meth:`close` stops it.
 
     A stalled proxy's kernel still acknowledges what fits in its receive buffer, so the
     client sees a stall at the TCP level only once that buffer is full and the window
@@ -36,6 +40,8 @@ class TcpProxy:
         self.stalled = threading.Event()
         self.reads_stalled = threading.Event()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._silent = False
+        self._dead: set[socket.socket] = set()  # client sockets never forwarded again
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="tcp-proxy", daemon=True)
@@ -59,6 +65,8 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
+                if self._silent:
+                    self._dead.add(client)
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
@@ -67,7 +75,8 @@ class TcpProxy:
             while not self._closed.is_set():
                 watched = [b] if self.reads_stalled.is_set() else [a, b]
                 readable, _, _ = select.select(watched, [], [], 0.1)
-                if self.stalled.is_set():
+                if self.stalled.is_set() or a in self._dead:
+                    time.sleep(0.1)  # readable stays readable: do not spin
                     continue
                 for sock in readable:
                     data = sock.recv(65536)
@@ -80,6 +89,23 @@ class TcpProxy:
             for sock in (a, b):
                 with contextlib.suppress(OSError):
                     sock.close()
+
+    def go_silent(self) -> None:
+        """The network goes silent: the open connections, and those opened until
+        :meth:`back_again`, forward nothing ever again and stay open."""
+        with self._lock:
+            self._silent = True
+            self._dead.update(client for client, _ in self._pairs)
+
+    def silence_newest(self) -> None:
+        """Only the connection opened last goes silent, for good."""
+        with self._lock:
+            self._dead.add(self._pairs[-1][0])
+
+    def back_again(self) -> None:
+        """New connections work again; the ones that went silent stay silent."""
+        with self._lock:
+            self._silent = False
 
     def upstream_ports(self) -> set[int]:
         """Local ports of the proxy's connections to the service: the service sees the

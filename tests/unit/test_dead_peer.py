@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from outbox_relay.amqp_url import url_parameters
+from outbox_relay.amqp_url import AMQP_HEARTBEAT_S, url_parameters
 from outbox_relay.dead_peer import DeadPeerTimings
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
@@ -66,4 +66,24 @@ def test_a_timeout_under_a_second_is_refused(timeout_s: float) -> None:
             relay=RelaySettings(),
             confirm_timeout_s=30,
             dead_peer_timeout_s=timeout_s,
+        )
+
+
+def test_the_amqp_heartbeat_is_negotiated_to_ten_seconds_unless_the_url_sets_one() -> None:
+    assert url_parameters("amqp://h/%2F").heartbeat == AMQP_HEARTBEAT_S == 10
+    assert url_parameters("amqp://h/%2F?heartbeat=30").heartbeat == 30
+    assert url_parameters("amqp://h/%2F?heartbeat=0").heartbeat == 0  # off, as asked
+
+
+@pytest.mark.parametrize("timeout_s", [-1, 0.5])
+def test_a_db_timeout_under_a_second_is_refused(timeout_s: float) -> None:
+    with pytest.raises(ConfigurationError, match="--db-timeout must be 0"):
+        RunSettings(
+            database_url="postgresql://h/db",
+            amqp_url="amqp://h/%2F",
+            schema="public",
+            relay=RelaySettings(),
+            confirm_timeout_s=30,
+            dead_peer_timeout_s=8,
+            db_timeout_s=timeout_s,
         )
