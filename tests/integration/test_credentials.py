@@ -12,7 +12,7 @@ from psycopg import sql
 
 from outbox_relay.cli import main
 from tests.conftest import unique_name
-from tests.integration.test_cli_run import interrupt_after, start_relay
+from tests.integration.test_cli_run import interrupt_once_logged, start_relay
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def test_run_reads_the_amqp_url_from_a_file_and_never_logs_it(
 ) -> None:
     path = secret_file(tmp_path, f"amqp://guest:{SECRET}@127.0.0.1:1/%2F\n")
     relay = start_relay(database_url, None, schema, env={"OUTBOX_RELAY_AMQP_URL_FILE": str(path)})
-    stderr = interrupt_after(relay, 2)
+    stderr = interrupt_once_logged(relay, "relay.broker_unavailable")
     assert SECRET not in stderr
     records = [json.loads(line) for line in stderr.splitlines()]
     assert records[0]["broker"] == "amqp://guest:***@127.0.0.1:1/%2F"
