@@ -58,6 +58,7 @@ def connect(
                 application_name=application_name,
                 prepare_threshold=PREPARE_THRESHOLD if prepare else None,
                 **_dead_peer_parameters(url, dead_peer_timeout_s),
+                **_text_encoding(url),
             )
     except StoreError as exc:
         message = scrub(str(exc), url)
@@ -65,6 +66,16 @@ def connect(
             raise
         # Drop the chain too: the driver's own exception still quotes the password.
         raise type(exc)(message) from None
+
+
+def _text_encoding(url: str) -> dict[str, Any]:
+    """UTF-8 unless the URL names a client encoding: in a SQL_ASCII database the server
+    converts nothing and would hand text back as bytes, which no outbox column may be."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error:
+        return {}  # connecting reports the malformed URL
+    return {} if "client_encoding" in given else {"client_encoding": "UTF8"}
 
 
 def _dead_peer_parameters(url: str, timeout_s: float) -> dict[str, Any]:
