@@ -39,6 +39,22 @@ class StoreUnavailableError(StoreError):
     """
 
 
+class MisconfiguredError(OutboxRelayError):
+    """A service refused the configuration in a way no retry fixes (see
+    :mod:`outbox_relay.misconfiguration`): a refused login, a database, role or vhost
+    that does not exist, TLS refused, the outbox's tables missing. Its text names the
+    (redacted) URL, the cause and the fix.
+
+    At start the commands stop with exit code 3. A running relay or consumer retries it
+    (it is also a ``*UnavailableError``) and reports it loudly: an error log at a bounded
+    rate, ``outbox_relay_dependency_refused`` and, after ``--unhealthy-after``, /healthz.
+    """
+
+
+class StoreMisconfiguredError(StoreUnavailableError, MisconfiguredError):
+    """PostgreSQL refused the configuration; see :class:`MisconfiguredError`."""
+
+
 class BrokerError(OutboxRelayError):
     """Raised when the broker refuses an operation in a way that is not a per-message outcome."""
 
@@ -49,6 +65,10 @@ class BrokerUnavailableError(BrokerError):
     Messages whose confirms were outstanding are treated as unpublished and sent again
     later with the same message id (at-least-once).
     """
+
+
+class BrokerMisconfiguredError(BrokerUnavailableError, MisconfiguredError):
+    """RabbitMQ refused the configuration; see :class:`MisconfiguredError`."""
 
 
 class TopologyError(OutboxRelayError):

@@ -44,7 +44,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
-from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
@@ -278,9 +278,10 @@ class Runner:
                 raise BrokerUnavailableError("the broker cancelled the consumer (queue deleted?)")
             self._drain(conn, channel, tags)
         except (pika.exceptions.AMQPError, OSError) as exc:
-            raise BrokerUnavailableError(
+            raise unavailable(
                 f"lost the connection to {redact_url(self._settings.amqp_url)}: "
-                f"{describe_amqp_error(exc)}"
+                f"{describe_amqp_error(exc)}",
+                exc,
             ) from exc
         finally:
             self._discard_connection()

@@ -10,7 +10,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S, DeadPeerTimings
-from outbox_relay.errors import StoreError, StoreUnavailableError
+from outbox_relay.errors import StoreError, StoreMisconfiguredError, StoreUnavailableError
+from outbox_relay.misconfiguration import database_misconfiguration
 from outbox_relay.urls import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 5
@@ -70,7 +71,9 @@ def _dead_peer_parameters(url: str, timeout_s: float) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def translate_errors(action: str) -> Iterator[None]:
-    """psycopg.OperationalError and friends become StoreUnavailableError, the rest StoreError."""
+    """psycopg.OperationalError and friends become StoreUnavailableError, the rest StoreError;
+    what no retry fixes (a refused login, a missing database, role or outbox table, TLS
+    refused) becomes StoreMisconfiguredError, with its cause and fix."""
     try:
         yield
     except psycopg.errors.IdleInTransactionSessionTimeout as exc:
@@ -81,11 +84,16 @@ def translate_errors(action: str) -> Iterator[None]:
             "longer than the lease (idle_in_transaction_session_timeout); its rows are "
             "released and will be claimed again"
         ) from exc
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise StoreUnavailableError(
-            f"database unavailable while {action}: {first_line(exc)}"
-        ) from exc
     except psycopg.Error as exc:
+        wrong = database_misconfiguration(exc.sqlstate, str(exc))
+        if wrong is not None:
+            raise StoreMisconfiguredError(
+                f"database refused while {action}: {wrong.cause} ({first_line(exc)}); {wrong.fix}"
+            ) from exc
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            raise StoreUnavailableError(
+                f"database unavailable while {action}: {first_line(exc)}"
+            ) from exc
         raise StoreError(f"database error while {action}: {first_line(exc)}") from exc
 
 

@@ -286,6 +286,9 @@ class IterationCounter:
     def outage(self, service: str) -> None:
         pass
 
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None:
+        pass
+
     def iterations_over(self, seconds: float) -> int:
         before = self.iterations
         time.sleep(seconds)
