@@ -21,3 +21,7 @@ WHERE ctid = ANY(ARRAY(
 -- name: terminate_backend
 -- Ends a timed-out handler's session: its transaction rolls back and its locks go.
 SELECT pg_terminate_backend(%(pid)s)
+
+-- name: inbox_check
+-- At start and while deliveries are paused: the database answers and the inbox exists.
+SELECT 1 FROM {schema}.inbox LIMIT 0
