@@ -499,7 +499,7 @@ class Relay:
 
     def _on_outage(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        self.last_iteration = time.monotonic()  # retrying is being alive
+        self._went_round()  # retrying is being alive (for /healthz and the iteration gauge)
         if isinstance(error, StoreUnavailableError):
             self._store.close()
             self._store_ok = False
