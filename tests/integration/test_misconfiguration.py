@@ -23,6 +23,7 @@ from structlog.testing import capture_logs
 from outbox_relay.cli import main
 from outbox_relay.observability.relay_metrics import RelayMetrics
 from tests.support.broker import BrokerHelper
+from tests.support.consumer import subprocess_env
 from tests.support.faults import broker_proxy, rabbitmqctl
 from tests.support.relay import make_relay, outbox_rows, wait_for
 from tests.support.threads import in_background
@@ -72,20 +73,14 @@ def run_cli(*args: str) -> Result:
 
 
 def consume_process(
-    database_url: str, amqp_url: str, schema: str, queue: str, exchange: str
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "OUTBOX_RELAY_DATABASE_URL": database_url,
-        "OUTBOX_RELAY_AMQP_URL": amqp_url,
-        "OUTBOX_RELAY_SCHEMA": schema,
-        "TEST_QUEUE": queue,
-        "TEST_EXCHANGE": exchange,
-    }
+    """`outbox-relay consume` of tests/support/consumer_app.py: its exit code and stderr."""
+    env, _, _ = subprocess_env(database_url, amqp_url, schema, broker)
     done = subprocess.run(
         [sys.executable, "-m", "outbox_relay", "consume", "tests.support.consumer_app:app"],
         cwd=ROOT,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
@@ -150,9 +145,6 @@ class TestAtStart:
         broker: BrokerHelper,
         rabbit_user: tuple[str, str],
     ) -> None:
-        queue = broker.name("refused")
-        for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
-            broker.track_queue(name)
         user, _ = rabbit_user
         cases = [
             (with_netloc(database_url, user="no_such_role_x", password=SECRET), amqp_url, "role"),
@@ -160,7 +152,7 @@ class TestAtStart:
             (database_url, with_path(amqp_url, "/no_such_vhost_outbox_relay"), "vhost"),
         ]
         for db_url, broker_url, cause in cases:
-            code, stderr = consume_process(db_url, broker_url, schema, queue, broker.exchange())
+            code, stderr = consume_process(db_url, broker_url, schema, broker)
             assert code == EXIT_MISCONFIGURED, stderr
             line = one_error_line(stderr)
             assert cause in line
@@ -169,10 +161,7 @@ class TestAtStart:
     def test_consume_stops_on_a_schema_without_the_inbox(
         self, database_url: str, amqp_url: str, broker: BrokerHelper
     ) -> None:
-        queue = broker.name("noinbox")
-        code, stderr = consume_process(
-            database_url, amqp_url, "no_inbox_here", queue, broker.exchange()
-        )
+        code, stderr = consume_process(database_url, amqp_url, "no_inbox_here", broker)
         assert code == EXIT_MISCONFIGURED, stderr
         line = one_error_line(stderr)
         assert "outbox-relay migrate" in line

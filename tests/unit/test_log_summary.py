@@ -6,14 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from outbox_relay.log_summary import RepeatedEvents
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 class TestRepeatedEvents:

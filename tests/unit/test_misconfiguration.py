@@ -13,6 +13,7 @@ from outbox_relay.misconfiguration import (
     broker_misconfiguration,
     database_misconfiguration,
 )
+from tests.support.clock import FakeClock
 
 # What libpq and the server say, verbatim (psycopg 3, PostgreSQL 15); connection
 # failures carry no SQLSTATE, only their text.
@@ -147,14 +148,6 @@ class TestBrokerMisconfiguration:
             )
             is None
         )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class TestRefusals:
