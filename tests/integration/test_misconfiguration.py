@@ -21,9 +21,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from structlog.testing import capture_logs
 
 from outbox_relay.cli import main
+from outbox_relay.consumer import ConsumerApp, Message
+from outbox_relay.consumer.serve import instrumented_runner
 from outbox_relay.observability.relay_metrics import RelayMetrics
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import subprocess_env
+from tests.support.consumer import publish, subprocess_env, track
 from tests.support.faults import broker_proxy, rabbitmqctl
 from tests.support.relay import make_relay, outbox_rows, wait_for
 from tests.support.threads import in_background
@@ -223,3 +225,46 @@ def test_a_password_changed_under_a_running_relay_is_retried_loudly_then_recover
     ]
     scraped = generate_latest(registry).decode()
     assert 'outbox_relay_dependency_refused{service="broker"} 0.0' in scraped
+
+
+def test_a_password_changed_under_a_running_consumer_is_retried_loudly_then_recovers(
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    rabbit_user: tuple[str, str],
+) -> None:
+    user, password = rabbit_user
+    exchange = broker.exchange()
+    with broker_proxy(with_netloc(amqp_url, user=user, password=password)) as (proxy, proxied):
+        app = ConsumerApp(name="rotated", schema=schema, amqp_url=proxied, concurrency=1)
+        handled: list[str] = []
+
+        @app.handler(exchange=exchange, queue=broker.name("rotated"))
+        def on_message(message: Message) -> None:
+            handled.append(message.message_id)
+
+        track(broker, app)
+        runner, registry = instrumented_runner(
+            app, app.settings(reconnect_max_s=0.3, unhealthy_after_s=1.0)
+        )
+        with (
+            capture_logs() as logs,
+            in_background(runner.run, runner.stop, name="consumer", ready=runner.ready),
+        ):
+            rabbitmqctl("change_password", user, uuid.uuid4().hex)
+            proxy.cut()
+            assert wait_for(lambda: not runner.liveness()[0], timeout_s=20)
+            assert "the broker has refused" in runner.liveness()[1]
+            scraped = generate_latest(registry).decode()
+            assert 'outbox_relay_consumer_dependency_refused{service="broker"} 1.0' in scraped
+
+            rabbitmqctl("change_password", user, password)
+            assert wait_for(lambda: runner.liveness()[0] and runner.ready.is_set(), timeout_s=20)
+            publish(broker, exchange, "k", b"{}", message_id="after")
+            assert wait_for(lambda: handled == ["after"])
+    refused = [e for e in logs if e["event"] == "consumer.dependency_refused"]
+    assert 1 <= len(refused) <= 2, "at a bounded rate, not per try"
+    assert password not in str(logs)
+    scraped = generate_latest(registry).decode()
+    assert 'outbox_relay_consumer_dependency_up{service="broker"} 1.0' in scraped
