@@ -764,9 +764,12 @@ class Relay:
         if failures:
             exchanges = {row.id: row.exchange for row in rows}
             for failure in failures:
+                # One line per cause, exchange and error text an interval: rows refused
+                # alike (a missing exchange, no binding) are counted; each row refused for
+                # its own data (its error names what) is still logged.
                 lines = self._row_events.record(
                     "relay.row_dead" if failure.dead else "relay.row_failed",
-                    (failure.reason.value, exchanges[failure.row_id]),
+                    (failure.reason.value, exchanges[failure.row_id], failure.error),
                     row_id=failure.row_id,
                     error=failure.error,
                     retry_in_s=None if failure.dead else round(failure.retry_in_s, 3),
