@@ -955,3 +955,18 @@ class TestRowLogs:
         assert len(warnings) == 1
         assert warnings[0]["event"] == "relay.row_failed"
         assert "exchange 'gone' does not exist" in warnings[0]["error"]
+
+    def test_rows_refused_for_their_own_data_are_each_logged(self) -> None:
+        rows = [row(1), row(2), row(3)]
+        store = FakeStore(rows)
+        outcomes = {
+            1: Outcome.failed("headers: 'a' does not fit", Reason.UNENCODABLE),
+            2: Outcome.failed("headers: 'b' does not fit", Reason.UNENCODABLE),
+            3: Outcome.failed("headers: 'a' does not fit", Reason.UNENCODABLE),
+        }
+        relay = relay_for(store, ScriptedPublisher([outcomes]))
+        with capture_logs() as logs:
+            relay.run_batch()
+        logged = [(e["row_id"], e["error"]) for e in logs if e["log_level"] == "warning"]
+        # Row 3 is refused as row 1 was: counted in the next summary, not logged again.
+        assert logged == [(1, "headers: 'a' does not fit"), (2, "headers: 'b' does not fit")]
