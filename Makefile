@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test unit integration faults deploy-test lint typecheck check demo bench docs clean
+.PHONY: test unit integration faults deploy-test lint typecheck check demo bench docs clean alerts-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ check: lint typecheck test
 ## demo: orders with outbox messages, some rolled back, relayed and consumed
 demo: $(RUNTIME)
 	$(BIN)/python deploy/demo.py
+
+## alerts-test: the alert rules on series recorded from real outages (needs promtool,
+## from Debian's prometheus package); tests/integration/test_alert_rules.py records anew
+alerts-test:
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules tests/prometheus/alerts_test.yml
 
 ## bench: the benchmark suite (see benchmarks/README.md)
 bench: $(STAMP)

@@ -20,7 +20,12 @@ import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from outbox_relay.dead_peer import DeadPeerTimings
-from outbox_relay.errors import ConfigurationError
+from outbox_relay.errors import (
+    BrokerMisconfiguredError,
+    BrokerUnavailableError,
+    ConfigurationError,
+)
+from outbox_relay.misconfiguration import Misconfiguration, broker_misconfiguration
 from outbox_relay.urls import redact_url, scrub, url_problem
 
 AMQP_HEARTBEAT_S = 10
@@ -72,6 +77,31 @@ def describe_amqp_error(error: BaseException | None) -> str:
     text = str(error) or type(error).__name__
     advice = _tls_advice(error, text)
     return f"{text}; {advice}" if advice else text
+
+
+def broker_refusal(error: BaseException | None) -> Misconfiguration | None:
+    """What is wrong when ``error`` (what pika raised) is one no retry fixes: a refused
+    login, an unknown vhost, refused permissions, TLS refused; None otherwise."""
+    if error is None:
+        return None
+    inner = _innermost(error)
+    code = getattr(inner, "reply_code", None)
+    text = str(inner) or type(inner).__name__
+    return broker_misconfiguration(
+        error_type=type(inner).__name__,
+        reply_code=code if isinstance(code, int) else None,
+        reply_text=str(getattr(inner, "reply_text", "") or ""),
+        tls_advice=_tls_advice(inner, text),
+    )
+
+
+def unavailable(message: str, error: BaseException | None) -> BrokerUnavailableError:
+    """``message`` (which names the redacted URL and pika's reason) as the error to
+    raise: BrokerMisconfiguredError, with the fix, when no retry helps."""
+    wrong = broker_refusal(error)
+    if wrong is None:
+        return BrokerUnavailableError(message)
+    return BrokerMisconfiguredError(f"{message}; {wrong.cause}: {wrong.fix}")
 
 
 def _tls_advice(error: BaseException, text: str) -> str | None:

@@ -1,7 +1,10 @@
 """The ``outbox-relay`` command.
 
 Exit codes: 0 success (and a clean stop on SIGTERM/SIGINT); 1 the operation failed (the
-message says what and what to do); 2 bad usage or configuration.
+message says what and what to do); 2 bad usage or configuration; 3 a service refused the
+configuration at start in a way no retry fixes (login or permissions refused, a database,
+role or vhost that does not exist, TLS refused, the outbox's tables missing): one line
+names the URL, the cause and the fix.
 """
 
 from __future__ import annotations
@@ -23,21 +26,24 @@ from outbox_relay.cli_dead_letters import dead_letters
 from outbox_relay.cli_failed import failed
 from outbox_relay.cli_options import (
     EXIT_FAILED,
+    EXIT_MISCONFIGURED,
     amqp_url_option,
     database_url_option,
     db_timeout_option,
+    given_url,
     http_options,
     listen_database_url_option,
     logging_options,
     partitions_option,
     schema_option,
+    unhealthy_after_option,
 )
 from outbox_relay.cli_topology import topology
 from outbox_relay.errors import (
     BrokerUnavailableError,
     ConfigurationError,
+    MisconfiguredError,
     OutboxRelayError,
-    SchemaNotMigratedError,
     StoreError,
     StoreUnavailableError,
 )
@@ -79,6 +85,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ConfigurationError as exc:
             raise click.UsageError(str(exc), ctx) from exc
+        except MisconfiguredError as exc:
+            click.echo(f"error: {_refusal_line(exc)}", err=True)
+            ctx.exit(EXIT_MISCONFIGURED)
         except StoreError as exc:
             click.echo(f"error: {_store_hint(exc)}", err=True)
             ctx.exit(EXIT_FAILED)
@@ -104,10 +113,17 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _refusal_line(exc: MisconfiguredError) -> str:
+    """One line that names the URL (redacted), the cause and the fix."""
+    text = _one_line(exc)
+    url = given_url("database_url" if isinstance(exc, StoreError) else "amqp_url")
+    if url and url not in text:
+        return f"{url}: {text}"
+    return text
+
+
 def _store_hint(exc: StoreError) -> str:
     text = _one_line(exc)
-    if isinstance(exc, SchemaNotMigratedError):
-        return f"{text}; the outbox table is missing: run `outbox-relay migrate --schema S` first"
     if isinstance(exc, StoreUnavailableError):
         return f"{text}; {_DATABASE_HINT}"
     return text
@@ -442,6 +458,7 @@ def _grant(value: str) -> tuple[str, str, tuple[str, ...]]:
     "reports), so a restart policy (compose's `restart:`) starts the relay again where "
     "nothing reads /healthz. Under systemd, WatchdogSec= in the unit does this instead.",
 )
+@unhealthy_after_option
 @http_options
 @logging_options
 def run(
@@ -463,6 +480,7 @@ def run(
     dead_peer_timeout: float | None,
     db_timeout: float,
     exit_when_stuck: bool,
+    unhealthy_after: float,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -483,6 +501,7 @@ def run(
             retry_max_s=retry_max,
             lease_ttl_s=lease_ttl,
             heartbeat_interval_s=heartbeat_interval,
+            unhealthy_after_s=unhealthy_after,
         ),
         confirm_timeout_s=confirm_timeout,
         dead_peer_timeout_s=lease_ttl if dead_peer_timeout is None else dead_peer_timeout,

@@ -3,7 +3,9 @@
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT: in-flight handlers drained within the
 grace period); 1 the consumer failed (e.g. RabbitMQ refused to declare a queue that
 exists with other arguments); 2 bad usage: MODULE:APP cannot be imported or is not a
-``ConsumerApp``, or the settings contradict each other.
+``ConsumerApp``, or the settings contradict each other; 3 at start, the broker or the
+database refused the configuration in a way no retry fixes (login, vhost, database,
+role, TLS, the inbox table missing).
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ def load_app(spec: str) -> ConsumerApp:
     "operating system's defaults. Default: 30.",
 )
 @db_timeout_option(default=None)
+@click.option(
+    "--unhealthy-after",
+    envvar="OUTBOX_RELAY_UNHEALTHY_AFTER",
+    default=None,  # None: the app's value
+    type=click.FloatRange(min=0, min_open=True),
+    show_envvar=True,
+    help="Seconds the database or the broker may refuse the configuration while running "
+    "(a rotated password, a dropped role or vhost) before /healthz fails; meanwhile it is "
+    "retried and logged. At start such a refusal ends the process with exit code 3. "
+    "Default: 300.",
+)
 @http_options
 @logging_options
 def consume(
@@ -109,6 +122,7 @@ def consume(
     shutdown_grace: float | None,
     dead_peer_timeout: float | None,
     db_timeout: float | None,
+    unhealthy_after: float | None,
     http_port: int,
     http_host: str,
     log_level: str,
@@ -118,7 +132,8 @@ def consume(
 
     Declares their queues, delay tiers and parking lots, then consumes until SIGTERM or
     SIGINT. With --http-port, serves /healthz (the I/O loop runs), /readyz (connected and
-    consuming) and /metrics. Exit codes: 0 clean stop, 1 failure, 2 bad usage or configuration.
+    consuming) and /metrics. Exit codes: 0 clean stop, 1 failure, 2 bad usage or
+    configuration, 3 a service refused the configuration at start.
     """
     consumer_app = load_app(app)
     overrides = {
@@ -129,6 +144,7 @@ def consume(
         "shutdown_grace_s": shutdown_grace,
         "dead_peer_timeout_s": dead_peer_timeout,
         "db_timeout_s": db_timeout,
+        "unhealthy_after_s": unhealthy_after,
         "http_port": http_port,
         "http_host": http_host,
     }

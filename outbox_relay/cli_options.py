@@ -13,6 +13,7 @@ from click.core import ParameterSource
 from outbox_relay.durations import parse_duration_ms
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.logs import LOG_LEVELS
+from outbox_relay.misconfiguration import UNHEALTHY_AFTER_S
 from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from outbox_relay.settings import (
     DEFAULT_AMQP_URL,
@@ -27,6 +28,14 @@ from outbox_relay.urls import redact_url, url_problem
 F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# A service refused the configuration: a retry cannot help (see outbox_relay.misconfiguration).
+EXIT_MISCONFIGURED = 3
+
+
+def given_url(name: str) -> str | None:
+    """The redacted URL the running command was given as ``--NAME`` (for error lines)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(f"outbox_relay.{name}") if ctx is not None else None
 
 
 def database_url_option(func: F) -> F:
@@ -81,6 +90,8 @@ def url_option(func: F, *, name: str, envvar: str, default: str | None, help: st
         problem = url_problem(url) if url else None
         if url and problem:
             raise ConfigurationError(f"{flag} {redact_url(url)}: {problem}")
+        if url:
+            click.get_current_context().meta[f"outbox_relay.{name}"] = redact_url(url)
         return func(*args, **kwargs)
 
     with_file = click.option(
@@ -212,6 +223,21 @@ def db_timeout_option(*, default: float | None) -> Callable[[F], F]:
         "a new connection replaces it. 0 waits for ever."
         + ("" if default is not None else f" Default: {DB_TIMEOUT_S:g}."),
     )
+
+
+def unhealthy_after_option(func: F) -> F:
+    return click.option(
+        "--unhealthy-after",
+        envvar="OUTBOX_RELAY_UNHEALTHY_AFTER",
+        type=click.FloatRange(min=0, min_open=True),
+        default=UNHEALTHY_AFTER_S,
+        show_default=True,
+        show_envvar=True,
+        help="Seconds the database or the broker may refuse the configuration (a "
+        "rotated password, a dropped role or vhost, TLS refused) while running before "
+        "/healthz fails; meanwhile it is retried and logged. At start such a refusal "
+        "ends the process with exit code 3.",
+    )(func)
 
 
 def yes_option(func: F) -> F:

@@ -32,16 +32,37 @@ class StoreError(OutboxRelayError):
     """Raised when a database operation fails; the transaction in progress was rolled back."""
 
 
-class SchemaNotMigratedError(StoreError):
-    """Raised when a table, function or the schema the statement needs does not exist:
-    ``outbox-relay migrate`` has not run for that schema (or the URL names another database)."""
-
-
 class StoreUnavailableError(StoreError):
     """Raised when the database cannot be reached or the connection was lost.
 
     The relay retries these with backoff; no row changes state until it reconnects.
     """
+
+
+class MisconfiguredError(OutboxRelayError):
+    """A service refused the configuration in a way no retry fixes (see
+    :mod:`outbox_relay.misconfiguration`): a refused login, a database, role or vhost
+    that does not exist, TLS refused, the outbox's tables missing. Its text names the
+    (redacted) URL, the cause and the fix.
+
+    At start the commands stop with exit code 3. A running relay or consumer retries it
+    (it is also a ``*UnavailableError``) and reports it loudly: an error log at a bounded
+    rate, ``outbox_relay_dependency_refused`` and, after ``--unhealthy-after``, /healthz.
+    """
+
+
+class NoAnswerError(StoreUnavailableError):
+    """Raised when PostgreSQL did not answer one round trip within ``--db-timeout``: the
+    connection went silent, was closed, and is replaced on the next use."""
+
+
+class StoreMisconfiguredError(StoreUnavailableError, MisconfiguredError):
+    """PostgreSQL refused the configuration; see :class:`MisconfiguredError`."""
+
+
+class SchemaNotMigratedError(StoreMisconfiguredError):
+    """Raised when a table, function or the schema the statement needs does not exist:
+    ``outbox-relay migrate`` has not run for that schema (or the URL names another database)."""
 
 
 class BrokerError(OutboxRelayError):
@@ -54,6 +75,10 @@ class BrokerUnavailableError(BrokerError):
     Messages whose confirms were outstanding are treated as unpublished and sent again
     later with the same message id (at-least-once).
     """
+
+
+class BrokerMisconfiguredError(BrokerUnavailableError, MisconfiguredError):
+    """RabbitMQ refused the configuration; see :class:`MisconfiguredError`."""
 
 
 class TopologyError(OutboxRelayError):

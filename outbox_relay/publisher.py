@@ -29,7 +29,7 @@ from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
-from outbox_relay.amqp_url import describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
 from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
@@ -262,7 +262,7 @@ class Publisher:
                 on_close_callback=self._on_connection_closed,
             )
         except pika.exceptions.AMQPError as exc:
-            raise BrokerUnavailableError(describe_amqp_error(exc)) from exc
+            raise unavailable(describe_amqp_error(exc), exc) from exc
         self._conn = conn
         conn.add_on_connection_blocked_callback(self._on_blocked)
         conn.add_on_connection_unblocked_callback(self._on_unblocked)
@@ -273,7 +273,7 @@ class Publisher:
             error = self._conn_error
             self._discard_connection()
             reason = describe_amqp_error(error) if error else "timed out"
-            raise BrokerUnavailableError(f"cannot connect to {redact_url(self._url)}: {reason}")
+            raise unavailable(f"cannot connect to {redact_url(self._url)}: {reason}", error)
         self._open_channel()
         log.info("publisher.connected", url=redact_url(self._url))
 

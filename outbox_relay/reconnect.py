@@ -8,7 +8,7 @@ import random
 import time
 from collections.abc import Callable
 
-from tenacity import RetryCallState, Retrying, retry_if_exception_type
+from tenacity import RetryCallState, Retrying, retry_if_exception
 
 RECONNECT_BASE_S = 0.5
 RECONNECT_MAX_S = 30.0
@@ -72,17 +72,19 @@ def reconnecting(
     on_outage: Callable[[RetryCallState], None],
     backoff: ReconnectBackoff,
     reraise: bool = False,
+    fatal: Callable[[BaseException], bool] = lambda _error: False,
 ) -> Retrying:
     """Retry on ``unavailable`` errors, waiting as ``backoff`` says (the caller tells it
     when a connection succeeded) with ``sleep`` (which should return early once
     stopping); retrying ends once ``should_stop()``. ``on_outage`` runs before each
-    wait (log once per outage there, not per try)."""
+    wait (log once per outage there, not per try). An error for which ``fatal`` says
+    True is raised at once instead (a misconfiguration found at start)."""
 
     def pause(seconds: float) -> None:
         sleep(seconds)  # Event.wait returns a bool; tenacity wants None
 
     return Retrying(
-        retry=retry_if_exception_type(unavailable),
+        retry=retry_if_exception(lambda error: isinstance(error, unavailable) and not fatal(error)),
         wait=backoff,
         stop=lambda _state: should_stop(),
         sleep=pause,

@@ -26,12 +26,15 @@ from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S, retry_delay_s
 from outbox_relay.errors import (
     BrokerError,
     BrokerUnavailableError,
+    MisconfiguredError,
     PublishInterruptedError,
     StoreError,
     StoreUnavailableError,
 )
 from outbox_relay.isolation import Isolation
+from outbox_relay.log_summary import RepeatedEvents
 from outbox_relay.message import OutboxRow
+from outbox_relay.misconfiguration import UNHEALTHY_AFTER_S, Refusals
 from outbox_relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.outcome import Failure, Outcome, Reason, Status
 from outbox_relay.partitions import Leases
@@ -128,6 +131,7 @@ class RelayObserver(Protocol):
     def iteration(self, now: dt.datetime) -> None: ...
     def partitions(self, owned: int) -> None: ...
     def outage(self, service: str) -> None: ...
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None: ...
 
 
 class NullObserver:
@@ -152,6 +156,9 @@ class NullObserver:
     def outage(self, service: str) -> None:
         pass
 
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None:
+        pass
+
 
 @dataclass(frozen=True)
 class RelaySettings:
@@ -164,6 +171,8 @@ class RelaySettings:
     reconnect_max_s: float = RECONNECT_MAX_S
     lease_ttl_s: float = LEASE_TTL_S
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    # /healthz fails once the database or the broker refused the configuration this long.
+    unhealthy_after_s: float = UNHEALTHY_AFTER_S
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,11 @@ class Relay:
         # Claims the next batch while the loop publishes one (see run_batches).
         self._store_thread: ThreadPoolExecutor | None = None
         self.last_iteration = time.monotonic()
+        # Connected to both services once: a misconfiguration is retried from then on.
+        self._started = False
+        self._refusals = Refusals(unhealthy_after_s=settings.unhealthy_after_s)
+        # Per-row failures, logged once per reason and exchange per interval.
+        self._row_events = RepeatedEvents()
 
     def stop(self, reason: str = "requested") -> None:
         """Ask the loop to finish the batches in flight and return.
@@ -244,7 +258,11 @@ class Relay:
 
     def liveness(self) -> tuple[bool, str]:
         """Alive: the loop went round recently, or it is waiting on a blocked broker or
-        retrying through an outage (both logged), which a restart would not fix."""
+        retrying through an outage (both logged), which a restart would not fix; but not
+        once a service has refused the configuration for ``unhealthy_after_s``."""
+        refused = self._refusals.unhealthy()
+        if refused is not None:
+            return False, refused
         idle_s = time.monotonic() - self.last_iteration
         if idle_s <= LIVENESS_LIMIT_S:
             return True, f"last iteration {idle_s:.1f}s ago"
@@ -272,6 +290,8 @@ class Relay:
             sleep=self._stopping.wait,
             on_outage=self._on_outage,
             backoff=self._backoff,
+            # At start, a refusal no retry fixes ends the run (the CLI exits 3).
+            fatal=lambda error: isinstance(error, MisconfiguredError) and not self._started,
         )
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="outbox-relay-store") as pool:
@@ -335,6 +355,8 @@ class Relay:
     def _went_round(self) -> None:
         """The loop went round (for /healthz and the iteration gauge)."""
         self.last_iteration = time.monotonic()
+        for event, fields in self._row_events.due():
+            log.warning(event, **fields)
         self._observer.iteration(dt.datetime.now(tz=dt.timezone.utc))
 
     def _renew_leases_only(self) -> bool:
@@ -446,6 +468,7 @@ class Relay:
         if not self._store_ok:
             self._store.connect()
             self._store_ok = True
+            self._accepted("database")
             self._wakeup.flag_lost()
             self._next_heartbeat = 0.0
             self._poll_at = None
@@ -453,6 +476,8 @@ class Relay:
         self._heartbeat_only = False
         if not self._publisher.connected:
             self._publisher.connect()
+            self._accepted("broker")
+        self._started = True
         self._backoff.connected()
         if self._outage is not None:
             log.info("relay.recovered", outage=self._outage)
@@ -463,13 +488,18 @@ class Relay:
         self._due_unknown = True
         self._look_until = None
 
+    def _accepted(self, service: str) -> None:
+        self._observer.dependency(service, up=True, refused=False)
+        if self._refusals.accepted(service):
+            log.info("relay.dependency_accepted", service=service)
+
     def _due_from_now(self, seconds: float | None) -> None:
         self._due_at = None if seconds is None else time.monotonic() + seconds
         self._due_unknown = False
 
     def _on_outage(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        self.last_iteration = time.monotonic()  # retrying is being alive
+        self._went_round()  # retrying is being alive (for /healthz and the iteration gauge)
         if isinstance(error, StoreUnavailableError):
             self._store.close()
             self._store_ok = False
@@ -477,8 +507,23 @@ class Relay:
         else:
             self._publisher.close()
             kind, service = "relay.broker_unavailable", "broker"
+        refused = isinstance(error, MisconfiguredError)
+        self._observer.dependency(service, up=False, refused=refused)
+        if refused:
+            # Loud, at a bounded rate: a retry may succeed once someone fixes it.
+            report = self._refusals.refused(service, str(error))
+            if report.log:
+                log.error(
+                    "relay.dependency_refused",
+                    service=service,
+                    error=str(error),
+                    refused_for_s=round(report.for_s, 1),
+                    tries=report.tries,
+                    retrying=True,
+                )
         if self._outage != kind:
-            log.warning(kind, error=str(error), retrying=True)
+            if not refused:
+                log.warning(kind, error=str(error), retrying=True)
             self._outage = kind
             self._observer.outage(service)
 
@@ -717,13 +762,20 @@ class Relay:
         # Rows left over by the byte budget count as held: the loop claims again at once.
         held = len(rows) + claim.left_over - len(published) - len(failures)
         if failures:
+            exchanges = {row.id: row.exchange for row in rows}
             for failure in failures:
-                log.warning(
+                # One line per cause, exchange and error text an interval: rows refused
+                # alike (a missing exchange, no binding) are counted; each row refused for
+                # its own data (its error names what) is still logged.
+                lines = self._row_events.record(
                     "relay.row_dead" if failure.dead else "relay.row_failed",
+                    (failure.reason.value, exchanges[failure.row_id], failure.error),
                     row_id=failure.row_id,
                     error=failure.error,
                     retry_in_s=None if failure.dead else round(failure.retry_in_s, 3),
                 )
+                for event, fields in lines:
+                    log.warning(event, **fields)
         log.debug(
             "relay.batch_published", published=len(published), failed=len(failures), held=held
         )

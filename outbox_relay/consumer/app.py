@@ -22,6 +22,7 @@ from outbox_relay.dead_peer import (
     usable_dead_peer_timeout,
 )
 from outbox_relay.errors import ConfigurationError
+from outbox_relay.misconfiguration import UNHEALTHY_AFTER_S
 from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
 from outbox_relay.store.sqlfiles import validate_schema_name
 from outbox_relay.topology import QueueSpec
@@ -86,6 +87,8 @@ class ConsumerSettings:
     db_timeout_s: float = DB_TIMEOUT_S  # each SDK round trip: inbox insert, commit, rollback
     http_port: int = 0  # serve /healthz, /readyz and /metrics here; 0: no endpoints
     http_host: str = HTTP_HOST
+    # /healthz fails once the database or the broker refused the configuration this long.
+    unhealthy_after_s: float = UNHEALTHY_AFTER_S
 
     def __post_init__(self) -> None:
         try:
@@ -108,6 +111,7 @@ class ConsumerSettings:
             (self.inbox_retention_s > 0, "inbox_retention must be positive"),
             (self.inbox_purge_interval_s > 0, "inbox_purge_interval must be positive"),
             (0 <= self.http_port <= 65535, "http_port must be 0 (off) or a TCP port"),
+            (self.unhealthy_after_s > 0, "unhealthy_after must be positive"),
             (self.amqp_url.startswith(("amqp://", "amqps://")), "amqp_url: expected amqp://..."),
             (
                 usable_dead_peer_timeout(self.dead_peer_timeout_s),

@@ -33,7 +33,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable, url_parameters
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.dead_letter import (
     DeadLetter,
@@ -83,9 +83,7 @@ class ParkingLot:
             self.__exit__(None, None, None)
             reason = scrub(describe_amqp_error(exc), self._url)
             # No chain: pika's own exception may quote the URL.
-            raise BrokerUnavailableError(
-                f"cannot connect to {redact_url(self._url)}: {reason}"
-            ) from None
+            raise unavailable(f"cannot connect to {redact_url(self._url)}: {reason}", exc) from None
         try:
             self.depth()  # fail early, with the name, when the queue is missing
         except BrokerError:

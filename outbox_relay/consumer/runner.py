@@ -22,6 +22,16 @@ Connection loss: every delivery carries the generation of the connection it came
 results of an older generation are dropped (the broker has requeued those deliveries;
 work that committed is recognised by the inbox on redelivery). The runner reconnects
 with backoff, declares again and resumes.
+
+Database outage: the first delivery a worker gives back because the database is
+unavailable pauses consuming: the runner cancels its consumers and gives back what it
+had not started, so messages wait in their queues instead of going round (no
+redelivery storm, one log line), and checks the database with backoff until it
+answers; then it consumes again.
+
+Misconfiguration (see :mod:`outbox_relay.misconfiguration`): at start a refusal no retry
+fixes ends :meth:`Runner.run`; later it is retried, logged at a bounded rate and fails
+:meth:`Runner.liveness` after ``unhealthy_after_s``.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
-from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable, url_parameters
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
@@ -56,11 +66,18 @@ from outbox_relay.consumer.failure import (
 )
 from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
-from outbox_relay.errors import BrokerUnavailableError, StoreError
+from outbox_relay.errors import (
+    BrokerUnavailableError,
+    MisconfiguredError,
+    StoreError,
+    StoreMisconfiguredError,
+    StoreUnavailableError,
+)
+from outbox_relay.misconfiguration import Refusals
 from outbox_relay.reconnect import ReconnectBackoff, reconnecting
 from outbox_relay.rpc_deadline import close_within
 from outbox_relay.store.deadline import Deadlines
-from outbox_relay.store.inbox import HandlerSession, purge_inbox
+from outbox_relay.store.inbox import HandlerSession, check_inbox, purge_inbox
 from outbox_relay.urls import redact_url
 
 TICK_S = 0.2  # the longest the I/O thread goes without serving the connection
@@ -86,6 +103,8 @@ class ConsumerObserver(Protocol):
 
     def outage(self) -> None: ...
 
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None: ...
+
 
 class _Unobserved:
     def watch_in_flight(self, running: Callable[[], int]) -> None:
@@ -95,6 +114,9 @@ class _Unobserved:
         pass
 
     def outage(self) -> None:
+        pass
+
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None:
         pass
 
 
@@ -131,6 +153,14 @@ class Runner:
         self.ready = threading.Event()  # set while consuming
         self._last_tick = time.monotonic()
         self._observer: ConsumerObserver = observer or _Unobserved()
+        self._tags: list[str] = []  # the consumers of the current channel
+        self._started = False  # consumed once: a misconfiguration is retried from then on
+        self._refusals = Refusals(unhealthy_after_s=settings.unhealthy_after_s)
+        # Why deliveries are paused for the database (None: not paused), and when to check.
+        self._paused: str | None = None
+        self._paused_at = 0.0
+        self._check_at = 0.0
+        self._db_backoff = ReconnectBackoff(max_s=settings.reconnect_max_s)
         url = settings.database_url
         self._deadlines = Deadlines(
             timeout_s=settings.db_timeout_s, owner=f"consumer {settings.name}"
@@ -162,7 +192,11 @@ class Runner:
         return self._generation
 
     def liveness(self) -> tuple[bool, str]:
-        """Alive: the I/O loop went round recently (also while it waits out an outage)."""
+        """Alive: the I/O loop went round recently (also while it waits out an outage),
+        unless a service has refused the configuration for ``unhealthy_after_s``."""
+        refused = self._refusals.unhealthy()
+        if refused is not None:
+            return False, refused
         idle_s = time.monotonic() - self._last_tick
         if idle_s <= LIVENESS_LIMIT_S:
             return True, f"I/O loop ran {idle_s:.1f}s ago"
@@ -219,8 +253,11 @@ class Runner:
             on_outage=self._on_outage,
             backoff=self._backoff,
             reraise=True,
+            # At start, a refusal no retry fixes ends the run (the CLI exits 3).
+            fatal=lambda error: isinstance(error, MisconfiguredError) and not self._started,
         )
         try:
+            self._check_database()
             for attempt in retrying:
                 with attempt:
                     self._serve()
@@ -250,11 +287,29 @@ class Runner:
             self._stopping.wait(min(TICK_S, deadline - time.monotonic()))
 
     def _on_outage(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        refused = isinstance(error, MisconfiguredError)
+        self._observer.dependency("broker", up=False, refused=refused)
+        if refused:
+            self._refused("broker", str(error))
         if not self._outage:
             self._outage = True
             self._observer.outage()
-            error = state.outcome.exception() if state.outcome else None
-            self._log.warning("consumer.broker_unavailable", error=str(error))
+            if not refused:
+                self._log.warning("consumer.broker_unavailable", error=str(error))
+
+    def _refused(self, service: str, error: str) -> None:
+        """Loud, at a bounded rate: the next try may succeed once someone fixes it."""
+        report = self._refusals.refused(service, error)
+        if report.log:
+            self._log.error(
+                "consumer.dependency_refused",
+                service=service,
+                error=error,
+                refused_for_s=round(report.for_s, 1),
+                tries=report.tries,
+                retrying=True,
+            )
 
     # -- one connection -----------------------------------------------------------------
 
@@ -276,34 +331,107 @@ class Runner:
             publisher.confirm_delivery()
             self._channel, self._publisher = channel, publisher
             channel.add_on_cancel_callback(self._on_broker_cancel)
-            tags = [
-                channel.basic_consume(h.queue, functools.partial(self._on_delivery, h))
-                for h in self._handlers
-            ]
+            self._tags = [] if self._paused else self._consume(channel)
             self._connected()
             while not self._should_stop() and not self._cancelled_by_broker:
                 self._last_tick = time.monotonic()
                 conn.process_data_events(time_limit=TICK_S)
                 self._settle_ready()
+                self._follow_database(channel)
             if self._cancelled_by_broker:
                 raise BrokerUnavailableError("the broker cancelled the consumer (queue deleted?)")
-            self._drain(conn, channel, tags)
+            self._drain(conn, channel, self._tags)
         except CONNECT_ERRORS as exc:
-            raise BrokerUnavailableError(
+            raise unavailable(
                 f"lost the connection to {redact_url(self._settings.amqp_url)}: "
-                f"{describe_amqp_error(exc)}"
+                f"{describe_amqp_error(exc)}",
+                exc,
             ) from exc
         finally:
             self._discard_connection()
 
+    def _consume(self, channel: BlockingChannel) -> list[str]:
+        return [
+            channel.basic_consume(h.queue, functools.partial(self._on_delivery, h))
+            for h in self._handlers
+        ]
+
     def _connected(self) -> None:
         self.ready.set()
+        self._started = True
+        self._observer.dependency("broker", up=True, refused=False)
+        if self._refusals.accepted("broker"):
+            self._log.info("consumer.dependency_accepted", service="broker")
         self._backoff.connected()
         if self._outage:
             self._outage = False
             self._log.info("consumer.broker_reconnected")
         else:
             self._log.info("consumer.consuming")
+
+    # -- the database -------------------------------------------------------------------
+
+    def _check_database(self) -> None:
+        """At start: a database that refuses the configuration (a refused login, a missing
+        database, role or inbox) ends the run; one that is down pauses deliveries."""
+        url = self._settings.database_url
+        if not url or not any(h.uses_db for h in self._handlers):
+            return
+        try:
+            check_inbox(url, schema=self._settings.schema)
+        except StoreMisconfiguredError:
+            raise
+        except StoreUnavailableError as exc:
+            self._pause(str(exc))
+            return
+        self._observer.dependency("database", up=True, refused=False)
+
+    def _pause(self, reason: str) -> None:
+        """Stop taking deliveries until the database answers (see :meth:`_follow_database`)."""
+        if self._paused is not None:
+            return
+        self._paused, self._paused_at = reason, time.monotonic()
+        self._check_at = self._paused_at + self._db_backoff.next_wait_s()
+        self._observer.dependency("database", up=False, refused=False)
+        self._log.warning(
+            "consumer.database_unavailable",
+            error=reason,
+            hint="consuming is paused: messages wait in their queues until the database "
+            "answers again",
+        )
+
+    def _follow_database(self, channel: BlockingChannel) -> None:
+        """Between events: cancel the consumers once deliveries are paused, and check the
+        database with backoff while they are; consume again once it answers."""
+        if self._paused is None:
+            return
+        if self._tags:
+            for tag in self._tags:
+                channel.basic_cancel(tag)  # pika requeues what it has not dispatched
+            self._tags = []
+            for job in self._pool.take_unstarted():
+                if self._is_current(job):
+                    channel.basic_nack(job.token.tag, requeue=True)
+        url = self._settings.database_url
+        if time.monotonic() < self._check_at or not url:
+            return
+        try:
+            check_inbox(url, schema=self._settings.schema)
+        except StoreUnavailableError as exc:
+            refused = isinstance(exc, StoreMisconfiguredError)
+            if refused:
+                self._refused("database", str(exc))
+            self._observer.dependency("database", up=False, refused=refused)
+            self._check_at = time.monotonic() + self._db_backoff.next_wait_s()
+            return
+        self._db_backoff.connected()
+        self._refusals.accepted("database")
+        self._observer.dependency("database", up=True, refused=False)
+        self._log.info(
+            "consumer.database_recovered", paused_s=round(time.monotonic() - self._paused_at, 1)
+        )
+        self._paused = None
+        self._tags = self._consume(channel)
 
     def _discard_connection(self) -> None:
         self.ready.clear()
@@ -343,8 +471,8 @@ class Runner:
         body: bytes,
     ) -> None:
         tag = method.delivery_tag
-        if self._stopping.is_set():
-            channel.basic_nack(tag, requeue=True)
+        if self._stopping.is_set() or self._paused is not None:
+            channel.basic_nack(tag, requeue=True)  # paused: until the consumers are cancelled
             return
         undecodable = lenient_frames.undecodable(properties)
         delivery = Delivery.received(
@@ -419,8 +547,9 @@ class Runner:
             error_fields = {"error_type": result.error.type, "error": result.error.message}
         if result.kind in (Kind.HANDLED, Kind.DUPLICATE):
             channel.basic_ack(token.tag)
-        elif result.kind is Kind.REQUEUE:
+        elif result.kind is Kind.REQUEUE:  # the database was unavailable
             channel.basic_nack(token.tag, requeue=True)
+            self._pause(result.error.message if result.error else "database unavailable")
         else:
             outcome = self._republish(result, token)
             if outcome == Kind.REQUEUE.value:

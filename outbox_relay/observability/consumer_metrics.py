@@ -94,6 +94,22 @@ class ConsumerMetrics:
             "Times the broker became unreachable.",
             registry=registry,
         )
+        self.dependency_up = Gauge(
+            "outbox_relay_consumer_dependency_up",
+            "1 while the consumer can use the service (broker: connected and consuming; "
+            "database: answering, else deliveries are paused).",
+            ["service"],
+            registry=registry,
+        )
+        self.dependency_refused = Gauge(
+            "outbox_relay_consumer_dependency_refused",
+            "1 while the service refuses the consumer's configuration in a way no retry "
+            "fixes (login, database, role, vhost, TLS, missing inbox).",
+            ["service"],
+            registry=registry,
+        )
+        self.dependency_up.labels(service="broker").set(0)  # the database's: if it has one
+        self.dependency_refused.labels(service="broker").set(0)
         self._messages: dict[tuple[str, str], Counter] = {}
         self._durations: dict[tuple[str, str], Histogram] = {}
         for queue, handler in handlers:
@@ -124,3 +140,7 @@ class ConsumerMetrics:
 
     def outage(self) -> None:
         self.outages.inc()
+
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None:
+        self.dependency_up.labels(service=service).set(1 if up else 0)
+        self.dependency_refused.labels(service=service).set(1 if refused else 0)

@@ -19,6 +19,7 @@ from outbox_relay.message import OutboxRow
 from outbox_relay.observability.bulk_histogram import BulkHistogram
 from outbox_relay.outcome import Failure, Reason
 
+SERVICES = ("database", "broker")
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 LATENCY_BUCKETS_S = (
     0.001,
@@ -90,12 +91,33 @@ class RelayMetrics:
             "Unix time of the relay loop's last completed iteration.",
             registry=registry,
         )
+        self.last_publish = Gauge(
+            "outbox_relay_last_publish_timestamp_seconds",
+            "Unix time the broker last confirmed rows of this relay (0: none yet).",
+            registry=registry,
+        )
+        self.dependency_up = Gauge(
+            "outbox_relay_dependency_up",
+            "1 while the relay is connected to the service (database, broker).",
+            ["service"],
+            registry=registry,
+        )
+        self.dependency_refused = Gauge(
+            "outbox_relay_dependency_refused",
+            "1 while the service refuses the relay's configuration in a way no retry "
+            "fixes (login, database, role, vhost, TLS, missing outbox); see the logs' "
+            "relay.dependency_refused.",
+            ["service"],
+            registry=registry,
+        )
 
         # Every series exists from the start, so rate() and alerts see zeros, not gaps.
         for reason in Reason:
             self.failed.labels(reason=reason.value)
-        for service in ("database", "broker"):
+        for service in SERVICES:
             self.outages.labels(service=service)
+            self.dependency_up.labels(service=service).set(0)
+            self.dependency_refused.labels(service=service).set(0)
 
     def batch_settled(
         self,
@@ -107,6 +129,8 @@ class RelayMetrics:
     ) -> None:
         self.batch_size.observe(claimed)
         self.published.inc(len(published))
+        if published:
+            self.last_publish.set(now.timestamp())
         self.latency.observe_many(
             max(0.0, (now - row.created_at).total_seconds()) for row in published
         )
@@ -124,6 +148,10 @@ class RelayMetrics:
 
     def outage(self, service: str) -> None:
         self.outages.labels(service=service).inc()
+
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None:
+        self.dependency_up.labels(service=service).set(1 if up else 0)
+        self.dependency_refused.labels(service=service).set(1 if refused else 0)
 
 
 class BacklogCollector(Collector):

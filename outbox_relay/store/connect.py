@@ -10,7 +10,13 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S, DeadPeerTimings
-from outbox_relay.errors import SchemaNotMigratedError, StoreError, StoreUnavailableError
+from outbox_relay.errors import (
+    SchemaNotMigratedError,
+    StoreError,
+    StoreMisconfiguredError,
+    StoreUnavailableError,
+)
+from outbox_relay.misconfiguration import database_misconfiguration
 from outbox_relay.urls import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 5
@@ -105,7 +111,9 @@ _NOT_MIGRATED = (
 
 @contextlib.contextmanager
 def translate_errors(action: str) -> Iterator[None]:
-    """psycopg.OperationalError and friends become StoreUnavailableError, the rest StoreError."""
+    """psycopg.OperationalError and friends become StoreUnavailableError, the rest StoreError;
+    what no retry fixes (a refused login, a missing database, role or outbox table, TLS
+    refused) becomes StoreMisconfiguredError, with its cause and fix."""
     try:
         yield
     except psycopg.errors.IdleInTransactionSessionTimeout as exc:
@@ -123,13 +131,21 @@ def translate_errors(action: str) -> Iterator[None]:
             "outbox-relay turns prepared statements off when it detects one at start; "
             "give it a direct or session-mode URL, or report how this pooler was set up"
         ) from exc
-    except _NOT_MIGRATED as exc:
-        raise SchemaNotMigratedError(f"database error while {action}: {first_line(exc)}") from exc
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-        raise StoreUnavailableError(
-            f"database unavailable while {action}: {first_line(exc)}"
-        ) from exc
     except psycopg.Error as exc:
+        wrong = database_misconfiguration(exc.sqlstate, str(exc))
+        if wrong is not None:
+            error = (
+                SchemaNotMigratedError
+                if isinstance(exc, _NOT_MIGRATED)
+                else StoreMisconfiguredError
+            )
+            raise error(
+                f"database refused while {action}: {wrong.cause} ({first_line(exc)}); {wrong.fix}"
+            ) from exc
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            raise StoreUnavailableError(
+                f"database unavailable while {action}: {first_line(exc)}"
+            ) from exc
         raise StoreError(f"database error while {action}: {first_line(exc)}") from exc
 
 

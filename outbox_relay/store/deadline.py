@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 import structlog
 
-from outbox_relay.errors import StoreError, StoreUnavailableError
+from outbox_relay.errors import NoAnswerError, StoreError
 from outbox_relay.store.connect import translate_errors
 
 # A database that takes this long over one of the project's statements (each touches a
@@ -121,8 +121,8 @@ class Deadlines:
         if thread is not None and thread is not threading.current_thread():
             thread.join(2 * self._tick_s + 1)
 
-    def _expired_error(self, trip: _RoundTrip) -> StoreUnavailableError:
-        return StoreUnavailableError(
+    def _expired_error(self, trip: _RoundTrip) -> NoAnswerError:
+        return NoAnswerError(
             f"database unavailable while {trip.what}: no answer within {self.timeout_s:g} s "
             f"on the {self._owner}'s {trip.connection} connection (--db-timeout), so it was "
             "closed; a new connection replaces it"

@@ -21,11 +21,12 @@ from typing import Any
 import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
-from outbox_relay.errors import StoreError, StoreUnavailableError
+from outbox_relay.errors import NoAnswerError, StoreError, StoreUnavailableError
 from outbox_relay.store.connect import connect, translate_errors
 from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.pooler import announce_once, pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
+from outbox_relay.urls import redact_url
 
 PURGE_BATCH = 5_000
 
@@ -64,38 +65,58 @@ class HandlerSession:
 
     def begin(self, *, consumer: str, message_id: str) -> bool:
         """Start a transaction with the inbox row; False when the message was seen before
-        (the transaction then holds nothing and only needs a commit)."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
+        (the transaction then holds nothing and only needs a commit). A kept connection
+        that turns out dead (the database restarted or the network cut it while it sat
+        idle) is replaced once, so the first delivery after an outage does not fail."""
+        reused = not self._connect_if_needed()
+        try:
+            return self._insert_row(consumer, message_id)
+        except NoAnswerError:
+            raise  # silent, not found dead: a new connection would wait out its timeout too
+        except StoreUnavailableError:
+            if not reused or not (self._conn is None or self._conn.closed or self._conn.broken):
+                raise
+        self._connect_if_needed()
+        return self._insert_row(consumer, message_id)
+
+    def _connect_if_needed(self) -> bool:
+        """Open a connection unless one is usable; True when it opened one."""
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return False
+        self.close()
+        self._conn = connect(
+            self._url,
+            autocommit=False,
+            application_name=self._application_name,
+            dead_peer_timeout_s=self._dead_peer_timeout_s,
+            prepare=True,
+        )
+        try:
+            with translate_errors("checking for a connection pooler"):
+                pooled = pooler_in_front(self._conn)
+        except StoreError as exc:
+            # A statement-mode pooler: no message can be handled until the URL is
+            # fixed, so the delivery goes back (with the reason logged), never to retry.
             self.close()
-            self._conn = connect(
-                self._url,
-                autocommit=False,
-                application_name=self._application_name,
-                dead_peer_timeout_s=self._dead_peer_timeout_s,
-                prepare=True,
+            raise StoreUnavailableError(str(exc)) from exc
+        if pooled:
+            self._conn.prepare_threshold = None
+            announce_once(
+                "consumer",
+                detected="a connection pooler (the server session announced at connect "
+                "differs from the one answering)",
+                changes="no server-side prepared statements; a timed-out handler's "
+                "server session is found per transaction",
             )
-            try:
-                with translate_errors("checking for a connection pooler"):
-                    pooled = pooler_in_front(self._conn)
-            except StoreError as exc:
-                # A statement-mode pooler: no message can be handled until the URL is
-                # fixed, so the delivery goes back (with the reason logged), never to retry.
-                self.close()
-                raise StoreUnavailableError(str(exc)) from exc
-            if pooled:
-                self._conn.prepare_threshold = None
-                announce_once(
-                    "consumer",
-                    detected="a connection pooler (the server session announced at connect "
-                    "differs from the one answering)",
-                    changes="no server-side prepared statements; a timed-out handler's "
-                    "server session is found per transaction",
-                )
-            # Rendered once: composing the quoted schema on every delivery costs more
-            # than the insert's round trip on a busy consumer.
-            self._insert = self._q["inbox_insert"].as_string(self._conn)
+        # Rendered once: composing the quoted schema on every delivery costs more than
+        # the insert's round trip on a busy consumer.
+        self._insert = self._q["inbox_insert"].as_string(self._conn)
+        return True
+
+    def _insert_row(self, consumer: str, message_id: str) -> bool:
+        conn = self.connection
         with self._guarded(f"recording message {message_id} in {self._schema}.inbox"):
-            row = self._conn.execute(
+            row = conn.execute(
                 self._insert,
                 {"consumer": consumer, "message_id": message_id},
             ).fetchone()
@@ -153,6 +174,17 @@ def admin_connection(url: str) -> Iterator[psycopg.Connection[Any]]:
         yield conn
     finally:
         conn.close()
+
+
+def check_inbox(url: str, *, schema: str) -> None:
+    """Connect and read the inbox's definition: raises StoreUnavailableError while the
+    database is down, StoreMisconfiguredError when no retry helps (a refused login, a
+    missing database, role or inbox); the message names the (redacted) URL."""
+    with (
+        admin_connection(url) as conn,
+        translate_errors(f"checking {schema}.inbox at {redact_url(url)}"),
+    ):
+        conn.execute(Queries("consumer", schema=schema)["inbox_check"])
 
 
 def purge_inbox(

@@ -27,7 +27,7 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable, url_parameters
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
 from outbox_relay.rpc_deadline import RPC_TIMEOUT_S, close_within, deadline
 from outbox_relay.topology.conflicts import (
@@ -126,9 +126,7 @@ def _connect(amqp_url: str, *, rpc_timeout_s: float = RPC_TIMEOUT_S) -> Iterator
         connection = pika.BlockingConnection(params)
     except CONNECT_ERRORS as exc:
         reason = scrub(describe_amqp_error(exc), amqp_url)
-        raise BrokerUnavailableError(
-            f"cannot connect to {redact_url(amqp_url)}: {reason}"
-        ) from None
+        raise unavailable(f"cannot connect to {redact_url(amqp_url)}: {reason}", exc) from None
     quiet = _QuietRefusals()
     _PIKA_CHANNEL_LOG.addFilter(quiet)
     try:

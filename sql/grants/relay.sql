@@ -18,3 +18,6 @@ GRANT EXECUTE ON FUNCTION {schema}.outbox_partition(bigint, text, integer) TO {r
 
 -- With `run --order-gate` the relay also reads when other sessions' transactions began,
 -- which needs the built-in role pg_read_all_stats granted to the relay's role.
+
+-- `outbox-relay failed retry` run as this role wakes a waiting relay, as publish() does.
+GRANT EXECUTE ON FUNCTION {schema}.outbox_wake(boolean) TO {role};

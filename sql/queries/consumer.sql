@@ -26,3 +26,7 @@ WHERE ctid = ANY(ARRAY(
 -- session may already run another client's.
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
 WHERE pid = %(pid)s AND xact_start = %(xact_start)s
+
+-- name: inbox_check
+-- At start and while deliveries are paused: the database answers and the inbox exists.
+SELECT 1 FROM {schema}.inbox LIMIT 0

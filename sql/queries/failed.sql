@@ -23,10 +23,13 @@ FROM {schema}.outbox
 WHERE id = %(id)s
 
 -- name: retry
--- A fresh set of attempts, due now; the last error stays for the record.
+-- A fresh set of attempts, due now; the last error stays for the record. Like every writer
+-- that makes rows due, it wakes a waiting relay in the same transaction (outbox_wake(),
+-- evaluated once as an initPlan), so the rows go out now, not at the backstop poll.
 UPDATE {schema}.outbox
 SET dead_at = NULL, attempts = 0, available_at = now()
 WHERE id = ANY(%(ids)s::bigint[]) AND dead_at IS NOT NULL
+  AND (SELECT {schema}.outbox_wake()) IS NOT NULL
 
 -- name: purge
 DELETE FROM {schema}.outbox

@@ -18,7 +18,7 @@ from tests.unit.test_redaction import MARKER, passwords
 
 pytestmark = pytest.mark.integration
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
+EXIT_FAILED, EXIT_USAGE, EXIT_MISCONFIGURED = 1, 2, 3
 UNREACHABLE = "127.0.0.1:1"
 LONG = "q" * 300
 
@@ -140,7 +140,7 @@ class TestSweep:
     def test_database_commands_on_a_schema_without_the_outbox(self, database_url: str) -> None:
         for command in (["status"], ["failed", "list"]):
             result = invoke(*command, "--database-url", database_url, "--schema", "no_such_schema")
-            assert_clean_error(result, EXIT_FAILED, "outbox-relay migrate")
+            assert_clean_error(result, EXIT_MISCONFIGURED, "outbox-relay migrate")
 
     @pytest.mark.parametrize(
         ("url", "code", "words"),
@@ -165,7 +165,7 @@ class TestSweep:
         url = amqp_url.rsplit("/", 1)[0] + "/no_such_vhost_outbox_relay"
         for command in broker_commands(topology_file):
             assert_clean_error(
-                invoke(*command, "--amqp-url", url), EXIT_FAILED, "no_such_vhost", "vhost"
+                invoke(*command, "--amqp-url", url), EXIT_MISCONFIGURED, "no_such_vhost", "vhost"
             )
 
     @pytest.mark.parametrize("queue", [LONG, "q\x00x", "é" * 130])

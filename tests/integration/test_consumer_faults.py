@@ -24,30 +24,12 @@ from tests.support.consumer import (
     running_consumer,
     start_subprocess,
     stop_subprocess,
+    subprocess_env,
 )
 from tests.support.proxy import TcpProxy
 from tests.support.relay import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-def subprocess_env(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, **extra: str
-) -> tuple[dict[str, str], str, str]:
-    """Environment for tests/support/consumer_app.py; tracks the queues it declares."""
-    exchange = broker.exchange()
-    queue = broker.name("sub")
-    for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
-        broker.track_queue(name)
-    env = {
-        "OUTBOX_RELAY_DATABASE_URL": database_url,
-        "OUTBOX_RELAY_AMQP_URL": amqp_url,
-        "OUTBOX_RELAY_SCHEMA": schema,
-        "TEST_QUEUE": queue,
-        "TEST_EXCHANGE": exchange,
-        **extra,
-    }
-    return env, exchange, queue
 
 
 def wait_for_event(proc: subprocess.Popen[str], event: str) -> dict[str, Any]:

@@ -10,11 +10,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from structlog.testing import capture_logs
 
 import outbox_relay
+from outbox_relay.cli import main
 from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.outcome import Failure, Reason
 from outbox_relay.relay import BATCH_BYTES
@@ -284,6 +286,9 @@ class IterationCounter:
         pass
 
     def outage(self, service: str) -> None:
+        pass
+
+    def dependency(self, service: str, *, up: bool, refused: bool) -> None:
         pass
 
     def iterations_over(self, seconds: float) -> int:
@@ -779,3 +784,27 @@ def test_a_failure_that_cannot_be_recorded_does_not_undo_the_published_rows(
     assert (attempts, dead) == (1, True)
     assert error.startswith("nacked")
     assert "could not be recorded" in error
+
+
+def test_rows_made_due_by_failed_retry_are_announced_to_the_relay(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    # `outbox-relay failed retry` wakes the relay as publish() does: its rows go out at
+    # once, and the relay has no reason to blame writers that skip the wake-up.
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    write(database_url, schema, exchange, [{"n": "dead"}])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("UPDATE {}.outbox SET dead_at = now()").format(sql.Identifier(schema)))
+    counter = IterationCounter()
+    with (
+        capture_logs() as logs,
+        running_relay(database_url, amqp_url, schema, observer=counter, poll_interval_s=0.3),
+    ):
+        counter.wait_asleep()
+        result = CliRunner().invoke(
+            main, ["failed", "retry", "--yes", "--database-url", database_url, "--schema", schema]
+        )
+        assert result.exit_code == 0, result.output
+        assert bodies(broker.drain(queue, expect=1, timeout_s=10)) == [{"n": "dead"}]
+    assert [e for e in logs if e["event"] == "relay.rows_without_wake_up"] == []

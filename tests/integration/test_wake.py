@@ -227,3 +227,19 @@ def test_an_outbox_without_its_wake_function_is_named_with_the_fix(
         pytest.raises(StoreError, match=r"no outbox_wake\(\).*outbox-relay migrate"),
     ):
         outbox_relay.publish(conn, exchange="orders", routing_key="k", payload={}, schema=schema)
+
+
+def test_failed_retry_wakes_a_waiting_relay(
+    database_url: str, schema: str, listener: Listener
+) -> None:
+    # Rows made due again are like new rows: the relay must not wait for its poll.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        raw_insert(conn, schema)
+        conn.execute(sql.SQL("UPDATE {}.outbox SET dead_at = now()").format(sql.Identifier(schema)))
+    listener.flag(waiting=True)
+    result = CliRunner().invoke(
+        main, ["failed", "retry", "--yes", "--database-url", database_url, "--schema", schema]
+    )
+    assert result.exit_code == 0, result.output
+    assert "retried 1 rows" in result.output
+    assert listener.notifications() == 1

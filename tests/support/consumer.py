@@ -123,3 +123,22 @@ def stop_subprocess(proc: subprocess.Popen[str], *, timeout_s: float = 20.0) -> 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def subprocess_env(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, **extra: str
+) -> tuple[dict[str, str], str, str]:
+    """Environment for tests/support/consumer_app.py; tracks the queues it declares."""
+    exchange = broker.exchange()
+    queue = broker.name("sub")
+    for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
+        broker.track_queue(name)
+    env = {
+        "OUTBOX_RELAY_DATABASE_URL": database_url,
+        "OUTBOX_RELAY_AMQP_URL": amqp_url,
+        "OUTBOX_RELAY_SCHEMA": schema,
+        "TEST_QUEUE": queue,
+        "TEST_EXCHANGE": exchange,
+        **extra,
+    }
+    return env, exchange, queue

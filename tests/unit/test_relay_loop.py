@@ -16,13 +16,14 @@ from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.errors import (
     BrokerUnavailableError,
     PublishInterruptedError,
+    StoreMisconfiguredError,
     StoreUnavailableError,
 )
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Failure, Outcome, Reason
 from outbox_relay.partitions import Leases
 from outbox_relay.publisher import refusal
-from outbox_relay.relay import Relay, RelaySettings
+from outbox_relay.relay import NullObserver, Relay, RelaySettings
 from outbox_relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS, Notices
 
 
@@ -849,3 +850,123 @@ class SleepsRecorded(ScriptedPublisher):
         if timeout_s <= 0.2:
             time.sleep(timeout_s)
         return False
+
+
+class RefusingStore(FakeStore):
+    """Connects ``accepts`` times, then refuses as a rotated password would."""
+
+    def __init__(self, accepts: int, relay_stops_after: int = 0) -> None:
+        super().__init__([])
+        self.accepts = accepts
+        self.refusals = 0
+        self.stops_after = relay_stops_after
+        self.relay: Relay | None = None
+
+    def connect(self) -> None:
+        if self.accepts:
+            self.accepts -= 1
+            return
+        self.refusals += 1
+        if self.relay is not None and self.refusals >= self.stops_after:
+            self.relay.stop("test")
+        raise StoreMisconfiguredError(
+            "database refused while connecting to postgresql://relay:***@db/app: the "
+            "password was refused"
+        )
+
+    def claim(self, limit: int, max_bytes: int = 1 << 30) -> FakeClaim:
+        raise StoreUnavailableError("connection lost")  # the session is gone
+
+
+class TestMisconfiguration:
+    def test_a_refusal_at_start_ends_the_run_at_once(self) -> None:
+        store = RefusingStore(accepts=0)
+        relay = Relay(store=store, publisher=ScriptedPublisher([]), settings=RelaySettings())
+        with capture_logs() as logs, pytest.raises(StoreMisconfiguredError, match="password"):
+            relay.run()
+        assert store.refusals == 1
+        assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
+
+    def test_an_outage_at_start_is_retried(self) -> None:
+        class DownThenUp(FakeStore):
+            tries = 0
+
+            def connect(self) -> None:
+                self.tries += 1
+                if self.tries < 3:
+                    raise StoreUnavailableError("Connection refused")
+                relay.stop("test")
+
+        store = DownThenUp([])
+        relay = Relay(
+            store=store,
+            publisher=ScriptedPublisher([]),
+            settings=RelaySettings(reconnect_max_s=0.01),
+            random_unit=lambda: 0.0,
+        )
+        relay.run()
+        assert store.tries == 3
+
+    def test_a_refusal_later_is_retried_loudly_and_fails_liveness_after_the_limit(
+        self,
+    ) -> None:
+        store = RefusingStore(accepts=1, relay_stops_after=40)
+        relay = Relay(
+            store=store,
+            publisher=ScriptedPublisher([]),
+            settings=RelaySettings(reconnect_max_s=0.0, unhealthy_after_s=0.05),
+            random_unit=lambda: 0.0,
+        )
+        store.relay = relay
+        seen: list[tuple[str, bool, bool]] = []
+
+        class Watch(NullObserver):
+            def dependency(self, service: str, *, up: bool, refused: bool) -> None:
+                seen.append((service, up, refused))
+
+        relay._observer = Watch()
+        assert relay.liveness()[0]
+        with capture_logs() as logs:
+            relay.run()
+        assert store.refusals >= 40  # retried, not given up
+        refused = [e for e in logs if e["event"] == "relay.dependency_refused"]
+        assert len(refused) == 1, "logged at a bounded rate, not per try"
+        assert refused[0]["log_level"] == "error"
+        assert refused[0]["service"] == "database"
+        assert ("database", False, True) in seen
+        time.sleep(0.06)
+        store.refusals = 0
+        alive, reason = relay.liveness()
+        assert not alive
+        assert reason.startswith("the database has refused for")
+        assert "password was refused" in reason
+
+
+class TestRowLogs:
+    def test_rows_to_a_missing_exchange_log_a_bounded_number_of_lines(self) -> None:
+        rows = [row(i, exchange="gone") for i in range(1, 3002)]
+        store = FakeStore(rows)
+        publisher = ScriptedPublisher([], missing={"gone": "exchange 'gone' does not exist"})
+        relay = relay_for(store, publisher, batch_size=5000)
+        with capture_logs() as logs:
+            result = relay.run_batch()
+        assert result.failed == 3001
+        warnings = [e for e in logs if e["log_level"] == "warning"]
+        assert len(warnings) == 1
+        assert warnings[0]["event"] == "relay.row_failed"
+        assert "exchange 'gone' does not exist" in warnings[0]["error"]
+
+    def test_rows_refused_for_their_own_data_are_each_logged(self) -> None:
+        rows = [row(1), row(2), row(3)]
+        store = FakeStore(rows)
+        outcomes = {
+            1: Outcome.failed("headers: 'a' does not fit", Reason.UNENCODABLE),
+            2: Outcome.failed("headers: 'b' does not fit", Reason.UNENCODABLE),
+            3: Outcome.failed("headers: 'a' does not fit", Reason.UNENCODABLE),
+        }
+        relay = relay_for(store, ScriptedPublisher([outcomes]))
+        with capture_logs() as logs:
+            relay.run_batch()
+        logged = [(e["row_id"], e["error"]) for e in logs if e["log_level"] == "warning"]
+        # Row 3 is refused as row 1 was: counted in the next summary, not logged again.
+        assert logged == [(1, "headers: 'a' does not fit"), (2, "headers: 'b' does not fit")]
