@@ -24,13 +24,26 @@ _FRAME_OVERHEAD_BYTES = 8
 _CONTENT_HEADER_FIXED_BYTES = 14
 _DELIVERY_MODE_BYTES = 1
 _TIMESTAMP_BYTES = 8
+PRIORITY_BYTES = 1
+# The short-string properties a producer may set besides content type and message id
+# (see outbox_relay.properties).
+OPTIONAL_TEXT_PROPERTIES = (
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "type",
+    "app_id",
+)
 # The content-header frame of a message as the relay sends it, less its header table:
-# the largest content type and message id AMQP allows, delivery mode, timestamp.
+# the largest content type, message id and optional properties AMQP allows, delivery
+# mode, priority, timestamp.
 MAX_PROPERTIES_BYTES = (
     _FRAME_OVERHEAD_BYTES
     + _CONTENT_HEADER_FIXED_BYTES
-    + 2 * (1 + MAX_SHORT_STRING_BYTES)
+    + (2 + len(OPTIONAL_TEXT_PROPERTIES)) * (1 + MAX_SHORT_STRING_BYTES)
     + _DELIVERY_MODE_BYTES
+    + PRIORITY_BYTES
     + _TIMESTAMP_BYTES
 )
 _INT32 = 2**31
@@ -161,13 +174,15 @@ def _text_bytes(value: str, path: str) -> int:
 
 
 def content_header_frame_bytes(
-    *, content_type: str, message_id: str, headers_bytes: int | None
+    *, content_type: str, message_id: str, headers_bytes: int | None, properties_bytes: int = 0
 ) -> int:
     """Bytes of the content-header frame of a message as the relay sends it (content
-    type, delivery mode, message id, timestamp, and the header table when there is one,
-    of ``headers_bytes`` from :func:`table_size`)."""
+    type, delivery mode, message id, timestamp, the header table when there is one, of
+    ``headers_bytes`` from :func:`table_size`, and the optional properties, of
+    ``properties_bytes`` from :func:`outbox_relay.properties.properties_bytes`)."""
     return (
-        _FRAME_OVERHEAD_BYTES
+        properties_bytes
+        + _FRAME_OVERHEAD_BYTES
         + _CONTENT_HEADER_FIXED_BYTES
         + 1
         + len(content_type.encode("utf-8"))

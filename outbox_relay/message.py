@@ -10,7 +10,8 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from outbox_relay.amqp_fields import (
@@ -25,6 +26,7 @@ from outbox_relay.amqp_fields import (
 )
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.ids import uuid7
+from outbox_relay.properties import encode_properties, properties_bytes, stored_problem
 
 JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
@@ -102,12 +104,27 @@ class NewMessage:
     headers_json: str
     partition_key: str | None
     delay_s: float
+    properties_json: str | None = None  # see outbox_relay.properties
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableHeaders:
+    """Stands for a claimed row's headers (or properties) JSON that Python cannot load
+    (nested past its recursion limit, a number of thousands of digits): the relay fails
+    the row alone."""
+
+    reason: str
+
+
+NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     """A row claimed by the relay, as it will be published. ``headers`` is an
-    :class:`UnreadableHeaders` when the stored JSON cannot be loaded in Python."""
+    :class:`UnreadableHeaders` when the stored JSON cannot be loaded in Python, and so
+    are ``properties`` (the optional AMQP properties by their names, see
+    :mod:`outbox_relay.properties`)."""
 
     id: int
     message_id: uuid.UUID
@@ -119,6 +136,7 @@ class OutboxRow:
     partition_key: str | None
     created_at: dt.datetime
     attempts: int = 0
+    properties: Mapping[str, Any] | UnreadableHeaders = field(default_factory=lambda: NO_PROPERTIES)
 
 
 def new_message(
@@ -132,6 +150,13 @@ def new_message(
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    priority: int | None = None,
+    expiration: float | dt.timedelta | None = None,
+    type: str | None = None,
+    app_id: str | None = None,
+    content_encoding: str | None = None,
 ) -> NewMessage:
     """Validate the arguments of ``publish`` and encode the payload.
 
@@ -139,7 +164,7 @@ def new_message(
     """
     if not isinstance(limits, Limits):
         raise InvalidMessageError(
-            f"limits: expected outbox_relay.Limits, got {type(limits).__name__}"
+            f"limits: expected outbox_relay.Limits, got {limits.__class__.__name__}"
         )
     _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=False)
     _check_name("routing_key", routing_key, MAX_ROUTING_KEY_BYTES, allow_empty=True)
@@ -153,6 +178,15 @@ def new_message(
         headers_json=encode_headers(headers, limits),
         partition_key=_partition_key(partition_key),
         delay_s=delay_seconds(delay),
+        properties_json=encode_properties(
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            priority=priority,
+            expiration=expiration,
+            type=type,
+            app_id=app_id,
+            content_encoding=content_encoding,
+        ),
     )
 
 
@@ -251,14 +285,6 @@ def _plain(value: object) -> object:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-@dataclass(frozen=True, slots=True)
-class UnreadableHeaders:
-    """Stands for a claimed row's headers JSON that Python cannot load (nested past its
-    recursion limit, a number of thousands of digits): the relay fails the row alone."""
-
-    reason: str
-
-
 def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
     row: OutboxRow, *, frame_max: int = DEFAULT_FRAME_MAX_BYTES
 ) -> str | None:
@@ -273,6 +299,7 @@ def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
     exchange, routing_key, content_type = row.exchange, row.routing_key, row.content_type
     if (
         not headers
+        and not row.properties
         and exchange.isascii()
         and routing_key.isascii()
         and content_type.isascii()
@@ -289,18 +316,27 @@ def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
     )
     if problem is not None:
         return problem
+    properties = row.properties
+    if isinstance(properties, UnreadableHeaders):
+        return f"properties: {properties.reason}"
+    problem = stored_problem(properties)
+    if problem is not None:
+        return problem
     if isinstance(headers, UnreadableHeaders):
         return f"headers: {headers.reason}"
     if not isinstance(headers, Mapping):
         return f"headers: expected a JSON object, got a JSON {type(headers).__name__}"
-    if not headers:
+    if not headers and not properties:
         return None
     try:
-        headers_bytes = table_size(headers)
+        headers_bytes = table_size(headers) if headers else 0
     except UnencodableError as exc:
         return f"headers: {exc}"
     size = content_header_frame_bytes(
-        content_type=row.content_type, message_id=str(row.message_id), headers_bytes=headers_bytes
+        content_type=row.content_type,
+        message_id=str(row.message_id),
+        headers_bytes=headers_bytes,
+        properties_bytes=properties_bytes(properties),
     )
     if frame_max and size > frame_max:
         return (

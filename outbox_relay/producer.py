@@ -37,6 +37,13 @@ class Message:
     partition_key: str | None = None
     delay: float | dt.timedelta | None = None
     content_type: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    priority: int | None = None
+    expiration: float | dt.timedelta | None = None
+    type: str | None = None
+    app_id: str | None = None
+    content_encoding: str | None = None
 
 
 def publish(
@@ -50,6 +57,13 @@ def publish(
     partition_key: str | None = None,
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    priority: int | None = None,
+    expiration: float | dt.timedelta | None = None,
+    type: str | None = None,
+    app_id: str | None = None,
+    content_encoding: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
 ) -> uuid.UUID:
@@ -61,21 +75,32 @@ def publish(
     ``transaction.atomic()``. ``payload`` is a JSON-serialisable object, or
     bytes with ``content_type``. ``partition_key`` orders messages: rows with the same
     key are published in the order they were written. ``delay`` (seconds or a
-    timedelta) holds the message back. ``limits`` bounds the payload and headers
-    (:class:`Limits`; the defaults suit RabbitMQ's). Returns the message id (a
-    time-ordered UUID unless one is given). Raises :class:`InvalidMessageError` before
-    writing anything.
+    timedelta) holds the message back. ``correlation_id``, ``reply_to``, ``priority``
+    (0-255), ``expiration`` (a time to live: seconds or a timedelta), ``type``,
+    ``app_id`` and ``content_encoding`` are sent as the AMQP properties of those names.
+    ``limits`` bounds the payload and headers (:class:`Limits`; the defaults suit
+    RabbitMQ's). Returns the message id (a time-ordered UUID unless one is given).
+    Raises :class:`InvalidMessageError` before writing anything.
     """
-    message = new_message(
-        exchange=exchange,
-        routing_key=routing_key,
-        payload=payload,
-        headers=with_trace_context(headers),
-        message_id=message_id,
-        partition_key=partition_key,
-        delay=delay,
-        content_type=content_type,
-        limits=limits,
+    message = _build(
+        Message(
+            exchange=exchange,
+            routing_key=routing_key,
+            payload=payload,
+            headers=headers,
+            message_id=message_id,
+            partition_key=partition_key,
+            delay=delay,
+            content_type=content_type,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            priority=priority,
+            expiration=expiration,
+            type=type,
+            app_id=app_id,
+            content_encoding=content_encoding,
+        ),
+        limits,
     )
     _write(conn, [message], schema=schema)
     return message.message_id
@@ -106,21 +131,37 @@ async def publish_async(
     partition_key: str | None = None,
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    priority: int | None = None,
+    expiration: float | dt.timedelta | None = None,
+    type: str | None = None,
+    app_id: str | None = None,
+    content_encoding: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
 ) -> uuid.UUID:
     """:func:`publish` for psycopg ``AsyncConnection``/``AsyncCursor`` and SQLAlchemy's
     ``AsyncSession``/``async_scoped_session``/``AsyncConnection`` (subclasses too)."""
-    message = new_message(
-        exchange=exchange,
-        routing_key=routing_key,
-        payload=payload,
-        headers=with_trace_context(headers),
-        message_id=message_id,
-        partition_key=partition_key,
-        delay=delay,
-        content_type=content_type,
-        limits=limits,
+    message = _build(
+        Message(
+            exchange=exchange,
+            routing_key=routing_key,
+            payload=payload,
+            headers=headers,
+            message_id=message_id,
+            partition_key=partition_key,
+            delay=delay,
+            content_type=content_type,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            priority=priority,
+            expiration=expiration,
+            type=type,
+            app_id=app_id,
+            content_encoding=content_encoding,
+        ),
+        limits,
     )
     await _write_async(conn, [message], schema=schema)
     return message.message_id
@@ -148,22 +189,31 @@ def _build_all(messages: Iterable[Message], limits: Limits) -> list[NewMessage]:
                 f"messages[{index}]: expected outbox_relay.Message, got {type(message).__name__}"
             )
         try:
-            built.append(
-                new_message(
-                    exchange=message.exchange,
-                    routing_key=message.routing_key,
-                    payload=message.payload,
-                    headers=with_trace_context(message.headers),
-                    message_id=message.message_id,
-                    partition_key=message.partition_key,
-                    delay=message.delay,
-                    content_type=message.content_type,
-                    limits=limits,
-                )
-            )
+            built.append(_build(message, limits))
         except InvalidMessageError as exc:
             raise InvalidMessageError(f"messages[{index}]: {exc}") from exc
     return built
+
+
+def _build(message: Message, limits: Limits) -> NewMessage:
+    return new_message(
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+        payload=message.payload,
+        headers=with_trace_context(message.headers),
+        message_id=message.message_id,
+        partition_key=message.partition_key,
+        delay=message.delay,
+        content_type=message.content_type,
+        limits=limits,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        priority=message.priority,
+        expiration=message.expiration,
+        type=message.type,
+        app_id=message.app_id,
+        content_encoding=message.content_encoding,
+    )
 
 
 def _write(conn: object, messages: Sequence[NewMessage], *, schema: str) -> None:

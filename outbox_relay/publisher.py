@@ -409,6 +409,8 @@ class Publisher:
                             # AMQP timestamps are unsigned: a row from before 1970 says 0.
                             timestamp=max(0, int(row.created_at.timestamp())),
                             headers=amqp_headers(row.headers) if row.headers else None,
+                            # Checked by refusal(): only the properties of PROPERTY_NAMES.
+                            **(row.properties if isinstance(row.properties, Mapping) else {}),
                         ),
                         mandatory=True,
                     )

@@ -49,6 +49,7 @@ class DeadRow:
     payload_bytes: int
     content_type: str
     headers: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
     payload: bytes | None = None
 
 

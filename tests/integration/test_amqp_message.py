@@ -1,0 +1,135 @@
+"""The whole AMQP message through the real relay and broker: every property a producer
+sets arrives as set, read back with pika's BasicProperties on a test queue."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import outbox_relay
+from tests.support.broker import BrokerHelper
+from tests.support.relay import make_relay, outbox_rows, running_relay, wait_for
+
+pytestmark = pytest.mark.integration
+
+EVERY_PROPERTY: dict[str, object] = {
+    "correlation_id": "req-42",
+    "reply_to": "replies.shop",
+    "priority": 9,
+    "type": "order.created",
+    "app_id": "shop",
+    "content_encoding": "gzip",
+}
+
+
+def test_every_property_set_by_publish_arrives_as_set(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"), **{"x-max-priority": 10})
+    with psycopg.connect(database_url) as conn:
+        one = outbox_relay.publish(
+            conn,
+            exchange=exchange,
+            routing_key="one",
+            payload=b"\x1f\x8b",
+            content_type="application/json",
+            expiration=dt.timedelta(minutes=5),
+            schema=schema,
+            **EVERY_PROPERTY,  # type: ignore[arg-type]
+        )
+        many = outbox_relay.publish_many(
+            conn,
+            [
+                outbox_relay.Message(
+                    exchange, "many", {"n": 1}, correlation_id="c-1", priority=0, expiration=1.5
+                ),
+                outbox_relay.Message(exchange, "plain", {"n": 2}),
+            ],
+            schema=schema,
+        )
+        conn.commit()
+    stored = outbox_rows(database_url, schema, "properties")
+    assert stored[2] == (None,)  # a message without properties stores NULL
+
+    with running_relay(database_url, amqp_url, schema):
+        received = {r.routing_key: r for r in broker.drain(queue, expect=3)}
+
+    props = received["one"].properties
+    assert props.message_id == str(one)
+    assert {name: getattr(props, name) for name in EVERY_PROPERTY} == EVERY_PROPERTY
+    assert props.expiration == "300000"
+    assert props.content_type == "application/json"
+    assert props.delivery_mode == 2
+    assert received["one"].body == b"\x1f\x8b"
+    props = received["many"].properties
+    assert (props.message_id, props.correlation_id, props.priority, props.expiration) == (
+        str(many[0]),
+        "c-1",
+        0,
+        "1500",
+    )
+    plain = received["plain"].properties
+    assert [getattr(plain, name) for name in (*EVERY_PROPERTY, "expiration")] == [None] * 7
+
+
+def test_rabbitmq_honours_the_expiration_as_sent(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with psycopg.connect(database_url) as conn:
+        for n, expiration in enumerate((0.2, None)):
+            outbox_relay.publish(
+                conn,
+                exchange=exchange,
+                routing_key="k",
+                payload={"n": n},
+                expiration=expiration,
+                schema=schema,
+            )
+        conn.commit()
+    with running_relay(database_url, amqp_url, schema):
+        assert wait_for(lambda: not outbox_rows(database_url, schema))
+    assert wait_for(lambda: broker.depth(queue) == 1, timeout_s=5)
+    [kept] = broker.drain(queue, expect=1)
+    assert json.loads(kept.body) == {"n": 1}
+
+
+def test_a_row_whose_stored_properties_rabbitmq_would_refuse_fails_alone(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with psycopg.connect(database_url) as conn:
+        for n, properties in enumerate(
+            ['{"expiration": "soon"}', None, '{"priority": 300}', '{"reply_to": "r"}']
+        ):
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload,"
+                    " content_type, properties) VALUES (gen_random_uuid(), %s, 'k', %s,"
+                    " 'application/json', %s::jsonb)"
+                ).format(sql.Identifier(schema)),
+                (exchange, json.dumps({"n": n}).encode(), properties),
+            )
+        conn.commit()
+    relay = make_relay(database_url, amqp_url, schema)
+    relay._connect()
+    relay._heartbeat()
+    try:
+        result = relay.run_batch()
+    finally:
+        relay._shutdown()
+
+    assert (result.claimed, result.published, result.failed) == (4, 2, 2)
+    got = {json.loads(r.body)["n"]: r.properties for r in broker.drain(queue, expect=2)}
+    assert sorted(got) == [1, 3]
+    assert got[3].reply_to == "r"
+    errors = [error for (error,) in outbox_rows(database_url, schema, "last_error")]
+    assert "expiration 'soon'" in errors[0]
+    assert "priority '300' is not an int from 0 to 255" in errors[1]
