@@ -166,7 +166,8 @@ def new_message(
         raise InvalidMessageError(
             f"limits: expected outbox_relay.Limits, got {limits.__class__.__name__}"
         )
-    _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=False)
+    # "" is the default exchange: it routes to the queue named by the routing key.
+    _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=True)
     _check_name("routing_key", routing_key, MAX_ROUTING_KEY_BYTES, allow_empty=True)
     body, ctype = encode_payload(payload, content_type, limits)
     return NewMessage(
@@ -370,12 +371,7 @@ def _check_name(argument: str, value: object, max_bytes: int, *, allow_empty: bo
     if not isinstance(value, str):
         raise InvalidMessageError(f"{argument}: expected str, got {type(value).__name__}")
     if not value and not allow_empty:
-        raise InvalidMessageError(
-            f"{argument}: must not be empty (the default exchange cannot route by topic); "
-            "name the topic exchange to publish to"
-            if argument == "exchange"
-            else f"{argument}: must not be empty"
-        )
+        raise InvalidMessageError(f"{argument}: must not be empty")
     if "\x00" in value:
         raise InvalidMessageError(
             f"{argument}: holds a NUL character, which PostgreSQL cannot store; remove it"

@@ -40,6 +40,7 @@ from outbox_relay.outcome import (
     blame_access_refused,
     blame_channel_close,
     refused_by_broker,
+    unroutable,
 )
 from outbox_relay.urls import redact_url
 
@@ -815,9 +816,9 @@ class Publisher:
         if message_id and any(message_id in batch.ids for batch in self._in_flight):
             self._returned.add(
                 message_id,
-                f"unroutable: no queue is bound to exchange '{method.exchange}' for routing key "
-                f"'{method.routing_key}' ({method.reply_code} {method.reply_text}); bind a queue "
-                "(`outbox-relay topology apply`) or give the exchange an alternate exchange",
+                unroutable(
+                    method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
+                ),
             )
 
     def _on_confirm(self, channel: Channel, frame: Method[Any]) -> None:

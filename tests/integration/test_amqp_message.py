@@ -133,3 +133,34 @@ def test_a_row_whose_stored_properties_rabbitmq_would_refuse_fails_alone(
     errors = [error for (error,) in outbox_rows(database_url, schema, "last_error")]
     assert "expiration 'soon'" in errors[0]
     assert "priority '300' is not an int from 0 to 255" in errors[1]
+
+
+def test_the_default_exchange_routes_to_the_queue_named_by_the_routing_key(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    queue = broker.queue()
+    missing = broker.name("no-such-queue")
+    with psycopg.connect(database_url) as conn:
+        for routing_key in (queue, missing):
+            outbox_relay.publish(
+                conn,
+                exchange="",
+                routing_key=routing_key,
+                payload={"to": routing_key},
+                schema=schema,
+            )
+        conn.commit()
+
+    with running_relay(
+        database_url, amqp_url, schema, max_attempts=2, retry_base_s=0.05, retry_max_s=0.1
+    ):
+        [got] = broker.drain(queue, expect=1)
+        assert wait_for(
+            lambda: outbox_rows(database_url, schema, "dead_at IS NOT NULL") == [(True,)]
+        ), outbox_rows(database_url, schema, "routing_key, attempts, last_error")
+
+    assert json.loads(got.body) == {"to": queue}
+    assert got.exchange == ""
+    [(routing_key, error)] = outbox_rows(database_url, schema, "routing_key, last_error")
+    assert routing_key == missing
+    assert error.startswith(f"unroutable: no queue named '{missing}'")

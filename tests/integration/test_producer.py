@@ -65,7 +65,7 @@ def test_bad_input_raises_before_anything_is_written(database_url: str, schema: 
                 conn,
                 [
                     Message(exchange="orders", routing_key="a", payload={}),
-                    Message(exchange="", routing_key="a", payload={}),
+                    Message(exchange="x" * 256, routing_key="a", payload={}),
                 ],
                 schema=schema,
             )

@@ -70,7 +70,6 @@ class TestNewMessage:
     @pytest.mark.parametrize(
         ("overrides", "names"),
         [
-            ({"exchange": ""}, "exchange"),
             ({"exchange": 5}, "exchange"),
             ({"routing_key": "k" * 256}, "routing_key"),
             ({"routing_key": "é" * 128}, "routing_key"),
