@@ -66,7 +66,7 @@ def publish(
     content_encoding: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> uuid.UUID:
+) -> str:
     """Insert one message into ``<schema>.outbox`` in the transaction open on ``conn``.
 
     ``conn`` is a psycopg ``Connection`` or ``Cursor``; a SQLAlchemy ``Session``,
@@ -79,7 +79,9 @@ def publish(
     (0-255), ``expiration`` (a time to live: seconds or a timedelta), ``type``,
     ``app_id`` and ``content_encoding`` are sent as the AMQP properties of those names.
     ``limits`` bounds the payload and headers (:class:`Limits`; the defaults suit
-    RabbitMQ's). Returns the message id (a time-ordered UUID unless one is given).
+    RabbitMQ's). ``message_id`` is any text of 1 to 255 bytes (or a UUID); by default a
+    time-ordered UUID (version 7). Returns the message id as the str sent in the AMQP
+    ``message_id`` property.
     Raises :class:`InvalidMessageError` before writing anything.
     """
     message = _build(
@@ -112,7 +114,7 @@ def publish_many(
     *,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> list[uuid.UUID]:
+) -> list[str]:
     """Insert several messages in one round trip; all are validated before any is written."""
     built = _build_all(messages, limits)
     if built:
@@ -140,7 +142,7 @@ async def publish_async(
     content_encoding: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> uuid.UUID:
+) -> str:
     """:func:`publish` for psycopg ``AsyncConnection``/``AsyncCursor`` and SQLAlchemy's
     ``AsyncSession``/``async_scoped_session``/``AsyncConnection`` (subclasses too)."""
     message = _build(
@@ -173,7 +175,7 @@ async def publish_many_async(
     *,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> list[uuid.UUID]:
+) -> list[str]:
     """:func:`publish_many` for async connections."""
     built = _build_all(messages, limits)
     if built:

@@ -386,7 +386,7 @@ class Publisher:
         try:
             buffered = 0
             for row in rows:
-                message_id = str(row.message_id)
+                message_id = row.message_id
                 if message_id in out or message_id in batch.ids:
                     # One message with this id is out already: this row and the rest
                     # stay UNSENT and go in the next round, in order.

@@ -30,7 +30,7 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox_migrations (
 -- as for most messages, when it sets none.
 CREATE TABLE IF NOT EXISTS {schema}.outbox (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    message_id    uuid        NOT NULL,
+    message_id    text        NOT NULL,
     exchange      text        NOT NULL,
     routing_key   text        NOT NULL,
     payload       bytea       NOT NULL,

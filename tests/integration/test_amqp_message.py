@@ -164,3 +164,64 @@ def test_the_default_exchange_routes_to_the_queue_named_by_the_routing_key(
     [(routing_key, error)] = outbox_rows(database_url, schema, "routing_key, last_error")
     assert routing_key == missing
     assert error.startswith(f"unroutable: no queue named '{missing}'")
+
+
+def test_a_message_id_of_any_text_arrives_as_given(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    given = ["order-42-created", "01HZY3K8Q9ZJ8Y6V2R5W1T3M4N", "é" * 127, "x" * 255]
+    with psycopg.connect(database_url) as conn:
+        returned = [
+            outbox_relay.publish(
+                conn,
+                exchange=exchange,
+                routing_key="k",
+                payload={},
+                message_id=message_id,
+                schema=schema,
+            )
+            for message_id in given
+        ]
+        default = outbox_relay.publish(
+            conn, exchange=exchange, routing_key="k", payload={}, schema=schema
+        )
+        conn.commit()
+    assert returned == given
+    assert isinstance(default, str)
+
+    with running_relay(database_url, amqp_url, schema):
+        received = broker.drain(queue, expect=5)
+
+    assert [r.properties.message_id for r in received] == [*given, default]
+
+
+def test_a_row_whose_message_id_amqp_cannot_carry_fails_alone(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    with psycopg.connect(database_url) as conn:
+        for n, message_id in enumerate(["", "ok-1", "x" * 256, "ok-2"]):
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload,"
+                    " content_type) VALUES (%s, %s, 'k', %s, 'application/json')"
+                ).format(sql.Identifier(schema)),
+                (message_id, exchange, json.dumps({"n": n}).encode()),
+            )
+        conn.commit()
+    relay = make_relay(database_url, amqp_url, schema)
+    relay._connect()
+    relay._heartbeat()
+    try:
+        result = relay.run_batch()
+    finally:
+        relay._shutdown()
+
+    assert (result.claimed, result.published, result.failed) == (4, 2, 2)
+    assert [r.properties.message_id for r in broker.drain(queue, expect=2)] == ["ok-1", "ok-2"]
+    errors = [error for (error,) in outbox_rows(database_url, schema, "last_error")]
+    assert "message_id: is empty" in errors[0]
+    assert "message_id is 256 bytes" in errors[1]

@@ -57,15 +57,19 @@ class TestNewMessage:
         assert message.content_type == "application/x-protobuf"
 
     def test_message_ids_are_generated_time_ordered_and_unique(self) -> None:
-        ids = [build().message_id for _ in range(200)]
+        ids = [uuid.UUID(build().message_id) for _ in range(200)]
         assert len(set(ids)) == 200
         assert all(i.version == 7 for i in ids)
         assert [i.bytes[:6] for i in ids] == sorted(i.bytes[:6] for i in ids)
 
     def test_a_given_message_id_is_kept(self) -> None:
         given_id = uuid.uuid4()
-        assert build(message_id=given_id).message_id == given_id
-        assert build(message_id=str(given_id)).message_id == given_id
+        assert build(message_id=given_id).message_id == str(given_id)
+        assert build(message_id=str(given_id)).message_id == str(given_id)
+        # Any text AMQP carries, kept as given.
+        for text in ("order-42-created", "01HZY3K8Q9ZJ8Y6V2R5W1T3M4N", "É" * 127, "x" * 255):
+            assert build(message_id=text).message_id == text
+        assert build(message_id=str(given_id).upper()).message_id == str(given_id).upper()
 
     @pytest.mark.parametrize(
         ("overrides", "names"),
@@ -92,7 +96,11 @@ class TestNewMessage:
             ({"delay": math.inf}, "delay"),
             ({"delay": "5"}, "delay"),
             ({"delay": dt.timedelta(seconds=-1)}, "delay"),
-            ({"message_id": "not-a-uuid"}, "message_id"),
+            ({"message_id": ""}, "message_id"),
+            ({"message_id": "x" * 256}, "message_id"),
+            ({"message_id": "é" * 128}, "message_id"),
+            ({"message_id": "a\x00b"}, "message_id"),
+            ({"message_id": b"bytes"}, "message_id"),
             ({"message_id": 12}, "message_id"),
             ({"partition_key": ""}, "partition_key"),
             ({"partition_key": 7}, "partition_key"),
@@ -242,7 +250,7 @@ class TestAmqpProblem:
     ) -> OutboxRow:
         return OutboxRow(
             id=1,
-            message_id=uuid.uuid4(),
+            message_id=str(uuid.uuid4()),
             exchange=exchange,
             routing_key="rk",
             payload=b"{}",

@@ -153,3 +153,21 @@ class TestStoredByOtherWriters:
         )
         assert problem is not None
         assert "frame_max of 4096" in problem
+
+
+class TestMessageIdsByOtherWriters:
+    @pytest.mark.parametrize(
+        ("message_id", "problem"),
+        [
+            ("", "message_id: is empty"),
+            ("x" * 256, "message_id is 256 bytes"),
+            ("é" * 128, "message_id is 256 bytes"),
+        ],
+    )
+    def test_an_id_amqp_cannot_carry_fails_the_row(self, message_id: str, problem: str) -> None:
+        row = dataclasses.replace(sized_row(1, 10), message_id=message_id)
+        assert problem in (amqp_problem(row) or "")
+
+    @pytest.mark.parametrize("message_id", ["x", "x" * 255, "é" * 127, "order-42-created"])
+    def test_any_other_text_goes_out(self, message_id: str) -> None:
+        assert amqp_problem(dataclasses.replace(sized_row(1, 10), message_id=message_id)) is None
