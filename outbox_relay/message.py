@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from outbox_relay import header_types
 from outbox_relay.amqp_fields import (
     DEFAULT_FRAME_MAX_BYTES,
     MAX_PROPERTIES_BYTES,
@@ -271,20 +272,19 @@ def encode_headers(headers: Mapping[str, object] | None, limits: Limits = DEFAUL
             "byte limit (Limits.max_headers_bytes); put large data in the payload"
         )
     try:
+        # Decimal, datetime, bytes and large floats as typed values (header_types).
         return json.dumps(
-            headers, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_plain
+            header_types.to_json(headers),
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
         )
+    except UnencodableError as exc:
+        raise InvalidMessageError(f"headers: {exc}") from None
     except ValueError as exc:
         raise InvalidMessageError(
             f"headers: cannot be encoded as JSON ({exc}); use finite numbers"
         ) from None
-
-
-def _plain(value: object) -> object:
-    """json.dumps' fallback: a mapping that is not a dict (table_size allowed it)."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
@@ -339,7 +339,7 @@ def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
     if not headers and not properties:
         return None
     try:
-        headers_bytes = table_size(headers) if headers else 0
+        headers_bytes = table_size(header_types.from_json(headers)) if headers else 0
     except UnencodableError as exc:
         return f"headers: {exc}"
     size = content_header_frame_bytes(

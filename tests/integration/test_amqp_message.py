@@ -4,14 +4,20 @@ sets arrives as set, read back with pika's BasicProperties on a test queue."""
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
+import uuid
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
 import outbox_relay
+from outbox_relay.consumer import ConsumerApp, lenient_frames
+from outbox_relay.consumer import Message as ConsumerMessage
 from tests.support.broker import BrokerHelper
+from tests.support.consumer import publish, running_consumer
 from tests.support.relay import make_relay, outbox_rows, running_relay, wait_for
 
 pytestmark = pytest.mark.integration
@@ -225,3 +231,72 @@ def test_a_row_whose_message_id_amqp_cannot_carry_fails_alone(
     errors = [error for (error,) in outbox_rows(database_url, schema, "last_error")]
     assert "message_id: is empty" in errors[0]
     assert "message_id is 256 bytes" in errors[1]
+
+
+def test_header_values_arrive_with_their_amqp_types(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    lenient_frames.install_field_codec()  # read doubles as a consumer of the SDK does
+    exchange = broker.exchange()
+    queue = broker.queue(bind=(exchange, "#"))
+    when = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+    headers = {
+        "score": 0.5,
+        "one": 1.0,
+        "big": 1e16,
+        "timelimit": [3.0, 1.5],
+        "price": decimal.Decimal("12.50"),
+        "at": when,
+        "raw": b"\x00\xff",
+        "n": 2**40,
+        "nested": {"ratio": 2.75, "ok": True},
+    }
+    with psycopg.connect(database_url) as conn:
+        outbox_relay.publish(
+            conn, exchange=exchange, routing_key="k", payload={}, headers=headers, schema=schema
+        )
+        conn.commit()
+
+    with running_relay(database_url, amqp_url, schema):
+        [received] = broker.drain(queue, expect=1)
+
+    got = received.properties.headers
+    assert got == headers
+    assert [type(got[k]) for k in ("score", "one", "big", "n")] == [float, float, float, int]
+    assert [type(v) for v in got["timelimit"]] == [float, float]
+    assert type(got["price"]) is decimal.Decimal
+    assert type(got["raw"]) is bytes
+
+
+def test_sdk_handlers_get_float_headers_intact_also_retried_and_parked(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    # What an aio-pika or kombu producer sends: doubles, and a 64-bit integer.
+    lenient_frames.install_field_codec()
+    exchange = broker.exchange()
+    queue = broker.name("scores")
+    app = ConsumerApp(
+        name=f"test-{uuid.uuid4().hex[:6]}",
+        schema=schema,
+        database_url=database_url,
+        amqp_url=amqp_url,
+    )
+    seen: list[dict[str, Any]] = []
+
+    @app.handler(exchange=exchange, queue=queue, bindings=["#"], max_attempts=2, retry_delays=[0.2])
+    def on_score(message: ConsumerMessage, _tx: psycopg.Connection[Any]) -> None:
+        seen.append(dict(message.headers))
+        raise ValueError("always")
+
+    sent = {"score": 0.5, "ratio": 2.75, "lst": [1, 0.5], "n": 2**40}
+    with running_consumer(app, broker):
+        publish(broker, exchange, "k", b"{}", message_id="s-1", headers=sent)
+        parked = broker.drain(f"{queue}.parking", expect=1, timeout_s=15)
+
+    assert len(seen) == 2
+    for headers in seen:
+        assert {k: headers[k] for k in sent} == sent
+        assert type(headers["score"]) is float
+        assert type(headers["n"]) is int
+    [copy] = parked
+    assert {k: copy.properties.headers[k] for k in sent} == sent

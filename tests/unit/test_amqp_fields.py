@@ -3,6 +3,7 @@ AMQP cannot carry is named. If pika changes how it encodes, these tests fail."""
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import time
 import uuid
@@ -15,6 +16,7 @@ from pika import frame
 from pika.data import encode_table
 from pika.spec import BasicProperties
 
+from outbox_relay import pika_doubles
 from outbox_relay.amqp_fields import (
     MAX_HEADER_DEPTH,
     MAX_PROPERTIES_BYTES,
@@ -35,11 +37,18 @@ texts = st.text(
 names = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=60
 )
+# Floats travel as doubles: the relay's process encodes them so.
+pika_doubles.install()
 values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(min_value=-(2.0**62), max_value=2.0**62)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.decimals(
+        allow_nan=False, allow_infinity=False, places=3, min_value=-(10**6), max_value=10**6
+    )
+    | st.datetimes(min_value=dt.datetime(1970, 1, 1), max_value=dt.datetime(9999, 1, 1))
+    | st.binary(max_size=20)
     | texts,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(names, inner, max_size=4),
     max_leaves=20,
@@ -101,8 +110,6 @@ class TestTableSize:
             ({"\udfff": 1}, ["surrogate"]),
             ({"f": math.inf}, ["'f'", "inf"]),
             ({"f": math.nan}, ["'f'", "nan"]),
-            ({"f": 1e19}, ["'f'", "2**63"]),
-            ({"b": b"bytes"}, ["'b'", "bytes"]),
             ({"o": object()}, ["'o'", "object"]),
             ({1: "x"}, ["not a str", "1"]),
             ({"t": {10**5000: 1}}, ["not a str", "an int of"]),

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from outbox_relay import header_types
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.message import (
     BROKER_MAX_MESSAGE_BYTES,
@@ -84,7 +85,6 @@ class TestNewMessage:
             ({"headers": ["a"]}, "headers"),
             ({"headers": {1: "a"}}, "headers"),
             ({"headers": {"a": object()}}, "headers"),
-            ({"headers": {"a": {"b": b"bytes"}}}, "headers"),
             ({"headers": {"a": 2**64}}, "headers"),
             ({"headers": {"a": math.inf}}, "headers"),
             ({"headers": {"outbox-attempt": 1}}, "headers"),
@@ -134,7 +134,6 @@ class TestNewMessage:
             ({"headers": {"a": _nested_list(5000)}}, "headers"),
             # The AMQP-encoded size, not the JSON size: 60 KB of JSON, 150 KB of AMQP.
             ({"headers": {"h": [0] * 30000}}, "headers"),
-            ({"headers": {"f": 1e19}}, "headers"),
             ({"headers": {"f": math.nan}}, "headers"),
             ({"delay": 1e13}, "delay"),
             ({"delay": 1e300}, "delay"),
@@ -212,6 +211,15 @@ class TestNewMessage:
 _PG_TEXT = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
 
 
+def typed(value: object) -> object:
+    """``value`` with the type of every leaf beside it: 1.0 and 1 differ."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [typed(item) for item in value]
+    return (type(value), value)
+
+
 class TestHeaders:
     @given(
         st.dictionaries(
@@ -224,18 +232,37 @@ class TestHeaders:
                 | st.booleans()
                 | st.integers(-(2**63), 2**63 - 1)
                 | st.text(_PG_TEXT)
-                | st.floats(min_value=-(2.0**62), max_value=2.0**62),
+                | st.floats(allow_nan=False, allow_infinity=False)
+                | st.decimals(
+                    allow_nan=False,
+                    allow_infinity=False,
+                    places=2,
+                    min_value=-(10**6),
+                    max_value=10**6,
+                )
+                | st.datetimes(dt.datetime(1970, 1, 1), timezones=st.just(dt.timezone.utc)).map(
+                    lambda moment: moment.replace(microsecond=0)
+                )
+                | st.binary(max_size=20),
                 lambda inner: (
                     st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(_PG_TEXT, max_size=60), inner, max_size=3)
+                    # A table of one typed value's key is refused (see header_types)
+                    | st.dictionaries(
+                        st.text(_PG_TEXT, max_size=60).filter(lambda k: k not in header_types.TAGS),
+                        inner,
+                        max_size=3,
+                    )
                 ),
                 max_leaves=10,
             ),
             max_size=10,
         )
     )
-    def test_valid_headers_round_trip_through_json(self, headers: dict[str, object]) -> None:
-        assert json.loads(encode_headers(headers)) == headers
+    def test_valid_headers_round_trip_through_json_with_their_types(
+        self, headers: dict[str, object]
+    ) -> None:
+        loaded = header_types.from_json(json.loads(encode_headers(headers)))
+        assert typed(loaded) == typed(headers)
 
     def test_no_headers_is_an_empty_object(self) -> None:
         assert encode_headers(None) == "{}"
