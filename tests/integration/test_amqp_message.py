@@ -18,7 +18,7 @@ from outbox_relay.consumer import ConsumerApp, lenient_frames
 from outbox_relay.consumer import Message as ConsumerMessage
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import publish, running_consumer
-from tests.support.relay import make_relay, outbox_rows, running_relay, wait_for
+from tests.support.relay import one_batch, outbox_rows, running_relay, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +30,29 @@ EVERY_PROPERTY: dict[str, object] = {
     "app_id": "shop",
     "content_encoding": "gzip",
 }
+
+
+def insert_by_sql(
+    database_url: str, schema: str, exchange: str, rows: list[dict[str, object]]
+) -> None:
+    """Rows as a plain SQL writer inserts them, each with ``{"n": index}`` as its payload
+    and the given columns (message_id defaults to a random UUID, properties to NULL)."""
+    with psycopg.connect(database_url) as conn:
+        for n, row in enumerate(rows):
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload,"
+                    " content_type, properties) VALUES (coalesce(%s, gen_random_uuid()::text),"
+                    " %s, 'k', %s, 'application/json', %s::jsonb)"
+                ).format(sql.Identifier(schema)),
+                (
+                    row.get("message_id"),
+                    exchange,
+                    json.dumps({"n": n}).encode(),
+                    row.get("properties"),
+                ),
+            )
+        conn.commit()
 
 
 def test_every_property_set_by_publish_arrives_as_set(
@@ -111,26 +134,9 @@ def test_a_row_whose_stored_properties_rabbitmq_would_refuse_fails_alone(
 ) -> None:
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
-    with psycopg.connect(database_url) as conn:
-        for n, properties in enumerate(
-            ['{"expiration": "soon"}', None, '{"priority": 300}', '{"reply_to": "r"}']
-        ):
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload,"
-                    " content_type, properties) VALUES (gen_random_uuid(), %s, 'k', %s,"
-                    " 'application/json', %s::jsonb)"
-                ).format(sql.Identifier(schema)),
-                (exchange, json.dumps({"n": n}).encode(), properties),
-            )
-        conn.commit()
-    relay = make_relay(database_url, amqp_url, schema)
-    relay._connect()
-    relay._heartbeat()
-    try:
-        result = relay.run_batch()
-    finally:
-        relay._shutdown()
+    properties = ['{"expiration": "soon"}', None, '{"priority": 300}', '{"reply_to": "r"}']
+    insert_by_sql(database_url, schema, exchange, [{"properties": p} for p in properties])
+    result = one_batch(database_url, amqp_url, schema)
 
     assert (result.claimed, result.published, result.failed) == (4, 2, 2)
     got = {json.loads(r.body)["n"]: r.properties for r in broker.drain(queue, expect=2)}
@@ -208,23 +214,9 @@ def test_a_row_whose_message_id_amqp_cannot_carry_fails_alone(
 ) -> None:
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "#"))
-    with psycopg.connect(database_url) as conn:
-        for n, message_id in enumerate(["", "ok-1", "x" * 256, "ok-2"]):
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.outbox (message_id, exchange, routing_key, payload,"
-                    " content_type) VALUES (%s, %s, 'k', %s, 'application/json')"
-                ).format(sql.Identifier(schema)),
-                (message_id, exchange, json.dumps({"n": n}).encode()),
-            )
-        conn.commit()
-    relay = make_relay(database_url, amqp_url, schema)
-    relay._connect()
-    relay._heartbeat()
-    try:
-        result = relay.run_batch()
-    finally:
-        relay._shutdown()
+    ids = ["", "ok-1", "x" * 256, "ok-2"]
+    insert_by_sql(database_url, schema, exchange, [{"message_id": i} for i in ids])
+    result = one_batch(database_url, amqp_url, schema)
 
     assert (result.claimed, result.published, result.failed) == (4, 2, 2)
     assert [r.properties.message_id for r in broker.drain(queue, expect=2)] == ["ok-1", "ok-2"]
