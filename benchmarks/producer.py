@@ -131,6 +131,7 @@ def outbox_script(
         "headers": "'{}'",
         "partition_key": "NULL",
         "delay_s": "0",
+        "properties": "NULL",
     }
     for name, value in values.items():
         statement = statement.replace(f"%({name})s", value)

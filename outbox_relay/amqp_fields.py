@@ -4,12 +4,15 @@ A message's properties travel in one content-header frame, which the broker refu
 (closing the whole connection, 501 FRAME_ERROR) when it is larger than the connection's
 negotiated ``frame_max``. Its size is known before anything is sent: this module
 computes it exactly as pika encodes it (a unit test compares it with pika's encoder),
-for header tables of JSON values as the relay sends them (floats as decimal strings,
-see :func:`outbox_relay.publisher.amqp_headers`).
+for header tables as the relay sends them (see :mod:`outbox_relay.header_types`: floats
+as doubles, Decimal, datetime and bytes as AMQP decimals, timestamps and byte arrays).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,13 +27,26 @@ _FRAME_OVERHEAD_BYTES = 8
 _CONTENT_HEADER_FIXED_BYTES = 14
 _DELIVERY_MODE_BYTES = 1
 _TIMESTAMP_BYTES = 8
+PRIORITY_BYTES = 1
+# The short-string properties a producer may set besides content type and message id
+# (see outbox_relay.properties).
+OPTIONAL_TEXT_PROPERTIES = (
+    "content_encoding",
+    "correlation_id",
+    "reply_to",
+    "expiration",
+    "type",
+    "app_id",
+)
 # The content-header frame of a message as the relay sends it, less its header table:
-# the largest content type and message id AMQP allows, delivery mode, timestamp.
+# the largest content type, message id and optional properties AMQP allows, delivery
+# mode, priority, timestamp.
 MAX_PROPERTIES_BYTES = (
     _FRAME_OVERHEAD_BYTES
     + _CONTENT_HEADER_FIXED_BYTES
-    + 2 * (1 + MAX_SHORT_STRING_BYTES)
+    + (2 + len(OPTIONAL_TEXT_PROPERTIES)) * (1 + MAX_SHORT_STRING_BYTES)
     + _DELIVERY_MODE_BYTES
+    + PRIORITY_BYTES
     + _TIMESTAMP_BYTES
 )
 _INT32 = 2**31
@@ -64,7 +80,7 @@ def table_size(table: Mapping[Any, Any], path: str = "") -> int:
     Raises :class:`UnencodableError` naming the key or value AMQP cannot carry: a name over
     255 bytes, an int outside 64 bits, nesting deeper than MAX_HEADER_DEPTH, text that
     is not Unicode or holds a NUL (which PostgreSQL cannot store), or a type that is not
-    str, int, float, bool, None, or a list or dict of them.
+    str, int, float, bool, None, Decimal, datetime, bytes, or a list or dict of them.
     Paths in the error are dotted from ``path`` (``'a.b[2]'``).
     """
     return _table(table, path, 1)
@@ -104,10 +120,9 @@ def _value(value: Any, path: str, part: str | int, depth: int) -> int:  # noqa: 
         if value.isascii() and "\x00" not in value:
             return 5 + len(value)
         return 5 + _text_bytes(value, _where(path, part))
-    if value is None:
-        return 1
-    if isinstance(value, bool):
-        return 2
+    fixed = _fixed_bytes(value)
+    if fixed is not None:
+        return fixed
     if isinstance(value, int):
         if -_INT32 <= value < _INT32:
             return 5
@@ -117,13 +132,14 @@ def _value(value: Any, path: str, part: str | int, depth: int) -> int:  # noqa: 
             f"{shown(_where(path, part))} does not fit in a signed 64-bit integer"
         )
     if isinstance(value, float):
-        if not -_INT64 < value < _INT64:  # also inf and nan
+        if not math.isfinite(value):
             raise UnencodableError(
                 f"{shown(_where(path, part))} is {value!r}; headers take finite numbers "
-                "under 2**63 (jsonb stores larger ones as integers AMQP cannot carry): send "
-                "it as a string"
+                "(JSON has no inf or nan): send it as a string"
             )
-        return 5 + len(repr(value))  # sent as its decimal string
+        return 9  # a double
+    if isinstance(value, (bytes, bytearray)):
+        return 5 + len(value)
     if isinstance(value, Mapping):
         return 1 + _table(value, _where(path, part), depth + 1)
     if isinstance(value, (list, tuple)):
@@ -133,8 +149,23 @@ def _value(value: Any, path: str, part: str | int, depth: int) -> int:  # noqa: 
         return 5 + sum(_value(item, where, i, depth + 1) for i, item in enumerate(value))
     raise UnencodableError(
         f"{shown(_where(path, part))} is a {type(value).__name__}; use str, int, float, "
-        "bool, None, or lists and dicts of them"
+        "bool, None, Decimal, datetime, bytes, or lists and dicts of them"
     )
+
+
+def _fixed_bytes(value: Any) -> int | None:
+    """Bytes of a value whose size does not depend on it (None, bool, Decimal, datetime);
+    None for any other. The range of a Decimal or datetime is checked where it is
+    converted (outbox_relay.header_types)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool):
+        return 2
+    if isinstance(value, decimal.Decimal):
+        return 6
+    if isinstance(value, dt.datetime):
+        return 9
+    return None
 
 
 def _where(path: str, part: str | int) -> str:
@@ -161,13 +192,15 @@ def _text_bytes(value: str, path: str) -> int:
 
 
 def content_header_frame_bytes(
-    *, content_type: str, message_id: str, headers_bytes: int | None
+    *, content_type: str, message_id: str, headers_bytes: int | None, properties_bytes: int = 0
 ) -> int:
     """Bytes of the content-header frame of a message as the relay sends it (content
-    type, delivery mode, message id, timestamp, and the header table when there is one,
-    of ``headers_bytes`` from :func:`table_size`)."""
+    type, delivery mode, message id, timestamp, the header table when there is one, of
+    ``headers_bytes`` from :func:`table_size`, and the optional properties, of
+    ``properties_bytes`` from :func:`outbox_relay.properties.properties_bytes`)."""
     return (
-        _FRAME_OVERHEAD_BYTES
+        properties_bytes
+        + _FRAME_OVERHEAD_BYTES
         + _CONTENT_HEADER_FIXED_BYTES
         + 1
         + len(content_type.encode("utf-8"))

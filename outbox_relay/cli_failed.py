@@ -49,7 +49,6 @@ def _where(
 
 def _json_row(row: DeadRow) -> dict[str, Any]:
     data = asdict(row)
-    data["message_id"] = str(row.message_id)
     data["created_at"] = row.created_at.isoformat()
     data["dead_at"] = row.dead_at.isoformat()
     data.pop("payload", None)

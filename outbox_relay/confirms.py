@@ -31,7 +31,7 @@ class Returns:
 
     def take(self, row: OutboxRow) -> str | None:
         """Why ``row``, just acked, was returned; None when it was routed."""
-        return self._reasons.pop(str(row.message_id), None)
+        return self._reasons.pop(row.message_id, None)
 
     def forget(self, message_ids: Collection[str]) -> None:
         """Drop what the messages of a batch no longer tracked left: returns whose acks

@@ -10,9 +10,11 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
+from outbox_relay import header_types
 from outbox_relay.amqp_fields import (
     DEFAULT_FRAME_MAX_BYTES,
     MAX_PROPERTIES_BYTES,
@@ -25,11 +27,13 @@ from outbox_relay.amqp_fields import (
 )
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.ids import uuid7
+from outbox_relay.properties import encode_properties, properties_bytes, stored_problem
 
 JSON_CONTENT_TYPE = "application/json"
 BYTES_CONTENT_TYPE = "application/octet-stream"
 MAX_ROUTING_KEY_BYTES = MAX_SHORT_STRING_BYTES
 MAX_EXCHANGE_NAME_BYTES = MAX_SHORT_STRING_BYTES
+MAX_MESSAGE_ID_BYTES = MAX_SHORT_STRING_BYTES
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024  # RabbitMQ's own default max_message_size is 16 MiB
 MAX_HEADER_COUNT = 100
 # The header table as AMQP encodes it (not its JSON): it travels in one frame, with the
@@ -94,7 +98,7 @@ DEFAULT_LIMITS = Limits()
 class NewMessage:
     """A validated message ready to be inserted into the outbox."""
 
-    message_id: uuid.UUID
+    message_id: str
     exchange: str
     routing_key: str
     payload: bytes
@@ -102,15 +106,30 @@ class NewMessage:
     headers_json: str
     partition_key: str | None
     delay_s: float
+    properties_json: str | None = None  # see outbox_relay.properties
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableHeaders:
+    """Stands for a claimed row's headers (or properties) JSON that Python cannot load
+    (nested past its recursion limit, a number of thousands of digits): the relay fails
+    the row alone."""
+
+    reason: str
+
+
+NO_PROPERTIES: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     """A row claimed by the relay, as it will be published. ``headers`` is an
-    :class:`UnreadableHeaders` when the stored JSON cannot be loaded in Python."""
+    :class:`UnreadableHeaders` when the stored JSON cannot be loaded in Python, and so
+    are ``properties`` (the optional AMQP properties by their names, see
+    :mod:`outbox_relay.properties`)."""
 
     id: int
-    message_id: uuid.UUID
+    message_id: str
     exchange: str
     routing_key: str
     payload: bytes
@@ -119,6 +138,7 @@ class OutboxRow:
     partition_key: str | None
     created_at: dt.datetime
     attempts: int = 0
+    properties: Mapping[str, Any] | UnreadableHeaders = field(default_factory=lambda: NO_PROPERTIES)
 
 
 def new_message(
@@ -132,6 +152,13 @@ def new_message(
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    priority: int | None = None,
+    expiration: float | dt.timedelta | None = None,
+    type: str | None = None,
+    app_id: str | None = None,
+    content_encoding: str | None = None,
 ) -> NewMessage:
     """Validate the arguments of ``publish`` and encode the payload.
 
@@ -139,9 +166,10 @@ def new_message(
     """
     if not isinstance(limits, Limits):
         raise InvalidMessageError(
-            f"limits: expected outbox_relay.Limits, got {type(limits).__name__}"
+            f"limits: expected outbox_relay.Limits, got {limits.__class__.__name__}"
         )
-    _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=False)
+    # "" is the default exchange: it routes to the queue named by the routing key.
+    _check_name("exchange", exchange, MAX_EXCHANGE_NAME_BYTES, allow_empty=True)
     _check_name("routing_key", routing_key, MAX_ROUTING_KEY_BYTES, allow_empty=True)
     body, ctype = encode_payload(payload, content_type, limits)
     return NewMessage(
@@ -153,6 +181,15 @@ def new_message(
         headers_json=encode_headers(headers, limits),
         partition_key=_partition_key(partition_key),
         delay_s=delay_seconds(delay),
+        properties_json=encode_properties(
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            priority=priority,
+            expiration=expiration,
+            type=type,
+            app_id=app_id,
+            content_encoding=content_encoding,
+        ),
     )
 
 
@@ -235,28 +272,19 @@ def encode_headers(headers: Mapping[str, object] | None, limits: Limits = DEFAUL
             "byte limit (Limits.max_headers_bytes); put large data in the payload"
         )
     try:
+        # Decimal, datetime, bytes and large floats as typed values (header_types).
         return json.dumps(
-            headers, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_plain
+            header_types.to_json(headers),
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
         )
+    except UnencodableError as exc:
+        raise InvalidMessageError(f"headers: {exc}") from None
     except ValueError as exc:
         raise InvalidMessageError(
             f"headers: cannot be encoded as JSON ({exc}); use finite numbers"
         ) from None
-
-
-def _plain(value: object) -> object:
-    """json.dumps' fallback: a mapping that is not a dict (table_size allowed it)."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-@dataclass(frozen=True, slots=True)
-class UnreadableHeaders:
-    """Stands for a claimed row's headers JSON that Python cannot load (nested past its
-    recursion limit, a number of thousands of digits): the relay fails the row alone."""
-
-    reason: str
 
 
 def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
@@ -271,36 +299,54 @@ def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
     """
     headers = row.headers
     exchange, routing_key, content_type = row.exchange, row.routing_key, row.content_type
+    message_id = row.message_id
     if (
         not headers
+        and not row.properties
+        and message_id
         and exchange.isascii()
         and routing_key.isascii()
         and content_type.isascii()
-        and max(len(exchange), len(routing_key), len(content_type)) <= MAX_SHORT_STRING_BYTES
+        and message_id.isascii()
+        and max(len(exchange), len(routing_key), len(content_type), len(message_id))
+        <= MAX_SHORT_STRING_BYTES
     ):
         # The usual row, checked in well under a microsecond. Without headers the
         # properties take at most MAX_PROPERTIES_BYTES: under the 4096 bytes every
         # frame_max allows.
         return None
+    if not message_id:
+        # A returned message could not be told from the others without its id.
+        return "message_id: is empty; give the row a message id"
     problem = (
-        short_string_problem("exchange", row.exchange)
+        short_string_problem("message_id", message_id)
+        or short_string_problem("exchange", row.exchange)
         or short_string_problem("routing_key", row.routing_key)
         or short_string_problem("content_type", row.content_type)
     )
+    if problem is not None:
+        return problem
+    properties = row.properties
+    if isinstance(properties, UnreadableHeaders):
+        return f"properties: {properties.reason}"
+    problem = stored_problem(properties)
     if problem is not None:
         return problem
     if isinstance(headers, UnreadableHeaders):
         return f"headers: {headers.reason}"
     if not isinstance(headers, Mapping):
         return f"headers: expected a JSON object, got a JSON {type(headers).__name__}"
-    if not headers:
+    if not headers and not properties:
         return None
     try:
-        headers_bytes = table_size(headers)
+        headers_bytes = table_size(header_types.from_json(headers)) if headers else 0
     except UnencodableError as exc:
         return f"headers: {exc}"
     size = content_header_frame_bytes(
-        content_type=row.content_type, message_id=str(row.message_id), headers_bytes=headers_bytes
+        content_type=row.content_type,
+        message_id=row.message_id,
+        headers_bytes=headers_bytes,
+        properties_bytes=properties_bytes(properties),
     )
     if frame_max and size > frame_max:
         return (
@@ -334,12 +380,7 @@ def _check_name(argument: str, value: object, max_bytes: int, *, allow_empty: bo
     if not isinstance(value, str):
         raise InvalidMessageError(f"{argument}: expected str, got {type(value).__name__}")
     if not value and not allow_empty:
-        raise InvalidMessageError(
-            f"{argument}: must not be empty (the default exchange cannot route by topic); "
-            "name the topic exchange to publish to"
-            if argument == "exchange"
-            else f"{argument}: must not be empty"
-        )
+        raise InvalidMessageError(f"{argument}: must not be empty")
     if "\x00" in value:
         raise InvalidMessageError(
             f"{argument}: holds a NUL character, which PostgreSQL cannot store; remove it"
@@ -355,19 +396,18 @@ def _check_name(argument: str, value: object, max_bytes: int, *, allow_empty: bo
         raise InvalidMessageError(f"{argument}: {size} bytes exceeds {whose} of {max_bytes} bytes")
 
 
-def _message_id(value: uuid.UUID | str | None) -> uuid.UUID:
+def _message_id(value: uuid.UUID | str | None) -> str:
+    """The id as sent in the AMQP message_id property: a time-ordered UUID unless given."""
     if value is None:
-        return uuid7()
+        return str(uuid7())
     if isinstance(value, uuid.UUID):
-        return value
+        return str(value)
     if isinstance(value, str):
-        try:
-            return uuid.UUID(value)
-        except ValueError:
-            raise InvalidMessageError(
-                f"message_id: {shown(value)} is not a UUID; pass a uuid.UUID or leave it out"
-            ) from None
-    raise InvalidMessageError(f"message_id: expected a UUID, got {type(value).__name__}")
+        _check_name("message_id", value, MAX_MESSAGE_ID_BYTES, allow_empty=False)
+        return value
+    raise InvalidMessageError(
+        f"message_id: expected a str or a uuid.UUID, got {type(value).__name__}"
+    )
 
 
 def _partition_key(value: str | None) -> str | None:

@@ -130,6 +130,8 @@ def blame_channel_close(
 _ACCESS_REFUSED = 403
 # RabbitMQ's words when the user may not write to an exchange.
 _EXCHANGE_REFUSED = re.compile(r"access to exchange '(.*)' in vhost '(.*)' refused for user '(.*)'")
+# How RabbitMQ names the default exchange "" in permissions and their errors.
+DEFAULT_EXCHANGE_PERMISSION_NAME = "amq.default"
 
 
 def blame_access_refused(
@@ -147,4 +149,24 @@ def blame_access_refused(
         "on it (rabbitmqctl set_permissions)",
         Reason.CHANNEL_CLOSED,
     )
-    return {row.id: outcome for row in unresolved if row.exchange == exchange}
+    return {
+        row.id: outcome
+        for row in unresolved
+        if (row.exchange or DEFAULT_EXCHANGE_PERMISSION_NAME) == exchange
+    }
+
+
+def unroutable(exchange: str, routing_key: str, reply: str) -> str:
+    """The error of a message the broker returned as unroutable (``reply``: its code and
+    text): no queue took it."""
+    if not exchange:
+        return (
+            f"unroutable: no queue named '{routing_key}' exists for the default exchange to "
+            f"route to ({reply}); declare the queue (`outbox-relay topology apply`), or fix "
+            "the routing key: through the default exchange it is the queue's name"
+        )
+    return (
+        f"unroutable: no queue is bound to exchange '{exchange}' for routing key "
+        f"'{routing_key}' ({reply}); bind a queue (`outbox-relay topology apply`) or give "
+        "the exchange an alternate exchange"
+    )

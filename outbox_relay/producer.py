@@ -37,6 +37,13 @@ class Message:
     partition_key: str | None = None
     delay: float | dt.timedelta | None = None
     content_type: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    priority: int | None = None
+    expiration: float | dt.timedelta | None = None
+    type: str | None = None
+    app_id: str | None = None
+    content_encoding: str | None = None
 
 
 def publish(
@@ -50,9 +57,16 @@ def publish(
     partition_key: str | None = None,
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    priority: int | None = None,
+    expiration: float | dt.timedelta | None = None,
+    type: str | None = None,
+    app_id: str | None = None,
+    content_encoding: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> uuid.UUID:
+) -> str:
     """Insert one message into ``<schema>.outbox`` in the transaction open on ``conn``.
 
     ``conn`` is a psycopg ``Connection`` or ``Cursor``; a SQLAlchemy ``Session``,
@@ -61,21 +75,34 @@ def publish(
     ``transaction.atomic()``. ``payload`` is a JSON-serialisable object, or
     bytes with ``content_type``. ``partition_key`` orders messages: rows with the same
     key are published in the order they were written. ``delay`` (seconds or a
-    timedelta) holds the message back. ``limits`` bounds the payload and headers
-    (:class:`Limits`; the defaults suit RabbitMQ's). Returns the message id (a
-    time-ordered UUID unless one is given). Raises :class:`InvalidMessageError` before
-    writing anything.
+    timedelta) holds the message back. ``correlation_id``, ``reply_to``, ``priority``
+    (0-255), ``expiration`` (a time to live: seconds or a timedelta), ``type``,
+    ``app_id`` and ``content_encoding`` are sent as the AMQP properties of those names.
+    ``limits`` bounds the payload and headers (:class:`Limits`; the defaults suit
+    RabbitMQ's). ``message_id`` is any text of 1 to 255 bytes (or a UUID); by default a
+    time-ordered UUID (version 7). Returns the message id as the str sent in the AMQP
+    ``message_id`` property.
+    Raises :class:`InvalidMessageError` before writing anything.
     """
-    message = new_message(
-        exchange=exchange,
-        routing_key=routing_key,
-        payload=payload,
-        headers=with_trace_context(headers),
-        message_id=message_id,
-        partition_key=partition_key,
-        delay=delay,
-        content_type=content_type,
-        limits=limits,
+    message = _build(
+        Message(
+            exchange=exchange,
+            routing_key=routing_key,
+            payload=payload,
+            headers=headers,
+            message_id=message_id,
+            partition_key=partition_key,
+            delay=delay,
+            content_type=content_type,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            priority=priority,
+            expiration=expiration,
+            type=type,
+            app_id=app_id,
+            content_encoding=content_encoding,
+        ),
+        limits,
     )
     _write(conn, [message], schema=schema)
     return message.message_id
@@ -87,7 +114,7 @@ def publish_many(
     *,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> list[uuid.UUID]:
+) -> list[str]:
     """Insert several messages in one round trip; all are validated before any is written."""
     built = _build_all(messages, limits)
     if built:
@@ -106,21 +133,37 @@ async def publish_async(
     partition_key: str | None = None,
     delay: float | dt.timedelta | None = None,
     content_type: str | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    priority: int | None = None,
+    expiration: float | dt.timedelta | None = None,
+    type: str | None = None,
+    app_id: str | None = None,
+    content_encoding: str | None = None,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> uuid.UUID:
+) -> str:
     """:func:`publish` for psycopg ``AsyncConnection``/``AsyncCursor`` and SQLAlchemy's
     ``AsyncSession``/``async_scoped_session``/``AsyncConnection`` (subclasses too)."""
-    message = new_message(
-        exchange=exchange,
-        routing_key=routing_key,
-        payload=payload,
-        headers=with_trace_context(headers),
-        message_id=message_id,
-        partition_key=partition_key,
-        delay=delay,
-        content_type=content_type,
-        limits=limits,
+    message = _build(
+        Message(
+            exchange=exchange,
+            routing_key=routing_key,
+            payload=payload,
+            headers=headers,
+            message_id=message_id,
+            partition_key=partition_key,
+            delay=delay,
+            content_type=content_type,
+            correlation_id=correlation_id,
+            reply_to=reply_to,
+            priority=priority,
+            expiration=expiration,
+            type=type,
+            app_id=app_id,
+            content_encoding=content_encoding,
+        ),
+        limits,
     )
     await _write_async(conn, [message], schema=schema)
     return message.message_id
@@ -132,7 +175,7 @@ async def publish_many_async(
     *,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
-) -> list[uuid.UUID]:
+) -> list[str]:
     """:func:`publish_many` for async connections."""
     built = _build_all(messages, limits)
     if built:
@@ -148,22 +191,31 @@ def _build_all(messages: Iterable[Message], limits: Limits) -> list[NewMessage]:
                 f"messages[{index}]: expected outbox_relay.Message, got {type(message).__name__}"
             )
         try:
-            built.append(
-                new_message(
-                    exchange=message.exchange,
-                    routing_key=message.routing_key,
-                    payload=message.payload,
-                    headers=with_trace_context(message.headers),
-                    message_id=message.message_id,
-                    partition_key=message.partition_key,
-                    delay=message.delay,
-                    content_type=message.content_type,
-                    limits=limits,
-                )
-            )
+            built.append(_build(message, limits))
         except InvalidMessageError as exc:
             raise InvalidMessageError(f"messages[{index}]: {exc}") from exc
     return built
+
+
+def _build(message: Message, limits: Limits) -> NewMessage:
+    return new_message(
+        exchange=message.exchange,
+        routing_key=message.routing_key,
+        payload=message.payload,
+        headers=with_trace_context(message.headers),
+        message_id=message.message_id,
+        partition_key=message.partition_key,
+        delay=message.delay,
+        content_type=message.content_type,
+        limits=limits,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        priority=message.priority,
+        expiration=message.expiration,
+        type=message.type,
+        app_id=message.app_id,
+        content_encoding=message.content_encoding,
+    )
 
 
 def _write(conn: object, messages: Sequence[NewMessage], *, schema: str) -> None:

@@ -28,6 +28,7 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
+from outbox_relay import header_types, pika_doubles
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
 from outbox_relay.confirms import Batch, ChannelClose, Returns
@@ -40,6 +41,7 @@ from outbox_relay.outcome import (
     blame_access_refused,
     blame_channel_close,
     refused_by_broker,
+    unroutable,
 )
 from outbox_relay.urls import redact_url
 
@@ -63,21 +65,13 @@ log = structlog.get_logger("outbox_relay.publisher")
 
 
 def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON header values as an AMQP field table; floats travel as decimal strings
-    because pika cannot encode AMQP doubles."""
+    """Stored header values as the AMQP field table pika encodes: typed values become
+    their float, Decimal, datetime or bytes (see outbox_relay.header_types), and floats
+    travel as doubles (see outbox_relay.pika_doubles)."""
     if not isinstance(headers, Mapping):
         raise TypeError(f"headers must be a JSON object, not {type(headers).__name__}")
-    return {key: _amqp_value(value) for key, value in headers.items()}
-
-
-def _amqp_value(value: Any) -> Any:
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, dict):
-        return amqp_headers(value)
-    if isinstance(value, list):
-        return [_amqp_value(item) for item in value]
-    return value
+    table: dict[str, Any] = header_types.from_json(dict(headers))
+    return table
 
 
 # What pika raises when a message's properties cannot be encoded as AMQP fields.
@@ -196,6 +190,7 @@ class Publisher:
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
         should_stop: Callable[[], bool] = lambda: False,
     ) -> None:
+        pika_doubles.install()  # float headers as AMQP doubles
         self._url = url
         self._params = url_parameters(url, dead_peer_timeout_s=dead_peer_timeout_s)
         self._confirm_timeout_s = confirm_timeout_s
@@ -385,7 +380,7 @@ class Publisher:
         try:
             buffered = 0
             for row in rows:
-                message_id = str(row.message_id)
+                message_id = row.message_id
                 if message_id in out or message_id in batch.ids:
                     # One message with this id is out already: this row and the rest
                     # stay UNSENT and go in the next round, in order.
@@ -409,6 +404,8 @@ class Publisher:
                             # AMQP timestamps are unsigned: a row from before 1970 says 0.
                             timestamp=max(0, int(row.created_at.timestamp())),
                             headers=amqp_headers(row.headers) if row.headers else None,
+                            # Checked by refusal(): only the properties of PROPERTY_NAMES.
+                            **(row.properties if isinstance(row.properties, Mapping) else {}),
                         ),
                         mandatory=True,
                     )
@@ -813,9 +810,9 @@ class Publisher:
         if message_id and any(message_id in batch.ids for batch in self._in_flight):
             self._returned.add(
                 message_id,
-                f"unroutable: no queue is bound to exchange '{method.exchange}' for routing key "
-                f"'{method.routing_key}' ({method.reply_code} {method.reply_text}); bind a queue "
-                "(`outbox-relay topology apply`) or give the exchange an alternate exchange",
+                unroutable(
+                    method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
+                ),
             )
 
     def _on_confirm(self, channel: Channel, frame: Method[Any]) -> None:

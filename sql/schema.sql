@@ -24,10 +24,13 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox_migrations (
 -- their inbox; publish() validates the routing key before it writes, a relay marks a row
 -- whose routing key AMQP cannot carry dead with the reason, and only relays write
 -- attempts. inserted_at is the wall-clock moment of the insert, for the opt-in order gate
--- (`run --order-gate`): ids are taken at insert, not at commit.
+-- (`run --order-gate`): ids are taken at insert, not at commit. properties holds the
+-- AMQP properties a message sets besides content type and message id (correlation_id,
+-- priority, expiration as a string of milliseconds, ...), by their AMQP names; NULL,
+-- as for most messages, when it sets none.
 CREATE TABLE IF NOT EXISTS {schema}.outbox (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    message_id    uuid        NOT NULL,
+    message_id    text        NOT NULL,
     exchange      text        NOT NULL,
     routing_key   text        NOT NULL,
     payload       bytea       NOT NULL,
@@ -39,7 +42,8 @@ CREATE TABLE IF NOT EXISTS {schema}.outbox (
     attempts      integer     NOT NULL DEFAULT 0,
     last_error    text,
     dead_at       timestamptz,
-    inserted_at   timestamptz NOT NULL DEFAULT clock_timestamp()
+    inserted_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    properties    jsonb
 );
 
 -- The claim reads the primary key in id order (its session turns sorting off, see

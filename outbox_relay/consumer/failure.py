@@ -13,6 +13,7 @@ import base64
 import calendar
 import datetime as dt
 import decimal
+import math
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -146,10 +147,10 @@ def failure_headers(
 
 
 def wire_value(value: Any) -> Any:
-    """``value`` as AMQP can encode it again. What pika decodes always re-encodes except
-    integers past 64 bits (pika turns a large float or double header into an int) and
-    decimals past the 32-bit AMQP decimal; those, and any type AMQP has no field for,
-    travel as their text."""
+    """``value`` as AMQP can encode it again. What pika decodes always re-encodes (floats
+    as doubles, see outbox_relay.pika_doubles) except integers past 64 bits and decimals
+    past the 32-bit AMQP decimal; those, and any type AMQP has no field for, travel as
+    their text."""
     if isinstance(value, Mapping):
         return {key: wire_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -158,6 +159,8 @@ def wire_value(value: Any) -> Any:
         fits = True
     elif isinstance(value, int):
         fits = INT64[0] <= value <= INT64[1]
+    elif isinstance(value, float):
+        fits = math.isfinite(value)
     elif isinstance(value, decimal.Decimal):
         fits = _fits_amqp_decimal(value)
     elif isinstance(value, dt.datetime):

@@ -15,6 +15,13 @@ flows through pika like any other, and the consumer parks it with the reason. Ev
 frame, and every error that is not about one header's properties (a broken frame end, an
 unknown frame type), is pika's business as before.
 
+pika also decodes AMQP floats and doubles with ``long(...)``: 0.5 arrives as 0, and a
+retried or parked copy would carry the truncated value. :func:`install_field_codec`
+(which :func:`install` calls) makes pika decode them as floats and 64-bit integers as
+plain ``int``, and encode floats as doubles again (:mod:`outbox_relay.pika_doubles`), so
+a republished copy carries the values received, bit for bit. A NaN or infinite float is
+still undecodable, as before: it is parked with the reason.
+
 This is the one module that touches pika's private frame handling. It was written
 against pika ``PIKA_VERSION``; tests/unit/test_lenient_frames.py fails on any other
 version until someone has checked the internals listed in :data:`RELIES_ON` again.
@@ -22,15 +29,19 @@ version until someone has checked the internals listed in :data:`RELIES_ON` agai
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pika
+import pika.data
 import pika.exceptions
 import structlog
 from pika import frame, spec
+
+from outbox_relay import pika_doubles
 
 PIKA_VERSION = "1.4.4"
 # What this module reads or replaces in pika, checked by the version test.
@@ -42,6 +53,9 @@ RELIES_ON = (
     "pika.spec.BasicProperties.decode(encoded, offset=0); INDEX == 60",
     "pika.BlockingConnection._impl is the pika.connection.Connection",
     "pika.connection.Connection.params.frame_max is the negotiated frame_max once open",
+    "pika.data.decode_value(encoded, offset) -> (value, offset), the type octet at offset",
+    "pika.data.decode_table and arrays call decode_value through the module global",
+    "pika.data.decode_value decodes 'f' and 'd' with long(), 'l' as pika.compat.long",
 )
 
 # Everything pika's table decoder was seen to raise on bytes the broker let through, or
@@ -136,10 +150,44 @@ def decode_frame(data_in: bytes) -> FrameResult:
         return lenient
 
 
+_FLOAT = struct.Struct(">f")
+_DOUBLE = struct.Struct(">d")
+_LONG = struct.Struct(">q")
+_pika_decode_value: Callable[[bytes, int], tuple[Any, int]] = pika.data.decode_value
+
+
+def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
+    """pika's ``decode_value``, with floats and doubles as ``float`` and long integers as
+    ``int``."""
+    kind = encoded[offset : offset + 1]
+    if kind == b"d":
+        value: Any = _DOUBLE.unpack_from(encoded, offset + 1)[0]
+        end = offset + 1 + _DOUBLE.size
+    elif kind == b"f":
+        value = _FLOAT.unpack_from(encoded, offset + 1)[0]
+        end = offset + 1 + _FLOAT.size
+    elif kind == b"l":
+        return _LONG.unpack_from(encoded, offset + 1)[0], offset + 1 + _LONG.size
+    else:
+        return _pika_decode_value(encoded, offset)
+    if not math.isfinite(value):
+        raise ValueError(f"cannot take the float {value} in a header (NaN or infinity)")
+    return value, end
+
+
+def install_field_codec() -> None:
+    """Decode floats, doubles and long integers as :func:`decode_value` does, and encode
+    floats as doubles, in this process; idempotent."""
+    pika.data.decode_value = decode_value
+    pika_doubles.install()
+
+
 def install(connection: pika.BlockingConnection) -> bool:
-    """Decode this connection's content headers with :func:`decode_frame`; call before
-    consuming. False (with a warning logged) when this pika lacks what the fence needs:
-    the connection then decodes as pika does."""
+    """Decode this connection's content headers with :func:`decode_frame`, and header
+    values with :func:`install_field_codec`; call before consuming. False (with a warning
+    logged) when this pika lacks what the fence needs: the connection then decodes as
+    pika does."""
+    install_field_codec()
     impl: Any = connection._impl
     if not callable(getattr(impl, "_read_frame", None)) or not hasattr(impl, "_frame_buffer"):
         log.warning(

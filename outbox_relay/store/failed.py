@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +37,7 @@ class DeadRowFilter:
 @dataclass(frozen=True)
 class DeadRow:
     id: int
-    message_id: uuid.UUID
+    message_id: str
     exchange: str
     routing_key: str
     partition_key: str | None
@@ -49,6 +48,7 @@ class DeadRow:
     payload_bytes: int
     content_type: str
     headers: dict[str, Any] = field(default_factory=dict)
+    properties: dict[str, Any] = field(default_factory=dict)
     payload: bytes | None = None
 
 

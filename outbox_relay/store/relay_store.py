@@ -33,7 +33,7 @@ from psycopg import sql
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreError, StoreUnavailableError
-from outbox_relay.message import OutboxRow
+from outbox_relay.message import NO_PROPERTIES, OutboxRow
 from outbox_relay.outcome import Failure
 from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.poll_ticker import POOLED_POLL_S, PollTicker
@@ -421,7 +421,7 @@ class _ClaimedRows:
     def __call__(self, _cursor: psycopg.Cursor[Any]) -> Callable[[Sequence[Any]], OutboxRow]:
         def make(values: Sequence[Any]) -> OutboxRow:
             row_id, message_id, exchange, routing_key, payload, content_type = values[:6]
-            headers, partition_key, created_at, attempts, self.locked = values[6:]
+            headers, partition_key, created_at, attempts, properties, self.locked = values[6:]
             return OutboxRow(
                 row_id,
                 message_id,
@@ -433,6 +433,7 @@ class _ClaimedRows:
                 partition_key,
                 created_at,
                 attempts,
+                NO_PROPERTIES if properties is None else properties,
             )
 
         return make

@@ -167,6 +167,7 @@ def _insert(messages: Sequence[NewMessage]) -> tuple[str, dict[str, Any]]:
             "headers": m.headers_json,
             "partition_key": m.partition_key,
             "delay_s": m.delay_s,
+            "properties": m.properties_json,
         }
     return "insert_messages", {
         "message_ids": [m.message_id for m in messages],
@@ -177,6 +178,7 @@ def _insert(messages: Sequence[NewMessage]) -> tuple[str, dict[str, Any]]:
         "headers": [m.headers_json for m in messages],
         "partition_keys": [m.partition_key for m in messages],
         "delays": [m.delay_s for m in messages],
+        "properties": [m.properties_json for m in messages],
     }
 
 

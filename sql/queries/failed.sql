@@ -18,7 +18,7 @@ LIMIT %(limit)s
 -- name: show
 SELECT id, message_id, exchange, routing_key, partition_key, attempts, last_error,
        created_at, dead_at, octet_length(payload) AS payload_bytes, content_type,
-       headers, payload
+       headers, coalesce(properties, '{}'::jsonb) AS properties, payload
 FROM {schema}.outbox
 WHERE id = %(id)s
 

@@ -29,7 +29,7 @@ claimed AS MATERIALIZED (
     -- cost as much as the rest of the row.
     SELECT o.id, o.message_id, o.exchange, o.routing_key, o.payload, o.content_type,
            nullif(o.headers, '{}'::jsonb) AS headers, o.partition_key, o.created_at,
-           o.attempts, octet_length(o.payload) AS size
+           o.attempts, o.properties, octet_length(o.payload) AS size
     FROM {schema}.outbox AS o
     -- One partition per row, looked up in the array of those held: as a join, the
     -- planner compared each row with the held partitions one by one, computing the
@@ -60,7 +60,7 @@ claimed AS MATERIALIZED (
     FOR UPDATE OF o SKIP LOCKED
 )
 SELECT id, message_id, exchange, routing_key, payload, content_type, headers,
-       partition_key, created_at, attempts, locked
+       partition_key, created_at, attempts, properties, locked
 FROM (
     -- A running total: once past the budget, every later row is too.
     SELECT claimed.*,

@@ -9,6 +9,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from outbox_relay.consumer import lenient_frames
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper, Received
 from tests.support.faults import RelayProcess, Tally, insert_raw, insert_rows, pending
@@ -60,6 +61,7 @@ def test_poison_rows_fail_alone_and_the_relay_keeps_going(
     tmp_path: Path,
     report_fault: Report,
 ) -> None:
+    lenient_frames.install_field_codec()
     exchange = broker.exchange()
     queue = broker.queue(bind=(exchange, "ok.#"))
     missing = broker.name("missing")
@@ -85,6 +87,13 @@ def test_poison_rows_fail_alone_and_the_relay_keeps_going(
         ),
         "long-content-type": (exchange, "ok.x", "{}", "x/" + "y" * 300, "content_type"),
         "long-routing-key": (exchange, "ok." + "r" * 300, "{}", "application/json", "routing"),
+        "unreadable-typed-value": (
+            exchange,
+            "ok.x",
+            json.dumps({"price": {"outbox-decimal": "ten"}}),
+            "application/json",
+            "'price' is the typed value",
+        ),
     }
     # Rows AMQP cannot carry are dead after their first attempt; the others may yet work
     # (an exchange or a binding can be created meanwhile) and use their attempts.
@@ -135,8 +144,9 @@ def test_poison_rows_fail_alone_and_the_relay_keeps_going(
     assert not tally.invented, "a poison row was published"
     assert tally.out_of_order_keys() == []
     by_n = {int(json.loads(m.body)["n"]): m for m in received}
-    assert by_n[n_float].properties.headers == {"ratio": "0.5"}
-    assert by_n[n_mixed].properties.headers == {"mix": [1, "a", True, None, "2.5", {"x": 1}, [2]]}
+    # Floats went out as doubles (read as the consumer SDK reads them).
+    assert by_n[n_float].properties.headers == {"ratio": 0.5}
+    assert by_n[n_mixed].properties.headers == {"mix": [1, "a", True, None, 2.5, {"x": 1}, [2]]}
     assert len(by_n[n_big].body) > TEN_MB
 
     left = outbox_rows(database_url, schema, "id, last_error, attempts, dead_at IS NOT NULL")

@@ -115,6 +115,31 @@ def test_show_prints_the_payload_only_when_asked(
     assert "no outbox row 999999" in missing.stderr
 
 
+def test_show_prints_the_amqp_properties_the_row_sets(database_url: str, schema: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        outbox_relay.publish(
+            conn,
+            exchange="orders",
+            routing_key="rk",
+            payload={},
+            correlation_id="req-1",
+            priority=5,
+            expiration=60,
+            schema=schema,
+        )
+        conn.execute(
+            sql.SQL("UPDATE {}.outbox SET dead_at = now(), last_error = 'x'").format(
+                sql.Identifier(schema)
+            )
+        )
+        conn.commit()
+    [row] = [
+        json.loads(line) for line in cli(database_url, schema, "list", "--json").stdout.splitlines()
+    ]
+    shown = json.loads(cli(database_url, schema, "show", str(row["id"])).stdout)
+    assert shown["properties"] == {"correlation_id": "req-1", "priority": 5, "expiration": "60000"}
+
+
 def test_retry_resets_attempts_after_confirmation(
     database_url: str, schema: str, dead_rows: list[int]
 ) -> None:

@@ -168,8 +168,10 @@ def test_a_later_migration_is_applied_once_and_printed_since_the_version_before(
     """The machinery for the migrations after the baseline: `migrate` applies what a
     schema lacks, `sql --since-version` prints it, a fresh schema records it."""
     migrate(database_url, schema=app_schema)
+    last = migrations()[-1].version
+    version, name = last + 1, f"{last + 1:04d}_exchange_idx"
     later = Migration(
-        9, "0009_exchange_idx", "CREATE INDEX IF NOT EXISTS x_idx ON {schema}.outbox (exchange);"
+        version, name, "CREATE INDEX IF NOT EXISTS x_idx ON {schema}.outbox (exchange);"
     )
     chain = (*migrations(), later)
     monkeypatch.setattr("outbox_relay.store.schema.migrations", lambda: chain)
@@ -177,7 +179,7 @@ def test_a_later_migration_is_applied_once_and_printed_since_the_version_before(
     report = migrate(database_url, schema=app_schema)
     again = migrate(database_url, schema=app_schema)
 
-    assert (report.created, report.applied, report.version) == (False, ("0009_exchange_idx",), 9)
+    assert (report.created, report.applied, report.version) == (False, (name,), version)
     assert (again.applied, again.already) == ((), tuple(m.name for m in chain))
     with psycopg.connect(database_url) as conn:
         found = conn.execute(
@@ -185,9 +187,9 @@ def test_a_later_migration_is_applied_once_and_printed_since_the_version_before(
             [app_schema],
         ).fetchall()
     assert len(found) == 1
-    printed = schema_sql(schema=app_schema, since_version=8)
+    printed = schema_sql(schema=app_schema, since_version=last)
     assert printed.startswith(f'CREATE INDEX IF NOT EXISTS x_idx ON "{app_schema}".outbox')
-    assert "VALUES (9, '0009_exchange_idx')" in printed
-    assert "VALUES (8," not in printed
+    assert f"VALUES ({version}, '{name}')" in printed
+    assert f"VALUES ({last}," not in printed
     assert "VALUES (8, '0008_baseline')" in schema_sql(schema=app_schema)
-    assert "VALUES (9, '0009_exchange_idx')" in schema_sql(schema=app_schema)
+    assert f"VALUES ({version}, '{name}')" in schema_sql(schema=app_schema)

@@ -99,7 +99,16 @@ anything = {
     "partition_key": partition_keys,
     "delay": delays,
     "content_type": content_types,
+    **dict.fromkeys(
+        ("correlation_id", "reply_to", "type", "app_id", "content_encoding"), any_text | junk
+    ),
+    "priority": st.integers(min_value=-(2**70), max_value=2**70) | junk,
+    "expiration": delays,
 }
+# The optional AMQP properties: anything one time in twelve (there are many of them).
+RARELY_ANYTHING = frozenset(
+    ("correlation_id", "reply_to", "type", "app_id", "content_encoding", "priority", "expiration")
+)
 
 # Text PostgreSQL stores and AMQP carries.
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
@@ -129,6 +138,12 @@ def valid_arguments(exchange: str) -> dict[str, st.SearchStrategy[Any]]:
         "partition_key": st.none() | text.filter(lambda key: 0 < len(key.encode()) <= 1024),
         "delay": st.none() | st.floats(min_value=0, max_value=1),
         "content_type": st.none(),
+        **dict.fromkeys(
+            ("correlation_id", "reply_to", "type", "app_id", "content_encoding"),
+            st.none() | text.filter(lambda value: len(value.encode()) <= 255),
+        ),
+        "priority": st.none() | st.integers(0, 255),
+        "expiration": st.none() | st.floats(min_value=60, max_value=3600),
     }
 
 
@@ -159,7 +174,11 @@ def test_publish_with_anything_fails_alone_or_goes_out(
         arguments = {
             name: data.draw(
                 anything[name]
-                if data.draw(st.integers(0, 5), label=f"{name} is anything") == 0
+                if data.draw(
+                    st.integers(0, 11 if name in RARELY_ANYTHING else 5),
+                    label=f"{name} is anything",
+                )
+                == 0
                 else valid[name],
                 label=name,
             )

@@ -16,11 +16,13 @@ import outbox_relay
 from outbox_relay.cli import main
 from outbox_relay.errors import StoreError
 from outbox_relay.store.schema import migrate
-from outbox_relay.store.sqlfiles import Queries, migrations
+from outbox_relay.store.sqlfiles import Migration, Queries, migrations
 from tests.support.catalog import snapshot
 from tests.support.chain import apply_chain, prerelease_migrations, recorded_versions
 
 pytestmark = pytest.mark.integration
+
+BASELINE_VERSION = 8
 
 
 @pytest.fixture
@@ -46,12 +48,18 @@ def run_printed(database_url: str, *args: str) -> None:
         conn.execute(printed.output.encode())
 
 
+def after_baseline() -> list[Migration]:
+    """The migrations added since the baseline (version 8)."""
+    return [m for m in migrations() if m.version > BASELINE_VERSION]
+
+
 @pytest.mark.parametrize("partitions", [16, 3])
 def test_the_baseline_builds_what_the_prerelease_migrations_built(
     database_url: str, new_schema: Callable[[str], str], partitions: int
 ) -> None:
     old, printed = new_schema("old"), new_schema("printed")
-    apply_chain(database_url, old, prerelease_migrations(), partitions=partitions)
+    chain = prerelease_migrations() + after_baseline()
+    apply_chain(database_url, old, chain, partitions=partitions)
     run_printed(database_url, "--schema", printed, "--partitions", str(partitions))
     assert snapshot(database_url, printed) == snapshot(database_url, old)
 
@@ -86,22 +94,27 @@ def test_a_fresh_migrate_builds_the_printed_schema(
     assert recorded_versions(database_url, printed) == recorded_versions(database_url, migrated)
 
 
-def test_a_schema_the_prerelease_migrations_brought_to_version_8_is_up_to_date(
+def test_a_schema_the_prerelease_migrations_brought_to_version_8_gets_only_the_later_ones(
     database_url: str, new_schema: Callable[[str], str]
 ) -> None:
-    old = new_schema("old")
+    old, printed = new_schema("old"), new_schema("printed")
     apply_chain(database_url, old, prerelease_migrations(), partitions=16)
-    before = snapshot(database_url, old)
+    later = [m.name for m in after_baseline()]
+    listed = CliRunner().invoke(main, ["sql", "--schema", old, "--since-version", "8"])
+    assert listed.exit_code == 0, listed.output
+    assert all(f"migration {m[:4]}" in listed.output for m in later)
+    assert "migration 0008" not in listed.output
 
     result = CliRunner().invoke(main, ["migrate", "--database-url", database_url, "--schema", old])
 
     assert result.exit_code == 0, result.output
-    assert f"schema {old!r} is up to date (version 8)" in result.output
-    assert snapshot(database_url, old) == before
-    assert [v for v, _ in recorded_versions(database_url, old)] == list(range(1, 9))
-    printed = CliRunner().invoke(main, ["sql", "--schema", old, "--since-version", "8"])
-    assert printed.exit_code == 0, printed.output
-    assert printed.output == "-- Nothing to apply: version 8 is the newest.\n"
+    assert f"applied {', '.join(later)} to" in result.output
+    run_printed(database_url, "--schema", printed)
+    assert snapshot(database_url, old) == snapshot(database_url, printed)
+    assert [v for v, _ in recorded_versions(database_url, old)] == [
+        *range(1, 9),
+        *(m.version for m in after_baseline()),
+    ]
     with psycopg.connect(database_url) as conn:
         outbox_relay.publish(conn, exchange="e", routing_key="k", payload={}, schema=old)
         conn.commit()

@@ -11,7 +11,14 @@ import psycopg
 from psycopg import sql
 
 from outbox_relay.publisher import Publisher
-from outbox_relay.relay import LEASE_TTL_S, Relay, RelayObserver, RelaySettings, new_relay_id
+from outbox_relay.relay import (
+    LEASE_TTL_S,
+    BatchResult,
+    Relay,
+    RelayObserver,
+    RelaySettings,
+    new_relay_id,
+)
 from outbox_relay.store.relay_store import PostgresStore
 from tests.support.threads import in_background
 
@@ -45,6 +52,17 @@ def make_relay(
         observer=observer,
     )
     return relay
+
+
+def one_batch(database_url: str, amqp_url: str, schema: str) -> BatchResult:
+    """A relay that connects, takes its partitions, runs one batch and shuts down."""
+    relay = make_relay(database_url, amqp_url, schema)
+    relay._connect()
+    relay._heartbeat()
+    try:
+        return relay.run_batch()
+    finally:
+        relay._shutdown()
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ def sized_row(row_id: int, size: int) -> OutboxRow:
     """An unkeyed row whose payload is ``size`` bytes."""
     return OutboxRow(
         id=row_id,
-        message_id=uuid.uuid4(),
+        message_id=str(uuid.uuid4()),
         exchange="ex",
         routing_key="rk",
         payload=b"x" * size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -172,7 +173,6 @@ class TestWireValues:
             Decimal("1E-300"),
             Decimal("NaN"),
             dt.datetime(1969, 12, 31, tzinfo=dt.timezone.utc),
-            1.5,
             object(),
         ],
     )
@@ -181,6 +181,10 @@ class TestWireValues:
             pika.data.encode_value([], value)
         assert wire_value(value) == str(value)
         assert wire_value([{"k": value}]) == [{"k": str(value)}]
+
+    def test_floats_travel_as_doubles_but_nan_and_infinity_as_text(self) -> None:
+        assert wire_value({"f": [1.5, 0.0, -2.75e300]}) == {"f": [1.5, 0.0, -2.75e300]}
+        assert wire_value([math.nan, math.inf]) == ["nan", "inf"]
 
     def test_failure_headers_carry_the_raw_properties_and_their_size(self) -> None:
         headers = failure_headers(
@@ -269,8 +273,8 @@ class TestFittedProperties:
         assert fitted_.headers[DROPPED_HEADERS_HEADER] == ["large"]
 
     def test_a_value_no_one_made_encodable_drops_the_messages_own_headers(self) -> None:
-        headers = {**ours(), "float": 1.5, "fine": "x"}
+        headers = {**ours(), "odd": object(), "fine": "x"}
         fitted_ = fitted(self.original, headers, frame_max=131_072)
-        assert fitted_.headers[DROPPED_HEADERS_HEADER] == ["float", "fine"]
+        assert fitted_.headers[DROPPED_HEADERS_HEADER] == ["odd", "fine"]
         assert fitted_.headers[ERROR_TRACE_HEADER] == "t" * 4000
         fitted_.encode()  # type: ignore[no-untyped-call]

@@ -20,7 +20,7 @@ from outbox_relay.urls import redact_url, scrub
 def row(row_id: int, key: str | None) -> OutboxRow:
     return OutboxRow(
         id=row_id,
-        message_id=uuid.uuid4(),
+        message_id=str(uuid.uuid4()),
         exchange="ex",
         routing_key="rk",
         payload=b"",

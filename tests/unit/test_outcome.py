@@ -12,6 +12,7 @@ from outbox_relay.outcome import (
     blame_access_refused,
     blame_channel_close,
     refused_by_broker,
+    unroutable,
 )
 from tests.support.rows import sized_row as row
 
@@ -75,7 +76,25 @@ class TestBlameAccessRefused:
         assert "'audit'" in outcome.error
         assert "permission" in outcome.error
 
+    def test_the_default_exchange_is_named_amq_default_in_the_refusal(self) -> None:
+        rows = [dataclasses.replace(row(1, 10), exchange=""), row(2, 10)]
+        refused = ACCESS_REFUSED.replace("'audit'", "'amq.default'")
+        assert set(blame_access_refused(403, refused, rows)) == {1}
+
     def test_another_reply_blames_nobody(self) -> None:
         rows = [dataclasses.replace(row(1, 10), exchange="audit")]
         assert blame_access_refused(406, ACCESS_REFUSED, rows) == {}
         assert blame_access_refused(403, "ACCESS_REFUSED - something else", rows) == {}
+
+
+class TestUnroutable:
+    def test_names_the_exchange_and_routing_key(self) -> None:
+        error = unroutable("orders", "order.created", "312 NO_ROUTE")
+        assert "exchange 'orders'" in error
+        assert "'order.created'" in error
+        assert "312 NO_ROUTE" in error
+
+    def test_through_the_default_exchange_names_the_missing_queue(self) -> None:
+        error = unroutable("", "invoices", "312 NO_ROUTE")
+        assert "no queue named 'invoices'" in error
+        assert "default exchange" in error

@@ -313,7 +313,7 @@ def test_every_return_reaches_its_own_row_whatever_the_ids_and_ack_grouping(
     # with the broker's own decision about it.
     publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
     broker = Broker(publisher)
-    pool = [uuid.uuid4() for _ in range(4)]
+    pool = [str(uuid.uuid4()) for _ in range(4)]
     rows = [
         dataclasses.replace(sized_row(i + 1, 10), message_id=pool[n]) for i, n in enumerate(ids)
     ]

@@ -30,7 +30,7 @@ from outbox_relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CL
 def row(row_id: int, key: str | None = None, exchange: str = "ex", attempts: int = 0) -> OutboxRow:
     return OutboxRow(
         id=row_id,
-        message_id=uuid.uuid4(),
+        message_id=str(uuid.uuid4()),
         exchange=exchange,
         routing_key="rk",
         payload=b"{}",
