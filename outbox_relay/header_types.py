@@ -34,7 +34,7 @@ import decimal
 from collections.abc import Mapping
 from typing import Any
 
-from outbox_relay.amqp_fields import UnencodableError, shown
+from outbox_relay.amqp_fields import MAX_HEADER_DEPTH, UnencodableError, shown
 
 DOUBLE = "outbox-double"
 DECIMAL = "outbox-decimal"
@@ -79,17 +79,30 @@ def to_json(value: Any, path: str = "") -> Any:  # noqa: PLR0911 - one return pe
     return value  # amqp_fields.table_size names what else AMQP cannot carry
 
 
-def from_json(value: Any, path: str = "") -> Any:
-    """The Python values pika encodes, from headers loaded from the outbox's JSON: each
-    typed value becomes its float, Decimal, datetime or bytes."""
+def table_from_json(headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The header table pika encodes, from headers loaded from the outbox's JSON: each
+    typed value becomes its float, Decimal, datetime or bytes. The table itself is never
+    a typed value, whatever its keys (a plain SQL writer can write ``{"outbox-double":
+    "1.5"}`` as the headers); raises UnencodableError past MAX_HEADER_DEPTH levels."""
+    return {key: from_json(item, str(key), 1) for key, item in headers.items()}
+
+
+def from_json(value: Any, path: str = "", depth: int = 0) -> Any:
+    """One stored header value as pika encodes it (see :func:`table_from_json`)."""
+    if isinstance(value, (dict, list)) and depth > MAX_HEADER_DEPTH + 1:
+        # Past what amqp_fields.table_size refuses anyway: stop before Python's recursion limit.
+        raise UnencodableError(
+            f"{shown(path or 'the table')} is nested too deep: more than {MAX_HEADER_DEPTH} "
+            "levels of tables and lists"
+        )
     if isinstance(value, dict):
         if len(value) == 1:
             (key,) = value
             if key in TAGS:
                 return _typed(key, value[key], path)
-        return {key: from_json(item, _at(path, key)) for key, item in value.items()}
+        return {key: from_json(item, _at(path, key), depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [from_json(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [from_json(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     return value
 
 

@@ -57,17 +57,21 @@ class RepeatedEvents:
     def due(self) -> list[Line]:
         """Summaries of the intervals that ended: one line per kind that repeated, with
         the count; a kind that did not repeat is forgotten, so its next event is logged
-        at once."""
+        at once.
+
+        Windows are kept in the order they started (a window that starts again moves to
+        the end), so this looks only at the ones that ended and the first that did not:
+        cheap enough to run at every event, however many kinds are open."""
         now = self._clock()
         lines: list[Line] = []
-        for kind, window in list(self._windows.items()):
+        while self._windows:
+            kind, window = next(iter(self._windows.items()))
             if now - window.started < self._interval_s:
-                continue
+                break
+            del self._windows[kind]
             if window.count:
                 event, _ = kind
                 over_s = round(now - window.started, 1)
                 lines.append((event, {**window.last, "repeated": window.count, "over_s": over_s}))
                 self._windows[kind] = _Window(started=now)
-            else:
-                del self._windows[kind]
         return lines

@@ -339,7 +339,7 @@ def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
     if not headers and not properties:
         return None
     try:
-        headers_bytes = table_size(header_types.from_json(headers)) if headers else 0
+        headers_bytes = table_size(header_types.table_from_json(headers)) if headers else 0
     except UnencodableError as exc:
         return f"headers: {exc}"
     size = content_header_frame_bytes(

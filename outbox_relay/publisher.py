@@ -70,8 +70,7 @@ def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     travel as doubles (see outbox_relay.pika_doubles)."""
     if not isinstance(headers, Mapping):
         raise TypeError(f"headers must be a JSON object, not {type(headers).__name__}")
-    table: dict[str, Any] = header_types.from_json(dict(headers))
-    return table
+    return header_types.table_from_json(headers)
 
 
 # What pika raises when a message's properties cannot be encoded as AMQP fields.
@@ -96,7 +95,10 @@ def refusal(row: OutboxRow, *, frame_max: int) -> Outcome | None:
     the whole connection. A body under 512 MiB but over the broker's own
     ``max_message_size`` (not readable over AMQP) is refused by the broker, with the
     channel, and blamed by its size (see blame_channel_close)."""
-    problem = amqp_problem(row, frame_max=frame_max)
+    try:
+        problem = amqp_problem(row, frame_max=frame_max)
+    except Exception as exc:  # noqa: BLE001 - a row no check foresaw fails alone, never the relay
+        problem = f"{type(exc).__name__}: {exc}"
     if problem is not None:
         return Outcome.failed(
             f"cannot be encoded as an AMQP message: {problem}", Reason.UNENCODABLE

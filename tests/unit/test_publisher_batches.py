@@ -23,7 +23,7 @@ from outbox_relay.confirms import Batch
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.outcome import Outcome, Reason, Status
-from outbox_relay.publisher import Publisher, Sending
+from outbox_relay.publisher import Publisher, Sending, amqp_headers, refusal
 from tests.support.rows import sized_row
 
 CHANNEL: Any = object()  # the channel both batches went out on
@@ -442,3 +442,37 @@ def test_a_row_over_the_negotiated_frame_max_is_never_written_and_fails_alone() 
     assert outcomes[2].reason is Reason.UNENCODABLE
     assert "frame_max of 8192" in (outcomes[2].error or "")
     assert publisher.refused([big, sized_row(3, 10)]) == {2: outcomes[2]}
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    ("headers", "sent"),
+    [
+        # A plain SQL writer's top-level table whose only key marks a typed value is still
+        # a table: one header of that name (this crashed the relay, and every restart).
+        ({"outbox-double": "1.5"}, {"outbox-double": "1.5"}),
+        ({"outbox-timestamp": 1700000000}, {"outbox-timestamp": 1700000000}),
+    ],
+)
+def test_a_top_level_table_is_never_read_as_a_typed_value(
+    headers: dict[str, Any], sent: dict[str, Any]
+) -> None:
+    row = dataclasses.replace(sized_row(1, 10), headers=headers)
+    assert refusal(row, frame_max=DEFAULT_FRAME_MAX_BYTES) is None
+    assert amqp_headers(row.headers) == sent
+
+
+@pytest.mark.parametrize("depth", [33, 500, 900, 3000])
+def test_headers_nested_past_the_limit_fail_their_row_and_never_raise(depth: int) -> None:
+    row = dataclasses.replace(sized_row(1, 10), headers={"a": _nested(depth)})
+    outcome = refusal(row, frame_max=DEFAULT_FRAME_MAX_BYTES)
+    assert outcome is not None
+    assert outcome.status is Status.FAILED
+    assert outcome.reason is Reason.UNENCODABLE
+    assert "nested too deep" in (outcome.error or "")
