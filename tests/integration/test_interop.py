@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from structlog.testing import capture_logs
 
 import outbox_relay
-from outbox_relay.consumer import ConsumerApp
+from outbox_relay.consumer import ConsumerApp, lenient_frames
 from outbox_relay.consumer import Message as ConsumerMessage
 from outbox_relay.consumer.failure import ERROR_MESSAGE_HEADER
 from tests.support.broker import BrokerHelper
@@ -376,3 +376,41 @@ def test_the_sdk_fed_by_kombu(
 
     handled, parking = feed_the_sdk(database_url, schema, amqp_url, broker, send, THREE, parked=1)
     assert_fed(handled, parking)
+
+
+def test_kombu_headers_stay_intact_after_a_retry_and_in_the_parking_lot(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    lenient_frames.install_field_codec()  # read the parked copy as the SDK does
+    exchange = broker.exchange()
+    queue = broker.name("failing")
+    app = ConsumerApp(
+        name=f"interop-{uuid.uuid4().hex[:6]}",
+        schema=schema,
+        database_url=database_url,
+        amqp_url=amqp_url,
+    )
+    seen: list[dict[str, Any]] = []
+
+    @app.handler(exchange=exchange, queue=queue, bindings=["#"], max_attempts=2, retry_delays=[0.2])
+    def on_message(message: ConsumerMessage, _tx: psycopg.Connection[Any]) -> None:
+        seen.append(dict(message.headers))
+        raise ValueError("always")
+
+    with running_consumer(app, broker):
+        with kombu.Connection(amqp_url) as conn:
+            conn.Producer().publish(
+                b"{}",
+                exchange=exchange,
+                routing_key="k",
+                content_type="application/json",
+                content_encoding="utf-8",
+                message_id="kombu-1",
+                headers=HEADERS,
+            )
+        [parked] = broker.drain(f"{queue}.parking", expect=1, timeout_s=WAIT_S)
+
+    assert len(seen) == 2  # the first attempt and the retry
+    for headers in seen:
+        assert_headers(headers)
+    assert_headers(parked.properties.headers)
