@@ -159,6 +159,7 @@ class ConsumerApp:
         queue_type: str = "classic",
         name: str | None = None,
         declare_exchange: bool = True,
+        max_priority: int | None = None,
     ) -> Callable[[F], F]:
         """Register ``func(message)`` or ``func(message, tx)`` for ``queue``.
 
@@ -166,7 +167,9 @@ class ConsumerApp:
         that also records the message in the inbox: its effects happen exactly once.
         Without one there is no database and no deduplication. ``declare_exchange=False``
         leaves the exchange alone (when a topology file manages it, e.g. with an
-        alternate exchange); it must then exist before the app starts.
+        alternate exchange); it must then exist before the app starts. ``max_priority``
+        (1-255, classic queues; RabbitMQ recommends at most 10) makes the queue a priority
+        queue: messages published with a higher ``priority`` are handled first.
         """
 
         def register(func: F) -> F:
@@ -191,6 +194,7 @@ class ConsumerApp:
                     bindings=patterns,
                     retry_delays_s=delays,
                     max_attempts=max_attempts,
+                    max_priority=max_priority,
                 ),
             )
             check_handler(handler, taken=[h.queue for h in self.handlers])

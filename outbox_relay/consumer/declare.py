@@ -47,6 +47,7 @@ def queue_spec(
     bindings: Sequence[str],
     retry_delays_s: Sequence[float],
     max_attempts: int,
+    max_priority: int | None = None,
 ) -> QueueSpec:
     """The topology of one handler's queue; raises ConfigurationError naming the problem."""
     try:
@@ -57,6 +58,7 @@ def queue_spec(
             retry=RetryPolicy(
                 delays_ms=tuple(delay_ms(d) for d in retry_delays_s), max_attempts=max_attempts
             ),
+            max_priority=max_priority,
         )
     except (TopologyError, ValueError) as exc:
         raise ConfigurationError(f"queue {queue!r}: {exc}") from exc

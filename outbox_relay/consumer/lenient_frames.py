@@ -55,7 +55,7 @@ RELIES_ON = (
     "pika.connection.Connection.params.frame_max is the negotiated frame_max once open",
     "pika.data.decode_value(encoded, offset) -> (value, offset), the type octet at offset",
     "pika.data.decode_table and arrays call decode_value through the module global",
-    "pika.data.decode_value decodes 'f' and 'd' with long(), 'l' as pika.compat.long",
+    "pika.data.decode_value decodes 'f' and 'd' with long(), 'l' and 'L' as pika.compat.long",
 )
 
 # Everything pika's table decoder was seen to raise on bytes the broker let through, or
@@ -166,7 +166,7 @@ def decode_value(encoded: bytes, offset: int) -> tuple[Any, int]:
     elif kind == b"f":
         value = _FLOAT.unpack_from(encoded, offset + 1)[0]
         end = offset + 1 + _FLOAT.size
-    elif kind == b"l":
+    elif kind in (b"l", b"L"):  # RabbitMQ writes 'l', py-amqp 'L': both signed 64-bit
         return _LONG.unpack_from(encoded, offset + 1)[0], offset + 1 + _LONG.size
     else:
         return _pika_decode_value(encoded, offset)

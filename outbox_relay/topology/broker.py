@@ -40,6 +40,7 @@ from outbox_relay.topology.conflicts import (
 from outbox_relay.topology.model import (
     QueueRole,
     Topology,
+    priority_warnings,
     supports_at_least_once,
     version_warnings,
 )
@@ -187,7 +188,7 @@ class _Broker:
         return Plan(
             vhost=self.vhost,
             items=tuple(item for item in items if item is not None),
-            warnings=version_warnings(topology, self.version),
+            warnings=version_warnings(topology, self.version) + priority_warnings(topology),
         )
 
     def _missing(self, topology: Topology, key: str, name: str) -> PlanItem | None:

@@ -35,7 +35,7 @@ D = TypeVar("D")
 
 TOP_KEYS = ("exchanges", "queues")
 EXCHANGE_KEYS = ("name", "type", "durable", "alternate_exchange")
-QUEUE_KEYS = ("name", "type", "bindings", "retry", "delivery_limit")
+QUEUE_KEYS = ("name", "type", "bindings", "retry", "delivery_limit", "max_priority")
 BINDING_KEYS = ("exchange", "routing_key")
 RETRY_KEYS = ("delays", "max_attempts")
 
@@ -111,6 +111,7 @@ class _Reader:
             bindings=tuple(bindings),
             retry=retry,
             delivery_limit=self._optional(entry, key, "delivery_limit", int, None),
+            max_priority=self._optional(entry, key, "max_priority", int, None),
         )
 
     def _binding(self, entry: Mapping[str, Any], key: str) -> Binding:

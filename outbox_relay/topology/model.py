@@ -30,6 +30,8 @@ PARKING_SUFFIX = ".parking"
 MAX_NAME_LENGTH = 255  # AMQP short string
 EXCHANGE_TYPES = ("topic", "direct", "fanout", "headers")
 AT_LEAST_ONCE_SINCE = (3, 10)  # quorum message TTL and at-least-once dead-lettering
+MAX_PRIORITY = 255  # x-max-priority's ceiling
+RECOMMENDED_MAX_PRIORITY = 10  # RabbitMQ: each level costs memory and CPU per queue
 
 _UNITS_MS = (("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1))
 
@@ -159,6 +161,9 @@ class QueueSpec:
 
     ``delivery_limit`` applies to quorum queues only; it defaults to the retry policy's
     ``max_attempts`` and stops a message that crashes its consumer from looping forever.
+    ``max_priority`` (classic queues, 1-255) makes a priority queue (``x-max-priority``):
+    a message of higher ``priority`` is delivered before those of lower priority waiting
+    in it.
     """
 
     name: str
@@ -166,9 +171,22 @@ class QueueSpec:
     bindings: tuple[Binding, ...] = ()
     retry: RetryPolicy | None = None
     delivery_limit: int | None = None
+    max_priority: int | None = None
 
     def __post_init__(self) -> None:
         _check_name("queue", self.name)
+        if self.max_priority is not None:
+            if self.type is not QueueType.CLASSIC:
+                raise TopologyError(
+                    f"queue {self.name!r}: max_priority needs type = 'classic' (quorum "
+                    "queues take no x-max-priority): drop max_priority or use a classic queue"
+                )
+            if not 1 <= self.max_priority <= MAX_PRIORITY:
+                raise TopologyError(
+                    f"queue {self.name!r}: max_priority is {self.max_priority}, it must be "
+                    f"1 to {MAX_PRIORITY} (RabbitMQ recommends at most "
+                    f"{RECOMMENDED_MAX_PRIORITY})"
+                )
         if self.delivery_limit is not None:
             if self.type is not QueueType.QUORUM:
                 raise TopologyError(
@@ -233,6 +251,8 @@ class QueueSpec:
         limit = self.effective_delivery_limit()
         if limit is not None:
             arguments["x-delivery-limit"] = limit
+        if self.max_priority is not None:
+            arguments["x-max-priority"] = self.max_priority
         return arguments
 
     def delay_arguments(self, delay_ms: int, *, at_least_once: bool = True) -> dict[str, Any]:
@@ -328,6 +348,17 @@ def supports_at_least_once(version: tuple[int, ...]) -> bool:
     """Whether a broker of ``version`` has quorum message TTL and at-least-once
     dead-lettering; an unknown (empty) version is assumed recent."""
     return not version or version >= AT_LEAST_ONCE_SINCE
+
+
+def priority_warnings(topology: Topology) -> tuple[str, ...]:
+    """Priority queues with more levels than RabbitMQ recommends, said plainly."""
+    return tuple(
+        f"queue {q.name!r}: max_priority = {q.max_priority} is above the "
+        f"{RECOMMENDED_MAX_PRIORITY} RabbitMQ recommends; each level costs memory and CPU "
+        "per queue, and few applications use more than a handful"
+        for q in topology.queues
+        if q.max_priority is not None and q.max_priority > RECOMMENDED_MAX_PRIORITY
+    )
 
 
 def version_warnings(topology: Topology, version: tuple[int, ...]) -> tuple[str, ...]:

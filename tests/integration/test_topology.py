@@ -3,6 +3,7 @@ their own queue only, parking lots, alternate exchanges, explained conflicts."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import pika
 import pika.exceptions
+import psycopg
 import pytest
 from click.testing import CliRunner
 
+import outbox_relay
 from outbox_relay.cli import main
 from outbox_relay.errors import BrokerUnavailableError
 from outbox_relay.topology import (
@@ -25,9 +28,11 @@ from outbox_relay.topology import (
     Topology,
     TopologyConflictError,
     apply,
+    load_topology,
     plan,
 )
 from tests.support.broker import BrokerHelper
+from tests.support.relay import one_batch
 
 pytestmark = pytest.mark.integration
 
@@ -393,3 +398,53 @@ class TestBadInput:
         assert expected in result.output
         assert not exists(broker, "exchange", exchange)
         assert not exists(broker, "queue", queue)
+
+
+class TestPriorityQueues:
+    def test_urgent_work_declared_from_the_file_overtakes_bulk_work(
+        self, amqp_url: str, database_url: str, schema: str, broker: BrokerHelper, tmp_path: Path
+    ) -> None:
+        exchange, queue = broker.name("jobs"), broker.name("emails")
+        path = tmp_path / "topology.toml"
+        path.write_text(
+            f'[[exchanges]]\nname = "{exchange}"\n\n'
+            f'[[queues]]\nname = "{queue}"\nmax_priority = 10\n'
+            f'bindings = [{{ exchange = "{exchange}", routing_key = "email.*" }}]\n'
+        )
+        apply(amqp_url, tracked(broker, load_topology(path)))
+        priorities = [1, 9, 1, 1, 9, 1, 9, 1]
+        with psycopg.connect(database_url) as conn:
+            for n, priority in enumerate(priorities):
+                outbox_relay.publish(
+                    conn,
+                    exchange=exchange,
+                    routing_key="email.send",
+                    payload={"n": n},
+                    priority=priority,
+                    schema=schema,
+                )
+            conn.commit()
+        one_batch(database_url, amqp_url, schema)  # all enqueued before anyone consumes
+        assert until(lambda: broker.depth(queue) == len(priorities))
+
+        received = broker.drain(queue, expect=len(priorities))
+        got = [(r.properties.priority, json.loads(r.body)["n"]) for r in received]
+        assert got == [(9, 1), (9, 4), (9, 6), (1, 0), (1, 2), (1, 3), (1, 5), (1, 7)]
+
+    def test_an_existing_queue_with_another_max_priority_is_a_conflict(
+        self, amqp_url: str, broker: BrokerHelper
+    ) -> None:
+        existing = broker.queue("emails", **{"x-max-priority": 5})
+        topology = Topology(queues=[QueueSpec(existing, max_priority=10)])
+        with pytest.raises(TopologyConflictError) as info:
+            apply(amqp_url, topology)
+        text = str(info.value)
+        assert "  - x-max-priority: exists as '5', the topology asks for '10'" in text
+        assert "it is empty: stop its consumers, delete it" in text
+
+    def test_more_priority_levels_than_recommended_are_warned_about(
+        self, amqp_url: str, broker: BrokerHelper
+    ) -> None:
+        topology = tracked(broker, Topology(queues=[QueueSpec(broker.name("p"), max_priority=50)]))
+        report = apply(amqp_url, topology)
+        assert any("max_priority = 50 is above the 10" in w for w in report.warnings)

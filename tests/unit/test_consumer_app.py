@@ -38,6 +38,13 @@ def test_a_handler_keeps_its_function_and_derives_its_queues() -> None:
     assert [b.routing_key for b in topology.queues[0].bindings] == ["order.created", "order.paid"]
 
 
+def test_a_handler_can_declare_a_priority_queue() -> None:
+    app = ConsumerApp(name="mailer")
+    app.handler(exchange="e", queue="emails", max_priority=10)(on_message)
+    (spec,) = topology_for(app.handlers).queues
+    assert spec.main_arguments()["x-max-priority"] == 10
+
+
 def test_a_handler_without_tx_needs_no_database() -> None:
     app = ConsumerApp(name="n", amqp_url="amqp://localhost")
     app.handler(exchange="e", queue="q")(lambda message: None)
@@ -55,6 +62,8 @@ def test_a_handler_without_tx_needs_no_database() -> None:
         ({"timeout": 3600}, "consumer_timeout"),
         ({"queue_type": "stream"}, "queue"),
         ({"bindings": []}, "bindings"),
+        ({"max_priority": 0}, "max_priority is 0, it must be 1 to 255"),
+        ({"max_priority": 5, "queue_type": "quorum"}, "max_priority needs type = 'classic'"),
     ],
 )
 def test_bad_handler_settings_are_refused(kwargs: dict[str, Any], match: str) -> None:

@@ -45,6 +45,7 @@ class TestPikaItself:
         assert decode(b"d" + struct.pack(">d", 2.75), 0) == (2, 9)
         assert decode(b"f" + struct.pack(">f", 0.5), 0) == (0, 5)
         assert type(decode(b"l" + struct.pack(">q", 2**40), 0)[0]) is not int
+        assert type(decode(b"L" + struct.pack(">q", 2**40), 0)[0]) is not int
 
 
 class TestDoubles:
@@ -69,9 +70,10 @@ class TestDoubles:
         data = struct.pack(">I", 7) + b"\x01v" + b"f" + struct.pack(">f", value)
         assert pika.data.decode_table(data, 0)[0] == {"v": value}
 
-    @given(st.integers(-(2**63), 2**63 - 1))
-    def test_long_integers_are_plain_ints(self, value: int) -> None:
-        data = struct.pack(">I", 11) + b"\x01v" + b"l" + struct.pack(">q", value)
+    @given(st.integers(-(2**63), 2**63 - 1), st.sampled_from([b"l", b"L"]))
+    def test_long_integers_are_plain_ints(self, value: int, kind: bytes) -> None:
+        # RabbitMQ writes 'l'; py-amqp (under kombu and Celery) writes 'L', signed too.
+        data = struct.pack(">I", 11) + b"\x01v" + kind + struct.pack(">q", value)
         decoded = pika.data.decode_table(data, 0)[0]["v"]
         assert type(decoded) is int
         assert decoded == value

@@ -48,6 +48,7 @@ class TestExample:
             "billing.retry.1m",
             "billing.retry.10m",
         )
+        assert queues["emails"].main_arguments()["x-max-priority"] == 10
         assert topology.undeclared_references() == ()
 
     def test_defaults(self) -> None:
@@ -132,6 +133,19 @@ class TestBadInput:
     def test_missing_name(self) -> None:
         message = _error('[[queues]]\ntype = "classic"\n')
         assert "queues[0].name (line 1): 'name' is required" in message
+
+    def test_max_priority(self) -> None:
+        topology = parse_topology(VALID.replace('type = "quorum"', "max_priority = 5"))
+        assert topology.queues[0].max_priority == 5
+        assert "queues[0].max_priority (line 6): 'high' is a string, expected an integer" in (
+            _error(VALID.replace('type = "quorum"', 'max_priority = "high"'))
+        )
+        message = _error(VALID.replace('type = "quorum"', "max_priority = 256"))
+        assert "queues[0] (line 4): queue 'billing': max_priority is 256, it must be 1 to 255" in (
+            message
+        )
+        message = _error(VALID.replace('type = "quorum"', 'type = "quorum"\nmax_priority = 5'))
+        assert "max_priority needs type = 'classic'" in message
 
     def test_model_errors_name_the_key(self) -> None:
         message = _error(VALID.replace("max_attempts = 3", "max_attempts = 0"))

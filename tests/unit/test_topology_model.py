@@ -20,7 +20,12 @@ from outbox_relay.topology import (
     parse_duration_ms,
     retry_queue_names,
 )
-from outbox_relay.topology.model import delay_label, supports_at_least_once, version_warnings
+from outbox_relay.topology.model import (
+    delay_label,
+    priority_warnings,
+    supports_at_least_once,
+    version_warnings,
+)
 
 BILLING = QueueSpec(
     "billing",
@@ -221,3 +226,35 @@ class TestValidation:
             ("queues[1].bindings[0].exchange", "payments"),
             ("exchanges[0].alternate_exchange", "lost"),
         )
+
+
+class TestMaxPriority:
+    def test_a_priority_queue_declares_x_max_priority_on_the_main_queue_only(self) -> None:
+        queue = QueueSpec("jobs", retry=RetryPolicy((1_000,), 3), max_priority=10)
+        arguments = {d.name: dict(d.arguments) for d in queue.declarations()}
+        assert arguments["jobs"]["x-max-priority"] == 10
+        assert "x-max-priority" not in arguments["jobs.retry.1s"]
+        assert "x-max-priority" not in arguments["jobs.parking"]
+
+    def test_without_max_priority_there_is_no_argument(self) -> None:
+        assert "x-max-priority" not in QueueSpec("jobs").main_arguments()
+
+    @pytest.mark.parametrize("value", [0, -1, 256, 1000])
+    def test_out_of_range_is_refused_with_the_range(self, value: int) -> None:
+        with pytest.raises(TopologyError, match=r"max_priority is .*, it must be 1 to 255"):
+            QueueSpec("jobs", max_priority=value)
+
+    @given(st.integers(1, 255))
+    def test_every_value_in_range_is_declared_as_is(self, value: int) -> None:
+        assert QueueSpec("jobs", max_priority=value).main_arguments()["x-max-priority"] == value
+
+    def test_quorum_queues_take_no_max_priority(self) -> None:
+        with pytest.raises(TopologyError, match="max_priority needs type = 'classic'"):
+            QueueSpec("jobs", type=QueueType.QUORUM, max_priority=5)
+
+    def test_more_levels_than_recommended_is_a_warning(self) -> None:
+        topology = Topology(
+            queues=[QueueSpec("few", max_priority=10), QueueSpec("many", max_priority=200)]
+        )
+        (warning,) = priority_warnings(topology)
+        assert "queue 'many': max_priority = 200 is above the 10 RabbitMQ recommends" in warning
