@@ -4,36 +4,24 @@ psycopg hands text back as bytes unless the connection asks for UTF-8."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from psycopg import sql
 
 import outbox_relay
 from outbox_relay.store.schema import migrate
 from tests.support.broker import BrokerHelper
 from tests.support.relay import outbox_rows, running_relay, wait_for
+from tests.support.schemas import private_database
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def ascii_database_url(database_url: str) -> Iterator[str]:
-    name = f"t_ascii_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL(
-                "CREATE DATABASE {} ENCODING 'SQL_ASCII' TEMPLATE template0 "
-                "LC_COLLATE 'C' LC_CTYPE 'C'"
-            ).format(sql.Identifier(name))
-        )
-    parts = urlsplit(database_url)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with private_database(database_url, encoding="SQL_ASCII") as url:
+        yield url
 
 
 def test_the_relay_publishes_from_a_sql_ascii_database(
