@@ -378,7 +378,7 @@ class Runner:
         if not url or not any(h.uses_db for h in self._handlers):
             return
         try:
-            check_inbox(url, schema=self._settings.schema)
+            check_inbox(url, schema=self._settings.schema, deadlines=self._deadlines)
         except StoreMisconfiguredError:
             raise
         except StoreUnavailableError as exc:
@@ -416,7 +416,7 @@ class Runner:
         if time.monotonic() < self._check_at or not url:
             return
         try:
-            check_inbox(url, schema=self._settings.schema)
+            check_inbox(url, schema=self._settings.schema, deadlines=self._deadlines)
         except StoreUnavailableError as exc:
             refused = isinstance(exc, StoreMisconfiguredError)
             if refused:

@@ -22,7 +22,7 @@ import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import NoAnswerError, StoreError, StoreUnavailableError
-from outbox_relay.store.connect import connect, translate_errors
+from outbox_relay.store.connect import connect
 from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.pooler import announce_once, pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
@@ -92,7 +92,7 @@ class HandlerSession:
             prepare=True,
         )
         try:
-            with translate_errors("checking for a connection pooler"):
+            with self._guarded("checking for a connection pooler"):
                 pooled = pooler_in_front(self._conn)
         except StoreError as exc:
             # A statement-mode pooler: no message can be handled until the URL is
@@ -176,13 +176,16 @@ def admin_connection(url: str) -> Iterator[psycopg.Connection[Any]]:
         conn.close()
 
 
-def check_inbox(url: str, *, schema: str) -> None:
-    """Connect and read the inbox's definition: raises StoreUnavailableError while the
-    database is down, StoreMisconfiguredError when no retry helps (a refused login, a
-    missing database, role or inbox); the message names the (redacted) URL."""
+def check_inbox(url: str, *, schema: str, deadlines: Deadlines | None = None) -> None:
+    """Connect and read the inbox's definition, within ``deadlines`` when given: raises
+    StoreUnavailableError while the database is down or silent, StoreMisconfiguredError
+    when no retry helps (a refused login, a missing database, role or inbox); the message
+    names the (redacted) URL."""
+    deadlines = deadlines or Deadlines(timeout_s=0)
+    action = f"checking {schema}.inbox at {redact_url(url)}"
     with (
         admin_connection(url) as conn,
-        translate_errors(f"checking {schema}.inbox at {redact_url(url)}"),
+        guarded(deadlines, conn, connection="check", action=action),
     ):
         conn.execute(Queries("consumer", schema=schema)["inbox_check"])
 

@@ -145,7 +145,7 @@ class PostgresStore:
         for conn in self._idle:
             lenient.configure(conn)
         self._work = self._idle[0]
-        with translate_errors("checking for a connection pooler"):
+        with self._on_work(self._work, "checking for a connection pooler"):
             pooling = pooling_mode(self._work, lambda: self._open(self._url, "probe"))
         self._pooling = pooling
         self._listen = self._open(self._listen_url or self._url, "listener")
@@ -236,11 +236,11 @@ class PostgresStore:
         listen = self._require(self._listen)
         channel = sql.Identifier(notify_channel(self._schema))
         if self._listen_url is None:
-            with translate_errors(f"listening on schema {self._schema!r}"):
+            with self._on_listen(f"listening on schema {self._schema!r}"):
                 listen.execute(sql.SQL("LISTEN {}").format(channel))
             return
         url = self._listen_url
-        with translate_errors("listening on --listen-database-url"):
+        with self._on_listen("listening on --listen-database-url"):
             mode = pooling_mode(listen, lambda: self._open(url, "probe"))
             if not mode.keeps_session:
                 raise StoreError(
