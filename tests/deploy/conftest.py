@@ -46,5 +46,5 @@ def relay_image(podman_ready: None) -> Iterator[str]:
         yield tag
     finally:
         podman("rmi", "--force", tag, check=False)
-        # the build stage's image and any other layer this session left behind
+        # the build stage's image and any other layer this test run left behind
         podman("image", "prune", "--force", f"--filter=label={LABEL}", check=False)
