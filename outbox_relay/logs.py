@@ -34,7 +34,10 @@ def configure_logging(*, level: str = "info", fmt: LogFormat = "auto") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LOG_LEVELS[level.lower()]),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
+        # Not cached: a logger bound once would keep this level and these processors for
+        # good (structlog.testing.capture_logs and a later configure could not reach it);
+        # the relay logs per batch, not per row, so binding per call costs nothing visible.
+        cache_logger_on_first_use=False,
     )
     # pika logs every reconnect attempt at ERROR through stdlib logging; ours say it once.
     logging.getLogger("pika").setLevel(logging.CRITICAL)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pika
 import psycopg
 import pytest
+import structlog
 from hypothesis import settings
 
 from outbox_relay.store.schema import migrate
@@ -33,6 +34,15 @@ _SERVICES = pytest.StashKey[dict[str, services.Found]]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SERVICES] = {}
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A test that configures logging (the CLI run in-process does, at its --log-level)
+    must not change what later tests' capture_logs see."""
+    config = structlog.get_config()
+    yield
+    structlog.configure(**config)
 
 
 @pytest.fixture(scope="session")
