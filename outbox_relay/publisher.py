@@ -28,13 +28,13 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
-from outbox_relay import header_types, pika_doubles
+from outbox_relay import pika_doubles
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
 from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
-from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_problem
+from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_check, amqp_problem
 from outbox_relay.outcome import (
     Outcome,
     Reason,
@@ -64,15 +64,6 @@ PERSISTENT = 2
 log = structlog.get_logger("outbox_relay.publisher")
 
 
-def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """Stored header values as the AMQP field table pika encodes: typed values become
-    their float, Decimal, datetime or bytes (see outbox_relay.header_types), and floats
-    travel as doubles (see outbox_relay.pika_doubles)."""
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a JSON object, not {type(headers).__name__}")
-    return header_types.table_from_json(headers)
-
-
 # What pika raises when a message's properties cannot be encoded as AMQP fields.
 _UNENCODABLE = (
     struct.error,
@@ -95,21 +86,27 @@ def refusal(row: OutboxRow, *, frame_max: int) -> Outcome | None:
     the whole connection. A body under 512 MiB but over the broker's own
     ``max_message_size`` (not readable over AMQP) is refused by the broker, with the
     channel, and blamed by its size (see blame_channel_close)."""
+    return checked(row, frame_max=frame_max)[0]
+
+
+def checked(row: OutboxRow, *, frame_max: int) -> tuple[Outcome | None, dict[str, Any] | None]:
+    """:func:`refusal`, and the header table to send when there is none (None for a row
+    without headers): the check converts the table, and the send reuses it."""
     try:
-        problem = amqp_problem(row, frame_max=frame_max)
+        problem, table = amqp_check(row, frame_max=frame_max)
     except Exception as exc:  # noqa: BLE001 - a row no check foresaw fails alone, never the relay
-        problem = f"{type(exc).__name__}: {exc}"
+        problem, table = f"{type(exc).__name__}: {exc}", None
     if problem is not None:
         return Outcome.failed(
             f"cannot be encoded as an AMQP message: {problem}", Reason.UNENCODABLE
-        )
+        ), None
     if len(row.payload) > BROKER_MAX_MESSAGE_BYTES:
         return Outcome.failed(
             f"the payload is {len(row.payload)} bytes, over the {BROKER_MAX_MESSAGE_BYTES} "
             "bytes RabbitMQ accepts in any message: publish a reference to the data",
             Reason.TOO_LARGE,
-        )
-    return None
+        ), None
+    return None, table
 
 
 class _Connection(pika.SelectConnection):
@@ -217,7 +214,8 @@ class Publisher:
         self._confirmed_at = 0.0
         self._unblocked_at = 0.0
         self._exchanges_seen: dict[str, float] = {}
-        self._passed: set[int] = set()  # see refused()
+        # Rows refused() passed on this connection, and their header tables.
+        self._passed: dict[int, dict[str, Any] | None] = {}
         self._deadline: float | None = None  # of the batch whose confirms are awaited
 
     @property
@@ -240,9 +238,16 @@ class Publisher:
         by row id; ``send`` would fail them too, one round each. The rows that pass are
         not checked again by the next ``send`` on this connection."""
         frame_max = self.frame_max
-        refusals = {row.id: refusal(row, frame_max=frame_max) for row in rows}
-        self._passed = {row_id for row_id, outcome in refusals.items() if outcome is None}
-        return {row_id: outcome for row_id, outcome in refusals.items() if outcome is not None}
+        refusals: dict[int, Outcome] = {}
+        passed: dict[int, dict[str, Any] | None] = {}
+        for row in rows:
+            outcome, table = checked(row, frame_max=frame_max)
+            if outcome is None:
+                passed[row.id] = table
+            else:
+                refusals[row.id] = outcome
+        self._passed = passed
+        return refusals
 
     # -- connection ---------------------------------------------------------------------
 
@@ -298,7 +303,7 @@ class Publisher:
         if self._conn is not None:
             self._conn.ioloop.close()
         self._conn, self._channel = None, None
-        self._passed = set()
+        self._passed = {}
         self._in_flight.clear()
         self._returned.clear()
 
@@ -372,9 +377,10 @@ class Publisher:
             deadline=deadline,
         )
         frame_max = self.frame_max
-        # Rows refused() just passed on this connection; the check costs about a
-        # microsecond a row, a few percent of publishing it.
-        passed, self._passed = self._passed, set()
+        # Rows refused() just passed on this connection, with their header tables; the
+        # check costs from half a microsecond a row (no headers) to a few, a few percent
+        # of publishing it.
+        passed, self._passed = self._passed, {}
         # Message ids of the batches already out (see Returns).
         out = set().union(*(other.ids for other in self._in_flight))
         self._in_flight.append(batch)
@@ -387,7 +393,10 @@ class Publisher:
                     # One message with this id is out already: this row and the rest
                     # stay UNSENT and go in the next round, in order.
                     break
-                refused = None if row.id in passed else refusal(row, frame_max=frame_max)
+                if row.id in passed:
+                    refused, table = None, passed[row.id]
+                else:
+                    refused, table = checked(row, frame_max=frame_max)
                 if refused is not None:
                     # Sent, the broker would close the channel or the connection: fail
                     # it alone, as an encoding error below.
@@ -405,7 +414,7 @@ class Publisher:
                             message_id=message_id,
                             # AMQP timestamps are unsigned: a row from before 1970 says 0.
                             timestamp=max(0, int(row.created_at.timestamp())),
-                            headers=amqp_headers(row.headers) if row.headers else None,
+                            headers=table,
                             # Checked by refusal(): only the properties of PROPERTY_NAMES.
                             **(row.properties if isinstance(row.properties, Mapping) else {}),
                         ),
