@@ -550,6 +550,9 @@ class Runner:
         elif result.kind is Kind.REQUEUE:  # the database was unavailable
             channel.basic_nack(token.tag, requeue=True)
             self._pause(result.error.message if result.error else "database unavailable")
+        elif result.kind is Kind.BUSY:  # the database answers: nothing to pause
+            channel.basic_nack(token.tag, requeue=True)
+            outcome = Kind.REQUEUE.value
         else:
             outcome = self._republish(result, token)
             if outcome == Kind.REQUEUE.value:

@@ -32,7 +32,7 @@ from outbox_relay.consumer.errors import (
 )
 from outbox_relay.consumer.failure import ErrorInfo
 from outbox_relay.consumer.message import Delivery, Message, attempts_made, decode
-from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.errors import InboxBusyError, StoreUnavailableError
 from outbox_relay.store.inbox import HandlerSession
 from outbox_relay.tracing import trace_context_from
 
@@ -46,6 +46,7 @@ class Kind(enum.Enum):
     RETRY = "retried"  # rolled back: republish to a delay tier (or park when exhausted), ack
     PARK = "parked"  # rolled back: republish to the parking lot, ack
     REQUEUE = "requeued"  # the database was unavailable: give the delivery back, no attempt lost
+    BUSY = "busy"  # another delivery of the message is being handled: give it back, no pause
 
 
 class _State(enum.Enum):
@@ -235,12 +236,17 @@ class WorkerPool:
             return result(Kind.PARK, error=ErrorInfo.from_exception(exc))
         try:
             kind = self._run_handler(job, message, session)
-        except StoreUnavailableError as exc:
-            self.database_problem = str(exc)
+        except (InboxBusyError, StoreUnavailableError) as exc:
+            # Busy: the database answers, another delivery of the message holds its row.
+            busy = isinstance(exc, InboxBusyError)
+            if not busy:
+                self.database_problem = str(exc)
             if session is not None:
                 session.rollback()
-            time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
-            return result(Kind.REQUEUE, message=message, error=ErrorInfo.from_exception(exc))
+            if not busy:
+                time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
+            kind = Kind.BUSY if busy else Kind.REQUEUE
+            return result(kind, message=message, error=ErrorInfo.from_exception(exc))
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried, never lost
             if session is not None:
                 session.rollback()

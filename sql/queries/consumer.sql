@@ -2,13 +2,21 @@
 
 -- name: inbox_insert
 -- The first statement of every handler transaction. No row back: a duplicate.
--- A concurrent delivery of the same message waits here until the other commits or rolls back.
+-- A concurrent delivery of the same message waits here until the other commits or rolls
+-- back, for %(lock_wait)s at most (then 55P03, lock_not_available: the delivery goes back
+-- to the queue, unhandled); the handler's statements then wait as the session's
+-- lock_timeout, %(lock_wait_after)s, says. Both settings in this one round trip.
 -- Returns the server process running the transaction and when the transaction began:
 -- behind a connection pooler both change from one transaction to the next.
 INSERT INTO {schema}.inbox (consumer, message_id)
-VALUES (%(consumer)s, %(message_id)s)
+SELECT %(consumer)s, %(message_id)s
+FROM (SELECT set_config('lock_timeout', %(lock_wait)s, true)) AS lock_wait
 ON CONFLICT (consumer, message_id) DO NOTHING
-RETURNING pg_backend_pid(), now()
+RETURNING pg_backend_pid(), now(), set_config('lock_timeout', %(lock_wait_after)s, true)
+
+-- name: lock_timeout
+-- The session's lock_timeout (the role's or the database's default), read at connect.
+SELECT current_setting('lock_timeout')
 
 -- name: inbox_purge
 -- One batch of rows older than the retention window; the caller repeats until it is short.
