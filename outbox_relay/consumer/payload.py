@@ -31,21 +31,27 @@ def validator_for(tp: type, kind: PayloadKind, *, where: str) -> Validator:
     if kind is PayloadKind.PYDANTIC:
         validate: Validator = tp.model_validate  # type: ignore[attr-defined]
         return validate
-    if kind is PayloadKind.MSGSPEC or not _installed("pydantic"):
-        if not _installed("msgspec"):
-            raise ConfigurationError(
-                f"{where}: validating a {kind.value} payload ({tp.__qualname__}) needs pydantic "
-                "or msgspec: pip install 'outbox-relay[pydantic]' (or '[msgspec]')"
-            )
-        msgspec = importlib.import_module("msgspec")
+    if kind is not PayloadKind.MSGSPEC and _installed("pydantic"):
+        pydantic = importlib.import_module("pydantic")
+        try:
+            return pydantic.TypeAdapter(tp).validate_python  # type: ignore[no-any-return]
+        except pydantic.PydanticUserError as exc:
+            # e.g. typing.TypedDict before Python 3.12, which msgspec does take
+            if not _installed("msgspec"):
+                raise ConfigurationError(
+                    f"{where}: pydantic cannot validate {tp.__qualname__}: {exc}"
+                ) from exc
+    if not _installed("msgspec"):
+        raise ConfigurationError(
+            f"{where}: validating a {kind.value} payload ({tp.__qualname__}) needs pydantic "
+            "or msgspec: pip install 'outbox-relay[pydantic]' (or '[msgspec]')"
+        )
+    msgspec = importlib.import_module("msgspec")
 
-        def convert(value: Any) -> object:
-            return msgspec.convert(value, tp)
+    def convert(value: Any) -> object:
+        return msgspec.convert(value, tp)
 
-        return convert
-    pydantic = importlib.import_module("pydantic")
-    adapter = pydantic.TypeAdapter(tp)
-    return adapter.validate_python  # type: ignore[no-any-return]
+    return convert
 
 
 def decode_payload(message: Message, tp: type, validate: Validator, *, where: str) -> object:

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import pydantic
 import pytest
 
 from outbox_relay.consumer import ConsumerApp, Message, Reject, Retry
@@ -215,3 +216,37 @@ def test_take_unstarted_returns_what_no_worker_began() -> None:
     assert [j.token for j in taken] == [1, 2, 3]
     assert harness.results.get(timeout=5).job.token == 0
     harness.pool.stop(2)
+
+
+class Order(pydantic.BaseModel):
+    order_id: int
+
+
+def test_a_payload_that_does_not_fit_is_parked_at_once_with_the_validation_error(
+    harness: Harness,
+) -> None:
+    calls: list[Order] = []
+
+    def on_order(order: Order, tx: Any) -> None:
+        calls.append(order)
+
+    result = harness.run(handler(on_order), delivery(body=b'{"order_id": "seven"}'))
+    assert result.kind is Kind.PARK
+    assert result.error is not None
+    assert result.error.type == "outbox_relay.consumer.errors.InvalidPayloadError"
+    assert "does not fit Order" in result.error.message
+    assert "order_id" in result.error.message
+    assert "ValidationError" in result.error.trace
+    assert calls == []
+    assert harness.inbox == set()
+
+
+def test_a_fitting_payload_reaches_the_handler_as_its_type(harness: Harness) -> None:
+    calls: list[Order] = []
+
+    def on_order(order: Order, tx: Any) -> None:
+        calls.append(order)
+
+    result = harness.run(handler(on_order), delivery(body=b'{"order_id": 7}'))
+    assert result.kind is Kind.HANDLED
+    assert calls == [Order(order_id=7)]
