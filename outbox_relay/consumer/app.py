@@ -124,7 +124,7 @@ class Handler(Generic[P]):
             values[Role.SESSION] = session
             args, kwargs = self.plan.call_arguments(values)
             self.func(*args, **kwargs)
-            session.flush()
+            session.commit()  # releases the savepoint; the runner commits the transaction
 
 
 @dataclass(frozen=True)
