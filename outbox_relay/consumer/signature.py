@@ -134,9 +134,10 @@ def plan_call(func: Callable[..., object], *, localns: Mapping[str, Any] | None 
                 f"{role.value}; keep one"
             )
         if role is Role.PAYLOAD:
-            assert isinstance(annotation, type)  # noqa: S101 - classify checked it
+            payload_type = _unwrap_optional(annotation)
+            assert isinstance(payload_type, type)  # noqa: S101 - classify checked it
             assert kind is not None  # noqa: S101 - classify names it with the role
-            payload = (annotation, kind)
+            payload = (payload_type, kind)
         arguments.append(
             Argument(
                 name=parameter.name,

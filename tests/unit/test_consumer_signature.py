@@ -95,6 +95,10 @@ class TestRoles:
 
         assert roles(handler) == {"m": Role.MESSAGE, "c": Role.TX}
 
+        def typed(order: OrderModel | None) -> None: ...
+
+        assert plan_call(typed).payload_type is OrderModel
+
     @pytest.mark.parametrize(("tp", "kind"), PAYLOAD_TYPES)
     def test_each_payload_kind_is_recognised(self, tp: type, kind: PayloadKind) -> None:
         def handler(body: Any) -> None: ...
