@@ -464,7 +464,7 @@ class Runner:
 
     def _on_delivery(
         self,
-        handler: Handler,
+        handler: Handler[...],
         channel: BlockingChannel,
         method: Basic.Deliver,
         properties: BasicProperties,

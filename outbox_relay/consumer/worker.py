@@ -26,6 +26,7 @@ import structlog
 from outbox_relay.consumer.app import AfterCommitHook, Handler
 from outbox_relay.consumer.errors import (
     HandlerTimeoutError,
+    InvalidPayloadError,
     Reject,
     Retry,
     UndecodableMessageError,
@@ -62,7 +63,7 @@ class Job:
     delivery tag); the pool only carries it."""
 
     delivery: Delivery
-    handler: Handler
+    handler: Handler[...]
     token: Any
     deadline: float = 0.0
     _state: _State = _State.QUEUED
@@ -253,7 +254,7 @@ class WorkerPool:
             if job.abandoned:
                 return None
             return result(
-                Kind.PARK if isinstance(exc, Reject) else Kind.RETRY,
+                Kind.PARK if isinstance(exc, Reject | InvalidPayloadError) else Kind.RETRY,
                 message=message,
                 error=ErrorInfo.from_exception(exc),
                 requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
@@ -273,7 +274,7 @@ class WorkerPool:
         handler = job.handler
         if session is None:
             with trace_context_from(message.headers):
-                handler.func(message)
+                handler.invoke(message)
             return Kind.HANDLED if job.enter(_State.COMMITTING) else None
         assert message.message_id is not None  # noqa: S101 - checked by _process
         fresh = session.begin(
@@ -281,7 +282,7 @@ class WorkerPool:
         )
         if fresh:
             with trace_context_from(message.headers):
-                handler.func(message, session.connection)
+                handler.invoke(message, session.connection)
         if not job.enter(_State.COMMITTING):
             session.rollback()
             return None

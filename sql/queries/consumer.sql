@@ -38,3 +38,15 @@ WHERE pid = %(pid)s AND xact_start = %(xact_start)s
 -- name: inbox_check
 -- At start and while deliveries are paused: the database answers and the inbox exists.
 SELECT 1 FROM {schema}.inbox LIMIT 0
+
+-- name: outbox_last_id
+-- outbox_relay.consumer.testing: the newest outbox row before a handler runs on trial.
+SELECT coalesce(max(id), 0) FROM {schema}.outbox
+
+-- name: outbox_written_since
+-- outbox_relay.consumer.testing: the rows written after it (in the trial's transaction).
+SELECT message_id, exchange, routing_key, payload, content_type, headers, partition_key,
+       properties, extract(epoch FROM available_at - created_at)::float8 AS delay_s
+FROM {schema}.outbox
+WHERE id > %(after)s
+ORDER BY id
