@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 from outbox_relay.errors import InvalidMessageError
-from outbox_relay.producer import DEFAULT_SCHEMA, Message, publish_many, publish_many_async
+from outbox_relay.producer import DEFAULT_SCHEMA, OutboxMessage, publish_many, publish_many_async
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
@@ -69,7 +69,7 @@ def task_message(
     args: Sequence[object] = (),
     kwargs: Mapping[str, object] | None = None,
     **options: Unpack[TaskOptions],
-) -> Message:
+) -> OutboxMessage:
     """The outbox message of Celery task ``name`` (see :class:`TaskOptions`), for
     ``publish_many`` and ``publish_many_async``; its ``message_id`` is the task id.
     ``args`` and ``kwargs`` must be JSON-serialisable. Raises
@@ -105,7 +105,7 @@ def task_message(
     )
     queue = options.get("queue", "celery")
     routing_key = options.get("routing_key")
-    return Message(
+    return OutboxMessage(
         exchange=options.get("exchange", ""),
         routing_key=queue if routing_key is None else routing_key,
         payload=task_body(args, kwargs or {}),

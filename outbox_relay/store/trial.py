@@ -80,8 +80,17 @@ class TrialTransaction:
 
     def record(self, *, consumer: str, message_id: str) -> bool:
         """Insert the inbox row; False when the message was handled (and committed) before."""
+        # The test's connection waits for locks as it always does.
+        setting = self.conn.execute(self._q["lock_timeout"]).fetchone()
+        lock_wait = str(setting[0]) if setting is not None else "0"
         row = self.conn.execute(
-            self._q["inbox_insert"], {"consumer": consumer, "message_id": message_id}
+            self._q["inbox_insert"],
+            {
+                "consumer": consumer,
+                "message_id": message_id,
+                "lock_wait": lock_wait,
+                "lock_wait_after": lock_wait,
+            },
         ).fetchone()
         return row is not None
 
