@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 ## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
 ## (see docs/testing.md; the deploy tier is `make deploy-test`)
 test: $(STAMP)
-	$(BIN)/pytest tests -m "not deploy"
+	$(BIN)/pytest tests -m "not deploy" --durations=25
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
