@@ -113,6 +113,16 @@ class Stage:
 
 
 @pytest.fixture
+def stages() -> Iterator[list[Stage]]:
+    """The chain's stages; whatever they still run is killed after the test."""
+    started: list[Stage] = []
+    yield started
+    for stage in started:
+        for process in stage.processes:
+            process.kill()
+
+
+@pytest.fixture
 def invoicing(
     database_url: str, schema: str, broker: BrokerHelper, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
@@ -164,6 +174,7 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     schema: str,
     broker: BrokerHelper,
     invoicing: dict[str, str],
+    stages: list[Stage],
     tmp_path: Path,
     report_fault: Report,
 ) -> None:
@@ -178,14 +189,16 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     def consumer(url: str, app: str, env: dict[str, str]) -> Callable[[], CliProcess]:
         return lambda: ConsumerProcess(url, amqp_url, schema, app, log_dir=tmp_path, env=env)
 
-    stages = [
-        Stage("B", consumer(url_b, "docs.examples.invoicing:app", env_b), lambda: counts.read()[0]),
+    stages.append(
+        Stage("B", consumer(url_b, "docs.examples.invoicing:app", env_b), lambda: counts.read()[0])
+    )
+    stages.append(
         Stage(
             "C",
             consumer(database_url, "tests.support.consumer_app:app", env_c),
             lambda: counts.read()[1],
-        ),
-    ]
+        )
+    )
     consumers = list(stages)
     # The queues are bound before anything is published: no order is unroutable.
     for stage in consumers:
