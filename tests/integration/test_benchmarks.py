@@ -43,6 +43,7 @@ EXPECTED = {
         "FastStream subscriber without inbox",
         "SDK c1 with inbox / FastStream",
         "SDK c4 with inbox / FastStream",
+        "SDK c4 with inbox / raw commits",
         "SDK c1 with inbox / raw commits",
     ],
 }
