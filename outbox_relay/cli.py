@@ -535,6 +535,7 @@ def run(
             confirm_timeout_s=settings.confirm_timeout_s,
             dead_peer_timeout_s=settings.dead_peer_timeout_s,
             should_stop=should_stop,
+            on_node=metrics.connected_to,
         ),
         settings=settings.relay,
         observer=metrics,

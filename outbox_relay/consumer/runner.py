@@ -54,7 +54,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
-from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable
+from outbox_relay.broker_nodes import BrokerNodes
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
@@ -133,7 +134,8 @@ class Runner:
         self._app = app
         self._settings = settings
         self._handlers = list(app.handlers)
-        self._params = url_parameters(
+        # Several nodes of a cluster: each connection tries them in turn (broker_nodes).
+        self._nodes = BrokerNodes(
             settings.amqp_url, dead_peer_timeout_s=settings.dead_peer_timeout_s
         )
         self._stopping = threading.Event()
@@ -319,7 +321,9 @@ class Runner:
         if not report.up_to_date:
             self._log.info("consumer.declared", created=[i.label() for i in report.created])
         try:
-            conn = pika.BlockingConnection(self._params)
+            conn = self._nodes.open(
+                lambda node: pika.BlockingConnection(node.params), errors=CONNECT_ERRORS
+            )
             lenient_frames.install(conn)  # before any delivery can arrive
             self._frame_max = lenient_frames.negotiated_frame_max(conn)
             self._generation += 1

@@ -1,0 +1,64 @@
+"""Several broker nodes against a real broker: a node that refuses is passed over at once,
+and the node in use is logged and counted in the metric."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from outbox_relay.observability.relay_metrics import RelayMetrics
+from outbox_relay.publisher import Publisher
+from outbox_relay.topology import ExchangeSpec, Topology, apply
+from tests.support.broker import BrokerHelper
+from tests.support.http import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _dead_node(amqp_url: str) -> tuple[str, str]:
+    """A URL like ``amqp_url`` to a port nothing listens on, and its node name."""
+    parts = urlsplit(amqp_url)
+    port = free_port()
+    userinfo = parts.netloc.rpartition("@")[0]
+    return parts._replace(netloc=f"{userinfo}@127.0.0.1:{port}").geturl(), f"127.0.0.1:{port}"
+
+
+def test_publisher_passes_over_a_refusing_node_and_reports_the_one_in_use(amqp_url: str) -> None:
+    dead, dead_name = _dead_node(amqp_url)
+    live_name = f"{urlsplit(amqp_url).hostname}:{urlsplit(amqp_url).port or 5672}"
+    registry = CollectorRegistry()
+    metrics = RelayMetrics(registry)
+    publisher = Publisher(url=f"{dead},{amqp_url}", on_node=metrics.connected_to)
+    try:
+        started = time.monotonic()
+        with capture_logs() as logs:
+            publisher.connect()
+        assert time.monotonic() - started < 5  # a refusing node costs no backoff
+        assert publisher.connected
+        assert publisher.nodes.current is not None
+        assert publisher.nodes.current.name == live_name
+        events = {(e["event"], e.get("node")) for e in logs}
+        assert ("broker.node_unavailable", dead_name) in events
+        assert ("broker.node_connected", live_name) in events
+        assert "guest" not in str([e for e in logs if e["event"].startswith("broker.")]).replace(
+            "guest:***", ""
+        )
+        assert registry.get_sample_value("outbox_relay_broker_node", {"node": live_name}) == 1
+        # The next connection starts after the live node: the dead one first, then back.
+        assert [n.name for n in publisher.nodes.order()] == [dead_name, live_name]
+        publisher.connect()
+        assert publisher.connected
+    finally:
+        publisher.close()
+
+
+def test_topology_apply_takes_a_list(amqp_url: str, broker: BrokerHelper) -> None:
+    dead, _ = _dead_node(amqp_url)
+    name = broker.name("nodes")
+    broker.track_exchange(name)
+    report = apply(f"{dead},{amqp_url}", Topology(exchanges=(ExchangeSpec(name=name),)))
+    assert [item.label() for item in report.created] == [f"exchange {name!r}"]
