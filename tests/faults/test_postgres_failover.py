@@ -135,7 +135,7 @@ def test_promotion_with_an_asynchronous_standby_loses_only_unreplicated_commits(
         "not replicated)",
         tally,
     )
-    print(  # noqa: T201 - the measured window, for the report
+    print(
         f"async failover: {len(producer.committed)} committed, {len(missing)} not replicated, "
         f"{len(tally.lost)} lost, {tally.duplicates} duplicates, recovered in {recovered_s:.1f}s"
     )

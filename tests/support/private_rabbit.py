@@ -142,11 +142,14 @@ def _stop(rabbit: PrivateRabbit, server: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def private_rabbit(directory: Path, *, config: str = "") -> Iterator[PrivateRabbit]:
+def private_rabbit(
+    directory: Path, *, config: str = "", cookie: str | None = None
+) -> Iterator[PrivateRabbit]:
     """Start a private RabbitMQ node keeping its files in ``directory``, with ``config``
     (``rabbitmq.conf`` lines, e.g. ``max_message_size = 65536``) in force from its boot;
     stopped on exit, whatever the test did. Skips (fails under CI) when RabbitMQ is not
-    installed."""
+    installed. ``cookie``: the Erlang cookie, the same for the nodes of one cluster
+    (tests/support/rabbit_cluster.py)."""
     server_script, ctl = _script("rabbitmq-server"), _script("rabbitmqctl")
     if server_script is None or ctl is None:
         unavailable(
@@ -156,6 +159,10 @@ def private_rabbit(directory: Path, *, config: str = "") -> Iterator[PrivateRabb
     node = f"outbox-test-{uuid.uuid4().hex[:8]}@localhost"
     port = free_port()
     env = _environment(directory, node, port, config)
+    if cookie is not None:
+        cookie_file = directory / ".erlang.cookie"  # in HOME, where Erlang reads it
+        cookie_file.write_text(cookie)
+        cookie_file.chmod(0o400)
     log_file = directory / "server.log"
     rabbit = PrivateRabbit(node=node, port=port, env=env, log_file=log_file, ctl=ctl)
     with log_file.open("wb") as log:
