@@ -122,3 +122,27 @@ class BrokerNodes:
             return result
         assert last is not None  # noqa: S101 - nodes is never empty (parse_nodes)
         raise last
+
+
+class NodeInUse:
+    """The broker node a running relay is on, for the metric label and ``/readyz``: set
+    from the I/O thread on each connection, read by the HTTP thread (a str swap)."""
+
+    def __init__(self, *, on_change: Callable[[str], None] | None = None) -> None:
+        self.node: str | None = None
+        self._on_change = on_change
+
+    def connected_to(self, node: str) -> None:
+        self.node = node
+        if self._on_change is not None:
+            self._on_change(node)
+
+    def readiness(self, probe: Callable[[], tuple[bool, str]]) -> Callable[[], tuple[bool, str]]:
+        """``probe`` whose details also name the broker node in use, once there is one."""
+
+        def ready() -> tuple[bool, str]:
+            ok, detail = probe()
+            node = self.node
+            return ok, f"{detail}; broker node {node}" if node else detail
+
+        return ready

@@ -3,6 +3,10 @@ and the node in use is logged and counted in the metric."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 from urllib.parse import urlsplit
 
@@ -14,9 +18,11 @@ from outbox_relay.observability.relay_metrics import RelayMetrics
 from outbox_relay.publisher import Publisher
 from outbox_relay.topology import ExchangeSpec, Topology, apply
 from tests.support.broker import BrokerHelper
-from tests.support.http import free_port
+from tests.support.http import free_port, get, samples
+from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
+RUN = (sys.executable, "-m", "outbox_relay", "run", "--log-format", "json")
 
 
 def _dead_node(amqp_url: str) -> tuple[str, str]:
@@ -62,3 +68,31 @@ def test_topology_apply_takes_a_list(amqp_url: str, broker: BrokerHelper) -> Non
     broker.track_exchange(name)
     report = apply(f"{dead},{amqp_url}", Topology(exchanges=(ExchangeSpec(name=name),)))
     assert [item.label() for item in report.created] == [f"exchange {name!r}"]
+
+
+def test_the_relay_names_its_node_in_readyz_and_the_metric(
+    database_url: str, amqp_url: str, schema: str
+) -> None:
+    """`outbox-relay run` given the option twice, a refusing node first."""
+    dead, _ = _dead_node(amqp_url)
+    live_name = f"{urlsplit(amqp_url).hostname}:{urlsplit(amqp_url).port or 5672}"
+    port = free_port()
+    env = {**os.environ, "OUTBOX_RELAY_HTTP_PORT": str(port), "OUTBOX_RELAY_SCHEMA": schema}
+    relay = subprocess.Popen(
+        [*RUN, "--database-url", database_url, "--amqp-url", dead, "--amqp-url", amqp_url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=15)
+        assert f"broker node {live_name}" in get(port, "/readyz")[1]
+        metric = f"outbox_relay_broker_node{{node={live_name}}}"
+        assert samples(port)[metric] == 1
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        _, log = relay.communicate(timeout=20)
+    assert relay.returncode == 0, log[-3000:]
+    assert "broker.node_unavailable" in log
+    assert "guest:guest" not in log
