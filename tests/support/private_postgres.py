@@ -258,6 +258,10 @@ def private_standby(
                 f"port = {standby.port}\n"
                 f"unix_socket_directories = '{directory}'\n"
                 "hot_standby = on\n"
+                # A standby that just lost its primary waits this long (default 5 s)
+                # before it looks again, and a promotion waits for that: measured 5.1 s
+                # for `pg_ctl promote` with the default, 0.3 s with this.
+                "wal_retrieve_retry_interval = '200ms'\n"
                 # Copied from the primary, it would make the promoted standby wait for
                 # a synchronous standby of its own that does not exist: every commit hangs.
                 "synchronous_standby_names = ''\n"

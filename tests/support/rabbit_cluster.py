@@ -39,10 +39,14 @@ class RabbitCluster:
     def index_of_port(self, port: int) -> int:
         return next(i for i, n in enumerate(self.nodes) if n.port == port)
 
-    def stop(self, index: int) -> None:
+    def stop(self, index: int) -> float:
+        """``stop_app`` on node ``index``; returns how long the command took (the node
+        closes its connections early in it, its queue members stop later)."""
         node = self.nodes[index]
+        started = time.monotonic()
         node.rabbitmqctl("stop_app")
         self.stopped.add(node.node)
+        return time.monotonic() - started
 
     def start(self, index: int) -> None:
         node = self.nodes[index]

@@ -7,11 +7,13 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from outbox_relay.amqp_nodes import NodeListError, node_of, split_urls, vhost_of
-from outbox_relay.broker_nodes import BrokerNodes, Node
+from outbox_relay.broker_nodes import BrokerNodes, Node, NodeInUse
 from outbox_relay.cli_options import amqp_url_option
 from outbox_relay.errors import BrokerUnavailableError, ConfigurationError
+from outbox_relay.observability.relay_metrics import RelayMetrics
 from outbox_relay.urls import redact_url, url_problem
 
 hosts = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z0-9-]{1,8}){0,2}", fullmatch=True)
@@ -200,3 +202,22 @@ class TestOption:
 
     def test_default_is_one_url(self) -> None:
         assert self._run([]).startswith("amqp://")
+
+
+class TestNodeInUse:
+    def test_the_metric_moves_to_the_new_node(self) -> None:
+        registry = CollectorRegistry()
+        metrics = RelayMetrics(registry)
+        in_use = NodeInUse(on_change=metrics.connected_to)
+        in_use.connected_to("a:5672")
+        in_use.connected_to("b:5672")
+        value = registry.get_sample_value
+        assert value("outbox_relay_broker_node", {"node": "a:5672"}) == 0
+        assert value("outbox_relay_broker_node", {"node": "b:5672"}) == 1
+
+    def test_readiness_names_the_node_once_there_is_one(self) -> None:
+        in_use = NodeInUse()
+        ready = in_use.readiness(lambda: (True, "connected"))
+        assert ready() == (True, "connected")
+        in_use.connected_to("b:5672")
+        assert ready() == (True, "connected; broker node b:5672")
