@@ -88,6 +88,11 @@ class BrokerNodes:
         count = len(self.nodes)
         return [self.nodes[(self._next + k) % count] for k in range(count)]
 
+    def ordered_url(self) -> str:
+        """The node URLs in :meth:`order`, comma-separated: for a one-off connection
+        (the consumer's declarations) that should try the same node first."""
+        return ",".join(node.url for node in self.order())
+
     def open(
         self,
         connect: Callable[[Node], T],

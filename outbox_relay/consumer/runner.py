@@ -317,7 +317,7 @@ class Runner:
 
     def _serve(self) -> None:
         # Declared again after every reconnect: the broker may have restarted empty.
-        report = declare(self._settings.amqp_url, self._handlers)
+        report = declare(self._nodes.ordered_url(), self._handlers)  # the next node first
         if not report.up_to_date:
             self._log.info("consumer.declared", created=[i.label() for i in report.created])
         try:

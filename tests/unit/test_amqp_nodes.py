@@ -142,6 +142,11 @@ class TestOrder:
         assert [n.name for n in nodes.order()] == ["b:5672", "c:5672", "a:5672"]
         assert nodes.open(lambda node: node.name) == "b:5672"
 
+    def test_ordered_url_lists_the_next_node_first(self) -> None:
+        nodes = BrokerNodes(self.URL)
+        nodes.open(lambda node: node.name)
+        assert nodes.ordered_url() == "amqp://b/v,amqp://c/v,amqp://a/v"
+
     def test_a_failing_node_is_passed_over_at_once(self) -> None:
         tried: list[str] = []
 
