@@ -48,6 +48,32 @@ class PrivateRabbit:
     env: dict[str, str]
     log_file: Path
     ctl: str
+    server_script: str = ""
+    server: subprocess.Popen[bytes] | None = None  # the running node's process
+
+    def spawn(self) -> None:
+        """Start the node's server process (in a session of its own) and wait for it."""
+        directory = self.log_file.parent
+        with self.log_file.open("ab") as log:
+            self.server = subprocess.Popen(
+                [self.server_script],
+                env=self.env,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _await_startup(self, self.server)
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM and its helpers: a crash, no goodbye to its peers
+        or clients (the kernel closes its sockets). :meth:`spawn` starts it again with
+        its data."""
+        if self.server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait(STOP_TIMEOUT_S)
 
     @property
     def url(self) -> str:
@@ -164,19 +190,12 @@ def private_rabbit(
         cookie_file.write_text(cookie)
         cookie_file.chmod(0o400)
     log_file = directory / "server.log"
-    rabbit = PrivateRabbit(node=node, port=port, env=env, log_file=log_file, ctl=ctl)
-    with log_file.open("wb") as log:
-        server = subprocess.Popen(
-            [server_script],
-            env=env,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    rabbit = PrivateRabbit(
+        node=node, port=port, env=env, log_file=log_file, ctl=ctl, server_script=server_script
+    )
     try:
-        _await_startup(rabbit, server)
+        rabbit.spawn()
         yield rabbit
     finally:
-        _stop(rabbit, server)
+        if rabbit.server is not None:
+            _stop(rabbit, rabbit.server)

@@ -3,8 +3,10 @@
 Three private nodes (tests/support/private_rabbit.py: own node names, AMQP and
 distribution ports, data and logs) share one Erlang cookie; the second and third join
 the first (``rabbitmqctl join_cluster``). Nothing of the machine's own RabbitMQ is
-touched. A node is stopped and started again with ``stop_app`` / ``start_app``: its
-connections drop and its quorum queue members go down, as when a node stops.
+touched. A node is stopped and started again with ``stop_app`` / ``start_app`` (its
+connections are closed and its quorum queue members stop, as in a rolling restart), or
+crashed with SIGKILL and started again (the kernel closes its sockets; its peers see the
+distribution connection drop).
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ class RabbitCluster:
         node.rabbitmqctl("stop_app")
         self.stopped.add(node.node)
         return time.monotonic() - started
+
+    def kill(self, index: int) -> float:
+        """SIGKILL node ``index``'s Erlang VM (a crash); returns how long that took."""
+        node = self.nodes[index]
+        started = time.monotonic()
+        node.kill()
+        self.stopped.add(node.node)
+        return time.monotonic() - started
+
+    def respawn(self, index: int) -> None:
+        """Start a killed node again, with its data; it rejoins the cluster by itself."""
+        node = self.nodes[index]
+        node.spawn()
+        self.stopped.discard(node.node)
 
     def start(self, index: int) -> None:
         node = self.nodes[index]
