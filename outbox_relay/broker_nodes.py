@@ -20,9 +20,9 @@ import pika
 import structlog
 
 from outbox_relay.amqp_nodes import NodeListError, node_of, split_urls
-from outbox_relay.amqp_url import url_parameters
+from outbox_relay.amqp_url import describe_amqp_error, url_parameters
 from outbox_relay.errors import BrokerMisconfiguredError, BrokerUnavailableError, ConfigurationError
-from outbox_relay.urls import redact_url
+from outbox_relay.urls import redact_url, scrub
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -72,6 +72,7 @@ class BrokerNodes:
         self.nodes = parse_nodes(url, dead_peer_timeout_s=dead_peer_timeout_s)
         self._next = 0
         self._current: Node | None = None
+        self._failing: set[str] = set()  # nodes whose failure was logged as a warning
         self._on_node = on_node
 
     @property
@@ -110,11 +111,15 @@ class BrokerNodes:
             except errors as exc:
                 last = exc
                 if len(self.nodes) > 1:
-                    log.warning(
+                    # A warning once per node until a connection to it succeeds: the
+                    # reconnect loop tries every node again on each attempt.
+                    first_time = node.name not in self._failing
+                    self._failing.add(node.name)
+                    (log.warning if first_time else log.debug)(
                         "broker.node_unavailable",
                         node=node.name,
                         url=node.redacted,
-                        error=str(exc),
+                        error=_reason(exc, node),
                         misconfigured=isinstance(exc, BrokerMisconfiguredError),
                     )
                 continue
@@ -122,11 +127,20 @@ class BrokerNodes:
             if moved and len(self.nodes) > 1:
                 log.info("broker.node_connected", node=node.name, url=node.redacted)
             self._current = node
+            self._failing.discard(node.name)
             if self._on_node is not None:
                 self._on_node(node.name)
             return result
         assert last is not None  # noqa: S101 - nodes is never empty (parse_nodes)
         raise last
+
+
+def _reason(error: BaseException, node: Node) -> str:
+    """Why ``node`` refused, never with its password (pika's own errors may quote parts
+    of the URL; ours are redacted already)."""
+    if isinstance(error, BrokerUnavailableError):
+        return str(error)
+    return scrub(describe_amqp_error(error), node.url)
 
 
 class NodeInUse:

@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
+from outbox_relay.cli import main
 from outbox_relay.observability.relay_metrics import RelayMetrics
 from outbox_relay.publisher import Publisher
 from outbox_relay.topology import ExchangeSpec, Topology, apply
@@ -96,3 +99,29 @@ def test_the_relay_names_its_node_in_readyz_and_the_metric(
     assert relay.returncode == 0, log[-3000:]
     assert "broker.node_unavailable" in log
     assert "guest:guest" not in log
+
+
+def test_cli_topology_takes_the_option_repeated(
+    amqp_url: str, broker: BrokerHelper, tmp_path: Path
+) -> None:
+    dead, _ = _dead_node(amqp_url)
+    name = broker.name("cli")
+    broker.track_exchange(name)
+    path = tmp_path / "topology.toml"
+    path.write_text(f'[[exchanges]]\nname = "{name}"\n')
+    args = ["topology", "apply", str(path), "--amqp-url", dead, "--amqp-url", amqp_url]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert name in result.output
+
+
+def test_a_bad_list_is_refused_before_connecting(amqp_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "topology.toml"
+    path.write_text('[[exchanges]]\nname = "never-declared"\n')
+    other_vhost = amqp_url.rpartition("/")[0] + "/elsewhere"
+    result = CliRunner().invoke(
+        main, ["topology", "apply", str(path), "--amqp-url", f"{amqp_url},{other_vhost}"]
+    )
+    assert result.exit_code != 0
+    assert "different vhosts" in result.output
+    assert "guest:guest" not in result.output

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from outbox_relay.amqp_nodes import NodeListError, node_of, split_urls, vhost_of
 from outbox_relay.broker_nodes import BrokerNodes, Node, NodeInUse
@@ -171,6 +172,21 @@ class TestOrder:
             nodes.open(connect)
         # The next attempt starts where this one would have gone on: a again.
         assert nodes.order()[0].name == "a:5672"
+
+    def test_a_node_that_stays_down_is_warned_about_once(self) -> None:
+        def connect(node: Node) -> str:
+            if node.name == "a:5672":
+                raise OSError("Connection refused")
+            return node.name
+
+        nodes = BrokerNodes(self.URL)
+        with capture_logs() as logs:
+            for _ in range(3):
+                nodes.open(connect, errors=(OSError,))
+                nodes._next = 0  # start at the dead node each time
+        warned = [e for e in logs if e["event"] == "broker.node_unavailable"]
+        assert [e["log_level"] for e in warned] == ["warning", "debug", "debug"]
+        assert warned[0]["error"] == "Connection refused"
 
     def test_other_errors_are_not_swallowed(self) -> None:
         def connect(node: Node) -> str:
