@@ -84,6 +84,13 @@ class BrokerNodes:
         """The node of the last connection opened (None before the first)."""
         return self._current
 
+    @property
+    def redacted(self) -> str:
+        """The redacted URL of the node in use; of every node before the first connection."""
+        if self._current is not None:
+            return self._current.redacted
+        return ",".join(node.redacted for node in self.nodes)
+
     def order(self) -> list[Node]:
         """The nodes in the order the next connection tries them."""
         count = len(self.nodes)

@@ -347,8 +347,7 @@ class Runner:
             self._drain(conn, channel, self._tags)
         except CONNECT_ERRORS as exc:
             raise unavailable(
-                f"lost the connection to {redact_url(self._settings.amqp_url)}: "
-                f"{describe_amqp_error(exc)}",
+                f"lost the connection to {self._nodes.redacted}: {describe_amqp_error(exc)}",
                 exc,
             ) from exc
         finally:
