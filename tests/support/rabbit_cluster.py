@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -106,9 +107,11 @@ def _start_all(directory: Path, stack: contextlib.ExitStack, cookie: str) -> lis
 
 @contextlib.contextmanager
 def rabbit_cluster(directory: Path) -> Iterator[RabbitCluster]:
-    """Three clustered private nodes; every one stopped and its files left in
-    ``directory`` (a test's tmp_path) on exit, whatever happened."""
+    """Three clustered private nodes, their files under ``directory``; on exit, whatever
+    happened, every node is stopped and its files removed."""
     with contextlib.ExitStack() as stack:
+        for i in range(CLUSTER_SIZE):  # runs last: after the nodes stopped
+            stack.callback(shutil.rmtree, directory / f"node{i}", ignore_errors=True)
         started = time.monotonic()
         nodes = _start_all(directory, stack, secrets.token_hex(16))
         first = nodes[0]
