@@ -159,9 +159,9 @@ class NodeInUse:
         self._on_change = on_change
 
     def connected_to(self, node: str) -> None:
-        self.node = node
         if self._on_change is not None:
             self._on_change(node)
+        self.node = node  # last: once /readyz names it, the metric has it too
 
     def readiness(self, probe: Callable[[], tuple[bool, str]]) -> Callable[[], tuple[bool, str]]:
         """``probe`` whose details also name the broker node in use, once there is one."""

@@ -89,8 +89,13 @@ def test_the_relay_names_its_node_in_readyz_and_the_metric(
         text=True,
     )
     try:
-        assert wait_for(lambda: get(port, "/readyz")[0] == 200, timeout_s=15)
-        assert f"broker node {live_name}" in get(port, "/readyz")[1]
+        # Ready may be answered a moment before the node is recorded (the connection is
+        # open; its channel is still opening): wait for the node rather than the 200 alone.
+        def named() -> bool:
+            code, body = get(port, "/readyz")
+            return code == 200 and f"broker node {live_name}" in body
+
+        assert wait_for(named, timeout_s=15), get(port, "/readyz")
         metric = f"outbox_relay_broker_node{{node={live_name}}}"
         assert samples(port)[metric] == 1
     finally:
