@@ -30,7 +30,8 @@ from pika.spec import Basic, BasicProperties
 
 from outbox_relay import pika_doubles
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
-from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
+from outbox_relay.amqp_url import describe_amqp_error, unavailable
+from outbox_relay.broker_nodes import BrokerNodes, Node
 from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
@@ -188,10 +189,13 @@ class Publisher:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
         should_stop: Callable[[], bool] = lambda: False,
+        on_node: Callable[[str], None] | None = None,
     ) -> None:
         pika_doubles.install()  # float headers as AMQP doubles
         self._url = url
-        self._params = url_parameters(url, dead_peer_timeout_s=dead_peer_timeout_s)
+        # Several nodes of a cluster: each connect() tries them in turn (broker_nodes).
+        self.nodes = BrokerNodes(url, dead_peer_timeout_s=dead_peer_timeout_s, on_node=on_node)
+        self._params = self.nodes.first.params
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop
@@ -252,7 +256,12 @@ class Publisher:
     # -- connection ---------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the connection and the confirm-mode channel; raises BrokerUnavailableError."""
+        """Open the connection and the confirm-mode channel on the first node that
+        accepts it (see :mod:`outbox_relay.broker_nodes`); raises BrokerUnavailableError."""
+        self.nodes.open(self._connect_to)
+
+    def _connect_to(self, node: Node) -> None:
+        self._params, self._url = node.params, node.url
         self.close()
         self._opened, self._conn_error, self.blocked = False, None, False
         self._refused = None
@@ -277,7 +286,7 @@ class Publisher:
             reason = describe_amqp_error(error) if error else "timed out"
             raise unavailable(f"cannot connect to {redact_url(self._url)}: {reason}", error)
         self._open_channel()
-        log.info("publisher.connected", url=redact_url(self._url))
+        log.info("publisher.connected", url=redact_url(self._url), node=node.name)
 
     def close(self) -> None:
         """Close the connection; never raises."""

@@ -76,6 +76,8 @@ def test_every_option_is_documented_with_its_variable_and_default(
         expected = default  # derived from another option, documented as `(--that-option)`
     elif option.default is None:
         expected = None  # no value means not used (e.g. --listen-database-url): `none`
+    elif option.multiple and isinstance(option.default, tuple):
+        expected = ",".join(option.default)  # a list option (several broker nodes)
     else:
         expected = str(option.default)
     assert default == expected
