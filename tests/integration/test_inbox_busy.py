@@ -106,11 +106,11 @@ def test_a_duplicate_delivered_while_the_first_runs_is_requeued_and_nothing_paus
         runs.append(str(message.message_id))
         started.set()
         record_effect(tx, schema, message.message_id, message.attempt, "x")
-        time.sleep(3.0)  # two lock waits of 1 s, past the 1.5 s deadline
+        time.sleep(4.5)  # two lock waits of 2 s, past the 3 s deadline
 
     message_id = str(uuid.uuid4())
     body = json.dumps({"n": 1}).encode()
-    with capture_logs() as logs, running_consumer(app, broker, db_timeout_s=1.5):
+    with capture_logs() as logs, running_consumer(app, broker, db_timeout_s=3):
         publish(broker, exchange, "k", body, message_id=message_id)
         assert started.wait(10)
         publish(broker, exchange, "k", body, message_id=message_id)
