@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from outbox_relay.consumer import ConsumerApp, ConsumerSettings, Message
 from outbox_relay.consumer.declare import topology_for
+from outbox_relay.consumer.testing import make_message
 from outbox_relay.errors import ConfigurationError
 
 
@@ -108,12 +110,29 @@ def test_parameters_the_sdk_cannot_fill_are_refused_with_the_fix(func: Any, matc
         ConsumerApp(name="x").handler(exchange="e", queue="q")(func)
 
 
-def test_async_handlers_are_refused_with_the_reason() -> None:
-    async def handler(message: Message) -> None:
-        pass
+def test_an_async_handler_is_registered_and_still_its_coroutine_function() -> None:
+    app = ConsumerApp(name="x")
+    seen: list[object] = []
 
-    with pytest.raises(ConfigurationError, match="async"):
-        ConsumerApp(name="x").handler(exchange="e", queue="q")(handler)
+    @app.handler(exchange="e", queue="q")
+    async def on_message(message: Message) -> None:
+        seen.append(message)
+
+    assert on_message.is_async
+    assert not on_message.uses_db
+    coroutine = on_message("a message")  # calling it is calling the function
+    assert asyncio.iscoroutine(coroutine)
+    asyncio.run(coroutine)  # type: ignore[arg-type]
+    assert seen == ["a message"]
+
+
+def test_an_object_whose_call_is_async_is_refused_when_it_returns_a_coroutine() -> None:
+    class Sneaky:
+        async def __call__(self, message: Message) -> None: ...
+
+    handler = ConsumerApp(name="x").handler(exchange="e", queue="q")(Sneaky())
+    with pytest.raises(ConfigurationError, match=r"returned an awaitable.*declare the handler"):
+        handler.invoke(make_message(None))
 
 
 def test_settings_come_from_overrides_then_app_then_environment(monkeypatch: Any) -> None:
