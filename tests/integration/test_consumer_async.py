@@ -14,6 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 from structlog.testing import capture_logs
 
 from outbox_relay.consumer import ConsumerApp, Message
@@ -257,3 +259,37 @@ def test_sigterm_lets_the_running_async_handler_commit_returns_the_rest_and_exit
     assert drained["still_running"] == 0
     rest = broker.drain(queue, expect=4, timeout_s=10)
     assert sorted([*handled, *(r.properties.message_id for r in rest)]) == ids
+
+
+def test_an_async_session_shares_the_inbox_transaction(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    make_effects_table(database_url, schema)
+    exchange = broker.exchange()
+    app = new_app(database_url, amqp_url, schema)
+    insert = text(
+        f'INSERT INTO "{schema}".effects (message_id, attempt, note) VALUES (:id, :attempt, :note)'
+    )
+
+    @app.handler(exchange=exchange, queue=broker.name("audit"), retry_delays=[0.2])
+    async def on_event(message: Message, session: AsyncSession) -> None:
+        await session.execute(
+            insert, {"id": message.message_id, "attempt": message.attempt, "note": "s"}
+        )
+        await session.commit()  # a savepoint: the consumer commits after the handler
+        if message.body.get("fail") and message.attempt == 1:
+            raise RuntimeError("first attempt fails after the session committed")
+
+    with running_consumer(app, broker):
+        for n in range(3):
+            body = json.dumps({"n": n, "fail": n == 1}).encode()
+            publish(broker, exchange, "audit.x", body, message_id=f"e-{n}")
+        publish(broker, exchange, "audit.x", b'{"n": 0}', message_id="e-0")  # a duplicate
+        assert wait_for(lambda: len(effects(database_url, schema)) >= 3, timeout_s=10)
+        time.sleep(0.5)  # room for a wrong fourth effect
+
+    assert sorted((m, a) for m, a, _ in effects(database_url, schema)) == [
+        ("e-0", 1),
+        ("e-1", 2),
+        ("e-2", 1),
+    ]
