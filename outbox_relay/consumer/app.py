@@ -270,6 +270,10 @@ class ConsumerApp:
         once). A handler that takes ``tx`` or a Session runs inside a database
         transaction that also records the message in the inbox: its effects happen
         exactly once. Without one there is no database and no deduplication.
+        An ``async def`` handler works the same way with ``tx`` as a
+        ``psycopg.AsyncConnection`` (the same transaction) or a
+        ``sqlalchemy.ext.asyncio.AsyncSession``; it runs on its worker thread's event
+        loop (see :mod:`outbox_relay.consumer.aio`), and is cancelled at its timeout.
         ``declare_exchange=False`` leaves the exchange alone (when a topology file manages
         it, e.g. with an alternate exchange); it must then exist before the app starts.
         ``max_priority`` (1-255, classic queues; RabbitMQ recommends at most 10) makes the

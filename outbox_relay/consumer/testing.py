@@ -20,7 +20,10 @@ inbox row: a failure rolls back to the savepoint (the handler's work and inbox r
 test's own setup stays); a success leaves the work in the transaction for the test to
 query, and commits it when ``commit=True``. The schema is the app's (``ConsumerApp(schema=
 ...)``): it needs the outbox and the inbox (``outbox-relay migrate``). A handler that
-takes no transaction runs with no database at all.
+takes no transaction runs with no database at all. An ``async def`` handler runs the same
+way, to completion on an event loop of its own, with ``conn`` (a ``Connection`` or an
+``AsyncConnection``) handed to it as an ``AsyncConnection``; ``run`` stays a plain
+function, also in async tests.
 
 As a pytest plugin (``pytest_plugins = ["outbox_relay.consumer.testing"]``) it gives the
 fixtures ``run_handler`` (:func:`run`, with ``outbox_test_connection`` when the handler
