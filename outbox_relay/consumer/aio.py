@@ -6,8 +6,14 @@ closed when the thread ends. So async handlers run with the same concurrency as 
 ones (``concurrency`` worker threads, one message each at a time) and go through the same
 steps: inbox row, handler, commit, then ack. They exist so that asyncio code (asyncpg,
 httpx, aiohttp, aio-pika clients, psycopg's ``AsyncConnection``) runs natively in a
-handler, not to handle more messages at once. Tasks a handler starts and does not await
-only run while the loop runs a later handler: await them.
+handler, not to handle more messages at once: they even cost a little more CPU per
+message than plain ones (the loop, and psycopg's async I/O). Tasks a handler starts and
+does not await only run while the loop runs a later handler: await them.
+
+Why not one loop for all async handlers, with many messages in flight on it? The inbox
+transaction, the timeout's kill and the drain are per worker; one loop per worker keeps
+them exactly as they are for plain handlers, and a handler that blocks its loop (a sync
+call by mistake) stalls only its own worker.
 
 A handler past its timeout is interrupted from the runner's thread: its task is cancelled
 (the handler sees ``asyncio.CancelledError`` at its ``await``; psycopg then cancels the
