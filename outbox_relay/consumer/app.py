@@ -150,8 +150,8 @@ class Handler(Generic[P]):
                 returned.close()  # never awaited: no "coroutine was never awaited" warning
             raise ConfigurationError(
                 f"handler {self.name} returned an awaitable: the SDK took it for a plain "
-                "function (an object whose __call__ is async?); declare the handler itself "
-                "with async def"
+                "function, so nothing would await it; declare the handler itself with "
+                "async def"
             )
 
     async def _invoke_async(self, values: dict[Role, object], tx: Any) -> None:

@@ -110,7 +110,8 @@ def plan_call(func: Callable[..., object], *, localns: Mapping[str, Any] | None 
             f"{where} is a generator (it yields): the SDK would never run its body; "
             "write a plain def or an async def that returns"
         )
-    is_async = inspect.iscoroutinefunction(func)
+    # An object whose __call__ is async counts as an async handler too.
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
     try:
         parameters = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError) as exc:

@@ -126,11 +126,27 @@ def test_an_async_handler_is_registered_and_still_its_coroutine_function() -> No
     assert seen == ["a message"]
 
 
-def test_an_object_whose_call_is_async_is_refused_when_it_returns_a_coroutine() -> None:
-    class Sneaky:
-        async def __call__(self, message: Message) -> None: ...
+def test_an_object_whose_call_is_async_is_an_async_handler() -> None:
+    seen: list[object] = []
 
-    handler = ConsumerApp(name="x").handler(exchange="e", queue="q")(Sneaky())
+    class OnMessage:
+        async def __call__(self, message: Message) -> None:
+            await asyncio.sleep(0)
+            seen.append(message.body)
+
+    handler = ConsumerApp(name="x").handler(exchange="e", queue="q")(OnMessage())
+    assert handler.is_async
+    handler.invoke(make_message({"n": 1}))
+    assert seen == [{"n": 1}]
+
+
+def test_a_plain_function_returning_a_coroutine_is_refused_when_called() -> None:
+    async def work() -> None: ...
+
+    def sneaky(message: Message) -> Any:
+        return work()
+
+    handler = ConsumerApp(name="x").handler(exchange="e", queue="q")(sneaky)
     with pytest.raises(ConfigurationError, match=r"returned an awaitable.*declare the handler"):
         handler.invoke(make_message(None))
 
