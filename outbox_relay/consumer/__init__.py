@@ -11,6 +11,10 @@
         ...   # order: the body validated as a pydantic model (or dataclass, TypedDict,
               # msgspec Struct); tx: the transaction that also holds the inbox row
 
+    @app.handler(exchange="orders", queue="shipping.orders", bindings=["order.paid"])
+    async def ship(order: OrderPaid, tx: psycopg.AsyncConnection) -> None:
+        ...   # the same, on an event loop: await asyncio clients and tx.execute(...)
+
 Run with ``outbox-relay consume billing.handlers:app`` or ``app.run()``; test handlers with
 :mod:`outbox_relay.consumer.testing`. See ``docs/consumer.md``.
 """

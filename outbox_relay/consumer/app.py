@@ -8,12 +8,14 @@ environment until :meth:`ConsumerApp.run` (or ``outbox-relay consume``) starts a
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec
 
+from outbox_relay.consumer.aio import HandlerLoop
 from outbox_relay.consumer.declare import queue_spec, retry_route
 from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
@@ -108,23 +110,62 @@ class Handler(Generic[P]):
             message, self.plan.payload_type, self.validate, where=f"handler {self.name}"
         )
 
-    def invoke(self, message: Message, tx: Any = None) -> None:
+    @property
+    def is_async(self) -> bool:
+        """An ``async def`` handler: it runs on an event loop (see
+        :mod:`outbox_relay.consumer.aio`)."""
+        return self.plan.is_async
+
+    def invoke(self, message: Message, tx: Any = None, *, loop: HandlerLoop | None = None) -> None:
         """Run the handler on ``message`` as the consumer does, inside ``tx`` when it takes
-        one. Raises InvalidPayloadError (park) or whatever the handler raises."""
+        one (a ``psycopg.AsyncConnection`` for an async handler, which runs on ``loop``, or
+        on a loop of its own when none is given). Raises InvalidPayloadError (park) or
+        whatever the handler raises."""
         values: dict[Role, object] = {Role.MESSAGE: message, Role.TX: tx}
         if self.plan.payload_type is not None:
             values[Role.PAYLOAD] = self.payload(message)
+        if self.plan.is_async:
+            runner = loop if loop is not None else HandlerLoop()
+            try:
+                runner.run(self._invoke_async(values, tx), name=self.name)
+            finally:
+                if loop is None:
+                    runner.close()
+            return
         if not self.plan.wants_session:
-            args, kwargs = self.plan.call_arguments(values)
-            self.func(*args, **kwargs)
+            self._call(values)
             return
         from outbox_relay.consumer.orm import bound_session  # noqa: PLC0415 - SQLAlchemy when used
 
         with bound_session(tx) as session:
             values[Role.SESSION] = session
-            args, kwargs = self.plan.call_arguments(values)
-            self.func(*args, **kwargs)
+            self._call(values)
             session.commit()  # releases the savepoint; the runner commits the transaction
+
+    def _call(self, values: dict[Role, object]) -> None:
+        args, kwargs = self.plan.call_arguments(values)
+        returned = self.func(*args, **kwargs)
+        if inspect.isawaitable(returned):
+            if inspect.iscoroutine(returned):
+                returned.close()  # never awaited: no "coroutine was never awaited" warning
+            raise ConfigurationError(
+                f"handler {self.name} returned an awaitable: the SDK took it for a plain "
+                "function, so nothing would await it; declare the handler itself with "
+                "async def"
+            )
+
+    async def _invoke_async(self, values: dict[Role, object], tx: Any) -> None:
+        if not self.plan.wants_session:
+            args, kwargs = self.plan.call_arguments(values)
+            await self.func(*args, **kwargs)  # type: ignore[misc]  # plan_call: a coroutine function
+            return
+        from outbox_relay.consumer.orm import bound_async_session  # noqa: PLC0415 - when used
+
+        async with bound_async_session(tx) as session:
+            values[Role.SESSION] = session
+            args, kwargs = self.plan.call_arguments(values)
+            await self.func(*args, **kwargs)  # type: ignore[misc]  # plan_call: a coroutine function
+            await session.commit()  # releases the savepoint; the runner commits
 
 
 @dataclass(frozen=True)
@@ -229,6 +270,10 @@ class ConsumerApp:
         once). A handler that takes ``tx`` or a Session runs inside a database
         transaction that also records the message in the inbox: its effects happen
         exactly once. Without one there is no database and no deduplication.
+        An ``async def`` handler works the same way with ``tx`` as a
+        ``psycopg.AsyncConnection`` (the same transaction) or a
+        ``sqlalchemy.ext.asyncio.AsyncSession``; it runs on its worker thread's event
+        loop (see :mod:`outbox_relay.consumer.aio`), and is cancelled at its timeout.
         ``declare_exchange=False`` leaves the exchange alone (when a topology file manages
         it, e.g. with an alternate exchange); it must then exist before the app starts.
         ``max_priority`` (1-255, classic queues; RabbitMQ recommends at most 10) makes the

@@ -36,6 +36,11 @@ class HandlerTimeoutError(Exception):
     """Recorded (never raised into the handler) when a handler ran past its timeout."""
 
 
+class HandlerCancelledError(Exception):
+    """Recorded when an async handler's own code cancelled it (``asyncio.CancelledError``
+    reached the SDK, not at the handler's timeout): retried like any failure."""
+
+
 class UndecodableMessageError(Exception):
     """Recorded when a body cannot be decoded or the message lacks what the handler needs."""
 

@@ -1,5 +1,6 @@
-"""A SQLAlchemy ``Session`` on the handler's own transaction (``pip install
-'outbox-relay[sqlalchemy]'``); imported only for handlers that ask for one.
+"""A SQLAlchemy ``Session`` (or, in an async handler, an ``AsyncSession``) on the
+handler's own transaction (``pip install 'outbox-relay[sqlalchemy]'``); imported only for
+handlers that ask for one.
 
 The session runs on the very connection that holds the inbox row, through an engine
 (``postgresql+psycopg``) that wraps that connection instead of opening its own. The
@@ -7,18 +8,20 @@ runner owns the transaction: the engine's commit, rollback and close are turned 
 nothing, and the session joins with a savepoint, so ``session.commit()`` in a handler
 flushes and releases the savepoint (the work commits with the inbox row, before the ack)
 and ``session.rollback()`` undoes the session's work since it began, never the inbox row.
-One engine per worker thread, rebuilt when the worker's connection changes.
+One engine per worker thread, rebuilt when the worker's connection changes. The async
+engine works the same way on the ``psycopg.AsyncConnection`` an async handler receives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
@@ -30,6 +33,8 @@ DIALECT_URL = "postgresql+psycopg://"
 class _Bound(threading.local):
     connection: object = None
     engine: Engine | None = None
+    async_connection: object = None
+    async_engine: AsyncEngine | None = None
 
 
 _bound = _Bound()
@@ -54,6 +59,40 @@ def bound_session(connection: object) -> Iterator[Session]:
             session.close()
 
 
+@contextlib.asynccontextmanager
+async def bound_async_session(connection: object) -> AsyncIterator[AsyncSession]:
+    """An AsyncSession on ``connection`` (a psycopg ``AsyncConnection`` inside a
+    transaction), closed on exit without ending that transaction."""
+    if connection is None:
+        raise ConfigurationError(
+            "the handler takes a SQLAlchemy AsyncSession but runs without a database: give "
+            "the consumer app a database URL (or, in a test, a connection)"
+        )
+    engine = _async_engine_for(connection)
+    async with engine.connect() as wrapped:
+        await wrapped.begin()  # nothing is sent: the connection is already in its transaction
+        session = AsyncSession(bind=wrapped, join_transaction_mode="create_savepoint")
+        try:
+            yield session
+        finally:
+            await session.close()
+
+
+def _async_engine_for(connection: object) -> AsyncEngine:
+    if _bound.async_engine is not None and _bound.async_connection is connection:
+        return _bound.async_engine
+
+    async def creator() -> object:
+        return connection
+
+    engine = create_async_engine(
+        DIALECT_URL, async_creator=creator, poolclass=StaticPool, pool_reset_on_return=None
+    )
+    _leave_transaction_to_the_runner(engine.sync_engine)
+    _bound.async_connection, _bound.async_engine = connection, engine
+    return engine
+
+
 def _engine_for(connection: object) -> Engine:
     if _bound.engine is not None and _bound.connection is connection:
         return _bound.engine
@@ -65,12 +104,16 @@ def _engine_for(connection: object) -> Engine:
         poolclass=StaticPool,
         pool_reset_on_return=None,
     )
+    _leave_transaction_to_the_runner(engine)
+    _bound.connection, _bound.engine = connection, engine
+    return engine
+
+
+def _leave_transaction_to_the_runner(engine: Engine) -> None:
     dialect: Any = engine.dialect
     dialect.do_commit = _leave_to_the_runner
     dialect.do_rollback = _leave_to_the_runner
     dialect.do_close = _leave_to_the_runner
-    _bound.connection, _bound.engine = connection, engine
-    return engine
 
 
 def _leave_to_the_runner(_dbapi_connection: object) -> None:

@@ -3,14 +3,17 @@
 Each parameter is one of:
 
 * the message: annotated with :class:`~outbox_relay.consumer.Message`, or named ``message``;
-* the transaction: annotated with ``psycopg.Connection``, or named ``tx``; asking for it
-  runs the handler inside the inbox transaction;
-* a SQLAlchemy ``Session`` (annotated ``sqlalchemy.orm.Session``) bound to that same
-  transaction;
+* the transaction: annotated with ``psycopg.Connection`` (``psycopg.AsyncConnection`` in
+  an ``async def`` handler), or named ``tx``; asking for it runs the handler inside the
+  inbox transaction;
+* a SQLAlchemy session bound to that same transaction: annotated ``sqlalchemy.orm.Session``
+  (``sqlalchemy.ext.asyncio.AsyncSession`` in an ``async def`` handler);
 * the payload: annotated with a pydantic model, a dataclass, a ``TypedDict`` or a msgspec
   ``Struct``; it receives the body decoded and validated as that type (at most one).
 
-An annotation the SDK knows decides; otherwise the name does. Anything else is refused
+An annotation the SDK knows decides; otherwise the name does. A handler is a plain
+function or an ``async def`` one (see :mod:`outbox_relay.consumer.aio`); a connection or
+session of the other kind is refused, naming the one to use. Anything else is refused
 when the handler is registered, naming the parameter and the fix. Nothing here imports
 pydantic, msgspec, psycopg or SQLAlchemy: a class can only be one of theirs when its
 library is already loaded, so :data:`sys.modules` answers.
@@ -35,8 +38,9 @@ MESSAGE_NAME = "message"
 TX_NAME = "tx"
 FIX = (
     "name it `message` (the Message) or `tx` (the transaction), or annotate it with "
-    "outbox_relay.consumer.Message, psycopg.Connection, sqlalchemy.orm.Session, or one "
-    "payload type (a pydantic model, a dataclass, a TypedDict or a msgspec Struct)"
+    "outbox_relay.consumer.Message, psycopg.Connection (psycopg.AsyncConnection in an "
+    "async def handler), sqlalchemy.orm.Session (sqlalchemy.ext.asyncio.AsyncSession), or "
+    "one payload type (a pydantic model, a dataclass, a TypedDict or a msgspec Struct)"
 )
 
 
@@ -72,6 +76,7 @@ class CallPlan:
     arguments: tuple[Argument, ...]
     payload_type: type | None = None
     payload_kind: PayloadKind | None = None
+    is_async: bool = False  # an ``async def`` handler: it runs on its worker's event loop
 
     @property
     def uses_db(self) -> bool:
@@ -100,11 +105,13 @@ def plan_call(func: Callable[..., object], *, localns: Mapping[str, Any] | None 
     resolve string annotations with besides the function's module (the scope it was
     defined in)."""
     where = f"handler {getattr(func, '__qualname__', repr(func))}"
-    if inspect.iscoroutinefunction(func):
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
         raise ConfigurationError(
-            f"{where} is async: handlers run in worker threads; write a plain def "
-            "(asyncio code can run inside it with asyncio.run)"
+            f"{where} is a generator (it yields): the SDK would never run its body; "
+            "write a plain def or an async def that returns"
         )
+    # An object whose __call__ is async counts as an async handler too.
+    is_async = inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
     try:
         parameters = list(inspect.signature(func).parameters.values())
     except (TypeError, ValueError) as exc:
@@ -127,6 +134,9 @@ def plan_call(func: Callable[..., object], *, localns: Mapping[str, Any] | None 
             raise ConfigurationError(
                 f"{where}: parameter {parameter.name!r}{shown} is unknown; {FIX}"
             )
+        mismatch = _flavour_mismatch(annotation, is_async=is_async)
+        if mismatch is not None:
+            raise ConfigurationError(f"{where}: parameter {parameter.name!r}: {mismatch}")
         taken = [a.name for a in arguments if a.role is role]
         if taken:
             raise ConfigurationError(
@@ -149,6 +159,7 @@ def plan_call(func: Callable[..., object], *, localns: Mapping[str, Any] | None 
         arguments=tuple(arguments),
         payload_type=payload[0] if payload else None,
         payload_kind=payload[1] if payload else None,
+        is_async=is_async,
     )
 
 
@@ -189,22 +200,57 @@ def _role_of_type(tp: object) -> tuple[Role, PayloadKind | None] | None:
         return None
     if issubclass(origin, Message):
         return Role.MESSAGE, None
-    psycopg = sys.modules.get("psycopg")
-    if psycopg is not None:
-        if issubclass(origin, psycopg.AsyncConnection):
-            raise ConfigurationError(
-                "psycopg.AsyncConnection: handlers are plain functions that run in worker "
-                "threads; annotate the transaction psycopg.Connection"
-            )
-        if issubclass(origin, psycopg.Connection):
-            return Role.TX, None
-    orm = sys.modules.get("sqlalchemy.orm")
-    if orm is not None and isinstance(origin, type) and issubclass(origin, orm.Session):
-        return Role.SESSION, None
+    flavour = _flavour(origin)
+    if flavour is not None:
+        return flavour[0], None
     kind = payload_kind(origin if origin is tp else None)
     if kind is not None:
         return Role.PAYLOAD, kind
     return None
+
+
+def _flavour(origin: type) -> tuple[Role, bool] | None:
+    """(TX or SESSION, whether it is the async kind) for a connection or session type."""
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
+        if issubclass(origin, psycopg.AsyncConnection):
+            return Role.TX, True
+        if issubclass(origin, psycopg.Connection):
+            return Role.TX, False
+    orm = sys.modules.get("sqlalchemy.orm")
+    if orm is not None and issubclass(origin, orm.Session):
+        return Role.SESSION, False
+    aio = sys.modules.get("sqlalchemy.ext.asyncio")
+    if aio is not None and issubclass(origin, aio.AsyncSession):
+        return Role.SESSION, True
+    return None
+
+
+_KINDS = {
+    (Role.TX, False): "psycopg.Connection",
+    (Role.TX, True): "psycopg.AsyncConnection",
+    (Role.SESSION, False): "sqlalchemy.orm.Session",
+    (Role.SESSION, True): "sqlalchemy.ext.asyncio.AsyncSession",
+}
+
+
+def _flavour_mismatch(annotation: object, *, is_async: bool) -> str | None:
+    """Why a connection or session annotation does not fit a plain (or async) handler."""
+    origin = typing.get_origin(_unwrap_optional(annotation)) or _unwrap_optional(annotation)
+    flavour = _flavour(origin) if isinstance(origin, type) else None
+    if flavour is None or flavour[1] == is_async:
+        return None
+    role, async_kind = flavour
+    given, wanted = _KINDS[role, async_kind], _KINDS[role, is_async]
+    if is_async:
+        return (
+            f"annotated {given}, but the handler is async def: a blocking {given} would "
+            f"stall its event loop; annotate it {wanted} (or make the handler a plain def)"
+        )
+    return (
+        f"annotated {given}, but the handler is a plain def: annotate it {wanted} (or make "
+        "the handler async def)"
+    )
 
 
 def _resolve(

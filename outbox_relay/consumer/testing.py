@@ -20,7 +20,10 @@ inbox row: a failure rolls back to the savepoint (the handler's work and inbox r
 test's own setup stays); a success leaves the work in the transaction for the test to
 query, and commits it when ``commit=True``. The schema is the app's (``ConsumerApp(schema=
 ...)``): it needs the outbox and the inbox (``outbox-relay migrate``). A handler that
-takes no transaction runs with no database at all.
+takes no transaction runs with no database at all. An ``async def`` handler runs the same
+way, to completion on an event loop of its own, with ``conn`` (a ``Connection`` or an
+``AsyncConnection``) handed to it as an ``AsyncConnection``; ``run`` stays a plain
+function, also in async tests.
 
 As a pytest plugin (``pytest_plugins = ["outbox_relay.consumer.testing"]``) it gives the
 fixtures ``run_handler`` (:func:`run`, with ``outbox_test_connection`` when the handler
@@ -31,11 +34,13 @@ own).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import json
 import os
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -141,11 +146,31 @@ def run(
     **message_fields: Any,
 ) -> Outcome:
     """Run ``handler`` on ``body`` (or on a :class:`Message` given as ``body``), inside a
-    savepoint of ``conn``'s transaction when the handler takes one; see the module."""
+    savepoint of ``conn``'s transaction when the handler takes one; see the module.
+
+    An ``async def`` handler runs to completion on an event loop of its own, with ``conn``
+    (a ``Connection`` or an ``AsyncConnection``) seen as an ``AsyncConnection``. Called
+    from a coroutine (an async test), ``run`` blocks that test's loop while the handler
+    runs on another thread's loop."""
     if not isinstance(handler, Handler):
         raise ConfigurationError(
             f"{handler!r} is not a registered handler: decorate it with @app.handler(...)"
         )
+    if handler.is_async and _loop_running():
+        return _on_another_thread(
+            lambda: _run(handler, body, conn=conn, commit=commit, message_fields=message_fields)
+        )
+    return _run(handler, body, conn=conn, commit=commit, message_fields=message_fields)
+
+
+def _run(
+    handler: Handler[...],
+    body: object,
+    *,
+    conn: object,
+    commit: bool,
+    message_fields: dict[str, Any],
+) -> Outcome:
     fields = {"routing_key": handler.bindings[0], "exchange": handler.exchange, **message_fields}
     try:
         message = (
@@ -161,9 +186,9 @@ def run(
         return Outcome(Action.ACK, "handled", message)
     if conn is None:
         raise ConfigurationError(
-            f"handler {handler.name} takes a transaction: pass conn= (a psycopg connection "
-            "with autocommit off), or use the run_handler fixture; to test it with no "
-            "database, call it directly with a stand-in: handler(message, tx)"
+            f"handler {handler.name} takes a transaction: pass conn= (a psycopg Connection "
+            "or AsyncConnection with autocommit off), or use the run_handler fixture; to "
+            "test it with no database, call it directly with a stand-in: handler(message, tx)"
         )
     return _run_in_transaction(
         handler, message, TrialTransaction(conn, schema=handler.schema), commit=commit
@@ -186,7 +211,7 @@ def _run_in_transaction(
         with trial.savepoint():
             fresh = trial.record(consumer=handler.inbox_key, message_id=message.message_id)
             if fresh:
-                handler.invoke(message, trial.conn)
+                handler.invoke(message, trial.tx(is_async=handler.is_async))
                 written = trial.written()
     except Exception as exc:  # noqa: BLE001 - reported as the consumer would
         return _failed(handler, message, exc)
@@ -228,6 +253,34 @@ def _failed(handler: Handler[...], message: Message | None, exc: Exception) -> O
         next_queue=where.queue,
         delay_s=where.delay_s,
     )
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _on_another_thread(call: Callable[[], Outcome]) -> Outcome:
+    """``call()`` on a thread of its own (an event loop runs on this one); what it
+    returns, or raises."""
+    box: list[Outcome] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(call())
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name="outbox-relay-testing-run")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return box[0]
 
 
 def _jsonable(value: object) -> Any:

@@ -8,7 +8,9 @@ Timeouts: Python cannot stop a thread. When a handler runs past its timeout the 
 marks its job abandoned, kills its database session (the transaction can no longer
 commit, its locks go), starts a replacement worker so the pool keeps its size, and
 reports the job as timed out. The abandoned thread keeps running the handler's Python
-code until it returns; whatever it then reports is ignored.
+code until it returns; whatever it then reports is ignored. An ``async def`` handler runs
+on its worker thread's event loop (:mod:`outbox_relay.consumer.aio`), in the same steps;
+past its timeout its task is also cancelled, so its thread ends soon after.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from outbox_relay.consumer.aio import HandlerLoop
 from outbox_relay.consumer.app import AfterCommitHook, Handler
 from outbox_relay.consumer.errors import (
     HandlerTimeoutError,
@@ -69,6 +72,7 @@ class Job:
     _state: _State = _State.QUEUED
     _lock: threading.Lock = field(default_factory=threading.Lock)
     session: HandlerSession | None = None
+    loop: HandlerLoop | None = None  # the worker's event loop, to cancel an async handler
 
     def enter(self, state: _State, *, unless: _State = _State.ABANDONED) -> bool:
         with self._lock:
@@ -162,6 +166,8 @@ class WorkerPool:
                 self._running.discard(job)
         results = []
         for job in expired:
+            if job.loop is not None and job.handler.is_async:
+                job.loop.interrupt()  # cancels its task; the worker thread then ends
             session = job.session
             if session is not None:
                 threading.Thread(target=session.kill, name="kill-session", daemon=True).start()
@@ -201,12 +207,13 @@ class WorkerPool:
 
     def _work(self) -> None:
         session = self._new_session() if self._new_session is not None else None
+        loop = HandlerLoop()  # its event loop is only created for an async handler
         try:
             while True:
                 job = self._queue.get()
                 if job is None:
                     return
-                job.session = session
+                job.session, job.loop = session, loop
                 deadline = time.monotonic() + job.handler.timeout_s
                 with self._lock:
                     job.deadline = deadline
@@ -221,6 +228,7 @@ class WorkerPool:
                 if result is not None:
                     self._on_result(result)
         finally:
+            loop.close()
             if session is not None:
                 session.close()
 
@@ -274,15 +282,17 @@ class WorkerPool:
         handler = job.handler
         if session is None:
             with trace_context_from(message.headers):
-                handler.invoke(message)
+                handler.invoke(message, loop=job.loop)
             return Kind.HANDLED if job.enter(_State.COMMITTING) else None
         assert message.message_id is not None  # noqa: S101 - checked by _process
         fresh = session.begin(
             consumer=f"{self._consumer}:{handler.queue}", message_id=message.message_id
         )
         if fresh:
+            # An async handler gets the same transaction through psycopg's async API.
+            tx = session.async_connection if handler.is_async else session.connection
             with trace_context_from(message.headers):
-                handler.invoke(message, session.connection)
+                handler.invoke(message, tx, loop=job.loop)
         if not job.enter(_State.COMMITTING):
             session.rollback()
             return None

@@ -2,7 +2,8 @@
 
 A :class:`HandlerSession` belongs to one worker thread. For each delivery it opens a
 transaction, inserts (consumer, message id) into ``<schema>.inbox`` and hands the
-connection to the handler; the runner then commits or rolls back. A session whose
+connection to the handler (an async handler gets the same connection through psycopg's
+async API); the runner then commits or rolls back. A session whose
 handler ran past its timeout is ended from another thread with :meth:`HandlerSession.kill`:
 the running statement is cancelled and the backend terminated, so the transaction can
 never commit and its inbox row lock is released for the retry.
@@ -26,6 +27,7 @@ from outbox_relay.store.connect import connect
 from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.pooler import announce_once, pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
+from outbox_relay.store.views import async_view
 from outbox_relay.urls import redact_url
 
 PURGE_BATCH = 5_000
@@ -76,6 +78,12 @@ class HandlerSession:
         if self._conn is None or self._conn.closed:
             raise StoreUnavailableError("not connected to the database")
         return self._conn
+
+    @property
+    def async_connection(self) -> psycopg.AsyncConnection[Any]:
+        """The same connection, transaction included, as an async handler's ``tx`` (see
+        :mod:`outbox_relay.store.views`): everything else stays this session's."""
+        return async_view(self.connection)
 
     def begin(self, *, consumer: str, message_id: str) -> bool:
         """Start a transaction with the inbox row; False when the message was seen before

@@ -19,6 +19,7 @@ import psycopg
 
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.store.sqlfiles import Queries
+from outbox_relay.store.views import async_view, sync_view
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,26 @@ def trial_connection(url: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 class TrialTransaction:
-    """One handler run on ``conn`` (a psycopg ``Connection`` with autocommit off)."""
+    """One handler run on ``conn`` (a psycopg ``Connection`` or ``AsyncConnection`` with
+    autocommit off). The trial's own statements go through a ``Connection`` on the same
+    session (see :mod:`outbox_relay.store.views`), so it works the same from sync and
+    async tests."""
 
     def __init__(self, conn: object, *, schema: str) -> None:
-        if not isinstance(conn, psycopg.Connection):
+        if not isinstance(conn, psycopg.Connection | psycopg.AsyncConnection):
             raise ConfigurationError(
-                f"expected a psycopg.Connection for the handler's transaction, got "
-                f"{type(conn).__name__}"
+                f"expected a psycopg.Connection or psycopg.AsyncConnection for the handler's "
+                f"transaction, got {type(conn).__name__}"
             )
         if conn.autocommit:
             raise ConfigurationError(
                 "the connection is in autocommit mode: the handler's work could not be "
                 "rolled back; connect with autocommit=False"
             )
-        self.conn: psycopg.Connection[Any] = conn
+        self._given = conn
+        self.conn: psycopg.Connection[Any] = (
+            sync_view(conn) if isinstance(conn, psycopg.AsyncConnection) else conn
+        )
         self._q = Queries("consumer", schema=schema)
         self._before = 0
 
@@ -111,6 +118,13 @@ class TrialTransaction:
             )
             for r in rows.fetchall()
         ]
+
+    def tx(self, *, is_async: bool) -> object:
+        """What the handler receives as its transaction: the connection the test gave, or
+        a view of it through the API the handler uses (async or not)."""
+        if isinstance(self._given, psycopg.AsyncConnection):
+            return self._given if is_async else self.conn
+        return async_view(self._given) if is_async else self._given
 
     def commit(self) -> None:
         self.conn.commit()

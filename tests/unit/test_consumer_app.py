@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from outbox_relay.consumer import ConsumerApp, ConsumerSettings, Message
 from outbox_relay.consumer.declare import topology_for
+from outbox_relay.consumer.testing import make_message
 from outbox_relay.errors import ConfigurationError
 
 
@@ -108,12 +110,45 @@ def test_parameters_the_sdk_cannot_fill_are_refused_with_the_fix(func: Any, matc
         ConsumerApp(name="x").handler(exchange="e", queue="q")(func)
 
 
-def test_async_handlers_are_refused_with_the_reason() -> None:
-    async def handler(message: Message) -> None:
-        pass
+def test_an_async_handler_is_registered_and_still_its_coroutine_function() -> None:
+    app = ConsumerApp(name="x")
+    seen: list[object] = []
 
-    with pytest.raises(ConfigurationError, match="async"):
-        ConsumerApp(name="x").handler(exchange="e", queue="q")(handler)
+    @app.handler(exchange="e", queue="q")
+    async def on_message(message: Message) -> None:
+        seen.append(message)
+
+    assert on_message.is_async
+    assert not on_message.uses_db
+    coroutine = on_message("a message")  # calling it is calling the function
+    assert asyncio.iscoroutine(coroutine)
+    asyncio.run(coroutine)  # type: ignore[arg-type]
+    assert seen == ["a message"]
+
+
+def test_an_object_whose_call_is_async_is_an_async_handler() -> None:
+    seen: list[object] = []
+
+    class OnMessage:
+        async def __call__(self, message: Message) -> None:
+            await asyncio.sleep(0)
+            seen.append(message.body)
+
+    handler = ConsumerApp(name="x").handler(exchange="e", queue="q")(OnMessage())
+    assert handler.is_async
+    handler.invoke(make_message({"n": 1}))
+    assert seen == [{"n": 1}]
+
+
+def test_a_plain_function_returning_a_coroutine_is_refused_when_called() -> None:
+    async def work() -> None: ...
+
+    def sneaky(message: Message) -> Any:
+        return work()
+
+    handler = ConsumerApp(name="x").handler(exchange="e", queue="q")(sneaky)
+    with pytest.raises(ConfigurationError, match=r"returned an awaitable.*declare the handler"):
+        handler.invoke(make_message(None))
 
 
 def test_settings_come_from_overrides_then_app_then_environment(monkeypatch: Any) -> None:

@@ -13,6 +13,7 @@ import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from outbox_relay.consumer import ConsumerApp, Message
@@ -148,11 +149,79 @@ class TestRefusals:
 
         assert roles(handler) == {"message": Role.MESSAGE, "tx": Role.TX}
 
-    def test_an_async_connection_is_refused(self) -> None:
-        def handler(tx: psycopg.AsyncConnection[Any]) -> None: ...
 
-        with pytest.raises(ConfigurationError, match=r"parameter 'tx': psycopg\.AsyncConnection"):
+class TestAsyncHandlers:
+    def test_an_async_handler_is_planned_like_a_plain_one(self) -> None:
+        async def on_order(order: OrderModel, message: Message, tx: Any) -> None: ...
+
+        plan = plan_call(on_order)
+        assert plan.is_async
+        assert plan.uses_db
+        assert roles(on_order) == {"order": Role.PAYLOAD, "message": Role.MESSAGE, "tx": Role.TX}
+        assert not plan_call(lambda message: None).is_async
+
+    def test_an_async_handler_takes_the_async_kinds(self) -> None:
+        async def handler(conn: psycopg.AsyncConnection[Any], db: AsyncSession) -> None: ...
+
+        assert roles(handler) == {"conn": Role.TX, "db": Role.SESSION}
+
+    @pytest.mark.parametrize(
+        ("annotation", "given", "wanted"),
+        [
+            (psycopg.Connection, "psycopg.Connection", "psycopg.AsyncConnection"),
+            (Session, "sqlalchemy.orm.Session", "sqlalchemy.ext.asyncio.AsyncSession"),
+        ],
+    )
+    def test_a_blocking_connection_in_an_async_handler_is_refused_with_the_fix(
+        self, annotation: type, given: str, wanted: str
+    ) -> None:
+        async def on_order(message: Message, db: Any) -> None: ...
+
+        on_order.__annotations__["db"] = annotation
+        with pytest.raises(ConfigurationError) as refused:
+            plan_call(on_order)
+        assert str(refused.value) == (
+            f"handler {on_order.__qualname__}: parameter 'db': annotated {given}, but the "
+            f"handler is async def: a blocking {given} would stall its event loop; annotate "
+            f"it {wanted} (or make the handler a plain def)"
+        )
+
+    @pytest.mark.parametrize(
+        ("annotation", "given", "wanted"),
+        [
+            (psycopg.AsyncConnection, "psycopg.AsyncConnection", "psycopg.Connection"),
+            (AsyncSession, "sqlalchemy.ext.asyncio.AsyncSession", "sqlalchemy.orm.Session"),
+        ],
+    )
+    def test_an_async_connection_in_a_plain_handler_is_refused_with_the_fix(
+        self, annotation: type, given: str, wanted: str
+    ) -> None:
+        def on_order(message: Message, db: Any) -> None: ...
+
+        on_order.__annotations__["db"] = annotation
+        with pytest.raises(ConfigurationError) as refused:
+            plan_call(on_order)
+        assert str(refused.value) == (
+            f"handler {on_order.__qualname__}: parameter 'db': annotated {given}, but the "
+            f"handler is a plain def: annotate it {wanted} (or make the handler async def)"
+        )
+
+    def test_an_optional_async_connection_is_checked_too(self) -> None:
+        def handler(tx: psycopg.AsyncConnection[Any] | None = None) -> None: ...
+
+        with pytest.raises(ConfigurationError, match=r"'tx': annotated psycopg\.AsyncConnection"):
             plan_call(handler)
+
+    def test_generators_are_refused(self) -> None:
+        async def agen(message: Message) -> Any:
+            yield message
+
+        def gen(message: Message) -> Any:
+            yield message
+
+        for func in (agen, gen):
+            with pytest.raises(ConfigurationError, match="is a generator"):
+                plan_call(func)
 
 
 def test_a_model_defined_beside_the_handler_resolves() -> None:
