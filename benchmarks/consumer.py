@@ -11,6 +11,8 @@ alternate within each round and ratios are taken within a round (median over rou
 - raw: one connection, ``INSERT`` + ``COMMIT`` per message, no broker (the ceiling);
 - SDK, concurrency 1 and 4: ``def handler(message, tx)``, the row inserted through ``tx``
   after the SDK's inbox row, one transaction per message, acked after the commit;
+- SDK async, concurrency 4: the same handler as ``async def`` on psycopg's
+  ``AsyncConnection`` (each worker thread runs it on its event loop);
 - FastStream: an ``async def`` subscriber inserting the row on one psycopg
   ``AsyncConnection`` in autocommit (one round trip, one transaction per message), acked
   after the handler returns; no inbox, no dedupe. aiormq runs each delivery as a task, so
@@ -50,7 +52,8 @@ FASTSTREAM_TARGET_RATIO = 1.0
 FASTSTREAM_PREFETCH = 10
 BODY_PAD = "x" * 480  # about 512 bytes a message
 RAW, SDK_1, SDK_4, FASTSTREAM = "raw commits", "SDK c1", "SDK c4", "FastStream"
-CASES = (RAW, SDK_1, FASTSTREAM, SDK_4)
+SDK_ASYNC_4 = "SDK async c4"
+CASES = (RAW, SDK_1, FASTSTREAM, SDK_4, SDK_ASYNC_4)
 DRAIN_TIMEOUT_S = 300.0
 
 
@@ -164,9 +167,17 @@ class Countdown:
             raise RuntimeError(f"{self._left} messages were not handled in time")
 
 
-def sdk_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, concurrency: int) -> float:
+def sdk_rate(
+    env: Env,
+    schema: str,
+    insert: sql.Composed,
+    count: int,
+    *,
+    concurrency: int,
+    asynchronous: bool = False,
+) -> float:
     """Messages a second for the SDK draining a backlog of ``count``, from consuming to the
-    last commit."""
+    last commit; ``asynchronous``: the handler is an ``async def``."""
     exchange, queue = names()
     app = ConsumerApp(
         name=unique("bench"),
@@ -180,7 +191,11 @@ def sdk_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, concurr
     def handler(message: Message, tx: psycopg.Connection[Any]) -> None:
         tx.execute(insert, (message.message_id, message.body["order"]))
 
-    app.handler(exchange=exchange, queue=queue, retry_delays=[1], declare_exchange=False)(handler)
+    async def async_handler(message: Message, tx: psycopg.AsyncConnection[Any]) -> None:
+        await tx.execute(insert, (message.message_id, message.body["order"]))
+
+    register = app.handler(exchange=exchange, queue=queue, retry_delays=[1], declare_exchange=False)
+    register(async_handler if asynchronous else handler)
     app.after_commit(lambda _message: countdown.one())
     with backlog(
         env, exchange, queue, count, declare_queue=lambda: declare(env.amqp_url, app.handlers)
@@ -255,6 +270,9 @@ def run(env: Env, report: Report, *, messages: int | None = None, runs: int | No
             SDK_1: lambda insert: sdk_rate(env, schema, insert, messages, concurrency=1),
             FASTSTREAM: lambda insert: faststream_rate(env, insert, messages),
             SDK_4: lambda insert: sdk_rate(env, schema, insert, messages, concurrency=4),
+            SDK_ASYNC_4: lambda insert: sdk_rate(
+                env, schema, insert, messages, concurrency=4, asynchronous=True
+            ),
         }
         for round_no in range(runs):
             # Interleaved, the order turned each round: drift hits every case alike.
@@ -276,10 +294,13 @@ def report_figures(report: Report, measured: Rounds, messages: int) -> None:
     rate(RAW, "raw single-connection commits, one INSERT each")
     rate(SDK_1, f"SDK with inbox, concurrency 1, {messages} messages of 512 B")
     rate(SDK_4, "SDK with inbox, concurrency 4")
+    rate(SDK_ASYNC_4, "SDK with inbox, async handlers, concurrency 4")
     rate(FASTSTREAM, "FastStream subscriber without inbox, one connection")
     for case, against, target, name in (
         (SDK_1, FASTSTREAM, FASTSTREAM_TARGET_RATIO, "SDK c1 with inbox / FastStream"),
         (SDK_4, FASTSTREAM, FASTSTREAM_TARGET_RATIO, "SDK c4 with inbox / FastStream"),
+        (SDK_ASYNC_4, FASTSTREAM, FASTSTREAM_TARGET_RATIO, "SDK async c4 with inbox / FastStream"),
+        (SDK_ASYNC_4, SDK_4, None, "SDK async c4 / SDK c4"),
         (SDK_4, RAW, RAW_TARGET_RATIO, "SDK c4 with inbox / raw commits"),
         (SDK_1, RAW, None, "SDK c1 with inbox / raw commits"),
         (FASTSTREAM, RAW, None, "FastStream / raw commits"),

@@ -45,6 +45,9 @@ EXPECTED = {
         "SDK c4 with inbox / FastStream",
         "SDK c4 with inbox / raw commits",
         "SDK c1 with inbox / raw commits",
+        "SDK with inbox, async handlers, concurrency 4",
+        "SDK async c4 with inbox / FastStream",
+        "SDK async c4 / SDK c4",
     ],
 }
 
