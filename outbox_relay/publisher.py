@@ -10,7 +10,8 @@ while the confirms of the first are still coming. Between batches
 sleeps, and it also watches a file descriptor (the database's LISTEN socket) so a
 NOTIFY wakes the relay at once.
 
-This is the only relay module that imports pika.
+This and :mod:`outbox_relay.pika_transport` (which fences pika's private hooks) are the
+only relay modules that import pika.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from outbox_relay.outcome import (
     refused_by_broker,
     unroutable,
 )
+from outbox_relay.pika_transport import ChunkedConnection
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -55,8 +57,6 @@ EXCHANGE_CHECK_TTL_S = 10.0
 # Wait for the confirms of what a batch buffered before buffering more than this (per
 # batch: with two batches out, up to twice this is unconfirmed).
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
-# Frames of a batch are handed to the socket in writes of about this size (see _Connection).
-WRITE_CHUNK_BYTES = 128 * 1024
 _TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
 _NOT_FOUND = 404
 PERSISTENT = 2
@@ -112,44 +112,6 @@ def refusal(row: OutboxRow, *, frame_max: int) -> Outcome | None:
     return None
 
 
-class _Connection(pika.SelectConnection):
-    """A ``SelectConnection`` that can hold frames back and write them in large chunks.
-
-    pika hands each frame to its transport on its own and the transport sends each with
-    a ``send()`` of its own: three system calls, and with TCP_NODELAY three TCP segments
-    for the broker to read, per message (profiled: 40 % of the relay's CPU went to those
-    sends). While :attr:`holding`, frames collect here and go out joined, in order,
-    WRITE_CHUNK_BYTES at a time and on :meth:`release_held`. Nothing is reordered: the
-    I/O loop, where pika answers the broker and sends heartbeats, does not run while
-    frames are held, and every wait runs it only after :meth:`release_held`.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.holding = False
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        super().__init__(*args, **kwargs)
-
-    def _adapter_emit_data(self, data: bytes) -> None:
-        if not self.holding:
-            super()._adapter_emit_data(data)
-            return
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes >= WRITE_CHUNK_BYTES:
-            self.release_held()
-            self.holding = True
-
-    def release_held(self) -> None:
-        """Stop holding frames; hand those held to the transport as one write."""
-        self.holding = False
-        if self._held:
-            data = b"".join(self._held)
-            self._held.clear()
-            self._held_bytes = 0
-            super()._adapter_emit_data(data)
-
-
 class Sending:
     """A batch handed to the broker: ``outcomes()`` waits for its confirms."""
 
@@ -198,7 +160,7 @@ class Publisher:
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop
-        self._conn: _Connection | None = None
+        self._conn: ChunkedConnection | None = None
         self._opened = False
         self._conn_error: BaseException | None = None
         # Why the broker closed the connection over what was out (not an outage): the
@@ -252,7 +214,7 @@ class Publisher:
         self._opened, self._conn_error, self.blocked = False, None, False
         self._refused = None
         try:
-            conn = _Connection(
+            conn = ChunkedConnection(
                 self._params,
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
@@ -287,10 +249,8 @@ class Publisher:
                 pass
         if not conn.is_closed:
             # A broker that blocks publishers (memory alarm) or a stalled peer never
-            # answers Connection.Close, and pika has no public way to drop the socket:
-            # abort the transport as pika itself does on a stream error, so the socket
-            # is closed now rather than leaked.
-            conn._adapter_disconnect_stream()
+            # answers Connection.Close, and pika has no public way to drop the socket.
+            conn.abort()
             self._run_until(lambda: conn.is_closed, CLOSE_TIMEOUT_S)
         self._discard_connection()
 
@@ -335,7 +295,7 @@ class Publisher:
         log.info("publisher.reconnecting", reason=describe_amqp_error(refused))
         self.connect()
 
-    def _require_connection(self) -> _Connection:
+    def _require_connection(self) -> ChunkedConnection:
         if self._refused is not None:
             self._connect_after_refusal()
         if self._conn is None or self._conn_error is not None or not self._conn.is_open:
@@ -469,9 +429,7 @@ class Publisher:
     def _unwritten(self) -> int:
         """Bytes buffered for the socket; 0 once pika dropped a lost connection's transport."""
         conn = self._conn
-        if conn is None or conn._transport is None:
-            return 0
-        return conn._get_write_buffer_size()
+        return 0 if conn is None else conn.unwritten()
 
     def _await_confirms(self, batch: Batch) -> None:
         """Run the I/O loop until every message of the batch is confirmed or its channel

@@ -193,7 +193,7 @@ def test_a_flush_on_a_lost_connection_says_so_without_raising() -> None:
     batch = out(publisher, [sized_row(1, 10)], first_tag=1)
     # pika drops a lost connection's transport before it calls the close callbacks,
     # which look at what is left to write.
-    publisher._conn = SimpleNamespace(_transport=None)  # type: ignore[assignment]
+    publisher._conn = SimpleNamespace(unwritten=lambda: 0)  # type: ignore[assignment]
     assert publisher._unwritten() == 0
     publisher._conn_error = pika.exceptions.StreamLostError("Transport indicated EOF")
     assert Sending(publisher, batch).flush() is False
