@@ -32,11 +32,12 @@ from pika.spec import Basic, BasicProperties
 from outbox_relay import header_types, pika_doubles
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
-from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_problem
-from outbox_relay.outcome import (
+from outbox_relay.pika_transport import ChunkedConnection
+from outbox_relay.relay.confirms import Batch, ChannelClose, Returns
+from outbox_relay.relay.outcome import (
     Outcome,
     Reason,
     blame_access_refused,
@@ -44,7 +45,6 @@ from outbox_relay.outcome import (
     refused_by_broker,
     unroutable,
 )
-from outbox_relay.pika_transport import ChunkedConnection
 from outbox_relay.urls import redact_url
 
 CONNECT_TIMEOUT_S = 10.0
@@ -181,6 +181,11 @@ class Publisher:
         self._exchanges_seen: dict[str, float] = {}
         self._passed: set[int] = set()  # see refused()
         self._deadline: float | None = None  # of the batch whose confirms are awaited
+
+    @property
+    def batches_out(self) -> int:
+        """Batches sent whose confirms are not all in."""
+        return sum(1 for batch in self._in_flight if batch.unconfirmed)
 
     @property
     def vhost(self) -> str:
@@ -531,7 +536,7 @@ class Publisher:
         """Which unconfirmed rows made the broker close the channel (or the connection,
         see _on_connection_closed): the row its reply names, the one row unconfirmed,
         or, when there are several and nothing tells them apart, all of them as
-        suspects (see :mod:`outbox_relay.isolation`)."""
+        suspects (see :mod:`outbox_relay.relay.isolation`)."""
         if not unresolved:
             return {}
         code, text = getattr(error, "reply_code", None), str(getattr(error, "reply_text", ""))

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.backoff import retry_delay_s
 from outbox_relay.message import OutboxRow
-from outbox_relay.ordering import held_back, resend_order, waiting_behind
+from outbox_relay.relay.backoff import retry_delay_s
+from outbox_relay.relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.store.sqlfiles import lock_key, notify_channel
 from outbox_relay.urls import redact_url, scrub
 

@@ -19,11 +19,11 @@ from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic, BasicProperties
 
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
-from outbox_relay.confirms import Batch
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Outcome, Reason, Status
 from outbox_relay.publisher import Publisher, Sending, amqp_headers, refusal
+from outbox_relay.relay.confirms import Batch
+from outbox_relay.relay.outcome import Outcome, Reason, Status
 from tests.support.rows import sized_row
 
 CHANNEL: Any = object()  # the channel both batches went out on
@@ -97,7 +97,7 @@ def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one()
 
     assert first.closed is None
     # The reply names no row: both unconfirmed rows are suspects, sent again in smaller
-    # batches until the culprit is alone (see outbox_relay.isolation).
+    # batches until the culprit is alone (see outbox_relay.relay.isolation).
     assert [outcomes[i].status for i in (3, 4)] == [Status.UNSENT, Status.UNSENT]
     assert outcomes[3].suspected
     assert outcomes[3].reason is Reason.CHANNEL_CLOSED

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Outcome, Reason
+from outbox_relay.relay.outcome import Outcome, Reason
 
 
 class Returns:
