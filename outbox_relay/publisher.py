@@ -36,7 +36,7 @@ from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_problem
 from outbox_relay.pika_transport import ChunkedConnection
-from outbox_relay.relay.confirms import Batch, ChannelClose, Returns
+from outbox_relay.relay.confirms import Batch, ConfirmTracker
 from outbox_relay.relay.outcome import (
     Outcome,
     Reason,
@@ -169,8 +169,7 @@ class Publisher:
         self._channel: Channel | None = None
         self._channel_error: BaseException | None = None
         self._tag = 0
-        self._in_flight: list[Batch] = []  # sent, confirms outstanding; oldest first
-        self._returned = Returns()
+        self._confirms = ConfirmTracker()  # the batches out, and the broker's replies
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
@@ -185,7 +184,7 @@ class Publisher:
     @property
     def batches_out(self) -> int:
         """Batches sent whose confirms are not all in."""
-        return sum(1 for batch in self._in_flight if batch.unconfirmed)
+        return self._confirms.batches_out
 
     @property
     def vhost(self) -> str:
@@ -264,8 +263,7 @@ class Publisher:
             self._conn.ioloop.close()
         self._conn, self._channel = None, None
         self._passed = set()
-        self._in_flight.clear()
-        self._returned.clear()
+        self._confirms.clear()
 
     def _open_channel(self) -> None:
         if self._refused is not None:
@@ -329,20 +327,15 @@ class Publisher:
         channel = self._channel
         assert channel is not None  # noqa: S101 - _open_channel raised otherwise
         conn = self._require_connection()
-        batch = Batch(
-            rows,
-            channel=channel,
-            first_tag=self._tag + 1,
-            returned=self._returned,
-            deadline=deadline,
+        batch = self._confirms.start(
+            rows, channel=channel, first_tag=self._tag + 1, deadline=deadline
         )
         frame_max = self.frame_max
         # Rows refused() just passed on this connection; the check costs about a
         # microsecond a row, a few percent of publishing it.
         passed, self._passed = self._passed, set()
         # Message ids of the batches already out (see Returns).
-        out = set().union(*(other.ids for other in self._in_flight))
-        self._in_flight.append(batch)
+        out = self._confirms.ids_out(but=batch)
         conn.holding = True
         try:
             buffered = 0
@@ -402,12 +395,7 @@ class Publisher:
         return Sending(self, batch)
 
     def _forget(self, batch: Batch) -> None:
-        if batch in self._in_flight:
-            self._in_flight.remove(batch)
-        if not self._in_flight:
-            self._returned.clear()
-        elif self._returned:
-            self._returned.forget(batch.ids)
+        self._confirms.forget(batch)
 
     def _flush(self, batch: Batch) -> bool:
         # A broker that does not take the frames at once is slow or stalled: leave the
@@ -499,36 +487,25 @@ class Publisher:
         return max(batch.sent_at, self._confirmed_at, self._unblocked_at)
 
     def _finish(self, batch: Batch) -> dict[int, Outcome]:
-        close = batch.closed
-        if close is None:
-            return batch.by_row(lambda _row: Outcome.unsent())
-        culprits = self._blame(close)
-        return batch.by_row(lambda row: culprits.get(row.id, Outcome.unsent()))
+        return self._confirms.outcomes(batch, self._blame)
 
-    def _blame(self, close: ChannelClose) -> dict[int, Outcome]:
-        """The outcomes of the rows to blame for ``close``, found once, among the
-        unconfirmed rows of every batch the close cut short, in the order they went
-        out: the culprit may be in a later batch than the one asked about."""
-        if close.culprits is None:
-            cut = [b for b in self._in_flight if b.closed is close]
-            unresolved = [
-                row
-                for b in cut
-                for row, outcome in zip(b.rows, b.outcomes, strict=True)
-                if outcome is None
-            ]
-            close.culprits = self._culprits(close.error, unresolved)
-            if any(self._channel is b.channel for b in cut):
-                self._channel = None
-            failed = sum(not o.suspected for o in close.culprits.values())
-            log.warning(
-                "publisher.channel_closed",
-                reason=describe_amqp_error(close.error),
-                failed_rows=failed,
-                suspect_rows=len(close.culprits) - failed,
-                unsent_rows=len(unresolved) - len(close.culprits),
-            )
-        return close.culprits
+    def _blame(
+        self, error: BaseException, unresolved: Sequence[OutboxRow], channels: Sequence[object]
+    ) -> dict[int, Outcome]:
+        """The rows to blame for a close that cut short the batches out on ``channels``
+        (see ConfirmTracker.blame); a channel it closed is not used again."""
+        culprits = self._culprits(error, unresolved)
+        if any(self._channel is channel for channel in channels):
+            self._channel = None
+        failed = sum(not o.suspected for o in culprits.values())
+        log.warning(
+            "publisher.channel_closed",
+            reason=describe_amqp_error(error),
+            failed_rows=failed,
+            suspect_rows=len(culprits) - failed,
+            unsent_rows=len(unresolved) - len(culprits),
+        )
+        return culprits
 
     def _culprits(
         self, error: BaseException, unresolved: Sequence[OutboxRow]
@@ -728,21 +705,13 @@ class Publisher:
 
     def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
         self._channel = None
-        if refused_by_broker(getattr(reason, "reply_code", None)) and any(
-            batch.unconfirmed for batch in self._in_flight
-        ):
+        if refused_by_broker(getattr(reason, "reply_code", None)) and self._confirms.unconfirmed:
             # A hard error over something a batch carried (501 FRAME_ERROR, ...): the
             # broker is up and the batches' rows are to blame, not an outage. Blame them
             # now, while the batches are known (connecting again forgets them).
             self._refused = reason
-            close = ChannelClose(reason)
-            for batch in self._in_flight:
-                if batch.closed is None:
-                    batch.closed = close
-            for batch in list(self._in_flight):
-                assert batch.closed is not None  # noqa: S101 - set just above
-                if batch.closed.error is reason:
-                    self._blame(batch.closed)
+            for close in self._confirms.connection_refused(reason):
+                self._confirms.blame(close, self._blame)
         else:
             self._conn_error = reason
         self._check()
@@ -761,33 +730,26 @@ class Publisher:
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is self._channel or self._channel is None:
             self._channel_error = reason
-        close = ChannelClose(reason)
-        for batch in self._in_flight:
-            if batch.channel is channel and batch.closed is None:
-                batch.closed = close
+        self._confirms.channel_closed(channel, reason)
         self._check()
 
     def _on_return(
         self, _channel: Channel, method: Basic.Return, properties: BasicProperties, _body: bytes
     ) -> None:
-        message_id = properties.message_id
-        # A late return of a message no longer tracked has no ack left to wait for.
-        if message_id and any(message_id in batch.ids for batch in self._in_flight):
-            self._returned.add(
-                message_id,
-                unroutable(
-                    method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
-                ),
-            )
+        self._confirms.returned(
+            properties.message_id or "",
+            unroutable(
+                method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
+            ),
+        )
 
     def _on_confirm(self, channel: Channel, frame: Method[Any]) -> None:
         self._confirmed_at = time.monotonic()
         method = frame.method
-        for batch in self._in_flight:
-            if batch.channel is channel:
-                batch.settle(
-                    method.delivery_tag,
-                    multiple=bool(method.multiple),
-                    ack=isinstance(method, Basic.Ack),
-                )
+        self._confirms.confirmed(
+            channel,
+            method.delivery_tag,
+            multiple=bool(method.multiple),
+            ack=isinstance(method, Basic.Ack),
+        )
         self._check()

@@ -1,6 +1,7 @@
-"""What the publisher knows about a batch it sent: each row's outcome by delivery tag,
-the broker's returns, and why a channel closed under it. Pure book-keeping, driven by
-the broker's replies as :mod:`outbox_relay.publisher` receives them."""
+"""What the publisher knows about the batches it sent (:class:`ConfirmTracker`): each
+row's outcome by delivery tag, the broker's returns, and why a channel closed under it.
+Pure book-keeping, driven by the broker's replies as :mod:`outbox_relay.publisher`
+receives them; the publisher itself is left with the transport."""
 
 from __future__ import annotations
 
@@ -117,3 +118,132 @@ class Batch:
             row.id: outcome if outcome is not None else unresolved(row)
             for row, outcome in zip(self.rows, self.outcomes, strict=True)
         }
+
+
+# Finds the rows to blame for a close among its unresolved rows, given the channels of
+# the batches it cut short: the publisher's, which knows the broker's replies.
+FindCulprits = Callable[[BaseException, Sequence[OutboxRow], Sequence[object]], dict[int, Outcome]]
+
+
+class ConfirmTracker:
+    """The batches out on one connection and what the broker said about them, oldest
+    first. The broker's acks and nacks (:meth:`confirmed`), returns (:meth:`returned`)
+    and channel or connection closes (:meth:`channel_closed`, :meth:`connection_refused`)
+    come in as the publisher receives them; each batch's outcomes come out
+    (:meth:`outcomes`). Pure: channels are opaque, and the rows to blame for a close are
+    found by the function passed in."""
+
+    def __init__(self) -> None:
+        self._in_flight: list[Batch] = []
+        self._returned = Returns()
+
+    def start(
+        self,
+        rows: Sequence[OutboxRow],
+        *,
+        channel: object,
+        first_tag: int,
+        deadline: float | None,
+    ) -> Batch:
+        """A batch about to go out on ``channel``, its first row as ``first_tag``."""
+        batch = Batch(
+            rows, channel=channel, first_tag=first_tag, returned=self._returned, deadline=deadline
+        )
+        self._in_flight.append(batch)
+        return batch
+
+    def ids_out(self, but: Batch) -> set[str]:
+        """Message ids of the batches out besides ``but`` (see :class:`Returns`)."""
+        return set().union(*(b.ids for b in self._in_flight if b is not but))
+
+    @property
+    def batches_out(self) -> int:
+        """Batches sent whose confirms are not all in."""
+        return sum(1 for batch in self._in_flight if batch.unconfirmed)
+
+    @property
+    def returns_pending(self) -> bool:
+        """Returns kept for acks still to come."""
+        return bool(self._returned)
+
+    def forget(self, batch: Batch) -> None:
+        """No longer track ``batch`` (its outcomes were taken, or it was given up)."""
+        if batch in self._in_flight:
+            self._in_flight.remove(batch)
+        if not self._in_flight:
+            self._returned.clear()
+        elif self._returned:
+            self._returned.forget(batch.ids)
+
+    def clear(self) -> None:
+        """The connection is gone, and with it every batch out."""
+        self._in_flight.clear()
+        self._returned.clear()
+
+    # -- the broker's replies -------------------------------------------------------------
+
+    def confirmed(self, channel: object, tag: int, *, multiple: bool, ack: bool) -> None:
+        """An ack (or a nack) of ``tag`` on ``channel``, of every tag up to it if
+        ``multiple``: it may reach from one batch into the next."""
+        for batch in self._in_flight:
+            if batch.channel is channel:
+                batch.settle(tag, multiple=multiple, ack=ack)
+
+    def returned(self, message_id: str, reason: str) -> None:
+        """The broker returned the message (unroutable); its ack follows. A late return
+        of a message no longer tracked has no ack left to wait for."""
+        if message_id and any(message_id in batch.ids for batch in self._in_flight):
+            self._returned.add(message_id, reason)
+
+    def channel_closed(self, channel: object, error: BaseException) -> None:
+        """``channel`` closed: the batches out on it are cut short, by one close."""
+        close = ChannelClose(error)
+        for batch in self._in_flight:
+            if batch.channel is channel and batch.closed is None:
+                batch.closed = close
+
+    @property
+    def unconfirmed(self) -> bool:
+        """Some batch out still waits for confirms."""
+        return any(batch.unconfirmed for batch in self._in_flight)
+
+    def connection_refused(self, error: BaseException) -> list[ChannelClose]:
+        """The broker closed the connection over something the batches out carried:
+        every batch not cut short yet is, by one close. The closes with that error, to
+        blame while the batches are known (connecting again forgets them)."""
+        close = ChannelClose(error)
+        for batch in self._in_flight:
+            if batch.closed is None:
+                batch.closed = close
+        closes: list[ChannelClose] = []
+        for batch in self._in_flight:
+            closed = batch.closed
+            if closed is not None and closed.error is error and closed not in closes:
+                closes.append(closed)
+        return closes
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    def blame(self, close: ChannelClose, find: FindCulprits) -> dict[int, Outcome]:
+        """The outcomes of the rows to blame for ``close``, found once, among the
+        unconfirmed rows of every batch the close cut short, in the order they went
+        out: the culprit may be in a later batch than the one asked about."""
+        if close.culprits is None:
+            cut = [b for b in self._in_flight if b.closed is close]
+            unresolved = [
+                row
+                for b in cut
+                for row, outcome in zip(b.rows, b.outcomes, strict=True)
+                if outcome is None
+            ]
+            close.culprits = find(close.error, unresolved, [b.channel for b in cut])
+        return close.culprits
+
+    def outcomes(self, batch: Batch, find: FindCulprits) -> dict[int, Outcome]:
+        """Each row's outcome: as the broker confirmed it, failed for a close it caused,
+        or UNSENT (to go again) when its confirm never came."""
+        close = batch.closed
+        if close is None:
+            return batch.by_row(lambda _row: Outcome.unsent())
+        culprits = self.blame(close, find)
+        return batch.by_row(lambda row: culprits.get(row.id, Outcome.unsent()))

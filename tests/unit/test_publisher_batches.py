@@ -31,16 +31,9 @@ CHANNEL: Any = object()  # the channel both batches went out on
 
 def out(publisher: Publisher, rows: list[OutboxRow], first_tag: int) -> Batch:
     """A batch as ``send`` leaves it: every row handed to the broker on CHANNEL."""
-    batch = Batch(
-        rows,
-        channel=CHANNEL,
-        first_tag=first_tag,
-        returned=publisher._returned,
-        deadline=None,
-    )
+    batch = publisher._confirms.start(rows, channel=CHANNEL, first_tag=first_tag, deadline=None)
     batch.sent = len(rows)
     batch.ids = {str(row.message_id) for row in rows}
-    publisher._in_flight.append(batch)
     return batch
 
 
@@ -141,7 +134,7 @@ def test_a_connection_closed_over_a_message_blames_it_and_is_no_outage() -> None
     assert publisher._conn_error is None, "taken for an outage"
     assert publisher._refused is not None, "the next use connects again"
     # Blamed at once: connecting again forgets the batches out.
-    publisher._in_flight.clear()
+    publisher._confirms.clear()
     assert publisher._finish(first) == {1: Outcome.confirmed(), 2: Outcome.confirmed()}
     [(row_id, outcome)] = publisher._finish(second).items()
     assert row_id == 3
@@ -211,7 +204,7 @@ def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch() -> None
     publisher._forget(first)
 
     # Sent again, and routed this time, its ack must not find the old return.
-    assert publisher._returned.take(returned) is None
+    assert not publisher._confirms.returns_pending
 
 
 class Broker:
@@ -341,7 +334,7 @@ def test_every_return_reaches_its_own_row_whatever_the_ids_and_ack_grouping(
             final.update(outcomes)
             pending.append([row for row in batch.rows if outcomes[row.id] == Outcome.unsent()])
 
-    assert not publisher._returned
+    assert not publisher._confirms.returns_pending
     for row in rows:
         expected = Outcome.confirmed() if decided[row.id] else Reason.UNROUTABLE
         got = final[row.id]
