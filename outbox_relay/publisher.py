@@ -10,13 +10,16 @@ while the confirms of the first are still coming. Between batches
 sleeps, and it also watches a file descriptor (the database's LISTEN socket) so a
 NOTIFY wakes the relay at once.
 
-This and :mod:`outbox_relay.pika_transport` (which fences pika's private hooks) are the
-only relay modules that import pika.
+The publisher is the transport: what the broker said about each batch is kept by
+:class:`outbox_relay.relay.confirms.ConfirmTracker`; which rows a close is blamed on is
+decided in :mod:`outbox_relay.publisher_blame`; how a row becomes an AMQP message, and
+whether it can, in :mod:`outbox_relay.publisher_rows`. Those and
+:mod:`outbox_relay.pika_transport` (which fences pika's private hooks) are the only
+relay modules that import pika.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -29,23 +32,24 @@ from pika.channel import Channel
 from pika.frame import Method
 from pika.spec import Basic, BasicProperties
 
-from outbox_relay import header_types, pika_doubles
+from outbox_relay import pika_doubles
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
-from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_problem
+from outbox_relay.message import OutboxRow
 from outbox_relay.pika_transport import ChunkedConnection
+from outbox_relay.publisher_blame import culprits
+from outbox_relay.publisher_rows import UNENCODABLE, amqp_headers, refusal, unencodable
 from outbox_relay.relay.confirms import Batch, ConfirmTracker
 from outbox_relay.relay.outcome import (
     Outcome,
-    Reason,
-    blame_access_refused,
-    blame_channel_close,
     refused_by_broker,
     unroutable,
 )
 from outbox_relay.urls import redact_url
+
+__all__ = ["CONFIRM_TIMEOUT_S", "Publisher", "Sending", "amqp_headers", "refusal"]
 
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 30.0
@@ -58,58 +62,9 @@ EXCHANGE_CHECK_TTL_S = 10.0
 # batch: with two batches out, up to twice this is unconfirmed).
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
 _TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
-_NOT_FOUND = 404
 PERSISTENT = 2
 
 log = structlog.get_logger("outbox_relay.publisher")
-
-
-def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """Stored header values as the AMQP field table pika encodes: typed values become
-    their float, Decimal, datetime or bytes (see outbox_relay.header_types), and floats
-    travel as doubles (see outbox_relay.pika_doubles)."""
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a JSON object, not {type(headers).__name__}")
-    return header_types.table_from_json(headers)
-
-
-# What pika raises when a message's properties cannot be encoded as AMQP fields.
-_UNENCODABLE = (
-    struct.error,
-    TypeError,
-    ValueError,
-    pika.exceptions.ShortStringTooLong,
-    pika.exceptions.UnsupportedAMQPFieldException,
-)
-
-
-def _unencodable(row: OutboxRow, exc: Exception) -> Outcome:
-    reason = amqp_problem(row, frame_max=0) or f"{type(exc).__name__}: {exc}"
-    return Outcome.failed(f"cannot be encoded as an AMQP message: {reason}", Reason.UNENCODABLE)
-
-
-def refusal(row: OutboxRow, *, frame_max: int) -> Outcome | None:
-    """The failure of a row that AMQP or every RabbitMQ refuses, known before it is sent
-    (see :func:`outbox_relay.message.amqp_problem`), or None. Such a row never reaches
-    the broker, which would close the channel or, for properties over ``frame_max``,
-    the whole connection. A body under 512 MiB but over the broker's own
-    ``max_message_size`` (not readable over AMQP) is refused by the broker, with the
-    channel, and blamed by its size (see blame_channel_close)."""
-    try:
-        problem = amqp_problem(row, frame_max=frame_max)
-    except Exception as exc:  # noqa: BLE001 - a row no check foresaw fails alone, never the relay
-        problem = f"{type(exc).__name__}: {exc}"
-    if problem is not None:
-        return Outcome.failed(
-            f"cannot be encoded as an AMQP message: {problem}", Reason.UNENCODABLE
-        )
-    if len(row.payload) > BROKER_MAX_MESSAGE_BYTES:
-        return Outcome.failed(
-            f"the payload is {len(row.payload)} bytes, over the {BROKER_MAX_MESSAGE_BYTES} "
-            "bytes RabbitMQ accepts in any message: publish a reference to the data",
-            Reason.TOO_LARGE,
-        )
-    return None
 
 
 class Sending:
@@ -369,11 +324,11 @@ class Publisher:
                         ),
                         mandatory=True,
                     )
-                except _UNENCODABLE as exc:
+                except UNENCODABLE as exc:
                     # pika encodes the whole message before writing any of it, so nothing
                     # of this row was sent. Fail it alone; the rows after it stay unsent
                     # and come back in the next round, behind it if they share its key.
-                    batch.outcomes[batch.sent] = _unencodable(row, exc)
+                    batch.outcomes[batch.sent] = unencodable(row, exc)
                     break
                 self._tag += 1
                 batch.sent += 1
@@ -510,52 +465,13 @@ class Publisher:
     def _culprits(
         self, error: BaseException, unresolved: Sequence[OutboxRow]
     ) -> dict[int, Outcome]:
-        """Which unconfirmed rows made the broker close the channel (or the connection,
-        see _on_connection_closed): the row its reply names, the one row unconfirmed,
-        or, when there are several and nothing tells them apart, all of them as
-        suspects (see :mod:`outbox_relay.relay.isolation`)."""
-        if not unresolved:
-            return {}
-        code, text = getattr(error, "reply_code", None), str(getattr(error, "reply_text", ""))
-        if code == _NOT_FOUND:
-            self._exchanges_seen.clear()
-            missing = self.missing_exchanges({row.exchange for row in unresolved})
-            if missing:
-                return {
-                    row.id: Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE)
-                    for row in unresolved
-                    if row.exchange in missing
-                }
-        blamed = blame_channel_close(code, text, unresolved)
-        if blamed is not None:
-            row, outcome = blamed
-            return {row.id: outcome}
-        refused = blame_access_refused(code, text, unresolved)
-        if refused:
-            return refused
-        said = describe_amqp_error(error)
-        if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
-            reason, closed = Reason.BROKER_REFUSED, "the connection"
-            fix = (
-                "the message breaks a limit of AMQP or of the broker (501 FRAME_ERROR: its "
-                "properties and headers are larger than the connection's frame_max); "
-                "correct the row, then `outbox-relay failed retry` it"
-            )
-        else:
-            reason, closed = Reason.CHANNEL_CLOSED, "the channel"
-            fix = "see the broker's log for this message"
-        if len(unresolved) == 1:
-            return {
-                unresolved[0].id: Outcome.failed(
-                    f"the broker closed {closed} over this message: {said}; {fix}", reason
-                )
-            }
-        suspect = Outcome.suspect(
-            f"the broker closed {closed} over one of {len(unresolved)} unconfirmed "
-            f"messages: {said}",
-            reason,
-        )
-        return {row.id: suspect for row in unresolved}
+        """See :func:`outbox_relay.publisher_blame.culprits`."""
+        return culprits(error, unresolved, missing_exchanges=self._missing_now)
+
+    def _missing_now(self, exchanges: Collection[str]) -> dict[str, str]:
+        """:meth:`missing_exchanges`, asking the broker again about every one."""
+        self._exchanges_seen.clear()
+        return self.missing_exchanges(exchanges)
 
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
         """The exchanges among ``exchanges`` that do not exist, each with the error to record.

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,7 +22,8 @@ from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.publisher import Publisher, Sending, amqp_headers, refusal
-from outbox_relay.relay.confirms import Batch
+from outbox_relay.publisher_blame import culprits
+from outbox_relay.relay.confirms import Batch, ConfirmTracker
 from outbox_relay.relay.outcome import Outcome, Reason, Status
 from tests.support.rows import sized_row
 
@@ -42,34 +43,36 @@ def ack(publisher: Publisher, tag: int, *, multiple: bool, channel: Any = CHANNE
     publisher._on_confirm(channel, frame)
 
 
-def test_an_ack_of_many_reaching_into_the_next_batch_settles_both() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    first = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
-    second = out(publisher, [sized_row(4, 10), sized_row(5, 10), sized_row(6, 10)], first_tag=4)
+def by_the_brokers_reply(
+    error: BaseException, unresolved: Sequence[OutboxRow], channels: Sequence[object]
+) -> dict[int, Outcome]:
+    """The publisher's blame of a close, with every exchange there."""
+    return culprits(error, unresolved, missing_exchanges=lambda _exchanges: {})
 
-    ack(publisher, 5, multiple=True)
 
-    assert (first.unconfirmed, second.unconfirmed) == (0, 1)
-    assert publisher._finish(first) == {i: Outcome.confirmed() for i in (1, 2, 3)}
-    ack(publisher, 6, multiple=False)
-    assert second.all_sent_settled()
+def sent(tracker: ConfirmTracker, rows: list[OutboxRow], first_tag: int) -> Batch:
+    """A batch handed to the broker whole on CHANNEL."""
+    batch = tracker.start(rows, channel=CHANNEL, first_tag=first_tag, deadline=None)
+    batch.sent = len(rows)
+    batch.ids = {str(row.message_id) for row in rows}
+    return batch
 
 
 def test_a_close_is_blamed_on_the_culprit_in_the_later_batch_and_the_rest_go_again() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    first = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
-    second = out(publisher, [sized_row(4, 10), sized_row(5, 70_000), sized_row(6, 10)], first_tag=4)
-    ack(publisher, 1, multiple=False)
+    tracker = ConfirmTracker()
+    first = sent(tracker, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
+    second = sent(tracker, [sized_row(4, 10), sized_row(5, 70_000), sized_row(6, 10)], first_tag=4)
+    tracker.confirmed(CHANNEL, 1, multiple=False, ack=True)
     reason = pika.exceptions.ChannelClosedByBroker(
         406, "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536"
     )
-    publisher._on_channel_closed(CHANNEL, reason)
+    tracker.channel_closed(CHANNEL, reason)
 
     # The earlier batch is finished first, as the relay does: its unconfirmed rows are
     # not to blame, though the culprit is not among them.
-    first_outcomes = publisher._finish(first)
-    publisher._forget(first)
-    second_outcomes = publisher._finish(second)
+    first_outcomes = tracker.outcomes(first, by_the_brokers_reply)
+    tracker.forget(first)
+    second_outcomes = tracker.outcomes(second, by_the_brokers_reply)
 
     assert first_outcomes[1] == Outcome.confirmed()
     assert [first_outcomes[i].status for i in (2, 3)] == [Status.UNSENT, Status.UNSENT]
@@ -79,14 +82,14 @@ def test_a_close_is_blamed_on_the_culprit_in_the_later_batch_and_the_rest_go_aga
 
 
 def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    first = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
-    ack(publisher, 2, multiple=True)
-    publisher._forget(first)
-    second = out(publisher, [sized_row(3, 10), sized_row(4, 10)], first_tag=3)
-    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
+    tracker = ConfirmTracker()
+    first = sent(tracker, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    tracker.confirmed(CHANNEL, 2, multiple=True, ack=True)
+    tracker.forget(first)
+    second = sent(tracker, [sized_row(3, 10), sized_row(4, 10)], first_tag=3)
+    tracker.channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
 
-    outcomes = publisher._finish(second)
+    outcomes = tracker.outcomes(second, by_the_brokers_reply)
 
     assert first.closed is None
     # The reply names no row: both unconfirmed rows are suspects, sent again in smaller
@@ -99,20 +102,55 @@ def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one()
 
 
 def test_a_close_with_one_unconfirmed_row_blames_it() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    batch = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
-    ack(publisher, 1, multiple=False)
-    publisher._on_channel_closed(
+    tracker = ConfirmTracker()
+    batch = sent(tracker, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    tracker.confirmed(CHANNEL, 1, multiple=False, ack=True)
+    tracker.channel_closed(
         CHANNEL, pika.exceptions.ChannelClosedByBroker(403, "ACCESS_REFUSED - no")
     )
 
-    outcomes = publisher._finish(batch)
+    outcomes = tracker.outcomes(batch, by_the_brokers_reply)
 
     assert outcomes[1] == Outcome.confirmed()
     assert outcomes[2].status is Status.FAILED
     assert outcomes[2].reason is Reason.CHANNEL_CLOSED
     assert outcomes[2].error is not None
     assert "403 ACCESS_REFUSED - no" in outcomes[2].error
+
+
+def test_a_channel_closed_for_access_to_an_exchange_fails_the_rows_to_it() -> None:
+    tracker = ConfirmTracker()
+    audit = dataclasses.replace(sized_row(2, 10), exchange="audit")
+    batch = sent(tracker, [sized_row(1, 10), audit, sized_row(3, 10)], first_tag=1)
+    text = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
+    tracker.channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(403, text))
+
+    outcomes = tracker.outcomes(batch, by_the_brokers_reply)
+
+    assert outcomes[2].status is Status.FAILED
+    assert not outcomes[1].suspected
+    assert not outcomes[3].suspected, "the culprit is known: the others simply go again"
+
+
+def test_a_missing_exchange_named_by_the_close_fails_the_rows_to_it() -> None:
+    tracker = ConfirmTracker()
+    gone = dataclasses.replace(sized_row(2, 10), exchange="gone")
+    batch = sent(tracker, [sized_row(1, 10), gone], first_tag=1)
+    tracker.channel_closed(
+        CHANNEL, pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND - no exchange 'gone'")
+    )
+
+    def missing(error: BaseException, unresolved: Sequence[OutboxRow], _: object) -> Any:
+        return culprits(
+            error,
+            unresolved,
+            missing_exchanges=lambda names: {n: "it does not exist" for n in names if n == "gone"},
+        )
+
+    outcomes = tracker.outcomes(batch, missing)
+
+    assert outcomes[2] == Outcome.failed("it does not exist", Reason.MISSING_EXCHANGE)
+    assert outcomes[1] == Outcome.unsent()
 
 
 FRAME_TOO_LARGE = "FRAME_ERROR - type 2, all octets = <<>>: {frame_too_large,150012,131064}"
@@ -404,20 +442,6 @@ def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing
         publisher._conn.channel = lambda on_open_callback: None  # type: ignore[union-attr]
         with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
             publisher.missing_exchanges({"orders"})
-
-
-def test_a_channel_closed_for_access_to_an_exchange_fails_the_rows_to_it() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    audit = dataclasses.replace(sized_row(2, 10), exchange="audit")
-    batch = out(publisher, [sized_row(1, 10), audit, sized_row(3, 10)], first_tag=1)
-    text = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
-    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(403, text))
-
-    outcomes = publisher._finish(batch)
-
-    assert outcomes[2].status is Status.FAILED
-    assert not outcomes[1].suspected
-    assert not outcomes[3].suspected, "the culprit is known: the others simply go again"
 
 
 def test_a_row_over_the_negotiated_frame_max_is_never_written_and_fails_alone() -> None:
