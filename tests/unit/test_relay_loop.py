@@ -458,6 +458,44 @@ def serving(store: FakeStore, publisher: ScriptedPublisher, **settings: float) -
     return relay_for(store, publisher, enter=False, **settings)
 
 
+class TestStep:
+    """The loop driven one turn at a time, as an embedder or a test does."""
+
+    def test_a_step_relays_what_is_due_and_says_what_it_did(self) -> None:
+        store = TableStore([row(1, "a"), row(2, "b")])
+        publisher = ScriptedPublisher([{}])
+        relay = relay_for(store, publisher)  # entered: connected, holding its partition
+        result = relay.step()
+        assert (result.claimed, result.published, result.failed) == (2, 2, 0)
+        assert publisher.sent == [[1, 2]]
+        assert store.gone == {1, 2}
+
+    def test_steps_that_find_nothing_raise_the_wake_up_flag(self) -> None:
+        store = WakeUpStore([])
+        relay = relay_for(store, ScriptedPublisher([]))
+        for _ in range(QUIET_CLAIMS - 1):
+            relay.step()
+        assert not relay.flag_up, "producers are not asked for a NOTIFY yet"
+        relay.step()
+        assert relay.flag_up
+        assert store.flags == [True]
+
+    def test_leaving_the_relay_hands_its_partitions_back(self) -> None:
+        released: list[bool] = []
+
+        class Leaving(FakeStore):
+            def release_leases(self) -> None:
+                released.append(True)
+
+        with Relay(
+            store=Leaving([]), publisher=ScriptedPublisher([]), settings=RelaySettings()
+        ) as relay:
+            assert relay.owned_partitions == (0,)
+            assert relay.readiness()[0]
+        assert released == [True]
+        assert not relay.readiness()[0]
+
+
 class TestServe:
     def test_a_failure_while_the_flag_is_up_refreshes_when_to_wake_and_claims_again(
         self,
