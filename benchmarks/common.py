@@ -335,7 +335,7 @@ def fill(
         outbox_relay.publish_many(
             conn,
             [
-                outbox_relay.Message(
+                outbox_relay.OutboxMessage(
                     exchange=exchange,
                     routing_key=ROUTING_KEY,
                     payload=payload(size, seq=i),

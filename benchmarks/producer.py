@@ -35,9 +35,10 @@ and the broker take CPU from the producers whatever they write):
   producer transactions sent a NOTIFY;
 - no relay; and with the message id index, with time-ordered (v7) and random (v4) ids.
 Two references, with no relay: the same ``publish`` with the optional wake-up trigger
-installed (``migrate --wake-trigger``, for other writers), and the smallest row an outbox
-could be (id, message id, exchange, routing key, payload). The cores the relay and the
-broker used are reported for every case with a relay.
+installed (``migrate --wake-trigger``, for other writers), the smallest row an outbox
+could be (id, message id, exchange, routing key, payload), and rows that set AMQP
+properties (correlation id, reply-to, priority) in the column the others leave NULL.
+The cores the relay and the broker used are reported for every case with a relay.
 """
 
 from __future__ import annotations
@@ -115,11 +116,18 @@ def plain_script(schema: str) -> str:
 
 
 def outbox_script(
-    conn: psycopg.Connection[object], schema: str, exchange: str, ids: str, look_every: int
+    conn: psycopg.Connection[object],
+    schema: str,
+    exchange: str,
+    ids: str,
+    look_every: int,
+    *,
+    properties: str = "NULL",
 ) -> str:
     """``publish``'s statements: the insert with the look at the flag while the client's
     last look said a relay may wait (it starts so), else in one of ``look_every``.
-    ``ids`` sets the message id (``UUID7`` or ``UUID4``)."""
+    ``ids`` sets the message id (``UUID7`` or ``UUID4``), ``properties`` the optional AMQP
+    properties (SQL: NULL, as ``publish`` writes when none is given, or a jsonb literal)."""
     queries = Queries("producer", schema=schema)
     statement = queries["insert_message"].as_string(conn)
     values = {
@@ -131,7 +139,7 @@ def outbox_script(
         "headers": "'{}'",
         "partition_key": "NULL",
         "delay_s": "0",
-        "properties": "NULL",
+        "properties": properties,
     }
     for name, value in values.items():
         statement = statement.replace(f"%({name})s", value)
@@ -285,7 +293,12 @@ COMPARISONS = (
     ("no relay, message id index, uuid4", "ceiling, no relay", False),
     ("no relay, wake trigger installed", "ceiling, no relay", False),
     ("no relay, minimal outbox row", "ceiling, no relay", False),
+    # Rows that set AMQP properties (correlation id, reply-to, priority) in the nullable
+    # column the others leave NULL.
+    ("no relay, properties set", "ceiling, no relay", False),
 )
+# What a request/reply producer stores (see outbox_relay/properties.py).
+PROPERTIES_SQL = '\'{"correlation_id": "order-42", "reply_to": "replies", "priority": 5}\''
 
 
 @contextlib.contextmanager
@@ -373,6 +386,12 @@ def run(env: Env, report: Report) -> None:
                     v4 = outbox_script(conn, schema, route.exchange, UUID4, every)
                     sample("no relay, message id index, uuid4", v4)
                 sample("no relay, minimal outbox row", minimal_script(schema))
+                sample(
+                    "no relay, properties set",
+                    outbox_script(
+                        conn, schema, route.exchange, UUID7, every, properties=PROPERTIES_SQL
+                    ),
+                )
                 migrate(env.database_url, schema=schema, wake_trigger=True)
                 sample("no relay, wake trigger installed", v7)
             with prepared_schema(env) as schema, psycopg.connect(env.database_url) as conn:

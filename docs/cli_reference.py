@@ -64,6 +64,8 @@ def _row(option: click.Option, ctx: click.Context) -> str:
     elif value is None or isinstance(value, enum.Enum) or (option.multiple and not value):
         # None, or click's UNSET marker (an enum member): no default
         default = ""
+    elif option.multiple and isinstance(value, (tuple, list)):
+        default = "`" + ",".join(str(v) for v in value) + "`"  # a list (several broker nodes)
     else:
         default = f"`{value}`"
     meaning = _plain(option.help or "").replace("|", "\\|")

@@ -17,7 +17,13 @@ from outbox_relay.errors import (
     TopologyError,
 )
 from outbox_relay.message import Limits
-from outbox_relay.producer import Message, publish, publish_async, publish_many, publish_many_async
+from outbox_relay.producer import (
+    OutboxMessage,
+    publish,
+    publish_async,
+    publish_many,
+    publish_many_async,
+)
 from outbox_relay.store.schema import drop_sql, schema_sql
 
 __all__ = [
@@ -26,7 +32,7 @@ __all__ = [
     "ConfigurationError",
     "InvalidMessageError",
     "Limits",
-    "Message",
+    "OutboxMessage",
     "OutboxRelayError",
     "StoreError",
     "StoreUnavailableError",

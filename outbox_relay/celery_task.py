@@ -1,9 +1,10 @@
 """Celery tasks through the outbox: a task message that leaves only if the transaction commits.
 
-Pure apart from the one :func:`~outbox_relay.producer.publish` call; Celery is never
-imported. :func:`publish_task` writes the message Celery 5's ``app.send_task`` puts on the
-wire with task protocol 2 (``celery.app.amqp.AMQP.as_task_v2`` and kombu's JSON
-serializer): the task id as ``correlation_id``, the task's headers, and the body
+Pure apart from the one write to the outbox; Celery is never imported.
+:func:`publish_task` (and :func:`publish_task_async`) writes the message Celery 5's
+``app.send_task`` puts on the wire with task protocol 2
+(``celery.app.amqp.AMQP.as_task_v2`` and kombu's JSON serializer): the task id as
+``correlation_id``, the task's headers, and the body
 ``[args, kwargs, {"callbacks", "errbacks", "chain", "chord"}]`` as ``application/json``
 in ``utf-8``. By default it goes through the default exchange to the queue named
 ``queue``, as Celery sends to a direct queue.
@@ -21,14 +22,104 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, TypedDict
 
 from outbox_relay.errors import InvalidMessageError
-from outbox_relay.producer import DEFAULT_SCHEMA, publish
+from outbox_relay.producer import DEFAULT_SCHEMA, OutboxMessage, publish_many, publish_many_async
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 # celery.app.amqp.AMQP.argsrepr_maxsize and kwargsrepr_maxsize
 REPR_MAX_CHARS = 1024
+
+
+class TaskOptions(TypedDict, total=False):
+    """What :func:`task_message` (and so :func:`publish_task`) takes besides the task:
+
+    ``queue`` (default ``"celery"``) with ``exchange`` (default ``""``, the default
+    exchange) and ``routing_key`` (default: the queue's name); ``task_id`` (default a
+    random UUID4, as Celery makes); ``countdown`` (seconds) or ``eta`` (a datetime; naive
+    is UTC), which hold the message in the outbox until due; ``expires`` (seconds from
+    now or a datetime), ``time_limit`` and ``soft_time_limit`` (seconds), ``priority``,
+    ``reply_to``, ``ignore_result`` and ``shadow``, which mean what they mean to
+    ``apply_async``; and the outbox's ``partition_key``.
+    """
+
+    queue: str
+    exchange: str
+    routing_key: str | None
+    task_id: str | None
+    countdown: float | None
+    eta: dt.datetime | None
+    expires: float | dt.datetime | None
+    time_limit: float | None
+    soft_time_limit: float | None
+    priority: int | None
+    reply_to: str | None
+    ignore_result: bool
+    shadow: str | None
+    partition_key: str | None
+
+
+def task_message(
+    name: str,
+    args: Sequence[object] = (),
+    kwargs: Mapping[str, object] | None = None,
+    **options: Unpack[TaskOptions],
+) -> OutboxMessage:
+    """The outbox message of Celery task ``name`` (see :class:`TaskOptions`), for
+    ``publish_many`` and ``publish_many_async``; its ``message_id`` is the task id.
+    ``args`` and ``kwargs`` must be JSON-serialisable. Raises
+    :class:`InvalidMessageError`."""
+    if not isinstance(args, (list, tuple)):
+        raise InvalidMessageError(
+            f"args: expected a list or tuple, got {type(args).__name__}; pass args=(value,)"
+        )
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise InvalidMessageError(f"kwargs: expected a mapping, got {type(kwargs).__name__}")
+    unknown = set(options) - set(TaskOptions.__annotations__)
+    if unknown:
+        raise InvalidMessageError(
+            f"{', '.join(sorted(unknown))}: not an option of a task; use "
+            f"{', '.join(TaskOptions.__annotations__)}"
+        )
+    countdown, eta = options.get("countdown"), options.get("eta")
+    if countdown is not None and eta is not None:
+        raise InvalidMessageError("countdown and eta: give one of them, not both")
+    now = dt.datetime.now(dt.timezone.utc)
+    task_id = options.get("task_id") or str(uuid.uuid4())
+    expires_at, expiration = _expiry(options.get("expires"), now)
+    headers = task_headers(
+        task_id,
+        name,
+        args,
+        kwargs or {},
+        expires=expires_at,
+        time_limit=options.get("time_limit"),
+        soft_time_limit=options.get("soft_time_limit"),
+        ignore_result=options.get("ignore_result", False),
+        shadow=options.get("shadow"),
+    )
+    queue = options.get("queue", "celery")
+    routing_key = options.get("routing_key")
+    return OutboxMessage(
+        exchange=options.get("exchange", ""),
+        routing_key=queue if routing_key is None else routing_key,
+        payload=task_body(args, kwargs or {}),
+        headers=headers,
+        message_id=task_id,
+        partition_key=options.get("partition_key"),
+        delay=delay_for(countdown, eta, now),
+        content_type=CONTENT_TYPE,
+        content_encoding=CONTENT_ENCODING,
+        correlation_id=task_id,
+        reply_to=options.get("reply_to") or None,
+        priority=options.get("priority"),
+        expiration=expiration,
+    )
 
 
 def publish_task(
@@ -37,73 +128,30 @@ def publish_task(
     args: Sequence[object] = (),
     kwargs: Mapping[str, object] | None = None,
     *,
-    queue: str = "celery",
-    exchange: str = "",
-    routing_key: str | None = None,
-    task_id: str | None = None,
-    countdown: float | None = None,
-    eta: dt.datetime | None = None,
-    expires: float | dt.datetime | None = None,
-    time_limit: float | None = None,
-    soft_time_limit: float | None = None,
-    priority: int | None = None,
-    reply_to: str | None = None,
-    ignore_result: bool = False,
-    shadow: str | None = None,
-    partition_key: str | None = None,
     schema: str = DEFAULT_SCHEMA,
+    **options: Unpack[TaskOptions],
 ) -> str:
-    """Write Celery task ``name`` into the outbox in the transaction open on ``conn``.
+    """Write Celery task ``name`` into the outbox in the transaction open on ``conn``
+    (anything :func:`~outbox_relay.producer.publish` takes), with the options of
+    :class:`TaskOptions`. Returns the task id, which is also the message id. Raises
+    :class:`InvalidMessageError` before writing anything."""
+    (task_id,) = publish_many(conn, [task_message(name, args, kwargs, **options)], schema=schema)
+    return task_id
 
-    ``conn`` is anything :func:`~outbox_relay.producer.publish` takes. ``args`` and
-    ``kwargs`` must be JSON-serialisable. The message goes to ``exchange`` with
-    ``routing_key`` (by default the default exchange and the queue's name, ``queue``).
-    ``countdown`` (seconds) or ``eta`` (a datetime; naive is UTC) hold the message in the
-    outbox until due. ``expires`` (seconds from now or a datetime), ``time_limit`` and
-    ``soft_time_limit`` (seconds), ``priority``, ``reply_to``, ``ignore_result`` and
-    ``shadow`` mean what they mean to ``apply_async``. Returns the task id, by default a
-    random UUID4 as Celery makes; it is also the message id.
-    Raises :class:`InvalidMessageError` before writing anything.
-    """
-    if not isinstance(args, (list, tuple)):
-        raise InvalidMessageError(
-            f"args: expected a list or tuple, got {type(args).__name__}; pass args=(value,)"
-        )
-    if kwargs is not None and not isinstance(kwargs, Mapping):
-        raise InvalidMessageError(f"kwargs: expected a mapping, got {type(kwargs).__name__}")
-    if countdown is not None and eta is not None:
-        raise InvalidMessageError("countdown and eta: give one of them, not both")
-    now = dt.datetime.now(dt.timezone.utc)
-    task_id = task_id or str(uuid.uuid4())
-    expires_at, expiration = _expiry(expires, now)
-    headers = task_headers(
-        task_id,
-        name,
-        args,
-        kwargs or {},
-        expires=expires_at,
-        time_limit=time_limit,
-        soft_time_limit=soft_time_limit,
-        ignore_result=ignore_result,
-        shadow=shadow,
-    )
-    publish(
-        conn,
-        exchange=exchange,
-        routing_key=queue if routing_key is None else routing_key,
-        payload=task_body(args, kwargs or {}),
-        headers=headers,
-        message_id=task_id,
-        partition_key=partition_key,
-        delay=delay_for(countdown, eta, now),
-        content_type=CONTENT_TYPE,
-        content_encoding=CONTENT_ENCODING,
-        correlation_id=task_id,
-        reply_to=reply_to or None,
-        priority=priority,
-        expiration=expiration,
-        schema=schema,
-    )
+
+async def publish_task_async(
+    conn: object,
+    name: str,
+    args: Sequence[object] = (),
+    kwargs: Mapping[str, object] | None = None,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    **options: Unpack[TaskOptions],
+) -> str:
+    """:func:`publish_task` for the async connections
+    :func:`~outbox_relay.producer.publish_async` takes."""
+    message = task_message(name, args, kwargs, **options)
+    (task_id,) = await publish_many_async(conn, [message], schema=schema)
     return task_id
 
 

@@ -20,6 +20,7 @@ import click
 import structlog
 from prometheus_client import CollectorRegistry
 
+from outbox_relay.broker_nodes import NodeInUse
 from outbox_relay.cli_consume import consume
 from outbox_relay.cli_dead_letters import dead_letters
 from outbox_relay.cli_failed import failed
@@ -514,6 +515,7 @@ def run(
 
     registry = CollectorRegistry()
     metrics = RelayMetrics(registry)
+    node_in_use = NodeInUse(on_change=metrics.connected_to)  # the metric's and /readyz's
     registry.register(
         BacklogCollector(lambda: backlog_figures(settings.database_url, settings.schema))
     )
@@ -535,6 +537,7 @@ def run(
             confirm_timeout_s=settings.confirm_timeout_s,
             dead_peer_timeout_s=settings.dead_peer_timeout_s,
             should_stop=should_stop,
+            on_node=node_in_use.connected_to,
         ),
         settings=settings.relay,
         observer=metrics,
@@ -562,7 +565,7 @@ def run(
             port=http_port,
             registry=registry,
             liveness=relay.liveness,
-            readiness=_with_wake_up(relay.readiness, store),
+            readiness=node_in_use.readiness(_with_wake_up(relay.readiness, store)),
         ).start()
         if http_port
         else None

@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from outbox_relay.cli_options import (
+    AMQP_URL_HELP,
     db_timeout_option,
     http_options,
     logging_options,
@@ -64,7 +65,8 @@ def load_app(spec: str) -> ConsumerApp:
     name="amqp_url",
     envvar="OUTBOX_RELAY_AMQP_URL",
     default=None,  # None: the app's value
-    help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
+    help=AMQP_URL_HELP,
+    multiple=True,
 )
 @click.option(
     "--schema",

@@ -54,7 +54,8 @@ def amqp_url_option(func: F) -> F:
         name="amqp_url",
         envvar="OUTBOX_RELAY_AMQP_URL",
         default=DEFAULT_AMQP_URL,
-        help="RabbitMQ URL; the vhost is the path, '/' written as %2F.",
+        help=AMQP_URL_HELP,
+        multiple=True,
     )
 
 
@@ -70,9 +71,27 @@ def listen_database_url_option(func: F) -> F:
     )
 
 
-def url_option(func: F, *, name: str, envvar: str, default: str | None, help: str) -> F:
+AMQP_URL_HELP = (
+    "RabbitMQ URL; the vhost is the path, '/' written as %2F. A cluster: repeat the option, "
+    "or separate URLs with commas (whitespace in the variable), or list hosts in one URL "
+    "(amqp://user:password@host1:5672,host2:5672/vhost); each connection tries the nodes in "
+    "turn, starting after the one used last."
+)
+
+
+def url_option(
+    func: F,
+    *,
+    name: str,
+    envvar: str,
+    default: str | None,
+    help: str,
+    multiple: bool = False,
+) -> F:
     """``--NAME`` and ``--NAME-file``: a URL that may carry a password, given directly or
-    read from a file (a container secret), so it need not sit in the environment."""
+    read from a file (a container secret), so it need not sit in the environment.
+    ``multiple``: the option may be repeated (several broker nodes); the command gets the
+    URLs joined with commas, the form :mod:`outbox_relay.amqp_nodes` reads."""
     flag = "--" + name.replace("_", "-")
     file_param = f"{name}_file"
 
@@ -86,6 +105,8 @@ def url_option(func: F, *, name: str, envvar: str, default: str | None, help: st
                     f"{flag} and {flag}-file were both given ({envvar} or {envvar}_FILE); give one"
                 )
             kwargs[name] = read_secret_file(path, option=f"{flag}-file")
+        if multiple and not isinstance(kwargs.get(name), str):
+            kwargs[name] = ",".join(kwargs[name]) or default
         url = kwargs.get(name)
         problem = url_problem(url) if url else None
         if url and problem:
@@ -109,8 +130,9 @@ def url_option(func: F, *, name: str, envvar: str, default: str | None, help: st
             flag,
             name,
             envvar=envvar,
-            default=default,
-            show_default=True,
+            default=(default,) if multiple and default is not None else default,
+            multiple=multiple,
+            show_default=default if multiple and default is not None else True,
             show_envvar=True,
             help=help,
         )(with_file),

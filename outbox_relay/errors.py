@@ -56,6 +56,13 @@ class NoAnswerError(StoreUnavailableError):
     connection went silent, was closed, and is replaced on the next use."""
 
 
+class InboxBusyError(StoreError):
+    """Raised when another delivery of the same message holds its inbox row (its handler
+    still runs) for longer than the inbox insert may wait, a fraction of ``--db-timeout``:
+    this delivery goes back to the queue unhandled, no attempt is counted, and nothing
+    pauses. The next delivery finds the other one committed (a duplicate) or rolled back."""
+
+
 class StoreMisconfiguredError(StoreUnavailableError, MisconfiguredError):
     """PostgreSQL refused the configuration; see :class:`MisconfiguredError`."""
 

@@ -287,9 +287,7 @@ def encode_headers(headers: Mapping[str, object] | None, limits: Limits = DEFAUL
         ) from None
 
 
-def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
-    row: OutboxRow, *, frame_max: int = DEFAULT_FRAME_MAX_BYTES
-) -> str | None:
+def amqp_problem(row: OutboxRow, *, frame_max: int = DEFAULT_FRAME_MAX_BYTES) -> str | None:
     """Why a claimed row cannot be sent as an AMQP message on a connection whose
     negotiated frame size is ``frame_max`` (0: no limit), or None when it can.
 
@@ -297,51 +295,62 @@ def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
     culprit of one written past it (by SQL, or by an older version), so the relay can
     fail that row alone before the broker closes the connection over it.
     """
+    return amqp_check(row, frame_max=frame_max)[0]
+
+
+def amqp_check(  # noqa: PLR0911 - one return per problem, and the usual row's
+    row: OutboxRow, *, frame_max: int = DEFAULT_FRAME_MAX_BYTES
+) -> tuple[str | None, dict[str, Any] | None]:
+    """:func:`amqp_problem`, and the header table pika encodes (see
+    :func:`outbox_relay.header_types.table_from_json`), or None for a row without
+    headers or with a problem. The check converts the table to measure it; the relay
+    sends that table rather than convert it twice."""
     headers = row.headers
     exchange, routing_key, content_type = row.exchange, row.routing_key, row.content_type
     message_id = row.message_id
-    if (
-        not headers
-        and not row.properties
-        and message_id
-        and exchange.isascii()
+    # isascii() reads a flag CPython keeps: most names need no encoding to be measured.
+    plain_names = (
+        exchange.isascii()
         and routing_key.isascii()
         and content_type.isascii()
         and message_id.isascii()
         and max(len(exchange), len(routing_key), len(content_type), len(message_id))
         <= MAX_SHORT_STRING_BYTES
-    ):
+    )
+    if not headers and not row.properties and message_id and plain_names:
         # The usual row, checked in well under a microsecond. Without headers the
         # properties take at most MAX_PROPERTIES_BYTES: under the 4096 bytes every
         # frame_max allows.
-        return None
+        return None, None
     if not message_id:
         # A returned message could not be told from the others without its id.
-        return "message_id: is empty; give the row a message id"
-    problem = (
-        short_string_problem("message_id", message_id)
-        or short_string_problem("exchange", row.exchange)
-        or short_string_problem("routing_key", row.routing_key)
-        or short_string_problem("content_type", row.content_type)
-    )
-    if problem is not None:
-        return problem
+        return "message_id: is empty; give the row a message id", None
+    if not plain_names:
+        problem = (
+            short_string_problem("message_id", message_id)
+            or short_string_problem("exchange", exchange)
+            or short_string_problem("routing_key", routing_key)
+            or short_string_problem("content_type", content_type)
+        )
+        if problem is not None:
+            return problem, None
     properties = row.properties
     if isinstance(properties, UnreadableHeaders):
-        return f"properties: {properties.reason}"
+        return f"properties: {properties.reason}", None
     problem = stored_problem(properties)
     if problem is not None:
-        return problem
+        return problem, None
     if isinstance(headers, UnreadableHeaders):
-        return f"headers: {headers.reason}"
+        return f"headers: {headers.reason}", None
     if not isinstance(headers, Mapping):
-        return f"headers: expected a JSON object, got a JSON {type(headers).__name__}"
+        return f"headers: expected a JSON object, got a JSON {type(headers).__name__}", None
     if not headers and not properties:
-        return None
+        return None, None
     try:
-        headers_bytes = table_size(header_types.table_from_json(headers)) if headers else 0
+        table = header_types.table_from_json(headers) if headers else None
+        headers_bytes = table_size(table) if table is not None else 0
     except UnencodableError as exc:
-        return f"headers: {exc}"
+        return f"headers: {exc}", None
     size = content_header_frame_bytes(
         content_type=row.content_type,
         message_id=row.message_id,
@@ -353,8 +362,8 @@ def amqp_problem(  # noqa: PLR0911 - one return per problem, and the usual row's
             f"headers: the message's properties take {size} bytes once AMQP-encoded, over "
             f"the connection's frame_max of {frame_max} bytes; put large data in the payload "
             "(or raise frame_max on the broker)"
-        )
-    return None
+        ), None
+    return None, table
 
 
 def delay_seconds(delay: float | dt.timedelta | None) -> float:

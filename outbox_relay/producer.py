@@ -26,7 +26,7 @@ DEFAULT_SCHEMA = "public"
 
 
 @dataclass(frozen=True)
-class Message:
+class OutboxMessage:
     """One message for :func:`publish_many`; the fields are ``publish``'s arguments."""
 
     exchange: str
@@ -85,7 +85,7 @@ def publish(
     Raises :class:`InvalidMessageError` before writing anything.
     """
     message = _build(
-        Message(
+        OutboxMessage(
             exchange=exchange,
             routing_key=routing_key,
             payload=payload,
@@ -110,7 +110,7 @@ def publish(
 
 def publish_many(
     conn: object,
-    messages: Iterable[Message],
+    messages: Iterable[OutboxMessage],
     *,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
@@ -146,7 +146,7 @@ async def publish_async(
     """:func:`publish` for psycopg ``AsyncConnection``/``AsyncCursor`` and SQLAlchemy's
     ``AsyncSession``/``async_scoped_session``/``AsyncConnection`` (subclasses too)."""
     message = _build(
-        Message(
+        OutboxMessage(
             exchange=exchange,
             routing_key=routing_key,
             payload=payload,
@@ -171,7 +171,7 @@ async def publish_async(
 
 async def publish_many_async(
     conn: object,
-    messages: Iterable[Message],
+    messages: Iterable[OutboxMessage],
     *,
     schema: str = DEFAULT_SCHEMA,
     limits: Limits = DEFAULT_LIMITS,
@@ -183,12 +183,13 @@ async def publish_many_async(
     return [m.message_id for m in built]
 
 
-def _build_all(messages: Iterable[Message], limits: Limits) -> list[NewMessage]:
+def _build_all(messages: Iterable[OutboxMessage], limits: Limits) -> list[NewMessage]:
     built = []
     for index, message in enumerate(messages):
-        if not isinstance(message, Message):
+        if not isinstance(message, OutboxMessage):
             raise InvalidMessageError(
-                f"messages[{index}]: expected outbox_relay.Message, got {type(message).__name__}"
+                f"messages[{index}]: expected outbox_relay.OutboxMessage, "
+                f"got {type(message).__name__}"
             )
         try:
             built.append(_build(message, limits))
@@ -197,7 +198,7 @@ def _build_all(messages: Iterable[Message], limits: Limits) -> list[NewMessage]:
     return built
 
 
-def _build(message: Message, limits: Limits) -> NewMessage:
+def _build(message: OutboxMessage, limits: Limits) -> NewMessage:
     return new_message(
         exchange=message.exchange,
         routing_key=message.routing_key,

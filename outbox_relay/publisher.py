@@ -34,13 +34,14 @@ from pika.spec import Basic, BasicProperties
 
 from outbox_relay import pika_doubles
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
-from outbox_relay.amqp_url import describe_amqp_error, unavailable, url_parameters
+from outbox_relay.amqp_url import describe_amqp_error, unavailable
+from outbox_relay.broker_nodes import BrokerNodes, Node
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.pika_transport import ChunkedConnection
 from outbox_relay.publisher_blame import culprits
-from outbox_relay.publisher_rows import UNENCODABLE, amqp_headers, refusal, unencodable
+from outbox_relay.publisher_rows import UNENCODABLE, checked, refusal, unencodable
 from outbox_relay.relay.confirms import Batch, ConfirmTracker
 from outbox_relay.relay.outcome import (
     Outcome,
@@ -49,7 +50,7 @@ from outbox_relay.relay.outcome import (
 )
 from outbox_relay.urls import redact_url
 
-__all__ = ["CONFIRM_TIMEOUT_S", "Publisher", "Sending", "amqp_headers", "refusal"]
+__all__ = ["CONFIRM_TIMEOUT_S", "Publisher", "Sending", "checked", "refusal"]
 
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 30.0
@@ -108,10 +109,13 @@ class Publisher:
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S,
         should_stop: Callable[[], bool] = lambda: False,
+        on_node: Callable[[str], None] | None = None,
     ) -> None:
         pika_doubles.install()  # float headers as AMQP doubles
         self._url = url
-        self._params = url_parameters(url, dead_peer_timeout_s=dead_peer_timeout_s)
+        # Several nodes of a cluster: each connect() tries them in turn (broker_nodes).
+        self.nodes = BrokerNodes(url, dead_peer_timeout_s=dead_peer_timeout_s, on_node=on_node)
+        self._params = self.nodes.first.params
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop
@@ -133,7 +137,8 @@ class Publisher:
         self._confirmed_at = 0.0
         self._unblocked_at = 0.0
         self._exchanges_seen: dict[str, float] = {}
-        self._passed: set[int] = set()  # see refused()
+        # Rows refused() passed on this connection, and their header tables.
+        self._passed: dict[int, dict[str, Any] | None] = {}
         self._deadline: float | None = None  # of the batch whose confirms are awaited
 
     @property
@@ -161,14 +166,26 @@ class Publisher:
         by row id; ``send`` would fail them too, one round each. The rows that pass are
         not checked again by the next ``send`` on this connection."""
         frame_max = self.frame_max
-        refusals = {row.id: refusal(row, frame_max=frame_max) for row in rows}
-        self._passed = {row_id for row_id, outcome in refusals.items() if outcome is None}
-        return {row_id: outcome for row_id, outcome in refusals.items() if outcome is not None}
+        refusals: dict[int, Outcome] = {}
+        passed: dict[int, dict[str, Any] | None] = {}
+        for row in rows:
+            outcome, table = checked(row, frame_max=frame_max)
+            if outcome is None:
+                passed[row.id] = table
+            else:
+                refusals[row.id] = outcome
+        self._passed = passed
+        return refusals
 
     # -- connection ---------------------------------------------------------------------
 
     def connect(self) -> None:
-        """Open the connection and the confirm-mode channel; raises BrokerUnavailableError."""
+        """Open the connection and the confirm-mode channel on the first node that
+        accepts it (see :mod:`outbox_relay.broker_nodes`); raises BrokerUnavailableError."""
+        self.nodes.open(self._connect_to)
+
+    def _connect_to(self, node: Node) -> None:
+        self._params, self._url = node.params, node.url
         self.close()
         self._opened, self._conn_error, self.blocked = False, None, False
         self._refused = None
@@ -193,7 +210,7 @@ class Publisher:
             reason = describe_amqp_error(error) if error else "timed out"
             raise unavailable(f"cannot connect to {redact_url(self._url)}: {reason}", error)
         self._open_channel()
-        log.info("publisher.connected", url=redact_url(self._url))
+        log.info("publisher.connected", url=redact_url(self._url), node=node.name)
 
     def close(self) -> None:
         """Close the connection; never raises."""
@@ -217,7 +234,7 @@ class Publisher:
         if self._conn is not None:
             self._conn.ioloop.close()
         self._conn, self._channel = None, None
-        self._passed = set()
+        self._passed = {}
         self._confirms.clear()
 
     def _open_channel(self) -> None:
@@ -286,9 +303,10 @@ class Publisher:
             rows, channel=channel, first_tag=self._tag + 1, deadline=deadline
         )
         frame_max = self.frame_max
-        # Rows refused() just passed on this connection; the check costs about a
-        # microsecond a row, a few percent of publishing it.
-        passed, self._passed = self._passed, set()
+        # Rows refused() just passed on this connection, with their header tables; the
+        # check costs from half a microsecond a row (no headers) to a few, a few percent
+        # of publishing it.
+        passed, self._passed = self._passed, {}
         # Message ids of the batches already out (see Returns).
         out = self._confirms.ids_out(but=batch)
         conn.holding = True
@@ -300,7 +318,10 @@ class Publisher:
                     # One message with this id is out already: this row and the rest
                     # stay UNSENT and go in the next round, in order.
                     break
-                refused = None if row.id in passed else refusal(row, frame_max=frame_max)
+                if row.id in passed:
+                    refused, table = None, passed[row.id]
+                else:
+                    refused, table = checked(row, frame_max=frame_max)
                 if refused is not None:
                     # Sent, the broker would close the channel or the connection: fail
                     # it alone, as an encoding error below.
@@ -318,7 +339,7 @@ class Publisher:
                             message_id=message_id,
                             # AMQP timestamps are unsigned: a row from before 1970 says 0.
                             timestamp=max(0, int(row.created_at.timestamp())),
-                            headers=amqp_headers(row.headers) if row.headers else None,
+                            headers=table,
                             # Checked by refusal(): only the properties of PROPERTY_NAMES.
                             **(row.properties if isinstance(row.properties, Mapping) else {}),
                         ),

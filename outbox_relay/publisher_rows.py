@@ -1,27 +1,15 @@
-"""A row as an AMQP message: its headers as a field table, and whether AMQP or the
-broker would refuse it before it is sent. Used by :mod:`outbox_relay.publisher`."""
+"""Whether AMQP or the broker would refuse a row before it is sent, and the header table
+it goes with. Used by :mod:`outbox_relay.publisher`."""
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
 from typing import Any
 
 import pika.exceptions
 
-from outbox_relay import header_types
-from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_problem
+from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_check, amqp_problem
 from outbox_relay.relay.outcome import Outcome, Reason
-
-
-def amqp_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """Stored header values as the AMQP field table pika encodes: typed values become
-    their float, Decimal, datetime or bytes (see outbox_relay.header_types), and floats
-    travel as doubles (see outbox_relay.pika_doubles)."""
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a JSON object, not {type(headers).__name__}")
-    return header_types.table_from_json(headers)
-
 
 # What pika raises when a message's properties cannot be encoded as AMQP fields.
 UNENCODABLE = (
@@ -46,18 +34,24 @@ def refusal(row: OutboxRow, *, frame_max: int) -> Outcome | None:
     the whole connection. A body under 512 MiB but over the broker's own
     ``max_message_size`` (not readable over AMQP) is refused by the broker, with the
     channel, and blamed by its size (see blame_channel_close)."""
+    return checked(row, frame_max=frame_max)[0]
+
+
+def checked(row: OutboxRow, *, frame_max: int) -> tuple[Outcome | None, dict[str, Any] | None]:
+    """:func:`refusal`, and the header table to send when there is none (None for a row
+    without headers): the check converts the table, and the send reuses it."""
     try:
-        problem = amqp_problem(row, frame_max=frame_max)
+        problem, table = amqp_check(row, frame_max=frame_max)
     except Exception as exc:  # noqa: BLE001 - a row no check foresaw fails alone, never the relay
-        problem = f"{type(exc).__name__}: {exc}"
+        problem, table = f"{type(exc).__name__}: {exc}", None
     if problem is not None:
         return Outcome.failed(
             f"cannot be encoded as an AMQP message: {problem}", Reason.UNENCODABLE
-        )
+        ), None
     if len(row.payload) > BROKER_MAX_MESSAGE_BYTES:
         return Outcome.failed(
             f"the payload is {len(row.payload)} bytes, over the {BROKER_MAX_MESSAGE_BYTES} "
             "bytes RabbitMQ accepts in any message: publish a reference to the data",
             Reason.TOO_LARGE,
-        )
-    return None
+        ), None
+    return None, table

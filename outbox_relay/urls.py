@@ -19,13 +19,20 @@ _PASSWORD_IN_DSN = re.compile(
 )
 _PASSWORD_IN_QUERY = re.compile(r"((?:^|&)password=)([^&#]*)", re.IGNORECASE)
 _SSL_OPTIONS_IN_QUERY = re.compile(r"((?:^|&)ssl_options=)([^&#]*)", re.IGNORECASE)
+# A comma (or whitespace) that starts another URL of a list (several broker nodes).
+_NEXT_URL = re.compile(r"(?:,\s*|\s+)(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 _SHORTEST_SCRUBBED = 3  # shorter words would blank out unrelated words
 _SHORTEST_RUN = 4  # a run of characters copied from a password, however a parser cut it
 UNPARSEABLE = "<unparseable url>"
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``; keeps user, host, port and path."""
+    """The URL with any password replaced by ``***``; keeps user, host, port and path.
+    A list of URLs (separated by commas, as several broker nodes are given) is redacted
+    URL by URL; several hosts in one URL (libpq's and kombu's ``h1:p1,h2:p2``) are kept."""
+    urls = _NEXT_URL.split(url.strip())
+    if len(urls) > 1:
+        return ",".join(redact_url(one) for one in urls)
     if "://" not in url:
         return _PASSWORD_IN_DSN.sub(r"\1***", url)
     scheme, _, rest = url.partition("://")
@@ -49,6 +56,16 @@ def _cut(rest: str) -> int:
 
 
 def _redact_wellformed(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    netloc = rest[: _cut(rest)]
+    if "," in netloc.rpartition("@")[2]:  # several hosts: urlsplit cannot read the port
+        userinfo, at, hosts = netloc.rpartition("@")
+        if at and ":" in userinfo:
+            userinfo = userinfo.partition(":")[0] + ":***"
+        path, mark, query = rest[len(netloc) :].partition("?")
+        query, hash_mark, fragment = query.partition("#")
+        redacted = _redact_query(query) if mark else ""
+        return f"{scheme}://{userinfo}{at}{hosts}{path}{mark}{redacted}{hash_mark}{fragment}"
     try:
         parts = urlsplit(url)
         password, port = parts.password, parts.port
@@ -142,7 +159,11 @@ def _blank_runs(text: str, secrets: set[str]) -> str:
 def url_problem(url: str) -> str | None:
     """What makes ``url`` unusable before anything connects (a NUL, an unencoded ``@``,
     ``/``, ``?`` or ``#`` in the user or password, a port that is not a number), with the
-    fix; None when it looks well formed. Never quotes the password."""
+    fix; None when it looks well formed. Never quotes the password. A list of URLs is
+    checked URL by URL."""
+    urls = _NEXT_URL.split(url.strip())
+    if len(urls) > 1:
+        return next(filter(None, (url_problem(one) for one in urls)), None)
     if "\x00" in url:
         return "it contains a NUL character; remove it"
     if "://" not in url:

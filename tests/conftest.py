@@ -10,6 +10,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pika
 import psycopg
@@ -18,11 +19,15 @@ import structlog
 from hypothesis import settings
 
 from outbox_relay.store.schema import migrate
+from outbox_relay.store.trial import trial_connection
 from outbox_relay.urls import redact_url
 from tests.support import services
 from tests.support.broker import BrokerHelper
 from tests.support.private_postgres import PrivatePostgres, private_postgres
 from tests.support.private_rabbit import PrivateRabbit, private_rabbit
+
+# The consumer SDK's test fixtures (run_handler, outbox_test_connection), as users enable them.
+pytest_plugins = ["outbox_relay.consumer.testing"]
 
 # Shared, noisy machines: a slow example is not a failure.
 settings.register_profile("outbox-relay", deadline=None)
@@ -133,6 +138,13 @@ def schema(database_url: str) -> Iterator[str]:
 @pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     with psycopg.connect(database_url) as conn:
+        yield conn
+
+
+@pytest.fixture
+def outbox_test_connection(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """The testing plugin's connection, to this suite's database (rolled back after)."""
+    with trial_connection(database_url) as conn:
         yield conn
 
 

@@ -7,17 +7,18 @@
     app = ConsumerApp(name="billing", schema="public")
 
     @app.handler(exchange="orders", queue="billing.orders", bindings=["order.created"])
-    def on_order(message: Message, tx) -> None:
-        ...
+    def on_order(order: OrderCreated, message: Message, tx: psycopg.Connection) -> None:
+        ...   # order: the body validated as a pydantic model (or dataclass, TypedDict,
+              # msgspec Struct); tx: the transaction that also holds the inbox row
 
-Run with ``outbox-relay consume billing.handlers:app`` or ``app.run()``. See
-``docs/consumer.md``.
+Run with ``outbox-relay consume billing.handlers:app`` or ``app.run()``; test handlers with
+:mod:`outbox_relay.consumer.testing`. See ``docs/consumer.md``.
 """
 
 from __future__ import annotations
 
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
-from outbox_relay.consumer.errors import HandlerTimeoutError, Reject, Retry
+from outbox_relay.consumer.errors import HandlerTimeoutError, InvalidPayloadError, Reject, Retry
 from outbox_relay.consumer.message import Message
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ConsumerSettings",
     "Handler",
     "HandlerTimeoutError",
+    "InvalidPayloadError",
     "Message",
     "Reject",
     "Retry",

@@ -7,15 +7,18 @@ environment until :meth:`ConsumerApp.run` (or ``outbox-relay consume``) starts a
 
 from __future__ import annotations
 
-import inspect
+import functools
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, ParamSpec
 
 from outbox_relay.consumer.declare import queue_spec, retry_route
 from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
+from outbox_relay.consumer.payload import Validator, decode_payload, validator_for
+from outbox_relay.consumer.signature import CallPlan, Role, plan_call
 from outbox_relay.dead_peer import (
     DEAD_PEER_TIMEOUT_RULE,
     DEAD_PEER_TIMEOUT_S,
@@ -42,16 +45,21 @@ DATABASE_URL_ENV = "OUTBOX_RELAY_DATABASE_URL"
 AMQP_URL_ENV = "OUTBOX_RELAY_AMQP_URL"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 
-HandlerFunc = Callable[..., None]
-F = TypeVar("F", bound=HandlerFunc)
+P = ParamSpec("P")
 AfterCommitHook = Callable[[Message], None]
 
 
-@dataclass(frozen=True)
-class Handler:
-    """One registered handler and the queue it consumes."""
+@dataclass(frozen=True, eq=False)
+class Handler(Generic[P]):
+    """One registered handler: the function, the queue it consumes and its settings.
 
-    func: HandlerFunc
+    What ``@app.handler(...)`` returns. Calling it calls the function as written (so a unit
+    test can call ``on_order(message, tx)``); :meth:`invoke` runs it as the consumer does,
+    with each parameter filled by its name or annotation (see
+    :mod:`outbox_relay.consumer.signature`).
+    """
+
+    func: Callable[P, object]
     name: str
     exchange: str
     queue: str
@@ -60,13 +68,63 @@ class Handler:
     retry_delays_s: tuple[float, ...]
     timeout_s: float
     queue_type: str
-    uses_db: bool
     declare_exchange: bool
     spec: QueueSpec
+    plan: CallPlan
+    app_name: str = ""  # the consumer app's name (with the queue, it keys the inbox)
+    schema: str = "public"  # where the app's inbox is
+    validate: Validator | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for attribute in functools.WRAPPER_ASSIGNMENTS:
+            if hasattr(self.func, attribute):
+                object.__setattr__(self, attribute, getattr(self.func, attribute))
+        object.__setattr__(self, "__wrapped__", self.func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> object:
+        """Call the function itself, with the arguments given."""
+        return self.func(*args, **kwargs)
+
+    @property
+    def uses_db(self) -> bool:
+        """The handler runs in the inbox transaction: it takes ``tx`` or a Session."""
+        return self.plan.uses_db
 
     @property
     def route(self) -> RetryRoute:
         return retry_route(self.spec)
+
+    @property
+    def inbox_key(self) -> str:
+        """The consumer column of this handler's inbox rows."""
+        return f"{self.app_name}:{self.queue}"
+
+    def payload(self, message: Message) -> object:
+        """``message``'s body as the payload parameter's type (None when the handler takes
+        none); InvalidPayloadError when it does not fit."""
+        if self.plan.payload_type is None or self.validate is None:
+            return None
+        return decode_payload(
+            message, self.plan.payload_type, self.validate, where=f"handler {self.name}"
+        )
+
+    def invoke(self, message: Message, tx: Any = None) -> None:
+        """Run the handler on ``message`` as the consumer does, inside ``tx`` when it takes
+        one. Raises InvalidPayloadError (park) or whatever the handler raises."""
+        values: dict[Role, object] = {Role.MESSAGE: message, Role.TX: tx}
+        if self.plan.payload_type is not None:
+            values[Role.PAYLOAD] = self.payload(message)
+        if not self.plan.wants_session:
+            args, kwargs = self.plan.call_arguments(values)
+            self.func(*args, **kwargs)
+            return
+        from outbox_relay.consumer.orm import bound_session  # noqa: PLC0415 - SQLAlchemy when used
+
+        with bound_session(tx) as session:
+            values[Role.SESSION] = session
+            args, kwargs = self.plan.call_arguments(values)
+            self.func(*args, **kwargs)
+            session.commit()  # releases the savepoint; the runner commits the transaction
 
 
 @dataclass(frozen=True)
@@ -144,7 +202,7 @@ class ConsumerApp:
     prefetch_multiplier: int = PREFETCH_MULTIPLIER
     shutdown_grace: float = SHUTDOWN_GRACE_S
     inbox_retention: float = INBOX_RETENTION_S
-    handlers: list[Handler] = field(default_factory=list)
+    handlers: list[Handler[...]] = field(default_factory=list)
     after_commit_hooks: list[AfterCommitHook] = field(default_factory=list)
 
     def handler(
@@ -160,24 +218,39 @@ class ConsumerApp:
         name: str | None = None,
         declare_exchange: bool = True,
         max_priority: int | None = None,
-    ) -> Callable[[F], F]:
-        """Register ``func(message)`` or ``func(message, tx)`` for ``queue``.
+    ) -> Callable[[Callable[P, object]], Handler[P]]:
+        """Register a handler for ``queue``; returns it as a :class:`Handler`.
 
-        With a second parameter the handler runs inside a database transaction (``tx``)
-        that also records the message in the inbox: its effects happen exactly once.
-        Without one there is no database and no deduplication. ``declare_exchange=False``
-        leaves the exchange alone (when a topology file manages it, e.g. with an
-        alternate exchange); it must then exist before the app starts. ``max_priority``
-        (1-255, classic queues; RabbitMQ recommends at most 10) makes the queue a priority
-        queue: messages published with a higher ``priority`` are handled first.
+        Its parameters say what it receives, by annotation or else by name (any order,
+        each at most once): ``message`` (a :class:`Message`), ``tx`` (a
+        ``psycopg.Connection``), a ``sqlalchemy.orm.Session``, and one payload parameter
+        annotated with a pydantic model, dataclass, TypedDict or msgspec Struct, which
+        receives the body validated as that type (a body that does not fit is parked at
+        once). A handler that takes ``tx`` or a Session runs inside a database
+        transaction that also records the message in the inbox: its effects happen
+        exactly once. Without one there is no database and no deduplication.
+        ``declare_exchange=False`` leaves the exchange alone (when a topology file manages
+        it, e.g. with an alternate exchange); it must then exist before the app starts.
+        ``max_priority`` (1-255, classic queues; RabbitMQ recommends at most 10) makes the
+        queue a priority queue: messages published with a higher ``priority`` are handled
+        first.
         """
 
-        def register(func: F) -> F:
+        def register(func: Callable[P, object]) -> Handler[P]:
+            label = name or str(getattr(func, "__qualname__", repr(func)))
+            # String annotations resolve in the handler's module and in the scope that
+            # defines it (a model declared in the same function).
+            plan = plan_call(func, localns=sys._getframe(1).f_locals)
+            validate = (
+                validator_for(plan.payload_type, plan.payload_kind, where=f"handler {label}")
+                if plan.payload_type is not None and plan.payload_kind is not None
+                else None
+            )
             patterns = (bindings,) if isinstance(bindings, str) else tuple(bindings)
             delays = tuple(float(d) for d in retry_delays)
             handler = Handler(
                 func=func,
-                name=name or str(getattr(func, "__qualname__", repr(func))),
+                name=label,
                 exchange=exchange,
                 queue=queue,
                 bindings=patterns,
@@ -185,7 +258,6 @@ class ConsumerApp:
                 retry_delays_s=delays,
                 timeout_s=float(timeout),
                 queue_type=queue_type,
-                uses_db=_wants_transaction(func),
                 declare_exchange=declare_exchange,
                 spec=queue_spec(
                     queue=queue,
@@ -196,10 +268,14 @@ class ConsumerApp:
                     max_attempts=max_attempts,
                     max_priority=max_priority,
                 ),
+                plan=plan,
+                app_name=self.name,
+                schema=self.schema,
+                validate=validate,
             )
             check_handler(handler, taken=[h.queue for h in self.handlers])
             self.handlers.append(handler)
-            return func
+            return handler
 
         return register
 
@@ -245,26 +321,7 @@ class ConsumerApp:
         serve(self, self.settings(**overrides))
 
 
-def _wants_transaction(func: HandlerFunc) -> bool:
-    if inspect.iscoroutinefunction(func):
-        raise ConfigurationError(
-            f"handler {func.__qualname__} is async: handlers run in worker threads; "
-            "write a plain def (asyncio code can run inside it with asyncio.run)"
-        )
-    params = [
-        p
-        for p in inspect.signature(func).parameters.values()
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
-    if not 1 <= len(params) <= 2:
-        raise ConfigurationError(
-            f"handler {func.__qualname__} takes {len(params)} parameters: write "
-            "`def handler(message)` or `def handler(message, tx)`"
-        )
-    return len(params) == 2
-
-
-def check_handler(handler: Handler, *, taken: Sequence[str]) -> None:
+def check_handler(handler: Handler[...], *, taken: Sequence[str]) -> None:
     """Reject a handler whose settings cannot work, naming the fix."""
     where = f"handler {handler.name} (queue {handler.queue!r})"
     checks = [

@@ -28,7 +28,6 @@ from outbox_relay.topology import (
     QueueType,
     RetryPolicy,
     Topology,
-    apply,
 )
 
 if TYPE_CHECKING:
@@ -79,14 +78,16 @@ def retry_route(spec: QueueSpec) -> RetryRoute:
     )
 
 
-def topology_for(handlers: Sequence[Handler]) -> Topology:
+def topology_for(handlers: Sequence[Handler[...]]) -> Topology:
     """Every handler's queue, and the exchanges the handlers ask to declare."""
     exchanges = {h.exchange: ExchangeSpec(h.exchange) for h in handlers if h.declare_exchange}
     return Topology(exchanges=tuple(exchanges.values()), queues=[h.spec for h in handlers])
 
 
-def declare(amqp_url: str, handlers: Sequence[Handler]) -> ApplyReport:
+def declare(amqp_url: str, handlers: Sequence[Handler[...]]) -> ApplyReport:
     """Declare what the handlers need; idempotent. Raises TopologyConflictError (nothing
     declared) when a queue or exchange exists with other arguments, BrokerUnavailableError
     when the broker cannot be reached."""
-    return apply(amqp_url, topology_for(handlers))
+    from outbox_relay.topology import broker  # noqa: PLC0415 - pika only when running
+
+    return broker.apply(amqp_url, topology_for(handlers))

@@ -38,3 +38,8 @@ class HandlerTimeoutError(Exception):
 
 class UndecodableMessageError(Exception):
     """Recorded when a body cannot be decoded or the message lacks what the handler needs."""
+
+
+class InvalidPayloadError(UndecodableMessageError):
+    """Recorded when a body does not fit a handler's payload type: parked at once, with
+    the validation error, never retried."""

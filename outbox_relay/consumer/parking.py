@@ -33,7 +33,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable
+from outbox_relay.broker_nodes import BrokerNodes
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.dead_letter import (
     DeadLetter,
@@ -71,7 +72,9 @@ class ParkingLot:
 
     def __enter__(self) -> ParkingLot:
         try:
-            self._conn = pika.BlockingConnection(url_parameters(self._url))
+            self._conn = BrokerNodes(self._url).open(
+                lambda node: pika.BlockingConnection(node.params), errors=CONNECT_ERRORS
+            )
             lenient_frames.install(self._conn)
             with self._deadline("opening a channel"):
                 self._channel = self._conn.channel()

@@ -54,7 +54,8 @@ from pika.adapters.blocking_connection import BlockingChannel
 from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
-from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable
+from outbox_relay.broker_nodes import BrokerNodes
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
 from outbox_relay.consumer.declare import declare
@@ -133,7 +134,8 @@ class Runner:
         self._app = app
         self._settings = settings
         self._handlers = list(app.handlers)
-        self._params = url_parameters(
+        # Several nodes of a cluster: each connection tries them in turn (broker_nodes).
+        self._nodes = BrokerNodes(
             settings.amqp_url, dead_peer_timeout_s=settings.dead_peer_timeout_s
         )
         self._stopping = threading.Event()
@@ -315,11 +317,13 @@ class Runner:
 
     def _serve(self) -> None:
         # Declared again after every reconnect: the broker may have restarted empty.
-        report = declare(self._settings.amqp_url, self._handlers)
+        report = declare(self._nodes.ordered_url(), self._handlers)  # the next node first
         if not report.up_to_date:
             self._log.info("consumer.declared", created=[i.label() for i in report.created])
         try:
-            conn = pika.BlockingConnection(self._params)
+            conn = self._nodes.open(
+                lambda node: pika.BlockingConnection(node.params), errors=CONNECT_ERRORS
+            )
             lenient_frames.install(conn)  # before any delivery can arrive
             self._frame_max = lenient_frames.negotiated_frame_max(conn)
             self._generation += 1
@@ -343,8 +347,7 @@ class Runner:
             self._drain(conn, channel, self._tags)
         except CONNECT_ERRORS as exc:
             raise unavailable(
-                f"lost the connection to {redact_url(self._settings.amqp_url)}: "
-                f"{describe_amqp_error(exc)}",
+                f"lost the connection to {self._nodes.redacted}: {describe_amqp_error(exc)}",
                 exc,
             ) from exc
         finally:
@@ -464,7 +467,7 @@ class Runner:
 
     def _on_delivery(
         self,
-        handler: Handler,
+        handler: Handler[...],
         channel: BlockingChannel,
         method: Basic.Deliver,
         properties: BasicProperties,
@@ -550,6 +553,9 @@ class Runner:
         elif result.kind is Kind.REQUEUE:  # the database was unavailable
             channel.basic_nack(token.tag, requeue=True)
             self._pause(result.error.message if result.error else "database unavailable")
+        elif result.kind is Kind.BUSY:  # the database answers: nothing to pause
+            channel.basic_nack(token.tag, requeue=True)
+            outcome = Kind.REQUEUE.value
         else:
             outcome = self._republish(result, token)
             if outcome == Kind.REQUEUE.value:

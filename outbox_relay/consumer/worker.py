@@ -26,13 +26,14 @@ import structlog
 from outbox_relay.consumer.app import AfterCommitHook, Handler
 from outbox_relay.consumer.errors import (
     HandlerTimeoutError,
+    InvalidPayloadError,
     Reject,
     Retry,
     UndecodableMessageError,
 )
 from outbox_relay.consumer.failure import ErrorInfo
 from outbox_relay.consumer.message import Delivery, Message, attempts_made, decode
-from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.errors import InboxBusyError, StoreUnavailableError
 from outbox_relay.store.inbox import HandlerSession
 from outbox_relay.tracing import trace_context_from
 
@@ -46,6 +47,7 @@ class Kind(enum.Enum):
     RETRY = "retried"  # rolled back: republish to a delay tier (or park when exhausted), ack
     PARK = "parked"  # rolled back: republish to the parking lot, ack
     REQUEUE = "requeued"  # the database was unavailable: give the delivery back, no attempt lost
+    BUSY = "busy"  # another delivery of the message is being handled: give it back, no pause
 
 
 class _State(enum.Enum):
@@ -61,7 +63,7 @@ class Job:
     delivery tag); the pool only carries it."""
 
     delivery: Delivery
-    handler: Handler
+    handler: Handler[...]
     token: Any
     deadline: float = 0.0
     _state: _State = _State.QUEUED
@@ -235,19 +237,24 @@ class WorkerPool:
             return result(Kind.PARK, error=ErrorInfo.from_exception(exc))
         try:
             kind = self._run_handler(job, message, session)
-        except StoreUnavailableError as exc:
-            self.database_problem = str(exc)
+        except (InboxBusyError, StoreUnavailableError) as exc:
+            # Busy: the database answers, another delivery of the message holds its row.
+            busy = isinstance(exc, InboxBusyError)
+            if not busy:
+                self.database_problem = str(exc)
             if session is not None:
                 session.rollback()
-            time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
-            return result(Kind.REQUEUE, message=message, error=ErrorInfo.from_exception(exc))
+            if not busy:
+                time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
+            kind = Kind.BUSY if busy else Kind.REQUEUE
+            return result(kind, message=message, error=ErrorInfo.from_exception(exc))
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried, never lost
             if session is not None:
                 session.rollback()
             if job.abandoned:
                 return None
             return result(
-                Kind.PARK if isinstance(exc, Reject) else Kind.RETRY,
+                Kind.PARK if isinstance(exc, Reject | InvalidPayloadError) else Kind.RETRY,
                 message=message,
                 error=ErrorInfo.from_exception(exc),
                 requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
@@ -267,7 +274,7 @@ class WorkerPool:
         handler = job.handler
         if session is None:
             with trace_context_from(message.headers):
-                handler.func(message)
+                handler.invoke(message)
             return Kind.HANDLED if job.enter(_State.COMMITTING) else None
         assert message.message_id is not None  # noqa: S101 - checked by _process
         fresh = session.begin(
@@ -275,7 +282,7 @@ class WorkerPool:
         )
         if fresh:
             with trace_context_from(message.headers):
-                handler.func(message, session.connection)
+                handler.invoke(message, session.connection)
         if not job.enter(_State.COMMITTING):
             session.rollback()
             return None

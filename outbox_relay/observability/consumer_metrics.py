@@ -24,7 +24,7 @@ OUTCOMES = (
     "rejected",  # the handler raised Reject: sent to the parking lot
     "undecodable",  # no message id or a broken body: sent to the parking lot
     "timeout",  # the handler ran past its timeout: retried or parked
-    "requeued",  # the database was down or the republish was refused: given back
+    "requeued",  # the database was down, the republish refused, or another copy ran: given back
 )
 _TIMEOUT_TYPE = HandlerTimeoutError.__name__
 _UNDECODABLE_TYPE = f"{UndecodableMessageError.__module__}.{UndecodableMessageError.__qualname__}"

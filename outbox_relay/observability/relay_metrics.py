@@ -110,6 +110,13 @@ class RelayMetrics:
             ["service"],
             registry=registry,
         )
+        self.broker_node = Gauge(
+            "outbox_relay_broker_node",
+            "1 for the RabbitMQ node (host:port) the relay's connection was last opened to.",
+            ["node"],
+            registry=registry,
+        )
+        self._nodes_seen: set[str] = set()
 
         # Every series exists from the start, so rate() and alerts see zeros, not gaps.
         for reason in Reason:
@@ -145,6 +152,12 @@ class RelayMetrics:
 
     def partitions(self, owned: int) -> None:
         self.partitions_owned.set(owned)
+
+    def connected_to(self, node: str) -> None:
+        """The broker node in use is ``node``: its series is 1, every other node's 0."""
+        self._nodes_seen.add(node)
+        for seen in self._nodes_seen:
+            self.broker_node.labels(node=seen).set(1 if seen == node else 0)
 
     def outage(self, service: str) -> None:
         self.outages.labels(service=service).inc()

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
-from outbox_relay.errors import NoAnswerError, StoreError, StoreUnavailableError
+from outbox_relay.errors import InboxBusyError, NoAnswerError, StoreError, StoreUnavailableError
 from outbox_relay.store.connect import connect
 from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.pooler import announce_once, pooler_in_front
@@ -29,6 +29,18 @@ from outbox_relay.store.sqlfiles import Queries
 from outbox_relay.urls import redact_url
 
 PURGE_BATCH = 5_000
+# How much of the database deadline the inbox insert may spend waiting for another
+# delivery of the same message: the wait must end as an error the consumer reads as
+# "busy", before the deadline ends it as a silent database.
+LOCK_WAIT_FRACTION = 2 / 3
+
+
+def lock_wait_setting(db_timeout_s: float) -> str:
+    """The inbox insert's lock_timeout for a database deadline (0: none, wait as long
+    as the other delivery's handler runs; it is ended at its timeout)."""
+    if db_timeout_s <= 0:
+        return "0"
+    return f"{max(1, round(db_timeout_s * LOCK_WAIT_FRACTION * 1000))}ms"
 
 
 class HandlerSession:
@@ -55,6 +67,8 @@ class HandlerSession:
         self._pid: int | None = None
         self._xact_start: object = None
         self._insert = ""
+        self._lock_wait = lock_wait_setting(self._deadlines.timeout_s)
+        self._lock_wait_after = "0"
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
@@ -65,7 +79,9 @@ class HandlerSession:
 
     def begin(self, *, consumer: str, message_id: str) -> bool:
         """Start a transaction with the inbox row; False when the message was seen before
-        (the transaction then holds nothing and only needs a commit). A kept connection
+        (the transaction then holds nothing and only needs a commit). Raises
+        InboxBusyError when another delivery of the message holds its row too long
+        (see LOCK_WAIT_FRACTION); the transaction then needs a rollback. A kept connection
         that turns out dead (the database restarted or the network cut it while it sat
         idle) is replaced once, so the first delivery after an outage does not fail."""
         reused = not self._connect_if_needed()
@@ -108,6 +124,10 @@ class HandlerSession:
                 changes="no server-side prepared statements; a timed-out handler's "
                 "server session is found per transaction",
             )
+        with self._guarded("reading lock_timeout"):
+            row = self._conn.execute(self._q["lock_timeout"]).fetchone()
+            self._conn.rollback()
+        self._lock_wait_after = str(row[0]) if row is not None else "0"
         # Rendered once: composing the quoted schema on every delivery costs more than
         # the insert's round trip on a busy consumer.
         self._insert = self._q["inbox_insert"].as_string(self._conn)
@@ -115,11 +135,23 @@ class HandlerSession:
 
     def _insert_row(self, consumer: str, message_id: str) -> bool:
         conn = self.connection
-        with self._guarded(f"recording message {message_id} in {self._schema}.inbox"):
-            row = conn.execute(
-                self._insert,
-                {"consumer": consumer, "message_id": message_id},
-            ).fetchone()
+        params = {
+            "consumer": consumer,
+            "message_id": message_id,
+            "lock_wait": self._lock_wait,
+            "lock_wait_after": self._lock_wait_after,
+        }
+        try:
+            with self._guarded(f"recording message {message_id} in {self._schema}.inbox"):
+                row = conn.execute(self._insert, params).fetchone()
+        except StoreError as exc:
+            if not isinstance(exc.__cause__, psycopg.errors.LockNotAvailable):
+                raise
+            raise InboxBusyError(
+                f"message {message_id} is being handled by another delivery (its inbox row "
+                f"in {self._schema}.inbox stayed locked for {self._lock_wait}); this delivery "
+                "goes back to the queue"
+            ) from exc
         self._pid, self._xact_start = (row[0], row[1]) if row is not None else (None, None)
         return row is not None
 

@@ -27,7 +27,8 @@ import pika
 import pika.exceptions
 from pika.adapters.blocking_connection import BlockingChannel
 
-from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable, url_parameters
+from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable
+from outbox_relay.broker_nodes import BrokerNodes, Node
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
 from outbox_relay.rpc_deadline import RPC_TIMEOUT_S, close_within, deadline
 from outbox_relay.topology.conflicts import (
@@ -121,10 +122,15 @@ class _QuietRefusals(logging.Filter):
 
 @contextlib.contextmanager
 def _connect(amqp_url: str, *, rpc_timeout_s: float = RPC_TIMEOUT_S) -> Iterator[_Broker]:
-    params = url_parameters(amqp_url)
-    params.socket_timeout = params.blocked_connection_timeout = CONNECT_TIMEOUT_S
+    def connect(node: Node) -> pika.BlockingConnection:
+        params = node.params
+        params.socket_timeout = params.blocked_connection_timeout = CONNECT_TIMEOUT_S
+        return pika.BlockingConnection(params)
+
+    nodes = BrokerNodes(amqp_url)  # a cluster's nodes, tried in turn
+    params = nodes.first.params
     try:
-        connection = pika.BlockingConnection(params)
+        connection = nodes.open(connect, errors=CONNECT_ERRORS)
     except CONNECT_ERRORS as exc:
         reason = scrub(describe_amqp_error(exc), amqp_url)
         raise unavailable(f"cannot connect to {redact_url(amqp_url)}: {reason}", exc) from None

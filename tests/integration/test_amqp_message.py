@@ -74,10 +74,10 @@ def test_every_property_set_by_publish_arrives_as_set(
         many = outbox_relay.publish_many(
             conn,
             [
-                outbox_relay.Message(
+                outbox_relay.OutboxMessage(
                     exchange, "many", {"n": 1}, correlation_id="c-1", priority=0, expiration=1.5
                 ),
-                outbox_relay.Message(exchange, "plain", {"n": 2}),
+                outbox_relay.OutboxMessage(exchange, "plain", {"n": 2}),
             ],
             schema=schema,
         )

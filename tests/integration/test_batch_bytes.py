@@ -27,7 +27,7 @@ def write_sized(
         outbox_relay.publish_many(
             conn,
             [
-                outbox_relay.Message(
+                outbox_relay.OutboxMessage(
                     exchange=exchange,
                     routing_key="k",
                     payload=f"{seq:06d}".encode().ljust(size, b"x"),

@@ -36,7 +36,16 @@ EXPECTED = {
     "relays": ["2 relays / 1 relay", "4 relays / 1 relay"],
     "scale": ["drain", "peak RSS", "table size", "index size"],
     "blocked": ["while blocked", "time to drain"],
-    "consumer": ["raw single-connection commits", "with inbox / raw commits", "without a database"],
+    "consumer": [
+        "raw single-connection commits",
+        "SDK with inbox, concurrency 1",
+        "SDK with inbox, concurrency 4",
+        "FastStream subscriber without inbox",
+        "SDK c1 with inbox / FastStream",
+        "SDK c4 with inbox / FastStream",
+        "SDK c4 with inbox / raw commits",
+        "SDK c1 with inbox / raw commits",
+    ],
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -16,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from outbox_relay.celery_task import publish_task
+from outbox_relay.celery_task import publish_task, publish_task_async
 from outbox_relay.consumer import lenient_frames
 from tests.support.broker import BrokerHelper
 from tests.support.relay import outbox_rows, running_relay, wait_for
@@ -94,13 +95,23 @@ def test_a_task_sent_through_the_outbox_runs_on_a_celery_worker(
             time_limit=3.0, soft_time_limit=1.5,
         )  # fmt: skip
         conn.commit()
-    assert len(outbox_rows(database_url, schema)) == 2  # the rolled-back task is gone
+
+    async def publish_async() -> str:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            return await publish_task_async(
+                conn, "outbox_test.add", args=(7, 8), kwargs={"note": "async"},
+                queue=queue, schema=schema,
+            )  # fmt: skip
+
+    async_id = asyncio.run(publish_async())
+    assert len(outbox_rows(database_url, schema)) == 3  # the rolled-back task is gone
 
     with running_relay(database_url, amqp_url, schema), celery_worker(amqp_url, queue, record):
-        assert wait_for(lambda: len(ran(record)) >= 2, timeout_s=30), ran(record)
+        assert wait_for(lambda: len(ran(record)) >= 3, timeout_s=30), ran(record)
 
-    assert sorted(ran(record), key=lambda entry: entry["task"]) == [
+    assert sorted(ran(record), key=lambda entry: (entry["task"], entry.get("result", 0))) == [
         {"task": "add", "id": task_id, "args": [2, 3], "note": "committed", "result": 5},
+        {"task": "add", "id": async_id, "args": [7, 8], "note": "async", "result": 15},
         {"task": "sleep", "id": sleepy_id, "raised": "SoftTimeLimitExceeded"},
     ]
 

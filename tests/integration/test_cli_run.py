@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 import outbox_relay
-from outbox_relay import Message
+from outbox_relay import OutboxMessage
 from tests.support.broker import BrokerHelper
 from tests.support.relay import outbox_rows, wait_for
 
@@ -83,7 +83,7 @@ def test_sigterm_finishes_and_settles_the_batch_in_flight_then_exits_0(
             outbox_relay.publish_many(
                 conn,
                 [
-                    Message(exchange=exchange, routing_key="k", payload={"n": n})
+                    OutboxMessage(exchange=exchange, routing_key="k", payload={"n": n})
                     for n in range(start, start + 5000)
                 ],
                 schema=schema,

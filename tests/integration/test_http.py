@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 import outbox_relay
-from outbox_relay import Message
+from outbox_relay import OutboxMessage
 from tests.support.broker import BrokerHelper
 from tests.support.http import free_port, get, samples
 from tests.support.proxy import TcpProxy
@@ -76,7 +76,7 @@ def test_probes_and_metrics_follow_the_relay(
             outbox_relay.publish_many(
                 conn,
                 [
-                    Message(exchange=exchange, routing_key="ok.1", payload={"n": n})
+                    OutboxMessage(exchange=exchange, routing_key="ok.1", payload={"n": n})
                     for n in range(25)
                 ],
                 schema=schema,

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 import outbox_relay
-from outbox_relay import Message
+from outbox_relay import OutboxMessage
 from outbox_relay.relay.partitions import partition_for
 from outbox_relay.store.status import read_status
 from tests.support.broker import BrokerHelper, Received
@@ -48,7 +48,7 @@ class Producer(threading.Thread):
                 for _ in range(min(20, self.total - self.written)):
                     key = random.randrange(self.keys)
                     batch.append(
-                        Message(
+                        OutboxMessage(
                             exchange=exchange,
                             routing_key="k",
                             payload={"key": key, "seq": seq[key]},
@@ -265,12 +265,15 @@ def test_the_database_and_python_agree_on_partitions(database_url: str, schema: 
     with psycopg.connect(database_url) as conn:
         outbox_relay.publish_many(
             conn,
-            [Message(exchange="e", routing_key="r", payload={}, partition_key=k) for k in keys],
+            [
+                OutboxMessage(exchange="e", routing_key="r", payload={}, partition_key=k)
+                for k in keys
+            ],
             schema=schema,
         )
         outbox_relay.publish_many(
             conn,
-            [Message(exchange="e", routing_key="r", payload={}) for _ in range(20)],
+            [OutboxMessage(exchange="e", routing_key="r", payload={}) for _ in range(20)],
             schema=schema,
         )
         conn.commit()

@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 import outbox_relay
-from outbox_relay import InvalidMessageError, Message
+from outbox_relay import InvalidMessageError, OutboxMessage
 from tests.support.producing import committed, create_orders
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,10 @@ def test_a_cursor_and_a_batch_work_in_one_round_trip(database_url: str, schema: 
         )
         many = outbox_relay.publish_many(
             cur,
-            [Message(exchange="orders", routing_key=f"r{i}", payload={"i": i}) for i in range(100)],
+            [
+                OutboxMessage(exchange="orders", routing_key=f"r{i}", payload={"i": i})
+                for i in range(100)
+            ],
             schema=schema,
         )
         conn.commit()
@@ -65,8 +68,8 @@ def test_bad_input_raises_before_anything_is_written(database_url: str, schema: 
             outbox_relay.publish_many(
                 conn,
                 [
-                    Message(exchange="orders", routing_key="a", payload={}),
-                    Message(exchange="x" * 256, routing_key="a", payload={}),
+                    OutboxMessage(exchange="orders", routing_key="a", payload={}),
+                    OutboxMessage(exchange="x" * 256, routing_key="a", payload={}),
                 ],
                 schema=schema,
             )
@@ -83,7 +86,7 @@ def test_bad_input_raises_before_anything_is_written(database_url: str, schema: 
         with pytest.raises(InvalidMessageError, match=r"messages\[0\]: payload"):
             outbox_relay.publish_many(
                 conn,
-                [Message(exchange="o", routing_key="a", payload=b"9 bytes!!")],
+                [OutboxMessage(exchange="o", routing_key="a", payload=b"9 bytes!!")],
                 schema=schema,
                 limits=tight,
             )
@@ -106,7 +109,7 @@ def test_one_message_and_a_batch_write_the_same_row(database_url: str, schema: s
     with psycopg.connect(database_url) as conn:
         for message in (arguments, plain):
             outbox_relay.publish(conn, schema=schema, **message)  # type: ignore[arg-type]
-            outbox_relay.publish_many(conn, [Message(**message)], schema=schema)  # type: ignore[arg-type]
+            outbox_relay.publish_many(conn, [OutboxMessage(**message)], schema=schema)  # type: ignore[arg-type]
         conn.commit()
         rows = conn.execute(
             sql.SQL(
@@ -150,7 +153,9 @@ def test_async_connection(database_url: str, schema: str) -> None:
                 conn, exchange="orders", routing_key="a", payload={"a": 1}, schema=schema
             )
             await outbox_relay.publish_many_async(
-                conn, [Message(exchange="orders", routing_key="b", payload=b"x")], schema=schema
+                conn,
+                [OutboxMessage(exchange="orders", routing_key="b", payload=b"x")],
+                schema=schema,
             )
             with pytest.raises(InvalidMessageError, match="publish_async"):
                 outbox_relay.publish(

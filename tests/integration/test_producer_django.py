@@ -29,7 +29,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 import outbox_relay
-from outbox_relay import InvalidMessageError, Message
+from outbox_relay import InvalidMessageError, OutboxMessage
 from tests.conftest import unique_name
 from tests.support.producing import committed, create_orders
 
@@ -173,7 +173,7 @@ def test_the_message_commits_and_rolls_back_with_the_atomic_block(
             )
             outbox_relay.publish_many(
                 holder(),
-                [Message(exchange="orders", routing_key="a", payload=-order_id)],
+                [OutboxMessage(exchange="orders", routing_key="a", payload=-order_id)],
                 schema=schema,
             )
             assert committed(database_url, schema) == ([], [])  # nothing before the commit

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import outbox_relay
-from outbox_relay import InvalidMessageError, Message
+from outbox_relay import InvalidMessageError, OutboxMessage
 from tests.support.producing import committed, create_orders
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
@@ -87,7 +87,7 @@ def test_the_message_commits_and_rolls_back_with_the_domain_write(
         execute(holder, f"INSERT INTO {orders} VALUES (2)")
         outbox_relay.publish(holder, exchange="orders", routing_key="a", payload=2, schema=schema)
         outbox_relay.publish_many(
-            holder, [Message(exchange="orders", routing_key="a", payload=3)], schema=schema
+            holder, [OutboxMessage(exchange="orders", routing_key="a", payload=3)], schema=schema
         )
         assert committed(database_url, schema) == ([], [])  # nothing before the commit
         holder.commit()
@@ -252,7 +252,9 @@ def test_async_holders_commit_and_roll_back_with_the_domain_write(
                 holder, exchange="orders", routing_key="a", payload=2, schema=schema
             )
             await outbox_relay.publish_many_async(
-                holder, [Message(exchange="orders", routing_key="a", payload=3)], schema=schema
+                holder,
+                [OutboxMessage(exchange="orders", routing_key="a", payload=3)],
+                schema=schema,
             )
             assert committed(database_url, schema) == ([], [])
             await holder.commit()

@@ -428,7 +428,7 @@ def test_order_per_key_holds_over_many_batches(
     queue = broker.queue(bind=(exchange, "#"))
     with psycopg.connect(database_url) as conn:
         messages = [
-            outbox_relay.Message(
+            outbox_relay.OutboxMessage(
                 exchange=exchange,
                 routing_key="k",
                 payload={"key": f"k{i % 7}", "seq": i},

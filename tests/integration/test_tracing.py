@@ -8,7 +8,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 import outbox_relay
-from outbox_relay import Message
+from outbox_relay import OutboxMessage
 from outbox_relay.tracing import trace_context_from
 from tests.support.relay import outbox_rows
 
@@ -26,7 +26,7 @@ def test_publish_records_the_current_span_and_a_consumer_can_continue_it(
                 conn, exchange="orders", routing_key="a", payload={}, schema=schema
             )
             outbox_relay.publish_many(
-                conn, [Message(exchange="orders", routing_key="b", payload={})], schema=schema
+                conn, [OutboxMessage(exchange="orders", routing_key="b", payload={})], schema=schema
             )
             trace_id = span.get_span_context().trace_id
         outbox_relay.publish(conn, exchange="orders", routing_key="c", payload={}, schema=schema)

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import psycopg
 from psycopg import sql
 
 from tests.support.broker import Received
+from tests.support.consumer import ROOT
 from tests.support.proxy import TcpProxy
 from tests.support.relay import wait_for
 
@@ -35,31 +36,39 @@ def with_application_name(database_url: str, name: str) -> str:
     return f"{database_url}{separator}application_name={name}"
 
 
-class RelayProcess:
-    """``python -m outbox_relay run`` in a subprocess, its JSON log in a file."""
+class CliProcess:
+    """``python -m outbox_relay COMMAND ...`` in a subprocess (from the project's root, so
+    ``tests.`` and ``docs.`` modules import), its JSON log in a file."""
+
+    # Logged once the process handles SIGTERM: stop() waits for it before signalling.
+    started_event = ""
 
     def __init__(
         self,
+        command: Sequence[str],
+        *,
         database_url: str,
         amqp_url: str,
         schema: str,
-        *args: str,
         log_dir: Path,
-        name: str | None = None,
+        name: str,
+        env: Mapping[str, str] | None = None,
     ) -> None:
-        self.name = name or f"fault-relay-{uuid.uuid4().hex[:8]}"
+        self.name = name
         self.database_url = database_url
         self.log_path = log_dir / f"{self.name}.log"
-        env = {
+        environment = {
             **os.environ,
             "OUTBOX_RELAY_DATABASE_URL": with_application_name(database_url, self.name),
             "OUTBOX_RELAY_AMQP_URL": amqp_url,
             "OUTBOX_RELAY_SCHEMA": schema,
+            **(env or {}),
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "outbox_relay", "run", "--log-format", "json", *args],
-                env=env,
+                [sys.executable, "-m", "outbox_relay", *command, "--log-format", "json"],
+                cwd=ROOT,
+                env=environment,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
             )
@@ -83,12 +92,14 @@ class RelayProcess:
         """SIGTERM, then wait; returns the exit code (kills it if it does not stop).
 
         A process still importing has no handler yet and would die of the signal (-15),
-        so the signal waits until the relay has logged relay.starting (handlers are set).
+        so the signal waits until the process logged its ``started_event``.
         """
         if self.alive:
             self.thaw()
             deadline = time.monotonic() + timeout_s
-            while self.alive and not self.events("relay.starting") and time.monotonic() < deadline:
+            while (
+                self.alive and not self.events(self.started_event) and time.monotonic() < deadline
+            ):
                 time.sleep(0.05)
             self.process.send_signal(signal.SIGTERM)
         try:
@@ -99,14 +110,71 @@ class RelayProcess:
             raise
 
     def records(self) -> list[dict[str, Any]]:
+        """The JSON log lines; a line cut short by SIGKILL is left out."""
         lines = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        found = []
+        for line in lines:
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    found.append(json.loads(line))
+        return found
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return [r for r in self.records() if r.get("event") == name]
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+class ConsumerProcess(CliProcess):
+    """``python -m outbox_relay consume APP``; ``env`` configures the app's module."""
+
+    started_event = "consumer.starting"
+
+    def __init__(
+        self,
+        database_url: str,
+        amqp_url: str,
+        schema: str,
+        app: str,
+        *args: str,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            ["consume", app, *args],
+            database_url=database_url,
+            amqp_url=amqp_url,
+            schema=schema,
+            log_dir=log_dir,
+            name=name or f"fault-consumer-{uuid.uuid4().hex[:8]}",
+            env=env,
+        )
+
+
+class RelayProcess(CliProcess):
+    """``python -m outbox_relay run``."""
+
+    started_event = "relay.starting"
+
+    def __init__(
+        self,
+        database_url: str,
+        amqp_url: str,
+        schema: str,
+        *args: str,
+        log_dir: Path,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            ["run", *args],
+            database_url=database_url,
+            amqp_url=amqp_url,
+            schema=schema,
+            log_dir=log_dir,
+            name=name or f"fault-relay-{uuid.uuid4().hex[:8]}",
+        )
 
     def backend_pids(self) -> dict[str, list[int]]:
         """This relay's database sessions by kind: {'work': [pid, pid], 'listener': [pid]}

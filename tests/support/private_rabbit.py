@@ -48,6 +48,32 @@ class PrivateRabbit:
     env: dict[str, str]
     log_file: Path
     ctl: str
+    server_script: str = ""
+    server: subprocess.Popen[bytes] | None = None  # the running node's process
+
+    def spawn(self) -> None:
+        """Start the node's server process (in a session of its own) and wait for it."""
+        directory = self.log_file.parent
+        with self.log_file.open("ab") as log:
+            self.server = subprocess.Popen(
+                [self.server_script],
+                env=self.env,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _await_startup(self, self.server)
+
+    def kill(self) -> None:
+        """SIGKILL the node's Erlang VM and its helpers: a crash, no goodbye to its peers
+        or clients (the kernel closes its sockets). :meth:`spawn` starts it again with
+        its data."""
+        if self.server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.server.pid, signal.SIGKILL)
+            self.server.wait(STOP_TIMEOUT_S)
 
     @property
     def url(self) -> str:
@@ -142,11 +168,14 @@ def _stop(rabbit: PrivateRabbit, server: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def private_rabbit(directory: Path, *, config: str = "") -> Iterator[PrivateRabbit]:
+def private_rabbit(
+    directory: Path, *, config: str = "", cookie: str | None = None
+) -> Iterator[PrivateRabbit]:
     """Start a private RabbitMQ node keeping its files in ``directory``, with ``config``
     (``rabbitmq.conf`` lines, e.g. ``max_message_size = 65536``) in force from its boot;
     stopped on exit, whatever the test did. Skips (fails under CI) when RabbitMQ is not
-    installed."""
+    installed. ``cookie``: the Erlang cookie, the same for the nodes of one cluster
+    (tests/support/rabbit_cluster.py)."""
     server_script, ctl = _script("rabbitmq-server"), _script("rabbitmqctl")
     if server_script is None or ctl is None:
         unavailable(
@@ -156,20 +185,17 @@ def private_rabbit(directory: Path, *, config: str = "") -> Iterator[PrivateRabb
     node = f"outbox-test-{uuid.uuid4().hex[:8]}@localhost"
     port = free_port()
     env = _environment(directory, node, port, config)
+    if cookie is not None:
+        cookie_file = directory / ".erlang.cookie"  # in HOME, where Erlang reads it
+        cookie_file.write_text(cookie)
+        cookie_file.chmod(0o400)
     log_file = directory / "server.log"
-    rabbit = PrivateRabbit(node=node, port=port, env=env, log_file=log_file, ctl=ctl)
-    with log_file.open("wb") as log:
-        server = subprocess.Popen(
-            [server_script],
-            env=env,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    rabbit = PrivateRabbit(
+        node=node, port=port, env=env, log_file=log_file, ctl=ctl, server_script=server_script
+    )
     try:
-        _await_startup(rabbit, server)
+        rabbit.spawn()
         yield rabbit
     finally:
-        _stop(rabbit, server)
+        if rabbit.server is not None:
+            _stop(rabbit, rabbit.server)

@@ -28,7 +28,6 @@ from outbox_relay.amqp_fields import (
     table_size,
 )
 from outbox_relay.properties import properties_bytes
-from outbox_relay.publisher import amqp_headers
 
 # Text PostgreSQL stores: no NUL, no lone surrogates.
 texts = st.text(
@@ -60,7 +59,7 @@ tables = st.dictionaries(names, values, max_size=8)
 
 def pika_table_bytes(table: dict[str, Any]) -> int:
     pieces: list[bytes] = []
-    encode_table(pieces, amqp_headers(table))
+    encode_table(pieces, header_types.table_from_json(table))
     return len(b"".join(pieces))
 
 
@@ -159,7 +158,7 @@ class TestContentHeaderFrame:
             delivery_mode=2,
             message_id=message_id,
             timestamp=int(time.time()),
-            headers=amqp_headers(headers) if headers else None,
+            headers=header_types.table_from_json(headers) if headers else None,
             **properties,
         )
         real = len(frame.Header(1, 10, amqp_properties).marshal())  # type: ignore[no-untyped-call]

@@ -18,7 +18,9 @@ from outbox_relay.celery_task import (
     delay_for,
     task_body,
     task_headers,
+    task_message,
 )
+from outbox_relay.errors import InvalidMessageError
 
 celery = pytest.importorskip("celery")
 kombu_serialization = pytest.importorskip("kombu.serialization")
@@ -92,3 +94,26 @@ def test_the_module_does_not_import_celery() -> None:
         "sys.exit(1 if {'celery', 'kombu'} & set(sys.modules) else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_the_task_message_is_addressed_and_identified_as_celery_sends_it() -> None:
+    message = task_message("app.tasks.add", (1, 2), queue="billing", priority=3, task_id="t-1")
+    assert (message.exchange, message.routing_key) == ("", "billing")
+    assert message.message_id == message.correlation_id == "t-1"
+    assert message.priority == 3
+    assert message.payload == task_body((1, 2), {})
+    routed = task_message("app.tasks.add", exchange="tasks", routing_key="add.high")
+    assert (routed.exchange, routed.routing_key) == ("tasks", "add.high")
+    assert uuid.UUID(str(routed.message_id)).version == 4  # as Celery makes task ids
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"countdwn": 5}, "countdwn: not an option of a task; use queue, exchange"),
+        ({"countdown": 5, "eta": NOW}, "countdown and eta: give one of them, not both"),
+    ],
+)
+def test_a_wrong_option_is_refused_by_name(options: dict[str, object], error: str) -> None:
+    with pytest.raises(InvalidMessageError, match=error):
+        task_message("app.tasks.add", **options)  # type: ignore[arg-type]

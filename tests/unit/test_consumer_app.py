@@ -15,16 +15,31 @@ def on_message(message: Message, tx: Any) -> None:
     pass
 
 
-def test_a_handler_keeps_its_function_and_derives_its_queues() -> None:
+def test_a_handler_is_still_its_function_and_knows_its_queues() -> None:
     app = ConsumerApp(name="billing")
+    calls: list[tuple[object, object]] = []
+
+    def on_message(message: Message, tx: Any) -> None:
+        """Bill the order."""
+        calls.append((message, tx))
+
     decorated = app.handler(
         exchange="orders",
         queue="billing.orders",
         bindings=["order.created", "order.paid"],
         retry_delays=[1, 10, 60],
     )(on_message)
-    assert decorated is on_message
+    decorated("a message", tx="a tx")
+    assert calls == [("a message", "a tx")]
+    assert (decorated.__name__, decorated.__doc__) == ("on_message", "Bill the order.")
     handler = app.handlers[0]
+    assert handler is decorated
+    assert (handler.queue, handler.bindings, handler.max_attempts) == (
+        "billing.orders",
+        ("order.created", "order.paid"),
+        5,
+    )
+    assert handler.inbox_key == "billing:billing.orders"
     assert handler.uses_db
     route = handler.route
     assert [name for name, _ in route.tiers] == [
@@ -79,9 +94,17 @@ def test_two_handlers_cannot_share_a_queue() -> None:
         app.handler(exchange="e", queue="q")(on_message)
 
 
-@pytest.mark.parametrize("func", [lambda: None, lambda a, b, c: None])
-def test_handlers_take_message_or_message_and_tx(func: Any) -> None:
-    with pytest.raises(ConfigurationError, match="def handler"):
+@pytest.mark.parametrize(
+    ("func", "match"),
+    [
+        (lambda m: None, r"parameter 'm' is unknown; name it `message`"),
+        (lambda message, tx, extra: None, r"parameter 'extra' is unknown"),
+        (lambda *args: None, r"parameter \*args takes any arguments"),
+        (lambda message, **kw: None, r"parameter \*\*kw takes any arguments"),
+    ],
+)
+def test_parameters_the_sdk_cannot_fill_are_refused_with_the_fix(func: Any, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"handler .*<lambda>: " + match):
         ConsumerApp(name="x").handler(exchange="e", queue="q")(func)
 
 

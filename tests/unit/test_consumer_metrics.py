@@ -15,11 +15,11 @@ from outbox_relay.observability.consumer_metrics import OUTCOMES, ConsumerMetric
 UNDECODABLE = "outbox_relay.consumer.errors.UndecodableMessageError"
 
 
-def handler() -> Handler:
+def handler() -> Handler[...]:
     app = ConsumerApp(name="t")
 
     @app.handler(exchange="orders", queue="billing.orders")
-    def on_order(_message: object) -> None:
+    def on_order(message: object) -> None:
         pass
 
     return app.handlers[0]

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import pydantic
 import pytest
 
 from outbox_relay.consumer import ConsumerApp, Message, Reject, Retry
@@ -86,12 +87,12 @@ class Harness:
         self.sessions.append(session)
         return session
 
-    def run(self, handler: Handler, d: Delivery) -> Result:
+    def run(self, handler: Handler[...], d: Delivery) -> Result:
         self.pool.submit(Job(d, handler, token=None))
         return self.results.get(timeout=5)
 
 
-def handler(func: Any, **kw: Any) -> Handler:
+def handler(func: Any, **kw: Any) -> Handler[...]:
     app = ConsumerApp(name="app")
     app.handler(exchange="orders", queue="q", **kw)(func)
     return app.handlers[0]
@@ -108,7 +109,7 @@ def test_a_new_message_runs_the_handler_then_commits_with_its_inbox_row(
     harness: Harness,
 ) -> None:
     seen: list[tuple[Message, Any]] = []
-    result = harness.run(handler(lambda m, tx: seen.append((m, tx))), delivery())
+    result = harness.run(handler(lambda message, tx: seen.append((message, tx))), delivery())
     assert result.kind is Kind.HANDLED
     assert [(m.message_id, tx) for m, tx in seen] == [("m-1", "tx")]
     assert harness.inbox == {("app:q", "m-1")}
@@ -118,7 +119,7 @@ def test_a_new_message_runs_the_handler_then_commits_with_its_inbox_row(
 def test_a_duplicate_commits_without_running_the_handler(harness: Harness) -> None:
     harness.inbox.add(("app:q", "m-1"))
     calls: list[Message] = []
-    result = harness.run(handler(lambda m, tx: calls.append(m)), delivery())
+    result = harness.run(handler(lambda message, tx: calls.append(message)), delivery())
     assert result.kind is Kind.DUPLICATE
     assert calls == []
     assert harness.committed == []
@@ -135,7 +136,7 @@ def test_a_duplicate_commits_without_running_the_handler(harness: Harness) -> No
 def test_a_failure_rolls_back_and_reports_what_to_do(
     harness: Harness, error: Exception, kind: Kind, delay: float | None
 ) -> None:
-    def fail(_m: Message, _tx: Any) -> None:
+    def fail(message: Message, tx: Any) -> None:
         raise error
 
     result = harness.run(handler(fail), delivery())
@@ -149,7 +150,7 @@ def test_a_failure_rolls_back_and_reports_what_to_do(
 
 def test_an_undecodable_body_is_parked_without_touching_the_handler(harness: Harness) -> None:
     calls: list[Message] = []
-    result = harness.run(handler(lambda m, tx: calls.append(m)), delivery(body=b"{"))
+    result = harness.run(handler(lambda message, tx: calls.append(message)), delivery(body=b"{"))
     assert result.kind is Kind.PARK
     assert result.error is not None
     assert "not valid JSON" in result.error.message
@@ -158,10 +159,10 @@ def test_an_undecodable_body_is_parked_without_touching_the_handler(harness: Har
 
 def test_a_database_outage_gives_the_delivery_back(harness: Harness, monkeypatch: Any) -> None:
     monkeypatch.setattr("outbox_relay.consumer.worker.REQUEUE_PAUSE_S", 0.0)
-    harness.run(handler(lambda m, tx: None), delivery("warm-up"))
+    harness.run(handler(lambda message, tx: None), delivery("warm-up"))
     for session in harness.sessions:
         session.fail_begin = True
-    result = harness.run(handler(lambda m, tx: None), delivery("m-2"))
+    result = harness.run(handler(lambda message, tx: None), delivery("m-2"))
     assert result.kind is Kind.REQUEUE
 
 
@@ -169,8 +170,8 @@ def test_a_timed_out_handler_is_abandoned_and_replaced_and_never_commits() -> No
     harness = Harness(size=1)
     release = threading.Event()
 
-    def slow(m: Message, _tx: Any) -> None:
-        if m.message_id == "slow":
+    def slow(message: Message, tx: Any) -> None:
+        if message.message_id == "slow":
             release.wait(5)
 
     h = handler(slow, timeout=0.2)
@@ -196,7 +197,7 @@ def test_a_timed_out_handler_is_abandoned_and_replaced_and_never_commits() -> No
 
 def test_handlers_without_a_database_need_no_session() -> None:
     harness = Harness(with_db=False)
-    result = harness.run(handler(lambda m: None), delivery(message_id=None))
+    result = harness.run(handler(lambda message: None), delivery(message_id=None))
     assert result.kind is Kind.HANDLED
     assert harness.sessions == []
     harness.pool.stop(2)
@@ -205,7 +206,7 @@ def test_handlers_without_a_database_need_no_session() -> None:
 def test_take_unstarted_returns_what_no_worker_began() -> None:
     harness = Harness(size=1)
     release = threading.Event()
-    h = handler(lambda m, tx: release.wait(5))
+    h = handler(lambda message, tx: release.wait(5))
     jobs = [Job(delivery(f"m-{n}"), h, token=n) for n in range(4)]
     for job in jobs:
         harness.pool.submit(job)
@@ -215,3 +216,37 @@ def test_take_unstarted_returns_what_no_worker_began() -> None:
     assert [j.token for j in taken] == [1, 2, 3]
     assert harness.results.get(timeout=5).job.token == 0
     harness.pool.stop(2)
+
+
+class Order(pydantic.BaseModel):
+    order_id: int
+
+
+def test_a_payload_that_does_not_fit_is_parked_at_once_with_the_validation_error(
+    harness: Harness,
+) -> None:
+    calls: list[Order] = []
+
+    def on_order(order: Order, tx: Any) -> None:
+        calls.append(order)
+
+    result = harness.run(handler(on_order), delivery(body=b'{"order_id": "seven"}'))
+    assert result.kind is Kind.PARK
+    assert result.error is not None
+    assert result.error.type == "outbox_relay.consumer.errors.InvalidPayloadError"
+    assert "does not fit Order" in result.error.message
+    assert "order_id" in result.error.message
+    assert "ValidationError" in result.error.trace
+    assert calls == []
+    assert harness.inbox == set()
+
+
+def test_a_fitting_payload_reaches_the_handler_as_its_type(harness: Harness) -> None:
+    calls: list[Order] = []
+
+    def on_order(order: Order, tx: Any) -> None:
+        calls.append(order)
+
+    result = harness.run(handler(on_order), delivery(body=b'{"order_id": 7}'))
+    assert result.kind is Kind.HANDLED
+    assert calls == [Order(order_id=7)]

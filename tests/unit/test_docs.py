@@ -76,6 +76,8 @@ def test_every_option_is_documented_with_its_variable_and_default(
         expected = default  # derived from another option, documented as `(--that-option)`
     elif option.default is None:
         expected = None  # no value means not used (e.g. --listen-database-url): `none`
+    elif option.multiple and isinstance(option.default, tuple):
+        expected = ",".join(option.default)  # a list option (several broker nodes)
     else:
         expected = str(option.default)
     assert default == expected
@@ -293,3 +295,41 @@ def test_the_readme_stays_a_front_page() -> None:
     assert len(lines) <= 200, "README.md is over 200 lines: move the detail into a guide"
     commit = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")
     assert not commit.search(_prose("\n".join(lines))), "the README names a commit"
+
+
+QUOTED = re.compile(r"<!-- quoted from (\S+) -->\n```[a-z]*\n(.*?)\n```", re.DOTALL)
+
+
+def quoted_blocks(text: str) -> list[tuple[str, str]]:
+    """(source file, code) of each code block marked as quoted from a file."""
+    return [(match.group(1), match.group(2)) for match in QUOTED.finditer(text)]
+
+
+def quote_problems(path: Path) -> list[str]:
+    problems = []
+    for source, code in quoted_blocks(path.read_text(encoding="utf-8")):
+        origin = ROOT / source
+        if not origin.is_file():
+            problems.append(f"{path.name}: quotes {source}, which does not exist")
+        elif code.strip() not in origin.read_text(encoding="utf-8"):
+            problems.append(f"{path.name}: a block no longer matches {source}; copy it again")
+    return problems
+
+
+def test_the_guides_quote_code_the_suite_runs() -> None:
+    """Examples marked `<!-- quoted from FILE -->` are verbatim excerpts of tested files."""
+    assert quoted_blocks((DOCS / "consumer.md").read_text(encoding="utf-8"))
+    assert [problem for path in GUIDES for problem in quote_problems(path)] == []
+
+
+def test_a_stale_quote_is_caught(tmp_path: Path) -> None:
+    guide = tmp_path / "guide.md"
+    guide.write_text(
+        "<!-- quoted from tests/support/guide_billing.py -->\n```python\nprint('not there')\n```\n"
+        "<!-- quoted from tests/support/nowhere.py -->\n```python\nx = 1\n```\n",
+        encoding="utf-8",
+    )
+    assert quote_problems(guide) == [
+        "guide.md: a block no longer matches tests/support/guide_billing.py; copy it again",
+        "guide.md: quotes tests/support/nowhere.py, which does not exist",
+    ]

@@ -1,0 +1,124 @@
+"""A private three-node RabbitMQ cluster on 127.0.0.1, for the cluster tier.
+
+Three private nodes (tests/support/private_rabbit.py: own node names, AMQP and
+distribution ports, data and logs) share one Erlang cookie; the second and third join
+the first (``rabbitmqctl join_cluster``). Nothing of the machine's own RabbitMQ is
+touched. A node is stopped and started again with ``stop_app`` / ``start_app`` (its
+connections are closed and its quorum queue members stop, as in a rolling restart), or
+crashed with SIGKILL and started again (the kernel closes its sockets; its peers see the
+distribution connection drop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.private_rabbit import PrivateRabbit, private_rabbit
+
+CLUSTER_SIZE = 3
+# Quick to notice a stopped peer (the default net_ticktime is 60 s); a stop_app is seen
+# at once anyway, the tick matters only when a node dies without saying so.
+CONFIG = "cluster_partition_handling = pause_minority\n"
+
+
+@dataclass
+class RabbitCluster:
+    nodes: list[PrivateRabbit]
+    stopped: set[str]
+    boot_s: float = 0.0  # how long starting and joining the nodes took
+
+    def urls(self, order: list[int] | None = None) -> str:
+        """The nodes' URLs, comma-separated, in ``order`` (indexes) or as started."""
+        chosen = order if order is not None else list(range(len(self.nodes)))
+        return ",".join(self.nodes[i].url for i in chosen)
+
+    def index_of_port(self, port: int) -> int:
+        return next(i for i, n in enumerate(self.nodes) if n.port == port)
+
+    def stop(self, index: int) -> float:
+        """``stop_app`` on node ``index``; returns how long the command took (the node
+        closes its connections early in it, its queue members stop later)."""
+        node = self.nodes[index]
+        started = time.monotonic()
+        node.rabbitmqctl("stop_app")
+        self.stopped.add(node.node)
+        return time.monotonic() - started
+
+    def kill(self, index: int) -> float:
+        """SIGKILL node ``index``'s Erlang VM (a crash); returns how long that took."""
+        node = self.nodes[index]
+        started = time.monotonic()
+        node.kill()
+        self.stopped.add(node.node)
+        return time.monotonic() - started
+
+    def respawn(self, index: int) -> None:
+        """Start a killed node again, with its data; it rejoins the cluster by itself."""
+        node = self.nodes[index]
+        node.spawn()
+        self.stopped.discard(node.node)
+
+    def start(self, index: int) -> None:
+        node = self.nodes[index]
+        node.rabbitmqctl("start_app")
+        node.rabbitmqctl("await_startup")
+        self.stopped.discard(node.node)
+
+    def running_nodes(self) -> str:
+        up = next(n for n in self.nodes if n.node not in self.stopped)
+        return up.rabbitmqctl("cluster_status")
+
+
+def _start_all(directory: Path, stack: contextlib.ExitStack, cookie: str) -> list[PrivateRabbit]:
+    """Boot the nodes in parallel (each takes seconds, mostly waiting on Erlang)."""
+    nodes: list[PrivateRabbit | None] = [None] * CLUSTER_SIZE
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def boot(i: int) -> None:
+        path = directory / f"node{i}"
+        path.mkdir()
+        try:
+            manager = private_rabbit(path, config=CONFIG, cookie=cookie)
+            node = manager.__enter__()
+        except BaseException as exc:  # reported once every boot ended
+            errors.append(exc)
+            return
+        with lock:
+            nodes[i] = node
+            stack.push(manager.__exit__)
+
+    threads = [threading.Thread(target=boot, args=(i,)) for i in range(CLUSTER_SIZE)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [n for n in nodes if n is not None]
+
+
+@contextlib.contextmanager
+def rabbit_cluster(directory: Path) -> Iterator[RabbitCluster]:
+    """Three clustered private nodes, their files under ``directory``; on exit, whatever
+    happened, every node is stopped and its files removed."""
+    with contextlib.ExitStack() as stack:
+        for i in range(CLUSTER_SIZE):  # runs last: after the nodes stopped
+            stack.callback(shutil.rmtree, directory / f"node{i}", ignore_errors=True)
+        started = time.monotonic()
+        nodes = _start_all(directory, stack, secrets.token_hex(16))
+        first = nodes[0]
+        for node in nodes[1:]:
+            node.rabbitmqctl("stop_app")
+            node.rabbitmqctl("join_cluster", first.node)
+            node.rabbitmqctl("start_app")
+            node.rabbitmqctl("await_startup")
+        cluster = RabbitCluster(nodes=nodes, stopped=set(), boot_s=time.monotonic() - started)
+        yield cluster
