@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from outbox_relay.message import OutboxRow
 from outbox_relay.observability.bulk_histogram import BulkHistogram
 from outbox_relay.observability.node_gauge import NodeGauge
-from outbox_relay.outcome import Failure, Reason
+from outbox_relay.relay.outcome import Failure, Reason
 
 SERVICES = ("database", "broker")
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
