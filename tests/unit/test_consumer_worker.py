@@ -17,6 +17,10 @@ from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
 from outbox_relay.errors import StoreUnavailableError
 
 
+class ConnectionLostError(Exception):
+    """What FakeSession takes for a lost connection (the real session asks psycopg)."""
+
+
 class FakeSession:
     """Stands in for HandlerSession: an inbox in a set, a log of what happened."""
 
@@ -47,6 +51,11 @@ class FakeSession:
 
     def kill(self) -> None:
         self.log.append("kill")
+
+    def lost_connection(self, exc: BaseException) -> StoreUnavailableError | None:
+        if isinstance(exc, ConnectionLostError):
+            return StoreUnavailableError(f"database connection lost in the handler: {exc}")
+        return None
 
     def close(self) -> None:
         pass
