@@ -25,7 +25,7 @@ spending an attempt. A handler that runs past its timeout is retried.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from outbox_relay.consumer.errors import Reject, Retry, UndecodableMessageError
@@ -78,7 +78,8 @@ def exception_classes(
     is wrong."""
     if value is None:
         return None
-    classes = (value,) if isinstance(value, type) else tuple(value)
+    one = isinstance(value, type | BaseException | str) or not isinstance(value, Iterable)
+    classes: tuple[object, ...] = (value,) if one else tuple(value)
     for cls in classes:
         if not (isinstance(cls, type) and issubclass(cls, Exception)):
             raise TypeError(
@@ -96,4 +97,4 @@ def exception_classes(
             f"{option}: give at least one exception class, or leave {option} out"
             + (hint if option == "retry_on" else "")
         )
-    return classes
+    return classes  # type: ignore[return-value]  # each checked above
