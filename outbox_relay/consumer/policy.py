@@ -78,8 +78,9 @@ def exception_classes(
     is wrong."""
     if value is None:
         return None
-    one = isinstance(value, type | BaseException | str) or not isinstance(value, Iterable)
-    classes: tuple[object, ...] = (value,) if one else tuple(value)
+    classes: tuple[object, ...] = (value,)
+    if not isinstance(value, type | str) and isinstance(value, Iterable):
+        classes = tuple(value)
     for cls in classes:
         if not (isinstance(cls, type) and issubclass(cls, Exception)):
             raise TypeError(

@@ -290,14 +290,15 @@ class WorkerPool:
         """The delivery goes back to the queue, no attempt spent: BUSY when another
         delivery holds the message's inbox row, REQUEUE (the consumer pauses) when the
         database is unavailable."""
-        is_busy = isinstance(exc, InboxBusyError)
-        if not is_busy:
-            self.database_problem = str(exc)
         if session is not None:
             session.rollback()
         if job.abandoned:
-            return None  # timed out meanwhile: the pool reported it already
+            # Timed out meanwhile: the pool reported it already, and killed the session
+            # itself (which is why its statement found the connection gone).
+            return None
+        is_busy = isinstance(exc, InboxBusyError)
         if not is_busy:
+            self.database_problem = str(exc)
             time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
         return replace(
             given,

@@ -312,3 +312,35 @@ def test_retry_on_and_park_on_decide_a_failure(
     assert result.error is not None
     assert result.error.type.endswith(type(error).__qualname__)
     assert harness.log[-1] == "rollback"
+
+
+def test_a_timed_out_handler_whose_killed_connection_fails_is_no_outage() -> None:
+    harness = Harness(size=1)
+    release = threading.Event()
+
+    def slow(message: Message, tx: Any) -> None:
+        release.wait(5)  # meanwhile the pool kills its session at the timeout
+        raise ConnectionLostError("terminating connection due to administrator command")
+
+    harness.pool.submit(Job(delivery("slow"), handler(slow, timeout=0.1), token=None))
+    deadline = time.monotonic() + 5
+    expired: list[Result] = []
+    while not expired and time.monotonic() < deadline:
+        expired = harness.pool.expire(time.monotonic())
+        time.sleep(0.02)
+    assert [r.kind for r in expired] == [Kind.RETRY]
+    release.set()
+    assert wait_until(lambda: harness.log.count("rollback") == 1)
+    time.sleep(0.1)
+    assert harness.results.empty()  # no requeue reported for the abandoned job
+    assert harness.pool.database_problem is None  # readiness unaffected
+    harness.pool.stop(2)
+
+
+def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
