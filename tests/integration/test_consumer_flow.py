@@ -11,6 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from sqlalchemy import text
+from sqlalchemy.orm import Session
 from structlog.testing import capture_logs
 
 from outbox_relay.consumer import ConsumerApp, Message
@@ -126,9 +128,9 @@ def terminate(database_url: str, pid: int) -> None:
         admin.execute("SELECT pg_terminate_backend(%s)", [pid])
 
 
-@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("style", ["sync", "async", "sqlalchemy"])
 def test_a_handler_whose_connection_is_killed_is_requeued_without_spending_an_attempt(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, is_async: bool
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, style: str
 ) -> None:
     make_effects_table(database_url, schema)
     exchange = broker.exchange()
@@ -137,7 +139,7 @@ def test_a_handler_whose_connection_is_killed_is_requeued_without_spending_an_at
     app = new_app(amqp_url, schema, database_url=database_url)
     runs: list[int] = []
 
-    if is_async:
+    if style == "async":
 
         @app.handler(exchange=exchange, queue=queue, max_attempts=1)
         async def on_message(message: Message, tx: psycopg.AsyncConnection[Any]) -> None:
@@ -151,6 +153,17 @@ def test_a_handler_whose_connection_is_killed_is_requeued_without_spending_an_at
                     sql.Identifier(schema)
                 ),
                 [message.message_id, message.attempt],
+            )
+    elif style == "sqlalchemy":  # the driver's error arrives wrapped by SQLAlchemy
+
+        @app.handler(exchange=exchange, queue=queue, max_attempts=1)
+        def on_message(message: Message, session: Session) -> None:
+            runs.append(message.attempt)
+            if len(runs) == 1:
+                terminate(database_url, session.execute(text("SELECT pg_backend_pid()")).one()[0])
+            session.execute(
+                text(f'INSERT INTO "{schema}".effects (message_id, attempt) VALUES (:m, :a)'),
+                {"m": message.message_id, "a": message.attempt},
             )
     else:
 
