@@ -79,9 +79,9 @@ from benchmarks.common import (
     wait_empty,
     wait_listening,
 )
+from outbox_relay.relay.wakeup import FLAG_TRUST_S
 from outbox_relay.store.schema import migrate
 from outbox_relay.store.sqlfiles import Queries, notify_channel
-from outbox_relay.wakeup import FLAG_TRUST_S
 
 SCENARIO = "producer"
 CLIENTS = 8

@@ -20,7 +20,6 @@ import click
 import structlog
 from prometheus_client import CollectorRegistry
 
-from outbox_relay.backoff import RETRY_BASE_S, RETRY_MAX_S
 from outbox_relay.broker_nodes import NodeInUse
 from outbox_relay.cli_consume import consume
 from outbox_relay.cli_dead_letters import dead_letters
@@ -63,6 +62,7 @@ from outbox_relay.relay import (
     RelaySettings,
     new_relay_id,
 )
+from outbox_relay.relay.backoff import RETRY_BASE_S, RETRY_MAX_S
 from outbox_relay.settings import (
     RunSettings,
 )

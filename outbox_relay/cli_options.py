@@ -14,7 +14,7 @@ from outbox_relay.durations import parse_duration_ms
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.logs import LOG_LEVELS
 from outbox_relay.misconfiguration import UNHEALTHY_AFTER_S
-from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
+from outbox_relay.relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from outbox_relay.settings import (
     DEFAULT_AMQP_URL,
     DEFAULT_DATABASE_URL,

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from outbox_relay.outcome import Outcome
+    from outbox_relay.relay.outcome import Outcome
 
 
 class OutboxRelayError(Exception):

@@ -10,12 +10,16 @@ while the confirms of the first are still coming. Between batches
 sleeps, and it also watches a file descriptor (the database's LISTEN socket) so a
 NOTIFY wakes the relay at once.
 
-This is the only relay module that imports pika.
+The publisher is the transport: what the broker said about each batch is kept by
+:class:`outbox_relay.relay.confirms.ConfirmTracker`; which rows a close is blamed on is
+decided in :mod:`outbox_relay.publisher_blame`; how a row becomes an AMQP message, and
+whether it can, in :mod:`outbox_relay.publisher_rows`. Those and
+:mod:`outbox_relay.pika_transport` (which fences pika's private hooks) are the only
+relay modules that import pika.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
@@ -32,19 +36,21 @@ from outbox_relay import pika_doubles
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.amqp_url import describe_amqp_error, unavailable
 from outbox_relay.broker_nodes import BrokerNodes, Node
-from outbox_relay.confirms import Batch, ChannelClose, Returns
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
-from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_check, amqp_problem
-from outbox_relay.outcome import (
+from outbox_relay.message import OutboxRow
+from outbox_relay.pika_transport import ChunkedConnection
+from outbox_relay.publisher_blame import culprits
+from outbox_relay.publisher_rows import UNENCODABLE, checked, refusal, unencodable
+from outbox_relay.relay.confirms import Batch, ConfirmTracker
+from outbox_relay.relay.outcome import (
     Outcome,
-    Reason,
-    blame_access_refused,
-    blame_channel_close,
     refused_by_broker,
     unroutable,
 )
 from outbox_relay.urls import redact_url
+
+__all__ = ["CONFIRM_TIMEOUT_S", "Publisher", "Sending", "checked", "refusal"]
 
 CONNECT_TIMEOUT_S = 10.0
 CONFIRM_TIMEOUT_S = 30.0
@@ -56,96 +62,10 @@ EXCHANGE_CHECK_TTL_S = 10.0
 # Wait for the confirms of what a batch buffered before buffering more than this (per
 # batch: with two batches out, up to twice this is unconfirmed).
 MAX_UNCONFIRMED_BYTES = 32 * 1024 * 1024
-# Frames of a batch are handed to the socket in writes of about this size (see _Connection).
-WRITE_CHUNK_BYTES = 128 * 1024
 _TICK_S = 0.5  # how often a long wait looks at should_stop and the blocked state
-_NOT_FOUND = 404
 PERSISTENT = 2
 
 log = structlog.get_logger("outbox_relay.publisher")
-
-
-# What pika raises when a message's properties cannot be encoded as AMQP fields.
-_UNENCODABLE = (
-    struct.error,
-    TypeError,
-    ValueError,
-    pika.exceptions.ShortStringTooLong,
-    pika.exceptions.UnsupportedAMQPFieldException,
-)
-
-
-def _unencodable(row: OutboxRow, exc: Exception) -> Outcome:
-    reason = amqp_problem(row, frame_max=0) or f"{type(exc).__name__}: {exc}"
-    return Outcome.failed(f"cannot be encoded as an AMQP message: {reason}", Reason.UNENCODABLE)
-
-
-def refusal(row: OutboxRow, *, frame_max: int) -> Outcome | None:
-    """The failure of a row that AMQP or every RabbitMQ refuses, known before it is sent
-    (see :func:`outbox_relay.message.amqp_problem`), or None. Such a row never reaches
-    the broker, which would close the channel or, for properties over ``frame_max``,
-    the whole connection. A body under 512 MiB but over the broker's own
-    ``max_message_size`` (not readable over AMQP) is refused by the broker, with the
-    channel, and blamed by its size (see blame_channel_close)."""
-    return checked(row, frame_max=frame_max)[0]
-
-
-def checked(row: OutboxRow, *, frame_max: int) -> tuple[Outcome | None, dict[str, Any] | None]:
-    """:func:`refusal`, and the header table to send when there is none (None for a row
-    without headers): the check converts the table, and the send reuses it."""
-    try:
-        problem, table = amqp_check(row, frame_max=frame_max)
-    except Exception as exc:  # noqa: BLE001 - a row no check foresaw fails alone, never the relay
-        problem, table = f"{type(exc).__name__}: {exc}", None
-    if problem is not None:
-        return Outcome.failed(
-            f"cannot be encoded as an AMQP message: {problem}", Reason.UNENCODABLE
-        ), None
-    if len(row.payload) > BROKER_MAX_MESSAGE_BYTES:
-        return Outcome.failed(
-            f"the payload is {len(row.payload)} bytes, over the {BROKER_MAX_MESSAGE_BYTES} "
-            "bytes RabbitMQ accepts in any message: publish a reference to the data",
-            Reason.TOO_LARGE,
-        ), None
-    return None, table
-
-
-class _Connection(pika.SelectConnection):
-    """A ``SelectConnection`` that can hold frames back and write them in large chunks.
-
-    pika hands each frame to its transport on its own and the transport sends each with
-    a ``send()`` of its own: three system calls, and with TCP_NODELAY three TCP segments
-    for the broker to read, per message (profiled: 40 % of the relay's CPU went to those
-    sends). While :attr:`holding`, frames collect here and go out joined, in order,
-    WRITE_CHUNK_BYTES at a time and on :meth:`release_held`. Nothing is reordered: the
-    I/O loop, where pika answers the broker and sends heartbeats, does not run while
-    frames are held, and every wait runs it only after :meth:`release_held`.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.holding = False
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        super().__init__(*args, **kwargs)
-
-    def _adapter_emit_data(self, data: bytes) -> None:
-        if not self.holding:
-            super()._adapter_emit_data(data)
-            return
-        self._held.append(data)
-        self._held_bytes += len(data)
-        if self._held_bytes >= WRITE_CHUNK_BYTES:
-            self.release_held()
-            self.holding = True
-
-    def release_held(self) -> None:
-        """Stop holding frames; hand those held to the transport as one write."""
-        self.holding = False
-        if self._held:
-            data = b"".join(self._held)
-            self._held.clear()
-            self._held_bytes = 0
-            super()._adapter_emit_data(data)
 
 
 class Sending:
@@ -199,7 +119,7 @@ class Publisher:
         self._confirm_timeout_s = confirm_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._should_stop = should_stop
-        self._conn: _Connection | None = None
+        self._conn: ChunkedConnection | None = None
         self._opened = False
         self._conn_error: BaseException | None = None
         # Why the broker closed the connection over what was out (not an outage): the
@@ -208,8 +128,7 @@ class Publisher:
         self._channel: Channel | None = None
         self._channel_error: BaseException | None = None
         self._tag = 0
-        self._in_flight: list[Batch] = []  # sent, confirms outstanding; oldest first
-        self._returned = Returns()
+        self._confirms = ConfirmTracker()  # the batches out, and the broker's replies
         self._until: Callable[[], bool] | None = None
         self._fd_ready = False
         self.blocked = False
@@ -221,6 +140,11 @@ class Publisher:
         # Rows refused() passed on this connection, and their header tables.
         self._passed: dict[int, dict[str, Any] | None] = {}
         self._deadline: float | None = None  # of the batch whose confirms are awaited
+
+    @property
+    def batches_out(self) -> int:
+        """Batches sent whose confirms are not all in."""
+        return self._confirms.batches_out
 
     @property
     def vhost(self) -> str:
@@ -266,7 +190,7 @@ class Publisher:
         self._opened, self._conn_error, self.blocked = False, None, False
         self._refused = None
         try:
-            conn = _Connection(
+            conn = ChunkedConnection(
                 self._params,
                 on_open_callback=self._on_open,
                 on_open_error_callback=self._on_open_error,
@@ -301,10 +225,8 @@ class Publisher:
                 pass
         if not conn.is_closed:
             # A broker that blocks publishers (memory alarm) or a stalled peer never
-            # answers Connection.Close, and pika has no public way to drop the socket:
-            # abort the transport as pika itself does on a stream error, so the socket
-            # is closed now rather than leaked.
-            conn._adapter_disconnect_stream()
+            # answers Connection.Close, and pika has no public way to drop the socket.
+            conn.abort()
             self._run_until(lambda: conn.is_closed, CLOSE_TIMEOUT_S)
         self._discard_connection()
 
@@ -313,8 +235,7 @@ class Publisher:
             self._conn.ioloop.close()
         self._conn, self._channel = None, None
         self._passed = {}
-        self._in_flight.clear()
-        self._returned.clear()
+        self._confirms.clear()
 
     def _open_channel(self) -> None:
         if self._refused is not None:
@@ -349,7 +270,7 @@ class Publisher:
         log.info("publisher.reconnecting", reason=describe_amqp_error(refused))
         self.connect()
 
-    def _require_connection(self) -> _Connection:
+    def _require_connection(self) -> ChunkedConnection:
         if self._refused is not None:
             self._connect_after_refusal()
         if self._conn is None or self._conn_error is not None or not self._conn.is_open:
@@ -378,12 +299,8 @@ class Publisher:
         channel = self._channel
         assert channel is not None  # noqa: S101 - _open_channel raised otherwise
         conn = self._require_connection()
-        batch = Batch(
-            rows,
-            channel=channel,
-            first_tag=self._tag + 1,
-            returned=self._returned,
-            deadline=deadline,
+        batch = self._confirms.start(
+            rows, channel=channel, first_tag=self._tag + 1, deadline=deadline
         )
         frame_max = self.frame_max
         # Rows refused() just passed on this connection, with their header tables; the
@@ -391,8 +308,7 @@ class Publisher:
         # of publishing it.
         passed, self._passed = self._passed, {}
         # Message ids of the batches already out (see Returns).
-        out = set().union(*(other.ids for other in self._in_flight))
-        self._in_flight.append(batch)
+        out = self._confirms.ids_out(but=batch)
         conn.holding = True
         try:
             buffered = 0
@@ -429,11 +345,11 @@ class Publisher:
                         ),
                         mandatory=True,
                     )
-                except _UNENCODABLE as exc:
+                except UNENCODABLE as exc:
                     # pika encodes the whole message before writing any of it, so nothing
                     # of this row was sent. Fail it alone; the rows after it stay unsent
                     # and come back in the next round, behind it if they share its key.
-                    batch.outcomes[batch.sent] = _unencodable(row, exc)
+                    batch.outcomes[batch.sent] = unencodable(row, exc)
                     break
                 self._tag += 1
                 batch.sent += 1
@@ -455,12 +371,7 @@ class Publisher:
         return Sending(self, batch)
 
     def _forget(self, batch: Batch) -> None:
-        if batch in self._in_flight:
-            self._in_flight.remove(batch)
-        if not self._in_flight:
-            self._returned.clear()
-        elif self._returned:
-            self._returned.forget(batch.ids)
+        self._confirms.forget(batch)
 
     def _flush(self, batch: Batch) -> bool:
         # A broker that does not take the frames at once is slow or stalled: leave the
@@ -487,9 +398,7 @@ class Publisher:
     def _unwritten(self) -> int:
         """Bytes buffered for the socket; 0 once pika dropped a lost connection's transport."""
         conn = self._conn
-        if conn is None or conn._transport is None:
-            return 0
-        return conn._get_write_buffer_size()
+        return 0 if conn is None else conn.unwritten()
 
     def _await_confirms(self, batch: Batch) -> None:
         """Run the I/O loop until every message of the batch is confirmed or its channel
@@ -554,86 +463,36 @@ class Publisher:
         return max(batch.sent_at, self._confirmed_at, self._unblocked_at)
 
     def _finish(self, batch: Batch) -> dict[int, Outcome]:
-        close = batch.closed
-        if close is None:
-            return batch.by_row(lambda _row: Outcome.unsent())
-        culprits = self._blame(close)
-        return batch.by_row(lambda row: culprits.get(row.id, Outcome.unsent()))
+        return self._confirms.outcomes(batch, self._blame)
 
-    def _blame(self, close: ChannelClose) -> dict[int, Outcome]:
-        """The outcomes of the rows to blame for ``close``, found once, among the
-        unconfirmed rows of every batch the close cut short, in the order they went
-        out: the culprit may be in a later batch than the one asked about."""
-        if close.culprits is None:
-            cut = [b for b in self._in_flight if b.closed is close]
-            unresolved = [
-                row
-                for b in cut
-                for row, outcome in zip(b.rows, b.outcomes, strict=True)
-                if outcome is None
-            ]
-            close.culprits = self._culprits(close.error, unresolved)
-            if any(self._channel is b.channel for b in cut):
-                self._channel = None
-            failed = sum(not o.suspected for o in close.culprits.values())
-            log.warning(
-                "publisher.channel_closed",
-                reason=describe_amqp_error(close.error),
-                failed_rows=failed,
-                suspect_rows=len(close.culprits) - failed,
-                unsent_rows=len(unresolved) - len(close.culprits),
-            )
-        return close.culprits
+    def _blame(
+        self, error: BaseException, unresolved: Sequence[OutboxRow], channels: Sequence[object]
+    ) -> dict[int, Outcome]:
+        """The rows to blame for a close that cut short the batches out on ``channels``
+        (see ConfirmTracker.blame); a channel it closed is not used again."""
+        culprits = self._culprits(error, unresolved)
+        if any(self._channel is channel for channel in channels):
+            self._channel = None
+        failed = sum(not o.suspected for o in culprits.values())
+        log.warning(
+            "publisher.channel_closed",
+            reason=describe_amqp_error(error),
+            failed_rows=failed,
+            suspect_rows=len(culprits) - failed,
+            unsent_rows=len(unresolved) - len(culprits),
+        )
+        return culprits
 
     def _culprits(
         self, error: BaseException, unresolved: Sequence[OutboxRow]
     ) -> dict[int, Outcome]:
-        """Which unconfirmed rows made the broker close the channel (or the connection,
-        see _on_connection_closed): the row its reply names, the one row unconfirmed,
-        or, when there are several and nothing tells them apart, all of them as
-        suspects (see :mod:`outbox_relay.isolation`)."""
-        if not unresolved:
-            return {}
-        code, text = getattr(error, "reply_code", None), str(getattr(error, "reply_text", ""))
-        if code == _NOT_FOUND:
-            self._exchanges_seen.clear()
-            missing = self.missing_exchanges({row.exchange for row in unresolved})
-            if missing:
-                return {
-                    row.id: Outcome.failed(missing[row.exchange], Reason.MISSING_EXCHANGE)
-                    for row in unresolved
-                    if row.exchange in missing
-                }
-        blamed = blame_channel_close(code, text, unresolved)
-        if blamed is not None:
-            row, outcome = blamed
-            return {row.id: outcome}
-        refused = blame_access_refused(code, text, unresolved)
-        if refused:
-            return refused
-        said = describe_amqp_error(error)
-        if isinstance(error, pika.exceptions.ConnectionClosedByBroker):
-            reason, closed = Reason.BROKER_REFUSED, "the connection"
-            fix = (
-                "the message breaks a limit of AMQP or of the broker (501 FRAME_ERROR: its "
-                "properties and headers are larger than the connection's frame_max); "
-                "correct the row, then `outbox-relay failed retry` it"
-            )
-        else:
-            reason, closed = Reason.CHANNEL_CLOSED, "the channel"
-            fix = "see the broker's log for this message"
-        if len(unresolved) == 1:
-            return {
-                unresolved[0].id: Outcome.failed(
-                    f"the broker closed {closed} over this message: {said}; {fix}", reason
-                )
-            }
-        suspect = Outcome.suspect(
-            f"the broker closed {closed} over one of {len(unresolved)} unconfirmed "
-            f"messages: {said}",
-            reason,
-        )
-        return {row.id: suspect for row in unresolved}
+        """See :func:`outbox_relay.publisher_blame.culprits`."""
+        return culprits(error, unresolved, missing_exchanges=self._missing_now)
+
+    def _missing_now(self, exchanges: Collection[str]) -> dict[str, str]:
+        """:meth:`missing_exchanges`, asking the broker again about every one."""
+        self._exchanges_seen.clear()
+        return self.missing_exchanges(exchanges)
 
     def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
         """The exchanges among ``exchanges`` that do not exist, each with the error to record.
@@ -783,21 +642,13 @@ class Publisher:
 
     def _on_connection_closed(self, _conn: object, reason: BaseException) -> None:
         self._channel = None
-        if refused_by_broker(getattr(reason, "reply_code", None)) and any(
-            batch.unconfirmed for batch in self._in_flight
-        ):
+        if refused_by_broker(getattr(reason, "reply_code", None)) and self._confirms.unconfirmed:
             # A hard error over something a batch carried (501 FRAME_ERROR, ...): the
             # broker is up and the batches' rows are to blame, not an outage. Blame them
             # now, while the batches are known (connecting again forgets them).
             self._refused = reason
-            close = ChannelClose(reason)
-            for batch in self._in_flight:
-                if batch.closed is None:
-                    batch.closed = close
-            for batch in list(self._in_flight):
-                assert batch.closed is not None  # noqa: S101 - set just above
-                if batch.closed.error is reason:
-                    self._blame(batch.closed)
+            for close in self._confirms.connection_refused(reason):
+                self._confirms.blame(close, self._blame)
         else:
             self._conn_error = reason
         self._check()
@@ -816,33 +667,26 @@ class Publisher:
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
         if channel is self._channel or self._channel is None:
             self._channel_error = reason
-        close = ChannelClose(reason)
-        for batch in self._in_flight:
-            if batch.channel is channel and batch.closed is None:
-                batch.closed = close
+        self._confirms.channel_closed(channel, reason)
         self._check()
 
     def _on_return(
         self, _channel: Channel, method: Basic.Return, properties: BasicProperties, _body: bytes
     ) -> None:
-        message_id = properties.message_id
-        # A late return of a message no longer tracked has no ack left to wait for.
-        if message_id and any(message_id in batch.ids for batch in self._in_flight):
-            self._returned.add(
-                message_id,
-                unroutable(
-                    method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
-                ),
-            )
+        self._confirms.returned(
+            properties.message_id or "",
+            unroutable(
+                method.exchange, method.routing_key, f"{method.reply_code} {method.reply_text}"
+            ),
+        )
 
     def _on_confirm(self, channel: Channel, frame: Method[Any]) -> None:
         self._confirmed_at = time.monotonic()
         method = frame.method
-        for batch in self._in_flight:
-            if batch.channel is channel:
-                batch.settle(
-                    method.delivery_tag,
-                    multiple=bool(method.multiple),
-                    ack=isinstance(method, Basic.Ack),
-                )
+        self._confirms.confirmed(
+            channel,
+            method.delivery_tag,
+            multiple=bool(method.multiple),
+            ack=isinstance(method, Basic.Ack),
+        )
         self._check()

@@ -107,6 +107,8 @@ class ConsumerObserver(Protocol):
 
     def dependency(self, service: str, *, up: bool, refused: bool) -> None: ...
 
+    def connected_to(self, node: str) -> None: ...
+
 
 class _Unobserved:
     def watch_in_flight(self, running: Callable[[], int]) -> None:
@@ -119,6 +121,9 @@ class _Unobserved:
         pass
 
     def dependency(self, service: str, *, up: bool, refused: bool) -> None:
+        pass
+
+    def connected_to(self, node: str) -> None:
         pass
 
 
@@ -135,9 +140,12 @@ class Runner:
         self._app = app
         self._settings = settings
         self._handlers = list(app.handlers)
+        self._observer: ConsumerObserver = observer or _Unobserved()
         # Several nodes of a cluster: each connection tries them in turn (broker_nodes).
         self._nodes = BrokerNodes(
-            settings.amqp_url, dead_peer_timeout_s=settings.dead_peer_timeout_s
+            settings.amqp_url,
+            dead_peer_timeout_s=settings.dead_peer_timeout_s,
+            on_node=self._observer.connected_to,
         )
         self._stopping = threading.Event()
         self._results: queue.SimpleQueue[Result] = queue.SimpleQueue()
@@ -155,7 +163,6 @@ class Runner:
         self._wake_pending = False
         self.ready = threading.Event()  # set while consuming
         self._last_tick = time.monotonic()
-        self._observer: ConsumerObserver = observer or _Unobserved()
         self._tags: list[str] = []  # the consumers of the current channel
         self._started = False  # consumed once: a misconfiguration is retried from then on
         self._refusals = Refusals(unhealthy_after_s=settings.unhealthy_after_s)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outbox_relay.consumer.errors import HandlerTimeoutError, UndecodableMessageError
 from outbox_relay.consumer.worker import Kind, Result
+from outbox_relay.observability.node_gauge import NodeGauge
 
 HANDLER_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # Why a delivery ended where it did; one label value per settled delivery.
@@ -108,6 +109,11 @@ class ConsumerMetrics:
             ["service"],
             registry=registry,
         )
+        self.broker_node = NodeGauge(
+            "outbox_relay_consumer_broker_node",
+            "1 for the RabbitMQ node (host:port) the consumer's connection was last opened to.",
+            registry=registry,
+        )
         self.dependency_up.labels(service="broker").set(0)  # the database's: if it has one
         self.dependency_refused.labels(service="broker").set(0)
         self._messages: dict[tuple[str, str], Counter] = {}
@@ -137,6 +143,9 @@ class ConsumerMetrics:
             self.retries.labels(queue=queue).inc()
         elif settled_as == Kind.PARK.value:
             self.parked.labels(queue=queue).inc()
+
+    def connected_to(self, node: str) -> None:
+        self.broker_node.connected_to(node)
 
     def outage(self) -> None:
         self.outages.inc()

@@ -17,7 +17,8 @@ from prometheus_client.registry import Collector
 
 from outbox_relay.message import OutboxRow
 from outbox_relay.observability.bulk_histogram import BulkHistogram
-from outbox_relay.outcome import Failure, Reason
+from outbox_relay.observability.node_gauge import NodeGauge
+from outbox_relay.relay.outcome import Failure, Reason
 
 SERVICES = ("database", "broker")
 BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -110,13 +111,11 @@ class RelayMetrics:
             ["service"],
             registry=registry,
         )
-        self.broker_node = Gauge(
+        self.broker_node = NodeGauge(
             "outbox_relay_broker_node",
             "1 for the RabbitMQ node (host:port) the relay's connection was last opened to.",
-            ["node"],
             registry=registry,
         )
-        self._nodes_seen: set[str] = set()
 
         # Every series exists from the start, so rate() and alerts see zeros, not gaps.
         for reason in Reason:
@@ -155,9 +154,7 @@ class RelayMetrics:
 
     def connected_to(self, node: str) -> None:
         """The broker node in use is ``node``: its series is 1, every other node's 0."""
-        self._nodes_seen.add(node)
-        for seen in self._nodes_seen:
-            self.broker_node.labels(node=seen).set(1 if seen == node else 0)
+        self.broker_node.connected_to(node)
 
     def outage(self, service: str) -> None:
         self.outages.labels(service=service).inc()

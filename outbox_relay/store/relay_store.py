@@ -1,9 +1,10 @@
 """The relay's side of the outbox: leases, claim due rows, settle them, the wake-up flag.
 
-Three connections: two for work (heartbeats between batches; claim, publish and settle
-inside one transaction, so claimed rows stay locked until settled; two so that the next
-batch can be claimed while one is being published) and one that LISTENs for the
-producers' NOTIFY and carries this relay's wake-up flag.
+Three connections: two for work (claim, publish and settle inside one transaction, so
+claimed rows stay locked until settled; two so that the next batch can be claimed while
+one is being published) and one that LISTENs for the producers' NOTIFY and carries this
+relay's wake-up flag and its lease heartbeats. No claim is ever open on that one, so a
+heartbeat cannot commit a claim.
 
 Behind a connection pooler in transaction mode (see :mod:`outbox_relay.store.pooler`)
 nothing may outlive a transaction: the work connections prepare no statements and apply
@@ -34,9 +35,10 @@ from psycopg import sql
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import StoreError, StoreUnavailableError
 from outbox_relay.message import NO_PROPERTIES, OutboxRow
-from outbox_relay.outcome import Failure
-from outbox_relay.partitions import Leases, fair_share, surplus
 from outbox_relay.poll_ticker import POOLED_POLL_S, PollTicker
+from outbox_relay.relay.outcome import Failure
+from outbox_relay.relay.partitions import Leases, fair_share, surplus
+from outbox_relay.relay.wakeup import SCHEDULED, Notices
 from outbox_relay.store import lenient
 from outbox_relay.store.connect import (
     application_name_in,
@@ -47,7 +49,6 @@ from outbox_relay.store.connect import (
 from outbox_relay.store.deadline import DB_TIMEOUT_S, Deadlines, guarded
 from outbox_relay.store.pooler import Pooling, announce_once, describe, pooling_mode
 from outbox_relay.store.sqlfiles import Queries, notify_channel
-from outbox_relay.wakeup import SCHEDULED, Notices
 
 ORDER_GATE_MAX_WAIT_S = 30.0
 # Claims open at once: one being published, the next one claimed meanwhile.
@@ -178,27 +179,29 @@ class PostgresStore:
 
     def heartbeat(self) -> Leases:
         """Say this relay is alive, renew its leases, and take or hand back partitions
-        until it holds its fair share. One short transaction."""
-        conn = self._require(self._work)
+        until it holds its fair share. One short transaction, on the LISTEN connection:
+        no claim is ever open there, so a heartbeat can neither commit nor roll back one,
+        whenever it runs."""
         ids = {"relay_id": self.relay_id, "ttl_s": self._lease_ttl_s}
-        with self._on_work(conn, "renewing partition leases"):
-            row = conn.execute(
-                self._leases["heartbeat"],
-                {**ids, "hostname": socket.gethostname(), "pid": os.getpid()},
-            ).fetchone()
-            assert row is not None  # noqa: S101 - the statement always returns one row
-            owned, live, partitions = list(row[0]), tuple(row[1]), int(row[2])
-            share = fair_share(partitions, live, self.relay_id)
-            extra = surplus(owned, share)
-            if extra:
-                conn.execute(self._leases["release"], {**ids, "partitions": extra})
-                owned = [p for p in owned if p not in extra]
-            elif len(owned) < share:
-                taken = conn.execute(
-                    self._leases["acquire"], {**ids, "wanted": share - len(owned)}
-                ).fetchall()
-                owned += [r[0] for r in taken]
-            conn.commit()
+        with self._on_listen("renewing partition leases"):
+            conn = self._require(self._listen)
+            with conn.transaction():
+                row = conn.execute(
+                    self._leases["heartbeat"],
+                    {**ids, "hostname": socket.gethostname(), "pid": os.getpid()},
+                ).fetchone()
+                assert row is not None  # noqa: S101 - the statement always returns one row
+                owned, live, partitions = list(row[0]), tuple(row[1]), int(row[2])
+                share = fair_share(partitions, live, self.relay_id)
+                extra = surplus(owned, share)
+                if extra:
+                    conn.execute(self._leases["release"], {**ids, "partitions": extra})
+                    owned = [p for p in owned if p not in extra]
+                elif len(owned) < share:
+                    taken = conn.execute(
+                        self._leases["acquire"], {**ids, "wanted": share - len(owned)}
+                    ).fetchall()
+                    owned += [r[0] for r in taken]
         self._claim_params["partitions"] = partitions
         self._probe_listener()
         return Leases(owned=tuple(sorted(owned)), live=live, partitions=partitions)
@@ -212,15 +215,14 @@ class PostgresStore:
         self.next_due_in()
 
     def release_leases(self) -> None:
-        """Hand every partition back and leave, so others take over at once."""
-        conn = self._work
+        """Hand every partition back and leave, so others take over at once (on the
+        LISTEN connection, as the heartbeat)."""
+        conn = self._listen
         if conn is None or conn.closed:
             return
-        with self._on_work(conn, "releasing partition leases"):
-            conn.rollback()
+        with self._on_listen("releasing partition leases"), conn.transaction():
             conn.execute(self._leases["release_all"], {"relay_id": self.relay_id})
             conn.execute(self._leases["unregister"], {"relay_id": self.relay_id})
-            conn.commit()
 
     def _open(self, url: str, role: str) -> psycopg.Connection[Any]:
         return connect(

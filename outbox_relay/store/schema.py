@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from outbox_relay.errors import ConfigurationError, StoreError
-from outbox_relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
+from outbox_relay.relay.partitions import DEFAULT_PARTITIONS, MAX_PARTITIONS
 from outbox_relay.store.connect import connect, translate_errors
 from outbox_relay.store.sqlfiles import (
     MAX_IDENTIFIER_BYTES,

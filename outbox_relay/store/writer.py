@@ -4,7 +4,7 @@ One statement per call: plain VALUES for one message, arrays through ``unnest`` 
 so a batch costs one round trip. While a relay may be waiting for a NOTIFY, the same
 statement also calls ``outbox_wake()`` (it notifies only if a relay waits, and says
 whether one may); after it has said no, bare inserts follow for a few milliseconds
-(:class:`outbox_relay.wakeup.FlagSeen`). The sync and async paths share
+(:class:`outbox_relay.relay.wakeup.FlagSeen`). The sync and async paths share
 :func:`_statement`; only the ``execute`` call differs.
 
 On a connection that prepares statements (psycopg's default ``prepare_threshold``) the
@@ -28,8 +28,8 @@ from psycopg.rows import tuple_row
 
 from outbox_relay.errors import InvalidMessageError, StoreError
 from outbox_relay.message import NewMessage
+from outbox_relay.relay.wakeup import FlagSeen
 from outbox_relay.store.sqlfiles import Queries
-from outbox_relay.wakeup import FlagSeen
 
 SyncTarget = psycopg.Connection[Any] | psycopg.Cursor[Any]
 AsyncTarget = psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any]

@@ -17,12 +17,17 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from outbox_relay.cli import main
+from outbox_relay.consumer import ConsumerApp, Message
+from outbox_relay.consumer.runner import Runner
+from outbox_relay.observability.consumer_metrics import ConsumerMetrics
 from outbox_relay.observability.relay_metrics import RelayMetrics
 from outbox_relay.publisher import Publisher
 from outbox_relay.topology import ExchangeSpec, Topology, apply
 from tests.support.broker import BrokerHelper
+from tests.support.consumer import track
 from tests.support.http import free_port, get, samples
 from tests.support.relay import wait_for
+from tests.support.threads import in_background
 
 pytestmark = pytest.mark.integration
 RUN = (sys.executable, "-m", "outbox_relay", "run", "--log-format", "json")
@@ -130,3 +135,25 @@ def test_a_bad_list_is_refused_before_connecting(amqp_url: str, tmp_path: Path) 
     assert result.exit_code != 0
     assert "different vhosts" in result.output
     assert "guest:guest" not in result.output
+
+
+def test_the_consumer_passes_over_a_refusing_node_and_reports_the_one_in_use(
+    amqp_url: str, broker: BrokerHelper
+) -> None:
+    dead, _ = _dead_node(amqp_url)
+    live_name = f"{urlsplit(amqp_url).hostname}:{urlsplit(amqp_url).port or 5672}"
+    app = ConsumerApp(name=broker.name("nodes"), amqp_url=f"{dead},{amqp_url}")
+
+    @app.handler(exchange=broker.exchange(), queue=broker.name("nodes"), bindings=["#"])
+    def on_message(message: Message) -> None:
+        pass
+
+    track(broker, app)
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry, handlers=[(h.queue, h.name) for h in app.handlers])
+    runner = Runner(app, app.settings(), observer=metrics)
+    with in_background(
+        runner.run, runner.stop, name="consumer", ready=runner.ready, stop_within_s=20
+    ):
+        value = registry.get_sample_value
+        assert value("outbox_relay_consumer_broker_node", {"node": live_name}) == 1

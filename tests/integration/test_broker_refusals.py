@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from outbox_relay.isolation import ISOLATION_MAX_ROWS
+from outbox_relay.relay.isolation import ISOLATION_MAX_ROWS
 from tests.support.broker import BrokerHelper
 from tests.support.faults import Tally, insert_raw
 from tests.support.relay import outbox_rows, running_relay, wait_for

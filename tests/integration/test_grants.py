@@ -130,6 +130,16 @@ def test_no_placeholder_sits_in_a_comment_of_the_composed_files() -> None:
             assert not placeholder.search(line), f"{path.name}: {line}"
 
 
+def inbox_row(consumer: str, message_id: str) -> dict[str, str]:
+    """The inbox insert's parameters, waiting for locks as the session does."""
+    return {
+        "consumer": consumer,
+        "message_id": message_id,
+        "lock_wait": "0",
+        "lock_wait_after": "0",
+    }
+
+
 def test_the_consumer_grants_cover_its_inbox_statements(
     database_url: str, schema: str, roles: tuple[str, ...]
 ) -> None:
@@ -144,7 +154,7 @@ def test_the_consumer_grants_cover_its_inbox_statements(
     queries = Queries("consumer", schema=schema)
     message_id = uuid.uuid4()
     with psycopg.connect(as_role(database_url, consumer_role)) as conn:
-        insert = {"consumer": "billing:billing.orders", "message_id": message_id}
+        insert = inbox_row("billing:billing.orders", message_id)
         assert conn.execute(queries["inbox_insert"], insert).fetchone() is not None
         assert conn.execute(queries["inbox_insert"], insert).fetchone() is None  # duplicate
         conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
@@ -177,12 +187,12 @@ def test_a_consumer_role_cannot_touch_another_consumers_inbox_rows(
     billing_ids = [str(uuid.uuid4()) for _ in range(3)]
     with psycopg.connect(as_role(database_url, billing_role)) as conn:
         for message_id in billing_ids:
-            row = {"consumer": "billing:billing.orders", "message_id": message_id}
+            row = inbox_row("billing:billing.orders", message_id)
             assert conn.execute(queries["inbox_insert"], row).fetchone() is not None
             assert conn.execute(queries["inbox_insert"], row).fetchone() is None  # duplicate
         conn.commit()
     with psycopg.connect(as_role(database_url, shipping_role)) as conn:
-        row = {"consumer": "shipping-v2:ship.orders", "message_id": billing_ids[0]}
+        row = inbox_row("shipping-v2:ship.orders", billing_ids[0])
         assert conn.execute(queries["inbox_insert"], row).fetchone() is not None
         conn.commit()
         # Nothing of billing's can be seen, deleted, purged or forged.
@@ -193,13 +203,11 @@ def test_a_consumer_role_cannot_touch_another_consumers_inbox_rows(
         conn.execute(queries["inbox_purge"], {"older_than_s": 0, "batch": 100})
         conn.commit()
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(
-                queries["inbox_insert"], {"consumer": "billing:x", "message_id": billing_ids[0]}
-            )
+            conn.execute(queries["inbox_insert"], inbox_row("billing:x", billing_ids[0]))
         conn.rollback()
         # A name that only starts like another app's is still another app.
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(queries["inbox_insert"], {"consumer": "shippingx:q", "message_id": "m"})
+            conn.execute(queries["inbox_insert"], inbox_row("shippingx:q", "m"))
         conn.rollback()
     with psycopg.connect(database_url) as conn:
         kept = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(inbox)).fetchone()
@@ -234,10 +242,10 @@ def test_the_consumer_ends_a_handler_session_only_while_its_transaction_runs(
     try:
         inserted = handler.execute(
             queries["inbox_insert"],
-            {"consumer": "billing:billing.orders", "message_id": uuid.uuid4()},
+            inbox_row("billing:billing.orders", str(uuid.uuid4())),
         ).fetchone()
         assert inserted is not None
-        pid, xact_start = inserted
+        pid, xact_start, _ = inserted
         with psycopg.connect(url, autocommit=True) as admin:
             earlier = {"pid": pid, "xact_start": xact_start - dt.timedelta(microseconds=1)}
             assert admin.execute(queries["terminate_backend"], earlier).fetchall() == []

@@ -18,7 +18,7 @@ import pytest
 
 import outbox_relay
 from outbox_relay import OutboxMessage
-from outbox_relay.partitions import partition_for
+from outbox_relay.relay.partitions import partition_for
 from outbox_relay.store.status import read_status
 from tests.support.broker import BrokerHelper, Received
 from tests.support.relay import outbox_rows, running_relay, wait_for

@@ -212,10 +212,16 @@ def test_publish_with_anything_fails_alone_or_goes_out(
             )
             conn.commit()
 
-    relay = make_relay(database_url, amqp_url, schema, max_attempts=1, poll_interval_s=0.2)
     # Its retry jitter, drawn in its thread, must not touch the random module while
     # hypothesis draws (hypothesis takes that for a strategy that uses it).
-    relay._random_unit = random.Random(0).random
+    relay = make_relay(
+        database_url,
+        amqp_url,
+        schema,
+        max_attempts=1,
+        poll_interval_s=0.2,
+        random_unit=random.Random(0).random,
+    )
     with capture_logs() as logs, in_background(relay.run, relay.stop, name="relay"):
         publish_anything()
         # Time passes for the delayed rows.

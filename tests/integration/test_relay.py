@@ -19,8 +19,8 @@ import outbox_relay
 from outbox_relay.cli import main
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.errors import StoreUnavailableError
-from outbox_relay.outcome import Failure, Reason
 from outbox_relay.relay import BATCH_BYTES
+from outbox_relay.relay.outcome import Failure, Reason
 from outbox_relay.store.relay_store import PostgresStore
 from outbox_relay.store.schema import migrate
 from tests.support.broker import BrokerHelper
@@ -468,13 +468,9 @@ def test_run_batch_settles_in_the_claim_transaction(
     exchange = broker.exchange()
     broker.queue(bind=(exchange, "#"))
     write(database_url, schema, exchange, [{"n": i} for i in range(5)])
-    relay = make_relay(database_url, amqp_url, schema)
-    relay._connect()
-    relay._heartbeat()  # takes every partition: it is the only relay
-    try:
+    # Entered, it takes every partition: it is the only relay.
+    with make_relay(database_url, amqp_url, schema) as relay:
         result = relay.run_batch()
-    finally:
-        relay._shutdown()
     assert (result.claimed, result.published, result.failed) == (5, 5, 0)
     assert outbox_rows(database_url, schema) == []
 
@@ -500,13 +496,8 @@ def test_a_row_with_a_header_amqp_cannot_carry_fails_alone_and_holds_back_its_ke
                 (exchange, json.dumps({"key": key, "seq": seq}).encode(), headers, key),
             )
         conn.commit()
-    relay = make_relay(database_url, amqp_url, schema)
-    relay._connect()
-    relay._heartbeat()
-    try:
+    with make_relay(database_url, amqp_url, schema) as relay:
         result = relay.run_batch()
-    finally:
-        relay._shutdown()
 
     assert (result.claimed, result.published, result.failed, result.held) == (4, 2, 1, 1)
     got = [(b["key"], b["seq"]) for b in bodies(broker.drain(queue, expect=2))]

@@ -7,6 +7,7 @@ timing decides whether the batch before the culprit's is still unconfirmed.)"""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 import pytest
@@ -31,9 +32,20 @@ class CountingPublisher(Publisher):
 
     def send(self, rows: Sequence[OutboxRow], *, deadline: float | None = None) -> Sending:
         sending = super().send(rows, deadline=deadline)
-        out = sum(1 for batch in self._in_flight if batch.unconfirmed)
-        self.most_out = max(self.most_out, out)
+        self.most_out = max(self.most_out, self.batches_out)
         return sending
+
+
+class Made:
+    """The publishers a relay made."""
+
+    def __init__(self) -> None:
+        self.publishers: list[CountingPublisher] = []
+
+    def counting(self, **kwargs: Any) -> CountingPublisher:
+        publisher = CountingPublisher(**kwargs)
+        self.publishers.append(publisher)
+        return publisher
 
 
 def test_a_backlog_goes_out_two_batches_at_a_time_each_key_in_order(
@@ -47,13 +59,13 @@ def test_a_backlog_goes_out_two_batches_at_a_time_each_key_in_order(
     insert_rows(database_url, schema, exchange, range(1000))
     insert_rows(database_url, schema, exchange, range(1000, 1500), keys=5)
     insert_rows(database_url, schema, exchange, range(1500, 2500), keys=700)
+    made = Made()
     with running_relay(
-        database_url, amqp_url, schema, batch_size=100, publisher_type=CountingPublisher
-    ) as relay:
+        database_url, amqp_url, schema, batch_size=100, publisher_type=made.counting
+    ):
         received = broker.drain(queue, expect=2500, timeout_s=60)
         assert wait_for(lambda: outbox_rows(database_url, schema) == [])
-        assert isinstance(relay._publisher, CountingPublisher)
-        assert relay._publisher.most_out == 2
+        assert [publisher.most_out for publisher in made.publishers] == [2]
     received += broker.drain_all(queue)
     tally = Tally(expected=set(range(2500)))
     tally.add(received)
@@ -80,15 +92,15 @@ def test_a_row_that_closes_the_channel_while_two_batches_are_out_fails_alone(
         )
         conn.commit()
     insert_rows(database_url, schema, exchange, range(100, 400))
+    made = Made()
     with (
         capture_logs() as logs,
         running_relay(
-            database_url, own_rabbit.url, schema, batch_size=100, publisher_type=CountingPublisher
-        ) as relay,
+            database_url, own_rabbit.url, schema, batch_size=100, publisher_type=made.counting
+        ),
     ):
         assert wait_for(lambda: len(outbox_rows(database_url, schema)) == 1, timeout_s=60)
-        assert isinstance(relay._publisher, CountingPublisher)
-        assert relay._publisher.most_out == 2
+        assert [publisher.most_out for publisher in made.publishers] == [2]
     tally = Tally(expected=set(range(400)))
     tally.add(broker.drain_all(queue))
     # The close loses the confirms of what the channel carried: those rows go again.

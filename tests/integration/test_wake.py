@@ -18,9 +18,9 @@ from psycopg.rows import dict_row
 import outbox_relay
 from outbox_relay.cli import main
 from outbox_relay.errors import StoreError
+from outbox_relay.relay.wakeup import FLAG_TRUST_S, FlagSeen
 from outbox_relay.store import writer
 from outbox_relay.store.sqlfiles import notify_channel
-from outbox_relay.wakeup import FLAG_TRUST_S, FlagSeen
 
 pytestmark = pytest.mark.integration
 

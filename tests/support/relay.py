@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -31,7 +32,8 @@ def make_relay(
     order_gate: bool = False,
     order_gate_max_wait_s: float = 30.0,
     observer: RelayObserver | None = None,
-    publisher_type: type[Publisher] = Publisher,
+    publisher_type: Callable[..., Publisher] = Publisher,
+    random_unit: Callable[[], float] = random.random,
     **settings: Any,
 ) -> Relay:
     relay: Relay | None = None
@@ -50,19 +52,15 @@ def make_relay(
         publisher=publisher,
         settings=RelaySettings(**settings),
         observer=observer,
+        random_unit=random_unit,
     )
     return relay
 
 
 def one_batch(database_url: str, amqp_url: str, schema: str) -> BatchResult:
     """A relay that connects, takes its partitions, runs one batch and shuts down."""
-    relay = make_relay(database_url, amqp_url, schema)
-    relay._connect()
-    relay._heartbeat()
-    try:
+    with make_relay(database_url, amqp_url, schema) as relay:
         return relay.run_batch()
-    finally:
-        relay._shutdown()
 
 
 @contextlib.contextmanager

@@ -9,10 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.backoff import retry_delay_s
-from outbox_relay.ids import uuid7
 from outbox_relay.message import OutboxRow
-from outbox_relay.ordering import held_back, resend_order, waiting_behind
+from outbox_relay.relay.backoff import retry_delay_s
+from outbox_relay.relay.ordering import held_back, resend_order, waiting_behind
 from outbox_relay.store.sqlfiles import lock_key, notify_channel
 from outbox_relay.urls import redact_url, scrub
 
@@ -99,19 +98,6 @@ class TestWaitingBehind:
 
     def test_nothing_waits_when_the_batch_before_was_confirmed(self) -> None:
         assert waiting_behind([row(1, "a"), row(2, None)], []) == set()
-
-
-class TestIds:
-    def test_uuid7_layout(self) -> None:
-        value = uuid7(unix_ms=0x0123456789AB, random_bytes=bytes(range(10)))
-        assert value.version == 7
-        assert value.variant == uuid.RFC_4122
-        assert value.hex.startswith("0123456789ab7")
-
-    @given(st.integers(0, 2**48 - 2), st.integers(0, 2**48 - 2))
-    def test_later_milliseconds_sort_later(self, a: int, b: int) -> None:
-        first, second = uuid7(unix_ms=min(a, b)), uuid7(unix_ms=max(a, b) + 1)
-        assert first.bytes < second.bytes
 
 
 class TestNames:

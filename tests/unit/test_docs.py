@@ -4,7 +4,8 @@
   in docs/relay.md, `consume` under "Command-line options" in docs/consumer.md.
 - docs/cli.md is what `make docs` renders.
 - Every `outbox-relay ...` line in a shell block names real commands and options, with values
-  the CLI accepts (parsed by click, never run).
+  the CLI accepts (parsed by click; the README's "Add it to your app" is also run as written,
+  by tests/integration/test_readme.py).
 - Every relative link leads to a file, and to a heading there when it names one.
 """
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.isolation import ISOLATION_MAX_ROWS, Isolation
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Outcome, Reason
-from tests.unit.test_relay_loop import (
+from outbox_relay.relay.isolation import ISOLATION_MAX_ROWS, Isolation
+from outbox_relay.relay.outcome import Outcome, Reason
+from tests.support.fakes import (
     ScriptedPublisher,
     ScriptedSending,
     TableStore,
@@ -147,4 +147,4 @@ class TestRelayIsolates:
         sizes = [len(sent) for sent in publisher.sent]
         assert sizes[:5] == [100, 16, 16, 16, 16]
         assert len(sizes) <= 20, sizes
-        assert relay._isolation.limit is None, "back to whole batches"
+        assert not relay.isolating, "back to whole batches"

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from outbox_relay.outcome import (
+from outbox_relay.relay.outcome import (
     Reason,
     Status,
     blame_access_refused,

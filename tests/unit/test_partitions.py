@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.partitions import fair_share, partition_for, surplus
+from outbox_relay.relay.partitions import fair_share, partition_for, surplus
 from outbox_relay.status_view import _ranges
 
 

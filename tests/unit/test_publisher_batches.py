@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,11 +19,12 @@ from pika.adapters.select_connection import IOLoop
 from pika.spec import Basic, BasicProperties
 
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
-from outbox_relay.confirms import Batch
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Outcome, Reason, Status
 from outbox_relay.publisher import Publisher, Sending, checked, refusal
+from outbox_relay.publisher_blame import culprits
+from outbox_relay.relay.confirms import Batch, ConfirmTracker
+from outbox_relay.relay.outcome import Outcome, Reason, Status
 from tests.support.rows import sized_row
 
 CHANNEL: Any = object()  # the channel both batches went out on
@@ -31,16 +32,9 @@ CHANNEL: Any = object()  # the channel both batches went out on
 
 def out(publisher: Publisher, rows: list[OutboxRow], first_tag: int) -> Batch:
     """A batch as ``send`` leaves it: every row handed to the broker on CHANNEL."""
-    batch = Batch(
-        rows,
-        channel=CHANNEL,
-        first_tag=first_tag,
-        returned=publisher._returned,
-        deadline=None,
-    )
+    batch = publisher._confirms.start(rows, channel=CHANNEL, first_tag=first_tag, deadline=None)
     batch.sent = len(rows)
     batch.ids = {str(row.message_id) for row in rows}
-    publisher._in_flight.append(batch)
     return batch
 
 
@@ -49,34 +43,36 @@ def ack(publisher: Publisher, tag: int, *, multiple: bool, channel: Any = CHANNE
     publisher._on_confirm(channel, frame)
 
 
-def test_an_ack_of_many_reaching_into_the_next_batch_settles_both() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    first = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
-    second = out(publisher, [sized_row(4, 10), sized_row(5, 10), sized_row(6, 10)], first_tag=4)
+def by_the_brokers_reply(
+    error: BaseException, unresolved: Sequence[OutboxRow], channels: Sequence[object]
+) -> dict[int, Outcome]:
+    """The publisher's blame of a close, with every exchange there."""
+    return culprits(error, unresolved, missing_exchanges=lambda _exchanges: {})
 
-    ack(publisher, 5, multiple=True)
 
-    assert (first.unconfirmed, second.unconfirmed) == (0, 1)
-    assert publisher._finish(first) == {i: Outcome.confirmed() for i in (1, 2, 3)}
-    ack(publisher, 6, multiple=False)
-    assert second.all_sent_settled()
+def sent(tracker: ConfirmTracker, rows: list[OutboxRow], first_tag: int) -> Batch:
+    """A batch handed to the broker whole on CHANNEL."""
+    batch = tracker.start(rows, channel=CHANNEL, first_tag=first_tag, deadline=None)
+    batch.sent = len(rows)
+    batch.ids = {str(row.message_id) for row in rows}
+    return batch
 
 
 def test_a_close_is_blamed_on_the_culprit_in_the_later_batch_and_the_rest_go_again() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    first = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
-    second = out(publisher, [sized_row(4, 10), sized_row(5, 70_000), sized_row(6, 10)], first_tag=4)
-    ack(publisher, 1, multiple=False)
+    tracker = ConfirmTracker()
+    first = sent(tracker, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
+    second = sent(tracker, [sized_row(4, 10), sized_row(5, 70_000), sized_row(6, 10)], first_tag=4)
+    tracker.confirmed(CHANNEL, 1, multiple=False, ack=True)
     reason = pika.exceptions.ChannelClosedByBroker(
         406, "PRECONDITION_FAILED - message size 70000 is larger than configured max size 65536"
     )
-    publisher._on_channel_closed(CHANNEL, reason)
+    tracker.channel_closed(CHANNEL, reason)
 
     # The earlier batch is finished first, as the relay does: its unconfirmed rows are
     # not to blame, though the culprit is not among them.
-    first_outcomes = publisher._finish(first)
-    publisher._forget(first)
-    second_outcomes = publisher._finish(second)
+    first_outcomes = tracker.outcomes(first, by_the_brokers_reply)
+    tracker.forget(first)
+    second_outcomes = tracker.outcomes(second, by_the_brokers_reply)
 
     assert first_outcomes[1] == Outcome.confirmed()
     assert [first_outcomes[i].status for i in (2, 3)] == [Status.UNSENT, Status.UNSENT]
@@ -86,18 +82,18 @@ def test_a_close_is_blamed_on_the_culprit_in_the_later_batch_and_the_rest_go_aga
 
 
 def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    first = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
-    ack(publisher, 2, multiple=True)
-    publisher._forget(first)
-    second = out(publisher, [sized_row(3, 10), sized_row(4, 10)], first_tag=3)
-    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
+    tracker = ConfirmTracker()
+    first = sent(tracker, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    tracker.confirmed(CHANNEL, 2, multiple=True, ack=True)
+    tracker.forget(first)
+    second = sent(tracker, [sized_row(3, 10), sized_row(4, 10)], first_tag=3)
+    tracker.channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
 
-    outcomes = publisher._finish(second)
+    outcomes = tracker.outcomes(second, by_the_brokers_reply)
 
     assert first.closed is None
     # The reply names no row: both unconfirmed rows are suspects, sent again in smaller
-    # batches until the culprit is alone (see outbox_relay.isolation).
+    # batches until the culprit is alone (see outbox_relay.relay.isolation).
     assert [outcomes[i].status for i in (3, 4)] == [Status.UNSENT, Status.UNSENT]
     assert outcomes[3].suspected
     assert outcomes[3].reason is Reason.CHANNEL_CLOSED
@@ -106,20 +102,55 @@ def test_a_close_after_the_earlier_batch_was_confirmed_cuts_only_the_later_one()
 
 
 def test_a_close_with_one_unconfirmed_row_blames_it() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    batch = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
-    ack(publisher, 1, multiple=False)
-    publisher._on_channel_closed(
+    tracker = ConfirmTracker()
+    batch = sent(tracker, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
+    tracker.confirmed(CHANNEL, 1, multiple=False, ack=True)
+    tracker.channel_closed(
         CHANNEL, pika.exceptions.ChannelClosedByBroker(403, "ACCESS_REFUSED - no")
     )
 
-    outcomes = publisher._finish(batch)
+    outcomes = tracker.outcomes(batch, by_the_brokers_reply)
 
     assert outcomes[1] == Outcome.confirmed()
     assert outcomes[2].status is Status.FAILED
     assert outcomes[2].reason is Reason.CHANNEL_CLOSED
     assert outcomes[2].error is not None
     assert "403 ACCESS_REFUSED - no" in outcomes[2].error
+
+
+def test_a_channel_closed_for_access_to_an_exchange_fails_the_rows_to_it() -> None:
+    tracker = ConfirmTracker()
+    audit = dataclasses.replace(sized_row(2, 10), exchange="audit")
+    batch = sent(tracker, [sized_row(1, 10), audit, sized_row(3, 10)], first_tag=1)
+    text = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
+    tracker.channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(403, text))
+
+    outcomes = tracker.outcomes(batch, by_the_brokers_reply)
+
+    assert outcomes[2].status is Status.FAILED
+    assert not outcomes[1].suspected
+    assert not outcomes[3].suspected, "the culprit is known: the others simply go again"
+
+
+def test_a_missing_exchange_named_by_the_close_fails_the_rows_to_it() -> None:
+    tracker = ConfirmTracker()
+    gone = dataclasses.replace(sized_row(2, 10), exchange="gone")
+    batch = sent(tracker, [sized_row(1, 10), gone], first_tag=1)
+    tracker.channel_closed(
+        CHANNEL, pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND - no exchange 'gone'")
+    )
+
+    def missing(error: BaseException, unresolved: Sequence[OutboxRow], _: object) -> Any:
+        return culprits(
+            error,
+            unresolved,
+            missing_exchanges=lambda names: {n: "it does not exist" for n in names if n == "gone"},
+        )
+
+    outcomes = tracker.outcomes(batch, missing)
+
+    assert outcomes[2] == Outcome.failed("it does not exist", Reason.MISSING_EXCHANGE)
+    assert outcomes[1] == Outcome.unsent()
 
 
 FRAME_TOO_LARGE = "FRAME_ERROR - type 2, all octets = <<>>: {frame_too_large,150012,131064}"
@@ -141,7 +172,7 @@ def test_a_connection_closed_over_a_message_blames_it_and_is_no_outage() -> None
     assert publisher._conn_error is None, "taken for an outage"
     assert publisher._refused is not None, "the next use connects again"
     # Blamed at once: connecting again forgets the batches out.
-    publisher._in_flight.clear()
+    publisher._confirms.clear()
     assert publisher._finish(first) == {1: Outcome.confirmed(), 2: Outcome.confirmed()}
     [(row_id, outcome)] = publisher._finish(second).items()
     assert row_id == 3
@@ -193,7 +224,7 @@ def test_a_flush_on_a_lost_connection_says_so_without_raising() -> None:
     batch = out(publisher, [sized_row(1, 10)], first_tag=1)
     # pika drops a lost connection's transport before it calls the close callbacks,
     # which look at what is left to write.
-    publisher._conn = SimpleNamespace(_transport=None)  # type: ignore[assignment]
+    publisher._conn = SimpleNamespace(unwritten=lambda: 0)  # type: ignore[assignment]
     assert publisher._unwritten() == 0
     publisher._conn_error = pika.exceptions.StreamLostError("Transport indicated EOF")
     assert Sending(publisher, batch).flush() is False
@@ -211,7 +242,7 @@ def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch() -> None
     publisher._forget(first)
 
     # Sent again, and routed this time, its ack must not find the old return.
-    assert publisher._returned.take(returned) is None
+    assert not publisher._confirms.returns_pending
 
 
 class Broker:
@@ -341,7 +372,7 @@ def test_every_return_reaches_its_own_row_whatever_the_ids_and_ack_grouping(
             final.update(outcomes)
             pending.append([row for row in batch.rows if outcomes[row.id] == Outcome.unsent()])
 
-    assert not publisher._returned
+    assert not publisher._confirms.returns_pending
     for row in rows:
         expected = Outcome.confirmed() if decided[row.id] else Reason.UNROUTABLE
         got = final[row.id]
@@ -411,20 +442,6 @@ def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing
         publisher._conn.channel = lambda on_open_callback: None  # type: ignore[union-attr]
         with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
             publisher.missing_exchanges({"orders"})
-
-
-def test_a_channel_closed_for_access_to_an_exchange_fails_the_rows_to_it() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    audit = dataclasses.replace(sized_row(2, 10), exchange="audit")
-    batch = out(publisher, [sized_row(1, 10), audit, sized_row(3, 10)], first_tag=1)
-    text = "ACCESS_REFUSED - access to exchange 'audit' in vhost '/' refused for user 'relay'"
-    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(403, text))
-
-    outcomes = publisher._finish(batch)
-
-    assert outcomes[2].status is Status.FAILED
-    assert not outcomes[1].suspected
-    assert not outcomes[3].suspected, "the culprit is known: the others simply go again"
 
 
 def test_a_row_over_the_negotiated_frame_max_is_never_written_and_fails_alone() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.reconnect import RECONNECT_BASE_S, ReconnectBackoff
-from tests.unit.test_relay_loop import FakeClaim, FakeStore, ScriptedPublisher, relay_for
+from outbox_relay.relay import Relay, RelaySettings
+from tests.support.fakes import FakeClaim, FakeStore, ScriptedPublisher
 
 
 class Clock:
@@ -91,39 +90,19 @@ class TestReconnectBackoff:
             clock.now += wait
 
 
-class _Stopping:
-    """The relay's stop event, recording how long each reconnect wait was asked to be."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._event = threading.Event()
-        self._clock = clock
-        self.waits: list[float] = []
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        assert timeout is not None
-        self.waits.append(timeout)
-        self._clock.now += timeout
-        return self._event.is_set()
-
-
 class _FlakyStore(FakeStore):
     """Connects as ``script`` says (True: it works); every claim finds the database gone.
     Past the script the relay is stopped."""
 
-    def __init__(self, script: list[bool], stop: _Stopping) -> None:
+    relay: Relay
+
+    def __init__(self, script: list[bool]) -> None:
         super().__init__([])
         self._script = script
-        self._stop = stop
 
     def connect(self) -> None:
         if not self._script:
-            self._stop.set()
+            self.relay.stop("the test is over")
             raise StoreUnavailableError("the test is over")
         if not self._script.pop(0):
             raise StoreUnavailableError("connection refused")
@@ -135,15 +114,25 @@ class _FlakyStore(FakeStore):
 class TestRelayReconnects:
     def test_each_outage_starts_its_backoff_from_the_base(self) -> None:
         clock = Clock()
-        stopping = _Stopping(clock)
+        waits: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            clock.now += seconds
+
         # Three outages: six failed tries, then five, then four; each ends in a connection
         # that is lost again at once (and that loss is the first failed try of the next).
         script = [False] * 6 + [True] + [False] * 4 + [True] + [False] * 3 + [True]
-        store = _FlakyStore(script, stopping)
-        relay = relay_for(store, ScriptedPublisher([]))
-        relay._stopping = stopping  # type: ignore[assignment]
-        relay._backoff = backoff_with(clock)
+        store = _FlakyStore(script)
+        relay = Relay(
+            store=store,
+            publisher=ScriptedPublisher([]),
+            settings=RelaySettings(),
+            backoff=backoff_with(clock),
+            outage_sleep=sleep,
+        )
+        store.relay = relay
         relay.run()
         base = RECONNECT_BASE_S
         growing = [base, base, base, 0.75, 1.125, 1.6875]
-        assert stopping.waits == [*growing, *growing[:5], *growing[:4], base]
+        assert waits == [*growing, *growing[:5], *growing[:4], base]

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
 import time
-import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 
 import pytest
 from structlog.testing import capture_logs
 
-from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.errors import (
     BrokerUnavailableError,
     PublishInterruptedError,
@@ -20,213 +15,19 @@ from outbox_relay.errors import (
     StoreUnavailableError,
 )
 from outbox_relay.message import OutboxRow
-from outbox_relay.outcome import Failure, Outcome, Reason
-from outbox_relay.partitions import Leases
-from outbox_relay.publisher import refusal
 from outbox_relay.relay import NullObserver, Relay, RelaySettings
-from outbox_relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS, Notices
-
-
-def row(row_id: int, key: str | None = None, exchange: str = "ex", attempts: int = 0) -> OutboxRow:
-    return OutboxRow(
-        id=row_id,
-        message_id=str(uuid.uuid4()),
-        exchange=exchange,
-        routing_key="rk",
-        payload=b"{}",
-        content_type="application/json",
-        headers={},
-        partition_key=key,
-        created_at=dt.datetime.now(tz=dt.timezone.utc),
-        attempts=attempts,
-    )
-
-
-class FakeClaim:
-    def __init__(
-        self, store: FakeStore, rows: list[OutboxRow], locked: list[OutboxRow] | None = None
-    ) -> None:
-        self.store = store
-        self.rows = rows
-        self.locked = rows if locked is None else locked  # rows and those left over
-        self.left_over = len(self.locked) - len(rows)
-        self.ended = False
-
-    def settle(self, published: Sequence[int], failures: Sequence[Failure]) -> None:
-        assert not self.ended, "a claim is settled once, and not after its release"
-        self.ended = True
-        self.store.settled.append((list(published), list(failures)))
-        self.store.unlock(self.locked, published, failures)
-
-    def release(self) -> None:
-        if self.ended:
-            return
-        self.ended = True
-        self.store.released += 1
-        self.store.unlock(self.locked)
-
-
-class FakeStore:
-    """Every claim returns the same rows."""
-
-    def __init__(self, rows: list[OutboxRow]) -> None:
-        self.rows = rows
-        self.settled: list[tuple[list[int], list[Failure]]] = []
-        self.released = 0
-
-    def connect(self) -> None: ...
-    def close(self) -> None: ...
-    def heartbeat(self) -> Leases:
-        return Leases(owned=(0,), live=("me",), partitions=1)
-
-    def release_leases(self) -> None: ...
-    def claim(self, limit: int, max_bytes: int = 1 << 30) -> FakeClaim:
-        return FakeClaim(self, self.rows[:limit])
-
-    def unlock(
-        self,
-        rows: Sequence[OutboxRow],
-        published: Sequence[int] = (),
-        failures: Sequence[Failure] = (),
-    ) -> None: ...
-
-    def set_waiting(self, waiting: bool) -> float | None:
-        return None
-
-    def next_due_in(self) -> float | None:
-        return None
-
-    def listen_fileno(self) -> int:
-        return -1
-
-    def drain_notifications(self) -> Notices:
-        return Notices(0, scheduled=False)
-
-    def forget_waiting(self) -> None: ...
-
-
-class TableStore(FakeStore):
-    """Claims behave as on the table: locked rows are skipped, settled rows are gone,
-    failed rows wait for their retry and hold back later rows of their key, and a claim
-    takes rows up to its byte budget (the first always) and locks the rest of its limit."""
-
-    def __init__(self, rows: list[OutboxRow]) -> None:
-        super().__init__(rows)
-        self.locked: set[int] = set()
-        self.gone: set[int] = set()
-        self.waiting: set[int] = set()
-        self.claims: list[list[int]] = []
-
-    def claim(self, limit: int, max_bytes: int = 1 << 30) -> FakeClaim:
-        first_waiting: dict[str, int] = {}
-        for r in self.rows:
-            if r.id in self.waiting and r.partition_key is not None:
-                first_waiting.setdefault(r.partition_key, r.id)
-        due = [
-            r
-            for r in self.rows
-            if r.id not in self.locked | self.gone | self.waiting
-            and first_waiting.get(r.partition_key or "", r.id) >= r.id
-        ][:limit]
-        running = itertools.accumulate(len(r.payload) for r in due)
-        taken = [
-            r
-            for n, (r, total) in enumerate(zip(due, running, strict=True))
-            if n == 0 or total <= max_bytes
-        ]
-        self.locked |= {r.id for r in due}
-        self.claims.append([r.id for r in taken])
-        return FakeClaim(self, taken, due)
-
-    def unlock(
-        self,
-        rows: Sequence[OutboxRow],
-        published: Sequence[int] = (),
-        failures: Sequence[Failure] = (),
-    ) -> None:
-        self.locked -= {r.id for r in rows}
-        self.gone |= set(published)
-        self.waiting |= {f.row_id for f in failures}
-
-
-class ScriptedSending:
-    def __init__(self, publisher: ScriptedPublisher, rows: Sequence[OutboxRow]) -> None:
-        self.publisher = publisher
-        self.ids = [r.id for r in rows]
-        self.asked = False  # as in Publisher, abandoning a batch whose outcomes came does nothing
-
-    def flush(self) -> bool:
-        return self.publisher.flushes
-
-    def outcomes(self) -> dict[int, Outcome]:
-        self.publisher.events.append(("outcomes", self.ids))
-        self.asked = True
-        answer = self.publisher.rounds.pop(0)
-        if isinstance(answer, Exception):
-            raise answer
-        return {i: answer.get(i, Outcome.confirmed()) for i in self.ids}
-
-    def abandon(self) -> None:
-        if not self.asked:
-            self.publisher.events.append(("abandon", self.ids))
-
-
-class ScriptedPublisher:
-    """Each batch sent is answered, when its outcomes are asked for, with the next
-    scripted round of outcomes."""
-
-    def __init__(
-        self, rounds: list[dict[int, Outcome] | Exception], missing: dict[str, str] | None = None
-    ) -> None:
-        self.rounds = rounds
-        self.sent: list[list[int]] = []
-        self.events: list[tuple[str, list[int]]] = []  # sends, outcomes asked, abandons
-        self.flushes = True  # whether a batch's frames reach the socket (Sending.flush)
-        self.missing = missing or {}
-        self.exchanges_checked: set[str] = set()
-        self.failing: tuple[int, Exception] | None = None  # see fail_after
-
-    def fail_after(self, sends: int, error: Exception) -> None:
-        """Every send after the first ``sends`` raises ``error`` (no channel, a lost
-        connection)."""
-        self.failing = (sends, error)
-
-    @property
-    def connected(self) -> bool:
-        return True
-
-    blocked = False
-
-    def connect(self) -> None: ...
-    def close(self) -> None: ...
-    def send(self, rows: Sequence[OutboxRow], *, deadline: float | None = None) -> ScriptedSending:
-        if self.failing is not None and len(self.sent) >= self.failing[0]:
-            raise self.failing[1]
-        self.sent.append([r.id for r in rows])
-        self.events.append(("send", [r.id for r in rows]))
-        return ScriptedSending(self, rows)
-
-    def refused(self, rows: Sequence[OutboxRow]) -> dict[int, Outcome]:
-        refusals = {r.id: refusal(r, frame_max=DEFAULT_FRAME_MAX_BYTES) for r in rows}
-        return {i: outcome for i, outcome in refusals.items() if outcome is not None}
-
-    def missing_exchanges(self, exchanges: Collection[str]) -> dict[str, str]:
-        self.exchanges_checked.update(exchanges)
-        return {e: self.missing[e] for e in exchanges if e in self.missing}
-
-    def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
-        return False
-
-
-def relay_for(store: FakeStore, publisher: ScriptedPublisher, **settings: float) -> Relay:
-    relay = Relay(
-        store=store,
-        publisher=publisher,
-        settings=RelaySettings(**settings),
-        random_unit=lambda: 0.5,
-    )
-    relay._heartbeat()  # holds its one partition, as after the first heartbeat of run()
-    return relay
+from outbox_relay.relay.outcome import Failure, Outcome, Reason
+from outbox_relay.relay.partitions import Leases
+from outbox_relay.relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS, Notices
+from tests.support.fakes import (
+    FakeClaim,
+    FakeStore,
+    ScriptedPublisher,
+    ScriptedSending,
+    TableStore,
+    relay_for,
+    row,
+)
 
 
 class TestRunBatch:
@@ -394,12 +195,6 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     return condition()
 
 
-@pytest.fixture
-def store_thread() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(1) as pool:
-        yield pool
-
-
 # Rows 1-4 in batches of two, the second sent only once the first is confirmed.
 ONE_BATCH_AT_A_TIME = [
     ("send", [1, 2]),
@@ -412,27 +207,19 @@ ONE_BATCH_AT_A_TIME = [
 class TestRunBatches:
     """Batches back to back, the next claimed while one is published."""
 
-    def pipelined(
-        self, store: FakeStore, publisher: ScriptedPublisher, pool: ThreadPoolExecutor
-    ) -> Relay:
-        relay = relay_for(store, publisher, batch_size=2)
-        relay._store_thread = pool
-        return relay
+    def pipelined(self, store: FakeStore, publisher: ScriptedPublisher) -> Relay:
+        return relay_for(store, publisher, batch_size=2)  # entered: its store thread runs
 
-    def test_a_backlog_goes_in_full_batches_until_one_comes_back_short(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_a_backlog_goes_in_full_batches_until_one_comes_back_short(self) -> None:
         store = TableStore([row(i) for i in range(1, 8)])
         publisher = ScriptedPublisher([{}, {}, {}, {}])
-        result = self.pipelined(store, publisher, store_thread).run_batches()
+        result = self.pipelined(store, publisher).run_batches()
         assert publisher.sent == [[1, 2], [3, 4], [5, 6], [7]]
         assert [published for published, _ in store.settled] == [[1, 2], [3, 4], [5, 6], [7]]
         assert (result.claimed, result.published, result.failed) == (7, 7, 0)
         assert store.locked == set()
 
-    def test_the_next_batch_is_claimed_before_this_one_is_settled(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_the_next_batch_is_claimed_before_this_one_is_settled(self) -> None:
         store = TableStore([row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c")])
         publisher = ScriptedPublisher([{1: Outcome.failed("nacked", Reason.NACKED)}, {}])
         original = publisher.send
@@ -444,7 +231,7 @@ class TestRunBatches:
             return original(rows, deadline=deadline)
 
         publisher.send = send_once_the_next_is_claimed  # type: ignore[method-assign]
-        result = self.pipelined(store, publisher, store_thread).run_batches()
+        result = self.pipelined(store, publisher).run_batches()
         # Row 3 was claimed while row 1 was in flight; it stays behind row 1's retry.
         assert store.claims[:2] == [[1, 2], [3, 4]]
         assert publisher.sent == [[1, 2], [4]]
@@ -452,24 +239,20 @@ class TestRunBatches:
         assert (result.claimed, result.published, result.failed, result.held) == (4, 2, 1, 1)
         assert store.claim(10).rows == []  # row 3 waits for row 1
 
-    def test_an_interrupted_batch_settles_what_was_confirmed_and_releases_the_next(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_an_interrupted_batch_settles_what_was_confirmed_and_releases_the_next(self) -> None:
         store = TableStore([row(i) for i in range(1, 6)])
         interrupted = PublishInterruptedError("connection lost", {3: Outcome.confirmed()})
         publisher = ScriptedPublisher([{}, interrupted])
         with pytest.raises(PublishInterruptedError):
-            self.pipelined(store, publisher, store_thread).run_batches()
+            self.pipelined(store, publisher).run_batches()
         assert sorted(store.settled) == [([1, 2], []), ([3], [])]
         assert store.locked == set()
         assert store.gone == {1, 2, 3}
 
-    def test_the_next_batch_goes_out_before_this_one_is_confirmed(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_the_next_batch_goes_out_before_this_one_is_confirmed(self) -> None:
         store = TableStore([row(1), row(2, "a"), row(3), row(4, "b"), row(5)])
         publisher = ScriptedPublisher([{}, {}, {}])
-        result = self.pipelined(store, publisher, store_thread).run_batches()
+        result = self.pipelined(store, publisher).run_batches()
         assert publisher.events == [
             ("send", [1, 2]),
             ("send", [3, 4]),  # no key of it is in [1, 2]
@@ -482,33 +265,27 @@ class TestRunBatches:
         assert (result.claimed, result.published) == (5, 5)
         assert store.locked == set()
 
-    def test_a_batch_not_written_out_is_confirmed_before_the_next_goes(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_a_batch_not_written_out_is_confirmed_before_the_next_goes(self) -> None:
         store = TableStore([row(i) for i in range(1, 5)])
         publisher = ScriptedPublisher([{}, {}])
         publisher.flushes = False  # a blocked or stalled broker
-        self.pipelined(store, publisher, store_thread).run_batches()
+        self.pipelined(store, publisher).run_batches()
         assert publisher.events == ONE_BATCH_AT_A_TIME
         assert store.gone == {1, 2, 3, 4}
 
-    def test_a_batch_with_a_key_of_the_batch_out_waits_for_its_confirms(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_a_batch_with_a_key_of_the_batch_out_waits_for_its_confirms(self) -> None:
         store = TableStore([row(1, "a"), row(2), row(3), row(4, "a")])
         publisher = ScriptedPublisher([{}, {}])
-        self.pipelined(store, publisher, store_thread).run_batches()
+        self.pipelined(store, publisher).run_batches()
         assert publisher.events == ONE_BATCH_AT_A_TIME
         assert store.gone == {1, 2, 3, 4}
 
-    def test_a_dropped_connection_with_two_batches_out_loses_nothing(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_a_dropped_connection_with_two_batches_out_loses_nothing(self) -> None:
         store = TableStore([row(i) for i in range(1, 7)])
         interrupted = PublishInterruptedError("connection lost", {1: Outcome.confirmed()})
         publisher = ScriptedPublisher([interrupted])
         with pytest.raises(PublishInterruptedError):
-            self.pipelined(store, publisher, store_thread).run_batches()
+            self.pipelined(store, publisher).run_batches()
         assert publisher.events == [
             ("send", [1, 2]),
             ("send", [3, 4]),
@@ -520,23 +297,19 @@ class TestRunBatches:
         assert store.gone == {1}
         assert [r.id for r in store.claim(10).rows] == [2, 3, 4, 5, 6]
 
-    def test_a_failure_to_send_the_next_batch_is_raised_once_the_batch_out_is_settled(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_a_failure_to_send_the_next_batch_is_raised_once_the_batch_out_is_settled(self) -> None:
         store = TableStore([row(i) for i in range(1, 5)])
         publisher = ScriptedPublisher([{}])
         publisher.fail_after(1, BrokerUnavailableError("connection lost"))
         with pytest.raises(BrokerUnavailableError):
-            self.pipelined(store, publisher, store_thread).run_batches()
+            self.pipelined(store, publisher).run_batches()
         assert publisher.events == [("send", [1, 2]), ("outcomes", [1, 2])]
         assert store.settled == [([1, 2], [])]
         assert store.released == 1  # the next batch, which never went out
         assert store.locked == set()
         assert [r.id for r in store.claim(10).rows] == [3, 4]
 
-    def test_a_failure_to_claim_ahead_is_raised_once_the_batch_out_is_settled(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_a_failure_to_claim_ahead_is_raised_once_the_batch_out_is_settled(self) -> None:
         store = TableStore([row(i) for i in range(1, 5)])
         original = store.claim
 
@@ -548,18 +321,18 @@ class TestRunBatches:
         store.claim = second_claim_fails  # type: ignore[method-assign]
         publisher = ScriptedPublisher([{}])
         with pytest.raises(StoreUnavailableError):
-            self.pipelined(store, publisher, store_thread).run_batches()
+            self.pipelined(store, publisher).run_batches()
         assert publisher.events == [("send", [1, 2]), ("outcomes", [1, 2])]
         assert store.settled == [([1, 2], [])]
         assert store.locked == set()
 
     def test_a_channel_closed_under_two_batches_sends_the_first_again_before_the_second(
-        self, store_thread: ThreadPoolExecutor
+        self,
     ) -> None:
         store = TableStore([row(i) for i in range(1, 5)])
         cut = {i: Outcome.unsent() for i in range(1, 5)}
         publisher = ScriptedPublisher([cut, {}, cut, {}])
-        self.pipelined(store, publisher, store_thread).run_batches()
+        self.pipelined(store, publisher).run_batches()
         assert publisher.events == [
             ("send", [1, 2]),
             ("send", [3, 4]),
@@ -572,12 +345,10 @@ class TestRunBatches:
         ]
         assert [published for published, _ in store.settled] == [[1, 2], [3, 4]]
 
-    def test_stopping_after_the_next_batch_went_out_confirms_and_settles_it(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_stopping_after_the_next_batch_went_out_confirms_and_settles_it(self) -> None:
         store = TableStore([row(i) for i in range(1, 7)])
         publisher = ScriptedPublisher([{}, {}])
-        relay = self.pipelined(store, publisher, store_thread)
+        relay = self.pipelined(store, publisher)
         original = publisher.send
 
         def stop_on_the_second_send(
@@ -594,12 +365,10 @@ class TestRunBatches:
         assert store.locked == set()
         assert store.gone == {1, 2, 3, 4}
 
-    def test_stopping_publishes_no_batch_claimed_ahead(
-        self, store_thread: ThreadPoolExecutor
-    ) -> None:
+    def test_stopping_publishes_no_batch_claimed_ahead(self) -> None:
         store = TableStore([row(i) for i in range(1, 6)])
         publisher = ScriptedPublisher([{}, {}, {}])
-        relay = self.pipelined(store, publisher, store_thread)
+        relay = self.pipelined(store, publisher)
         original = publisher.send
 
         def send_then_stop(
@@ -647,6 +416,24 @@ class WakeUpStore(TableStore):
         return self.notices.pop() if self.notices else Notices(0, scheduled=False)
 
 
+class OutageAtFirstSleep(ScriptedPublisher):
+    """The broker connection is lost during the relay's first sleep; the relay is stopped
+    at the second."""
+
+    relay: Relay
+    outages = 0
+
+    def wait(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
+        if timeout_s <= BUSY_POLL_S:
+            time.sleep(timeout_s)
+            return False
+        if not self.outages:
+            self.outages += 1
+            raise BrokerUnavailableError("connection lost")
+        self.relay.stop("test")
+        return False
+
+
 class SleepStops(ScriptedPublisher):
     """Stops the relay at its first sleep (a wait longer than a busy poll)."""
 
@@ -661,9 +448,52 @@ class SleepStops(ScriptedPublisher):
 def stopping_at_first_sleep(store: WakeUpStore) -> Relay:
     """A relay on ``store`` whose publisher stops it at its first sleep."""
     publisher = SleepStops([])
-    relay = relay_for(store, publisher)
+    relay = serving(store, publisher)
     publisher.relay = relay
     return relay
+
+
+def serving(store: FakeStore, publisher: ScriptedPublisher, **settings: float) -> Relay:
+    """A relay to :meth:`~Relay.run` on the fakes; the publisher stops it."""
+    return relay_for(store, publisher, enter=False, **settings)
+
+
+class TestStep:
+    """The loop driven one turn at a time, as an embedder or a test does."""
+
+    def test_a_step_relays_what_is_due_and_says_what_it_did(self) -> None:
+        store = TableStore([row(1, "a"), row(2, "b")])
+        publisher = ScriptedPublisher([{}])
+        relay = relay_for(store, publisher)  # entered: connected, holding its partition
+        result = relay.step()
+        assert (result.claimed, result.published, result.failed) == (2, 2, 0)
+        assert publisher.sent == [[1, 2]]
+        assert store.gone == {1, 2}
+
+    def test_steps_that_find_nothing_raise_the_wake_up_flag(self) -> None:
+        store = WakeUpStore([])
+        relay = relay_for(store, ScriptedPublisher([]))
+        for _ in range(QUIET_CLAIMS - 1):
+            relay.step()
+        assert not relay.flag_up, "producers are not asked for a NOTIFY yet"
+        relay.step()
+        assert relay.flag_up
+        assert store.flags == [True]
+
+    def test_leaving_the_relay_hands_its_partitions_back(self) -> None:
+        released: list[bool] = []
+
+        class Leaving(FakeStore):
+            def release_leases(self) -> None:
+                released.append(True)
+
+        with Relay(
+            store=Leaving([]), publisher=ScriptedPublisher([]), settings=RelaySettings()
+        ) as relay:
+            assert relay.owned_partitions == (0,)
+            assert relay.readiness()[0]
+        assert released == [True]
+        assert not relay.readiness()[0]
 
 
 class TestServe:
@@ -674,9 +504,9 @@ class TestServe:
         # the retry time (set_waiting returns it) and claim once more before sleeping.
         store = WakeUpStore([row(1, "a", exchange="gone"), row(2, "a")])
         publisher = SleepStops([], missing={"gone": "exchange 'gone' does not exist"})
-        relay = relay_for(store, publisher)
+        relay = serving(store, publisher)
         publisher.relay = relay
-        relay._serve()
+        relay.run()
         assert store.flags == [True, True], "the flag raise, then a refresh after the failure"
         # After the quiet claims: the final check, then a claim after the refresh.
         assert store.claims[QUIET_CLAIMS : QUIET_CLAIMS + 2] == [[1, 2], []]
@@ -686,14 +516,17 @@ class TestServe:
         self,
     ) -> None:
         # A batch cut short by a broker outage had its failures recorded, with their retry
-        # times, on its way out; the flag stayed up through the outage.
+        # times, on its way out; the flag stayed up through the outage (the database
+        # connection, which holds it, was not lost).
         store = WakeUpStore([])
-        relay = stopping_at_first_sleep(store)
-        relay._store_ok = True
-        relay._wakeup.waiting = True
-        relay._serve()  # reconnects, claims nothing, and stops at its first sleep
-        assert store.claims == [[]]
+        publisher = OutageAtFirstSleep([])
+        relay = serving(store, publisher, reconnect_max_s=0.0)
+        publisher.relay = relay
+        relay.run()  # raises the flag, looks, loses the broker, reconnects, sleeps: stop
+        assert store.flags == [True]
+        assert publisher.outages == 1
         assert store.next_due_reads == 1
+        assert store.claims[-1] == [], "the claim after reconnecting, before the sleep"
 
     def test_a_claim_cut_short_by_its_byte_budget_is_followed_by_another_while_the_flag_is_up(
         self,
@@ -703,10 +536,11 @@ class TestServe:
         # the flag is up would mean sleep again; rows left over mean claim again.
         store = WakeUpStore([])
         publisher = SleepsRecorded([{}, {}, {}], stop_after=2, notify_at=1)
-        relay = relay_for(store, publisher, batch_bytes=len(row(0).payload))
+        relay = serving(store, publisher, batch_bytes=len(row(0).payload))
         publisher.relay = relay
+        publisher.store = store
         store.on_notify = lambda: store.rows.extend([row(1), row(2), row(3)])
-        relay._serve()
+        relay.run()
         assert publisher.sent == [[1], [2], [3]]
         assert store.flags == [True], "the flag stays up: one row a claim is not busy"
         assert store.locked == set()
@@ -716,9 +550,9 @@ class TestServe:
         # FLAG_TRUST_S: the relay claims every BUSY_POLL_S for LATE_LOOK_S, then sleeps.
         store = WakeUpStore([])
         publisher = SleepsRecorded([], stop_after=1)
-        relay = relay_for(store, publisher)
+        relay = serving(store, publisher)
         publisher.relay = relay
-        relay._serve()
+        relay.run()
         assert store.flags == [True]
         claims_after_raise = len(store.claims) - QUIET_CLAIMS
         assert claims_after_raise >= 1 + LATE_LOOK_S / BUSY_POLL_S / 2
@@ -732,9 +566,9 @@ class TestServe:
         store = WakeUpStore([])
         store.next_due = 0.1  # a retried row
         publisher = SleepsRecorded([], stop_after=2)
-        relay = relay_for(store, publisher)
+        relay = serving(store, publisher)
         publisher.relay = relay
-        relay._serve()
+        relay.run()
         first, second = publisher.sleeps
         assert first == pytest.approx(0.1 - LATE_LOOK_S, abs=0.01)
         assert store.next_due_reads == 1, "the due row was taken: what is due next?"
@@ -747,10 +581,11 @@ class TestServe:
         # scheduled; the claim finds the first, and the relay must still read the time.
         store = WakeUpStore([])
         publisher = SleepsRecorded([{}], stop_after=3, notify_at=2)
-        relay = relay_for(store, publisher)
+        relay = serving(store, publisher)
         publisher.relay = relay
+        publisher.store = store
         store.on_notify = lambda: store.rows.append(row(7))
-        relay._serve()
+        relay.run()
         assert publisher.sent == [[7]]
         assert store.next_due_reads == 1
 
@@ -759,10 +594,10 @@ class TestServe:
         # sleeps that end for a heartbeat renew the leases and claim nothing.
         store = CountingHeartbeats([])
         publisher = SleepsRecorded([], stop_after=24)
-        relay = relay_for(store, publisher, heartbeat_interval_s=0.05)
+        relay = serving(store, publisher, heartbeat_interval_s=0.05)
         publisher.relay = relay
         publisher.on_sleep = lambda: store.claims_at_sleep.append(len(store.claims))
-        relay._serve()
+        relay.run()
         looked = store.claims_at_sleep[0]
         after = [n - looked for n in store.claims_at_sleep]
         assert store.heartbeats >= 12
@@ -776,10 +611,10 @@ class TestServe:
         # it, and waiting for the backstop poll would hold them back for seconds.
         store = CountingHeartbeats([], gain_at=5)
         publisher = SleepsRecorded([], stop_after=8)
-        relay = relay_for(store, publisher, heartbeat_interval_s=0.05, poll_interval_s=2.0)
+        relay = serving(store, publisher, heartbeat_interval_s=0.05, poll_interval_s=2.0)
         publisher.relay = relay
         publisher.on_sleep = lambda: store.claims_at_sleep.append(len(store.claims))
-        relay._serve()
+        relay.run()
         looked = store.claims_at_sleep[0]
         assert store.heartbeats >= 6
         assert [n - looked for n in store.claims_at_sleep][-1] == 1, store.claims_at_sleep
@@ -789,25 +624,43 @@ class TestServe:
     ) -> None:
         # The heartbeat after such a sleep found the database gone; the flag was lost
         # with the connection, so no NOTIFY will come for rows committed meanwhile.
-        store = WakeUpStore([])
-        relay = stopping_at_first_sleep(store)
-        relay._heartbeat_only = True
-        relay._store_ok = False
-        relay._serve()  # reconnects, claims (then looks a while), and stops at its sleep
-        assert store.claims, "no claim between the reconnect and the first sleep"
+        store = CountingHeartbeats([], fail_at=4)
+        publisher = SleepsRecorded([], stop_after=6)
+        relay = serving(
+            store, publisher, heartbeat_interval_s=0.05, poll_interval_s=2.0, reconnect_max_s=0.0
+        )
+        publisher.relay = relay
+        publisher.on_sleep = lambda: store.claims_at_sleep.append(len(store.claims))
+        relay.run()
+        [(claims, sleeps)] = store.failures
+        assert sleeps >= 1, "the heartbeat that failed came after a sleep"
+        assert store.claims_at_sleep[sleeps - 1] == claims, "which was for the heartbeat alone"
+        assert store.claims_at_sleep[sleeps] > claims, "no claim between reconnect and sleep"
 
 
 class CountingHeartbeats(WakeUpStore):
-    """Counts heartbeats; from the ``gain_at``-th on, holds a second partition."""
+    """Counts heartbeats; from the ``gain_at``-th on, holds a second partition; the
+    ``fail_at``-th finds the database gone."""
 
-    def __init__(self, arriving: list[OutboxRow], *, gain_at: int | None = None) -> None:
+    def __init__(
+        self,
+        arriving: list[OutboxRow],
+        *,
+        gain_at: int | None = None,
+        fail_at: int | None = None,
+    ) -> None:
         super().__init__(arriving)
         self.heartbeats = 0
         self.gain_at = gain_at
+        self.fail_at = fail_at
         self.claims_at_sleep: list[int] = []
+        self.failures: list[tuple[int, int]] = []  # claims and sleeps made by then
 
     def heartbeat(self) -> Leases:
         self.heartbeats += 1
+        if self.heartbeats == self.fail_at:
+            self.failures.append((len(self.claims), len(self.claims_at_sleep)))
+            raise StoreUnavailableError("server closed the connection unexpectedly")
         if self.gain_at is not None and self.heartbeats >= self.gain_at:
             return Leases(owned=(0, 1), live=("me",), partitions=2)
         return super().heartbeat()
@@ -819,6 +672,7 @@ class SleepsRecorded(ScriptedPublisher):
     ``notify_at``-th sleep ends with a NOTIFY marked scheduled."""
 
     relay: Relay
+    store: WakeUpStore
 
     def __init__(
         self,
@@ -845,7 +699,7 @@ class SleepsRecorded(ScriptedPublisher):
             self.relay.stop("test")
             return False
         if len(self.sleeps) == self.notify_at:
-            self.relay._store.notify()  # type: ignore[attr-defined]
+            self.store.notify()
             return True
         if timeout_s <= 0.2:
             time.sleep(timeout_s)
@@ -911,20 +765,20 @@ class TestMisconfiguration:
         self,
     ) -> None:
         store = RefusingStore(accepts=1, relay_stops_after=40)
-        relay = Relay(
-            store=store,
-            publisher=ScriptedPublisher([]),
-            settings=RelaySettings(reconnect_max_s=0.0, unhealthy_after_s=0.05),
-            random_unit=lambda: 0.0,
-        )
-        store.relay = relay
         seen: list[tuple[str, bool, bool]] = []
 
         class Watch(NullObserver):
             def dependency(self, service: str, *, up: bool, refused: bool) -> None:
                 seen.append((service, up, refused))
 
-        relay._observer = Watch()
+        relay = Relay(
+            store=store,
+            publisher=ScriptedPublisher([]),
+            settings=RelaySettings(reconnect_max_s=0.0, unhealthy_after_s=0.05),
+            random_unit=lambda: 0.0,
+            observer=Watch(),
+        )
+        store.relay = relay
         assert relay.liveness()[0]
         with capture_logs() as logs:
             relay.run()

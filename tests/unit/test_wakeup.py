@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.wakeup import QUIET_CLAIMS, FlagSeen, Step, WakeUp
+from outbox_relay.relay.wakeup import QUIET_CLAIMS, FlagSeen, Step, WakeUp
 
 
 def steps(policy: WakeUp, claims: list[int]) -> list[Step]:

@@ -64,7 +64,7 @@ class Outcome:
     def suspect(cls, error: str, reason: Reason) -> Outcome:
         """Unconfirmed when the broker closed the channel or the connection over one of
         several such rows, not knowing which: send again, in smaller batches (see
-        :mod:`outbox_relay.isolation`), no attempt lost."""
+        :mod:`outbox_relay.relay.isolation`), no attempt lost."""
         return cls(Status.UNSENT, error, reason)
 
     @property
@@ -112,7 +112,7 @@ def blame_channel_close(
     """The row whose publish made the broker close the channel, when its reply says
     which: a message over ``max_message_size`` is named by its size. None when the reply
     does not tell (the caller then blames the one unconfirmed row, or makes suspects of
-    them all: see :mod:`outbox_relay.isolation`)."""
+    them all: see :mod:`outbox_relay.relay.isolation`)."""
     match = _TOO_LARGE.search(reply_text) if reply_code == _PRECONDITION_FAILED else None
     if match is None:
         return None

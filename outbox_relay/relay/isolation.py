@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 
-from outbox_relay.outcome import Outcome, Reason, Status
+from outbox_relay.relay.outcome import Outcome, Reason, Status
 
 ISOLATION_MAX_ROWS = 16
 
