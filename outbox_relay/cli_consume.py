@@ -81,7 +81,8 @@ def load_app(spec: str) -> ConsumerApp:
     default=None,  # None: the app's value
     type=int,
     show_envvar=True,
-    help="Handlers running at once (default: the app's, 4); prefetch follows it.",
+    help="Worker threads shared by the handlers without their own concurrency= (default: "
+    "the app's, 4); their queues' prefetch follows it.",
 )
 @click.option(
     "--shutdown-grace",

@@ -20,6 +20,7 @@ from outbox_relay.consumer.declare import queue_spec, retry_route
 from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
 from outbox_relay.consumer.payload import Validator, decode_payload, validator_for
+from outbox_relay.consumer.policy import ErrorPolicy, exception_classes
 from outbox_relay.consumer.signature import CallPlan, Role, plan_call
 from outbox_relay.dead_peer import (
     DEAD_PEER_TIMEOUT_RULE,
@@ -76,6 +77,11 @@ class Handler(Generic[P]):
     app_name: str = ""  # the consumer app's name (with the queue, it keys the inbox)
     schema: str = "public"  # where the app's inbox is
     validate: Validator | None = field(default=None, repr=False)
+    # Its own worker pool of this many threads (prefetch: this x prefetch_multiplier);
+    # None: it shares the app's pool of ConsumerApp.concurrency threads.
+    concurrency: int | None = None
+    # Which exceptions retry and which park at once (retry_on=, park_on=).
+    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
 
     def __post_init__(self) -> None:
         for attribute in functools.WRAPPER_ASSIGNMENTS:
@@ -259,6 +265,9 @@ class ConsumerApp:
         name: str | None = None,
         declare_exchange: bool = True,
         max_priority: int | None = None,
+        concurrency: int | None = None,
+        retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
+        park_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
     ) -> Callable[[Callable[P, object]], Handler[P]]:
         """Register a handler for ``queue``; returns it as a :class:`Handler`.
 
@@ -279,6 +288,16 @@ class ConsumerApp:
         ``max_priority`` (1-255, classic queues; RabbitMQ recommends at most 10) makes the
         queue a priority queue: messages published with a higher ``priority`` are handled
         first.
+
+        ``concurrency`` gives the handler its own pool of that many worker threads (and
+        database sessions) and its own prefetch (``concurrency x prefetch_multiplier``
+        on its queue), so a slow handler cannot take the workers of the others; left
+        out, the handler shares the app's pool of ``ConsumerApp.concurrency`` threads.
+        ``retry_on`` (exception classes) retries only those and parks any other failure
+        at once; ``park_on`` parks those at once, with the error. :class:`Retry`,
+        :class:`Reject` and a payload that does not fit keep their meaning, ``park_on``
+        wins over ``retry_on``, and a lost database connection always goes back to the
+        queue without spending an attempt (see :mod:`outbox_relay.consumer.policy`).
         """
 
         def register(func: Callable[P, object]) -> Handler[P]:
@@ -292,6 +311,13 @@ class ConsumerApp:
                 else None
             )
             patterns = (bindings,) if isinstance(bindings, str) else tuple(bindings)
+            try:
+                policy = ErrorPolicy(
+                    retry_on=exception_classes(retry_on, option="retry_on"),
+                    park_on=exception_classes(park_on, option="park_on") or (),
+                )
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(f"handler {label} (queue {queue!r}): {exc}") from exc
             delays = tuple(float(d) for d in retry_delays)
             handler = Handler(
                 func=func,
@@ -317,6 +343,8 @@ class ConsumerApp:
                 app_name=self.name,
                 schema=self.schema,
                 validate=validate,
+                concurrency=concurrency,
+                policy=policy,
             )
             check_handler(handler, taken=[h.queue for h in self.handlers])
             self.handlers.append(handler)
@@ -386,6 +414,15 @@ def check_handler(handler: Handler[...], *, taken: Sequence[str]) -> None:
             "timeout must be positive and well under RabbitMQ's 30-minute consumer_timeout",
         ),
         (handler.queue_type in QUEUE_TYPES, f"queue_type: one of {', '.join(QUEUE_TYPES)}"),
+        (
+            handler.concurrency is None
+            or (type(handler.concurrency) is int and handler.concurrency >= 1),
+            (
+                f"concurrency must be a whole number, at least 1 (got "
+                f"{handler.concurrency!r}): the messages of this queue it may run at once; "
+                "leave it out to share the app's worker pool"
+            ),
+        ),
     ]
     for ok, message in checks:
         if not ok:

@@ -1,14 +1,14 @@
 """The consumer's I/O: one pika connection used from one thread, feeding the worker pool.
 
 The thread that calls :meth:`Runner.run` owns the connection. It consumes every
-handler's queue on one channel (prefetch = concurrency x prefetch multiplier, per queue:
-quorum queues refuse a channel-wide limit), hands deliveries to the
-:class:`~outbox_relay.consumer.worker.WorkerPool` and settles the workers' results: ack,
-or republish to a delay tier or the parking lot on a second, confirm-mode channel and
-then ack. Workers never touch pika: they queue their result and wake this thread with
-``add_callback_threadsafe``, the one thread-safe call of a pika connection. Between
-events the thread runs ``process_data_events`` every few hundred milliseconds, so
-heartbeats flow however long a handler takes.
+handler's queue on one channel, each with its own prefetch (its pool's size x prefetch
+multiplier, set per consumer: quorum queues refuse a channel-wide limit), hands
+deliveries to the handler's worker pool (:mod:`~outbox_relay.consumer.pools`) and
+settles the workers' results: ack, or republish to a delay tier or the parking lot on a
+second, confirm-mode channel and then ack. Workers never touch pika: they queue their
+result and wake this thread with ``add_callback_threadsafe``, the one thread-safe call
+of a pika connection. Between events the thread runs ``process_data_events`` every few
+hundred milliseconds, so heartbeats flow however long a handler takes.
 
 Undecodable messages: the connection decodes content headers through
 :mod:`~outbox_relay.consumer.lenient_frames`, so properties pika cannot decode arrive as
@@ -66,7 +66,8 @@ from outbox_relay.consumer.failure import (
     fit_headers,
 )
 from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
-from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
+from outbox_relay.consumer.pools import WorkerPools, pool_sizes, prefetch_for
+from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import (
     BrokerUnavailableError,
     MisconfiguredError,
@@ -174,8 +175,9 @@ class Runner:
         self._deadlines = Deadlines(
             timeout_s=settings.db_timeout_s, owner=f"consumer {settings.name}"
         )
-        self._pool = WorkerPool(
-            size=settings.concurrency,
+        self._pool = WorkerPools(
+            self._handlers,
+            concurrency=settings.concurrency,
             consumer=settings.name,
             new_session=(
                 functools.partial(
@@ -252,8 +254,8 @@ class Runner:
             "consumer.starting",
             broker=redact_url(self._settings.amqp_url),
             queues=[h.queue for h in self._handlers],
-            concurrency=self._settings.concurrency,
-            prefetch=self._settings.prefetch,
+            concurrency=pool_sizes(self._handlers, self._settings),
+            prefetch={h.queue: prefetch_for(h, self._settings) for h in self._handlers},
         )
         retrying = reconnecting(
             unavailable=(BrokerUnavailableError,),
@@ -336,8 +338,6 @@ class Runner:
             self._generation += 1
             self._conn, self._cancelled_by_broker = conn, False
             channel = conn.channel()
-            # Per consumer: quorum queues refuse a channel-wide (global) prefetch.
-            channel.basic_qos(prefetch_count=self._settings.prefetch)
             publisher = conn.channel()
             publisher.confirm_delivery()
             self._channel, self._publisher = channel, publisher
@@ -361,10 +361,15 @@ class Runner:
             self._discard_connection()
 
     def _consume(self, channel: BlockingChannel) -> list[str]:
-        return [
-            channel.basic_consume(h.queue, functools.partial(self._on_delivery, h))
-            for h in self._handlers
-        ]
+        tags = []
+        for handler in self._handlers:
+            # Per consumer (global=False), for the consumers started after it: each queue
+            # gets its own pool's prefetch; quorum queues refuse a channel-wide limit.
+            channel.basic_qos(prefetch_count=prefetch_for(handler, self._settings))
+            tags.append(
+                channel.basic_consume(handler.queue, functools.partial(self._on_delivery, handler))
+            )
+        return tags
 
     def _connected(self) -> None:
         self.ready.set()

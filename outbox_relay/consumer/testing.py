@@ -49,9 +49,10 @@ from typing import Any
 import pytest
 
 from outbox_relay.consumer.app import Handler
-from outbox_relay.consumer.errors import Reject, Retry, UndecodableMessageError
+from outbox_relay.consumer.errors import Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo, destination
 from outbox_relay.consumer.message import ATTEMPT_HEADER, Delivery, Message, decode
+from outbox_relay.consumer.policy import Verdict
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.store.trial import TrialTransaction, WrittenRow, trial_connection
 
@@ -235,14 +236,18 @@ def _run_in_transaction(
 def _failed(handler: Handler[...], message: Message | None, exc: Exception) -> Outcome:
     error = ErrorInfo.from_exception(exc)
     attempt = message.attempt if message is not None else 1
+    at_once = handler.policy.verdict(exc) is Verdict.PARK
     where = destination(
         handler.route,
         attempt=attempt,
-        reject=isinstance(exc, Reject | UndecodableMessageError),
+        reject=at_once,
         requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
     )
     reason = f"{error.type}: {error.message}"
-    if where.parked and not isinstance(exc, Reject | UndecodableMessageError):
+    why = handler.policy.reason(exc)
+    if why is not None:
+        reason = f"{reason} ({why})"
+    elif where.parked and not at_once:
         reason = f"attempt {attempt} of {handler.max_attempts} failed, none left: {reason}"
     return Outcome(
         Action.PARK if where.parked else Action.RETRY,

@@ -20,22 +20,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from outbox_relay.consumer.aio import HandlerLoop
 from outbox_relay.consumer.app import AfterCommitHook, Handler
-from outbox_relay.consumer.errors import (
-    HandlerTimeoutError,
-    InvalidPayloadError,
-    Reject,
-    Retry,
-    UndecodableMessageError,
-)
+from outbox_relay.consumer.errors import HandlerTimeoutError, Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo
 from outbox_relay.consumer.message import Delivery, Message, attempts_made, decode
+from outbox_relay.consumer.policy import Verdict
 from outbox_relay.errors import InboxBusyError, StoreUnavailableError
 from outbox_relay.store.inbox import HandlerSession
 from outbox_relay.tracing import trace_context_from
@@ -118,8 +113,10 @@ class WorkerPool:
         new_session: SessionFactory | None,
         on_result: Callable[[Result], None],
         after_commit: list[AfterCommitHook],
+        label: str = "",
     ) -> None:
         self._size = size
+        self._label = label  # in its threads' names: which handler's pool
         self._consumer = consumer
         self._new_session = new_session
         self._on_result = on_result
@@ -200,7 +197,11 @@ class WorkerPool:
     def _spawn(self) -> None:
         self._serial += 1
         thread = threading.Thread(
-            target=self._work, name=f"consumer-worker-{self._serial}", daemon=True
+            target=self._work,
+            name=f"consumer-worker-{self._label}-{self._serial}"
+            if self._label
+            else f"consumer-worker-{self._serial}",
+            daemon=True,
         )
         self._threads.append(thread)
         thread.start()
@@ -247,26 +248,9 @@ class WorkerPool:
             kind = self._run_handler(job, message, session)
         except (InboxBusyError, StoreUnavailableError) as exc:
             # Busy: the database answers, another delivery of the message holds its row.
-            busy = isinstance(exc, InboxBusyError)
-            if not busy:
-                self.database_problem = str(exc)
-            if session is not None:
-                session.rollback()
-            if not busy:
-                time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
-            kind = Kind.BUSY if busy else Kind.REQUEUE
-            return result(kind, message=message, error=ErrorInfo.from_exception(exc))
+            return self._give_back(job, exc, session, result(Kind.BUSY, message=message))
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried, never lost
-            if session is not None:
-                session.rollback()
-            if job.abandoned:
-                return None
-            return result(
-                Kind.PARK if isinstance(exc, Reject | InvalidPayloadError) else Kind.RETRY,
-                message=message,
-                error=ErrorInfo.from_exception(exc),
-                requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
-            )
+            return self._failed(job, exc, session, result(Kind.RETRY, message=message))
         if kind is None:
             return None
         if session is not None:
@@ -274,6 +258,53 @@ class WorkerPool:
         if kind is Kind.HANDLED:
             self._run_hooks(message)
         return result(kind, message=message)
+
+    def _failed(
+        self, job: Job, exc: Exception, session: HandlerSession | None, retry: Result
+    ) -> Result | None:
+        """The handler (or its commit) raised ``exc``: retry or park, as its policy says."""
+        # The handler's own statement found its connection gone: an outage, not a
+        # failure of this message (no attempt spent), exactly as for the SDK's own.
+        lost = session.lost_connection(exc) if session is not None else None
+        if lost is not None:
+            return self._give_back(job, lost, session, retry)
+        if session is not None:
+            session.rollback()
+        if job.abandoned:
+            return None
+        parks = job.handler.policy.verdict(exc) is Verdict.PARK
+        return replace(
+            retry,
+            kind=Kind.PARK if parks else Kind.RETRY,
+            error=ErrorInfo.from_exception(exc),
+            requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
+        )
+
+    def _give_back(
+        self,
+        job: Job,
+        exc: InboxBusyError | StoreUnavailableError,
+        session: HandlerSession | None,
+        given: Result,
+    ) -> Result | None:
+        """The delivery goes back to the queue, no attempt spent: BUSY when another
+        delivery holds the message's inbox row, REQUEUE (the consumer pauses) when the
+        database is unavailable."""
+        if session is not None:
+            session.rollback()
+        if job.abandoned:
+            # Timed out meanwhile: the pool reported it already, and killed the session
+            # itself (which is why its statement found the connection gone).
+            return None
+        is_busy = isinstance(exc, InboxBusyError)
+        if not is_busy:
+            self.database_problem = str(exc)
+            time.sleep(REQUEUE_PAUSE_S)  # a database outage must not spin deliveries round
+        return replace(
+            given,
+            kind=Kind.BUSY if is_busy else Kind.REQUEUE,
+            error=ErrorInfo.from_exception(exc),
+        )
 
     def _run_handler(
         self, job: Job, message: Message, session: HandlerSession | None

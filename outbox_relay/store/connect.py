@@ -152,3 +152,46 @@ def translate_errors(action: str) -> Iterator[None]:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# SQLSTATEs that end the server session (the connection is gone even before libpq
+# notices): connection exceptions (class 08), the server shutting down or the backend
+# terminated (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now).
+_SESSION_ENDED_PREFIX = "08"
+_SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+_CHAIN_LIMIT = 20  # exceptions chained deeper than this are not looked into
+
+
+def connection_lost(conn: psycopg.Connection[Any] | None, exc: BaseException) -> str | None:
+    """Why ``exc`` means ``conn`` is lost (a database restart, a failover, a killed
+    backend, a cut network), or None when the connection is fine or ``exc`` is about
+    something else (a constraint, a statement timeout, a bug).
+
+    ``exc`` is what a handler raised while using ``conn`` (or an async view of it): a
+    psycopg ``OperationalError`` or ``InterfaceError`` itself or anywhere in its chain
+    (``raise ... from``, or SQLAlchemy's ``DBAPIError.orig``), and the connection is then
+    closed or broken, or the error's SQLSTATE says the session ended.
+    """
+    error = _psycopg_cause(exc)
+    if error is None:
+        return None
+    sqlstate = getattr(error, "sqlstate", None) or ""
+    ended = sqlstate.startswith(_SESSION_ENDED_PREFIX) or sqlstate in _SESSION_ENDED
+    if not (conn is None or conn.closed or conn.broken or ended):
+        return None  # e.g. a statement timeout or a cancel: the session is still there
+    return f"database connection lost in the handler: {type(error).__name__}: {first_line(error)}"
+
+
+def _psycopg_cause(exc: BaseException) -> psycopg.Error | None:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(seen) < _CHAIN_LIMIT and current not in seen:
+        if isinstance(current, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return current
+        seen.append(current)
+        orig = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError
+        if isinstance(orig, BaseException):
+            current = orig
+            continue
+        current = current.__cause__ or current.__context__
+    return None

@@ -23,7 +23,7 @@ import psycopg
 
 from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import InboxBusyError, NoAnswerError, StoreError, StoreUnavailableError
-from outbox_relay.store.connect import connect
+from outbox_relay.store.connect import connect, connection_lost
 from outbox_relay.store.deadline import Deadlines, guarded
 from outbox_relay.store.pooler import announce_once, pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
@@ -177,6 +177,18 @@ class HandlerSession:
                 conn.rollback()
         except StoreError:
             self.close()
+
+    def lost_connection(self, exc: BaseException) -> StoreUnavailableError | None:
+        """``exc``, raised by the handler's own statements, as the database being
+        unavailable when it means this session's connection was lost (a restart, a
+        failover, a terminated backend); None when it is the handler's own failure. The
+        consumer then gives the delivery back without spending an attempt."""
+        reason = connection_lost(self._conn, exc)
+        if reason is None:
+            return None
+        error = StoreUnavailableError(reason)
+        error.__cause__ = exc
+        return error
 
     def _guarded(self, action: str) -> contextlib.AbstractContextManager[None]:
         return guarded(self._deadlines, self.connection, connection="handler", action=action)

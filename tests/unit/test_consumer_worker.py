@@ -17,6 +17,10 @@ from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
 from outbox_relay.errors import StoreUnavailableError
 
 
+class ConnectionLostError(Exception):
+    """What FakeSession takes for a lost connection (the real session asks psycopg)."""
+
+
 class FakeSession:
     """Stands in for HandlerSession: an inbox in a set, a log of what happened."""
 
@@ -24,6 +28,7 @@ class FakeSession:
         self.inbox, self.log = inbox, log
         self.pending: tuple[str, str] | None = None
         self.connection = "tx"
+        self.async_connection = "async tx"
         self.fail_begin = False
 
     def begin(self, *, consumer: str, message_id: str) -> bool:
@@ -47,6 +52,11 @@ class FakeSession:
 
     def kill(self) -> None:
         self.log.append("kill")
+
+    def lost_connection(self, exc: BaseException) -> StoreUnavailableError | None:
+        if isinstance(exc, ConnectionLostError) or isinstance(exc.__cause__, ConnectionLostError):
+            return StoreUnavailableError(f"database connection lost in the handler: {exc}")
+        return None
 
     def close(self) -> None:
         pass
@@ -250,3 +260,87 @@ def test_a_fitting_payload_reaches_the_handler_as_its_type(harness: Harness) -> 
     result = harness.run(handler(on_order), delivery(body=b'{"order_id": 7}'))
     assert result.kind is Kind.HANDLED
     assert calls == [Order(order_id=7)]
+
+
+def test_a_lost_connection_in_the_handler_gives_the_delivery_back_without_an_attempt(
+    harness: Harness, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("outbox_relay.consumer.worker.REQUEUE_PAUSE_S", 0.0)
+
+    def fail(message: Message, tx: Any) -> None:
+        raise RuntimeError("wrapped") from ConnectionLostError("terminating connection")
+
+    result = harness.run(handler(fail, max_attempts=1), delivery())
+    assert result.kind is Kind.REQUEUE  # not parked, though this was the last attempt
+    assert result.error is not None
+    assert "connection lost in the handler" in result.error.message
+    assert harness.log[-1] == "rollback"
+    assert harness.pool.database_problem is not None
+    assert harness.inbox == set()
+
+
+def test_a_lost_connection_in_an_async_handler_is_given_back_too(
+    harness: Harness, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr("outbox_relay.consumer.worker.REQUEUE_PAUSE_S", 0.0)
+
+    async def fail(message: Message, tx: Any) -> None:
+        raise ConnectionLostError("server closed the connection unexpectedly")
+
+    assert harness.run(handler(fail), delivery()).kind is Kind.REQUEUE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "kind"),
+    [
+        ({"park_on": KeyError}, KeyError("sku"), Kind.PARK),
+        ({"park_on": KeyError}, TimeoutError(), Kind.RETRY),
+        ({"retry_on": TimeoutError}, KeyError("sku"), Kind.PARK),
+        ({"retry_on": TimeoutError}, TimeoutError(), Kind.RETRY),
+        ({"retry_on": TimeoutError}, Retry("asked"), Kind.RETRY),
+    ],
+)
+def test_retry_on_and_park_on_decide_a_failure(
+    harness: Harness, kwargs: dict[str, Any], error: Exception, kind: Kind
+) -> None:
+    def fail(message: Message, tx: Any) -> None:
+        raise error
+
+    result = harness.run(handler(fail, **kwargs), delivery())
+    assert result.kind is kind
+    assert result.attempt == 1
+    assert result.error is not None
+    assert result.error.type.endswith(type(error).__qualname__)
+    assert harness.log[-1] == "rollback"
+
+
+def test_a_timed_out_handler_whose_killed_connection_fails_is_no_outage() -> None:
+    harness = Harness(size=1)
+    release = threading.Event()
+
+    def slow(message: Message, tx: Any) -> None:
+        release.wait(5)  # meanwhile the pool kills its session at the timeout
+        raise ConnectionLostError("terminating connection due to administrator command")
+
+    harness.pool.submit(Job(delivery("slow"), handler(slow, timeout=0.1), token=None))
+    deadline = time.monotonic() + 5
+    expired: list[Result] = []
+    while not expired and time.monotonic() < deadline:
+        expired = harness.pool.expire(time.monotonic())
+        time.sleep(0.02)
+    assert [r.kind for r in expired] == [Kind.RETRY]
+    release.set()
+    assert wait_until(lambda: harness.log.count("rollback") == 1)
+    time.sleep(0.1)
+    assert harness.results.empty()  # no requeue reported for the abandoned job
+    assert harness.pool.database_problem is None  # readiness unaffected
+    harness.pool.stop(2)
+
+
+def wait_until(condition: Any, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return False
