@@ -22,7 +22,14 @@ EXPECTED = {
         "--batch-size 1000 / ceiling",
         "partition keys / ceiling",
     ],
-    "latency": ["p50", "p95", "p99", "max"],
+    "latency": [
+        "p50, relay / dual write",
+        "p99, relay / dual write",
+        "p50, ",
+        "p95",
+        "p99, ",
+        "max",
+    ],
     "idle": ["idle relay CPU", "idle relay database transactions", "wake-ups", "only sleeps"],
     "producer": [
         "relay busy / ceiling, relay busy",
@@ -64,7 +71,10 @@ def test_quick_mode_produces_every_figure(scenario: str, database_url: str, amqp
         assert any(expected in name for name in names), (expected, names)
     assert all(figure.value == figure.value for figure in report.figures)  # no NaN
     if scenario == "latency":  # beside the dual write and the naive poller of the same run
-        assert all(f.ceiling is not None and f.baseline is not None for f in report.figures)
+        ratios = [f for f in report.figures if f.unit == "x"]
+        times = [f for f in report.figures if f.unit == "ms"]
+        assert [f.target for f in ratios] == ["<= 2 x", "<= 2 x"], ratios
+        assert all(f.ceiling is not None and f.baseline is not None for f in times), times
 
 
 def test_the_results_name_the_servers_and_the_settings_the_figures_depend_on(
