@@ -56,6 +56,12 @@ EXPECTED = {
         "SDK async c4 with inbox / FastStream",
         "SDK async c4 / SDK c4",
     ],
+    # and each peer's figures, or the line saying why it was skipped (see below)
+    "peers": [
+        "outbox-relay: throughput",
+        "outbox-relay: commit to delivery p50",
+        "outbox-relay: commit to delivery p99",
+    ],
 }
 
 
@@ -70,6 +76,16 @@ def test_quick_mode_produces_every_figure(scenario: str, database_url: str, amqp
     for expected in EXPECTED[scenario]:
         assert any(expected in name for name in names), (expected, names)
     assert all(figure.value == figure.value for figure in report.figures)  # no NaN
+    if scenario == "peers":
+        from benchmarks.peers import installed
+
+        present, missing = installed()
+        for peer in present:
+            for figure in ("throughput", "commit to delivery p50", "commit to delivery p99"):
+                assert f"{peer}: {figure}" in " ".join(names), (peer, figure, names)
+            assert any(name == f"{peer} / outbox-relay: throughput" for name in names), names
+        for peer in missing:
+            assert any(name.startswith(f"{peer}: skipped (") for name in names), names
     if scenario == "latency":  # beside the dual write and the naive poller of the same run
         ratios = [f for f in report.figures if f.unit == "x"]
         times = [f for f in report.figures if f.unit == "ms"]
