@@ -124,11 +124,18 @@ SELECT pg_has_role(current_user, 'pg_read_all_stats', 'USAGE') AS allowed
 -- about 1 to 2.1-3.3 ms (no autovacuum; with this setting it stayed at 0.6-1.3 ms).
 -- Statements that no index serves (the leases' lookups by owner) still scan: the setting
 -- makes a scan dearer, it does not forbid one.
+-- plan_cache_mode force_generic_plan: with the settings above every plan of these
+-- statements has the same shape whatever their values, but PostgreSQL compares each
+-- custom plan's cost with the generic one's and kept planning anew: the settle's DELETE
+-- at every batch (3995 of 4000), and the claim at 42 % of the claims of keyed rows,
+-- 0.2 ms a time on the wake-up path. Behind a transaction-mode pooler nothing is
+-- prepared and the setting changes nothing.
 SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, %(local)s),
        set_config('enable_sort', 'off', %(local)s),
        set_config('enable_seqscan', 'off', %(local)s),
        set_config('jit', 'off', %(local)s),
        set_config('work_mem', '32MB', %(local)s),
+       set_config('plan_cache_mode', 'force_generic_plan', %(local)s),
        pg_backend_pid()
 
 -- name: listener_forget_gone

@@ -22,7 +22,14 @@ EXPECTED = {
         "--batch-size 1000 / ceiling",
         "partition keys / ceiling",
     ],
-    "latency": ["p50", "p95", "p99", "max"],
+    "latency": [
+        "p50, relay / dual write",
+        "p99, relay / dual write",
+        "p50, ",
+        "p95",
+        "p99, ",
+        "max",
+    ],
     "idle": ["idle relay CPU", "idle relay database transactions", "wake-ups", "only sleeps"],
     "producer": [
         "relay busy / ceiling, relay busy",
@@ -49,6 +56,12 @@ EXPECTED = {
         "SDK async c4 with inbox / FastStream",
         "SDK async c4 / SDK c4",
     ],
+    # and each peer's figures, or the line saying why it was skipped (see below)
+    "peers": [
+        "outbox-relay: throughput",
+        "outbox-relay: commit to delivery p50",
+        "outbox-relay: commit to delivery p99",
+    ],
 }
 
 
@@ -63,8 +76,21 @@ def test_quick_mode_produces_every_figure(scenario: str, database_url: str, amqp
     for expected in EXPECTED[scenario]:
         assert any(expected in name for name in names), (expected, names)
     assert all(figure.value == figure.value for figure in report.figures)  # no NaN
+    if scenario == "peers":
+        from benchmarks.peers import installed
+
+        present, missing = installed()
+        for peer in present:
+            for figure in ("throughput", "commit to delivery p50", "commit to delivery p99"):
+                assert f"{peer}: {figure}" in " ".join(names), (peer, figure, names)
+            assert any(name == f"{peer} / outbox-relay: throughput" for name in names), names
+        for peer in missing:
+            assert any(name.startswith(f"{peer}: skipped (") for name in names), names
     if scenario == "latency":  # beside the dual write and the naive poller of the same run
-        assert all(f.ceiling is not None and f.baseline is not None for f in report.figures)
+        ratios = [f for f in report.figures if f.unit == "x"]
+        times = [f for f in report.figures if f.unit == "ms"]
+        assert [f.target for f in ratios] == ["<= 2 x", "<= 2 x"], ratios
+        assert all(f.ceiling is not None and f.baseline is not None for f in times), times
 
 
 def test_the_results_name_the_servers_and_the_settings_the_figures_depend_on(
