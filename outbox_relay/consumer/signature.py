@@ -299,6 +299,7 @@ def _is_typeddict(tp: type) -> bool:
 
 
 def _describe(annotation: object) -> str:
-    if isinstance(annotation, type):
+    # dict[str, Any] is an instance of type on Python 3.10: shown by its repr, as later.
+    if isinstance(annotation, type) and typing.get_origin(annotation) is None:
         return f"{annotation.__module__}.{annotation.__qualname__}"
     return repr(annotation)
