@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec
@@ -20,6 +21,13 @@ from outbox_relay.consumer.declare import queue_spec, retry_route
 from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
 from outbox_relay.consumer.payload import Validator, decode_payload, validator_for
+from outbox_relay.consumer.rate_limit import (
+    KeyFunction,
+    KeySpec,
+    RateLimit,
+    parse_key,
+    parse_rate_limit,
+)
 from outbox_relay.consumer.signature import CallPlan, Role, plan_call
 from outbox_relay.dead_peer import (
     DEAD_PEER_TIMEOUT_RULE,
@@ -76,6 +84,8 @@ class Handler(Generic[P]):
     app_name: str = ""  # the consumer app's name (with the queue, it keys the inbox)
     schema: str = "public"  # where the app's inbox is
     validate: Validator | None = field(default=None, repr=False)
+    rate_limit: RateLimit | None = None  # shared by every process of the app (gate.py)
+    rate_key: KeySpec | None = None  # a bucket per key; None: one bucket
 
     def __post_init__(self) -> None:
         for attribute in functools.WRAPPER_ASSIGNMENTS:
@@ -259,6 +269,8 @@ class ConsumerApp:
         name: str | None = None,
         declare_exchange: bool = True,
         max_priority: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+        rate_limit_key: str | KeyFunction | None = None,
     ) -> Callable[[Callable[P, object]], Handler[P]]:
         """Register a handler for ``queue``; returns it as a :class:`Handler`.
 
@@ -279,6 +291,11 @@ class ConsumerApp:
         ``max_priority`` (1-255, classic queues; RabbitMQ recommends at most 10) makes the
         queue a priority queue: messages published with a higher ``priority`` are handled
         first.
+        ``rate_limit`` (``"100/m"``, ``"N/s"``, ``"N/h"`` or ``RateLimit(max=, per=)``)
+        holds for the handler across every process of the app, through the database
+        (see :mod:`outbox_relay.consumer.gate`); ``rate_limit_key`` (``"header:NAME"``,
+        ``"body:FIELD"`` or a function of the :class:`Message`) gives each key its own
+        bucket of that size, messages without the key sharing one.
         """
 
         def register(func: Callable[P, object]) -> Handler[P]:
@@ -290,6 +307,9 @@ class ConsumerApp:
                 validator_for(plan.payload_type, plan.payload_kind, where=f"handler {label}")
                 if plan.payload_type is not None and plan.payload_kind is not None
                 else None
+            )
+            limit, key = flow_settings(
+                label, queue, rate_limit, rate_limit_key, payload_type=plan.payload_type
             )
             patterns = (bindings,) if isinstance(bindings, str) else tuple(bindings)
             delays = tuple(float(d) for d in retry_delays)
@@ -317,6 +337,8 @@ class ConsumerApp:
                 app_name=self.name,
                 schema=self.schema,
                 validate=validate,
+                rate_limit=limit,
+                rate_key=key,
             )
             check_handler(handler, taken=[h.queue for h in self.handlers])
             self.handlers.append(handler)
@@ -353,6 +375,13 @@ class ConsumerApp:
                 f"handlers {', '.join(needs_db)} take a transaction but no database URL is "
                 f"set: pass database_url or set {DATABASE_URL_ENV}"
             )
+        limited = [h.name for h in self.handlers if h.rate_limit is not None]
+        if limited and not settings.database_url:
+            raise ConfigurationError(
+                f"handlers {', '.join(limited)} have a rate limit, which every process of the "
+                f"app shares through the database, but no database URL is set: pass "
+                f"database_url or set {DATABASE_URL_ENV}"
+            )
         return settings
 
     def run(self, **overrides: Any) -> None:
@@ -364,6 +393,48 @@ class ConsumerApp:
         from outbox_relay.consumer.serve import serve  # noqa: PLC0415 - pika only when running
 
         serve(self, self.settings(**overrides))
+
+
+def flow_settings(
+    label: str,
+    queue: str,
+    rate_limit: str | RateLimit | None,
+    rate_limit_key: str | KeyFunction | None,
+    payload_type: type | None = None,
+) -> tuple[RateLimit | None, KeySpec | None]:
+    """``rate_limit`` and ``rate_limit_key`` parsed; ConfigurationError naming the handler
+    and the fix."""
+    where = f"handler {label} (queue {queue!r})"
+    try:
+        limit = None if rate_limit is None else parse_rate_limit(rate_limit)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: rate_limit: {exc}") from exc
+    try:
+        key = None if rate_limit_key is None else parse_key(rate_limit_key)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: rate_limit_key: {exc}") from exc
+    if key is not None and key.source == "body" and payload_type is not None:
+        fields = payload_fields(payload_type)
+        if fields is not None and key.name not in fields:
+            raise ConfigurationError(
+                f"{where}: rate_limit_key: {payload_type.__name__} has no field "
+                f"{key.name!r}; name one of {', '.join(sorted(fields))}"
+            )
+    if key is not None and limit is None:
+        raise ConfigurationError(
+            f"{where}: rate_limit_key gives each key its own bucket of the handler's "
+            "rate_limit: set rate_limit too (e.g. rate_limit='10/s')"
+        )
+    return limit, key
+
+
+def payload_fields(payload_type: type) -> set[str] | None:
+    """The field names of a payload type (dataclass, TypedDict, pydantic model, msgspec
+    Struct); None when they cannot be read."""
+    try:
+        return set(typing.get_type_hints(payload_type))
+    except Exception:  # noqa: BLE001 - unresolvable annotations: do not guess
+        return None
 
 
 def check_handler(handler: Handler[...], *, taken: Sequence[str]) -> None:

@@ -30,6 +30,7 @@ from outbox_relay.consumer.app import AfterCommitHook, Handler
 from outbox_relay.consumer.errors import (
     HandlerTimeoutError,
     InvalidPayloadError,
+    RateLimited,
     Reject,
     Retry,
     UndecodableMessageError,
@@ -51,6 +52,7 @@ class Kind(enum.Enum):
     PARK = "parked"  # rolled back: republish to the parking lot, ack
     REQUEUE = "requeued"  # the database was unavailable: give the delivery back, no attempt lost
     BUSY = "busy"  # another delivery of the message is being handled: give it back, no pause
+    PAUSED = "paused"  # the handler raised RateLimited: held until its pause ends, no attempt
 
 
 class _State(enum.Enum):
@@ -105,6 +107,15 @@ class Result:
 
 
 SessionFactory = Callable[[], HandlerSession]
+
+
+def failure_kind(exc: Exception) -> tuple[Kind, float | None]:
+    """What becomes of a delivery whose handler raised ``exc``, and the delay it asked for."""
+    if isinstance(exc, RateLimited):  # the outside world said "slow down": no attempt counted
+        return Kind.PAUSED, exc.retry_after
+    if isinstance(exc, Reject | InvalidPayloadError):
+        return Kind.PARK, None
+    return Kind.RETRY, exc.delay if isinstance(exc, Retry) else None
 
 
 class WorkerPool:
@@ -261,12 +272,9 @@ class WorkerPool:
                 session.rollback()
             if job.abandoned:
                 return None
-            return result(
-                Kind.PARK if isinstance(exc, Reject | InvalidPayloadError) else Kind.RETRY,
-                message=message,
-                error=ErrorInfo.from_exception(exc),
-                requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
-            )
+            kind, delay_s = failure_kind(exc)
+            error = ErrorInfo.from_exception(exc)
+            return result(kind, message=message, error=error, requested_delay_s=delay_s)
         if kind is None:
             return None
         if session is not None:
