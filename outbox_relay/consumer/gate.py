@@ -12,8 +12,10 @@ sleeps until the next token is due; no transaction is open meanwhile.
 
 Pauses: a handler that raised :class:`~outbox_relay.consumer.errors.RateLimited` is
 paused here at once and in the table for every process; the others learn it with their
-next lease, or (handlers without a limit) within ``PAUSE_CHECK_S`` while deliveries
-flow. Its deliveries wait here until the pause ends, the one that raised first.
+next lease, or (handlers without a limit) before they start a delivery once what they
+know is older than ``PAUSE_CHECK_S``: at most one round trip a second, and only while
+deliveries flow. Its deliveries wait here until the pause ends, the one that raised
+first.
 
 The runner takes back what waits (:meth:`FlowGate.take_held`) on SIGTERM, on losing the
 connection and when the database goes away. A database that fails a lease gives the
@@ -95,11 +97,13 @@ class FlowGate:
         self._granted: dict[str, collections.deque[float]] = {
             h.inbox_key: collections.deque() for h in self._handlers if h.rate_limit
         }
-        self._active = False  # deliveries flowed since the last pause check
-        self._check_pauses_at = 0.0
+        # Until when this process's view of other processes' pauses is fresh enough to
+        # start a delivery of a handler without a limit (its leases tell a limited one).
+        self._pauses_fresh_until = 0.0
         self._retry_at = 0.0
         self._db_pauses = store is not None and any(h.uses_db for h in self._handlers)
         self._stopping = threading.Event()
+        self._changed = False  # something arrived since the last turn: no sleeping
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -124,8 +128,6 @@ class FlowGate:
             pass  # the runner's database check reports it
 
     def start(self) -> None:
-        if self._store is None and not any(h.rate_limit for h in self._handlers):
-            return
         self._thread = threading.Thread(target=self._run, name="flow-gate", daemon=True)
         self._thread.start()
 
@@ -142,17 +144,28 @@ class FlowGate:
 
     def submit(self, job: Job) -> None:
         handler = job.handler
-        if handler.rate_limit is None and not self._paused_until:
-            self._active = True
-            self._submit(job)
+        if handler.rate_limit is None and not self._paused_until and self._pauses_fresh():
+            self._submit(job)  # the usual path: no lock, no round trip
             return
         with self._cond:
-            if handler.rate_limit is None and not self._is_paused(handler, time.monotonic()):
-                self._active = True
+            now = time.monotonic()
+            if (
+                handler.rate_limit is None
+                and not self._is_paused(handler, now)
+                and self._pauses_fresh(now)
+            ):
                 self._submit(job)
                 return
-            self._bucket_of(job).waiting.append((job, time.monotonic()))
+            self._bucket_of(job).waiting.append((job, now))
+            self._changed = True
             self._cond.notify()
+
+    def _pauses_fresh(self, now: float | None = None) -> bool:
+        """A delivery of a handler without a limit may start without asking the database
+        about pauses (asked within PAUSE_CHECK_S, or no pauses in the database)."""
+        if not self._db_pauses:
+            return True
+        return (time.monotonic() if now is None else now) < self._pauses_fresh_until
 
     def pause(self, handler: Handler[...], seconds: float, *, again: Job) -> None:
         """``handler`` raised RateLimited on ``again``'s delivery: pause it everywhere and
@@ -164,6 +177,7 @@ class FlowGate:
                 key = handler.inbox_key
                 self._pauses_to_record[key] = max(self._pauses_to_record.get(key, 0.0), seconds)
             self._bucket_of(again).waiting.appendleft((again, time.monotonic()))
+            self._changed = True
             self._cond.notify()
 
     def take_held(self) -> list[Job]:
@@ -211,15 +225,17 @@ class FlowGate:
             except Exception:  # the gate must outlive any one failure; logged with its traceback
                 log.exception("consumer.flow_gate_failed")
                 wait_s = OUTAGE_WAIT_S
-            if wait_s > 0:
-                with self._cond:
+            with self._cond:
+                if wait_s > 0 and not self._changed:
                     self._cond.wait(wait_s)
+                self._changed = False
 
     def _turn(self) -> float:
         """Release due deliveries, lease tokens where needed; how long to sleep."""
         now = time.monotonic()
         to_lease: list[_Bucket] = []
         wait_s = IDLE_WAIT_S
+        check = False
         with self._cond:
             for where, bucket in list(self._buckets.items()):
                 handler = bucket.handler
@@ -229,6 +245,9 @@ class FlowGate:
                 left = self._paused_until.get(handler.inbox_key, 0.0) - now
                 if left > 0:
                     wait_s = min(wait_s, left)
+                    continue
+                if handler.rate_limit is None and not self._pauses_fresh(now):
+                    check = True  # ask the database before these start
                     continue
                 self._release(bucket, now)
                 if not bucket.waiting:
@@ -240,14 +259,13 @@ class FlowGate:
                 else:
                     wait_s = min(wait_s, self._retry_at - now)
             pauses, self._pauses_to_record = self._pauses_to_record, {}
-            check = self._db_pauses and self._active and now >= self._check_pauses_at
         for consumer, seconds in pauses.items():
             self._record_pause(consumer, seconds)
         if check:
             self._check_pauses(now)
         for bucket in to_lease:
             self._lease(bucket)
-        return 0.0 if to_lease or pauses else max(wait_s, 0.0)
+        return 0.0 if to_lease or pauses or check else max(wait_s, 0.0)
 
     def _release(self, bucket: _Bucket, now: float) -> None:
         """Under the lock: start the deliveries whose token is due (all of them for a
@@ -263,7 +281,6 @@ class FlowGate:
                     self._observer.token_waited(
                         queue=handler.queue, handler=handler.name, seconds=now - since
                     )
-            self._active = True
             self._submit(job)
 
     def _lease(self, bucket: _Bucket) -> None:
@@ -318,14 +335,14 @@ class FlowGate:
 
     def _check_pauses(self, now: float) -> None:
         assert self._store is not None  # noqa: S101 - checked only with a store
-        self._active = False
-        self._check_pauses_at = now + PAUSE_CHECK_S
         try:
             paused = self._store.paused([h.inbox_key for h in self._handlers])
         except StoreError as exc:
+            # The deliveries go ahead; their own transactions meet the outage, if it is one.
             log.info("consumer.pause_check_failed", error=str(exc))
-            return
+            paused = {}
         with self._cond:
+            self._pauses_fresh_until = now + PAUSE_CHECK_S
             for handler in self._handlers:
                 left = paused.get(handler.inbox_key)
                 if left is not None:
