@@ -24,6 +24,7 @@ SCENARIOS = [
     "scale",
     "blocked",
     "consumer",
+    "rate_limit",
 ]
 
 

@@ -94,6 +94,7 @@ class FlowGate:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._paused_until: dict[str, float] = {}  # inbox key -> monotonic end
         self._pauses_to_record: dict[str, float] = {}  # inbox key -> seconds
+        self.tokens_granted = 0  # since start, every handler
         self._granted: dict[str, collections.deque[float]] = {
             h.inbox_key: collections.deque() for h in self._handlers if h.rate_limit
         }
@@ -139,6 +140,11 @@ class FlowGate:
             self._thread.join(5)
         if self._store is not None:
             self._store.close()
+            log.info(
+                "consumer.flow_stopped",
+                round_trips=self._store.round_trips,
+                tokens=self.tokens_granted,
+            )
 
     # -- from the runner's I/O thread ----------------------------------------------------
 
@@ -276,6 +282,7 @@ class FlowGate:
             job, since = bucket.waiting.popleft()
             if limit is not None:
                 bucket.tokens.popleft()
+                self.tokens_granted += 1
                 self._granted[handler.inbox_key].append(now)
                 if self._observer is not None:
                     self._observer.token_waited(
@@ -288,8 +295,7 @@ class FlowGate:
         limit: RateLimit | None = handler.rate_limit
         if limit is None or self._store is None:
             return
-        with self._cond:
-            count = lease_size(limit, waiting=len(bucket.waiting))
+        count = lease_size(limit)
         try:
             lease = self._store.lease(
                 consumer=handler.inbox_key,

@@ -99,11 +99,11 @@ def parse_rate_limit(value: str | RateLimit) -> RateLimit:
     return RateLimit(max=int(number), per=UNITS_S[unit])
 
 
-def lease_size(limit: RateLimit, *, waiting: int) -> int:
-    """How many tokens to take in one round trip for ``waiting`` deliveries: one at
-    modest rates, a small batch at high ones, never more than wait for them."""
-    batch = max(1, min(MAX_LEASE, limit.max, math.floor(limit.per_second * LEASE_SPAN_S)))
-    return max(1, min(batch, waiting))
+def lease_size(limit: RateLimit) -> int:
+    """How many tokens to take in one round trip: one at modest rates, a small batch at
+    high ones. Tokens of a lease not used at once serve the next deliveries (a process
+    holds at most one lease per bucket, so at most MAX_LEASE tokens early)."""
+    return max(1, min(MAX_LEASE, limit.max, math.floor(limit.per_second * LEASE_SPAN_S)))
 
 
 def lease_span_s(limit: RateLimit, count: int) -> float:

@@ -128,17 +128,17 @@ class TestBucket:
         assert len(now_due) <= limit.max
 
     @pytest.mark.parametrize(
-        ("limit", "waiting", "lease"),
+        ("limit", "lease"),
         [
-            (RateLimit(50, 1), 100, 1),  # 50/s: a round trip a token
-            (RateLimit(2000, 1), 100, 40),  # 2,000/s: forty a round trip
-            (RateLimit(2000, 1), 3, 3),  # never more than wait for them
-            (RateLimit(100, 60), 100, 1),
-            (RateLimit(100_000, 1), 1000, 100),  # capped
+            (RateLimit(50, 1), 1),  # 50/s: a round trip a token
+            (RateLimit(2000, 1), 40),  # 2,000/s: forty a round trip
+            (RateLimit(100, 60), 1),
+            (RateLimit(30, 0.01), 30),  # never more than the burst
+            (RateLimit(100_000, 1), 100),  # capped
         ],
     )
-    def test_lease_size(self, limit: RateLimit, waiting: int, lease: int) -> None:
-        assert lease_size(limit, waiting=waiting) == lease
+    def test_lease_size(self, limit: RateLimit, lease: int) -> None:
+        assert lease_size(limit) == lease
         assert lease_span_s(limit, lease) == pytest.approx(lease * limit.interval_s)
 
 
