@@ -22,9 +22,10 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from outbox_relay.consumer import ConsumerApp, Message, RateLimited
 from tests.integration.test_consumer_faults import wait_for_event
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import publish, start_subprocess, stop_subprocess
+from tests.support.consumer import publish, running_consumer, start_subprocess, stop_subprocess
 from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
@@ -229,3 +230,29 @@ def test_sigterm_returns_deliveries_waiting_for_a_token_at_once(
     assert took_s < 5
     assert len(effects(database_url, schema)) == 1
     assert broker.depth(queue) == 7  # nothing lost: the held four are back
+
+
+def test_readiness_shows_each_limit_the_rate_held_and_a_pause(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    app = ConsumerApp(
+        name="status-test", schema=schema, database_url=database_url, amqp_url=amqp_url
+    )
+    exchange = broker.exchange()
+
+    @app.handler(exchange=exchange, queue=broker.name("mail"), rate_limit="5/s")
+    def send_mail(message: Message, tx: psycopg.Connection[Any]) -> None:
+        if message.body.get("429"):
+            raise RateLimited(retry_after=30)
+
+    with running_consumer(app, broker) as runner:
+        for n in range(3):
+            publish(broker, exchange, "k", b"{}", message_id=f"m-{n}")
+        assert wait_for(lambda: "held 0.3/s here" in runner.readiness()[1])
+        ready, text = runner.readiness()
+        assert ready
+        assert "send_mail: limit 5/s, held 0.3/s here" in text
+        publish(broker, exchange, "k", b'{"429": true}', message_id="slow-down")
+        assert wait_for(lambda: "paused for" in runner.readiness()[1])
+        assert "1 waiting for a token or a pause" in runner.readiness()[1]
+    assert broker.depth(broker.name("mail")) == 1  # back in the queue on stop, unhandled
