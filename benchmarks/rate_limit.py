@@ -27,17 +27,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import pika
 import psutil
 import psycopg
 from psycopg import sql
 
 from benchmarks.common import HERE, Env, Figure, Report, Rounds, outbox_schema, ratio_target, unique
-from benchmarks.consumer import Countdown, backlog, body, effects_table, names
+from benchmarks.consumer import Countdown, backlog, effects_table, names
 from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.consumer.declare import declare
 from outbox_relay.consumer.gate import FlowGate
@@ -50,7 +48,6 @@ HELD_TOLERANCE = 0.05
 NO_LIMIT_TARGET_RATIO = 0.97
 WINDOWS_S = (0.5, 1.0, 2.0, 5.0)
 WITH_GATE, WITHOUT_GATE = "with the flow gate", "bare pass-through"
-START_TIMEOUT_S = 30.0
 
 
 # -- held across processes ----------------------------------------------------------------
@@ -93,21 +90,6 @@ def consumers(
                 proc.kill()
 
 
-def wait_consumers(amqp: pika.BlockingConnection, queue: str, count: int) -> None:
-    """Until ``count`` consumers consume ``queue`` (a passive declare of a queue not
-    there yet closes its channel: a new one each time)."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        with contextlib.suppress(pika.exceptions.ChannelClosedByBroker):
-            probe = amqp.channel()
-            consumers = probe.queue_declare(queue, passive=True).method.consumer_count
-            probe.close()
-            if consumers >= count:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"{count} consumers did not start on {queue}")
-
-
 def write_times(database_url: str, table: sql.Identifier) -> list[float]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute(
@@ -129,15 +111,20 @@ def flow_writes(database_url: str, schema: str) -> int:
 
 
 def most_above_rate(times: list[float], per_second: float) -> float:
-    """The largest count in any window of WINDOWS_S less rate x window."""
+    """The largest count in any window [t, t + w) of WINDOWS_S less rate x window."""
     worst = 0.0
     for window in WINDOWS_S:
         first = 0
         for last, at in enumerate(times):
-            while at - times[first] > window:
+            while at - times[first] >= window:
                 first += 1
             worst = max(worst, (last - first + 1) - per_second * window)
     return worst
+
+
+def declaration_only(message: Message) -> None:
+    """Never runs: its app only declares the queue the consumer processes will consume."""
+    del message
 
 
 def held(env: Env, report: Report, schema: str, *, per_second: int, seconds: float) -> None:
@@ -153,41 +140,36 @@ def held(env: Env, report: Report, schema: str, *, per_second: int, seconds: flo
             )
         )
     writes_before = flow_writes(env.database_url, schema)
-    amqp = pika.BlockingConnection(pika.URLParameters(env.amqp_url))
-    channel = amqp.channel()
+    # The backlog is in the queue before the consumers start: the same queue (and tiers)
+    # the app declares, filled with confirms.
+    declared = ConsumerApp(name="bench-rate", schema=schema)
+    declared.handler(exchange=exchange, queue=queue, retry_delays=[1], declare_exchange=False)(
+        declaration_only
+    )
     cpu_s = 0.0
     try:
-        channel.exchange_declare(exchange, "topic", durable=True)
-        with consumers(
-            env, schema, exchange=exchange, queue=queue, table=table, limit=f"{per_second}/s"
-        ) as procs:
-            wait_consumers(amqp, queue, PROCESSES)
-            channel.confirm_delivery()
-            for n in range(count):
-                channel.basic_publish(
-                    exchange,
-                    "bench.created",
-                    body(n),
-                    properties=pika.BasicProperties(
-                        message_id=str(uuid.uuid4()),
-                        content_type="application/json",
-                        delivery_mode=2,
-                    ),
-                )
+        with (
+            backlog(
+                env,
+                exchange,
+                queue,
+                count,
+                declare_queue=lambda: declare(env.amqp_url, declared.handlers),
+            ),
+            consumers(
+                env, schema, exchange=exchange, queue=queue, table=table, limit=f"{per_second}/s"
+            ) as procs,
+        ):
             deadline = time.monotonic() + 3 * seconds + 60
             while len(write_times(env.database_url, ident)) < count:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the rate-limited backlog was not drained in time")
                 time.sleep(0.5)
             for proc in procs:
-                times = psutil.Process(proc.pid).cpu_times()
-                cpu_s += times.user + times.system
+                cpu = psutil.Process(proc.pid).cpu_times()
+                cpu_s += cpu.user + cpu.system
         times = write_times(env.database_url, ident)
     finally:
-        for name in (queue, f"{queue}.retry.1s", f"{queue}.parking"):
-            channel.queue_delete(name)
-        channel.exchange_delete(exchange)
-        amqp.close()
         with psycopg.connect(env.database_url, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
     time.sleep(1.0)  # the ended backends' statistics reach the shared counters

@@ -13,8 +13,9 @@ sleeps until the next token is due; no transaction is open meanwhile.
 Pauses: a handler that raised :class:`~outbox_relay.consumer.errors.RateLimited` is
 paused here at once and in the table for every process; the others learn it with their
 next lease, or (handlers without a limit) before they start a delivery once what they
-know is older than ``PAUSE_CHECK_S``: at most one round trip a second, and only while
-deliveries flow. Its deliveries wait here until the pause ends, the one that raised
+know is older than ``PAUSE_CHECK_S`` (while deliveries flow the gate thread refreshes
+it before then, so they do not wait for it): at most about one round trip a second, and
+only while deliveries flow. Its deliveries wait here until the pause ends, the one that raised
 first.
 
 The runner takes back what waits (:meth:`FlowGate.take_held`) on SIGTERM, on losing the
@@ -53,6 +54,7 @@ from outbox_relay.store.flow import FlowStore
 
 log = structlog.get_logger("outbox_relay.consumer")
 PAUSE_CHECK_S = 1.0  # how stale a process's view of other processes' pauses may be
+PAUSE_REFRESH_AHEAD_S = 0.25  # while deliveries flow, refreshed this long before then
 IDLE_WAIT_S = 1.0
 OUTAGE_WAIT_S = 1.0  # after a failed lease, before the next one
 RATE_WINDOW_S = 10.0  # the "rate held" in the status is over this window
@@ -101,6 +103,7 @@ class FlowGate:
         # Until when this process's view of other processes' pauses is fresh enough to
         # start a delivery of a handler without a limit (its leases tell a limited one).
         self._pauses_fresh_until = 0.0
+        self._flowing = False  # deliveries went by since the last check: refresh ahead
         self._retry_at = 0.0
         self._db_pauses = store is not None and any(h.uses_db for h in self._handlers)
         self._stopping = threading.Event()
@@ -151,6 +154,7 @@ class FlowGate:
     def submit(self, job: Job) -> None:
         handler = job.handler
         if handler.rate_limit is None and not self._paused_until and self._pauses_fresh():
+            self._flowing = True
             self._submit(job)  # the usual path: no lock, no round trip
             return
         with self._cond:
@@ -265,6 +269,8 @@ class FlowGate:
                 else:
                     wait_s = min(wait_s, self._retry_at - now)
             pauses, self._pauses_to_record = self._pauses_to_record, {}
+            refresh, refresh_in_s = self._refresh_due(now)
+            check, wait_s = check or refresh, min(wait_s, refresh_in_s)
         for consumer, seconds in pauses.items():
             self._record_pause(consumer, seconds)
         if check:
@@ -272,6 +278,17 @@ class FlowGate:
         for bucket in to_lease:
             self._lease(bucket)
         return 0.0 if to_lease or pauses or check else max(wait_s, 0.0)
+
+    def _refresh_due(self, now: float) -> tuple[bool, float]:
+        """Under the lock: whether to ask the database about pauses now, else in how many
+        seconds to look again. Refreshed before the view goes stale while deliveries flow,
+        so they never wait for it."""
+        if not self._db_pauses:
+            return False, IDLE_WAIT_S
+        ahead_at = self._pauses_fresh_until - PAUSE_REFRESH_AHEAD_S
+        if now < ahead_at:
+            return False, ahead_at - now
+        return self._flowing, IDLE_WAIT_S
 
     def _release(self, bucket: _Bucket, now: float) -> None:
         """Under the lock: start the deliveries whose token is due (all of them for a
@@ -341,6 +358,7 @@ class FlowGate:
 
     def _check_pauses(self, now: float) -> None:
         assert self._store is not None  # noqa: S101 - checked only with a store
+        self._flowing = False
         try:
             paused = self._store.paused([h.inbox_key for h in self._handlers])
         except StoreError as exc:
