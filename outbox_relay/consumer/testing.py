@@ -49,7 +49,7 @@ from typing import Any
 import pytest
 
 from outbox_relay.consumer.app import Handler
-from outbox_relay.consumer.errors import Reject, Retry, UndecodableMessageError
+from outbox_relay.consumer.errors import RateLimited, Reject, Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo, destination
 from outbox_relay.consumer.message import ATTEMPT_HEADER, Delivery, Message, decode
 from outbox_relay.errors import ConfigurationError
@@ -74,6 +74,7 @@ class Action(enum.Enum):
     ACK = "ack"  # handled (committed), or a duplicate
     RETRY = "retry"  # rolled back, sent to a delay queue
     PARK = "park"  # rolled back, sent to the parking lot
+    PAUSE = "pause"  # RateLimited: rolled back, held; the handler pauses, no attempt counted
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,16 @@ def _run_in_transaction(
 
 def _failed(handler: Handler[...], message: Message | None, exc: Exception) -> Outcome:
     error = ErrorInfo.from_exception(exc)
+    if isinstance(exc, RateLimited):
+        return Outcome(
+            Action.PAUSE,
+            f"rate limited: {handler.name} pauses for {exc.retry_after:g} s in every "
+            "process, then runs this message again; no attempt counted",
+            message,
+            error=error,
+            exception=exc,
+            delay_s=exc.retry_after,
+        )
     attempt = message.attempt if message is not None else 1
     where = destination(
         handler.route,
