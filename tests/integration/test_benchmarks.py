@@ -49,6 +49,13 @@ EXPECTED = {
         "SDK async c4 with inbox / FastStream",
         "SDK async c4 / SDK c4",
     ],
+    "rate_limit": [
+        "rate held after the burst / limit, 50/s",
+        "most above rate x window",
+        "database round trips per message, 50/s",
+        "consumer CPU per message",
+        "no limit set: with the flow gate / bare pass-through",
+    ],
 }
 
 
