@@ -57,6 +57,7 @@ PAUSE_CHECK_S = 1.0  # how stale a process's view of other processes' pauses may
 PAUSE_REFRESH_AHEAD_S = 0.25  # while deliveries flow, refreshed this long before then
 IDLE_WAIT_S = 1.0
 OUTAGE_WAIT_S = 1.0  # after a failed lease, before the next one
+SLOW_LIMIT_WARN_S = 600.0  # a third of RabbitMQ's default consumer_timeout
 RATE_WINDOW_S = 10.0  # the "rate held" in the status is over this window
 
 
@@ -86,8 +87,10 @@ class FlowGate:
         submit_to_pool: Callable[[Job], None],
         give_back: Callable[[Result], None],
         observer: FlowObserver | None = None,
+        prefetch: int = 0,
     ) -> None:
         self._handlers = list(handlers)
+        self._prefetch = prefetch
         self._store = store
         self._submit = submit_to_pool
         self._give_back = give_back
@@ -132,6 +135,7 @@ class FlowGate:
             pass  # the runner's database check reports it
 
     def start(self) -> None:
+        self._warn_slow_limits()
         self._thread = threading.Thread(target=self._run, name="flow-gate", daemon=True)
         self._thread.start()
 
@@ -148,6 +152,27 @@ class FlowGate:
                 round_trips=self._store.round_trips,
                 tokens=self.tokens_granted,
             )
+
+    def _warn_slow_limits(self) -> None:
+        """A delivery waits unacked for its token; RabbitMQ ends a channel that holds one
+        past its consumer_timeout (30 min by default). Say so when this process alone
+        may hold one that long in the worst case."""
+        for handler in self._handlers:
+            limit = handler.rate_limit
+            if limit is None or not self._prefetch:
+                continue
+            wait_s = self._prefetch * limit.interval_s
+            if wait_s >= SLOW_LIMIT_WARN_S:
+                log.warning(
+                    "consumer.rate_limit_slow",
+                    handler=handler.name,
+                    limit=limit.describe(),
+                    prefetch=self._prefetch,
+                    longest_wait_s=round(wait_s),
+                    hint="deliveries wait unacked for their token, and each process holds "
+                    "up to the prefetch: lower prefetch_multiplier, or raise RabbitMQ's "
+                    "consumer_timeout above the longest wait times the processes",
+                )
 
     # -- from the runner's I/O thread ----------------------------------------------------
 

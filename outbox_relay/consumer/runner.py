@@ -214,6 +214,7 @@ class Runner:
             submit_to_pool=self._pool.submit,
             give_back=self._on_result,
             observer=self._observer,
+            prefetch=settings.prefetch,
         )
         self._log = log.bind(consumer=settings.name)
         self._observer.watch_in_flight(lambda: self._pool.busy)

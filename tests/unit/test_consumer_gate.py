@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from outbox_relay.consumer import ConsumerApp, Message, RateLimited
 from outbox_relay.consumer.app import Handler
@@ -209,3 +210,17 @@ def test_take_held_returns_everything_waiting(gate_of: Any) -> None:
 def test_rate_limited_is_no_failure() -> None:
     assert failure_kind(RateLimited(retry_after=30)) == (Kind.PAUSED, 30.0)
     assert failure_kind(ValueError("x")) == (Kind.RETRY, None)
+
+
+def test_a_limit_so_slow_that_held_deliveries_near_the_consumer_timeout_is_named() -> None:
+    h = handler(rate_limit="1/m", name="nightly_report")
+    gate = FlowGate(
+        handlers=[h], store=None, submit_to_pool=lambda j: None, give_back=print, prefetch=12
+    )
+    with capture_logs() as logs:
+        gate.start()
+        gate.stop()
+    (warning,) = [e for e in logs if e["event"] == "consumer.rate_limit_slow"]
+    assert warning["handler"] == "nightly_report"
+    assert warning["longest_wait_s"] == 720
+    assert "prefetch_multiplier" in warning["hint"]
