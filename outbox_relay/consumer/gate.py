@@ -108,7 +108,7 @@ class FlowGate:
         self._pauses_fresh_until = 0.0
         self._flowing = False  # deliveries went by since the last check: refresh ahead
         self._retry_at = 0.0
-        self._db_pauses = store is not None and any(h.uses_db for h in self._handlers)
+        self._db_pauses = store is not None  # pauses shared with the app's other processes
         self._stopping = threading.Event()
         self._changed = False  # something arrived since the last turn: no sleeping
         self._thread: threading.Thread | None = None
@@ -325,7 +325,10 @@ class FlowGate:
             if limit is not None:
                 bucket.tokens.popleft()
                 self.tokens_granted += 1
-                self._granted[handler.inbox_key].append(now)
+                granted = self._granted[handler.inbox_key]
+                granted.append(now)
+                while granted[0] < now - RATE_WINDOW_S:  # only the status's window is kept
+                    granted.popleft()
                 if self._observer is not None:
                     self._observer.token_waited(
                         queue=handler.queue, handler=handler.name, seconds=now - since
