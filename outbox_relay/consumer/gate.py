@@ -218,7 +218,10 @@ class FlowGate:
     def take_held(self) -> list[Job]:
         """Remove and return every delivery waiting here; leased tokens are dropped."""
         with self._cond:
-            jobs = [job for bucket in self._buckets.values() for job, _ in bucket.waiting]
+            jobs = []
+            for bucket in self._buckets.values():
+                jobs += [job for job, _ in bucket.waiting]
+                bucket.waiting.clear()  # a lease failing meanwhile must not give them back too
             self._buckets.clear()
             return jobs
 
@@ -272,6 +275,7 @@ class FlowGate:
         wait_s = IDLE_WAIT_S
         check = False
         with self._cond:
+            self._end_pauses(now)
             for where, bucket in list(self._buckets.items()):
                 handler = bucket.handler
                 if not bucket.waiting and not bucket.tokens:
@@ -401,6 +405,11 @@ class FlowGate:
                     self._extend_pause(handler, left)
 
     # -- under the lock -------------------------------------------------------------------
+
+    def _end_pauses(self, now: float) -> None:
+        for key, until in list(self._paused_until.items()):
+            if until <= now:
+                del self._paused_until[key]  # the fast path is open again
 
     def _is_paused(self, handler: Handler[...], now: float) -> bool:
         until = self._paused_until.get(handler.inbox_key)
