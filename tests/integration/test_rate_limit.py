@@ -256,3 +256,26 @@ def test_readiness_shows_each_limit_the_rate_held_and_a_pause(
         assert wait_for(lambda: "paused for" in runner.readiness()[1])
         assert "1 waiting for a token or a pause" in runner.readiness()[1]
     assert broker.depth(broker.name("mail")) == 1  # back in the queue on stop, unhandled
+
+
+def test_a_rate_limit_on_a_schema_without_migration_0010_ends_the_start_with_the_fix(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "consumer_flow")))
+    queue = broker.name("limited")
+    for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
+        broker.track_queue(name)
+    env = {
+        "OUTBOX_RELAY_DATABASE_URL": database_url,
+        "OUTBOX_RELAY_AMQP_URL": amqp_url,
+        "OUTBOX_RELAY_SCHEMA": schema,
+        "TEST_QUEUE": queue,
+        "TEST_EXCHANGE": broker.exchange(),
+        "TEST_RATE_LIMIT": "5/s",
+    }
+    with start_subprocess(env, app=APP) as proc:
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 3, err
+    assert f"{schema}.consumer_flow" in err
+    assert "outbox-relay migrate" in err
