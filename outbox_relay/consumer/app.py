@@ -11,7 +11,6 @@ import functools
 import inspect
 import os
 import sys
-import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec
@@ -21,13 +20,7 @@ from outbox_relay.consumer.declare import queue_spec, retry_route
 from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
 from outbox_relay.consumer.payload import Validator, decode_payload, validator_for
-from outbox_relay.consumer.rate_limit import (
-    KeyFunction,
-    KeySpec,
-    RateLimit,
-    parse_key,
-    parse_rate_limit,
-)
+from outbox_relay.consumer.rate_limit import KeyFunction, KeySpec, RateLimit, flow_settings
 from outbox_relay.consumer.signature import CallPlan, Role, plan_call
 from outbox_relay.dead_peer import (
     DEAD_PEER_TIMEOUT_RULE,
@@ -393,48 +386,6 @@ class ConsumerApp:
         from outbox_relay.consumer.serve import serve  # noqa: PLC0415 - pika only when running
 
         serve(self, self.settings(**overrides))
-
-
-def flow_settings(
-    label: str,
-    queue: str,
-    rate_limit: str | RateLimit | None,
-    rate_limit_key: str | KeyFunction | None,
-    payload_type: type | None = None,
-) -> tuple[RateLimit | None, KeySpec | None]:
-    """``rate_limit`` and ``rate_limit_key`` parsed; ConfigurationError naming the handler
-    and the fix."""
-    where = f"handler {label} (queue {queue!r})"
-    try:
-        limit = None if rate_limit is None else parse_rate_limit(rate_limit)
-    except ValueError as exc:
-        raise ConfigurationError(f"{where}: rate_limit: {exc}") from exc
-    try:
-        key = None if rate_limit_key is None else parse_key(rate_limit_key)
-    except ValueError as exc:
-        raise ConfigurationError(f"{where}: rate_limit_key: {exc}") from exc
-    if key is not None and key.source == "body" and payload_type is not None:
-        fields = payload_fields(payload_type)
-        if fields is not None and key.name not in fields:
-            raise ConfigurationError(
-                f"{where}: rate_limit_key: {payload_type.__name__} has no field "
-                f"{key.name!r}; name one of {', '.join(sorted(fields))}"
-            )
-    if key is not None and limit is None:
-        raise ConfigurationError(
-            f"{where}: rate_limit_key gives each key its own bucket of the handler's "
-            "rate_limit: set rate_limit too (e.g. rate_limit='10/s')"
-        )
-    return limit, key
-
-
-def payload_fields(payload_type: type) -> set[str] | None:
-    """The field names of a payload type (dataclass, TypedDict, pydantic model, msgspec
-    Struct); None when they cannot be read."""
-    try:
-        return set(typing.get_type_hints(payload_type))
-    except Exception:  # noqa: BLE001 - unresolvable annotations: do not guess
-        return None
 
 
 def check_handler(handler: Handler[...], *, taken: Sequence[str]) -> None:

@@ -1,4 +1,5 @@
-"""Rate limits of handlers: how they are written, and the token bucket's arithmetic.
+"""Rate limits of handlers: how they are written (checked when a handler is registered),
+and the token bucket's arithmetic.
 
 Pure: no clock and no database. :mod:`outbox_relay.consumer.gate` asks the store for
 tokens and sleeps until they are due; the store keeps one number per bucket, its
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import math
 import re
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from outbox_relay.consumer.message import Message
+from outbox_relay.errors import ConfigurationError
 
 UNITS_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
 # At high rates a lease takes this much of a second's tokens in one round trip: at 50/s
@@ -179,3 +182,48 @@ def parse_key(value: str | KeyFunction) -> KeySpec:
         f"{value!r} names no key: write 'header:NAME' (a message header), 'body:FIELD' "
         "(a field of the JSON body) or pass a function of the message"
     )
+
+
+# -- a handler's settings, checked when it is registered --------------------------------
+
+
+def flow_settings(
+    label: str,
+    queue: str,
+    rate_limit: str | RateLimit | None,
+    rate_limit_key: str | KeyFunction | None,
+    payload_type: type | None = None,
+) -> tuple[RateLimit | None, KeySpec | None]:
+    """``rate_limit`` and ``rate_limit_key`` parsed; ConfigurationError naming the handler
+    and the fix."""
+    where = f"handler {label} (queue {queue!r})"
+    try:
+        limit = None if rate_limit is None else parse_rate_limit(rate_limit)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: rate_limit: {exc}") from exc
+    try:
+        key = None if rate_limit_key is None else parse_key(rate_limit_key)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: rate_limit_key: {exc}") from exc
+    if key is not None and key.source == "body" and payload_type is not None:
+        fields = payload_fields(payload_type)
+        if fields is not None and key.name not in fields:
+            raise ConfigurationError(
+                f"{where}: rate_limit_key: {payload_type.__name__} has no field "
+                f"{key.name!r}; name one of {', '.join(sorted(fields))}"
+            )
+    if key is not None and limit is None:
+        raise ConfigurationError(
+            f"{where}: rate_limit_key gives each key its own bucket of the handler's "
+            "rate_limit: set rate_limit too (e.g. rate_limit='10/s')"
+        )
+    return limit, key
+
+
+def payload_fields(payload_type: type) -> set[str] | None:
+    """The field names of a payload type (dataclass, TypedDict, pydantic model, msgspec
+    Struct); None when they cannot be read."""
+    try:
+        return set(typing.get_type_hints(payload_type))
+    except Exception:  # noqa: BLE001 - unresolvable annotations: do not guess
+        return None
