@@ -25,6 +25,7 @@ SCENARIOS = [
     "blocked",
     "consumer",
     "peers",
+    "rate_limit",
 ]
 
 

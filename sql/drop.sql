@@ -18,7 +18,8 @@ DROP TABLE IF EXISTS
     {schema}.outbox_listener,
     {schema}.outbox_relays,
     {schema}.outbox_partitions,
-    {schema}.inbox
+    {schema}.inbox,
+    {schema}.consumer_flow
     RESTRICT;
 
 DROP FUNCTION IF EXISTS

@@ -22,8 +22,15 @@ Run with ``outbox-relay consume billing.handlers:app`` or ``app.run()``; test ha
 from __future__ import annotations
 
 from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
-from outbox_relay.consumer.errors import HandlerTimeoutError, InvalidPayloadError, Reject, Retry
+from outbox_relay.consumer.errors import (
+    HandlerTimeoutError,
+    InvalidPayloadError,
+    RateLimited,
+    Reject,
+    Retry,
+)
 from outbox_relay.consumer.message import Message
+from outbox_relay.consumer.rate_limit import RateLimit
 
 __all__ = [
     "ConsumerApp",
@@ -32,6 +39,8 @@ __all__ = [
     "HandlerTimeoutError",
     "InvalidPayloadError",
     "Message",
+    "RateLimit",
+    "RateLimited",
     "Reject",
     "Retry",
 ]

@@ -21,6 +21,7 @@ from outbox_relay.consumer.failure import RetryRoute
 from outbox_relay.consumer.message import Message
 from outbox_relay.consumer.payload import Validator, decode_payload, validator_for
 from outbox_relay.consumer.policy import ErrorPolicy, exception_classes
+from outbox_relay.consumer.rate_limit import KeyFunction, KeySpec, RateLimit, flow_settings
 from outbox_relay.consumer.signature import CallPlan, Role, plan_call
 from outbox_relay.dead_peer import (
     DEAD_PEER_TIMEOUT_RULE,
@@ -82,6 +83,8 @@ class Handler(Generic[P]):
     concurrency: int | None = None
     # Which exceptions retry and which park at once (retry_on=, park_on=).
     policy: ErrorPolicy = field(default_factory=ErrorPolicy)
+    rate_limit: RateLimit | None = None  # shared by every process of the app (gate.py)
+    rate_key: KeySpec | None = None  # a bucket per key; None: one bucket
 
     def __post_init__(self) -> None:
         for attribute in functools.WRAPPER_ASSIGNMENTS:
@@ -268,6 +271,8 @@ class ConsumerApp:
         concurrency: int | None = None,
         retry_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
         park_on: type[BaseException] | Sequence[type[BaseException]] | None = None,
+        rate_limit: str | RateLimit | None = None,
+        rate_limit_key: str | KeyFunction | None = None,
     ) -> Callable[[Callable[P, object]], Handler[P]]:
         """Register a handler for ``queue``; returns it as a :class:`Handler`.
 
@@ -298,6 +303,11 @@ class ConsumerApp:
         :class:`Reject` and a payload that does not fit keep their meaning, ``park_on``
         wins over ``retry_on``, and a lost database connection always goes back to the
         queue without spending an attempt (see :mod:`outbox_relay.consumer.policy`).
+        ``rate_limit`` (``"100/m"``, ``"N/s"``, ``"N/h"`` or ``RateLimit(max=, per=)``)
+        holds for the handler across every process of the app, through the database
+        (see :mod:`outbox_relay.consumer.gate`); ``rate_limit_key`` (``"header:NAME"``,
+        ``"body:FIELD"`` or a function of the :class:`Message`) gives each key its own
+        bucket of that size, messages without the key sharing one.
         """
 
         def register(func: Callable[P, object]) -> Handler[P]:
@@ -309,6 +319,9 @@ class ConsumerApp:
                 validator_for(plan.payload_type, plan.payload_kind, where=f"handler {label}")
                 if plan.payload_type is not None and plan.payload_kind is not None
                 else None
+            )
+            limit, key = flow_settings(
+                label, queue, rate_limit, rate_limit_key, payload_type=plan.payload_type
             )
             patterns = (bindings,) if isinstance(bindings, str) else tuple(bindings)
             try:
@@ -345,6 +358,8 @@ class ConsumerApp:
                 validate=validate,
                 concurrency=concurrency,
                 policy=policy,
+                rate_limit=limit,
+                rate_key=key,
             )
             check_handler(handler, taken=[h.queue for h in self.handlers])
             self.handlers.append(handler)
@@ -380,6 +395,13 @@ class ConsumerApp:
             raise ConfigurationError(
                 f"handlers {', '.join(needs_db)} take a transaction but no database URL is "
                 f"set: pass database_url or set {DATABASE_URL_ENV}"
+            )
+        limited = [h.name for h in self.handlers if h.rate_limit is not None]
+        if limited and not settings.database_url:
+            raise ConfigurationError(
+                f"handlers {', '.join(limited)} have a rate limit, which every process of the "
+                f"app shares through the database, but no database URL is set: pass "
+                f"database_url or set {DATABASE_URL_ENV}"
             )
         return settings
 

@@ -32,6 +32,22 @@ class Reject(Exception):  # noqa: N818 - named for what the handler asks
         self.reason = reason
 
 
+class RateLimited(Exception):  # noqa: N818 - named for what the outside world said
+    """Raise in a handler when the service it calls says "slow down" (HTTP 429): the
+    transaction rolls back, the message goes back unprocessed **without counting an
+    attempt**, and the handler pauses for ``retry_after`` seconds in every process of the
+    app (through the database, see ``rate_limit=``), then resumes with this message.
+
+    ``retry_after`` must be positive; pauses are capped at 10 minutes, since held
+    deliveries stay unacked meanwhile (RabbitMQ's consumer_timeout is 30 minutes).
+    """
+
+    def __init__(self, retry_after: float, reason: str = "the handler was rate limited") -> None:
+        super().__init__(f"{reason} (retry after {retry_after:g} s)")
+        self.retry_after = float(retry_after)
+        self.reason = reason
+
+
 class HandlerTimeoutError(Exception):
     """Recorded (never raised into the handler) when a handler ran past its timeout."""
 

@@ -65,6 +65,7 @@ from outbox_relay.consumer.failure import (
     failure_headers,
     fit_headers,
 )
+from outbox_relay.consumer.gate import FlowGate
 from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
 from outbox_relay.consumer.pools import WorkerPools, pool_sizes, prefetch_for
 from outbox_relay.consumer.worker import Job, Kind, Result
@@ -79,6 +80,7 @@ from outbox_relay.misconfiguration import Refusals
 from outbox_relay.reconnect import ReconnectBackoff, reconnecting
 from outbox_relay.rpc_deadline import close_within
 from outbox_relay.store.deadline import Deadlines
+from outbox_relay.store.flow import FlowStore
 from outbox_relay.store.inbox import HandlerSession, check_inbox, purge_inbox
 from outbox_relay.urls import redact_url
 
@@ -109,6 +111,10 @@ class ConsumerObserver(Protocol):
 
     def connected_to(self, node: str) -> None: ...
 
+    def token_waited(self, *, queue: str, handler: str, seconds: float) -> None: ...
+
+    def paused_for(self, *, queue: str, handler: str, seconds: float) -> None: ...
+
 
 class _Unobserved:
     def watch_in_flight(self, running: Callable[[], int]) -> None:
@@ -124,6 +130,12 @@ class _Unobserved:
         pass
 
     def connected_to(self, node: str) -> None:
+        pass
+
+    def token_waited(self, *, queue: str, handler: str, seconds: float) -> None:
+        pass
+
+    def paused_for(self, *, queue: str, handler: str, seconds: float) -> None:
         pass
 
 
@@ -194,6 +206,25 @@ class Runner:
             on_result=self._on_result,
             after_commit=app.after_commit_hooks,
         )
+        # Rate limits and pauses (gate.py): deliveries wait there, unacked, for a token.
+        self._gate = FlowGate(
+            handlers=self._handlers,
+            store=(
+                FlowStore(
+                    url=url,
+                    schema=settings.schema,
+                    application_name=f"outbox-relay consumer {settings.name} flow",
+                    deadlines=self._deadlines,
+                    dead_peer_timeout_s=settings.dead_peer_timeout_s,
+                )
+                if url and any(h.uses_db or h.rate_limit for h in self._handlers)
+                else None
+            ),
+            submit_to_pool=self._pool.submit,
+            give_back=self._on_result,
+            observer=self._observer,
+            prefetch=settings.prefetch,
+        )
         self._log = log.bind(consumer=settings.name)
         self._observer.watch_in_flight(lambda: self._pool.busy)
 
@@ -221,7 +252,11 @@ class Runner:
         problem = self._pool.database_problem
         if problem is not None:
             return False, f"deliveries go back to the queue: {problem}"
-        return True, f"consuming {len(self._handlers)} queues, {self._pool.busy} handlers running"
+        flow = self._gate.describe()
+        return True, (
+            f"consuming {len(self._handlers)} queues, {self._pool.busy} handlers running"
+            + (f", {self._gate.held} waiting for a token or a pause; {flow}" if flow else "")
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -268,6 +303,8 @@ class Runner:
             fatal=lambda error: isinstance(error, MisconfiguredError) and not self._started,
         )
         try:
+            self._gate.check()  # a rate limit without its table ends the run (exit 3)
+            self._gate.start()
             self._check_database()
             for attempt in retrying:
                 with attempt:
@@ -280,6 +317,7 @@ class Runner:
             # In-flight handlers had their grace period in _drain (or cannot be acked: the
             # connection is gone). Workers are daemon threads; the broker redelivers.
             self._pool.stop(0.0)
+            self._gate.stop()
             if purger is not None:
                 purger.join(5)
             self._deadlines.close()
@@ -424,7 +462,7 @@ class Runner:
             for tag in self._tags:
                 channel.basic_cancel(tag)  # pika requeues what it has not dispatched
             self._tags = []
-            for job in self._pool.take_unstarted():
+            for job in [*self._gate.take_held(), *self._pool.take_unstarted()]:
                 if self._is_current(job):
                     channel.basic_nack(job.token.tag, requeue=True)
         url = self._settings.database_url
@@ -451,7 +489,8 @@ class Runner:
     def _discard_connection(self) -> None:
         self.ready.clear()
         conn, self._conn, self._channel, self._publisher = self._conn, None, None, None
-        self._pool.take_unstarted()  # their channel is gone: the broker requeues them
+        self._gate.take_held()  # their channel is gone: the broker requeues them
+        self._pool.take_unstarted()
         if conn is not None:
             # Within CLOSE_TIMEOUT_S: a broker gone silent never answers the close.
             close_within(conn)
@@ -463,7 +502,8 @@ class Runner:
         for tag in tags:
             channel.basic_cancel(tag)  # pika nacks (requeues) what it has not dispatched
         returned = 0
-        for job in self._pool.take_unstarted():
+        # Waiting for a token or a pause: back to the queue at once, not waited out.
+        for job in [*self._gate.take_held(), *self._pool.take_unstarted()]:
             if self._is_current(job):
                 channel.basic_nack(job.token.tag, requeue=True)
                 returned += 1
@@ -503,7 +543,7 @@ class Runner:
             undecodable=undecodable.reason() if undecodable else None,
             raw_properties=undecodable.raw if undecodable else None,
         )
-        self._pool.submit(Job(delivery, handler, _Token(self._generation, tag, properties)))
+        self._gate.submit(Job(delivery, handler, _Token(self._generation, tag, properties)))
 
     def _on_result(self, result: Result) -> None:
         """From a worker thread: queue the result and wake the I/O thread, unless a wake-up
@@ -565,6 +605,9 @@ class Runner:
         elif result.kind is Kind.REQUEUE:  # the database was unavailable
             channel.basic_nack(token.tag, requeue=True)
             self._pause(result.error.message if result.error else "database unavailable")
+        elif result.kind is Kind.PAUSED:  # RateLimited: held, unacked, until the pause ends
+            again = Job(job.delivery, job.handler, job.token)
+            self._gate.pause(job.handler, result.requested_delay_s or 0.0, again=again)
         elif result.kind is Kind.BUSY:  # the database answers: nothing to pause
             channel.basic_nack(token.tag, requeue=True)
             outcome = Kind.REQUEUE.value

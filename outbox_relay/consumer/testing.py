@@ -49,7 +49,7 @@ from typing import Any
 import pytest
 
 from outbox_relay.consumer.app import Handler
-from outbox_relay.consumer.errors import Retry, UndecodableMessageError
+from outbox_relay.consumer.errors import RateLimited, Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo, destination
 from outbox_relay.consumer.message import ATTEMPT_HEADER, Delivery, Message, decode
 from outbox_relay.consumer.policy import Verdict
@@ -75,6 +75,7 @@ class Action(enum.Enum):
     ACK = "ack"  # handled (committed), or a duplicate
     RETRY = "retry"  # rolled back, sent to a delay queue
     PARK = "park"  # rolled back, sent to the parking lot
+    PAUSE = "pause"  # RateLimited: rolled back, held; the handler pauses, no attempt counted
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,16 @@ def _run_in_transaction(
 
 def _failed(handler: Handler[...], message: Message | None, exc: Exception) -> Outcome:
     error = ErrorInfo.from_exception(exc)
+    if isinstance(exc, RateLimited):
+        return Outcome(
+            Action.PAUSE,
+            f"rate limited: {handler.name} pauses for {exc.retry_after:g} s in every "
+            "process, then runs this message again; no attempt counted",
+            message,
+            error=error,
+            exception=exc,
+            delay_s=exc.retry_after,
+        )
     attempt = message.attempt if message is not None else 1
     at_once = handler.policy.verdict(exc) is Verdict.PARK
     where = destination(

@@ -27,7 +27,12 @@ import structlog
 
 from outbox_relay.consumer.aio import HandlerLoop
 from outbox_relay.consumer.app import AfterCommitHook, Handler
-from outbox_relay.consumer.errors import HandlerTimeoutError, Retry, UndecodableMessageError
+from outbox_relay.consumer.errors import (
+    HandlerTimeoutError,
+    RateLimited,
+    Retry,
+    UndecodableMessageError,
+)
 from outbox_relay.consumer.failure import ErrorInfo
 from outbox_relay.consumer.message import Delivery, Message, attempts_made, decode
 from outbox_relay.consumer.policy import Verdict
@@ -46,6 +51,7 @@ class Kind(enum.Enum):
     PARK = "parked"  # rolled back: republish to the parking lot, ack
     REQUEUE = "requeued"  # the database was unavailable: give the delivery back, no attempt lost
     BUSY = "busy"  # another delivery of the message is being handled: give it back, no pause
+    PAUSED = "paused"  # the handler raised RateLimited: held until its pause ends, no attempt
 
 
 class _State(enum.Enum):
@@ -272,12 +278,16 @@ class WorkerPool:
             session.rollback()
         if job.abandoned:
             return None
-        parks = job.handler.policy.verdict(exc) is Verdict.PARK
+        delay_s: float | None
+        if isinstance(exc, RateLimited):
+            # The outside world said "slow down": held and paused, no attempt counted.
+            kind, delay_s = Kind.PAUSED, exc.retry_after
+        else:
+            parks = job.handler.policy.verdict(exc) is Verdict.PARK
+            kind = Kind.PARK if parks else Kind.RETRY
+            delay_s = exc.delay if isinstance(exc, Retry) else None
         return replace(
-            retry,
-            kind=Kind.PARK if parks else Kind.RETRY,
-            error=ErrorInfo.from_exception(exc),
-            requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
+            retry, kind=kind, error=ErrorInfo.from_exception(exc), requested_delay_s=delay_s
         )
 
     def _give_back(

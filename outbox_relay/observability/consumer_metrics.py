@@ -16,6 +16,7 @@ from outbox_relay.consumer.worker import Kind, Result
 from outbox_relay.observability.node_gauge import NodeGauge
 
 HANDLER_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+TOKEN_WAIT_BUCKETS_S = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 # Why a delivery ended where it did; one label value per settled delivery.
 OUTCOMES = (
     "ok",  # the handler's work committed
@@ -26,7 +27,9 @@ OUTCOMES = (
     "undecodable",  # no message id or a broken body: sent to the parking lot
     "timeout",  # the handler ran past its timeout: retried or parked
     "requeued",  # the database was down, the republish refused, or another copy ran: given back
+    "rate_limited",  # the handler raised RateLimited: held until its pause ends, no attempt
 )
+_DIRECT_OUTCOMES = {Kind.HANDLED: "ok", Kind.DUPLICATE: "duplicate", Kind.PAUSED: "rate_limited"}
 _TIMEOUT_TYPE = HandlerTimeoutError.__name__
 _UNDECODABLE_TYPE = f"{UndecodableMessageError.__module__}.{UndecodableMessageError.__qualname__}"
 
@@ -34,10 +37,9 @@ _UNDECODABLE_TYPE = f"{UndecodableMessageError.__module__}.{UndecodableMessageEr
 def outcome_of(result: Result, settled_as: str) -> str:
     """The ``outcome`` label of a delivery settled as ``settled_as`` (the runner's word:
     handled, duplicate, retried, parked or requeued)."""
-    if result.kind is Kind.HANDLED:
-        return "ok"
-    if result.kind is Kind.DUPLICATE:
-        return "duplicate"
+    direct = _DIRECT_OUTCOMES.get(result.kind)
+    if direct is not None:
+        return direct
     if settled_as == Kind.REQUEUE.value:
         return "requeued"
     error_type = result.error.type if result.error is not None else ""
@@ -114,6 +116,21 @@ class ConsumerMetrics:
             "1 for the RabbitMQ node (host:port) the consumer's connection was last opened to.",
             registry=registry,
         )
+        self.token_wait = Histogram(
+            "outbox_relay_consumer_rate_limit_wait_seconds",
+            "Time a delivery of a rate-limited handler waited for its token, unacked and "
+            "outside any transaction.",
+            ["queue", "handler"],
+            buckets=TOKEN_WAIT_BUCKETS_S,
+            registry=registry,
+        )
+        self.paused = Counter(
+            "outbox_relay_consumer_paused_seconds_total",
+            "Seconds a handler was paused because it (or the same handler in another "
+            "process of the app) raised RateLimited.",
+            ["queue", "handler"],
+            registry=registry,
+        )
         self.dependency_up.labels(service="broker").set(0)  # the database's: if it has one
         self.dependency_refused.labels(service="broker").set(0)
         self._messages: dict[tuple[str, str], Counter] = {}
@@ -125,6 +142,7 @@ class ConsumerMetrics:
         for outcome in OUTCOMES:
             self._messages[queue, outcome] = self.messages.labels(queue=queue, outcome=outcome)
         self._durations[queue, handler] = self.duration.labels(queue=queue, handler=handler)
+        self.paused.labels(queue=queue, handler=handler)
         for family in (self.duplicates, self.retries, self.parked):
             family.labels(queue=queue)
 
@@ -146,6 +164,12 @@ class ConsumerMetrics:
 
     def connected_to(self, node: str) -> None:
         self.broker_node.connected_to(node)
+
+    def token_waited(self, *, queue: str, handler: str, seconds: float) -> None:
+        self.token_wait.labels(queue=queue, handler=handler).observe(seconds)
+
+    def paused_for(self, *, queue: str, handler: str, seconds: float) -> None:
+        self.paused.labels(queue=queue, handler=handler).inc(seconds)
 
     def outage(self) -> None:
         self.outages.inc()

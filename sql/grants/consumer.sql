@@ -20,3 +20,13 @@ CREATE POLICY {policy} ON {schema}.inbox
     TO {role}
     USING {apps}
     WITH CHECK {apps};
+
+-- Rate limits and pauses of its handlers (rate_limit=, raise RateLimited), shared with the
+-- app's other processes, under the same policy: one app cannot slow down or pause another.
+GRANT SELECT, INSERT, UPDATE ON {schema}.consumer_flow TO {role};
+ALTER TABLE {schema}.consumer_flow ENABLE ROW LEVEL SECURITY;
+DROP POLICY IF EXISTS {policy} ON {schema}.consumer_flow;
+CREATE POLICY {policy} ON {schema}.consumer_flow
+    TO {role}
+    USING {apps}
+    WITH CHECK {apps};

@@ -62,6 +62,13 @@ EXPECTED = {
         "outbox-relay: commit to delivery p50",
         "outbox-relay: commit to delivery p99",
     ],
+    "rate_limit": [
+        "rate held after the burst / limit, 50/s",
+        "most above rate x window",
+        "database round trips per message, 50/s",
+        "consumer CPU per message",
+        "no limit set: with the flow gate / bare pass-through",
+    ],
 }
 
 

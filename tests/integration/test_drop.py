@@ -61,8 +61,8 @@ def test_upgrade_drop_upgrade_leaves_the_users_objects_and_builds_the_same_schem
     assert objects(database_url, app_schema) == own
     assert orders(database_url, app_schema) == [(1, 7), (2, 9)]
     assert (
-        "tables inbox, outbox, outbox_listener, outbox_migrations, outbox_partitions, "
-        "outbox_relays; functions outbox_notify, outbox_partition, outbox_wake. "
+        "tables consumer_flow, inbox, outbox, outbox_listener, outbox_migrations, "
+        "outbox_partitions, outbox_relays; functions outbox_notify, outbox_partition, outbox_wake. "
         "The schema itself is left in place."
     ) in output
     code, output = invoke("migrate", *target, "--wake-trigger")

@@ -17,6 +17,9 @@ from psycopg.conninfo import make_conninfo
 
 import outbox_relay
 from outbox_relay.cli import main
+from outbox_relay.errors import StoreError
+from outbox_relay.store.deadline import Deadlines
+from outbox_relay.store.flow import FlowStore
 from outbox_relay.store.schema import grants_sql
 from outbox_relay.store.sqlfiles import Queries, sql_dir
 from tests.conftest import unique_name
@@ -254,3 +257,47 @@ def test_the_consumer_ends_a_handler_session_only_while_its_transaction_runs(
             assert admin.execute(queries["terminate_backend"], ended).fetchall() == [(True,)]
     finally:
         handler.close()
+
+
+def test_a_consumer_role_shares_rate_limits_and_pauses_only_with_its_own_app(
+    database_url: str, schema: str, two_consumers: tuple[str, ...]
+) -> None:
+    """consumer_flow is keyed like the inbox and under the same policy: an app can take
+    tokens and pause its own handlers, not another app's."""
+    billing_role, shipping_role = two_consumers
+    grants = printed_grants(
+        schema, f"consumer={billing_role}:billing", f"consumer={shipping_role}:shipping"
+    )
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(grants)  # type: ignore[call-overload]
+
+    def store(role: str) -> FlowStore:
+        return FlowStore(
+            url=as_role(database_url, role),
+            schema=schema,
+            application_name="grants test",
+            deadlines=Deadlines(timeout_s=0),
+        )
+
+    billing, shipping = store(billing_role), store(shipping_role)
+    try:
+        billing.check()
+        lease = billing.lease(consumer="billing:orders", key="", count=1, span_s=1.0)
+        assert lease.granted
+        assert billing.pause(consumer="billing:orders", seconds=30) > 29
+        assert shipping.paused(["billing:orders"]) == {}  # not even seen
+        with pytest.raises(StoreError, match=r"permission denied|row-level security"):
+            shipping.pause(consumer="billing:orders", seconds=1)
+        with pytest.raises(StoreError, match=r"permission denied|row-level security"):
+            shipping.lease(consumer="billing:orders", key="t", count=1, span_s=1.0)
+        assert shipping.lease(consumer="shipping:q", key="", count=1, span_s=1.0).granted
+    finally:
+        billing.close()
+        shipping.close()
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            sql.SQL("SELECT consumer, key FROM {} ORDER BY 1").format(
+                sql.Identifier(schema, "consumer_flow")
+            )
+        ).fetchall()
+    assert rows == [("billing:orders", ""), ("shipping:q", "")]

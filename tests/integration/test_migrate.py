@@ -60,6 +60,7 @@ def test_migrate_twice_into_an_existing_schema_leaves_its_tables_alone(
     assert second.returncode == 0, second.stderr
     assert "up to date" in second.stdout
     assert tables(database_url, app_schema) == [
+        "consumer_flow",
         "inbox",
         "orders",
         "outbox",

@@ -95,15 +95,18 @@ def effects(database_url: str, schema: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-def start_subprocess(env: dict[str, str]) -> subprocess.Popen[str]:
-    """``outbox-relay consume tests.support.consumer_app:app`` with JSON logs on stderr."""
+def start_subprocess(
+    env: dict[str, str], *, app: str = "tests.support.consumer_app:app"
+) -> subprocess.Popen[str]:
+    """``outbox-relay consume APP`` (tests/support/consumer_app.py unless told) with JSON
+    logs on stderr."""
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "outbox_relay",
             "consume",
-            "tests.support.consumer_app:app",
+            app,
             "--log-format",
             "json",
         ],

@@ -55,6 +55,7 @@ class TestOutcomeOf:
             (Kind.RETRY, "HandlerTimeoutError", "parked", "timeout"),
             (Kind.REQUEUE, "StoreUnavailableError", "requeued", "requeued"),
             (Kind.RETRY, "ValueError", "requeued", "requeued"),  # the republish was refused
+            (Kind.PAUSED, "outbox_relay.consumer.errors.RateLimited", "paused", "rate_limited"),
         ],
     )
     def test_each_settlement_has_one_outcome(
@@ -86,6 +87,20 @@ class TestConsumerMetrics:
             assert self.value(registry, total, queue="billing.orders") == 0
         count = "outbox_relay_consumer_handler_duration_seconds_count"
         assert self.value(registry, count, queue="billing.orders", handler="on_order") == 0
+
+    def test_token_waits_and_pauses_per_handler(self) -> None:
+        registry = CollectorRegistry()
+        metrics = ConsumerMetrics(registry, handlers=[("billing.orders", "on_order")])
+        paused = "outbox_relay_consumer_paused_seconds_total"
+        labels = {"queue": "billing.orders", "handler": "on_order"}
+        assert self.value(registry, paused, **labels) == 0
+        metrics.token_waited(queue="billing.orders", handler="on_order", seconds=0.2)
+        metrics.token_waited(queue="billing.orders", handler="on_order", seconds=0.4)
+        metrics.paused_for(queue="billing.orders", handler="on_order", seconds=30)
+        wait = "outbox_relay_consumer_rate_limit_wait_seconds"
+        assert self.value(registry, f"{wait}_count", **labels) == 2
+        assert self.value(registry, f"{wait}_sum", **labels) == pytest.approx(0.6)
+        assert self.value(registry, paused, **labels) == 30
 
     def test_settled_results_move_their_counters_and_the_histogram(self) -> None:
         registry = CollectorRegistry()

@@ -8,7 +8,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from outbox_relay.consumer import ConsumerApp, Message, Reject, Retry
+from outbox_relay.consumer import ConsumerApp, Message, RateLimited, Reject, Retry
 from outbox_relay.consumer.testing import Action, make_message, run
 from outbox_relay.errors import ConfigurationError
 
@@ -37,6 +37,8 @@ def on_parcel(parcel: Parcel, message: Message) -> None:
         raise Retry("the scale is not ready", delay=5)
     if parcel.weight_g < 0:
         raise RuntimeError("negative weight")
+    if parcel.weight_g == 429:
+        raise RateLimited(retry_after=30)
     shipped.append((parcel, message.routing_key))
 
 
@@ -75,6 +77,13 @@ def test_reject_parks_at_once_with_the_reason() -> None:
     outcome = run(on_parcel, {"parcel_id": 4, "weight_g": 40_000})
     assert (outcome.action, outcome.next_queue) == (Action.PARK, "shipping.parcels.parking")
     assert outcome.reason == "outbox_relay.consumer.errors.Reject: parcel 4 is over 30 kg"
+
+
+def test_rate_limited_pauses_without_counting_an_attempt() -> None:
+    outcome = run(on_parcel, {"parcel_id": 6, "weight_g": 429}, attempt=3)  # the last one
+    assert (outcome.action, outcome.delay_s, outcome.next_queue) == (Action.PAUSE, 30.0, None)
+    assert "no attempt counted" in outcome.reason
+    assert shipped == []
 
 
 def test_a_failure_is_retried_in_the_tier_of_its_attempt_then_parked() -> None:

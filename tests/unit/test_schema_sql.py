@@ -73,6 +73,7 @@ class TestDropSql:
             "outbox_relays",
             "outbox_partitions",
             "inbox",
+            "consumer_flow",
             "outbox_migrations",
         }
         for name in tables | functions:

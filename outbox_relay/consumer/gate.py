@@ -1,0 +1,446 @@
+"""The flow gate: deliveries wait here for their rate-limit token or the end of a pause,
+before a worker starts their transaction.
+
+The runner hands every delivery to :meth:`FlowGate.submit`. A handler without a rate
+limit and not paused goes straight to the worker pool (a dict lookup). Otherwise the
+delivery joins its bucket (the handler's, or its key's with ``rate_limit_key=``) and
+stays unacked, within the prefetch, while one gate thread takes tokens from
+``<schema>.consumer_flow`` (:mod:`outbox_relay.store.flow`): one short round trip per
+token, or per small lease at high rates (:func:`~outbox_relay.consumer.rate_limit.
+lease_size`), each bucket taking its next lease once the last one is used. The thread
+sleeps until the next token is due; no transaction is open meanwhile.
+
+Pauses: a handler that raised :class:`~outbox_relay.consumer.errors.RateLimited` is
+paused here at once and in the table for every process; the others learn it with their
+next lease, or (handlers without a limit) before they start a delivery once what they
+know is older than ``PAUSE_CHECK_S`` (while deliveries flow the gate thread refreshes
+it before then, so they do not wait for it): at most about one round trip a second, and
+only while deliveries flow. Its deliveries wait here until the pause ends, the one that raised
+first.
+
+The runner takes back what waits (:meth:`FlowGate.take_held`) on SIGTERM, on losing the
+connection and when the database goes away. A database that fails a lease gives the
+bucket's deliveries back as ``Kind.REQUEUE`` results, which the runner treats as any
+database outage.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from outbox_relay.consumer.app import Handler
+from outbox_relay.consumer.errors import UndecodableMessageError
+from outbox_relay.consumer.failure import ErrorInfo
+from outbox_relay.consumer.message import attempts_made, decode
+from outbox_relay.consumer.rate_limit import (
+    DEFAULT_BUCKET,
+    MAX_PAUSE_S,
+    RateLimit,
+    due_offsets,
+    lease_size,
+    lease_span_s,
+)
+from outbox_relay.consumer.worker import Job, Kind, Result
+from outbox_relay.errors import SchemaNotMigratedError, StoreError, StoreUnavailableError
+from outbox_relay.store.flow import FlowStore
+
+log = structlog.get_logger("outbox_relay.consumer")
+PAUSE_CHECK_S = 1.0  # how stale a process's view of other processes' pauses may be
+PAUSE_REFRESH_AHEAD_S = 0.25  # while deliveries flow, refreshed this long before then
+IDLE_WAIT_S = 1.0
+OUTAGE_WAIT_S = 1.0  # after a failed lease, before the next one
+SLOW_LIMIT_WARN_S = 600.0  # a third of RabbitMQ's default consumer_timeout
+RATE_WINDOW_S = 10.0  # the "rate held" in the status is over this window
+
+
+class FlowObserver(Protocol):
+    def token_waited(self, *, queue: str, handler: str, seconds: float) -> None: ...
+
+    def paused_for(self, *, queue: str, handler: str, seconds: float) -> None: ...
+
+
+@dataclass(eq=False)
+class _Bucket:
+    handler: Handler[...]
+    key: str
+    waiting: collections.deque[tuple[Job, float]] = field(default_factory=collections.deque)
+    tokens: collections.deque[float] = field(default_factory=collections.deque)  # due, monotonic
+
+
+class FlowGate:
+    """See the module's docstring. ``submit_to_pool`` starts a job; ``give_back`` settles a
+    result (a delivery the gate cannot take a token for)."""
+
+    def __init__(
+        self,
+        *,
+        handlers: Iterable[Handler[...]],
+        store: FlowStore | None,
+        submit_to_pool: Callable[[Job], None],
+        give_back: Callable[[Result], None],
+        observer: FlowObserver | None = None,
+        prefetch: int = 0,
+    ) -> None:
+        self._handlers = list(handlers)
+        self._prefetch = prefetch
+        self._store = store
+        self._submit = submit_to_pool
+        self._give_back = give_back
+        self._observer = observer
+        self._cond = threading.Condition()
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._paused_until: dict[str, float] = {}  # inbox key -> monotonic end
+        self._pauses_to_record: dict[str, float] = {}  # inbox key -> seconds
+        self.tokens_granted = 0  # since start, every handler
+        self._granted: dict[str, collections.deque[float]] = {
+            h.inbox_key: collections.deque() for h in self._handlers if h.rate_limit
+        }
+        # Until when this process's view of other processes' pauses is fresh enough to
+        # start a delivery of a handler without a limit (its leases tell a limited one).
+        self._pauses_fresh_until = 0.0
+        self._flowing = False  # deliveries went by since the last check: refresh ahead
+        self._retry_at = 0.0
+        self._db_pauses = store is not None  # pauses shared with the app's other processes
+        self._stopping = threading.Event()
+        self._changed = False  # something arrived since the last turn: no sleeping
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """At start: the table exists. Raises SchemaNotMigratedError (with the fix) when a
+        handler has a rate limit; without one only cross-process pauses are off."""
+        if self._store is None:
+            return
+        try:
+            self._store.check()
+        except SchemaNotMigratedError as exc:
+            if any(h.rate_limit for h in self._handlers):
+                raise
+            self._db_pauses = False
+            log.warning(
+                "consumer.pauses_local",
+                error=str(exc),
+                hint="RateLimited pauses only this process until the schema is migrated",
+            )
+        except StoreUnavailableError:
+            pass  # the runner's database check reports it
+
+    def start(self) -> None:
+        self._warn_slow_limits()
+        self._thread = threading.Thread(target=self._run, name="flow-gate", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._store is not None:
+            self._store.close()
+            log.info(
+                "consumer.flow_stopped",
+                round_trips=self._store.round_trips,
+                tokens=self.tokens_granted,
+            )
+
+    def _warn_slow_limits(self) -> None:
+        """A delivery waits unacked for its token; RabbitMQ ends a channel that holds one
+        past its consumer_timeout (30 min by default). Say so when this process alone
+        may hold one that long in the worst case."""
+        for handler in self._handlers:
+            limit = handler.rate_limit
+            if limit is None or not self._prefetch:
+                continue
+            wait_s = self._prefetch * limit.interval_s
+            if wait_s >= SLOW_LIMIT_WARN_S:
+                log.warning(
+                    "consumer.rate_limit_slow",
+                    handler=handler.name,
+                    limit=limit.describe(),
+                    prefetch=self._prefetch,
+                    longest_wait_s=round(wait_s),
+                    hint="deliveries wait unacked for their token, and each process holds "
+                    "up to the prefetch: lower prefetch_multiplier, or raise RabbitMQ's "
+                    "consumer_timeout above the longest wait times the processes",
+                )
+
+    # -- from the runner's I/O thread ----------------------------------------------------
+
+    def submit(self, job: Job) -> None:
+        handler = job.handler
+        if handler.rate_limit is None and not self._paused_until and self._pauses_fresh():
+            self._flowing = True
+            self._submit(job)  # the usual path: no lock, no round trip
+            return
+        with self._cond:
+            now = time.monotonic()
+            if (
+                handler.rate_limit is None
+                and not self._is_paused(handler, now)
+                and self._pauses_fresh(now)
+            ):
+                self._submit(job)
+                return
+            self._bucket_of(job).waiting.append((job, now))
+            self._changed = True
+            self._cond.notify()
+
+    def _pauses_fresh(self, now: float | None = None) -> bool:
+        """A delivery of a handler without a limit may start without asking the database
+        about pauses (asked within PAUSE_CHECK_S, or no pauses in the database)."""
+        if not self._db_pauses:
+            return True
+        return (time.monotonic() if now is None else now) < self._pauses_fresh_until
+
+    def pause(self, handler: Handler[...], seconds: float, *, again: Job) -> None:
+        """``handler`` raised RateLimited on ``again``'s delivery: pause it everywhere and
+        hold the delivery until the pause ends (no attempt counted)."""
+        seconds = min(max(seconds, 0.0), MAX_PAUSE_S)
+        with self._cond:
+            self._extend_pause(handler, seconds)
+            if self._db_pauses:
+                key = handler.inbox_key
+                self._pauses_to_record[key] = max(self._pauses_to_record.get(key, 0.0), seconds)
+            self._bucket_of(again).waiting.appendleft((again, time.monotonic()))
+            self._changed = True
+            self._cond.notify()
+
+    def take_held(self) -> list[Job]:
+        """Remove and return every delivery waiting here; leased tokens are dropped."""
+        with self._cond:
+            jobs = []
+            for bucket in self._buckets.values():
+                jobs += [job for job, _ in bucket.waiting]
+                bucket.waiting.clear()  # a lease failing meanwhile must not give them back too
+            self._buckets.clear()
+            return jobs
+
+    @property
+    def held(self) -> int:
+        with self._cond:
+            return sum(len(b.waiting) for b in self._buckets.values())
+
+    def describe(self) -> str:
+        """Each limit, the rate it held lately and any pause, for the status text."""
+        now = time.monotonic()
+        parts = []
+        with self._cond:
+            for handler in self._handlers:
+                words = []
+                limit = handler.rate_limit
+                if limit is not None:
+                    granted = self._granted[handler.inbox_key]
+                    while granted and granted[0] < now - RATE_WINDOW_S:
+                        granted.popleft()
+                    key = f" per {handler.rate_key.describe()}" if handler.rate_key else ""
+                    words.append(
+                        f"limit {limit.describe()}{key}, held "
+                        f"{len(granted) / RATE_WINDOW_S:.1f}/s here"
+                    )
+                left = self._paused_until.get(handler.inbox_key, 0.0) - now
+                if left > 0:
+                    words.append(f"paused for {left:.0f}s more")
+                if words:
+                    parts.append(f"{handler.name}: {', '.join(words)}")
+        return "; ".join(parts)
+
+    # -- the gate thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                wait_s = self._turn()
+            except Exception:  # the gate must outlive any one failure; logged with its traceback
+                log.exception("consumer.flow_gate_failed")
+                wait_s = OUTAGE_WAIT_S
+            with self._cond:
+                if wait_s > 0 and not self._changed:
+                    self._cond.wait(wait_s)
+                self._changed = False
+
+    def _turn(self) -> float:
+        """Release due deliveries, lease tokens where needed; how long to sleep."""
+        now = time.monotonic()
+        to_lease: list[_Bucket] = []
+        wait_s = IDLE_WAIT_S
+        check = False
+        with self._cond:
+            self._end_pauses(now)
+            for where, bucket in list(self._buckets.items()):
+                handler = bucket.handler
+                if not bucket.waiting and not bucket.tokens:
+                    del self._buckets[where]  # a key seen once costs nothing later
+                    continue
+                left = self._paused_until.get(handler.inbox_key, 0.0) - now
+                if left > 0:
+                    wait_s = min(wait_s, left)
+                    continue
+                if handler.rate_limit is None and not self._pauses_fresh(now):
+                    check = True  # ask the database before these start
+                    continue
+                self._release(bucket, now)
+                if not bucket.waiting:
+                    continue
+                if bucket.tokens:
+                    wait_s = min(wait_s, bucket.tokens[0] - now)
+                elif now >= self._retry_at:
+                    to_lease.append(bucket)
+                else:
+                    wait_s = min(wait_s, self._retry_at - now)
+            pauses, self._pauses_to_record = self._pauses_to_record, {}
+            refresh, refresh_in_s = self._refresh_due(now)
+            check, wait_s = check or refresh, min(wait_s, refresh_in_s)
+        for consumer, seconds in pauses.items():
+            self._record_pause(consumer, seconds)
+        if check:
+            self._check_pauses(now)
+        for bucket in to_lease:
+            self._lease(bucket)
+        return 0.0 if to_lease or pauses or check else max(wait_s, 0.0)
+
+    def _refresh_due(self, now: float) -> tuple[bool, float]:
+        """Under the lock: whether to ask the database about pauses now, else in how many
+        seconds to look again. Refreshed before the view goes stale while deliveries flow,
+        so they never wait for it."""
+        if not self._db_pauses:
+            return False, IDLE_WAIT_S
+        ahead_at = self._pauses_fresh_until - PAUSE_REFRESH_AHEAD_S
+        if now < ahead_at:
+            return False, ahead_at - now
+        return self._flowing, IDLE_WAIT_S
+
+    def _release(self, bucket: _Bucket, now: float) -> None:
+        """Under the lock: start the deliveries whose token is due (all of them for a
+        handler without a limit, once its pause ended)."""
+        handler = bucket.handler
+        limit = handler.rate_limit
+        while bucket.waiting and (limit is None or (bucket.tokens and bucket.tokens[0] <= now)):
+            job, since = bucket.waiting.popleft()
+            if limit is not None:
+                bucket.tokens.popleft()
+                self.tokens_granted += 1
+                granted = self._granted[handler.inbox_key]
+                granted.append(now)
+                while granted[0] < now - RATE_WINDOW_S:  # only the status's window is kept
+                    granted.popleft()
+                if self._observer is not None:
+                    self._observer.token_waited(
+                        queue=handler.queue, handler=handler.name, seconds=now - since
+                    )
+            self._submit(job)
+
+    def _lease(self, bucket: _Bucket) -> None:
+        handler = bucket.handler
+        limit: RateLimit | None = handler.rate_limit
+        if limit is None or self._store is None:
+            return
+        count = lease_size(limit)
+        try:
+            lease = self._store.lease(
+                consumer=handler.inbox_key,
+                key=bucket.key,
+                count=count,
+                span_s=lease_span_s(limit, count),
+            )
+        except StoreError as exc:
+            self._outage(bucket, exc)
+            return
+        now = time.monotonic()
+        with self._cond:
+            if not lease.granted:
+                self._extend_pause(handler, lease.paused_s)
+                return
+            offsets = due_offsets(limit, start_s=lease.start_s, count=count)
+            if self._buckets.get((handler.inbox_key, bucket.key)) is bucket:
+                bucket.tokens.extend(now + offset for offset in offsets)
+
+    def _outage(self, bucket: _Bucket, exc: StoreError) -> None:
+        """A lease failed: its deliveries go back like any delivery the database could not
+        take (the runner pauses consuming until the database answers)."""
+        with self._cond:
+            jobs = [job for job, _ in bucket.waiting]
+            bucket.waiting.clear()
+            self._retry_at = time.monotonic() + OUTAGE_WAIT_S
+        error = ErrorInfo.from_exception(exc)
+        for job in jobs:
+            self._give_back(
+                Result(job, Kind.REQUEUE, attempts_made(job.delivery.headers) + 1, 0.0, error=error)
+            )
+
+    def _record_pause(self, consumer: str, seconds: float) -> None:
+        assert self._store is not None  # noqa: S101 - pauses are recorded only with a store
+        try:
+            left = self._store.pause(consumer=consumer, seconds=seconds)
+        except StoreError as exc:
+            log.warning("consumer.pause_not_shared", consumer=consumer, error=str(exc))
+            return
+        handler = next(h for h in self._handlers if h.inbox_key == consumer)
+        with self._cond:
+            self._extend_pause(handler, left)
+
+    def _check_pauses(self, now: float) -> None:
+        assert self._store is not None  # noqa: S101 - checked only with a store
+        self._flowing = False
+        try:
+            paused = self._store.paused([h.inbox_key for h in self._handlers])
+        except StoreError as exc:
+            # The deliveries go ahead; their own transactions meet the outage, if it is one.
+            log.info("consumer.pause_check_failed", error=str(exc))
+            paused = {}
+        with self._cond:
+            self._pauses_fresh_until = now + PAUSE_CHECK_S
+            for handler in self._handlers:
+                left = paused.get(handler.inbox_key)
+                if left is not None:
+                    self._extend_pause(handler, left)
+
+    # -- under the lock -------------------------------------------------------------------
+
+    def _end_pauses(self, now: float) -> None:
+        for key, until in list(self._paused_until.items()):
+            if until <= now:
+                del self._paused_until[key]  # the fast path is open again
+
+    def _is_paused(self, handler: Handler[...], now: float) -> bool:
+        until = self._paused_until.get(handler.inbox_key)
+        if until is None:
+            return False
+        if until > now:
+            return True
+        del self._paused_until[handler.inbox_key]
+        return False
+
+    def _extend_pause(self, handler: Handler[...], seconds: float) -> None:
+        now = time.monotonic()
+        key = handler.inbox_key
+        until = now + min(seconds, MAX_PAUSE_S)
+        before = max(self._paused_until.get(key, now), now)
+        if until <= before:
+            return
+        self._paused_until[key] = until
+        if self._observer is not None:
+            self._observer.paused_for(
+                queue=handler.queue, handler=handler.name, seconds=until - before
+            )
+        log.info("consumer.handler_paused", handler=handler.name, seconds=round(until - now, 1))
+
+    def _bucket_of(self, job: Job) -> _Bucket:
+        handler = job.handler
+        key = DEFAULT_BUCKET
+        if handler.rate_key is not None:
+            with contextlib.suppress(UndecodableMessageError):
+                key = handler.rate_key.key_of(decode(job.delivery))
+        bucket = self._buckets.get((handler.inbox_key, key))
+        if bucket is None:
+            bucket = self._buckets[handler.inbox_key, key] = _Bucket(handler, key)
+        return bucket

@@ -1,0 +1,221 @@
+"""The flow gate with an in-memory store: what waits, what starts when, what goes back."""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from outbox_relay.consumer import ConsumerApp, Message
+from outbox_relay.consumer.app import Handler
+from outbox_relay.consumer.gate import FlowGate
+from outbox_relay.consumer.message import Delivery
+from outbox_relay.consumer.rate_limit import RateLimit
+from outbox_relay.consumer.worker import Job, Kind, Result
+from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.store.flow import Lease
+
+
+class FakeFlowStore:
+    """consumer_flow in a dict, on this process's clock; the same arithmetic as the SQL."""
+
+    def __init__(self) -> None:
+        self.tat: dict[tuple[str, str], float] = {}
+        self.paused_until: dict[str, float] = {}
+        self.leases: list[tuple[str, str, int]] = []
+        self.down = False
+        self.round_trips = 0
+
+    def lease(self, *, consumer: str, key: str, count: int, span_s: float) -> Lease:
+        self.round_trips += 1
+        if self.down:
+            raise StoreUnavailableError("database unavailable while taking tokens")
+        now = time.monotonic()
+        paused_s = self.paused_until.get(consumer, 0.0) - now
+        if paused_s > 0:
+            return Lease(start_s=0.0, paused_s=paused_s)
+        start = max(self.tat.get((consumer, key), 0.0), now)
+        self.tat[consumer, key] = start + span_s
+        self.leases.append((consumer, key, count))
+        return Lease(start_s=start - now, paused_s=0.0)
+
+    def pause(self, *, consumer: str, seconds: float) -> float:
+        now = time.monotonic()
+        until = max(self.paused_until.get(consumer, 0.0), now + seconds)
+        self.paused_until[consumer] = until
+        return until - now
+
+    def paused(self, consumers: Sequence[str]) -> dict[str, float]:
+        now = time.monotonic()
+        return {c: u - now for c, u in self.paused_until.items() if c in consumers and u > now}
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def handler(**kw: Any) -> Handler[...]:
+    app = ConsumerApp(name="app")
+
+    @app.handler(exchange="e", queue=kw.pop("queue", "q"), **kw)
+    def on_message(message: Message, tx: Any) -> None:
+        pass
+
+    return on_message
+
+
+def job(h: Handler[...], n: int = 0, headers: dict[str, Any] | None = None) -> Job:
+    delivery = Delivery(
+        body=b"{}",
+        exchange="e",
+        routing_key="k",
+        redelivered=False,
+        queue=h.queue,
+        message_id=f"m-{n}",
+        content_type="application/json",
+        headers=headers or {},
+        timestamp=None,
+    )
+    return Job(delivery, h, token=n)
+
+
+class Gate:
+    def __init__(self, handlers: list[Handler[...]], store: FakeFlowStore | None) -> None:
+        self.started: queue.SimpleQueue[tuple[float, Job]] = queue.SimpleQueue()
+        self.given_back: list[Result] = []
+        self.gate = FlowGate(
+            handlers=handlers,
+            store=store,  # type: ignore[arg-type]  # the fake stands in for FlowStore
+            submit_to_pool=lambda j: self.started.put((time.monotonic(), j)),
+            give_back=self.given_back.append,
+        )
+
+    def take(self, count: int, timeout_s: float = 5.0) -> list[tuple[float, Job]]:
+        return [self.started.get(timeout=timeout_s) for _ in range(count)]
+
+
+@pytest.fixture
+def gate_of() -> Iterator[Any]:
+    made: list[Gate] = []
+
+    def make(handlers: list[Handler[...]], store: FakeFlowStore | None = None) -> Gate:
+        made.append(Gate(handlers, store))
+        made[-1].gate.start()
+        return made[-1]
+
+    yield make
+    for g in made:
+        g.gate.stop()
+
+
+def test_without_a_limit_or_a_store_deliveries_start_at_once(gate_of: Any) -> None:
+    h = handler()
+    g = gate_of([h])
+    for n in range(3):
+        g.gate.submit(job(h, n))
+    assert [j.token for _, j in g.take(3, timeout_s=0.5)] == [0, 1, 2]
+
+
+def test_a_limited_handler_starts_a_burst_then_one_per_interval(gate_of: Any) -> None:
+    h = handler(rate_limit=RateLimit(max=2, per=0.2))  # 10/s, a burst of 2
+    store = FakeFlowStore()
+    g = gate_of([h], store)
+    began = time.monotonic()
+    for n in range(6):
+        g.gate.submit(job(h, n))
+    started = [at - began for at, _ in g.take(6)]
+    assert started[1] < 0.1  # the burst
+    for n in range(2, 6):  # then every 100 ms
+        assert started[n] >= (n - 1) * 0.1 - 0.01
+    assert len(store.leases) == 6  # one round trip a token at this rate
+    assert g.gate.held == 0
+
+
+def test_each_key_waits_only_for_its_own_bucket(gate_of: Any) -> None:
+    h = handler(rate_limit=RateLimit(max=1, per=1.0), rate_limit_key="header:tenant")
+    g = gate_of([h], FakeFlowStore())
+    for n in range(3):
+        g.gate.submit(job(h, n, {"tenant": "noisy"}))
+    g.gate.submit(job(h, 10, {"tenant": "quiet"}))
+    g.gate.submit(job(h, 11))  # no key: the default bucket
+    tokens = {j.token for _, j in g.take(3, timeout_s=0.5)}
+    assert tokens == {0, 10, 11}
+    assert g.gate.held == 2  # noisy's second and third wait a second each
+
+
+def test_rate_limited_holds_the_delivery_and_pauses_the_handler(gate_of: Any) -> None:
+    h = handler(rate_limit="100/s")
+    store = FakeFlowStore()
+    g = gate_of([h], store)
+    g.gate.pause(h, 0.3, again=job(h, 0))
+    g.gate.submit(job(h, 1))
+    assert g.started.empty()
+    assert g.gate.held == 2
+    assert "paused for" in g.gate.describe()
+    began = time.monotonic()
+    started = g.take(2)
+    assert [j.token for _, j in started] == [0, 1]  # the one that raised first
+    assert started[0][0] - began >= 0.25
+    assert store.paused_until  # shared with the other processes
+
+
+def test_a_pause_from_another_process_holds_a_handler_without_a_limit(gate_of: Any) -> None:
+    h = handler()
+    store = FakeFlowStore()
+    store.pause(consumer=h.inbox_key, seconds=0.3)  # another process got a 429
+    g = gate_of([h], store)
+    began = time.monotonic()
+    g.gate.submit(job(h, 0))
+    ((at, _j),) = g.take(1)
+    assert at - began >= 0.25
+
+
+def test_a_database_outage_while_waiting_gives_the_deliveries_back(gate_of: Any) -> None:
+    h = handler(rate_limit="5/s")
+    store = FakeFlowStore()
+    store.down = True
+    g = gate_of([h], store)
+    g.gate.submit(job(h, 0))
+    g.gate.submit(job(h, 1))
+    deadline = time.monotonic() + 5
+    while len(g.given_back) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.kind for r in g.given_back] == [Kind.REQUEUE, Kind.REQUEUE]
+    assert all(r.attempt == 1 for r in g.given_back)
+    assert g.given_back[0].error is not None
+    assert "database unavailable" in g.given_back[0].error.message
+    assert g.gate.held == 0
+
+
+def test_take_held_returns_everything_waiting(gate_of: Any) -> None:
+    h = handler(rate_limit=RateLimit(max=1, per=3600))
+    g = gate_of([h], FakeFlowStore())
+    for n in range(4):
+        g.gate.submit(job(h, n))
+    g.take(1)
+    deadline = time.monotonic() + 2
+    while g.gate.held < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(j.token for j in g.gate.take_held()) == [1, 2, 3]
+    assert g.gate.held == 0
+    assert "limit 1/h" in g.gate.describe()
+
+
+def test_a_limit_so_slow_that_held_deliveries_near_the_consumer_timeout_is_named() -> None:
+    h = handler(rate_limit="1/m", name="nightly_report")
+    gate = FlowGate(
+        handlers=[h], store=None, submit_to_pool=lambda j: None, give_back=print, prefetch=12
+    )
+    with capture_logs() as logs:
+        gate.start()
+        gate.stop()
+    (warning,) = [e for e in logs if e["event"] == "consumer.rate_limit_slow"]
+    assert warning["handler"] == "nightly_report"
+    assert warning["longest_wait_s"] == 720
+    assert "prefetch_multiplier" in warning["hint"]
