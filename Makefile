@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: test unit integration faults cluster-test deploy-test lint typecheck check demo bench docs clean alerts-test
+.PHONY: test unit integration faults bench-smoke cluster-test deploy-test lint typecheck check demo bench docs clean alerts-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 ## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
 ## (see docs/testing.md; the deploy tier is `make deploy-test`)
 test: $(STAMP)
-	$(BIN)/pytest tests -m "not deploy and not cluster" --durations=25
+	$(BIN)/pytest tests -m "not deploy and not cluster and not bench" --durations=25
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
@@ -34,6 +34,11 @@ integration: $(STAMP)
 
 faults: $(STAMP)
 	$(BIN)/pytest tests/faults
+
+## bench-smoke: every benchmark scenario at its smallest size, so the scripts keep working
+## (about 3 minutes; the figures are not checked against targets)
+bench-smoke: $(STAMP)
+	$(BIN)/pytest tests/integration/test_benchmarks.py -m bench
 
 ## cluster-test: node stops of a private three-node RabbitMQ cluster and a PostgreSQL
 ## promotion under two relays and a consumer (about 2 minutes; needs rabbitmq-server and

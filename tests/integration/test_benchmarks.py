@@ -13,7 +13,7 @@ import pytest
 from benchmarks.__main__ import available
 from benchmarks.common import Env, Report, services
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.bench]
 
 EXPECTED = {
     "throughput": [
