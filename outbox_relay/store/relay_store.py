@@ -24,7 +24,7 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -185,7 +185,7 @@ class PostgresStore:
         ids = {"relay_id": self.relay_id, "ttl_s": self._lease_ttl_s}
         with self._on_listen("renewing partition leases"):
             conn = self._require(self._listen)
-            with conn.transaction():
+            with self._lease_transaction(conn):
                 row = conn.execute(
                     self._leases["heartbeat"],
                     {**ids, "hostname": socket.gethostname(), "pid": os.getpid()},
@@ -220,9 +220,20 @@ class PostgresStore:
         conn = self._listen
         if conn is None or conn.closed:
             return
-        with self._on_listen("releasing partition leases"), conn.transaction():
+        with self._on_listen("releasing partition leases"), self._lease_transaction(conn):
             conn.execute(self._leases["release_all"], {"relay_id": self.relay_id})
             conn.execute(self._leases["unregister"], {"relay_id": self.relay_id})
+
+    @contextlib.contextmanager
+    def _lease_transaction(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        """A transaction on the LISTEN connection that the server ends if the relay stops
+        inside it for longer than the lease (see ``lease_transaction``)."""
+        with conn.transaction():
+            conn.execute(
+                self._leases["lease_transaction"],
+                {"timeout_ms": str(int(self._lease_ttl_s * 1000))},
+            )
+            yield
 
     def _open(self, url: str, role: str) -> psycopg.Connection[Any]:
         return connect(

@@ -1,5 +1,11 @@
 -- Heartbeats and partition leases. {schema} is the quoted schema; values are parameters.
 
+-- name: lease_transaction
+-- The first statement of a heartbeat's (or a release's) transaction: a relay frozen inside
+-- it (SIGSTOP, a VM pause) must not hold its lease rows locked, and so its partitions,
+-- forever; the server ends the transaction after the lease time, as it ends a claim's.
+SELECT set_config('idle_in_transaction_session_timeout', %(timeout_ms)s, true)
+
 -- name: heartbeat
 -- Record this relay as alive, extend the leases it holds, and report who is alive.
 WITH beat AS (
