@@ -48,15 +48,15 @@ def test_lock_wait_is_a_fraction_of_the_deadline() -> None:
 def test_a_delivery_behind_a_running_one_is_busy_before_the_deadline_and_keeps_its_connection(
     database_url: str, schema: str
 ) -> None:
-    first = _session(database_url, schema, db_timeout_s=1.5)
-    second = _session(database_url, schema, db_timeout_s=1.5)
+    first = _session(database_url, schema, db_timeout_s=3)
+    second = _session(database_url, schema, db_timeout_s=3)
     try:
         assert first.begin(consumer="c", message_id="m-1") is True
         started = time.monotonic()
+        # InboxBusyError, not NoAnswerError: the lock wait (2 s), not the deadline, ended it.
         with pytest.raises(InboxBusyError, match="m-1 is being handled by another delivery"):
             second.begin(consumer="c", message_id="m-1")
-        waited = time.monotonic() - started
-        assert 0.9 <= waited < 1.5, "the lock wait, not the deadline, ended it"
+        assert time.monotonic() - started >= 1.9, "it waited for the other delivery first"
         second.rollback()
         # The same connection goes on: not declared silent, not replaced.
         connection = second.connection

@@ -22,6 +22,7 @@ import pytest
 from tests.support.http import free_port
 from tests.support.relay import wait_for
 from tests.support.schemas import private_database
+from tests.support.services import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def private_vhost(amqp_url: str) -> Iterator[str]:
     """``amqp_url`` on a vhost of its own, deleted afterwards (with all it holds), made
     with the local node's rabbitmqctl."""
     if urlsplit(amqp_url).hostname not in ("127.0.0.1", "localhost", "::1"):
-        pytest.skip("a private vhost needs the broker's own rabbitmqctl: run on its host")
+        unavailable("a private vhost needs the broker's own rabbitmqctl: run on its host")
     name = f"t_readme_{uuid.uuid4().hex[:8]}"
     user = urlsplit(amqp_url).username or "guest"
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
