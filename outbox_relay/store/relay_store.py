@@ -1,4 +1,4 @@
-"""The relay's side of the outbox: leases, claim due rows, settle them, the wake-up flag.
+"""The relay's side of the outbox: its connections, leases, claims, the wake-up flag.
 
 Three connections: two for work (claim, publish and settle inside one transaction, so
 claimed rows stay locked until settled; two so that the next batch can be claimed while
@@ -16,6 +16,9 @@ Every round trip on them has a deadline (:mod:`outbox_relay.store.deadline`): a
 connection that stops answering is closed, and the error makes the relay reconnect. The
 LISTEN connection, which otherwise only waits, is asked a question at least every
 LISTEN_PROBE_INTERVAL_S (with the heartbeat), so it cannot go silent unnoticed.
+
+An open claim is a :class:`~outbox_relay.store.claim.PostgresClaim`; the lease
+statements are :mod:`outbox_relay.store.leases`.
 """
 
 from __future__ import annotations
@@ -38,13 +41,7 @@ from outbox_relay.store.claim import ClaimedRows, PostgresClaim, int_array
 from outbox_relay.store.connect import application_name_in, connect, translate_errors
 from outbox_relay.store.deadline import DB_TIMEOUT_S, Deadlines, guarded
 from outbox_relay.store.leases import LeaseQueries
-from outbox_relay.store.pooler import (
-    Pooling,
-    announce_once,
-    describe,
-    pooling_mode,
-    relay_changes,
-)
+from outbox_relay.store.pooler import Pooling, announce_once, describe, pooling_mode, relay_changes
 from outbox_relay.store.sqlfiles import Queries, notify_channel
 
 ORDER_GATE_MAX_WAIT_S = 30.0
