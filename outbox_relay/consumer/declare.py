@@ -31,7 +31,7 @@ from outbox_relay.topology import (
 )
 
 if TYPE_CHECKING:
-    from outbox_relay.consumer.app import Handler
+    from outbox_relay.consumer.handler import Handler
 
 
 def delay_ms(delay_s: float) -> int:

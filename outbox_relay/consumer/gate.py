@@ -36,9 +36,9 @@ from typing import Protocol
 
 import structlog
 
-from outbox_relay.consumer.app import Handler
 from outbox_relay.consumer.errors import UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo
+from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.message import attempts_made, decode
 from outbox_relay.consumer.rate_limit import (
     DEFAULT_BUCKET,

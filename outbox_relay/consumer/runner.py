@@ -57,7 +57,7 @@ from tenacity import RetryCallState
 from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable
 from outbox_relay.broker_nodes import BrokerNodes
 from outbox_relay.consumer import lenient_frames
-from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
+from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.consumer.declare import declare
 from outbox_relay.consumer.failure import (
     DROPPED_HEADERS_HEADER,
@@ -66,8 +66,10 @@ from outbox_relay.consumer.failure import (
     fit_headers,
 )
 from outbox_relay.consumer.gate import FlowGate
+from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.message import Delivery, original_exchange, original_routing_key
 from outbox_relay.consumer.pools import WorkerPools, pool_sizes, prefetch_for
+from outbox_relay.consumer.settings import ConsumerSettings
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import (
     BrokerUnavailableError,
