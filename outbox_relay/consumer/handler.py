@@ -67,16 +67,7 @@ class Handler(Generic[P]):
     max_priority: int | None = None  # a priority queue (classic queues); None: not one
 
     def __post_init__(self) -> None:
-        spec = queue_spec(
-            queue=self.queue,
-            queue_type=self.queue_type,
-            exchange=self.exchange,
-            bindings=self.bindings,
-            retry_delays_s=self.retry_delays_s,
-            max_attempts=self.max_attempts,
-            max_priority=self.max_priority,
-        )  # raises ConfigurationError naming the problem
-        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "spec", queue_spec(self))  # raises ConfigurationError
         for attribute in functools.WRAPPER_ASSIGNMENTS:
             if hasattr(self.func, attribute):
                 object.__setattr__(self, attribute, getattr(self.func, attribute))
