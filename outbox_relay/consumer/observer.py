@@ -1,4 +1,4 @@
-"""What the consumer runner reports as it goes, for metrics
+"""What the consumer runner and its flow gate report as they go, for metrics
 (:class:`~outbox_relay.observability.consumer_metrics.ConsumerMetrics`), and the observer
 that records nothing."""
 
@@ -8,6 +8,14 @@ from collections.abc import Callable
 from typing import Protocol
 
 from outbox_relay.consumer.worker import Result
+
+
+class FlowObserver(Protocol):
+    """What the flow gate reports (a part of :class:`ConsumerObserver`)."""
+
+    def token_waited(self, *, queue: str, handler: str, seconds: float) -> None: ...
+
+    def paused_for(self, *, queue: str, handler: str, seconds: float) -> None: ...
 
 
 class ConsumerObserver(Protocol):
