@@ -21,7 +21,7 @@ Run with ``outbox-relay consume billing.handlers:app`` or ``app.run()``; test ha
 
 from __future__ import annotations
 
-from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings, Handler
+from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.consumer.errors import (
     HandlerTimeoutError,
     InvalidPayloadError,
@@ -29,8 +29,10 @@ from outbox_relay.consumer.errors import (
     Reject,
     Retry,
 )
+from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.message import Message
 from outbox_relay.consumer.rate_limit import RateLimit
+from outbox_relay.consumer.settings import ConsumerSettings
 
 __all__ = [
     "ConsumerApp",

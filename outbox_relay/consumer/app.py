@@ -7,233 +7,38 @@ environment until :meth:`ConsumerApp.run` (or ``outbox-relay consume``) starts a
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, ParamSpec
+from typing import Any, ParamSpec
 
-from outbox_relay.consumer.aio import HandlerLoop
-from outbox_relay.consumer.declare import queue_spec, retry_route
-from outbox_relay.consumer.failure import RetryRoute
+from outbox_relay.consumer.handler import Handler, check_handler
 from outbox_relay.consumer.message import Message
-from outbox_relay.consumer.payload import Validator, decode_payload, validator_for
+from outbox_relay.consumer.payload import validator_for
 from outbox_relay.consumer.policy import ErrorPolicy, exception_classes
-from outbox_relay.consumer.rate_limit import KeyFunction, KeySpec, RateLimit, flow_settings
-from outbox_relay.consumer.signature import CallPlan, Role, plan_call
-from outbox_relay.dead_peer import (
-    DEAD_PEER_TIMEOUT_RULE,
-    DEAD_PEER_TIMEOUT_S,
-    usable_dead_peer_timeout,
+from outbox_relay.consumer.rate_limit import KeyFunction, RateLimit, flow_settings
+from outbox_relay.consumer.settings import (
+    CONCURRENCY,
+    DEFAULT_AMQP_URL,
+    INBOX_RETENTION_S,
+    PREFETCH_MULTIPLIER,
+    SHUTDOWN_GRACE_S,
+    ConsumerSettings,
 )
+from outbox_relay.consumer.signature import plan_call
 from outbox_relay.errors import ConfigurationError
-from outbox_relay.misconfiguration import UNHEALTHY_AFTER_S
-from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
-from outbox_relay.store.sqlfiles import validate_schema_name
-from outbox_relay.topology import QueueSpec
 
 MAX_ATTEMPTS = 5
 RETRY_DELAYS_S = (1.0, 10.0, 60.0)
 HANDLER_TIMEOUT_S = 30.0
-BROKER_CONSUMER_TIMEOUT_S = 30 * 60.0  # RabbitMQ's default consumer_timeout
-CONCURRENCY = 4
-PREFETCH_MULTIPLIER = 2
-SHUTDOWN_GRACE_S = 30.0
-INBOX_RETENTION_S = 7 * 24 * 3600.0
-INBOX_PURGE_INTERVAL_S = 600.0
-HTTP_HOST = "0.0.0.0"  # noqa: S104 - probes reach a pod on its own address
-QUEUE_TYPES = ("classic", "quorum")
 DATABASE_URL_ENV = "OUTBOX_RELAY_DATABASE_URL"
 AMQP_URL_ENV = "OUTBOX_RELAY_AMQP_URL"
-DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
 
 P = ParamSpec("P")
 AfterCommitHook = Callable[[Message], None]
 
-
-@dataclass(frozen=True, eq=False)
-class Handler(Generic[P]):
-    """One registered handler: the function, the queue it consumes and its settings.
-
-    What ``@app.handler(...)`` returns. Calling it calls the function as written (so a unit
-    test can call ``on_order(message, tx)``); :meth:`invoke` runs it as the consumer does,
-    with each parameter filled by its name or annotation (see
-    :mod:`outbox_relay.consumer.signature`).
-    """
-
-    func: Callable[P, object]
-    name: str
-    exchange: str
-    queue: str
-    bindings: tuple[str, ...]
-    max_attempts: int
-    retry_delays_s: tuple[float, ...]
-    timeout_s: float
-    queue_type: str
-    declare_exchange: bool
-    spec: QueueSpec
-    plan: CallPlan
-    app_name: str = ""  # the consumer app's name (with the queue, it keys the inbox)
-    schema: str = "public"  # where the app's inbox is
-    validate: Validator | None = field(default=None, repr=False)
-    # Its own worker pool of this many threads (prefetch: this x prefetch_multiplier);
-    # None: it shares the app's pool of ConsumerApp.concurrency threads.
-    concurrency: int | None = None
-    # Which exceptions retry and which park at once (retry_on=, park_on=).
-    policy: ErrorPolicy = field(default_factory=ErrorPolicy)
-    rate_limit: RateLimit | None = None  # shared by every process of the app (gate.py)
-    rate_key: KeySpec | None = None  # a bucket per key; None: one bucket
-
-    def __post_init__(self) -> None:
-        for attribute in functools.WRAPPER_ASSIGNMENTS:
-            if hasattr(self.func, attribute):
-                object.__setattr__(self, attribute, getattr(self.func, attribute))
-        object.__setattr__(self, "__wrapped__", self.func)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> object:
-        """Call the function itself, with the arguments given."""
-        return self.func(*args, **kwargs)
-
-    @property
-    def uses_db(self) -> bool:
-        """The handler runs in the inbox transaction: it takes ``tx`` or a Session."""
-        return self.plan.uses_db
-
-    @property
-    def route(self) -> RetryRoute:
-        return retry_route(self.spec)
-
-    @property
-    def inbox_key(self) -> str:
-        """The consumer column of this handler's inbox rows."""
-        return f"{self.app_name}:{self.queue}"
-
-    def payload(self, message: Message) -> object:
-        """``message``'s body as the payload parameter's type (None when the handler takes
-        none); InvalidPayloadError when it does not fit."""
-        if self.plan.payload_type is None or self.validate is None:
-            return None
-        return decode_payload(
-            message, self.plan.payload_type, self.validate, where=f"handler {self.name}"
-        )
-
-    @property
-    def is_async(self) -> bool:
-        """An ``async def`` handler: it runs on an event loop (see
-        :mod:`outbox_relay.consumer.aio`)."""
-        return self.plan.is_async
-
-    def invoke(self, message: Message, tx: Any = None, *, loop: HandlerLoop | None = None) -> None:
-        """Run the handler on ``message`` as the consumer does, inside ``tx`` when it takes
-        one (a ``psycopg.AsyncConnection`` for an async handler, which runs on ``loop``, or
-        on a loop of its own when none is given). Raises InvalidPayloadError (park) or
-        whatever the handler raises."""
-        values: dict[Role, object] = {Role.MESSAGE: message, Role.TX: tx}
-        if self.plan.payload_type is not None:
-            values[Role.PAYLOAD] = self.payload(message)
-        if self.plan.is_async:
-            runner = loop if loop is not None else HandlerLoop()
-            try:
-                runner.run(self._invoke_async(values, tx), name=self.name)
-            finally:
-                if loop is None:
-                    runner.close()
-            return
-        if not self.plan.wants_session:
-            self._call(values)
-            return
-        from outbox_relay.consumer.orm import bound_session  # noqa: PLC0415 - SQLAlchemy when used
-
-        with bound_session(tx) as session:
-            values[Role.SESSION] = session
-            self._call(values)
-            session.commit()  # releases the savepoint; the runner commits the transaction
-
-    def _call(self, values: dict[Role, object]) -> None:
-        args, kwargs = self.plan.call_arguments(values)
-        returned = self.func(*args, **kwargs)
-        if inspect.isawaitable(returned):
-            if inspect.iscoroutine(returned):
-                returned.close()  # never awaited: no "coroutine was never awaited" warning
-            raise ConfigurationError(
-                f"handler {self.name} returned an awaitable: the SDK took it for a plain "
-                "function, so nothing would await it; declare the handler itself with "
-                "async def"
-            )
-
-    async def _invoke_async(self, values: dict[Role, object], tx: Any) -> None:
-        if not self.plan.wants_session:
-            args, kwargs = self.plan.call_arguments(values)
-            await self.func(*args, **kwargs)  # type: ignore[misc]  # plan_call: a coroutine function
-            return
-        from outbox_relay.consumer.orm import bound_async_session  # noqa: PLC0415 - when used
-
-        async with bound_async_session(tx) as session:
-            values[Role.SESSION] = session
-            args, kwargs = self.plan.call_arguments(values)
-            await self.func(*args, **kwargs)  # type: ignore[misc]  # plan_call: a coroutine function
-            await session.commit()  # releases the savepoint; the runner commits
-
-
-@dataclass(frozen=True)
-class ConsumerSettings:
-    """How the runner connects and how much it runs at once; checked before connecting."""
-
-    name: str
-    schema: str = "public"
-    database_url: str | None = None
-    amqp_url: str = DEFAULT_AMQP_URL
-    concurrency: int = CONCURRENCY
-    prefetch_multiplier: int = PREFETCH_MULTIPLIER
-    shutdown_grace_s: float = SHUTDOWN_GRACE_S
-    inbox_retention_s: float = INBOX_RETENTION_S
-    inbox_purge_interval_s: float = INBOX_PURGE_INTERVAL_S
-    reconnect_max_s: float = 30.0
-    dead_peer_timeout_s: float = DEAD_PEER_TIMEOUT_S
-    db_timeout_s: float = DB_TIMEOUT_S  # each SDK round trip: inbox insert, commit, rollback
-    http_port: int = 0  # serve /healthz, /readyz and /metrics here; 0: no endpoints
-    http_host: str = HTTP_HOST
-    # /healthz fails once the database or the broker refused the configuration this long.
-    unhealthy_after_s: float = UNHEALTHY_AFTER_S
-
-    def __post_init__(self) -> None:
-        try:
-            validate_schema_name(self.schema)
-        except ValueError as exc:
-            raise ConfigurationError(f"schema: {exc}") from exc
-        checks = [
-            (bool(self.name.strip()), "name: give the consumer a name (it keys the inbox)"),
-            (
-                ":" not in self.name and "\x00" not in self.name,
-                (
-                    f"name: {self.name!r} contains ':' or NUL; the inbox keys rows "
-                    "'<name>:<queue>' and the consumer grants match that prefix, so choose "
-                    "a name without them"
-                ),
-            ),
-            (self.concurrency >= 1, "concurrency must be at least 1"),
-            (self.prefetch_multiplier >= 1, "prefetch_multiplier must be at least 1"),
-            (self.shutdown_grace_s >= 0, "shutdown_grace must not be negative"),
-            (self.inbox_retention_s > 0, "inbox_retention must be positive"),
-            (self.inbox_purge_interval_s > 0, "inbox_purge_interval must be positive"),
-            (0 <= self.http_port <= 65535, "http_port must be 0 (off) or a TCP port"),
-            (self.unhealthy_after_s > 0, "unhealthy_after must be positive"),
-            (self.amqp_url.startswith(("amqp://", "amqps://")), "amqp_url: expected amqp://..."),
-            (
-                usable_dead_peer_timeout(self.dead_peer_timeout_s),
-                f"dead_peer_timeout {DEAD_PEER_TIMEOUT_RULE}",
-            ),
-            (usable_db_timeout(self.db_timeout_s), f"db_timeout {DB_TIMEOUT_RULE}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigurationError(message)
-
-    @property
-    def prefetch(self) -> int:
-        return self.concurrency * self.prefetch_multiplier
+__all__ = ["AfterCommitHook", "ConsumerApp", "ConsumerSettings", "Handler"]
 
 
 @dataclass
@@ -343,15 +148,6 @@ class ConsumerApp:
                 timeout_s=float(timeout),
                 queue_type=queue_type,
                 declare_exchange=declare_exchange,
-                spec=queue_spec(
-                    queue=queue,
-                    queue_type=queue_type,
-                    exchange=exchange,
-                    bindings=patterns,
-                    retry_delays_s=delays,
-                    max_attempts=max_attempts,
-                    max_priority=max_priority,
-                ),
                 plan=plan,
                 app_name=self.name,
                 schema=self.schema,
@@ -360,6 +156,7 @@ class ConsumerApp:
                 policy=policy,
                 rate_limit=limit,
                 rate_key=key,
+                max_priority=max_priority,
             )
             check_handler(handler, taken=[h.queue for h in self.handlers])
             self.handlers.append(handler)
@@ -414,38 +211,3 @@ class ConsumerApp:
         from outbox_relay.consumer.serve import serve  # noqa: PLC0415 - pika only when running
 
         serve(self, self.settings(**overrides))
-
-
-def check_handler(handler: Handler[...], *, taken: Sequence[str]) -> None:
-    """Reject a handler whose settings cannot work, naming the fix."""
-    where = f"handler {handler.name} (queue {handler.queue!r})"
-    checks = [
-        (bool(handler.exchange), "exchange: name the topic exchange to bind to"),
-        (bool(handler.queue), "queue: name the queue to consume"),
-        (handler.queue not in taken, "queue: another handler of this app consumes it"),
-        (bool(handler.bindings), "bindings: give at least one routing key pattern"),
-        (handler.max_attempts >= 1, "max_attempts must be at least 1"),
-        (bool(handler.retry_delays_s), "retry_delays: give at least one delay in seconds"),
-        (all(d > 0 for d in handler.retry_delays_s), "retry_delays must be positive"),
-        (
-            len(set(handler.retry_delays_s)) == len(handler.retry_delays_s),
-            "retry_delays: list each delay once (one delay queue per delay)",
-        ),
-        (
-            0 < handler.timeout_s < BROKER_CONSUMER_TIMEOUT_S,
-            "timeout must be positive and well under RabbitMQ's 30-minute consumer_timeout",
-        ),
-        (handler.queue_type in QUEUE_TYPES, f"queue_type: one of {', '.join(QUEUE_TYPES)}"),
-        (
-            handler.concurrency is None
-            or (type(handler.concurrency) is int and handler.concurrency >= 1),
-            (
-                f"concurrency must be a whole number, at least 1 (got "
-                f"{handler.concurrency!r}): the messages of this queue it may run at once; "
-                "leave it out to share the app's worker pool"
-            ),
-        ),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigurationError(f"{where}: {message}")

@@ -31,36 +31,28 @@ from outbox_relay.topology import (
 )
 
 if TYPE_CHECKING:
-    from outbox_relay.consumer.app import Handler
+    from outbox_relay.consumer.handler import Handler
 
 
 def delay_ms(delay_s: float) -> int:
     return max(1, round(delay_s * 1000))
 
 
-def queue_spec(
-    *,
-    queue: str,
-    queue_type: str,
-    exchange: str,
-    bindings: Sequence[str],
-    retry_delays_s: Sequence[float],
-    max_attempts: int,
-    max_priority: int | None = None,
-) -> QueueSpec:
+def queue_spec(handler: Handler[...]) -> QueueSpec:
     """The topology of one handler's queue; raises ConfigurationError naming the problem."""
     try:
         return QueueSpec(
-            name=queue,
-            type=QueueType(queue_type),
-            bindings=tuple(Binding(exchange, pattern) for pattern in bindings),
+            name=handler.queue,
+            type=QueueType(handler.queue_type),
+            bindings=tuple(Binding(handler.exchange, pattern) for pattern in handler.bindings),
             retry=RetryPolicy(
-                delays_ms=tuple(delay_ms(d) for d in retry_delays_s), max_attempts=max_attempts
+                delays_ms=tuple(delay_ms(d) for d in handler.retry_delays_s),
+                max_attempts=handler.max_attempts,
             ),
-            max_priority=max_priority,
+            max_priority=handler.max_priority,
         )
     except (TopologyError, ValueError) as exc:
-        raise ConfigurationError(f"queue {queue!r}: {exc}") from exc
+        raise ConfigurationError(f"queue {handler.queue!r}: {exc}") from exc
 
 
 def retry_route(spec: QueueSpec) -> RetryRoute:

@@ -11,12 +11,8 @@ lease_size`), each bucket taking its next lease once the last one is used. The t
 sleeps until the next token is due; no transaction is open meanwhile.
 
 Pauses: a handler that raised :class:`~outbox_relay.consumer.errors.RateLimited` is
-paused here at once and in the table for every process; the others learn it with their
-next lease, or (handlers without a limit) before they start a delivery once what they
-know is older than ``PAUSE_CHECK_S`` (while deliveries flow the gate thread refreshes
-it before then, so they do not wait for it): at most about one round trip a second, and
-only while deliveries flow. Its deliveries wait here until the pause ends, the one that raised
-first.
+paused here at once and in the table for every process (:mod:`~outbox_relay.consumer.
+pauses`). Its deliveries wait here until the pause ends, the one that raised first.
 
 The runner takes back what waits (:meth:`FlowGate.take_held`) on SIGTERM, on losing the
 connection and when the database goes away. A database that fails a lease gives the
@@ -32,14 +28,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import structlog
 
-from outbox_relay.consumer.app import Handler
 from outbox_relay.consumer.errors import UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo
+from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.message import attempts_made, decode
+from outbox_relay.consumer.observer import FlowObserver
+from outbox_relay.consumer.pauses import Pauses
 from outbox_relay.consumer.rate_limit import (
     DEFAULT_BUCKET,
     MAX_PAUSE_S,
@@ -53,18 +50,10 @@ from outbox_relay.errors import SchemaNotMigratedError, StoreError, StoreUnavail
 from outbox_relay.store.flow import FlowStore
 
 log = structlog.get_logger("outbox_relay.consumer")
-PAUSE_CHECK_S = 1.0  # how stale a process's view of other processes' pauses may be
-PAUSE_REFRESH_AHEAD_S = 0.25  # while deliveries flow, refreshed this long before then
 IDLE_WAIT_S = 1.0
 OUTAGE_WAIT_S = 1.0  # after a failed lease, before the next one
 SLOW_LIMIT_WARN_S = 600.0  # a third of RabbitMQ's default consumer_timeout
 RATE_WINDOW_S = 10.0  # the "rate held" in the status is over this window
-
-
-class FlowObserver(Protocol):
-    def token_waited(self, *, queue: str, handler: str, seconds: float) -> None: ...
-
-    def paused_for(self, *, queue: str, handler: str, seconds: float) -> None: ...
 
 
 @dataclass(eq=False)
@@ -97,18 +86,13 @@ class FlowGate:
         self._observer = observer
         self._cond = threading.Condition()
         self._buckets: dict[tuple[str, str], _Bucket] = {}
-        self._paused_until: dict[str, float] = {}  # inbox key -> monotonic end
-        self._pauses_to_record: dict[str, float] = {}  # inbox key -> seconds
+        # Pauses shared with the app's other processes when there is a store.
+        self._pauses = Pauses(shared=store is not None, observer=observer)
         self.tokens_granted = 0  # since start, every handler
         self._granted: dict[str, collections.deque[float]] = {
             h.inbox_key: collections.deque() for h in self._handlers if h.rate_limit
         }
-        # Until when this process's view of other processes' pauses is fresh enough to
-        # start a delivery of a handler without a limit (its leases tell a limited one).
-        self._pauses_fresh_until = 0.0
-        self._flowing = False  # deliveries went by since the last check: refresh ahead
         self._retry_at = 0.0
-        self._db_pauses = store is not None  # pauses shared with the app's other processes
         self._stopping = threading.Event()
         self._changed = False  # something arrived since the last turn: no sleeping
         self._thread: threading.Thread | None = None
@@ -125,7 +109,7 @@ class FlowGate:
         except SchemaNotMigratedError as exc:
             if any(h.rate_limit for h in self._handlers):
                 raise
-            self._db_pauses = False
+            self._pauses.shared = False
             log.warning(
                 "consumer.pauses_local",
                 error=str(exc),
@@ -178,16 +162,16 @@ class FlowGate:
 
     def submit(self, job: Job) -> None:
         handler = job.handler
-        if handler.rate_limit is None and not self._paused_until and self._pauses_fresh():
-            self._flowing = True
+        if handler.rate_limit is None and self._pauses.none and self._pauses.fresh():
+            self._pauses.flowing = True
             self._submit(job)  # the usual path: no lock, no round trip
             return
         with self._cond:
             now = time.monotonic()
             if (
                 handler.rate_limit is None
-                and not self._is_paused(handler, now)
-                and self._pauses_fresh(now)
+                and not self._pauses.is_paused(handler, now)
+                and self._pauses.fresh(now)
             ):
                 self._submit(job)
                 return
@@ -195,22 +179,13 @@ class FlowGate:
             self._changed = True
             self._cond.notify()
 
-    def _pauses_fresh(self, now: float | None = None) -> bool:
-        """A delivery of a handler without a limit may start without asking the database
-        about pauses (asked within PAUSE_CHECK_S, or no pauses in the database)."""
-        if not self._db_pauses:
-            return True
-        return (time.monotonic() if now is None else now) < self._pauses_fresh_until
-
     def pause(self, handler: Handler[...], seconds: float, *, again: Job) -> None:
         """``handler`` raised RateLimited on ``again``'s delivery: pause it everywhere and
         hold the delivery until the pause ends (no attempt counted)."""
         seconds = min(max(seconds, 0.0), MAX_PAUSE_S)
         with self._cond:
-            self._extend_pause(handler, seconds)
-            if self._db_pauses:
-                key = handler.inbox_key
-                self._pauses_to_record[key] = max(self._pauses_to_record.get(key, 0.0), seconds)
+            self._pauses.extend(handler, seconds)
+            self._pauses.to_record(handler, seconds)
             self._bucket_of(again).waiting.appendleft((again, time.monotonic()))
             self._changed = True
             self._cond.notify()
@@ -247,7 +222,7 @@ class FlowGate:
                         f"limit {limit.describe()}{key}, held "
                         f"{len(granted) / RATE_WINDOW_S:.1f}/s here"
                     )
-                left = self._paused_until.get(handler.inbox_key, 0.0) - now
+                left = self._pauses.left_s(handler, now)
                 if left > 0:
                     words.append(f"paused for {left:.0f}s more")
                 if words:
@@ -275,17 +250,17 @@ class FlowGate:
         wait_s = IDLE_WAIT_S
         check = False
         with self._cond:
-            self._end_pauses(now)
+            self._pauses.end_expired(now)
             for where, bucket in list(self._buckets.items()):
                 handler = bucket.handler
                 if not bucket.waiting and not bucket.tokens:
                     del self._buckets[where]  # a key seen once costs nothing later
                     continue
-                left = self._paused_until.get(handler.inbox_key, 0.0) - now
+                left = self._pauses.left_s(handler, now)
                 if left > 0:
                     wait_s = min(wait_s, left)
                     continue
-                if handler.rate_limit is None and not self._pauses_fresh(now):
+                if handler.rate_limit is None and not self._pauses.fresh(now):
                     check = True  # ask the database before these start
                     continue
                 self._release(bucket, now)
@@ -297,8 +272,8 @@ class FlowGate:
                     to_lease.append(bucket)
                 else:
                     wait_s = min(wait_s, self._retry_at - now)
-            pauses, self._pauses_to_record = self._pauses_to_record, {}
-            refresh, refresh_in_s = self._refresh_due(now)
+            pauses = self._pauses.take_to_record()
+            refresh, refresh_in_s = self._pauses.refresh_due(now, idle_s=IDLE_WAIT_S)
             check, wait_s = check or refresh, min(wait_s, refresh_in_s)
         for consumer, seconds in pauses.items():
             self._record_pause(consumer, seconds)
@@ -307,17 +282,6 @@ class FlowGate:
         for bucket in to_lease:
             self._lease(bucket)
         return 0.0 if to_lease or pauses or check else max(wait_s, 0.0)
-
-    def _refresh_due(self, now: float) -> tuple[bool, float]:
-        """Under the lock: whether to ask the database about pauses now, else in how many
-        seconds to look again. Refreshed before the view goes stale while deliveries flow,
-        so they never wait for it."""
-        if not self._db_pauses:
-            return False, IDLE_WAIT_S
-        ahead_at = self._pauses_fresh_until - PAUSE_REFRESH_AHEAD_S
-        if now < ahead_at:
-            return False, ahead_at - now
-        return self._flowing, IDLE_WAIT_S
 
     def _release(self, bucket: _Bucket, now: float) -> None:
         """Under the lock: start the deliveries whose token is due (all of them for a
@@ -358,7 +322,7 @@ class FlowGate:
         now = time.monotonic()
         with self._cond:
             if not lease.granted:
-                self._extend_pause(handler, lease.paused_s)
+                self._pauses.extend(handler, lease.paused_s)
                 return
             offsets = due_offsets(limit, start_s=lease.start_s, count=count)
             if self._buckets.get((handler.inbox_key, bucket.key)) is bucket:
@@ -386,11 +350,11 @@ class FlowGate:
             return
         handler = next(h for h in self._handlers if h.inbox_key == consumer)
         with self._cond:
-            self._extend_pause(handler, left)
+            self._pauses.extend(handler, left)
 
     def _check_pauses(self, now: float) -> None:
         assert self._store is not None  # noqa: S101 - checked only with a store
-        self._flowing = False
+        self._pauses.flowing = False
         try:
             paused = self._store.paused([h.inbox_key for h in self._handlers])
         except StoreError as exc:
@@ -398,41 +362,13 @@ class FlowGate:
             log.info("consumer.pause_check_failed", error=str(exc))
             paused = {}
         with self._cond:
-            self._pauses_fresh_until = now + PAUSE_CHECK_S
+            self._pauses.checked(now)
             for handler in self._handlers:
                 left = paused.get(handler.inbox_key)
                 if left is not None:
-                    self._extend_pause(handler, left)
+                    self._pauses.extend(handler, left)
 
     # -- under the lock -------------------------------------------------------------------
-
-    def _end_pauses(self, now: float) -> None:
-        for key, until in list(self._paused_until.items()):
-            if until <= now:
-                del self._paused_until[key]  # the fast path is open again
-
-    def _is_paused(self, handler: Handler[...], now: float) -> bool:
-        until = self._paused_until.get(handler.inbox_key)
-        if until is None:
-            return False
-        if until > now:
-            return True
-        del self._paused_until[handler.inbox_key]
-        return False
-
-    def _extend_pause(self, handler: Handler[...], seconds: float) -> None:
-        now = time.monotonic()
-        key = handler.inbox_key
-        until = now + min(seconds, MAX_PAUSE_S)
-        before = max(self._paused_until.get(key, now), now)
-        if until <= before:
-            return
-        self._paused_until[key] = until
-        if self._observer is not None:
-            self._observer.paused_for(
-                queue=handler.queue, handler=handler.name, seconds=until - before
-            )
-        log.info("consumer.handler_paused", handler=handler.name, seconds=round(until - now, 1))
 
     def _bucket_of(self, job: Job) -> _Bucket:
         handler = job.handler

@@ -49,7 +49,7 @@ from outbox_relay.consumer.failure import (
     RAW_PROPERTIES_HEADER,
     RAW_PROPERTIES_SIZE_HEADER,
 )
-from outbox_relay.consumer.runner import republished
+from outbox_relay.consumer.settle import republished
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
 from outbox_relay.rpc_deadline import RPC_TIMEOUT_S, close_within, deadline
 from outbox_relay.urls import redact_url, scrub

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from outbox_relay.consumer.app import AfterCommitHook, ConsumerSettings, Handler
+from outbox_relay.consumer.app import AfterCommitHook
+from outbox_relay.consumer.handler import Handler
+from outbox_relay.consumer.settings import ConsumerSettings
 from outbox_relay.consumer.worker import Job, Result, SessionFactory, WorkerPool
 
 SHARED = "(shared)"  # the name of the app-wide pool in logs

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
 
-from outbox_relay.consumer.app import ConsumerApp, ConsumerSettings
+from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.consumer.runner import Runner
+from outbox_relay.consumer.settings import ConsumerSettings
 from outbox_relay.observability.consumer_metrics import ConsumerMetrics
 from outbox_relay.observability.http import HealthServer
 

@@ -48,9 +48,9 @@ from typing import Any
 
 import pytest
 
-from outbox_relay.consumer.app import Handler
 from outbox_relay.consumer.errors import RateLimited, Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo, destination
+from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.message import ATTEMPT_HEADER, Delivery, Message, decode
 from outbox_relay.consumer.policy import Verdict
 from outbox_relay.errors import ConfigurationError

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from outbox_relay.consumer.aio import HandlerLoop
-from outbox_relay.consumer.app import AfterCommitHook, Handler
+from outbox_relay.consumer.app import AfterCommitHook
 from outbox_relay.consumer.errors import (
     HandlerTimeoutError,
     RateLimited,
@@ -34,6 +34,7 @@ from outbox_relay.consumer.errors import (
     UndecodableMessageError,
 )
 from outbox_relay.consumer.failure import ErrorInfo
+from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.message import Delivery, Message, attempts_made, decode
 from outbox_relay.consumer.policy import Verdict
 from outbox_relay.errors import InboxBusyError, StoreUnavailableError

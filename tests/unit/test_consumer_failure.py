@@ -30,7 +30,7 @@ from outbox_relay.consumer.failure import (
     wire_value,
 )
 from outbox_relay.consumer.lenient_frames import FRAME_OVERHEAD
-from outbox_relay.consumer.runner import fitted
+from outbox_relay.consumer.settle import fitted
 
 ROUTE = RetryRoute(
     queue="billing",
