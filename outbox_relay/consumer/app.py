@@ -25,6 +25,7 @@ from outbox_relay.consumer.settings import (
     PREFETCH_MULTIPLIER,
     SHUTDOWN_GRACE_S,
     ConsumerSettings,
+    settings_field,
 )
 from outbox_relay.consumer.signature import plan_call
 from outbox_relay.errors import ConfigurationError
@@ -183,7 +184,9 @@ class ConsumerApp:
             "shutdown_grace_s": self.shutdown_grace,
             "inbox_retention_s": self.inbox_retention,
         }
-        values.update({key: value for key, value in overrides.items() if value is not None})
+        values.update(
+            {settings_field(key): value for key, value in overrides.items() if value is not None}
+        )
         settings = ConsumerSettings(**values)
         if not self.handlers:
             raise ConfigurationError(f"consumer app {self.name!r} has no handlers")
@@ -206,7 +209,8 @@ class ConsumerApp:
         """Consume until SIGTERM or SIGINT, then drain and return.
 
         ``overrides`` are :class:`ConsumerSettings` fields, e.g. ``http_port=9102`` to
-        serve ``/healthz``, ``/readyz`` and ``/metrics``.
+        serve ``/healthz``, ``/readyz`` and ``/metrics``; a duration may also be named as
+        the app's argument is (``shutdown_grace=5`` for ``shutdown_grace_s=5``).
         """
         from outbox_relay.consumer.serve import serve  # noqa: PLC0415 - pika only when running
 

@@ -4,13 +4,14 @@ before anything connects."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from outbox_relay.dead_peer import (
     DEAD_PEER_TIMEOUT_RULE,
     DEAD_PEER_TIMEOUT_S,
     usable_dead_peer_timeout,
 )
+from outbox_relay.errors import ConfigurationError
 from outbox_relay.misconfiguration import UNHEALTHY_AFTER_S
 from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
 from outbox_relay.validation import require, require_schema_name
@@ -76,3 +77,16 @@ class ConsumerSettings:
     @property
     def prefetch(self) -> int:
         return self.concurrency * self.prefetch_multiplier
+
+
+def settings_field(name: str) -> str:
+    """The :class:`ConsumerSettings` field an override names: the field itself, or a
+    duration named without its unit as ``ConsumerApp``'s arguments are (``shutdown_grace``
+    for ``shutdown_grace_s``). Raises ConfigurationError naming the fields there are."""
+    known = [field.name for field in fields(ConsumerSettings)]
+    for candidate in (name, f"{name}_s"):
+        if candidate in known:
+            return candidate
+    raise ConfigurationError(
+        f"unknown consumer setting {name!r}; the settings are: {', '.join(known)}"
+    )

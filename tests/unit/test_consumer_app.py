@@ -162,6 +162,20 @@ def test_settings_come_from_overrides_then_app_then_environment(monkeypatch: Any
     assert (settings.concurrency, settings.prefetch, settings.schema) == (3, 6, "s")
 
 
+def test_run_takes_durations_by_the_apps_argument_names_too() -> None:
+    app = ConsumerApp(name="x", database_url="postgresql://h/d")
+    app.handler(exchange="e", queue="q")(on_message)
+    settings = app.settings(shutdown_grace=5, inbox_retention_s=60)
+    assert (settings.shutdown_grace_s, settings.inbox_retention_s) == (5, 60)
+
+
+def test_an_unknown_setting_is_refused_by_name_with_the_settings_there_are() -> None:
+    app = ConsumerApp(name="x", database_url="postgresql://h/d")
+    app.handler(exchange="e", queue="q")(on_message)
+    with pytest.raises(ConfigurationError, match=r"'http_prot'.*http_port"):
+        app.settings(http_prot=9102)
+
+
 def test_a_transactional_handler_without_a_database_url_is_refused(monkeypatch: Any) -> None:
     monkeypatch.delenv("OUTBOX_RELAY_DATABASE_URL", raising=False)
     app = ConsumerApp(name="x")
