@@ -197,36 +197,59 @@ class BatchPipeline:
         )
 
     def _send_claim(self, claim: Claim, waiting: Collection[int]) -> _Sent:
-        """Send the claim's rows but ``waiting``; see :meth:`_send`."""
-        with self._ending_on_error(claim):
-            return self._send(claim.rows, waiting)
+        """Send the claim's rows but ``waiting`` (see :meth:`_first_round`). When they
+        cannot go, settle the rows that failed before sending (or release the claim when
+        none did) and raise PublishInterruptedError; release it on any other error."""
+        with self._releasing_on_error(claim):
+            outcomes, pending = self._first_round(claim.rows, waiting)
+        if not pending:
+            return _Sent(outcomes, None)
+        try:
+            sending = self._publisher.send(pending, deadline=self._leases.deadline)
+        except BrokerUnavailableError as exc:
+            raise self._ended(claim, outcomes, _interruption(exc)) from exc
+        except BaseException:
+            claim.release()
+            raise
+        return _Sent(outcomes, sending)
 
     def _confirm_claim(self, claim: Claim, sent: _Sent) -> dict[int, Outcome]:
-        """The outcomes of the claim's rows; see :meth:`_confirm`."""
-        with self._ending_on_error(claim):
-            return self._confirm(claim.rows, sent)
+        """The outcomes of the claim's rows (see :meth:`_confirm`). When publishing was
+        interrupted, settle what the broker confirmed or refused (or release the claim
+        when nothing is known) and raise; release it on any other error."""
+        with self._releasing_on_error(claim):
+            outcomes, interrupted = self._confirm(claim.rows, sent)
+        if interrupted is not None:
+            raise self._ended(claim, outcomes, interrupted)
+        return outcomes
 
     @contextlib.contextmanager
-    def _ending_on_error(self, claim: Claim) -> Iterator[None]:
-        """When publishing the claim fails, settle what the broker confirmed or refused
-        (or release the claim when nothing is known) and re-raise."""
+    def _releasing_on_error(self, claim: Claim) -> Iterator[None]:
         try:
             yield
-        except PublishInterruptedError as exc:
-            if exc.outcomes:
-                self._settle(claim, exc.outcomes)
-            else:
-                claim.release()
-            raise
         except BaseException:
             claim.release()
             raise
 
-    def _send(self, rows: Sequence[OutboxRow], waiting: Collection[int]) -> _Sent:
+    def _ended(
+        self, claim: Claim, known: Mapping[int, Outcome], interrupted: PublishInterruptedError
+    ) -> PublishInterruptedError:
+        """``interrupted``, once the ``known`` outcomes are settled (or the claim is
+        released when nothing is known), so that they hold before the relay reconnects."""
+        if known:
+            self._settle(claim, known)
+        else:
+            claim.release()
+        return interrupted
+
+    def _first_round(
+        self, rows: Sequence[OutboxRow], waiting: Collection[int]
+    ) -> tuple[dict[int, Outcome], Sequence[OutboxRow]]:
         """The first round: rows AMQP or the broker cannot carry, then rows to a missing
         exchange, fail before anything is sent, every row that would go out after a
-        failed row of its key waits in the table, as do the ``waiting`` rows, and the
-        rest go out. The exchange check only sees names AMQP can carry."""
+        failed row of its key waits in the table, as do the ``waiting`` rows; the rest
+        are to go out. Their outcomes, and the rows to send. The exchange check only
+        sees names AMQP can carry."""
         self._isolation.claimed([row.id for row in rows])
         candidates = [row for row in rows if row.id not in waiting]
         outcomes: dict[int, Outcome] = dict(self._publisher.refused(candidates))
@@ -241,26 +264,25 @@ class BatchPipeline:
         pending = self._within_limit(
             resend_order(rows, unsent, held_back(rows, list(outcomes))), outcomes
         )
-        if not pending:
-            return _Sent(outcomes, None)
-        try:
-            sending = self._publisher.send(pending, deadline=self._leases.deadline)
-        except BrokerUnavailableError as exc:
-            raise _interrupted(exc, outcomes) from exc
-        return _Sent(outcomes, sending)
+        return outcomes, pending
 
-    def _confirm(self, rows: Sequence[OutboxRow], sent: _Sent) -> dict[int, Outcome]:
+    def _confirm(
+        self, rows: Sequence[OutboxRow], sent: _Sent
+    ) -> tuple[dict[int, Outcome], PublishInterruptedError | None]:
         """Wait for the first round's confirms; publish again what was left unsent (by
         a closed channel, or behind a message id already out), in up to
-        MAX_PUBLISH_ROUNDS rounds in all."""
+        MAX_PUBLISH_ROUNDS rounds in all. The outcomes, and the interruption that cut
+        this short, if one did: the outcomes are then those known."""
         outcomes = dict(sent.outcomes)
         sending = sent.sending
         rounds = 1
         try:
             while sending is not None:
-                got = sending.outcomes()
-                outcomes.update(got)
-                self._isolation.sent(got)
+                result = sending.outcomes()
+                outcomes.update(result.outcomes)
+                if result.interrupted is not None:
+                    return outcomes, result.interrupted
+                self._isolation.sent(result.outcomes)
                 unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
                 failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
                 pending = self._within_limit(
@@ -272,8 +294,8 @@ class BatchPipeline:
                 rounds += 1
         except BrokerUnavailableError as exc:
             # Opening a channel for the next round can fail too: settle the first's.
-            raise _interrupted(exc, outcomes) from exc
-        return outcomes
+            return outcomes, _interruption(exc)
+        return outcomes, None
 
     def _within_limit(
         self, pending: Sequence[OutboxRow], outcomes: dict[int, Outcome]
@@ -373,13 +395,11 @@ def _drop(claim: Claim | None, sent: _Sent | None) -> None:
             claim.release()
 
 
-def _interrupted(
-    exc: BrokerUnavailableError, known: Mapping[int, Outcome]
-) -> PublishInterruptedError:
-    """``exc`` as an interruption that carries the ``known`` outcomes besides its own, so
-    that the rows they settle are settled before the relay reconnects."""
-    carried = exc.outcomes if isinstance(exc, PublishInterruptedError) else {}
-    return PublishInterruptedError(str(exc), {**known, **carried})
+def _interruption(exc: BrokerUnavailableError) -> PublishInterruptedError:
+    """``exc``, a failure to send or to confirm a batch, as its interruption."""
+    interrupted = PublishInterruptedError(str(exc))
+    interrupted.__cause__ = exc
+    return interrupted
 
 
 def _confirmed(outcome: Outcome | None) -> bool:
