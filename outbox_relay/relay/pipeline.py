@@ -6,21 +6,18 @@ before that one is confirmed: at most two batches are out at once, and a crash r
 at most those two. Per-key order holds across them (:mod:`outbox_relay.relay.ordering`):
 a row that would go out after an older, unconfirmed row of its key waits in the table.
 Rows the broker refuses are found by sending fewer at a time
-(:mod:`outbox_relay.relay.isolation`); rows that fail get their retry time or are dead
-(:mod:`outbox_relay.relay.backoff`).
+(:mod:`outbox_relay.relay.isolation`); a claim is settled by
+:mod:`outbox_relay.relay.settling`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-
-import structlog
 
 from outbox_relay.errors import (
     BrokerError,
@@ -28,17 +25,14 @@ from outbox_relay.errors import (
     PublishInterruptedError,
     StoreError,
 )
-from outbox_relay.log_summary import RepeatedEvents
 from outbox_relay.message import OutboxRow
-from outbox_relay.relay.backoff import retry_delay_s
 from outbox_relay.relay.isolation import Isolation
 from outbox_relay.relay.leases import LeaseHold
 from outbox_relay.relay.ordering import held_back, resend_order, waiting_behind
-from outbox_relay.relay.outcome import Failure, Outcome, Reason, Status
+from outbox_relay.relay.outcome import Outcome, Reason, Status
 from outbox_relay.relay.ports import BatchResult, Claim, Publisher, RelayObserver, Sending, Store
 from outbox_relay.relay.settings import MAX_PUBLISH_ROUNDS, RelaySettings
-
-log = structlog.get_logger("outbox_relay.relay")
+from outbox_relay.relay.settling import Settler
 
 
 class BatchPipeline:
@@ -61,19 +55,16 @@ class BatchPipeline:
         self._store = store
         self._publisher = publisher
         self._settings = settings
-        self._observer = observer
         self._leases = leases
         self._stopping = stopping
         self._claim_ahead_allowed = claim_ahead_allowed
-        self._random_unit = random_unit
         self._clock = clock
         # While looking for the row the broker refused, sends carry fewer rows and no
         # batch goes out ahead of another (see outbox_relay.relay.isolation).
         self._isolation = Isolation()
         # Claims the next batch while the loop publishes one (see run_batches).
         self.store_thread: ThreadPoolExecutor | None = None
-        # Per-row failures, logged once per reason and exchange per interval.
-        self._row_events = RepeatedEvents()
+        self._settler = Settler(settings=settings, observer=observer, random_unit=random_unit)
 
     @property
     def isolating(self) -> bool:
@@ -82,8 +73,7 @@ class BatchPipeline:
 
     def log_repeated(self) -> None:
         """Log the per-row failures counted since their interval began."""
-        for event, fields in self._row_events.due():
-            log.warning(event, **fields)
+        self._settler.log_repeated()
 
     def run_batch(self) -> BatchResult:
         """Claim, publish and settle one batch. Raises the *Unavailable errors after
@@ -92,7 +82,7 @@ class BatchPipeline:
         if claim is None:
             return BatchResult(0, 0, 0, 0)
         sent = self._send_claim(claim, ())
-        return self._settle(claim, self._confirm_claim(claim, sent))
+        return self._settler.settle(claim, self._confirm_claim(claim, sent))
 
     def run_batches(self) -> BatchResult:
         """Relay batches back to back for as long as they come back full; the totals.
@@ -134,7 +124,7 @@ class BatchPipeline:
                     except (StoreError, BrokerError) as exc:
                         failed = exc
                 outcomes = self._confirm_claim(claim, sent)
-                totals += self._settle(claim, outcomes)
+                totals += self._settler.settle(claim, outcomes)
                 if job is not None and failed is None:
                     following, job = self._claimed_ahead(job), None
             except BaseException:
@@ -197,9 +187,8 @@ class BatchPipeline:
         )
 
     def _send_claim(self, claim: Claim, waiting: Collection[int]) -> _Sent:
-        """Send the claim's rows but ``waiting`` (see :meth:`_first_round`). When they
-        cannot go, settle the rows that failed before sending (or release the claim when
-        none did) and raise PublishInterruptedError; release it on any other error."""
+        """Send the claim's rows but ``waiting`` (see :meth:`_first_round`); when they
+        cannot go, raise once the rows that failed before sending are settled."""
         with self._releasing_on_error(claim):
             outcomes, pending = self._first_round(claim.rows, waiting)
         if not pending:
@@ -214,9 +203,8 @@ class BatchPipeline:
         return _Sent(outcomes, sending)
 
     def _confirm_claim(self, claim: Claim, sent: _Sent) -> dict[int, Outcome]:
-        """The outcomes of the claim's rows (see :meth:`_confirm`). When publishing was
-        interrupted, settle what the broker confirmed or refused (or release the claim
-        when nothing is known) and raise; release it on any other error."""
+        """The outcomes of the claim's rows (see :meth:`_confirm`); when publishing was
+        interrupted, raise once those known are settled."""
         with self._releasing_on_error(claim):
             outcomes, interrupted = self._confirm(claim.rows, sent)
         if interrupted is not None:
@@ -225,6 +213,7 @@ class BatchPipeline:
 
     @contextlib.contextmanager
     def _releasing_on_error(self, claim: Claim) -> Iterator[None]:
+        """Release the claim (if it has not ended) when anything is raised."""
         try:
             yield
         except BaseException:
@@ -234,10 +223,10 @@ class BatchPipeline:
     def _ended(
         self, claim: Claim, known: Mapping[int, Outcome], interrupted: PublishInterruptedError
     ) -> PublishInterruptedError:
-        """``interrupted``, once the ``known`` outcomes are settled (or the claim is
-        released when nothing is known), so that they hold before the relay reconnects."""
+        """``interrupted``, once the ``known`` outcomes are settled (or the claim released
+        when none is), so that they hold before the relay reconnects."""
         if known:
-            self._settle(claim, known)
+            self._settler.settle(claim, known)
         else:
             claim.release()
         return interrupted
@@ -247,9 +236,8 @@ class BatchPipeline:
     ) -> tuple[dict[int, Outcome], Sequence[OutboxRow]]:
         """The first round: rows AMQP or the broker cannot carry, then rows to a missing
         exchange, fail before anything is sent, every row that would go out after a
-        failed row of its key waits in the table, as do the ``waiting`` rows; the rest
-        are to go out. Their outcomes, and the rows to send. The exchange check only
-        sees names AMQP can carry."""
+        failed row of its key waits in the table, as do the ``waiting`` rows, and the
+        rest are to go out (returned). The exchange check only sees names AMQP can carry."""
         self._isolation.claimed([row.id for row in rows])
         candidates = [row for row in rows if row.id not in waiting]
         outcomes: dict[int, Outcome] = dict(self._publisher.refused(candidates))
@@ -308,66 +296,6 @@ class BatchPipeline:
         for row in pending[limit:]:
             outcomes.setdefault(row.id, Outcome.unsent())
         return pending[:limit]
-
-    def _settle(self, claim: Claim, outcomes: Mapping[int, Outcome]) -> BatchResult:
-        rows = claim.rows
-        published: list[OutboxRow] = []
-        failures: list[Failure] = []
-        for row in rows:
-            outcome = outcomes.get(row.id)
-            if outcome is None or outcome.status is Status.UNSENT:
-                continue
-            if outcome.status is Status.CONFIRMED:
-                published.append(row)
-                continue
-            failures.append(self._failure(row, outcome.error or "unknown error", outcome.reason))
-        claim.settle([row.id for row in published], failures)
-        self._observer.batch_settled(
-            claimed=len(rows),
-            published=published,
-            failures=failures,
-            now=dt.datetime.now(tz=dt.timezone.utc),
-        )
-        # Rows left over by the byte budget count as held: the loop claims again at once.
-        held = len(rows) + claim.left_over - len(published) - len(failures)
-        if failures:
-            exchanges = {row.id: row.exchange for row in rows}
-            for failure in failures:
-                # One line per cause, exchange and error text an interval: rows refused
-                # alike (a missing exchange, no binding) are counted; each row refused for
-                # its own data (its error names what) is still logged.
-                lines = self._row_events.record(
-                    "relay.row_dead" if failure.dead else "relay.row_failed",
-                    (failure.reason.value, exchanges[failure.row_id], failure.error),
-                    row_id=failure.row_id,
-                    error=failure.error,
-                    retry_in_s=None if failure.dead else round(failure.retry_in_s, 3),
-                )
-                for event, fields in lines:
-                    log.warning(event, **fields)
-        log.debug(
-            "relay.batch_published", published=len(published), failed=len(failures), held=held
-        )
-        return BatchResult(len(rows) + claim.left_over, len(published), len(failures), held)
-
-    def _failure(self, row: OutboxRow, error: str, reason: Reason | None) -> Failure:
-        # attempts written with SQL may be anything the column holds: below zero counts
-        # as none, and at the integer maximum the store saturates it.
-        attempt = max(row.attempts, 0) + 1
-        dead = attempt >= self._settings.max_attempts or (reason is not None and reason.permanent)
-        delay = retry_delay_s(
-            attempt,
-            base_s=self._settings.retry_base_s,
-            max_s=self._settings.retry_max_s,
-            jitter=self._random_unit(),
-        )
-        return Failure(
-            row_id=row.id,
-            error=error,
-            retry_in_s=0.0 if dead else delay,
-            dead=dead,
-            reason=reason or Reason.CHANNEL_CLOSED,
-        )
 
 
 @dataclass(frozen=True)
