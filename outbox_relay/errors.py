@@ -6,12 +6,6 @@ pika's become :class:`BrokerError`. Code above the adapters never sees either li
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from outbox_relay.relay.outcome import Outcome
-
 
 class OutboxRelayError(Exception):
     """Root of every error raised by outbox-relay."""
@@ -93,12 +87,7 @@ class TopologyError(OutboxRelayError):
 
 
 class PublishInterruptedError(BrokerUnavailableError):
-    """Raised by the publisher when the connection was lost or stalled in the middle of a batch.
-
-    ``outcomes`` holds what the broker did confirm or refuse before that, keyed by row id,
-    so those rows can still be settled; every other row of the batch stays unpublished.
-    """
-
-    def __init__(self, message: str, outcomes: Mapping[int, Outcome]) -> None:
-        super().__init__(message)
-        self.outcomes = outcomes
+    """The connection was lost or stalled, or the partition lease ran out, in the middle of
+    a batch. The outcomes the broker gave before that come as data, beside it (see
+    :class:`outbox_relay.relay.ports.SendResult`), so those rows can still be settled;
+    every other row of the batch stays unpublished. The relay raises it once they are."""

@@ -2,7 +2,8 @@
 
 - :mod:`.loop`: :class:`Relay`, the loop and its lifecycle;
 - :mod:`.planner`: when to claim and how long to sleep (pure);
-- :mod:`.pipeline`: claim ahead, two batches out, per-key hold-back, settle;
+- :mod:`.pipeline`: claim ahead, two batches out, per-key hold-back;
+- :mod:`.settling`: a claim's outcomes into the table, the failures logged;
 - :mod:`.leases`: the partitions held and until when;
 - :mod:`.ports`: the store and publisher doors, and the observer;
 - :mod:`.confirms`: a sent batch's confirms, returns and channel closes (pure);

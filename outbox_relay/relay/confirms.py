@@ -70,8 +70,8 @@ class Batch:
         self.first_tag = first_tag
         self.deadline = deadline
         # The confirm timeout counts from here, or from a later confirm (see
-        # Publisher._confirms_since); from its last part's start, for a batch sent in
-        # parts of MAX_UNCONFIRMED_BYTES.
+        # outbox_relay.publisher.confirming); from its last part's start, for a batch
+        # sent in parts of MAX_UNCONFIRMED_BYTES.
         self.sent_at = time.monotonic()
         self.outcomes: list[Outcome | None] = [None] * len(rows)
         self.sent = 0
@@ -112,6 +112,14 @@ class Batch:
         # Most batches have no returns: no message id to format for each ack then.
         returned = self.returned.take(self.rows[index]) if self.returned else None
         return Outcome.failed(returned, Reason.UNROUTABLE) if returned else Outcome.confirmed()
+
+    def known(self) -> dict[int, Outcome]:
+        """The outcomes known so far (confirmed, or refused before sending), by row id."""
+        return {
+            row.id: outcome
+            for row, outcome in zip(self.rows, self.outcomes, strict=True)
+            if outcome is not None
+        }
 
     def by_row(self, unresolved: Callable[[OutboxRow], Outcome]) -> dict[int, Outcome]:
         return {

@@ -6,21 +6,18 @@ before that one is confirmed: at most two batches are out at once, and a crash r
 at most those two. Per-key order holds across them (:mod:`outbox_relay.relay.ordering`):
 a row that would go out after an older, unconfirmed row of its key waits in the table.
 Rows the broker refuses are found by sending fewer at a time
-(:mod:`outbox_relay.relay.isolation`); rows that fail get their retry time or are dead
-(:mod:`outbox_relay.relay.backoff`).
+(:mod:`outbox_relay.relay.isolation`); a claim is settled by
+:mod:`outbox_relay.relay.settling`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-
-import structlog
 
 from outbox_relay.errors import (
     BrokerError,
@@ -28,17 +25,14 @@ from outbox_relay.errors import (
     PublishInterruptedError,
     StoreError,
 )
-from outbox_relay.log_summary import RepeatedEvents
 from outbox_relay.message import OutboxRow
-from outbox_relay.relay.backoff import retry_delay_s
 from outbox_relay.relay.isolation import Isolation
 from outbox_relay.relay.leases import LeaseHold
 from outbox_relay.relay.ordering import held_back, resend_order, waiting_behind
-from outbox_relay.relay.outcome import Failure, Outcome, Reason, Status
+from outbox_relay.relay.outcome import Outcome, Reason, Status
 from outbox_relay.relay.ports import BatchResult, Claim, Publisher, RelayObserver, Sending, Store
 from outbox_relay.relay.settings import MAX_PUBLISH_ROUNDS, RelaySettings
-
-log = structlog.get_logger("outbox_relay.relay")
+from outbox_relay.relay.settling import Settler
 
 
 class BatchPipeline:
@@ -61,19 +55,16 @@ class BatchPipeline:
         self._store = store
         self._publisher = publisher
         self._settings = settings
-        self._observer = observer
         self._leases = leases
         self._stopping = stopping
         self._claim_ahead_allowed = claim_ahead_allowed
-        self._random_unit = random_unit
         self._clock = clock
         # While looking for the row the broker refused, sends carry fewer rows and no
         # batch goes out ahead of another (see outbox_relay.relay.isolation).
         self._isolation = Isolation()
         # Claims the next batch while the loop publishes one (see run_batches).
         self.store_thread: ThreadPoolExecutor | None = None
-        # Per-row failures, logged once per reason and exchange per interval.
-        self._row_events = RepeatedEvents()
+        self._settler = Settler(settings=settings, observer=observer, random_unit=random_unit)
 
     @property
     def isolating(self) -> bool:
@@ -82,8 +73,7 @@ class BatchPipeline:
 
     def log_repeated(self) -> None:
         """Log the per-row failures counted since their interval began."""
-        for event, fields in self._row_events.due():
-            log.warning(event, **fields)
+        self._settler.log_repeated()
 
     def run_batch(self) -> BatchResult:
         """Claim, publish and settle one batch. Raises the *Unavailable errors after
@@ -92,7 +82,7 @@ class BatchPipeline:
         if claim is None:
             return BatchResult(0, 0, 0, 0)
         sent = self._send_claim(claim, ())
-        return self._settle(claim, self._confirm_claim(claim, sent))
+        return self._settler.settle(claim, self._confirm_claim(claim, sent))
 
     def run_batches(self) -> BatchResult:
         """Relay batches back to back for as long as they come back full; the totals.
@@ -134,7 +124,7 @@ class BatchPipeline:
                     except (StoreError, BrokerError) as exc:
                         failed = exc
                 outcomes = self._confirm_claim(claim, sent)
-                totals += self._settle(claim, outcomes)
+                totals += self._settler.settle(claim, outcomes)
                 if job is not None and failed is None:
                     following, job = self._claimed_ahead(job), None
             except BaseException:
@@ -197,36 +187,57 @@ class BatchPipeline:
         )
 
     def _send_claim(self, claim: Claim, waiting: Collection[int]) -> _Sent:
-        """Send the claim's rows but ``waiting``; see :meth:`_send`."""
-        with self._ending_on_error(claim):
-            return self._send(claim.rows, waiting)
+        """Send the claim's rows but ``waiting`` (see :meth:`_first_round`); when they
+        cannot go, raise once the rows that failed before sending are settled."""
+        with self._releasing_on_error(claim):
+            outcomes, pending = self._first_round(claim.rows, waiting)
+        if not pending:
+            return _Sent(outcomes, None)
+        try:
+            sending = self._publisher.send(pending, deadline=self._leases.deadline)
+        except BrokerUnavailableError as exc:
+            raise self._ended(claim, outcomes, _interruption(exc)) from exc
+        except BaseException:
+            claim.release()
+            raise
+        return _Sent(outcomes, sending)
 
     def _confirm_claim(self, claim: Claim, sent: _Sent) -> dict[int, Outcome]:
-        """The outcomes of the claim's rows; see :meth:`_confirm`."""
-        with self._ending_on_error(claim):
-            return self._confirm(claim.rows, sent)
+        """The outcomes of the claim's rows (see :meth:`_confirm`); when publishing was
+        interrupted, raise once those known are settled."""
+        with self._releasing_on_error(claim):
+            outcomes, interrupted = self._confirm(claim.rows, sent)
+        if interrupted is not None:
+            raise self._ended(claim, outcomes, interrupted)
+        return outcomes
 
     @contextlib.contextmanager
-    def _ending_on_error(self, claim: Claim) -> Iterator[None]:
-        """When publishing the claim fails, settle what the broker confirmed or refused
-        (or release the claim when nothing is known) and re-raise."""
+    def _releasing_on_error(self, claim: Claim) -> Iterator[None]:
+        """Release the claim (if it has not ended) when anything is raised."""
         try:
             yield
-        except PublishInterruptedError as exc:
-            if exc.outcomes:
-                self._settle(claim, exc.outcomes)
-            else:
-                claim.release()
-            raise
         except BaseException:
             claim.release()
             raise
 
-    def _send(self, rows: Sequence[OutboxRow], waiting: Collection[int]) -> _Sent:
+    def _ended(
+        self, claim: Claim, known: Mapping[int, Outcome], interrupted: PublishInterruptedError
+    ) -> PublishInterruptedError:
+        """``interrupted``, once the ``known`` outcomes are settled (or the claim released
+        when none is), so that they hold before the relay reconnects."""
+        if known:
+            self._settler.settle(claim, known)
+        else:
+            claim.release()
+        return interrupted
+
+    def _first_round(
+        self, rows: Sequence[OutboxRow], waiting: Collection[int]
+    ) -> tuple[dict[int, Outcome], Sequence[OutboxRow]]:
         """The first round: rows AMQP or the broker cannot carry, then rows to a missing
         exchange, fail before anything is sent, every row that would go out after a
         failed row of its key waits in the table, as do the ``waiting`` rows, and the
-        rest go out. The exchange check only sees names AMQP can carry."""
+        rest are to go out (returned). The exchange check only sees names AMQP can carry."""
         self._isolation.claimed([row.id for row in rows])
         candidates = [row for row in rows if row.id not in waiting]
         outcomes: dict[int, Outcome] = dict(self._publisher.refused(candidates))
@@ -241,26 +252,25 @@ class BatchPipeline:
         pending = self._within_limit(
             resend_order(rows, unsent, held_back(rows, list(outcomes))), outcomes
         )
-        if not pending:
-            return _Sent(outcomes, None)
-        try:
-            sending = self._publisher.send(pending, deadline=self._leases.deadline)
-        except BrokerUnavailableError as exc:
-            raise _interrupted(exc, outcomes) from exc
-        return _Sent(outcomes, sending)
+        return outcomes, pending
 
-    def _confirm(self, rows: Sequence[OutboxRow], sent: _Sent) -> dict[int, Outcome]:
+    def _confirm(
+        self, rows: Sequence[OutboxRow], sent: _Sent
+    ) -> tuple[dict[int, Outcome], PublishInterruptedError | None]:
         """Wait for the first round's confirms; publish again what was left unsent (by
         a closed channel, or behind a message id already out), in up to
-        MAX_PUBLISH_ROUNDS rounds in all."""
+        MAX_PUBLISH_ROUNDS rounds in all. The outcomes, and the interruption that cut
+        this short, if one did: the outcomes are then those known."""
         outcomes = dict(sent.outcomes)
         sending = sent.sending
         rounds = 1
         try:
             while sending is not None:
-                got = sending.outcomes()
-                outcomes.update(got)
-                self._isolation.sent(got)
+                result = sending.outcomes()
+                outcomes.update(result.outcomes)
+                if result.interrupted is not None:
+                    return outcomes, result.interrupted
+                self._isolation.sent(result.outcomes)
                 unsent = [i for i, o in outcomes.items() if o.status is Status.UNSENT]
                 failed = [i for i, o in outcomes.items() if o.status is Status.FAILED]
                 pending = self._within_limit(
@@ -272,8 +282,8 @@ class BatchPipeline:
                 rounds += 1
         except BrokerUnavailableError as exc:
             # Opening a channel for the next round can fail too: settle the first's.
-            raise _interrupted(exc, outcomes) from exc
-        return outcomes
+            return outcomes, _interruption(exc)
+        return outcomes, None
 
     def _within_limit(
         self, pending: Sequence[OutboxRow], outcomes: dict[int, Outcome]
@@ -286,66 +296,6 @@ class BatchPipeline:
         for row in pending[limit:]:
             outcomes.setdefault(row.id, Outcome.unsent())
         return pending[:limit]
-
-    def _settle(self, claim: Claim, outcomes: Mapping[int, Outcome]) -> BatchResult:
-        rows = claim.rows
-        published: list[OutboxRow] = []
-        failures: list[Failure] = []
-        for row in rows:
-            outcome = outcomes.get(row.id)
-            if outcome is None or outcome.status is Status.UNSENT:
-                continue
-            if outcome.status is Status.CONFIRMED:
-                published.append(row)
-                continue
-            failures.append(self._failure(row, outcome.error or "unknown error", outcome.reason))
-        claim.settle([row.id for row in published], failures)
-        self._observer.batch_settled(
-            claimed=len(rows),
-            published=published,
-            failures=failures,
-            now=dt.datetime.now(tz=dt.timezone.utc),
-        )
-        # Rows left over by the byte budget count as held: the loop claims again at once.
-        held = len(rows) + claim.left_over - len(published) - len(failures)
-        if failures:
-            exchanges = {row.id: row.exchange for row in rows}
-            for failure in failures:
-                # One line per cause, exchange and error text an interval: rows refused
-                # alike (a missing exchange, no binding) are counted; each row refused for
-                # its own data (its error names what) is still logged.
-                lines = self._row_events.record(
-                    "relay.row_dead" if failure.dead else "relay.row_failed",
-                    (failure.reason.value, exchanges[failure.row_id], failure.error),
-                    row_id=failure.row_id,
-                    error=failure.error,
-                    retry_in_s=None if failure.dead else round(failure.retry_in_s, 3),
-                )
-                for event, fields in lines:
-                    log.warning(event, **fields)
-        log.debug(
-            "relay.batch_published", published=len(published), failed=len(failures), held=held
-        )
-        return BatchResult(len(rows) + claim.left_over, len(published), len(failures), held)
-
-    def _failure(self, row: OutboxRow, error: str, reason: Reason | None) -> Failure:
-        # attempts written with SQL may be anything the column holds: below zero counts
-        # as none, and at the integer maximum the store saturates it.
-        attempt = max(row.attempts, 0) + 1
-        dead = attempt >= self._settings.max_attempts or (reason is not None and reason.permanent)
-        delay = retry_delay_s(
-            attempt,
-            base_s=self._settings.retry_base_s,
-            max_s=self._settings.retry_max_s,
-            jitter=self._random_unit(),
-        )
-        return Failure(
-            row_id=row.id,
-            error=error,
-            retry_in_s=0.0 if dead else delay,
-            dead=dead,
-            reason=reason or Reason.CHANNEL_CLOSED,
-        )
 
 
 @dataclass(frozen=True)
@@ -373,13 +323,11 @@ def _drop(claim: Claim | None, sent: _Sent | None) -> None:
             claim.release()
 
 
-def _interrupted(
-    exc: BrokerUnavailableError, known: Mapping[int, Outcome]
-) -> PublishInterruptedError:
-    """``exc`` as an interruption that carries the ``known`` outcomes besides its own, so
-    that the rows they settle are settled before the relay reconnects."""
-    carried = exc.outcomes if isinstance(exc, PublishInterruptedError) else {}
-    return PublishInterruptedError(str(exc), {**known, **carried})
+def _interruption(exc: BrokerUnavailableError) -> PublishInterruptedError:
+    """``exc``, a failure to send or to confirm a batch, as its interruption."""
+    interrupted = PublishInterruptedError(str(exc))
+    interrupted.__cause__ = exc
+    return interrupted
 
 
 def _confirmed(outcome: Outcome | None) -> bool:

@@ -8,10 +8,11 @@ runs one suite against the fake and the real store.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from outbox_relay.errors import PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.relay.outcome import Failure, Outcome
 from outbox_relay.relay.partitions import Leases
@@ -52,11 +53,25 @@ class Store(Protocol):
     def forget_waiting(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class SendResult:
+    """What became of the rows of a batch sent (:meth:`Sending.outcomes`), by row id.
+
+    ``interrupted`` is set when the connection was lost or stalled, or the lease ran
+    out, before every confirm came: ``outcomes`` then holds only what the broker
+    confirmed or refused before that, so those rows can still be settled; every other
+    row stays unpublished, and the caller raises ``interrupted`` once it settled them.
+    """
+
+    outcomes: Mapping[int, Outcome]
+    interrupted: PublishInterruptedError | None = None
+
+
 class Sending(Protocol):
     """Rows handed to the broker, their confirms perhaps still to come."""
 
     def flush(self) -> bool: ...
-    def outcomes(self) -> dict[int, Outcome]: ...
+    def outcomes(self) -> SendResult: ...
     def abandon(self) -> None: ...
 
 

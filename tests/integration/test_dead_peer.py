@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from urllib.parse import urlsplit
 
+import psutil
 import pytest
 
 from outbox_relay.publisher import Publisher
@@ -27,12 +29,24 @@ def tcp_settings(sock: socket.socket) -> tuple[bool, int, int, int, int]:
     )
 
 
+def broker_sockets(amqp_url: str) -> set[int]:
+    """The file descriptors of this process's TCP connections to the broker of ``amqp_url``."""
+    port = urlsplit(amqp_url).port or 5672
+    return {
+        c.fd
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+    }
+
+
 def test_the_broker_connection_has_keepalives_and_a_user_timeout(amqp_url: str) -> None:
+    before = broker_sockets(amqp_url)
     publisher = Publisher(url=amqp_url, dead_peer_timeout_s=8)
     publisher.connect()
     try:
-        sock = publisher._conn._transport._sock  # type: ignore[union-attr]  # pika internals
-        assert tcp_settings(sock) == EXPECTED
+        [fd] = broker_sockets(amqp_url) - before  # the publisher's
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            assert tcp_settings(sock) == EXPECTED
     finally:
         publisher.close()
 

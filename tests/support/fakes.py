@@ -21,6 +21,7 @@ from outbox_relay.publisher import refusal
 from outbox_relay.relay import Relay, RelaySettings
 from outbox_relay.relay.outcome import Failure, Outcome
 from outbox_relay.relay.partitions import Leases
+from outbox_relay.relay.ports import SendResult
 from outbox_relay.relay.wakeup import Notices
 
 
@@ -155,13 +156,15 @@ class ScriptedSending:
     def flush(self) -> bool:
         return self.publisher.flushes
 
-    def outcomes(self) -> dict[int, Outcome]:
+    def outcomes(self) -> SendResult:
         self.publisher.events.append(("outcomes", self.ids))
         self.asked = True
         answer = self.publisher.rounds.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return {i: answer.get(i, Outcome.confirmed()) for i in self.ids}
+        if isinstance(answer, SendResult):
+            return answer
+        return SendResult({i: answer.get(i, Outcome.confirmed()) for i in self.ids})
 
     def abandon(self) -> None:
         if not self.asked:
@@ -170,10 +173,13 @@ class ScriptedSending:
 
 class ScriptedPublisher:
     """Each batch sent is answered, when its outcomes are asked for, with the next
-    scripted round of outcomes."""
+    scripted round: outcomes (confirmed unless said), a SendResult as it is, or an
+    exception raised."""
 
     def __init__(
-        self, rounds: list[dict[int, Outcome] | Exception], missing: dict[str, str] | None = None
+        self,
+        rounds: list[dict[int, Outcome] | SendResult | Exception],
+        missing: dict[str, str] | None = None,
     ) -> None:
         self.rounds = rounds
         self.sent: list[list[int]] = []

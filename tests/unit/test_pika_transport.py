@@ -1,4 +1,4 @@
-"""The fence around pika's private hooks (outbox_relay.pika_transport).
+"""The fence around pika's private hooks (outbox_relay.publisher.pika_transport).
 
 These tests fail when pika moves a hook the publisher's connection overrides or reads:
 then review the module's RELIES_ON, and only then change its PIKA_VERSION."""
@@ -14,8 +14,8 @@ import pika.connection
 import pytest
 from structlog.testing import capture_logs
 
-from outbox_relay import pika_transport
-from outbox_relay.pika_transport import WRITE_CHUNK_BYTES, ChunkedConnection
+from outbox_relay.publisher import pika_transport
+from outbox_relay.publisher.pika_transport import WRITE_CHUNK_BYTES, ChunkedConnection
 
 
 class Transport:

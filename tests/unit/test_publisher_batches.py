@@ -1,5 +1,6 @@
-"""The publisher's book-keeping with two batches out, driven by the broker's replies as
-pika hands them to its callbacks (no connection is opened)."""
+"""The publisher with two batches out, driven by the broker's replies: the publisher runs
+on a broker in memory (tests/support/fake_amqp.py) through its public methods; the
+confirm book-keeping it keeps is tested on its own (ConfirmTracker)."""
 
 from __future__ import annotations
 
@@ -7,40 +8,26 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from types import SimpleNamespace
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pika.exceptions
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pika.adapters.select_connection import IOLoop
-from pika.spec import Basic, BasicProperties
 
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
-from outbox_relay.publisher import Publisher, Sending, checked, refusal
-from outbox_relay.publisher_blame import culprits
+from outbox_relay.publisher import Publisher, Sending, SendResult, checked, refusal
+from outbox_relay.publisher.blame import culprits
 from outbox_relay.relay.confirms import Batch, ConfirmTracker
 from outbox_relay.relay.outcome import Outcome, Reason, Status
+from tests.support.fake_amqp import FakeBroker, Published
 from tests.support.rows import sized_row
 
 CHANNEL: Any = object()  # the channel both batches went out on
-
-
-def out(publisher: Publisher, rows: list[OutboxRow], first_tag: int) -> Batch:
-    """A batch as ``send`` leaves it: every row handed to the broker on CHANNEL."""
-    batch = publisher._confirms.start(rows, channel=CHANNEL, first_tag=first_tag, deadline=None)
-    batch.sent = len(rows)
-    batch.ids = {str(row.message_id) for row in rows}
-    return batch
-
-
-def ack(publisher: Publisher, tag: int, *, multiple: bool, channel: Any = CHANNEL) -> None:
-    frame: Any = SimpleNamespace(method=Basic.Ack(delivery_tag=tag, multiple=multiple))
-    publisher._on_confirm(channel, frame)
+URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
 
 
 def by_the_brokers_reply(
@@ -153,28 +140,76 @@ def test_a_missing_exchange_named_by_the_close_fails_the_rows_to_it() -> None:
     assert outcomes[1] == Outcome.unsent()
 
 
+class Relayed:
+    """A publisher on a broker in memory, and the row each message it published came from."""
+
+    def __init__(self, broker: FakeBroker, publisher: Publisher) -> None:
+        self.broker = broker
+        self.publisher = publisher
+        self.published: list[tuple[Published, OutboxRow]] = []
+
+    def send(self, rows: Sequence[OutboxRow]) -> Sending:
+        start = len(self.broker.published)
+        sending = self.publisher.send(rows)
+        # What went out is the first rows, in order.
+        new = list(zip(self.broker.published[start:], rows, strict=False))
+        assert all(m.properties.message_id == row.message_id for m, row in new)
+        self.published += new
+        return sending
+
+    def ids(self) -> list[int]:
+        return [row.id for _, row in self.published]
+
+    def message(self, row: OutboxRow) -> Published:
+        """The last message published for ``row``."""
+        return [m for m, r in self.published if r is row][-1]
+
+
+@contextlib.contextmanager
+def relaying(**options: Any) -> Iterator[Relayed]:
+    """A publisher connected to a broker in memory; ``frame_max`` is the broker's."""
+    broker = FakeBroker()
+    broker.frame_max = options.pop("frame_max", DEFAULT_FRAME_MAX_BYTES)
+    publisher = Publisher(url=URL, connection_factory=broker.connection, **options)
+    try:
+        publisher.connect()
+        yield Relayed(broker, publisher)
+    finally:
+        broker.silent = False
+        publisher.close()
+        broker.close()
+
+
+@pytest.fixture
+def relay() -> Iterator[Relayed]:
+    with relaying() as relayed:
+        yield relayed
+
+
+@pytest.fixture
+def relay_with() -> Iterator[Callable[..., Relayed]]:
+    """Make a :class:`Relayed` with the publisher options given."""
+    with contextlib.ExitStack() as stack:
+        yield lambda **options: stack.enter_context(relaying(**options))
+
+
 FRAME_TOO_LARGE = "FRAME_ERROR - type 2, all octets = <<>>: {frame_too_large,150012,131064}"
 
 
-def close_connection(publisher: Publisher, reason: BaseException) -> None:
-    """pika's order when the broker closes the connection: each channel, then it."""
-    publisher._on_channel_closed(CHANNEL, reason)
-    publisher._on_connection_closed(None, reason)
+def test_a_connection_closed_over_a_message_blames_it_and_is_no_outage(relay: Relayed) -> None:
+    first = relay.send([sized_row(1, 10), sized_row(2, 10)])
+    second = relay.send([sized_row(3, 10)])
+    relay.broker.ack(2, multiple=True)
+    relay.broker.close_connection(pika.exceptions.ConnectionClosedByBroker(501, FRAME_TOO_LARGE))
 
-
-def test_a_connection_closed_over_a_message_blames_it_and_is_no_outage() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    first = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
-    second = out(publisher, [sized_row(3, 10)], first_tag=3)
-    ack(publisher, 2, multiple=True)
-    close_connection(publisher, pika.exceptions.ConnectionClosedByBroker(501, FRAME_TOO_LARGE))
-
-    assert publisher._conn_error is None, "taken for an outage"
-    assert publisher._refused is not None, "the next use connects again"
-    # Blamed at once: connecting again forgets the batches out.
-    publisher._confirms.clear()
-    assert publisher._finish(first) == {1: Outcome.confirmed(), 2: Outcome.confirmed()}
-    [(row_id, outcome)] = publisher._finish(second).items()
+    # Not taken for an outage: the next use connects again, which forgets the batches
+    # out; they were blamed at once.
+    relay.send([sized_row(4, 10)])
+    assert len(relay.broker.connections) == 2
+    assert first.outcomes() == SendResult({1: Outcome.confirmed(), 2: Outcome.confirmed()})
+    result = second.outcomes()
+    assert result.interrupted is None
+    [(row_id, outcome)] = result.outcomes.items()
     assert row_id == 3
     assert outcome.status is Status.FAILED
     assert outcome.reason is Reason.BROKER_REFUSED
@@ -184,148 +219,158 @@ def test_a_connection_closed_over_a_message_blames_it_and_is_no_outage() -> None
     assert "frame_max" in outcome.error
 
 
-def test_a_connection_closed_over_one_of_several_messages_makes_them_suspects() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    batch = out(publisher, [sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)], first_tag=1)
-    close_connection(publisher, pika.exceptions.ConnectionClosedByBroker(505, "UNEXPECTED_FRAME"))
+def test_a_connection_closed_over_one_of_several_messages_makes_them_suspects(
+    relay: Relayed,
+) -> None:
+    sending = relay.send([sized_row(1, 10), sized_row(2, 10), sized_row(3, 10)])
+    relay.broker.close_connection(pika.exceptions.ConnectionClosedByBroker(505, "UNEXPECTED_FRAME"))
 
-    outcomes = publisher._finish(batch)
+    result = sending.outcomes()
 
-    assert all(o.suspected and o.reason is Reason.BROKER_REFUSED for o in outcomes.values())
+    assert result.interrupted is None
+    assert len(result.outcomes) == 3
+    assert all(o.suspected and o.reason is Reason.BROKER_REFUSED for o in result.outcomes.values())
 
 
 @pytest.mark.parametrize(
-    "reason",
+    ("reason", "said"),
     [
-        pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - shutdown"),
-        pika.exceptions.ConnectionClosedByBroker(541, "INTERNAL_ERROR"),
-        pika.exceptions.StreamLostError("Transport indicated EOF"),
+        (
+            pika.exceptions.ConnectionClosedByBroker(320, "CONNECTION_FORCED - shutdown"),
+            "320 CONNECTION_FORCED - shutdown",
+        ),
+        (pika.exceptions.ConnectionClosedByBroker(541, "INTERNAL_ERROR"), "541 INTERNAL_ERROR"),
+        (pika.exceptions.StreamLostError("Transport indicated EOF"), "Transport indicated EOF"),
     ],
 )
 def test_a_connection_closed_for_the_brokers_own_reasons_is_an_outage(
-    reason: BaseException,
+    relay: Relayed, reason: BaseException, said: str
 ) -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    out(publisher, [sized_row(1, 10)], first_tag=1)
-    close_connection(publisher, reason)
-    assert publisher._conn_error is reason
-    assert publisher._refused is None
+    sending = relay.send([sized_row(1, 10)])
+    relay.broker.close_connection(reason)
+
+    result = sending.outcomes()
+    assert result.outcomes == {}
+    assert isinstance(result.interrupted, PublishInterruptedError)
+    assert str(result.interrupted) == f"publishing interrupted: {said}"
+    with pytest.raises(BrokerUnavailableError, match=said):
+        relay.send([sized_row(1, 10)])
+    assert len(relay.broker.connections) == 1, "connected again, as after a refusal"
 
 
-def test_a_hard_error_with_nothing_out_is_an_outage() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    reason = pika.exceptions.ConnectionClosedByBroker(501, FRAME_TOO_LARGE)
-    publisher._on_connection_closed(None, reason)
-    assert publisher._conn_error is reason
+def test_a_hard_error_with_nothing_out_is_an_outage(relay: Relayed) -> None:
+    relay.broker.close_connection(pika.exceptions.ConnectionClosedByBroker(501, FRAME_TOO_LARGE))
+    with pytest.raises(BrokerUnavailableError, match="501 FRAME_ERROR"):
+        relay.send([sized_row(1, 10)])
+    assert len(relay.broker.connections) == 1
 
 
-def test_a_flush_on_a_lost_connection_says_so_without_raising() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
-    # pika drops a lost connection's transport before it calls the close callbacks,
-    # which look at what is left to write.
-    publisher._conn = SimpleNamespace(unwritten=lambda: 0)  # type: ignore[assignment]
-    assert publisher._unwritten() == 0
-    publisher._conn_error = pika.exceptions.StreamLostError("Transport indicated EOF")
-    assert Sending(publisher, batch).flush() is False
+def test_a_connection_lost_with_a_batch_out_gives_what_was_confirmed_and_why(
+    relay: Relayed,
+) -> None:
+    sending = relay.send([sized_row(1, 10), sized_row(2, 10)])
+    relay.broker.ack(1)
+    relay.broker.close_connection(pika.exceptions.StreamLostError("Transport indicated EOF"))
+
+    result = sending.outcomes()
+
+    assert result.outcomes == {1: Outcome.confirmed()}
+    assert isinstance(result.interrupted, PublishInterruptedError)
+    assert "publishing interrupted: Transport indicated EOF" in str(result.interrupted)
+    assert not relay.publisher.connected
 
 
-def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+def test_a_flush_on_a_lost_connection_says_so_without_raising(relay: Relayed) -> None:
+    sending = relay.send([sized_row(1, 10)])
+    relay.broker.unwritten = 10_000  # the socket had not taken the frames
+    relay.broker.close_connection(pika.exceptions.StreamLostError("Transport indicated EOF"))
+    assert sending.flush() is False
+
+
+def test_a_return_left_by_a_closed_channel_is_forgotten_with_its_batch(relay: Relayed) -> None:
     returned = sized_row(1, 10)
-    first = out(publisher, [returned], first_tag=1)
-    out(publisher, [sized_row(2, 10)], first_tag=2)
-    returned_by_broker(publisher, returned)
-    publisher._on_channel_closed(CHANNEL, pika.exceptions.ChannelClosedByBroker(541, "boom"))
+    first = relay.send([returned])
+    relay.send([sized_row(2, 10)])
+    relay.broker.return_(relay.message(returned))
+    relay.broker.close_channel(pika.exceptions.ChannelClosedByBroker(541, "boom"))
+    [outcome] = first.outcomes().outcomes.values()
+    assert outcome.status is Status.UNSENT
 
-    publisher._finish(first)
-    publisher._forget(first)
-
-    # Sent again, and routed this time, its ack must not find the old return.
-    assert not publisher._confirms.returns_pending
-
-
-class Broker:
-    """A channel and a connection as ``Publisher.send`` uses them, recording what it
-    publishes: (delivery tag, row) in order."""
-
-    def __init__(self, publisher: Publisher) -> None:
-        self.is_open = True
-        self.holding = False
-        self.published: list[tuple[int, OutboxRow]] = []
-        self._publisher = publisher
-        self._rows: list[OutboxRow] = []
-        self._next = 0
-        self.params = SimpleNamespace(frame_max=DEFAULT_FRAME_MAX_BYTES)  # as negotiated
-        publisher._channel = self  # type: ignore[assignment]
-        publisher._conn = self  # type: ignore[assignment]
-
-    def send(self, rows: list[OutboxRow]) -> Batch:
-        self._rows, self._next = rows, 0
-        return self._publisher.send(rows)._batch
-
-    def basic_publish(self, *, properties: BasicProperties, **_: object) -> None:
-        row = self._rows[self._next]
-        assert properties.message_id == str(row.message_id)
-        self._next += 1
-        self.published.append((len(self.published) + 1, row))
-
-    def release_held(self) -> None:
-        self.holding = False
+    # Sent again (on a new channel), and routed this time, its ack must not find the
+    # old return.
+    again = relay.send([returned])
+    relay.broker.ack(1)
+    assert again.outcomes() == SendResult({1: Outcome.confirmed()})
 
 
-def test_a_message_whose_id_is_out_waits_for_the_next_round_with_the_rows_after_it() -> None:
+def test_a_message_whose_id_is_out_waits_for_the_next_round_with_the_rows_after_it(
+    relay: Relayed,
+) -> None:
     # Message ids need not be unique. A return names only the id, so two messages with
     # one id must never be out at once: the second one's return could be taken by the
     # first one's ack (headers exchanges route one routing key two ways).
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    broker = Broker(publisher)
     x = sized_row(1, 10)
-    first = broker.send([x])
+    first = relay.send([x])
     again, other = dataclasses.replace(x, id=3), sized_row(4, 10)
-    second = broker.send([sized_row(2, 10), again, other])
-    twice = broker.send(
+    second = relay.send([sized_row(2, 10), again, other])
+    twice = relay.send(
         [sized_row(5, 10), dataclasses.replace(sized_row(6, 10), message_id=x.message_id)]
     )
 
-    assert [row.id for _, row in broker.published] == [1, 2, 5]
-    ack(publisher, 3, multiple=True, channel=broker)
-    assert publisher._finish(second) == {
-        2: Outcome.confirmed(),
-        3: Outcome.unsent(),
-        4: Outcome.unsent(),
-    }
-    assert publisher._finish(twice)[6] == Outcome.unsent()
-    for batch in (first, second, twice):
-        publisher._forget(batch)
+    assert relay.ids() == [1, 2, 5]
+    relay.broker.ack(3, multiple=True)
+    assert first.outcomes() == SendResult({1: Outcome.confirmed()})
+    assert second.outcomes() == SendResult(
+        {2: Outcome.confirmed(), 3: Outcome.unsent(), 4: Outcome.unsent()}
+    )
+    assert twice.outcomes().outcomes[6] == Outcome.unsent()
 
-    broker.send([again, other])
-    assert [row.id for _, row in broker.published][3:] == [3, 4]
+    relay.send([again, other])
+    assert relay.ids()[3:] == [3, 4]
 
 
-def test_a_late_return_of_an_abandoned_message_is_not_kept_for_its_resend() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
+def test_a_late_return_of_an_abandoned_message_is_not_kept_for_its_resend(relay: Relayed) -> None:
     x = sized_row(1, 10)
-    abandoned = out(publisher, [x], first_tag=1)
-    out(publisher, [sized_row(2, 10)], first_tag=2)
-    Sending(publisher, abandoned).abandon()
+    abandoned = relay.send([x])
+    relay.send([sized_row(2, 10)])
+    abandoned.abandon()
 
-    returned_by_broker(publisher, x)  # on its way when the batch was given up
-    again = out(publisher, [x], first_tag=3)
-    ack(publisher, 3, multiple=True)
+    relay.broker.return_(relay.message(x))  # on its way when the batch was given up
+    again = relay.send([x])
+    relay.broker.ack(3, multiple=True)
 
     # Routed this time: the old return must not fail it.
-    assert publisher._finish(again) == {1: Outcome.confirmed()}
+    assert again.outcomes() == SendResult({1: Outcome.confirmed()})
 
 
-def returned_by_broker(publisher: Publisher, row: OutboxRow) -> None:
-    """The broker's Basic.Return of ``row``, as pika hands it over."""
-    method = Basic.Return(
-        reply_code=312, reply_text="NO_ROUTE", exchange=row.exchange, routing_key=row.routing_key
-    )
-    # pika's BasicProperties.__init__ carries no annotations
-    properties = BasicProperties(message_id=str(row.message_id))  # type: ignore[no-untyped-call]
-    publisher._on_return(CHANNEL, method, properties, row.payload)
+def deliver(
+    relay: Relayed, parts: list[list[OutboxRow]], acks: list[int], routed: Callable[[int], bool]
+) -> dict[int, Outcome]:
+    """Send ``parts`` as batches out at once, then what was left unsent, round after round
+    as the relay does; the broker routes the message of delivery tag n if ``routed(n)``
+    (else returns it, before its ack) and acks in groups of sizes from ``acks``. Each
+    row's final outcome."""
+    final: dict[int, Outcome] = {}
+    pending = parts
+    while any(pending):
+        start = len(relay.published)
+        batches = [(relay.send(part), part) for part in pending if part]
+        sent = relay.published[start:]
+        assert len({m.properties.message_id for m, _ in sent}) == len(sent)
+        at = 0
+        while at < len(sent):
+            group = sent[at : at + acks[(start + at) % len(acks)]]
+            for message, _ in group:
+                if not routed(message.tag):
+                    relay.broker.return_(message)
+            relay.broker.ack(group[-1][0].tag, multiple=True)
+            at += len(group)
+        pending = []
+        for sending, part in batches:
+            outcomes = sending.outcomes().outcomes
+            final.update(outcomes)
+            pending.append([row for row in part if outcomes[row.id] == Outcome.unsent()])
+    return final
 
 
 @settings(max_examples=200, deadline=None)
@@ -342,123 +387,107 @@ def test_every_return_reaches_its_own_row_whatever_the_ids_and_ack_grouping(
     # after round as the relay does; the broker routes or returns each message and acks
     # in groups of any size, each message's return before its ack. Every row must end
     # with the broker's own decision about it.
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    broker = Broker(publisher)
     pool = [str(uuid.uuid4()) for _ in range(4)]
     rows = [
         dataclasses.replace(sized_row(i + 1, 10), message_id=pool[n]) for i, n in enumerate(ids)
     ]
-    decided: dict[int, bool] = {}  # row id -> routed, as the broker decided
-    final: dict[int, Outcome] = {}
-    pending = [rows[:split], rows[split:]]
-    while any(pending):
-        start = len(broker.published)
-        batches = [broker.send(part) for part in pending if part]
-        sent = broker.published[start:]
-        tag = start
-        while tag < len(broker.published):
-            group = broker.published[tag : tag + acks[tag % len(acks)]]
-            for delivery_tag, row in group:
-                decided[row.id] = routed[delivery_tag % len(routed)]
-                if not decided[row.id]:
-                    returned_by_broker(publisher, row)
-            ack(publisher, group[-1][0], multiple=True, channel=broker)
-            tag += len(group)
-        assert len({str(row.message_id) for _, row in sent}) == len(sent)
-        pending = []
-        for batch in batches:
-            outcomes = publisher._finish(batch)
-            publisher._forget(batch)
-            final.update(outcomes)
-            pending.append([row for row in batch.rows if outcomes[row.id] == Outcome.unsent()])
+    with relaying() as relay:
+        final = deliver(relay, [rows[:split], rows[split:]], acks, lambda t: routed[t % 60])
+        decided = {row.id: routed[m.tag % 60] for m, row in relay.published}
+        for row in rows:
+            expected = Outcome.confirmed() if decided[row.id] else Reason.UNROUTABLE
+            got = final[row.id]
+            assert (got if decided[row.id] else got.reason) == expected, row.id
 
-    assert not publisher._confirms.returns_pending
-    for row in rows:
-        expected = Outcome.confirmed() if decided[row.id] else Reason.UNROUTABLE
-        got = final[row.id]
-        assert (got if decided[row.id] else got.reason) == expected, row.id
+        # No return outlives its row: sent again and routed, every row is confirmed.
+        again = deliver(relay, [rows], acks, lambda _tag: True)
+        assert again == {row.id: Outcome.confirmed() for row in rows}
 
 
-@contextlib.contextmanager
-def io_loop(publisher: Publisher) -> Iterator[IOLoop]:
-    """The publisher's wait runs this I/O loop (there is no connection)."""
-    ioloop = IOLoop()
-    publisher._conn = SimpleNamespace(ioloop=ioloop)  # type: ignore[assignment]
-    try:
-        yield ioloop
-    finally:
-        ioloop.close()
-
-
-def test_the_confirm_timeout_counts_from_when_the_batch_was_sent() -> None:
+def test_the_confirm_timeout_counts_from_when_the_batch_was_sent(
+    relay_with: Callable[..., Relayed],
+) -> None:
     # With two batches out, the second one's confirms are waited for only after the
     # first one's: its wait must not start the timeout over.
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=30)
-    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
-    batch.sent_at -= 30  # sent a confirm timeout ago, and still unconfirmed
+    relay = relay_with(confirm_timeout_s=0.5)
+    sending = relay.send([sized_row(1, 10)])
+    time.sleep(0.5)  # sent a confirm timeout ago, and still unconfirmed
     started = time.monotonic()
-    with io_loop(publisher), pytest.raises(PublishInterruptedError, match="within 30 s"):
-        Sending(publisher, batch).outcomes()
-    assert time.monotonic() - started < 10  # not another 30 s
+    result = sending.outcomes()
+    assert time.monotonic() - started < 0.4  # not another 0.5 s
+    assert result.outcomes == {}
+    assert isinstance(result.interrupted, PublishInterruptedError)
+    assert "no confirms within 0.5 s" in str(result.interrupted)
+    assert not relay.publisher.connected, "a stalled connection is given up"
 
 
-def test_a_broker_that_keeps_confirming_is_waited_for_past_the_confirm_timeout() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=1)
-    batch = out(publisher, [sized_row(1, 10), sized_row(2, 10)], first_tag=1)
-    with io_loop(publisher) as ioloop:
-        # Slow, not stalled: each confirm comes within the timeout of the one before.
-        ioloop.call_later(0.7, lambda: ack(publisher, 1, multiple=False))
-        ioloop.call_later(1.4, lambda: ack(publisher, 2, multiple=False))
-        assert Sending(publisher, batch).outcomes() == {
-            1: Outcome.confirmed(),
-            2: Outcome.confirmed(),
-        }
+def test_a_broker_that_keeps_confirming_is_waited_for_past_the_confirm_timeout(
+    relay_with: Callable[..., Relayed],
+) -> None:
+    relay = relay_with(confirm_timeout_s=1)
+    sending = relay.send([sized_row(1, 10), sized_row(2, 10)])
+    # Slow, not stalled: each confirm comes within the timeout of the one before.
+    relay.broker.ioloop.call_later(0.7, lambda: relay.broker.ack(1))
+    relay.broker.ioloop.call_later(1.4, lambda: relay.broker.ack(2))
+    assert sending.outcomes() == SendResult({1: Outcome.confirmed(), 2: Outcome.confirmed()})
 
 
-def test_confirms_that_arrived_are_read_before_the_timeout_is_declared() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=30)
-    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
-    batch.sent_at -= 31  # its timeout passed while the batch before it was confirmed
-    with io_loop(publisher) as ioloop:
-        ioloop.call_later(0, lambda: ack(publisher, 1, multiple=False))  # waiting to be read
-        assert Sending(publisher, batch).outcomes() == {1: Outcome.confirmed()}
+def test_confirms_that_arrived_are_read_before_the_timeout_is_declared(
+    relay_with: Callable[..., Relayed],
+) -> None:
+    relay = relay_with(confirm_timeout_s=0.3)
+    sending = relay.send([sized_row(1, 10)])
+    time.sleep(0.4)  # its timeout passed while the batch before it was confirmed
+    relay.broker.ioloop.call_later(0, lambda: relay.broker.ack(1))  # waiting to be read
+    assert sending.outcomes() == SendResult({1: Outcome.confirmed()})
 
 
-def test_the_confirm_timeout_does_not_count_while_the_broker_blocked_publishers() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", confirm_timeout_s=1)
-    batch = out(publisher, [sized_row(1, 10)], first_tag=1)
-    batch.sent_at -= 5
+def test_the_confirm_timeout_does_not_count_while_the_broker_blocked_publishers(
+    relay_with: Callable[..., Relayed],
+) -> None:
+    relay = relay_with(confirm_timeout_s=0.5)
+    sending = relay.send([sized_row(1, 10)])
     # The broker blocked publishers until now, while the batch before it was waited for.
-    publisher._on_unblocked(None, None)
-    with io_loop(publisher) as ioloop:
-        ioloop.call_later(0.3, lambda: ack(publisher, 1, multiple=False))
-        assert Sending(publisher, batch).outcomes() == {1: Outcome.confirmed()}
+    relay.broker.current.blocked("low on memory")
+    assert relay.publisher.blocked
+    time.sleep(1)
+    relay.broker.current.unblocked()
+    relay.broker.ioloop.call_later(0.3, lambda: relay.broker.ack(1))
+    assert sending.outcomes() == SendResult({1: Outcome.confirmed()})
 
 
-def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing_exchange() -> None:
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F", connect_timeout_s=0.1)
-    with io_loop(publisher):
-        publisher._conn.is_open = True  # type: ignore[union-attr]
-        publisher._conn.channel = lambda on_open_callback: None  # type: ignore[union-attr]
-        with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
-            publisher.missing_exchanges({"orders"})
+def test_an_exchange_check_the_broker_does_not_answer_is_an_outage_not_a_missing_exchange(
+    relay_with: Callable[..., Relayed],
+) -> None:
+    relay = relay_with(connect_timeout_s=0.1)
+    relay.broker.silent = True
+    with pytest.raises(BrokerUnavailableError, match="did not answer whether exchange"):
+        relay.publisher.missing_exchanges({"orders"})
 
 
-def test_a_row_over_the_negotiated_frame_max_is_never_written_and_fails_alone() -> None:
+def test_a_missing_exchange_is_named_with_its_vhost_and_the_fix(relay: Relayed) -> None:
+    relay.broker.missing = {"gone"}
+    assert relay.publisher.missing_exchanges({"gone", "ex"}) == {
+        "gone": "exchange 'gone' does not exist on vhost '/': run `outbox-relay topology "
+        "apply` or create it"
+    }
+
+
+def test_a_row_over_the_negotiated_frame_max_is_never_written_and_fails_alone(
+    relay_with: Callable[..., Relayed],
+) -> None:
     # The broker would close the whole connection (501 FRAME_ERROR) over its properties.
-    publisher = Publisher(url="amqp://guest:guest@127.0.0.1:5672/%2F")
-    broker = Broker(publisher)
-    broker.params.frame_max = 8192
+    relay = relay_with(frame_max=8192)
     big = dataclasses.replace(sized_row(2, 10), headers={"h": "x" * 9000})
-    batch = broker.send([sized_row(1, 10), big, sized_row(3, 10)])
-    assert [row.id for _, row in broker.published] == [1]
-    ack(publisher, 1, multiple=False, channel=broker)
-    outcomes = publisher._finish(batch)
+    sending = relay.send([sized_row(1, 10), big, sized_row(3, 10)])
+    assert relay.ids() == [1]
+    relay.broker.ack(1)
+    outcomes = sending.outcomes().outcomes
     assert outcomes[3] == Outcome.unsent(), "the rows after it go in the next round"
     assert outcomes[2].status is Status.FAILED
     assert outcomes[2].reason is Reason.UNENCODABLE
     assert "frame_max of 8192" in (outcomes[2].error or "")
-    assert publisher.refused([big, sized_row(3, 10)]) == {2: outcomes[2]}
+    assert relay.publisher.refused([big, sized_row(3, 10)]) == {2: outcomes[2]}
 
 
 def _nested(depth: int) -> object:

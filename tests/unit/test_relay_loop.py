@@ -18,6 +18,7 @@ from outbox_relay.message import OutboxRow
 from outbox_relay.relay import NullObserver, Relay, RelaySettings
 from outbox_relay.relay.outcome import Failure, Outcome, Reason
 from outbox_relay.relay.partitions import Leases
+from outbox_relay.relay.ports import SendResult
 from outbox_relay.relay.wakeup import BUSY_POLL_S, FLAG_TRUST_S, LATE_LOOK_S, QUIET_CLAIMS, Notices
 from tests.support.fakes import (
     FakeClaim,
@@ -90,7 +91,7 @@ class TestRunBatch:
 
     def test_rows_to_a_missing_exchange_are_recorded_when_sending_the_rest_fails(self) -> None:
         rows = [row(1, "a", exchange="gone"), row(2, "b")]
-        interrupted = PublishInterruptedError("the partition lease ran out", {})
+        interrupted = PublishInterruptedError("the partition lease ran out")
         publisher = ScriptedPublisher([], missing={"gone": "exchange 'gone' does not exist"})
 
         def lease_over(
@@ -146,7 +147,9 @@ class TestRunBatch:
 
     def test_an_interrupted_batch_settles_what_was_confirmed_and_keeps_the_rest(self) -> None:
         store = FakeStore([row(1), row(2), row(3)])
-        interrupted = PublishInterruptedError("connection lost", {1: Outcome.confirmed()})
+        interrupted = SendResult(
+            {1: Outcome.confirmed()}, PublishInterruptedError("connection lost")
+        )
         with pytest.raises(PublishInterruptedError):
             relay_for(store, ScriptedPublisher([interrupted])).run_batch()
         assert store.settled == [([1], [])]
@@ -241,7 +244,9 @@ class TestRunBatches:
 
     def test_an_interrupted_batch_settles_what_was_confirmed_and_releases_the_next(self) -> None:
         store = TableStore([row(i) for i in range(1, 6)])
-        interrupted = PublishInterruptedError("connection lost", {3: Outcome.confirmed()})
+        interrupted = SendResult(
+            {3: Outcome.confirmed()}, PublishInterruptedError("connection lost")
+        )
         publisher = ScriptedPublisher([{}, interrupted])
         with pytest.raises(PublishInterruptedError):
             self.pipelined(store, publisher).run_batches()
@@ -282,7 +287,9 @@ class TestRunBatches:
 
     def test_a_dropped_connection_with_two_batches_out_loses_nothing(self) -> None:
         store = TableStore([row(i) for i in range(1, 7)])
-        interrupted = PublishInterruptedError("connection lost", {1: Outcome.confirmed()})
+        interrupted = SendResult(
+            {1: Outcome.confirmed()}, PublishInterruptedError("connection lost")
+        )
         publisher = ScriptedPublisher([interrupted])
         with pytest.raises(PublishInterruptedError):
             self.pipelined(store, publisher).run_batches()

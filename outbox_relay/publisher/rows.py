@@ -1,15 +1,19 @@
-"""Whether AMQP or the broker would refuse a row before it is sent, and the header table
-it goes with. Used by :mod:`outbox_relay.publisher`."""
+"""How a row becomes an AMQP message: whether AMQP or the broker would refuse it before
+it is sent, the header table it goes with, and its properties."""
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 import pika.exceptions
+from pika.spec import BasicProperties
 
 from outbox_relay.message import BROKER_MAX_MESSAGE_BYTES, OutboxRow, amqp_check, amqp_problem
 from outbox_relay.relay.outcome import Outcome, Reason
+
+PERSISTENT = 2
 
 # What pika raises when a message's properties cannot be encoded as AMQP fields.
 UNENCODABLE = (
@@ -55,3 +59,19 @@ def checked(row: OutboxRow, *, frame_max: int) -> tuple[Outcome | None, dict[str
             Reason.TOO_LARGE,
         ), None
     return None, table
+
+
+def properties(row: OutboxRow, headers: dict[str, Any] | None) -> BasicProperties:
+    """The AMQP properties ``row`` goes out with, ``headers`` as its header table (from
+    :func:`checked`). Persistent, with the row's message id and creation time."""
+    # pika's BasicProperties.__init__ carries no annotations
+    return BasicProperties(  # type: ignore[no-untyped-call]
+        content_type=row.content_type,
+        delivery_mode=PERSISTENT,
+        message_id=row.message_id,
+        # AMQP timestamps are unsigned: a row from before 1970 says 0.
+        timestamp=max(0, int(row.created_at.timestamp())),
+        headers=headers,
+        # Checked by refusal(): only the properties of PROPERTY_NAMES.
+        **(row.properties if isinstance(row.properties, Mapping) else {}),
+    )
