@@ -9,6 +9,7 @@ from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_RULE, usable_dead_peer_time
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
 from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
+from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S
 from outbox_relay.store.sqlfiles import validate_schema_name
 
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/postgres"
@@ -50,6 +51,10 @@ class RunSettings:
     dead_peer_timeout_s: float
     listen_database_url: str | None = None
     db_timeout_s: float = DB_TIMEOUT_S
+    # Publish a keyed row only once no older transaction could still commit an earlier
+    # row of its key, waiting at most order_gate_max_wait_s (see PostgresStore).
+    order_gate: bool = False
+    order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S
 
     def __post_init__(self) -> None:
         try:
