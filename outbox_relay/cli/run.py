@@ -1,16 +1,18 @@
 """``outbox-relay run``: relay committed outbox rows to RabbitMQ until SIGTERM or SIGINT.
 
-Its options fill one :class:`~outbox_relay.settings.RunSettings`; each is named after the
-field it fills, so the command builds that object from them as they come.
+Its options fill the process's one :class:`~outbox_relay.settings.RunSettings`; each is
+named after the field it fills, so the settings are built from them without listing them
+again.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 from collections.abc import Callable
 from dataclasses import fields
-from typing import Any
+from typing import Any, cast
 
 import click
 import structlog
@@ -25,6 +27,7 @@ from outbox_relay.cli.net import (
     listen_database_url_option,
 )
 from outbox_relay.cli.options import (
+    F,
     env_option,
     http_options,
     logging_options,
@@ -57,6 +60,7 @@ from outbox_relay.urls import redact_url
 from outbox_relay.watchdog import SystemdNotifier, Watchdog
 
 _RELAY_FIELDS = frozenset(field.name for field in fields(RelaySettings))
+_RUN_FIELDS = frozenset(field.name for field in fields(RunSettings)) - {"relay"}
 
 _settings_options = options(
     database_url_option,
@@ -157,17 +161,24 @@ _settings_options = options(
 )
 
 
-def run_settings(values: dict[str, Any]) -> RunSettings:
-    """The one settings object of a relay process, from the values of the options above
-    (each named after its field); checked before anything connects."""
-    relay = RelaySettings(**{name: values.pop(name) for name in _RELAY_FIELDS & values.keys()})
-    if values["dead_peer_timeout_s"] is None:
-        values["dead_peer_timeout_s"] = relay.lease_ttl_s
-    return RunSettings(relay=relay, **values)
+def run_settings_options(func: F) -> F:
+    """The options above, handed to the command as one ``settings``: the process's
+    :class:`RunSettings`, checked before anything connects. Every option is named after
+    the field it fills, in RunSettings or in its RelaySettings."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        relay = RelaySettings(**{name: kwargs.pop(name) for name in _RELAY_FIELDS & kwargs.keys()})
+        values = {name: kwargs.pop(name) for name in _RUN_FIELDS & kwargs.keys()}
+        if values["dead_peer_timeout_s"] is None:
+            values["dead_peer_timeout_s"] = relay.lease_ttl_s
+        return func(*args, settings=RunSettings(relay=relay, **values), **kwargs)
+
+    return _settings_options(cast(F, command))
 
 
 @click.command()
-@_settings_options
+@run_settings_options
 @env_option(
     "--exit-when-stuck/--no-exit-when-stuck",
     default=False,
@@ -185,15 +196,14 @@ def run_settings(values: dict[str, Any]) -> RunSettings:
 @http_options
 @logging_options
 def run(
+    settings: RunSettings,
     exit_when_stuck: bool,
     http_port: int,
     http_host: str,
     log_level: str,
     log_format: str,
-    **values: Any,
 ) -> None:
     """Relay committed outbox rows to RabbitMQ until SIGTERM or SIGINT."""
-    settings = run_settings(values)
     relay: Relay | None = None
 
     def should_stop() -> bool:
