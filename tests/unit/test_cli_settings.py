@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 import pytest
-from click.testing import CliRunner
 
 from outbox_relay.cli.options import envvar
 from outbox_relay.cli.run import run_settings_options
@@ -14,17 +15,19 @@ from outbox_relay.settings import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL, RunSet
 from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S
 
 
-def settings_from(args: list[str], env: dict[str, str] | None = None) -> RunSettings:
-    built: list[RunSettings] = []
+@pytest.fixture(autouse=True)
+def no_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only what a test sets: none of the OUTBOX_RELAY_* variables of the environment."""
+    for name in [name for name in os.environ if name.startswith("OUTBOX_RELAY_")]:
+        monkeypatch.delenv(name)
 
-    @click.command()
-    @run_settings_options
-    def probe(settings: RunSettings) -> None:
-        built.append(settings)
 
-    result = CliRunner().invoke(probe, args, env=env, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return built[0]
+def settings_from(args: list[str]) -> RunSettings:
+    """What the options (and the OUTBOX_RELAY_* variables set) make of the settings."""
+    probe = click.command()(run_settings_options(lambda settings: settings))
+    settings = probe.main(args, standalone_mode=False)
+    assert isinstance(settings, RunSettings)
+    return settings
 
 
 def test_without_options_the_settings_are_the_defaults() -> None:
@@ -40,19 +43,21 @@ def test_without_options_the_settings_are_the_defaults() -> None:
     assert settings.dead_peer_timeout_s == settings.relay.lease_ttl_s
 
 
-def test_the_order_gate_is_part_of_the_settings() -> None:
+def test_the_order_gate_is_part_of_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = settings_from(["--order-gate", "--order-gate-max-wait", "5"])
     assert (settings.order_gate, settings.order_gate_max_wait_s) == (True, 5.0)
-    from_env = settings_from(
-        [], env={"OUTBOX_RELAY_ORDER_GATE": "1", "OUTBOX_RELAY_ORDER_GATE_MAX_WAIT": "7"}
-    )
+    monkeypatch.setenv("OUTBOX_RELAY_ORDER_GATE", "1")
+    monkeypatch.setenv("OUTBOX_RELAY_ORDER_GATE_MAX_WAIT", "7")
+    from_env = settings_from([])
     assert (from_env.order_gate, from_env.order_gate_max_wait_s) == (True, 7.0)
 
 
-def test_each_option_fills_its_field_from_the_flag_or_the_variable() -> None:
-    args = ["--batch-size", "10", "--poll-interval", "0.25", "--lease-ttl", "20"]
-    env = {"OUTBOX_RELAY_RETRY_MAX": "60", "OUTBOX_RELAY_CONFIRM_TIMEOUT": "9"}
-    settings = settings_from(args, env=env)
+def test_each_option_fills_its_field_from_the_flag_or_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OUTBOX_RELAY_RETRY_MAX", "60")
+    monkeypatch.setenv("OUTBOX_RELAY_CONFIRM_TIMEOUT", "9")
+    settings = settings_from(["--batch-size", "10", "--poll-interval", "0.25", "--lease-ttl", "20"])
     assert settings.relay.batch_size == 10
     assert settings.relay.poll_interval_s == 0.25
     assert settings.relay.lease_ttl_s == 20.0
