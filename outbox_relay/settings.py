@@ -41,6 +41,15 @@ def read_secret_file(path: Path, *, option: str) -> str:
     return text
 
 
+def checked_schema(schema: str, *, option: str) -> str:
+    """``schema``, when it can name the outbox's schema; else a ConfigurationError that
+    names ``option`` and says why not."""
+    try:
+        return validate_schema_name(schema)
+    except ValueError as exc:
+        raise ConfigurationError(f"{option}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class RunSettings:
     database_url: str
@@ -57,10 +66,7 @@ class RunSettings:
     order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S
 
     def __post_init__(self) -> None:
-        try:
-            validate_schema_name(self.schema)
-        except ValueError as exc:
-            raise ConfigurationError(f"--schema: {exc}") from exc
+        checked_schema(self.schema, option="--schema")
         for flag, url in (
             ("--database-url", self.database_url),
             ("--listen-database-url", self.listen_database_url),
