@@ -79,12 +79,8 @@ def measure(env: Env, *, rounds: int, calls: int, explain: bool) -> dict[str, li
         store.connect()
         try:
             store.heartbeat()
-            conn = store._idle[0]  # a work connection, configured as the relay's
-            params: dict[str, Any] = {
-                **store._claim_params,  # the relay's own parameters
-                "limit": LIMIT,
-                "max_bytes": MAX_BYTES,
-            }
+            conn = store.work_connections()[0]  # configured as the relay's
+            params = store.claim_parameters(LIMIT, MAX_BYTES)  # the relay's own
             statements = {name: compose(text, schema=schema) for name, text in cases.items()}
             empty = compose("DELETE FROM {schema}.outbox", schema=schema)
             with psycopg.connect(env.database_url) as producer:

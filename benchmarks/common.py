@@ -49,6 +49,8 @@ class Env:
     database_url: str
     amqp_url: str
     quick: bool
+    # Another checkout's source tree to run ``outbox-relay run`` from (an A/B run).
+    relay_source: Path | None = None
 
     @classmethod
     def from_environment(cls, *, quick: bool) -> Env:
@@ -435,7 +437,8 @@ def table_sizes(database_url: str, schema: str) -> dict[str, int]:
 
 @contextlib.contextmanager
 def relay_process(env: Env, schema: str, *args: str) -> Iterator[psutil.Process]:
-    """``outbox-relay run`` in a child process; SIGTERM and a clean exit afterwards."""
+    """``outbox-relay run`` in a child process (from ``env.relay_source`` if set); SIGTERM
+    and a clean exit afterwards."""
     command = [
         sys.executable,
         "-m",
@@ -453,7 +456,11 @@ def relay_process(env: Env, schema: str, *args: str) -> Iterator[psutil.Process]
         "json",
         *args,
     ]
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # ``python -m`` puts the working directory first on the path: another tree's relay
+    # runs with that tree as its working directory.
+    child = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=env.relay_source
+    )
     try:
         yield psutil.Process(child.pid)
     finally:

@@ -46,7 +46,7 @@ def relay_store(database_url: str, schema: str, *, prepare: bool) -> Iterator[Po
     )
     store.connect()
     if not prepare:
-        for conn in store._idle:
+        for conn in store.work_connections():
             conn.prepare_threshold = None
     store.heartbeat()
     try:

@@ -16,9 +16,8 @@ from outbox_relay.errors import (
     StoreUnavailableError,
     TopologyError,
 )
-from outbox_relay.message import Limits
+from outbox_relay.message import Limits, OutboxMessage
 from outbox_relay.producer import (
-    OutboxMessage,
     publish,
     publish_async,
     publish_many,

@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, TypedDict
 
 from outbox_relay.errors import InvalidMessageError
-from outbox_relay.producer import DEFAULT_SCHEMA, OutboxMessage, publish_many, publish_many_async
+from outbox_relay.message import OutboxMessage
+from outbox_relay.producer import DEFAULT_SCHEMA, publish_many, publish_many_async
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11

@@ -6,44 +6,24 @@ and cursors, SQLAlchemy sessions and connections on the psycopg driver (subclass
 as SQLModel's included), and Django's connections and cursors inside
 ``transaction.atomic()`` (:mod:`outbox_relay.store.targets`); the async twins take the
 async counterparts. All of them share one validation path
-(:func:`outbox_relay.message.new_message`) and one statement.
+(:func:`outbox_relay.encoding.new_message`) and one statement.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
+from outbox_relay.encoding import new_message
 from outbox_relay.errors import InvalidMessageError
-from outbox_relay.message import DEFAULT_LIMITS, Limits, NewMessage, new_message
+from outbox_relay.message import DEFAULT_LIMITS, Limits, NewMessage, OutboxMessage
 from outbox_relay.store import targets, writer
 from outbox_relay.store.sqlfiles import validate_schema_name
 from outbox_relay.tracing import with_trace_context
 
 DEFAULT_SCHEMA = "public"
-
-
-@dataclass(frozen=True)
-class OutboxMessage:
-    """One message for :func:`publish_many`; the fields are ``publish``'s arguments."""
-
-    exchange: str
-    routing_key: str
-    payload: object
-    headers: Mapping[str, object] | None = None
-    message_id: uuid.UUID | str | None = None
-    partition_key: str | None = None
-    delay: float | dt.timedelta | None = None
-    content_type: str | None = None
-    correlation_id: str | None = None
-    reply_to: str | None = None
-    priority: int | None = None
-    expiration: float | dt.timedelta | None = None
-    type: str | None = None
-    app_id: str | None = None
-    content_encoding: str | None = None
 
 
 def publish(
@@ -199,24 +179,10 @@ def _build_all(messages: Iterable[OutboxMessage], limits: Limits) -> list[NewMes
 
 
 def _build(message: OutboxMessage, limits: Limits) -> NewMessage:
-    return new_message(
-        exchange=message.exchange,
-        routing_key=message.routing_key,
-        payload=message.payload,
-        headers=with_trace_context(message.headers),
-        message_id=message.message_id,
-        partition_key=message.partition_key,
-        delay=message.delay,
-        content_type=message.content_type,
-        limits=limits,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-        priority=message.priority,
-        expiration=message.expiration,
-        type=message.type,
-        app_id=message.app_id,
-        content_encoding=message.content_encoding,
-    )
+    headers = with_trace_context(message.headers)
+    if headers is not message.headers:
+        message = dataclasses.replace(message, headers=headers)
+    return new_message(message, limits)
 
 
 def _write(conn: object, messages: Sequence[NewMessage], *, schema: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from outbox_relay.amqp_fields import (
     OPTIONAL_TEXT_PROPERTIES,
@@ -27,6 +27,9 @@ from outbox_relay.amqp_fields import (
 )
 from outbox_relay.errors import InvalidMessageError
 
+if TYPE_CHECKING:
+    from outbox_relay.message import OutboxMessage
+
 PROPERTY_NAMES = frozenset((*OPTIONAL_TEXT_PROPERTIES, "priority"))
 MAX_PRIORITY = 255  # an AMQP octet; RabbitMQ queues honour up to x-max-priority (<= 255)
 # RabbitMQ takes an expiration up to 2**32 - 1 ms in some versions and refuses larger
@@ -34,35 +37,27 @@ MAX_PRIORITY = 255  # an AMQP octet; RabbitMQ queues honour up to x-max-priority
 MAX_EXPIRATION_MS = 2**32 - 1
 
 
-def encode_properties(
-    *,
-    correlation_id: str | None = None,
-    reply_to: str | None = None,
-    priority: int | None = None,
-    expiration: float | dt.timedelta | None = None,
-    type: str | None = None,
-    app_id: str | None = None,
-    content_encoding: str | None = None,
-) -> str | None:
-    """The properties set, as the JSON text stored in the outbox; None when none is.
+def encode_properties(message: OutboxMessage) -> str | None:
+    """The properties ``message`` sets, as the JSON text stored in the outbox; None when
+    it sets none.
 
     Raises :class:`InvalidMessageError` naming the argument and the fix.
     """
     values: dict[str, object] = {}
     for name, value in (
-        ("content_encoding", content_encoding),
-        ("correlation_id", correlation_id),
-        ("reply_to", reply_to),
-        ("type", type),
-        ("app_id", app_id),
+        ("content_encoding", message.content_encoding),
+        ("correlation_id", message.correlation_id),
+        ("reply_to", message.reply_to),
+        ("type", message.type),
+        ("app_id", message.app_id),
     ):
         if value is not None:
             _check_text(name, value)
             values[name] = value
-    if priority is not None:
-        values["priority"] = _priority(priority)
-    if expiration is not None:
-        values["expiration"] = expiration_ms(expiration)
+    if message.priority is not None:
+        values["priority"] = _priority(message.priority)
+    if message.expiration is not None:
+        values["expiration"] = expiration_ms(message.expiration)
     if not values:
         return None
     return json.dumps(values, separators=(",", ":"), ensure_ascii=False)

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from outbox_relay.consumer.errors import HandlerTimeoutError, UndecodableMessageError
 from outbox_relay.consumer.worker import Kind, Result
+from outbox_relay.observability.dependency_gauges import DependencyGauges
 from outbox_relay.observability.node_gauge import NodeGauge
 
 HANDLER_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -97,19 +98,15 @@ class ConsumerMetrics:
             "Times the broker became unreachable.",
             registry=registry,
         )
-        self.dependency_up = Gauge(
-            "outbox_relay_consumer_dependency_up",
-            "1 while the consumer can use the service (broker: connected and consuming; "
-            "database: answering, else deliveries are paused).",
-            ["service"],
-            registry=registry,
-        )
-        self.dependency_refused = Gauge(
-            "outbox_relay_consumer_dependency_refused",
-            "1 while the service refuses the consumer's configuration in a way no retry "
-            "fixes (login, database, role, vhost, TLS, missing inbox).",
-            ["service"],
-            registry=registry,
+        self.dependencies = DependencyGauges(
+            registry,
+            up="outbox_relay_consumer_dependency_up",
+            up_help="1 while the consumer can use the service (broker: connected and "
+            "consuming; database: answering, else deliveries are paused).",
+            refused="outbox_relay_consumer_dependency_refused",
+            refused_help="1 while the service refuses the consumer's configuration in a way "
+            "no retry fixes (login, database, role, vhost, TLS, missing inbox).",
+            services=("broker",),  # the database's: if it has one
         )
         self.broker_node = NodeGauge(
             "outbox_relay_consumer_broker_node",
@@ -131,8 +128,6 @@ class ConsumerMetrics:
             ["queue", "handler"],
             registry=registry,
         )
-        self.dependency_up.labels(service="broker").set(0)  # the database's: if it has one
-        self.dependency_refused.labels(service="broker").set(0)
         self._messages: dict[tuple[str, str], Counter] = {}
         self._durations: dict[tuple[str, str], Histogram] = {}
         for queue, handler in handlers:
@@ -175,5 +170,4 @@ class ConsumerMetrics:
         self.outages.inc()
 
     def dependency(self, service: str, *, up: bool, refused: bool) -> None:
-        self.dependency_up.labels(service=service).set(1 if up else 0)
-        self.dependency_refused.labels(service=service).set(1 if refused else 0)
+        self.dependencies.set(service, up=up, refused=refused)

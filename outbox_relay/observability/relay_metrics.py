@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from outbox_relay.message import OutboxRow
 from outbox_relay.observability.bulk_histogram import BulkHistogram
+from outbox_relay.observability.dependency_gauges import DependencyGauges
 from outbox_relay.observability.node_gauge import NodeGauge
 from outbox_relay.relay.outcome import Failure, Reason
 
@@ -97,19 +98,15 @@ class RelayMetrics:
             "Unix time the broker last confirmed rows of this relay (0: none yet).",
             registry=registry,
         )
-        self.dependency_up = Gauge(
-            "outbox_relay_dependency_up",
-            "1 while the relay is connected to the service (database, broker).",
-            ["service"],
-            registry=registry,
-        )
-        self.dependency_refused = Gauge(
-            "outbox_relay_dependency_refused",
-            "1 while the service refuses the relay's configuration in a way no retry "
-            "fixes (login, database, role, vhost, TLS, missing outbox); see the logs' "
+        self.dependencies = DependencyGauges(
+            registry,
+            up="outbox_relay_dependency_up",
+            up_help="1 while the relay is connected to the service (database, broker).",
+            refused="outbox_relay_dependency_refused",
+            refused_help="1 while the service refuses the relay's configuration in a way no "
+            "retry fixes (login, database, role, vhost, TLS, missing outbox); see the logs' "
             "relay.dependency_refused.",
-            ["service"],
-            registry=registry,
+            services=SERVICES,
         )
         self.broker_node = NodeGauge(
             "outbox_relay_broker_node",
@@ -122,8 +119,6 @@ class RelayMetrics:
             self.failed.labels(reason=reason.value)
         for service in SERVICES:
             self.outages.labels(service=service)
-            self.dependency_up.labels(service=service).set(0)
-            self.dependency_refused.labels(service=service).set(0)
 
     def batch_settled(
         self,
@@ -160,8 +155,7 @@ class RelayMetrics:
         self.outages.labels(service=service).inc()
 
     def dependency(self, service: str, *, up: bool, refused: bool) -> None:
-        self.dependency_up.labels(service=service).set(1 if up else 0)
-        self.dependency_refused.labels(service=service).set(1 if refused else 0)
+        self.dependencies.set(service, up=up, refused=refused)
 
 
 class BacklogCollector(Collector):

@@ -63,7 +63,7 @@ def connect(
                 connect_timeout=CONNECT_TIMEOUT_S,
                 application_name=application_name,
                 prepare_threshold=PREPARE_THRESHOLD if prepare else None,
-                **_dead_peer_parameters(url, dead_peer_timeout_s),
+                **dead_peer_parameters(url, dead_peer_timeout_s),
                 **_text_encoding(url),
             )
     except StoreError as exc:
@@ -84,7 +84,7 @@ def _text_encoding(url: str) -> dict[str, Any]:
     return {} if "client_encoding" in given else {"client_encoding": "UTF8"}
 
 
-def _dead_peer_parameters(url: str, timeout_s: float) -> dict[str, Any]:
+def dead_peer_parameters(url: str, timeout_s: float) -> dict[str, Any]:
     """libpq's keepalive parameters for ``timeout_s``, except those the URL sets itself."""
     timings = DeadPeerTimings.for_timeout(timeout_s)
     if timings is None:

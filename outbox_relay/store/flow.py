@@ -19,6 +19,7 @@ from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_S
 from outbox_relay.errors import SchemaNotMigratedError, StoreError
 from outbox_relay.store.connect import connect
 from outbox_relay.store.deadline import Deadlines, guarded
+from outbox_relay.store.pooler import pooler_in_front
 from outbox_relay.store.sqlfiles import Queries
 
 
@@ -126,4 +127,18 @@ class FlowStore:
                 dead_peer_timeout_s=self._dead_peer_timeout_s,
                 prepare=True,
             )
+            try:
+                with guarded(
+                    self._deadlines,
+                    self._conn,
+                    connection="flow",
+                    action="checking for a connection pooler",
+                ):
+                    if pooler_in_front(self._conn):
+                        # Behind a transaction pool the next statement may run on a
+                        # server session that never saw this one's prepared statements.
+                        self._conn.prepare_threshold = None
+            except StoreError:
+                self.close()
+                raise
         return self._conn

@@ -38,6 +38,7 @@ import structlog
 from psycopg import sql
 
 from outbox_relay.errors import StoreError
+from outbox_relay.poll_ticker import POOLED_POLL_S
 
 # How long the probe waits for its own NOTIFY behind a pooler (session mode: milliseconds).
 LISTEN_PROBE_TIMEOUT_S = 1.0
@@ -149,3 +150,20 @@ def describe(mode: Pooling) -> str:
             "connect differs from the one answering, and LISTEN does not hear through it)"
         )
     return "a direct connection"
+
+
+def relay_changes(mode: Pooling, *, polling: bool) -> str:
+    """What the relay does differently behind a pooler in ``mode`` (``polling``: it polls
+    for new rows instead of LISTEN), as logged once at start."""
+    if mode.keeps_session:
+        return "nothing: session state lasts through this pooler"
+    wake = (
+        f"polling for new rows every {POOLED_POLL_S * 1000:.0f} ms instead of "
+        "LISTEN (set --listen-database-url to a direct or session-mode URL to LISTEN)"
+        if polling
+        else "LISTEN on --listen-database-url"
+    )
+    return (
+        "no server-side prepared statements; the work settings are applied to each "
+        f"claim's transaction (SET LOCAL); wake-ups: {wake}"
+    )

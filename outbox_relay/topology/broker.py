@@ -31,6 +31,11 @@ from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailab
 from outbox_relay.broker_nodes import BrokerNodes, Node
 from outbox_relay.errors import BrokerError, BrokerUnavailableError
 from outbox_relay.rpc_deadline import RPC_TIMEOUT_S, close_within, deadline
+from outbox_relay.topology.advice import (
+    priority_warnings,
+    supports_at_least_once,
+    version_warnings,
+)
 from outbox_relay.topology.conflicts import (
     CannotAdoptError,
     Inequivalence,
@@ -38,13 +43,7 @@ from outbox_relay.topology.conflicts import (
     explain,
     parse_precondition_failed,
 )
-from outbox_relay.topology.model import (
-    QueueRole,
-    Topology,
-    priority_warnings,
-    supports_at_least_once,
-    version_warnings,
-)
+from outbox_relay.topology.model import QueueRole, Topology
 from outbox_relay.topology.plan import (
     Action,
     ApplyReport,

@@ -29,7 +29,6 @@ RETRY_INFIX = ".retry."
 PARKING_SUFFIX = ".parking"
 MAX_NAME_LENGTH = 255  # AMQP short string
 EXCHANGE_TYPES = ("topic", "direct", "fanout", "headers")
-AT_LEAST_ONCE_SINCE = (3, 10)  # quorum message TTL and at-least-once dead-lettering
 MAX_PRIORITY = 255  # x-max-priority's ceiling
 RECOMMENDED_MAX_PRIORITY = 10  # RabbitMQ: each level costs memory and CPU per queue
 
@@ -342,37 +341,6 @@ class Topology:
             if e.alternate_exchange is not None
         ]
         return tuple((key, name) for key, name in references if name not in declared)
-
-
-def supports_at_least_once(version: tuple[int, ...]) -> bool:
-    """Whether a broker of ``version`` has quorum message TTL and at-least-once
-    dead-lettering; an unknown (empty) version is assumed recent."""
-    return not version or version >= AT_LEAST_ONCE_SINCE
-
-
-def priority_warnings(topology: Topology) -> tuple[str, ...]:
-    """Priority queues with more levels than RabbitMQ recommends, said plainly."""
-    return tuple(
-        f"queue {q.name!r}: max_priority = {q.max_priority} is above the "
-        f"{RECOMMENDED_MAX_PRIORITY} RabbitMQ recommends; each level costs memory and CPU "
-        "per queue, and few applications use more than a handful"
-        for q in topology.queues
-        if q.max_priority is not None and q.max_priority > RECOMMENDED_MAX_PRIORITY
-    )
-
-
-def version_warnings(topology: Topology, version: tuple[int, ...]) -> tuple[str, ...]:
-    """What the topology loses on a broker of ``version``, said plainly."""
-    quorum = [q.name for q in topology.queues if q.type is QueueType.QUORUM and q.retry]
-    if supports_at_least_once(version) or not quorum:
-        return ()
-    shown = ".".join(map(str, version))
-    warning = (
-        f"RabbitMQ {shown} is older than 3.10: quorum queues {', '.join(quorum)} dead-letter "
-        "at most once (no x-dead-letter-strategy) and their delay tiers are classic queues; "
-        "upgrade for at-least-once dead-lettering"
-    )
-    return (warning,)
 
 
 def find_duplicate(names_per_item: Sequence[Sequence[str]]) -> tuple[str, int, int] | None:

@@ -109,3 +109,22 @@ def test_the_results_name_the_servers_and_the_settings_the_figures_depend_on(
         r"RabbitMQ \d+\.\d+\.\d+.*",
         text,
     ), text
+
+
+@pytest.mark.timeout(300)
+def test_the_ab_run_compares_this_checkouts_relay_with_another_commits(
+    database_url: str, amqp_url: str
+) -> None:
+    from benchmarks import ab
+
+    report = Report()
+    env = Env(database_url=database_url, amqp_url=amqp_url, quick=True)
+    ab.run(env, report, "HEAD", rounds=1, count=1_000, seconds=2.0)
+    assert [f.name for f in report.figures] == [
+        "throughput, 1000 rows, this checkout / HEAD",
+        "commit to delivery p50, this checkout / HEAD",
+        "commit to delivery p99, this checkout / HEAD",
+    ]
+    # Both sides ran and delivered: a relay that failed to start from the export has no rate.
+    assert set(report.figures[0].extra["msg_per_s"]) == {"this checkout", "HEAD"}
+    assert all(rate > 0 for rate in report.figures[0].extra["msg_per_s"].values())

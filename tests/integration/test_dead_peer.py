@@ -45,8 +45,7 @@ def test_both_database_connections_have_keepalives_and_a_user_timeout(
     )
     store.connect()
     try:
-        for conn in (store._work, store._listen):
-            assert conn is not None
+        for conn in (*store.work_connections(), store.listen_connection()):
             with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
                 assert tcp_settings(sock) == EXPECTED
     finally:

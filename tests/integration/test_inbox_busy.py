@@ -117,8 +117,10 @@ def test_a_duplicate_delivered_while_the_first_runs_is_requeued_and_nothing_paus
         # The first's commit frees the row, so the waiting duplicate can settle (and log)
         # before the first's ack is logged: wait for both, in either order.
         assert wait_for(
-            lambda: {"handled", "duplicate"}
-            <= {e.get("outcome") for e in logs if e.get("event") == "consumer.message"},
+            lambda: (
+                {"handled", "duplicate"}
+                <= {e.get("outcome") for e in logs if e.get("event") == "consumer.message"}
+            ),
             timeout_s=20,
         )
     settled = [e for e in logs if e.get("event") == "consumer.message"]

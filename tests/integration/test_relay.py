@@ -539,8 +539,9 @@ def test_empty_claims_leave_the_claim_prepared(database_url: str, schema: str) -
         for _ in range(10):  # psycopg prepares a statement at its sixth execution
             store.claim(10, BATCH_BYTES).release()
         claim = store.claim(10, BATCH_BYTES)
-        assert claim._conn is not None
-        prepared = claim._conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
+        conn = claim.connection
+        assert conn is not None
+        prepared = conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()
         claim.release()
     finally:
         store.close()
@@ -584,8 +585,8 @@ def test_a_settle_planned_on_a_small_outbox_stays_cheap_as_deleted_rows_pile_up(
             publish_key_a(producer, schema, "never-published", seq=10)
             producer.commit()
         claim = store.claim(10, BATCH_BYTES)
-        assert claim._conn is not None
-        pages = _pages_the_settle_reads(claim._conn)
+        assert claim.connection is not None
+        pages = _pages_the_settle_reads(claim.connection)
         claim.release()
     finally:
         store.close()

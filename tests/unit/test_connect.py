@@ -25,5 +25,5 @@ def test_a_name_in_the_url_wins_over_the_default() -> None:
     def store(url: str) -> PostgresStore:
         return PostgresStore(url=url, schema="s", relay_id="r", lease_ttl_s=8)
 
-    assert store("postgresql://db/app?application_name=mine")._application_name == "mine"
-    assert store("postgresql://db/app")._application_name == "outbox-relay"
+    assert store("postgresql://db/app?application_name=mine").application_name == "mine"
+    assert store("postgresql://db/app").application_name == "outbox-relay"

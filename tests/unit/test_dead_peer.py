@@ -9,7 +9,7 @@ from outbox_relay.dead_peer import DeadPeerTimings
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
 from outbox_relay.settings import RunSettings
-from outbox_relay.store.connect import _dead_peer_parameters
+from outbox_relay.store.connect import dead_peer_parameters
 
 
 @pytest.mark.parametrize(
@@ -27,7 +27,7 @@ def test_probes_start_at_half_the_timeout_and_end_within_it(
 def test_zero_leaves_the_operating_systems_defaults() -> None:
     assert DeadPeerTimings.for_timeout(0) is None
     assert url_parameters("amqp://h/%2F").tcp_options is None
-    assert _dead_peer_parameters("postgresql://h/db", 0) == {}
+    assert dead_peer_parameters("postgresql://h/db", 0) == {}
 
 
 def test_pika_gets_keepalives_and_a_user_timeout_unless_the_url_sets_its_own() -> None:
@@ -43,14 +43,14 @@ def test_pika_gets_keepalives_and_a_user_timeout_unless_the_url_sets_its_own() -
 
 
 def test_libpq_gets_the_same_unless_the_url_sets_a_parameter_itself() -> None:
-    assert _dead_peer_parameters("postgresql://h/db", 8) == {
+    assert dead_peer_parameters("postgresql://h/db", 8) == {
         "keepalives": 1,
         "keepalives_idle": 4,
         "keepalives_interval": 1,
         "keepalives_count": 3,
         "tcp_user_timeout": 8000,
     }
-    given = _dead_peer_parameters("postgresql://h/db?keepalives_idle=60&tcp_user_timeout=0", 8)
+    given = dead_peer_parameters("postgresql://h/db?keepalives_idle=60&tcp_user_timeout=0", 8)
     assert "keepalives_idle" not in given
     assert "tcp_user_timeout" not in given
     assert given["keepalives_count"] == 3

@@ -11,8 +11,8 @@ import pytest
 
 from outbox_relay import header_types
 from outbox_relay.amqp_fields import UnencodableError
+from outbox_relay.encoding import encode_headers
 from outbox_relay.errors import InvalidMessageError
-from outbox_relay.message import encode_headers
 
 UTC = dt.timezone.utc
 

@@ -12,20 +12,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from outbox_relay import header_types
+from outbox_relay.encoding import delay_seconds, encode_headers, encode_payload, new_message
 from outbox_relay.errors import InvalidMessageError
 from outbox_relay.message import (
     BROKER_MAX_MESSAGE_BYTES,
+    DEFAULT_LIMITS,
     HEADERS_BYTES_CEILING,
     MAX_DELAY_S,
     MAX_PAYLOAD_BYTES,
     Limits,
+    OutboxMessage,
     OutboxRow,
     UnreadableHeaders,
     amqp_problem,
-    delay_seconds,
-    encode_headers,
-    encode_payload,
-    new_message,
 )
 
 
@@ -43,7 +42,8 @@ def build(**overrides: object):  # type: ignore[no-untyped-def]
         "payload": {"id": 1},
     }
     arguments.update(overrides)
-    return new_message(**arguments)  # type: ignore[arg-type]
+    limits = arguments.pop("limits", DEFAULT_LIMITS)
+    return new_message(OutboxMessage(**arguments), limits)  # type: ignore[arg-type]
 
 
 class TestNewMessage:

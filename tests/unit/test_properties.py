@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from outbox_relay.encoding import new_message
 from outbox_relay.errors import InvalidMessageError
-from outbox_relay.message import UnreadableHeaders, amqp_problem, new_message
+from outbox_relay.message import OutboxMessage, UnreadableHeaders, amqp_problem
 from outbox_relay.properties import (
     MAX_EXPIRATION_MS,
     encode_properties,
@@ -23,19 +24,25 @@ from outbox_relay.properties import (
 from tests.support.rows import sized_row
 
 
+def message(**properties: Any) -> OutboxMessage:
+    return OutboxMessage(exchange="orders", routing_key="k", payload={}, **properties)
+
+
 class TestEncode:
     def test_none_set_stores_null(self) -> None:
-        assert encode_properties() is None
+        assert encode_properties(message()) is None
 
     def test_the_values_set_are_stored_by_their_amqp_names(self) -> None:
         stored = encode_properties(
-            correlation_id="c-1",
-            reply_to="amq.rabbitmq.reply-to",
-            priority=7,
-            expiration=dt.timedelta(minutes=1),
-            type="order.created",
-            app_id="shop",
-            content_encoding="gzip",
+            message(
+                correlation_id="c-1",
+                reply_to="amq.rabbitmq.reply-to",
+                priority=7,
+                expiration=dt.timedelta(minutes=1),
+                type="order.created",
+                app_id="shop",
+                content_encoding="gzip",
+            )
         )
         assert stored is not None
         assert json.loads(stored) == {
@@ -50,11 +57,9 @@ class TestEncode:
         assert stored_problem(json.loads(stored)) is None
 
     def test_new_message_carries_them(self) -> None:
-        message = new_message(
-            exchange="orders", routing_key="k", payload={}, priority=0, correlation_id=""
-        )
-        assert json.loads(message.properties_json or "") == {"priority": 0, "correlation_id": ""}
-        assert new_message(exchange="orders", routing_key="k", payload={}).properties_json is None
+        new = new_message(message(priority=0, correlation_id=""))
+        assert json.loads(new.properties_json or "") == {"priority": 0, "correlation_id": ""}
+        assert new_message(message()).properties_json is None
 
     @pytest.mark.parametrize(
         ("arguments", "names"),
@@ -81,7 +86,7 @@ class TestEncode:
         self, arguments: dict[str, Any], names: list[str]
     ) -> None:
         with pytest.raises(InvalidMessageError) as info:
-            new_message(exchange="orders", routing_key="k", payload={}, **arguments)
+            new_message(message(**arguments))
         for name in names:
             assert name in str(info.value)
 

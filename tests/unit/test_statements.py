@@ -6,17 +6,17 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from outbox_relay.store.relay_store import _int_array
+from outbox_relay.store.claim import int_array
 from outbox_relay.store.sqlfiles import Queries
 
 
 class TestIntArray:
     def test_an_empty_array_is_a_valid_literal(self) -> None:
-        assert _int_array(()) == "{}"
+        assert int_array(()) == "{}"
 
     @given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1)))
     def test_reads_back_as_the_same_integers_in_order(self, values: list[int]) -> None:
-        literal = _int_array(values)
+        literal = int_array(values)
         assert literal.startswith("{")
         assert literal.endswith("}")
         inner = literal[1:-1]
@@ -24,7 +24,7 @@ class TestIntArray:
         assert read_back == values
 
     def test_takes_any_iterable_once(self) -> None:
-        assert _int_array(pid for pid in (7, 8)) == "{7,8}"
+        assert int_array(pid for pid in (7, 8)) == "{7,8}"
 
 
 class TestEncoded:

@@ -20,12 +20,12 @@ from outbox_relay.topology import (
     parse_duration_ms,
     retry_queue_names,
 )
-from outbox_relay.topology.model import (
-    delay_label,
+from outbox_relay.topology.advice import (
     priority_warnings,
     supports_at_least_once,
     version_warnings,
 )
+from outbox_relay.topology.model import delay_label
 
 BILLING = QueueSpec(
     "billing",
