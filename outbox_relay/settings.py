@@ -9,6 +9,7 @@ from outbox_relay.dead_peer import DEAD_PEER_TIMEOUT_RULE, usable_dead_peer_time
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
 from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
+from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S
 from outbox_relay.store.sqlfiles import validate_schema_name
 
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/postgres"
@@ -40,6 +41,15 @@ def read_secret_file(path: Path, *, option: str) -> str:
     return text
 
 
+def checked_schema(schema: str, *, option: str) -> str:
+    """``schema``, when it can name the outbox's schema; else a ConfigurationError that
+    names ``option`` and says why not."""
+    try:
+        return validate_schema_name(schema)
+    except ValueError as exc:
+        raise ConfigurationError(f"{option}: {exc}") from exc
+
+
 @dataclass(frozen=True)
 class RunSettings:
     database_url: str
@@ -50,12 +60,13 @@ class RunSettings:
     dead_peer_timeout_s: float
     listen_database_url: str | None = None
     db_timeout_s: float = DB_TIMEOUT_S
+    # Publish a keyed row only once no older transaction could still commit an earlier
+    # row of its key, waiting at most order_gate_max_wait_s (see PostgresStore).
+    order_gate: bool = False
+    order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S
 
     def __post_init__(self) -> None:
-        try:
-            validate_schema_name(self.schema)
-        except ValueError as exc:
-            raise ConfigurationError(f"--schema: {exc}") from exc
+        checked_schema(self.schema, option="--schema")
         for flag, url in (
             ("--database-url", self.database_url),
             ("--listen-database-url", self.listen_database_url),

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from outbox_relay.amqp_nodes import NodeListError, node_of, split_urls, vhost_of
 from outbox_relay.broker_nodes import BrokerNodes, Node, NodeInUse
-from outbox_relay.cli_options import amqp_url_option
+from outbox_relay.cli.net import amqp_url_option
 from outbox_relay.errors import BrokerUnavailableError, ConfigurationError
 from outbox_relay.observability.relay_metrics import RelayMetrics
 from outbox_relay.urls import redact_url, url_problem

@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
-from outbox_relay.cli_options import (
+from outbox_relay.cli.net import database_url_option
+from outbox_relay.cli.options import (
     confirm,
-    database_url_option,
     duration_option,
+    gathered,
     json_option,
     limit_option,
     progress,
@@ -23,19 +24,6 @@ from outbox_relay.store.failed import DeadRow, DeadRowFilter, FailedRows
 LIST_LIMIT = 50
 
 
-def _filters(func: Any) -> Any:
-    for decorator in (
-        click.argument("ids", nargs=-1, type=int),
-        click.option("--exchange", help="Only rows for this exchange."),
-        click.option("--key", "partition_key", help="Only rows with this partition key."),
-        duration_option(
-            "--older-than", help="Only rows dead for longer than this (e.g. 10m, 2h, 7d)."
-        ),
-    ):
-        func = decorator(func)
-    return func
-
-
 def _where(
     ids: tuple[int, ...], exchange: str | None, partition_key: str | None, older_than: float | None
 ) -> DeadRowFilter:
@@ -45,6 +33,15 @@ def _where(
         partition_key=partition_key,
         older_than_s=older_than,
     )
+
+
+_filters = gathered(
+    _where,
+    duration_option("--older-than", help="Only rows dead for longer than this (e.g. 10m, 2h, 7d)."),
+    click.option("--key", "partition_key", help="Only rows with this partition key."),
+    click.option("--exchange", help="Only rows for this exchange."),
+    click.argument("ids", nargs=-1, type=int),
+)
 
 
 def _json_row(row: DeadRow) -> dict[str, Any]:
@@ -67,19 +64,10 @@ def failed() -> None:
 @limit_option(LIST_LIMIT, "List at most this many.")
 @json_option("JSON lines, one row each.")
 def list_rows(
-    database_url: str,
-    schema: str,
-    ids: tuple[int, ...],
-    exchange: str | None,
-    partition_key: str | None,
-    older_than: float | None,
-    limit: int,
-    as_json: bool,
+    database_url: str, schema: str, where: DeadRowFilter, limit: int, as_json: bool
 ) -> None:
     """List dead rows (IDS to pick some), oldest first."""
-    rows = FailedRows(database_url, schema=schema).find(
-        _where(ids, exchange, partition_key, older_than), limit=limit
-    )
+    rows = FailedRows(database_url, schema=schema).find(where, limit=limit)
     for row in rows:
         if as_json:
             click.echo(json.dumps(_json_row(row)))
@@ -109,46 +97,27 @@ def show_row(database_url: str, schema: str, row_id: int, payload: bool) -> None
     click.echo(json.dumps(data, indent=2))
 
 
-@failed.command("retry")
-@database_url_option
-@schema_option
-@_filters
-@yes_option
-def retry_rows(
-    database_url: str,
-    schema: str,
-    ids: tuple[int, ...],
-    exchange: str | None,
-    partition_key: str | None,
-    older_than: float | None,
-    yes: bool,
-) -> None:
-    """Give matching dead rows a fresh set of attempts, due now."""
-    where = _where(ids, exchange, partition_key, older_than)
-    confirm("Retry", _describe(where), yes=yes)
-    count = FailedRows(database_url, schema=schema).retry(where, progress=progress("retried"))
-    click.echo(f"retried {count} rows")
+def _settle_command(name: str, question: str, done: str, help: str) -> None:
+    """``failed NAME``: ask QUESTION about the matching rows, then apply
+    :meth:`FailedRows.retry` or :meth:`FailedRows.purge` (NAME) to them."""
+
+    @failed.command(name, help=help)
+    @database_url_option
+    @schema_option
+    @_filters
+    @yes_option
+    def command(database_url: str, schema: str, where: DeadRowFilter, yes: bool) -> None:
+        confirm(question, _describe(where), yes=yes)
+        rows = FailedRows(database_url, schema=schema)
+        settle = rows.retry if name == "retry" else rows.purge
+        count = settle(where, progress=progress(done))
+        click.echo(f"{done} {count} rows")
 
 
-@failed.command("purge")
-@database_url_option
-@schema_option
-@_filters
-@yes_option
-def purge_rows(
-    database_url: str,
-    schema: str,
-    ids: tuple[int, ...],
-    exchange: str | None,
-    partition_key: str | None,
-    older_than: float | None,
-    yes: bool,
-) -> None:
-    """Delete matching dead rows for good."""
-    where = _where(ids, exchange, partition_key, older_than)
-    confirm("Delete", _describe(where), yes=yes)
-    count = FailedRows(database_url, schema=schema).purge(where, progress=progress("deleted"))
-    click.echo(f"deleted {count} rows")
+_settle_command(
+    "retry", "Retry", "retried", "Give matching dead rows a fresh set of attempts, due now."
+)
+_settle_command("purge", "Delete", "deleted", "Delete matching dead rows for good.")
 
 
 def _describe(where: DeadRowFilter) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from outbox_relay.cli_options import EXIT_FAILED, EXIT_USAGE, amqp_url_option
+from outbox_relay.cli.net import amqp_url_option
+from outbox_relay.cli.options import EXIT_FAILED, EXIT_USAGE
 from outbox_relay.topology import (
     InvalidTopologyError,
     Topology,

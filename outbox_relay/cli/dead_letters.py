@@ -9,15 +9,15 @@ confirmation was declined; 2 bad usage.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 from typing import Any
 
 import click
 
-from outbox_relay.cli_options import (
-    amqp_url_option,
+from outbox_relay.cli.net import amqp_url_option
+from outbox_relay.cli.options import (
     confirm,
+    gathered,
     json_option,
     limit_option,
     progress,
@@ -49,34 +49,25 @@ def _valid_queue(_ctx: click.Context, _param: click.Parameter, queue: str) -> st
     return queue
 
 
-def _filters(func: Any) -> Any:
-    """The filter options, handed to the command as one ``where: DeadLetterFilter``."""
+def _where(
+    message_ids: tuple[str, ...], error_type: str | None, routing_key: str | None
+) -> DeadLetterFilter:
+    return DeadLetterFilter(
+        message_ids=frozenset(message_ids), error_type=error_type, routing_key=routing_key
+    )
 
-    @functools.wraps(func)
-    def command(
-        *args: Any,
-        message_ids: tuple[str, ...],
-        error_type: str | None,
-        routing_key: str | None,
-        **kwargs: Any,
-    ) -> Any:
-        where = DeadLetterFilter(
-            message_ids=frozenset(message_ids), error_type=error_type, routing_key=routing_key
-        )
-        return func(*args, where=where, **kwargs)
 
-    for decorator in (
-        click.option(
-            "--message-id", "message_ids", multiple=True, help="Only this message (repeatable)."
-        ),
-        click.option(
-            "--error-type",
-            help="Only messages that failed with this exception (full name or class name).",
-        ),
-        click.option("--routing-key", help="Only messages first published with this key."),
-    ):
-        command = decorator(command)
-    return command
+_filters = gathered(
+    _where,
+    click.option("--routing-key", help="Only messages first published with this key."),
+    click.option(
+        "--error-type",
+        help="Only messages that failed with this exception (full name or class name).",
+    ),
+    click.option(
+        "--message-id", "message_ids", multiple=True, help="Only this message (repeatable)."
+    ),
+)
 
 
 def _now() -> dt.datetime:

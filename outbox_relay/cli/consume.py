@@ -14,15 +14,21 @@ import functools
 import importlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from outbox_relay.cli_options import (
+from outbox_relay.cli.net import (
     AMQP_URL_HELP,
     db_timeout_option,
+    dead_peer_timeout_option,
+    url_option,
+)
+from outbox_relay.cli.options import (
+    env_option,
     http_options,
     logging_options,
-    url_option,
+    unhealthy_after_option,
 )
 from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.errors import ConfigurationError
@@ -56,59 +62,37 @@ def load_app(spec: str) -> ConsumerApp:
 @functools.partial(
     url_option,
     name="database_url",
-    envvar="OUTBOX_RELAY_DATABASE_URL",
     default=None,  # None: the app's value
     help="PostgreSQL URL for handlers that take a transaction (overrides the app's).",
 )
 @functools.partial(
     url_option,
     name="amqp_url",
-    envvar="OUTBOX_RELAY_AMQP_URL",
     default=None,  # None: the app's value
     help=AMQP_URL_HELP,
     multiple=True,
 )
-@click.option(
-    "--schema",
-    envvar="OUTBOX_RELAY_SCHEMA",
-    default=None,  # None: the app's value
-    show_envvar=True,
-    help="Schema holding the inbox table (default: the app's).",
-)
-@click.option(
+# Every option below defaults to None, the app's value; each is named after the field of
+# the app's settings it overrides.
+@env_option("--schema", default=None, help="Schema holding the inbox table (default: the app's).")
+@env_option(
     "--concurrency",
-    envvar="OUTBOX_RELAY_CONCURRENCY",
-    default=None,  # None: the app's value
     type=int,
-    show_envvar=True,
+    default=None,
     help="Worker threads shared by the handlers without their own concurrency= (default: "
     "the app's, 4); their queues' prefetch follows it.",
 )
-@click.option(
+@env_option(
     "--shutdown-grace",
-    envvar="OUTBOX_RELAY_SHUTDOWN_GRACE",
-    default=None,  # None: the app's value
+    "shutdown_grace_s",
     type=float,
-    show_envvar=True,
+    default=None,
     help="Seconds in-flight handlers get to finish on SIGTERM.",
 )
-@click.option(
-    "--dead-peer-timeout",
-    envvar="OUTBOX_RELAY_DEAD_PEER_TIMEOUT",
-    default=None,  # None: the app's value
-    type=float,
-    show_envvar=True,
-    help="Seconds after which a silent or unresponsive connection to PostgreSQL or "
-    "RabbitMQ counts as dead (TCP keepalives and TCP_USER_TIMEOUT); 0 leaves the "
-    "operating system's defaults. Default: 30.",
-)
+@dead_peer_timeout_option(default_said="30.")
 @db_timeout_option(default=None)
-@click.option(
-    "--unhealthy-after",
-    envvar="OUTBOX_RELAY_UNHEALTHY_AFTER",
-    default=None,  # None: the app's value
-    type=click.FloatRange(min=0, min_open=True),
-    show_envvar=True,
+@unhealthy_after_option(
+    default=None,
     help="Seconds the database or the broker may refuse the configuration while running "
     "(a rotated password, a dropped role or vhost) before /healthz fails; meanwhile it is "
     "retried and logged. At start such a refusal ends the process with exit code 3. "
@@ -116,21 +100,7 @@ def load_app(spec: str) -> ConsumerApp:
 )
 @http_options
 @logging_options
-def consume(
-    app: str,
-    database_url: str | None,
-    amqp_url: str | None,
-    schema: str | None,
-    concurrency: int | None,
-    shutdown_grace: float | None,
-    dead_peer_timeout: float | None,
-    db_timeout: float | None,
-    unhealthy_after: float | None,
-    http_port: int,
-    http_host: str,
-    log_level: str,
-    log_format: str,
-) -> None:
+def consume(app: str, log_level: str, log_format: str, **overrides: Any) -> None:
     """Run the handlers of APP (MODULE:ATTRIBUTE, e.g. billing.handlers:app).
 
     Declares their queues, delay tiers and parking lots, then consumes until SIGTERM or
@@ -139,18 +109,6 @@ def consume(
     configuration, 3 a service refused the configuration at start.
     """
     consumer_app = load_app(app)
-    overrides = {
-        "database_url": database_url,
-        "amqp_url": amqp_url,
-        "schema": schema,
-        "concurrency": concurrency,
-        "shutdown_grace_s": shutdown_grace,
-        "dead_peer_timeout_s": dead_peer_timeout,
-        "db_timeout_s": db_timeout,
-        "unhealthy_after_s": unhealthy_after,
-        "http_port": http_port,
-        "http_host": http_host,
-    }
     consumer_app.settings(**overrides)  # reject bad settings before logging starts
     configure_logging(level=log_level, fmt=log_format)  # type: ignore[arg-type]
     consumer_app.run(**overrides)
