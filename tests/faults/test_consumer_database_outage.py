@@ -9,12 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import (
-    effects,
-    effects_app,
-    publish,
-    running_consumer,
-)
+from tests.support.consumer import effects, effects_app, publish, running_consumer
 from tests.support.faults import service_proxy
 from tests.support.relay import wait_for
 

@@ -23,12 +23,7 @@ from structlog.testing import capture_logs
 
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import (
-    effects,
-    effects_app,
-    publish,
-    running_consumer,
-)
+from tests.support.consumer import effects, effects_app, publish, running_consumer
 from tests.support.faults import RelayProcess, Tally, broker_proxy, service_proxy
 from tests.support.http import free_port, get
 from tests.support.proxy import TcpProxy

@@ -30,9 +30,7 @@ from tests.support.relay import wait_for
 LOG_TAIL_CHARS = 4000
 # A relay killed or frozen is replaced within about two seconds: a short lease, renewed
 # often, and a short poll for the successor to find the rows.
-FAST_FAILOVER_ARGS = (
-    *("--lease-ttl", "2", "--heartbeat-interval", "0.5", "--poll-interval", "0.1"),
-)
+FAST_FAILOVER_ARGS = ("--lease-ttl", "2", "--heartbeat-interval", "0.5", "--poll-interval", "0.1")
 
 
 @dataclass
