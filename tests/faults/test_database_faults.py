@@ -30,17 +30,14 @@ def test_work_session_terminated_mid_batch(scene: Scene, report_fault: Report) -
     scene.insert(exchange, range(total), keys=20)
     relay = scene.relay("--batch-size", str(BATCH))
     terminated = 0
-    with stops_cleanly(relay):
-        try:
-            for _ in range(4):
-                assert wait_for(lambda: "work" in relay.backend_pids(), timeout_s=20)
-                before = scene.pending()
-                assert before > 0, "the backlog drained before the fault; nothing was proved"
-                assert scene.publishing(below=before)
-                relay.terminate_session("work")
-                terminated += 1
-        finally:
-            scene.drained(relay)
+    with scene.draining(relay):
+        for _ in range(4):
+            assert wait_for(lambda: "work" in relay.backend_pids(), timeout_s=20)
+            before = scene.pending()
+            assert before > 0, "the backlog drained before the fault; nothing was proved"
+            assert scene.publishing(below=before)
+            relay.terminate_session("work")
+            terminated += 1
     tally = scene.tally(queue, range(total))
     report_fault("pg_terminate_backend: relay's work session", tally, runs=terminated)
     assert not tally.lost
@@ -58,15 +55,12 @@ def test_listen_session_terminated_messages_keep_flowing(
     relay = scene.relay("--poll-interval", "0.2")
     latencies: list[float] = []
     tally = Tally(expected=set(range(40)))
-    with stops_cleanly(relay):
-        try:
-            for n in range(40):
-                if n % 10 == 0:  # the relay is idle here, asleep on LISTEN
-                    assert wait_for(lambda: "listener" in relay.backend_pids(), timeout_s=20)
-                    relay.terminate_session("listener")
-                latencies.append(sent_and_received(scene, exchange, queue, n, tally))
-        finally:
-            scene.drained(relay)
+    with scene.draining(relay):
+        for n in range(40):
+            if n % 10 == 0:  # the relay is idle here, asleep on LISTEN
+                assert wait_for(lambda: "listener" in relay.backend_pids(), timeout_s=20)
+                relay.terminate_session("listener")
+            latencies.append(sent_and_received(scene, exchange, queue, n, tally))
     tally.add(scene.broker.drain_all(queue))
     report_fault("pg_terminate_backend: relay's LISTEN session", tally, runs=4)
     assert not tally.lost
@@ -94,17 +88,14 @@ def test_lost_notifications_are_caught_by_the_poll_timer(
     latencies: list[float] = []
     tally = Tally(expected=set(range(10)))
     flags = sql.SQL("DELETE FROM {}.outbox_listener").format(sql.Identifier(scene.schema))
-    with stops_cleanly(relay):
-        try:
-            assert wait_for(lambda: "listener" in relay.backend_pids(), timeout_s=20)
-            for n in range(10):
-                time.sleep(0.2)  # asleep again, flag raised
-                with psycopg.connect(scene.database_url) as conn:
-                    conn.execute(flags)
-                    conn.commit()
-                latencies.append(sent_and_received(scene, exchange, queue, n, tally))
-        finally:
-            scene.drained(relay)
+    with scene.draining(relay):
+        assert wait_for(lambda: "listener" in relay.backend_pids(), timeout_s=20)
+        for n in range(10):
+            time.sleep(0.2)  # asleep again, flag raised
+            with psycopg.connect(scene.database_url) as conn:
+                conn.execute(flags)
+                conn.commit()
+            latencies.append(sent_and_received(scene, exchange, queue, n, tally))
     report_fault("NOTIFY lost (poll fallback)", tally)
     assert not tally.lost
     assert max(latencies) < 0.3 + 0.5, latencies

@@ -108,6 +108,16 @@ class Scene:
         )
         assert relay.alive, relay.log_text()[-LOG_TAIL_CHARS:]
 
+    @contextlib.contextmanager
+    def draining(self, relay: RelayProcess) -> Iterator[None]:
+        """Runs the block; then, even when it failed, waits for ``relay`` to drain what is
+        pending (see :meth:`drained`) and stops it: it must exit with 0."""
+        with stops_cleanly(relay):
+            try:
+                yield
+            finally:
+                self.drained(relay)
+
     def tally(self, queue: str, expected: Iterable[int], *, quiet_s: float = 1.0) -> Tally:
         """What ``queue`` received until it stayed quiet for ``quiet_s``, against the
         numbers ``expected``."""
