@@ -3,12 +3,15 @@ session prints one table at the end (lost must be 0)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from tests.support.broker import BrokerHelper
 from tests.support.faults import Tally
+from tests.support.scene import Scene
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,19 @@ Report = Callable[..., None]
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ROWS] = []
+
+
+@pytest.fixture
+def scene(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, tmp_path: Path
+) -> Iterator[Scene]:
+    """The test's services, schema, broker names and log directory; every relay started
+    through it is killed when the test ends, before its schema and queues go."""
+    stage = Scene(database_url, amqp_url, schema, broker, tmp_path)
+    try:
+        yield stage
+    finally:
+        stage.close()
 
 
 @pytest.fixture

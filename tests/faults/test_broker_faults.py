@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper
-from tests.support.faults import (
-    Backlog,
-    RelayProcess,
-    Tally,
-    broker_proxy,
-    close_broker_connection,
-    insert_rows,
-    pending,
-)
+from tests.support.faults import Backlog, RelayProcess, Tally, broker_proxy, close_broker_connection
 from tests.support.private_rabbit import PrivateRabbit
 from tests.support.relay import wait_for
+from tests.support.scene import Scene, stops_cleanly
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -29,51 +21,30 @@ BATCH = 200
 OUT = 2 * BATCH
 
 
-def drained(relay: RelayProcess, database_url: str, schema: str, timeout_s: float = 60) -> None:
-    assert wait_for(
-        lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=timeout_s
-    ), relay.log_text()[-4000:]
-    assert relay.alive, relay.log_text()[-4000:]
-
-
-def publishing(database_url: str, schema: str, total: int) -> bool:
-    return wait_for(lambda: pending(database_url, schema) < total, timeout_s=20)
-
-
 def test_connection_closed_by_the_broker_and_cut_by_the_network(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
-    backlog = Backlog(database_url, schema, exchange, keys=20, limit=40_000)
+    broker = scene.broker
+    exchange, queue = scene.route()
     faults = 0
-    written = range(0)
-    with broker_proxy(amqp_url) as (proxy, proxied):
-        relay = RelayProcess(
-            database_url, proxied, schema, "--batch-size", str(BATCH), log_dir=tmp_path
-        )
-        try:
+    with (
+        Backlog(scene.database_url, scene.schema, exchange, keys=20, limit=40_000) as backlog,
+        broker_proxy(scene.amqp_url) as (proxy, proxied),
+    ):
+        relay = scene.relay("--batch-size", str(BATCH), amqp_url=proxied)
+        with stops_cleanly(relay):
             for round_ in range(6):
                 published = broker.depth(queue)
                 assert wait_for(lambda p=published: broker.depth(queue) > p + 300, timeout_s=20)
-                assert pending(database_url, schema) > 0, "no backlog; the fault proves nothing"
+                assert scene.pending() > 0, "no backlog; the fault proves nothing"
                 if round_ % 2 == 0:
                     assert close_broker_connection(proxy), "the relay's connection was not found"
                 else:
                     proxy.cut()
                 faults += 1
             written = backlog.stop()
-            drained(relay, database_url, schema)
-        finally:
-            backlog.stop()
-            assert relay.stop() == 0, relay.log_text()[-4000:]
-    tally = Tally(expected=set(written))
-    tally.add(broker.collect(queue))
+            scene.drained(relay)
+    tally = scene.tally(queue, written)
     report_fault("broker connection closed (rabbitmqctl) / cut (proxy)", tally, runs=faults)
     assert not tally.lost
     assert not tally.invented
@@ -84,58 +55,47 @@ def test_connection_closed_by_the_broker_and_cut_by_the_network(
 
 
 def stalled_run(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    *,
-    args: tuple[str, ...],
+    scene: Scene,
+    *args: str,
     stall: Callable[[RelayProcess], object],
     receive_buffer_bytes: int | None = None,
     reads_only: bool = False,
 ) -> tuple[RelayProcess, Tally]:
     """Relay 6000 rows through a proxy that stalls, mid-batch, while ``stall`` runs;
     with ``reads_only`` the broker's answers still come through (see TcpProxy)."""
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
+    exchange, queue = scene.route()
     total = 6000
-    insert_rows(database_url, schema, exchange, range(total))
-    with broker_proxy(amqp_url, receive_buffer_bytes=receive_buffer_bytes) as (proxy, proxied):
-        relay = RelayProcess(
-            database_url, proxied, schema, "--batch-size", str(BATCH), *args, log_dir=tmp_path
-        )
-        try:
-            assert publishing(database_url, schema, total)
+    scene.insert(exchange, range(total))
+    with broker_proxy(scene.amqp_url, receive_buffer_bytes=receive_buffer_bytes) as (
+        proxy,
+        proxied,
+    ):
+        relay = scene.relay("--batch-size", str(BATCH), *args, amqp_url=proxied)
+        with stops_cleanly(relay):
+            assert scene.publishing(below=total)
             stalled = proxy.reads_stalled if reads_only else proxy.stalled
             stalled.set()
             try:
                 stall(relay)
             finally:
                 stalled.clear()
-            drained(relay, database_url, schema)
-        finally:
-            assert relay.stop() == 0, relay.log_text()[-4000:]
-    tally = Tally(expected=set(range(total)))
-    tally.add(broker.collect(queue))
-    return relay, tally
+            scene.drained(relay)
+    return relay, scene.tally(queue, range(total))
+
+
+def until_unavailable(timeout_s: float) -> Callable[[RelayProcess], object]:
+    """A stall that lasts until the relay gives the broker up (or ``timeout_s``)."""
+    return lambda relay: wait_for(
+        lambda: relay.events("relay.broker_unavailable"), timeout_s=timeout_s
+    )
 
 
 def test_a_stall_shorter_than_the_confirm_timeout_is_waited_out_and_logged(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
     relay, tally = stalled_run(
-        database_url,
-        amqp_url,
-        schema,
-        broker,
-        tmp_path,
-        args=("--confirm-timeout", "20", "--lease-ttl", "20"),
+        scene,
+        *("--confirm-timeout", "20", "--lease-ttl", "20"),
         stall=lambda _relay: time.sleep(4),
     )
     report_fault("broker stalled 4 s < confirm timeout", tally)
@@ -149,27 +109,12 @@ def test_a_stall_shorter_than_the_confirm_timeout_is_waited_out_and_logged(
 
 
 def test_a_stall_longer_than_the_confirm_timeout_reconnects_and_resends_the_batch(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
-    relay, tally = stalled_run(
-        database_url,
-        amqp_url,
-        schema,
-        broker,
-        tmp_path,
-        # The warning comes after SLOW_WAIT_S (2 s) of one wait; the timeout counts from
-        # the batch's send, and with two batches out its wait can start a second or more
-        # later: 5 s leaves the warning room to come first.
-        args=("--confirm-timeout", "5"),
-        stall=lambda relay: wait_for(
-            lambda: relay.events("relay.broker_unavailable"), timeout_s=20
-        ),
-    )
+    # The warning comes after SLOW_WAIT_S (2 s) of one wait; the timeout counts from the
+    # batch's send, and with two batches out its wait can start a second or more later:
+    # 5 s leaves the warning room to come first.
+    relay, tally = stalled_run(scene, "--confirm-timeout", "5", stall=until_unavailable(20))
     report_fault("broker stalled > confirm timeout (5 s)", tally)
     assert not tally.lost
     assert tally.duplicates <= OUT
@@ -179,12 +124,7 @@ def test_a_stall_longer_than_the_confirm_timeout_reconnects_and_resends_the_batc
 
 
 def test_a_hung_broker_is_found_dead_by_tcp_before_any_timeout_of_the_relays_own(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
     """The broker stops reading mid-batch (a hung peer: its window closes) and stays so.
     The confirm timeout (60 s) and the lease (30 s) are far off; TCP_USER_TIMEOUT (the
@@ -202,21 +142,9 @@ def test_a_hung_broker_is_found_dead_by_tcp_before_any_timeout_of_the_relays_own
         waited.append(time.monotonic() - started)
 
     relay, tally = stalled_run(
-        database_url,
-        amqp_url,
-        schema,
-        broker,
-        tmp_path,
-        args=(
-            "--dead-peer-timeout",
-            "3",
-            "--confirm-timeout",
-            "60",
-            "--lease-ttl",
-            "30",
-            "--heartbeat-interval",
-            "2",
-        ),
+        scene,
+        *("--dead-peer-timeout", "3", "--confirm-timeout", "60", "--lease-ttl", "30"),
+        *("--heartbeat-interval", "2"),
         stall=until_found_dead,
         receive_buffer_bytes=4096,
         reads_only=True,
@@ -230,40 +158,24 @@ def test_a_hung_broker_is_found_dead_by_tcp_before_any_timeout_of_the_relays_own
 
 
 def test_broker_restart_during_a_run(
-    database_url: str,
-    schema: str,
+    scene: Scene,
     own_rabbit: PrivateRabbit,
     own_broker: BrokerHelper,
-    tmp_path: Path,
     report_fault: Report,
 ) -> None:
     """Restarts the broker's application (`stop_app`/`start_app`) under the relay: on a
     private node, so the shared broker and the tests using it are untouched."""
-    broker = own_broker
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
+    scene = scene.on(amqp_url=own_rabbit.url, broker=own_broker)
+    exchange, queue = scene.route()
     total = 30_000
-    insert_rows(database_url, schema, exchange, range(total), keys=20)
-    relay = RelayProcess(
-        database_url,
-        own_rabbit.url,
-        schema,
-        "--batch-size",
-        str(BATCH),
-        "--max-attempts",
-        "1000",
-        log_dir=tmp_path,
+    relay, left_at_fault = scene.relay_through_restart(
+        exchange,
+        own_rabbit.restart_app,
+        *("--batch-size", str(BATCH), "--max-attempts", "1000"),
+        total=total,
     )
-    try:
-        assert publishing(database_url, schema, total)
-        left_at_fault = pending(database_url, schema)
-        own_rabbit.restart_app()
-        drained(relay, database_url, schema)
-    finally:
-        assert relay.stop() == 0, relay.log_text()[-4000:]
-    tally = Tally(expected=set(range(total)))
-    broker.reconnect()
-    tally.add(broker.collect(queue))
+    own_broker.reconnect()
+    tally = scene.tally(queue, range(total))
     report_fault("broker restart (stop_app/start_app)", tally)
     assert left_at_fault > 0, "the backlog drained before the restart; nothing was proved"
     assert not tally.lost
@@ -273,25 +185,14 @@ def test_broker_restart_during_a_run(
 
 
 def test_a_stall_longer_than_the_lease_ends_the_wait_before_the_confirm_timeout(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
     """The confirm wait is bounded by the partition lease too: the database ends a claim
     left idle for the lease TTL, so the relay gives up, reconnects and resends."""
     relay, tally = stalled_run(
-        database_url,
-        amqp_url,
-        schema,
-        broker,
-        tmp_path,
-        args=("--confirm-timeout", "30", "--lease-ttl", "3", "--heartbeat-interval", "1"),
-        stall=lambda relay: wait_for(
-            lambda: relay.events("relay.broker_unavailable"), timeout_s=15
-        ),
+        scene,
+        *("--confirm-timeout", "30", "--lease-ttl", "3", "--heartbeat-interval", "1"),
+        stall=until_unavailable(15),
     )
     report_fault("broker stalled > lease (3 s) < confirm timeout", tally)
     assert not tally.lost

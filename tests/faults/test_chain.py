@@ -33,6 +33,7 @@ from tests.support.broker import BrokerHelper
 from tests.support.consumer import make_effects_table, subprocess_env, track
 from tests.support.faults import CliProcess, ConsumerProcess, RelayProcess, Tally, pending
 from tests.support.relay import wait_for
+from tests.support.scene import FAST_FAILOVER_ARGS
 from tests.support.scripts import load_script
 from tests.support.threads import in_background
 
@@ -44,7 +45,6 @@ ORDERS_PER_TX = 5
 PRODUCE_EVERY_S = 0.03  # about 150 orders a second: B keeps up between kills
 CUSTOMERS = 20
 KILLS_EACH = 4
-RELAY_ARGS = ("--lease-ttl", "2", "--heartbeat-interval", "0.5", "--poll-interval", "0.1")
 
 
 def with_search_path(database_url: str, schema: str) -> str:
@@ -209,7 +209,9 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     stages.append(
         Stage(
             "relay",
-            lambda: RelayProcess(database_url, amqp_url, schema, *RELAY_ARGS, log_dir=tmp_path),
+            lambda: RelayProcess(
+                database_url, amqp_url, schema, *FAST_FAILOVER_ARGS, log_dir=tmp_path
+            ),
             lambda: counts.read()[2],
         )
     )

@@ -4,21 +4,12 @@ them round and round, and resumes when the database is back (issue 24)."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from outbox_relay.consumer import ConsumerApp, Message
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import (
-    effects,
-    make_effects_table,
-    publish,
-    record_effect,
-    running_consumer,
-)
+from tests.support.consumer import effects, effects_app, publish, running_consumer
 from tests.support.faults import service_proxy
 from tests.support.relay import wait_for
 
@@ -30,15 +21,10 @@ OUTAGE_S = 5.0
 def test_a_consumer_pauses_while_its_database_is_down_and_resumes_after(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
-    make_effects_table(database_url, schema)
-    exchange = broker.exchange()
-    queue = broker.name("paused")
     with service_proxy(database_url, 5432) as (proxy, proxied):
-        app = ConsumerApp(name="paused", schema=schema, database_url=proxied, amqp_url=amqp_url)
-
-        @app.handler(exchange=exchange, queue=queue)
-        def on_message(message: Message, tx: psycopg.Connection[Any]) -> None:
-            record_effect(tx, schema, message.message_id, message.attempt)
+        app, exchange, queue = effects_app(
+            "paused", schema=schema, database_url=proxied, amqp_url=amqp_url, broker=broker
+        )
 
         with capture_logs() as logs, running_consumer(app, broker, reconnect_max_s=1.0):
             publish(broker, exchange, "k", b"{}", message_id="before")

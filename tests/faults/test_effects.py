@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,11 +19,10 @@ from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.consumer.runner import Runner
 from outbox_relay.observability.consumer_metrics import ConsumerMetrics
 from tests.faults.conftest import Report
-from tests.faults.test_relay_kill import progressed
-from tests.support.broker import BrokerHelper
 from tests.support.consumer import track
-from tests.support.faults import RelayProcess, Tally, insert_rows, pending
+from tests.support.faults import Tally
 from tests.support.relay import wait_for
+from tests.support.scene import FAST_FAILOVER_ARGS, Scene, stops_cleanly
 from tests.support.threads import in_background
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
@@ -32,23 +30,20 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 TOTAL = 10_000
 KILLS = 6
 BATCH = 200
-FAST_FAILOVER = ("--lease-ttl", "2", "--heartbeat-interval", "0.5", "--poll-interval", "0.1")
 
 
 def test_relay_kills_upstream_of_an_inbox_consumer_give_one_effect_each(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
+    database_url, schema, broker = scene.database_url, scene.schema, scene.broker
     exchange = broker.exchange()
     effects = sql.Identifier(schema, "effects")
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE TABLE {} (n integer NOT NULL)").format(effects))
 
-    app = ConsumerApp(name="effects", schema=schema, database_url=database_url, amqp_url=amqp_url)
+    app = ConsumerApp(
+        name="effects", schema=schema, database_url=database_url, amqp_url=scene.amqp_url
+    )
 
     @app.handler(
         exchange=exchange, queue=broker.name("effects"), bindings=["#"], declare_exchange=False
@@ -60,9 +55,8 @@ def test_relay_kills_upstream_of_an_inbox_consumer_give_one_effect_each(
     registry = CollectorRegistry()
     metrics = ConsumerMetrics(registry, handlers=[(h.queue, h.name) for h in app.handlers])
     runner = Runner(app, app.settings(concurrency=4), observer=metrics)
-    insert_rows(database_url, schema, exchange, range(TOTAL), keys=50)
-    rng = random.Random()
-    args = ("--batch-size", str(BATCH), *FAST_FAILOVER)
+    scene.insert(exchange, range(TOTAL), keys=50)
+    args = ("--batch-size", str(BATCH), *FAST_FAILOVER_ARGS)
 
     def applied() -> list[int]:
         with psycopg.connect(database_url) as conn:
@@ -71,23 +65,12 @@ def test_relay_kills_upstream_of_an_inbox_consumer_give_one_effect_each(
     with in_background(
         runner.run, runner.stop, name="consumer", ready=runner.ready, stop_within_s=20
     ):
-        killed_mid_work = 0
-        for _ in range(KILLS):
-            before = pending(database_url, schema)
-            relay = RelayProcess(database_url, amqp_url, schema, *args, log_dir=tmp_path)
-            try:
-                if before and progressed(database_url, schema, since=before):
-                    killed_mid_work += 1
-                time.sleep(rng.uniform(0.0, 0.2))
-            finally:
-                relay.kill()
-        relay = RelayProcess(database_url, amqp_url, schema, *args, log_dir=tmp_path)
-        try:
-            assert wait_for(lambda: pending(database_url, schema) == 0, timeout_s=60)
+        killed_mid_work = scene.relays_killed(*args, kills=KILLS, rng=random.Random(), within_s=0.2)
+        relay = scene.relay(*args)
+        with stops_cleanly(relay):
+            assert wait_for(lambda: scene.pending() == 0, timeout_s=60)
             assert wait_for(lambda: len(set(applied())) == TOTAL, timeout_s=60)
             time.sleep(1.0)  # redeliveries still in flight get their chance to misbehave
-        finally:
-            assert relay.stop() == 0, relay.log_text()[-3000:]
 
     numbers = applied()
     duplicates_skipped = registry.get_sample_value(

@@ -4,7 +4,6 @@ each gets its own logged outcome; none crashes the relay or holds back another k
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -12,9 +11,10 @@ import pytest
 from outbox_relay.consumer import lenient_frames
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper, Received
-from tests.support.faults import RelayProcess, Tally, insert_raw, insert_rows, pending
+from tests.support.faults import RelayProcess, Tally, insert_raw
 from tests.support.private_rabbit import PrivateRabbit
 from tests.support.relay import outbox_rows, wait_for
+from tests.support.scene import Scene, stops_cleanly
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -24,47 +24,26 @@ MAX_MESSAGE_SIZE = 64 * 1024  # of the private node that refuses a bigger messag
 
 
 def relay_until_settled(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    queue: str,
-    log_dir: Path,
-    *args: str,
+    scene: Scene, queue: str, *args: str
 ) -> tuple[RelayProcess, list[Received]]:
     """Run a relay with two quick attempts per row until no row is pending (published or
     dead); the relay (stopped, its logs readable) and what ``queue`` received."""
-    relay = RelayProcess(
-        database_url,
-        amqp_url,
-        schema,
-        *("--max-attempts", "2", "--retry-base", "0.2", "--retry-max", "0.5"),
-        *args,
-        log_dir=log_dir,
+    relay = scene.relay(
+        *("--max-attempts", "2", "--retry-base", "0.2", "--retry-max", "0.5"), *args
     )
-    try:
-        assert wait_for(
-            lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=60
-        ), relay.log_text()[-4000:]
-        assert relay.alive, relay.log_text()[-4000:]
-        received = broker.collect(queue, quiet_s=1.0)
-    finally:
-        assert relay.stop() == 0, relay.log_text()[-4000:]
+    with stops_cleanly(relay):
+        scene.drained(relay)
+        received = scene.broker.collect(queue, quiet_s=1.0)
     return relay, received
 
 
 def test_poison_rows_fail_alone_and_the_relay_keeps_going(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
     lenient_frames.install_field_codec()
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "ok.#"))
-    missing = broker.name("missing")
+    database_url, schema = scene.database_url, scene.schema
+    exchange, queue = scene.route("ok.#")
+    missing = scene.broker.name("missing")
     # key -> (exchange, routing key, headers, content type, what the error must name)
     poison: dict[str, tuple[str, str, str, str, str]] = {
         "missing-exchange": (missing, "ok.x", "{}", "application/json", "does not exist"),
@@ -130,12 +109,10 @@ def test_poison_rows_fail_alone_and_the_relay_keeps_going(
         expected |= {n_float, n_mixed, n_big}
         n += 3
         conn.commit()
-    insert_rows(database_url, schema, exchange, range(n, n + 2000), keys=20, routing_key="ok.y")
+    scene.insert(exchange, range(n, n + 2000), keys=20, routing_key="ok.y")
     expected |= set(range(n, n + 2000))
 
-    relay, received = relay_until_settled(
-        database_url, amqp_url, schema, broker, queue, tmp_path, "--batch-size", "100"
-    )
+    relay, received = relay_until_settled(scene, queue, "--batch-size", "100")
 
     tally = Tally(expected=expected)
     tally.add(received)
@@ -163,30 +140,16 @@ def test_poison_rows_fail_alone_and_the_relay_keeps_going(
     assert not relay.events("relay.broker_unavailable"), "a poison row cost a reconnect"
 
 
-def test_a_burst_of_30k_rows_in_one_transaction(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
-) -> None:
+def test_a_burst_of_30k_rows_in_one_transaction(scene: Scene, report_fault: Report) -> None:
     """One producer transaction commits 30k rows while the relay sleeps on LISTEN."""
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
+    exchange, queue = scene.route()
     total = 30_000
-    relay = RelayProcess(database_url, amqp_url, schema, log_dir=tmp_path)
-    try:
+    relay = scene.relay()
+    with stops_cleanly(relay):
         assert wait_for(lambda: relay.events("relay.partitions_changed"), timeout_s=20)
-        insert_rows(database_url, schema, exchange, range(total), keys=100)
-        assert wait_for(
-            lambda: pending(database_url, schema) == 0 or not relay.alive, timeout_s=90
-        ), relay.log_text()[-4000:]
-        assert relay.alive, relay.log_text()[-4000:]
-    finally:
-        assert relay.stop() == 0, relay.log_text()[-4000:]
-    tally = Tally(expected=set(range(total)))
-    tally.add(broker.collect(queue))
+        scene.insert(exchange, range(total), keys=100)
+        scene.drained(relay, timeout_s=90)
+    tally = scene.tally(queue, range(total))
     report_fault("burst: 30k rows in one transaction", tally)
     assert not tally.lost
     assert tally.duplicates == 0
@@ -195,27 +158,22 @@ def test_a_burst_of_30k_rows_in_one_transaction(
 
 @pytest.mark.rabbitmq_conf(max_message_size=MAX_MESSAGE_SIZE)
 def test_a_message_over_the_brokers_max_size_fails_alone_and_named(
-    database_url: str,
-    schema: str,
-    own_rabbit: PrivateRabbit,
-    own_broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, own_rabbit: PrivateRabbit, own_broker: BrokerHelper, report_fault: Report
 ) -> None:
     """On a private node whose max_message_size is lowered in its configuration, so the
     shared broker's limit is never changed under other tests."""
-    broker = own_broker
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "ok.#"))
+    scene = scene.on(amqp_url=own_rabbit.url, broker=own_broker)
+    database_url, schema = scene.database_url, scene.schema
+    exchange, queue = scene.route("ok.#")
     limit = MAX_MESSAGE_SIZE
-    insert_rows(database_url, schema, exchange, range(300), keys=10, routing_key="ok.y")
+    scene.insert(exchange, range(300), keys=10, routing_key="ok.y")
     with psycopg.connect(database_url) as conn:
         big_id = insert_raw(
             conn, schema, exchange=exchange, key="k3", n=-1, payload=b"x" * (limit + 1)
         )
         conn.commit()
-    insert_rows(database_url, schema, exchange, range(300, 600), keys=10, routing_key="ok.y")
-    _, received = relay_until_settled(database_url, own_rabbit.url, schema, broker, queue, tmp_path)
+    scene.insert(exchange, range(300, 600), keys=10, routing_key="ok.y")
+    _, received = relay_until_settled(scene, queue)
     tally = Tally(expected=set(range(600)))
     tally.add(received)
     report_fault("a message over the broker's max_message_size among 600", tally)

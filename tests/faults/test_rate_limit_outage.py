@@ -5,21 +5,12 @@ after the outage every message is handled once, at the limit."""
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from outbox_relay.consumer import ConsumerApp, Message
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import (
-    effects,
-    make_effects_table,
-    publish,
-    record_effect,
-    running_consumer,
-)
+from tests.support.consumer import effects, effects_app, publish, running_consumer
 from tests.support.faults import service_proxy
 from tests.support.relay import wait_for
 
@@ -31,15 +22,15 @@ OUTAGE_S = 3.0
 def test_deliveries_waiting_for_tokens_go_back_when_the_database_goes_away(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
-    make_effects_table(database_url, schema)
-    exchange = broker.exchange()
-    queue = broker.name("limited")
     with service_proxy(database_url, 5432) as (proxy, proxied):
-        app = ConsumerApp(name="limited", schema=schema, database_url=proxied, amqp_url=amqp_url)
-
-        @app.handler(exchange=exchange, queue=queue, rate_limit="2/s")
-        def on_message(message: Message, tx: psycopg.Connection[Any]) -> None:
-            record_effect(tx, schema, message.message_id, message.attempt)
+        app, exchange, queue = effects_app(
+            "limited",
+            schema=schema,
+            database_url=proxied,
+            amqp_url=amqp_url,
+            broker=broker,
+            rate_limit="2/s",
+        )
 
         with capture_logs() as logs, running_consumer(app, broker, reconnect_max_s=1.0) as runner:
             for n in range(8):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.faults.conftest import Report
-from tests.support.broker import BrokerHelper
-from tests.support.faults import RelayProcess, Tally, insert_rows, pending
+from tests.support.faults import RelayProcess
 from tests.support.relay import wait_for
+from tests.support.scene import Scene, stops_cleanly
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
@@ -37,30 +36,22 @@ def owns_partitions(relay: RelayProcess) -> bool:
 
 
 def test_a_relay_frozen_past_its_lease_publishes_nothing_out_of_order(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
-    relays = [
-        RelayProcess(database_url, amqp_url, schema, *ARGS, log_dir=tmp_path) for _ in range(2)
-    ]
+    exchange, queue = scene.route()
+    relays = [scene.relay(*ARGS) for _ in range(2)]
     freezes = 0
     written = 0
-    try:
+    with stops_cleanly(*relays):
         for frozen in (relays[0], relays[1], relays[0]):
             other = relays[1] if frozen is relays[0] else relays[0]
             assert wait_for(lambda r=frozen: owns_partitions(r), timeout_s=20), frozen.log_text()
             assert wait_for(lambda r=other: owns_partitions(r), timeout_s=20), other.log_text()
             # A fresh backlog for both relays; freeze one as soon as they are at work on it.
-            insert_rows(database_url, schema, exchange, range(written, written + CHUNK), keys=50)
+            scene.insert(exchange, range(written, written + CHUNK), keys=50)
             written += CHUNK
-            assert wait_for(lambda: pending(database_url, schema) < CHUNK - 2 * BATCH, timeout_s=10)
-            assert pending(database_url, schema) > 0, "the backlog drained before the fault"
+            assert scene.publishing(below=CHUNK - 2 * BATCH, timeout_s=10)
+            assert scene.pending() > 0, "the backlog drained before the fault"
             frozen.freeze()
             freezes += 1
             # Past the lease: the other relay takes the frozen one's partitions and rows.
@@ -69,15 +60,9 @@ def test_a_relay_frozen_past_its_lease_publishes_nothing_out_of_order(
                 "the live relay did not take over"
             )
             frozen.thaw()
-        assert wait_for(lambda: pending(database_url, schema) == 0, timeout_s=60)
-    finally:
-        for relay in relays:
-            relay.thaw()
-        codes = [relay.stop() for relay in relays]
-    assert codes == [0, 0], [r.log_text()[-3000:] for r in relays]
+        assert wait_for(lambda: scene.pending() == 0, timeout_s=60)
 
-    tally = Tally(expected=set(range(written)))
-    tally.add(broker.collect(queue))
+    tally = scene.tally(queue, range(written))
     report_fault("relay frozen (SIGSTOP) past its lease, 2 relays", tally, runs=freezes)
     assert not tally.lost
     assert not tally.invented

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,9 +15,9 @@ from psycopg import sql
 from outbox_relay.store.failed import DeadRowFilter, FailedRows
 from outbox_relay.store.status import read_status
 from tests.faults.conftest import Report
-from tests.support.broker import BrokerHelper
-from tests.support.faults import RelayProcess, Tally, insert_raw, insert_rows
+from tests.support.faults import insert_raw
 from tests.support.relay import outbox_rows, wait_for
+from tests.support.scene import Scene, stops_cleanly
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -86,15 +85,10 @@ def insert_with(conn: psycopg.Connection[Any], schema: str, row_id: int, **value
 
 
 def test_rows_at_every_extreme_fail_alone_among_good_rows(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
+    scene: Scene, report_fault: Report
 ) -> None:
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "ok.#"))
+    database_url, schema = scene.database_url, scene.schema
+    exchange, queue = scene.route("ok.#")
     bad_ids: dict[int, str] = {}
     expected: set[int] = set()
     n = 0
@@ -140,19 +134,25 @@ def test_rows_at_every_extreme_fail_alone_among_good_rows(
             far[row_id] = when
             n += 1
         conn.commit()
-    insert_rows(database_url, schema, exchange, range(n, n + 1000), keys=20, routing_key="ok.y")
+    scene.insert(exchange, range(n, n + 1000), keys=20, routing_key="ok.y")
     expected |= set(range(n, n + 1000))
 
-    relay = RelayProcess(database_url, amqp_url, schema, "--batch-size", "50", log_dir=tmp_path)
-    try:
+    relay = scene.relay("--batch-size", "50")
 
-        def settled() -> bool:
+    def settled() -> None:
+        """Waits until no row is left but the dead and the far-future ones; the relay
+        must still run."""
+
+        def only_far_left() -> bool:
             left = outbox_rows(database_url, schema, "id, dead_at IS NOT NULL")
             return {i for i, dead in left if not dead} == set(far) or not relay.alive
 
-        done = wait_for(settled, timeout_s=WAIT_S)
+        done = wait_for(only_far_left, timeout_s=WAIT_S)
         assert relay.alive, relay.log_text()[-4000:]
         assert done, relay.log_text()[-4000:]
+
+    with stops_cleanly(relay):
+        settled()
         # Idle, the relay reads when the next scheduled row is due (the far-future ones),
         # sleeps, and wakes for the next rows.
         time.sleep(1.0)
@@ -162,17 +162,11 @@ def test_rows_at_every_extreme_fail_alone_among_good_rows(
                 insert_with(conn, schema, row_id, available_at=when)
                 far[row_id] = when
             conn.commit()
-        insert_rows(database_url, schema, exchange, range(n + 1000, n + 1100), routing_key="ok.z")
+        scene.insert(exchange, range(n + 1000, n + 1100), routing_key="ok.z")
         expected |= set(range(n + 1000, n + 1100))
-        done = wait_for(settled, timeout_s=WAIT_S)
-        assert relay.alive, relay.log_text()[-4000:]
-        assert done, relay.log_text()[-4000:]
-        received = broker.collect(queue, quiet_s=1.0)
-    finally:
-        assert relay.stop() == 0, relay.log_text()[-4000:]
+        settled()
+        tally = scene.tally(queue, expected)
 
-    tally = Tally(expected=expected)
-    tally.add(received)
     report_fault(f"rows at their extremes ({len(BAD_ROWS)} kinds) among 1k", tally)
     assert not tally.lost
     assert not tally.invented, "a bad row was published"

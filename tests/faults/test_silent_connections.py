@@ -15,34 +15,20 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pytest
 from structlog.testing import capture_logs
 
-from outbox_relay.consumer import ConsumerApp, Message
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import (
-    effects,
-    make_effects_table,
-    publish,
-    record_effect,
-    running_consumer,
-)
-from tests.support.faults import (
-    RelayProcess,
-    Tally,
-    broker_proxy,
-    insert_rows,
-    pending,
-    service_proxy,
-)
+from tests.support.consumer import effects, effects_app, publish, running_consumer
+from tests.support.faults import RelayProcess, Tally, broker_proxy, service_proxy
 from tests.support.http import free_port, get
 from tests.support.proxy import TcpProxy
 from tests.support.relay import wait_for
+from tests.support.scene import Scene, stops_cleanly
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 
@@ -78,6 +64,19 @@ BROKER_DETECTION_S = 2 * (HEARTBEAT_S + 5)
 # A connection attempt made while the network was silent waits out pika's handshake
 # timeout (15 s) before the next one; then the backoff (at most half the outage).
 BROKER_RECOVERY_BOUND_S = 15 + OUTAGE_S / 2 + 10
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """How soon a silent connection must be found (readiness false), and how soon
+    delivery must resume once the network is back."""
+
+    detect_within_s: float
+    resume_within_s: float
+
+
+DATABASE = Bounds(DB_TIMEOUT_S + 3, RECOVERY_BOUND_S)
+BROKER = Bounds(BROKER_DETECTION_S + 3, BROKER_RECOVERY_BOUND_S)
 
 
 class Outage:
@@ -131,101 +130,66 @@ def relay_ready(port: int) -> Callable[[], bool]:
 
 
 def relay_through_silence(
-    relay: RelayProcess,
+    scene: Scene,
     proxy: TcpProxy,
-    port: int,
+    bounds: Bounds,
     *,
-    database_url: str,
-    schema: str,
-    write: Callable[[], None],
+    total: int,
     write_once_detected: bool = False,
-    detect_within_s: float,
-    bound_s: float,
-) -> Outage:
-    """The relay drains what is there, then the network goes silent while ``write``
-    writes more (see :func:`silent_network`), and once it is back all of it goes out
-    within ``bound_s``; the relay then stops cleanly."""
-    try:
-        assert wait_for(lambda: pending(database_url, schema) == 0, timeout_s=30)
+    fault: str,
+    report_fault: Report,
+    **proxied: str,
+) -> RelayProcess:
+    """A relay (to the ``proxied`` URL) publishes the first half of ``total`` rows, then
+    the network goes silent while the second half is written (see
+    :func:`silent_network`), and once it is back all of it goes out within the bounds;
+    the relay then stops cleanly. Nothing is lost, duplicates stay within the two
+    batches out, readiness said "not ready" throughout. Returns the (stopped) relay."""
+    exchange, queue = scene.route()
+    port = free_port()
+    scene.insert(exchange, range(total // 2))
+    relay = scene.relay(*relay_args(port), **proxied)
+    with stops_cleanly(relay):
+        assert wait_for(lambda: scene.pending() == 0, timeout_s=30)
         assert wait_for(relay_ready(port), timeout_s=10)
         outage = silent_network(
             proxy,
             relay_ready(port),
-            write=write,
+            write=lambda: scene.insert(exchange, range(total // 2, total)),
             write_once_detected=write_once_detected,
-            detect_within_s=detect_within_s,
+            detect_within_s=bounds.detect_within_s,
         )
-        assert pending(database_url, schema) > 0, "nothing waited for the outage"
+        assert scene.pending() > 0, "nothing waited for the outage"
         resumed(
             outage,
-            lambda: pending(database_url, schema) == 0,
-            bound_s=bound_s,
+            lambda: scene.pending() == 0,
+            bound_s=bounds.resume_within_s,
             why=relay.log_text()[-3000:],
         )
         assert wait_for(relay_ready(port), timeout_s=5)
-    finally:
-        code = relay.stop()
-    assert code == 0, relay.log_text()[-3000:]
-    return outage
-
-
-def check_relay_run(
-    relay: RelayProcess,
-    broker: BrokerHelper,
-    queue: str,
-    outage: Outage,
-    *,
-    total: int,
-    bound_s: float,
-    fault: str,
-    report_fault: Report,
-) -> None:
-    tally = Tally(expected=set(range(total)))
-    tally.add(broker.collect(queue))
+    tally = scene.tally(queue, range(total))
     report_fault(fault, tally)
     assert not tally.lost
     assert not tally.invented
     assert tally.duplicates <= OUT
     assert not any(outage.ready), outage.ready
-    assert outage.recovered_s < bound_s
+    assert outage.recovered_s < bounds.resume_within_s
     assert relay.events("relay.recovered")
+    return relay
 
 
-def test_relay_database_connections_go_silent(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
-) -> None:
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
-    port = free_port()
-    insert_rows(database_url, schema, exchange, range(500))
-    with service_proxy(database_url, 5432) as (proxy, proxied):
-        relay = RelayProcess(proxied, amqp_url, schema, *relay_args(port), log_dir=tmp_path)
-        outage = relay_through_silence(
-            relay,
+def test_relay_database_connections_go_silent(scene: Scene, report_fault: Report) -> None:
+    with service_proxy(scene.database_url, 5432) as (proxy, proxied):
+        relay = relay_through_silence(
+            scene,
             proxy,
-            port,
-            database_url=database_url,
-            schema=schema,
-            # Written while the relay's connections are silent: nothing can claim them.
-            write=lambda: insert_rows(database_url, schema, exchange, range(500, 1000)),
-            detect_within_s=DB_TIMEOUT_S + 3,
-            bound_s=RECOVERY_BOUND_S,
+            DATABASE,
+            database_url=proxied,
+            # The second half, written as the silence begins: nothing can claim it.
+            total=1000,
+            fault=f"relay-database connections silent {OUTAGE_S:g} s",
+            report_fault=report_fault,
         )
-    check_relay_run(
-        relay,
-        broker,
-        queue,
-        outage,
-        total=1000,
-        bound_s=RECOVERY_BOUND_S,
-        fault=f"relay-database connections silent {OUTAGE_S:g} s",
-        report_fault=report_fault,
-    )
     warnings = relay.events("store.no_answer")
     assert warnings, relay.log_text()[-3000:]
     assert {w["connection"] for w in warnings} <= {"work", "LISTEN"}
@@ -233,62 +197,24 @@ def test_relay_database_connections_go_silent(
     assert relay.events("relay.database_unavailable")
 
 
-def test_relay_broker_connection_goes_silent_while_idle(
-    database_url: str,
-    amqp_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    tmp_path: Path,
-    report_fault: Report,
-) -> None:
+def test_relay_broker_connection_goes_silent_while_idle(scene: Scene, report_fault: Report) -> None:
     """Idle, the relay only exchanges heartbeats with the broker: they find the silence."""
-    exchange = broker.exchange()
-    queue = broker.queue(bind=(exchange, "#"))
-    port = free_port()
-    insert_rows(database_url, schema, exchange, range(200))
-    with broker_proxy(f"{amqp_url}?heartbeat={HEARTBEAT_S}") as (proxy, proxied):
-        relay = RelayProcess(database_url, proxied, schema, *relay_args(port), log_dir=tmp_path)
-        outage = relay_through_silence(
-            relay,
+    with broker_proxy(f"{scene.amqp_url}?heartbeat={HEARTBEAT_S}") as (proxy, proxied):
+        relay = relay_through_silence(
+            scene,
             proxy,
-            port,
-            database_url=database_url,
-            schema=schema,
+            BROKER,
+            amqp_url=proxied,
+            total=400,
             # Once the heartbeats found the silence: a batch sent into it would be found
             # by its lease instead.
-            write=lambda: insert_rows(database_url, schema, exchange, range(200, 400)),
             write_once_detected=True,
-            detect_within_s=BROKER_DETECTION_S + 3,
-            bound_s=BROKER_RECOVERY_BOUND_S,
+            fault=f"relay-broker connection silent {OUTAGE_S:g} s (idle)",
+            report_fault=report_fault,
         )
-    check_relay_run(
-        relay,
-        broker,
-        queue,
-        outage,
-        total=400,
-        bound_s=BROKER_RECOVERY_BOUND_S,
-        fault=f"relay-broker connection silent {OUTAGE_S:g} s (idle)",
-        report_fault=report_fault,
-    )
     outages = relay.events("relay.broker_unavailable")
     assert outages
     assert "heartbeats" in outages[0]["error"]
-
-
-def consumer_app(
-    name: str, schema: str, database_url: str, amqp_url: str, broker: BrokerHelper
-) -> tuple[ConsumerApp, str, str]:
-    """An app whose handler records one effect per message in its transaction."""
-    exchange = broker.exchange()
-    queue = broker.name(name)
-    app = ConsumerApp(name=name, schema=schema, database_url=database_url, amqp_url=amqp_url)
-
-    @app.handler(exchange=exchange, queue=queue, timeout=5)
-    def on_message(message: Message, tx: psycopg.Connection[Any]) -> None:
-        record_effect(tx, schema, message.message_id, message.attempt)
-
-    return app, exchange, queue
 
 
 def publish_all(broker: BrokerHelper, exchange: str, message_ids: list[str]) -> None:
@@ -296,69 +222,68 @@ def publish_all(broker: BrokerHelper, exchange: str, message_ids: list[str]) -> 
         publish(broker, exchange, "k", b"{}", message_id=message_id)
 
 
-def handled(database_url: str, schema: str) -> list[str]:
-    return [m for m, _, _ in effects(database_url, schema)]
-
-
 def consumer_through_silence(
-    app: ConsumerApp,
-    exchange: str,
-    queue: str,
+    scene: Scene,
+    name: str,
     proxy: TcpProxy,
+    bounds: Bounds,
     *,
-    database_url: str,
-    schema: str,
-    broker: BrokerHelper,
-    detect_within_s: float,
-    bound_s: float,
     fault: str,
     report_fault: Report,
+    database_url: str | None = None,
+    amqp_url: str | None = None,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
-    """50 messages handled, the network silent while 50 more wait in the queue, then
-    back: each message's effect happened once, readiness said "not ready" during the
-    outage, delivery resumed within ``bound_s``. Returns the logs."""
+    """A consumer app ``name``, to the URLs given (a proxy's) or the scene's, handles 50
+    messages; the network goes silent while 50 more wait in the queue, then is back:
+    each message's effect happened once, readiness said "not ready" during the outage,
+    delivery resumed within the bounds. Returns the logs."""
+    database_url_direct, schema, broker = scene.database_url, scene.schema, scene.broker
+    app, exchange, queue = effects_app(
+        name,
+        schema=schema,
+        database_url=database_url or database_url_direct,
+        amqp_url=amqp_url or scene.amqp_url,
+        broker=broker,
+        timeout=5,
+    )
+
+    def handled() -> list[str]:
+        return [m for m, _, _ in effects(database_url_direct, schema)]
+
     before = [str(uuid.uuid4()) for _ in range(50)]
     during = [str(uuid.uuid4()) for _ in range(50)]
     with capture_logs() as logs, running_consumer(app, broker, **overrides) as runner:
         publish_all(broker, exchange, before)
-        assert wait_for(lambda: len(handled(database_url, schema)) == 50)
+        assert wait_for(lambda: len(handled()) == 50)
         outage = silent_network(
             proxy,
             lambda: runner.readiness()[0],
             write=lambda: publish_all(broker, exchange, during),
-            detect_within_s=detect_within_s,
+            detect_within_s=bounds.detect_within_s,
         )
-        resumed(outage, lambda: len(handled(database_url, schema)) >= 100, bound_s=bound_s)
+        resumed(outage, lambda: len(handled()) >= 100, bound_s=bounds.resume_within_s)
         assert wait_for(lambda: broker.depth(queue) == 0)
         assert wait_for(lambda: runner.readiness()[0], timeout_s=5)
-    effects_seen = handled(database_url, schema)
+    effects_seen = handled()
     ids = before + during
     tally = Tally(expected=set(range(100)))
     tally.received = [{"n": ids.index(m)} for m in effects_seen]
     report_fault(fault, tally, duplicate_effects=len(effects_seen) - len(set(effects_seen)))
     assert sorted(effects_seen) == sorted(ids)  # every message, each effect once
     assert not any(outage.ready), outage.ready
-    assert outage.recovered_s < bound_s
+    assert outage.recovered_s < bounds.resume_within_s
     return logs
 
 
-def test_consumer_broker_connection_goes_silent(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, report_fault: Report
-) -> None:
-    make_effects_table(database_url, schema)
-    with broker_proxy(f"{amqp_url}?heartbeat={HEARTBEAT_S}") as (proxy, proxied):
-        app, exchange, queue = consumer_app("silent-mq", schema, database_url, proxied, broker)
+def test_consumer_broker_connection_goes_silent(scene: Scene, report_fault: Report) -> None:
+    with broker_proxy(f"{scene.amqp_url}?heartbeat={HEARTBEAT_S}") as (proxy, proxied):
         logs = consumer_through_silence(
-            app,
-            exchange,
-            queue,
+            scene,
+            "silent-mq",
             proxy,
-            database_url=database_url,
-            schema=schema,
-            broker=broker,
-            detect_within_s=BROKER_DETECTION_S + 3,
-            bound_s=BROKER_RECOVERY_BOUND_S,
+            BROKER,
+            amqp_url=proxied,
             fault=f"consumer-broker connection silent {OUTAGE_S:g} s",
             report_fault=report_fault,
         )
@@ -368,22 +293,14 @@ def test_consumer_broker_connection_goes_silent(
     assert "heartbeats" in outages[0]["error"]
 
 
-def test_consumer_database_connection_goes_silent(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, report_fault: Report
-) -> None:
-    make_effects_table(database_url, schema)
-    with service_proxy(database_url, 5432) as (proxy, proxied):
-        app, exchange, queue = consumer_app("silent-db", schema, proxied, amqp_url, broker)
+def test_consumer_database_connection_goes_silent(scene: Scene, report_fault: Report) -> None:
+    with service_proxy(scene.database_url, 5432) as (proxy, proxied):
         logs = consumer_through_silence(
-            app,
-            exchange,
-            queue,
+            scene,
+            "silent-db",
             proxy,
-            database_url=database_url,
-            schema=schema,
-            broker=broker,
-            detect_within_s=DB_TIMEOUT_S + 3,
-            bound_s=RECOVERY_BOUND_S,
+            DATABASE,
+            database_url=proxied,
             fault=f"consumer-database connection silent {OUTAGE_S:g} s",
             report_fault=report_fault,
             db_timeout_s=DB_TIMEOUT_S,

@@ -15,7 +15,6 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from tests.support.faults import RelayProcess, Tally
 from tests.support.http import free_port, get
 from tests.support.pgbouncer import PgBouncer, pgbouncer
 from tests.support.relay import wait_for
+from tests.support.scene import Scene
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -48,17 +48,6 @@ SESSION_ERRORS = (
     "unavailable",
     "Traceback",
 )
-
-
-@dataclass(frozen=True)
-class Scene:
-    """The services of a test: the direct database URL, the broker and the test's names."""
-
-    database_url: str
-    amqp_url: str
-    schema: str
-    broker: BrokerHelper
-    tmp_path: Path
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pika
 import psycopg
 from psycopg import sql
 
-from outbox_relay.consumer import ConsumerApp
+from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.consumer.runner import Runner
 from tests.support.broker import BrokerHelper
 from tests.support.threads import in_background
@@ -84,6 +84,30 @@ def record_effect(
         ),
         [message_id, attempt, note],
     )
+
+
+def effects_app(
+    name: str,
+    *,
+    schema: str,
+    database_url: str,
+    amqp_url: str,
+    broker: BrokerHelper,
+    **handler_options: Any,
+) -> tuple[ConsumerApp, str, str]:
+    """An app named ``name`` whose one handler records each message's effect in its
+    transaction, in the effects table made here (see :func:`make_effects_table`), on a
+    new exchange of the test's and a queue named after the app: (app, exchange, queue)."""
+    make_effects_table(database_url, schema)
+    exchange = broker.exchange()
+    queue = broker.name(name)
+    app = ConsumerApp(name=name, schema=schema, database_url=database_url, amqp_url=amqp_url)
+
+    @app.handler(exchange=exchange, queue=queue, **handler_options)
+    def on_message(message: Message, tx: psycopg.Connection[Any]) -> None:
+        record_effect(tx, schema, message.message_id, message.attempt)
+
+    return app, exchange, queue
 
 
 def effects(database_url: str, schema: str) -> list[tuple[Any, ...]]:

@@ -207,17 +207,6 @@ class RelayProcess(CliProcess):
 
 
 @contextlib.contextmanager
-def relay_process(
-    database_url: str, amqp_url: str, schema: str, *args: str, log_dir: Path
-) -> Iterator[RelayProcess]:
-    relay = RelayProcess(database_url, amqp_url, schema, *args, log_dir=log_dir)
-    try:
-        yield relay
-    finally:
-        relay.kill()
-
-
-@contextlib.contextmanager
 def service_proxy(
     url: str, default_port: int, *, receive_buffer_bytes: int | None = None
 ) -> Iterator[tuple[TcpProxy, str]]:
@@ -415,6 +404,13 @@ class Backlog:
             self._stop.wait(0.02)
 
     def stop(self) -> range:
+        """Stops writing; the numbers written."""
         self._stop.set()
         self._thread.join(10)
         return range(self.written)
+
+    def __enter__(self) -> Backlog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
