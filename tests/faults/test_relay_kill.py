@@ -14,6 +14,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
 TOTAL = 60_000  # the relay drains ~9k rows/s: enough left for the last kill
 KILLS = 12
 BATCH = 200
+OUT = 2 * BATCH  # the relay has up to two batches out: a kill may send both again
 
 
 def test_sigkill_at_random_points_loses_nothing(scene: Scene, report_fault: Report) -> None:
@@ -37,5 +38,5 @@ def test_sigkill_at_random_points_loses_nothing(scene: Scene, report_fault: Repo
     assert left_after_kills > 0, "the backlog drained before the last kill; nothing was proved"
     assert not tally.lost, f"{len(tally.lost)} messages lost (seed {seed})"
     assert not tally.invented
-    assert tally.duplicates <= KILLS * BATCH, "duplicates beyond the batches in flight"
+    assert tally.duplicates <= KILLS * OUT, "duplicates beyond the batches in flight"
     assert tally.out_of_order_keys() == []
