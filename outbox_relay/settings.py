@@ -10,7 +10,7 @@ from outbox_relay.errors import ConfigurationError
 from outbox_relay.relay import RelaySettings
 from outbox_relay.store.deadline import DB_TIMEOUT_RULE, DB_TIMEOUT_S, usable_db_timeout
 from outbox_relay.store.relay_store import ORDER_GATE_MAX_WAIT_S
-from outbox_relay.store.sqlfiles import validate_schema_name
+from outbox_relay.validation import require, require_schema_name
 
 DEFAULT_DATABASE_URL = "postgresql://localhost:5432/postgres"
 DEFAULT_AMQP_URL = "amqp://guest:guest@localhost:5672/%2F"
@@ -41,15 +41,6 @@ def read_secret_file(path: Path, *, option: str) -> str:
     return text
 
 
-def checked_schema(schema: str, *, option: str) -> str:
-    """``schema``, when it can name the outbox's schema; else a ConfigurationError that
-    names ``option`` and says why not."""
-    try:
-        return validate_schema_name(schema)
-    except ValueError as exc:
-        raise ConfigurationError(f"{option}: {exc}") from exc
-
-
 @dataclass(frozen=True)
 class RunSettings:
     database_url: str
@@ -66,7 +57,7 @@ class RunSettings:
     order_gate_max_wait_s: float = ORDER_GATE_MAX_WAIT_S
 
     def __post_init__(self) -> None:
-        checked_schema(self.schema, option="--schema")
+        require_schema_name(self.schema, label="--schema")
         for flag, url in (
             ("--database-url", self.database_url),
             ("--listen-database-url", self.listen_database_url),
@@ -110,6 +101,4 @@ class RunSettings:
                 ),
             ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigurationError(message)
+        require(checks)
