@@ -191,6 +191,10 @@ class Sending:
         self._batch = batch
         self._interrupted = interrupted
 
+    @property
+    def interrupted(self) -> PublishInterruptedError | None:
+        return self._interrupted
+
     def flush(self) -> bool:
         """Serve the connection until the batch's frames are all written to the socket
         (``send`` only buffers them: pika writes from its I/O loop), so the broker has

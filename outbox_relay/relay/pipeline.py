@@ -200,6 +200,13 @@ class BatchPipeline:
         except BaseException:
             claim.release()
             raise
+        if sending.interrupted is not None:
+            # Cut short while sending (a batch past the unconfirmed-bytes bound waits for
+            # its first confirms): what the broker confirmed by then is settled now, as
+            # the batch sent ahead is otherwise released whole when the one before it
+            # fails on the same lost connection.
+            result = sending.outcomes()
+            raise self._ended(claim, {**outcomes, **result.outcomes}, sending.interrupted)
         return _Sent(outcomes, sending)
 
     def _confirm_claim(self, claim: Claim, sent: _Sent) -> dict[int, Outcome]:

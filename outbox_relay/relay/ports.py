@@ -68,8 +68,12 @@ class SendResult:
 
 
 class Sending(Protocol):
-    """Rows handed to the broker, their confirms perhaps still to come."""
+    """Rows handed to the broker, their confirms perhaps still to come; ``interrupted``
+    is set when sending them was cut short already (``outcomes()`` then says what the
+    broker confirmed before that)."""
 
+    @property
+    def interrupted(self) -> PublishInterruptedError | None: ...
     def flush(self) -> bool: ...
     def outcomes(self) -> SendResult: ...
     def abandon(self) -> None: ...

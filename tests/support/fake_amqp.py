@@ -71,9 +71,10 @@ class FakeChannel:
     ) -> None:
         assert self.is_open, "published on a closed channel"
         self._tag += 1
-        self.connection.broker.published.append(
-            Published(self._tag, exchange, routing_key, body, properties)
-        )
+        message = Published(self._tag, exchange, routing_key, body, properties)
+        self.connection.broker.published.append(message)
+        if self.connection.broker.on_publish is not None:
+            self.connection.broker.on_publish(self, message)
 
     def exchange_declare(self, exchange: str, *, passive: bool, callback: Callback) -> None:
         broker = self.connection.broker
@@ -206,6 +207,8 @@ class FakeBroker:
         self.unwritten = 0  # bytes the socket has yet to take
         self.silent = False  # answers nothing more (a stalled peer)
         self.refuse_connections: BaseException | None = None
+        # Called with each message as it is published: a test's broker answering at once.
+        self.on_publish: Callable[[FakeChannel, Published], None] | None = None
 
     def connection(self, params: Any, **callbacks: Callback) -> FakeConnection:
         connection = FakeConnection(self, params, **callbacks)

@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
+from outbox_relay.errors import PublishInterruptedError
 from outbox_relay.message import OutboxRow
 from outbox_relay.publisher import refusal
 from outbox_relay.relay import Relay, RelaySettings
@@ -152,6 +153,7 @@ class ScriptedSending:
         self.publisher = publisher
         self.ids = [r.id for r in rows]
         self.asked = False  # as in Publisher, abandoning a batch whose outcomes came does nothing
+        self.interrupted: PublishInterruptedError | None = None  # cut short while sending
 
     def flush(self) -> bool:
         return self.publisher.flushes

@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
 from outbox_relay.errors import BrokerUnavailableError, PublishInterruptedError
 from outbox_relay.message import OutboxRow
-from outbox_relay.publisher import Publisher, Sending, SendResult, checked, refusal
+from outbox_relay.publisher import Publisher, Sending, SendResult, checked, core, refusal
 from outbox_relay.publisher.blame import culprits
 from outbox_relay.relay.confirms import Batch, ConfirmTracker
 from outbox_relay.relay.outcome import Outcome, Reason, Status
-from tests.support.fake_amqp import FakeBroker, Published
+from tests.support.fake_amqp import FakeBroker, FakeChannel, Published
+from tests.support.fakes import TableStore, leave_relays, relay_for
 from tests.support.rows import sized_row
 
 CHANNEL: Any = object()  # the channel both batches went out on
@@ -521,3 +522,34 @@ def test_headers_nested_past_the_limit_fail_their_row_and_never_raise(depth: int
     assert outcome.status is Status.FAILED
     assert outcome.reason is Reason.UNENCODABLE
     assert "nested too deep" in (outcome.error or "")
+
+
+def test_the_batch_sent_ahead_cut_off_mid_send_settles_what_the_broker_confirmed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch past the unconfirmed-bytes bound waits for its first confirms while it is
+    sent; when the connection is lost then, in the batch sent ahead of the next, the rows
+    the broker confirmed are deleted, not released to be published again."""
+    monkeypatch.setattr(core, "MAX_UNCONFIRMED_BYTES", 15)
+    rows = [sized_row(1, 1), sized_row(2, 1), sized_row(3, 20), sized_row(4, 1)]
+
+    def answer(channel: FakeChannel, message: Published) -> None:
+        connection = channel.connection
+        connection.soon(lambda: channel.confirm(message.tag, multiple=False, ack=True))
+        if message.properties.message_id == rows[2].message_id:  # then the link drops
+            lost = pika.exceptions.StreamLostError("Transport indicated EOF")
+            connection.soon(lambda: connection.closed(lost))
+
+    broker = FakeBroker()
+    broker.on_publish = answer
+    publisher = Publisher(url=URL, connection_factory=broker.connection)
+    store = TableStore(rows)
+    with leave_relays():
+        relay = relay_for(store, publisher, batch_size=2)
+        with pytest.raises(PublishInterruptedError):
+            relay.run_batches()
+    assert [m.properties.message_id for m in broker.published] == [
+        r.message_id for r in rows[:3]
+    ], "the first batch, then the one sent ahead until the connection dropped"
+    assert store.gone == {1, 2, 3}, "every row the broker confirmed is deleted"
+    assert 4 not in store.gone
