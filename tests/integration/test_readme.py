@@ -112,6 +112,9 @@ def test_the_four_steps_work_as_written(database_url: str, amqp_url: str, tmp_pa
 
     with private_database(database_url) as db, private_vhost(amqp_url) as mq:
         local = {"database_url": db, "amqp_url": mq}
+        # A command without its URLs (the topology's) reads them from the environment, as
+        # a reader's deployment sets them: never the machine's default vhost.
+        env["OUTBOX_RELAY_AMQP_URL"], env["OUTBOX_RELAY_DATABASE_URL"] = mq, db
         # 1. The schema.
         for command in schema_steps:
             finished(shell(localised(command, **local), tmp_path, env))
