@@ -38,9 +38,13 @@ def exported(rev: str) -> Iterator[Path]:
     """REV's tracked files in a temporary directory."""
     root = HERE.parent
     with tempfile.TemporaryDirectory(prefix="outbox-relay-ab-") as tmp:
-        archive = subprocess.run(
-            ["git", "-C", str(root), "archive", rev], check=True, capture_output=True
-        ).stdout
+        made = subprocess.run(
+            ["git", "-C", str(root), "archive", rev], check=False, capture_output=True
+        )
+        if made.returncode != 0:
+            why = made.stderr.decode(errors="replace").strip()
+            raise SystemExit(f"python -m benchmarks.ab: cannot export {rev!r}: {why}")
+        archive = made.stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         yield Path(tmp)
 

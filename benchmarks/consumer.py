@@ -200,18 +200,22 @@ def sdk_rate(
     with backlog(
         env, exchange, queue, count, declare_queue=lambda: declare(env.amqp_url, app.handlers)
     ):
-        runner = Runner(app, app.settings())
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        try:
-            if not runner.ready.wait(15):
-                raise RuntimeError("the consumer did not start")
-            started = time.perf_counter()
-            countdown.wait()
-            return count / (time.perf_counter() - started)
-        finally:
-            runner.stop()
-            thread.join(30)
+        return timed_drain(Runner(app, app.settings()), countdown, count)
+
+
+def timed_drain(runner: Runner, countdown: Countdown, count: int) -> float:
+    """Messages per second from the runner's start until ``countdown`` reached zero."""
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        if not runner.ready.wait(15):
+            raise RuntimeError("the consumer did not start")
+        started = time.perf_counter()
+        countdown.wait()
+        return count / (time.perf_counter() - started)
+    finally:
+        runner.stop()
+        thread.join(30)
 
 
 def faststream_rate(env: Env, insert: sql.Composed, count: int) -> float:

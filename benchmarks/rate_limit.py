@@ -25,7 +25,6 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -35,7 +34,7 @@ import psycopg
 from psycopg import sql
 
 from benchmarks.common import HERE, Env, Figure, Report, Rounds, outbox_schema, ratio_target, unique
-from benchmarks.consumer import Countdown, backlog, effects_table, names
+from benchmarks.consumer import Countdown, backlog, effects_table, names, timed_drain
 from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.consumer.declare import declare
 from outbox_relay.consumer.gate import FlowGate
@@ -254,17 +253,7 @@ def drain_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, gate:
                 submit_to_pool=pool.submit,
                 give_back=runner._on_result,
             )
-        thread = threading.Thread(target=runner.run, daemon=True)
-        thread.start()
-        try:
-            if not runner.ready.wait(15):
-                raise RuntimeError("the consumer did not start")
-            started = time.perf_counter()
-            countdown.wait()
-            return count / (time.perf_counter() - started)
-        finally:
-            runner.stop()
-            thread.join(30)
+        return timed_drain(runner, countdown, count)
 
 
 def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int) -> None:

@@ -25,7 +25,13 @@ from psycopg import sql
 from outbox_relay.consumer import ConsumerApp, Message, RateLimited
 from tests.integration.test_consumer_faults import wait_for_event
 from tests.support.broker import BrokerHelper
-from tests.support.consumer import publish, running_consumer, start_subprocess, stop_subprocess
+from tests.support.consumer import (
+    publish,
+    running_consumer,
+    start_subprocess,
+    stop_subprocess,
+    subprocess_env,
+)
 from tests.support.relay import wait_for
 
 pytestmark = pytest.mark.integration
@@ -68,17 +74,9 @@ def consumers(
     count: int, database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, **env: str
 ) -> Iterator[tuple[list[subprocess.Popen[str]], str]]:
     """``count`` consumer processes of the app, consuming; yields them and the exchange."""
-    exchange, queue = broker.exchange(), broker.name("limited")
-    for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
-        broker.track_queue(name)
-    environment = {
-        "OUTBOX_RELAY_DATABASE_URL": database_url,
-        "OUTBOX_RELAY_AMQP_URL": amqp_url,
-        "OUTBOX_RELAY_SCHEMA": schema,
-        "TEST_QUEUE": queue,
-        "TEST_EXCHANGE": exchange,
-        **env,
-    }
+    environment, exchange, _queue = subprocess_env(
+        database_url, amqp_url, schema, broker, queue_prefix="limited", **env
+    )
     with contextlib.ExitStack() as stack:
         procs = [stack.enter_context(start_subprocess(environment, app=APP)) for _ in range(count)]
         stack.callback(stop_all, procs)
@@ -263,17 +261,9 @@ def test_a_rate_limit_on_a_schema_without_migration_0010_ends_the_start_with_the
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "consumer_flow")))
-    queue = broker.name("limited")
-    for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
-        broker.track_queue(name)
-    env = {
-        "OUTBOX_RELAY_DATABASE_URL": database_url,
-        "OUTBOX_RELAY_AMQP_URL": amqp_url,
-        "OUTBOX_RELAY_SCHEMA": schema,
-        "TEST_QUEUE": queue,
-        "TEST_EXCHANGE": broker.exchange(),
-        "TEST_RATE_LIMIT": "5/s",
-    }
+    env, _exchange, _queue = subprocess_env(
+        database_url, amqp_url, schema, broker, queue_prefix="limited", TEST_RATE_LIMIT="5/s"
+    )
     with start_subprocess(env, app=APP) as proc:
         _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err

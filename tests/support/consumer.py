@@ -153,11 +153,18 @@ def stop_subprocess(proc: subprocess.Popen[str], *, timeout_s: float = 20.0) -> 
 
 
 def subprocess_env(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, **extra: str
+    database_url: str,
+    amqp_url: str,
+    schema: str,
+    broker: BrokerHelper,
+    *,
+    queue_prefix: str = "sub",
+    **extra: str,
 ) -> tuple[dict[str, str], str, str]:
-    """Environment for tests/support/consumer_app.py; tracks the queues it declares."""
+    """Environment for a consumer app of tests/support (``TEST_QUEUE``, ``TEST_EXCHANGE``
+    and the services); tracks the queues it declares."""
     exchange = broker.exchange()
-    queue = broker.name("sub")
+    queue = broker.name(queue_prefix)
     for name in (queue, f"{queue}.parking", f"{queue}.retry.500ms"):
         broker.track_queue(name)
     env = {
