@@ -121,9 +121,10 @@ class Message:
     ``correlation_id``, ``reply_to``, ``priority``, ``type``, ``app_id``,
     ``content_encoding``, ``expiration`` and ``user_id`` are the AMQP properties of those
     names as published (None when absent); ``expiration`` as AMQP carries it, integer
-    milliseconds as text (``"60000"``), and None on a retried delivery (the copy sent
-    through a delay tier does not keep it). A text property that is not UTF-8 shows
-    U+FFFD in place of its bad bytes.
+    milliseconds as text (``"60000"``). A retried delivery has no ``expiration`` (it
+    would fight the delay tier's TTL) and no ``user_id`` (the broker checks it against
+    the consumer's login). A text property that is not UTF-8 shows U+FFFD in place of
+    its bad bytes.
     """
 
     body: Any
