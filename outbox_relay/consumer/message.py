@@ -17,6 +17,7 @@ JSON_TYPES = ("application/json",)
 # A larger count in a header is taken as this one, so that the attempt number (one more)
 # still fits a 32-bit integer, in a handler's table as in AMQP.
 MAX_ATTEMPT_COUNT = 2**31 - 2
+MAX_PRIORITY = 255  # an AMQP octet
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,15 @@ class Delivery:
     # the raw property bytes when pika could not decode them.
     problem: str | None = None
     raw_properties: bytes | None = None
+    # The other basic properties, passed to the handler as they are (see Message).
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    priority: int | None = None
+    type: str | None = None
+    app_id: str | None = None
+    content_encoding: str | None = None
+    expiration: str | None = None
+    user_id: str | None = None
 
     @classmethod
     def received(
@@ -52,11 +62,23 @@ class Delivery:
         timestamp: object,
         undecodable: str | None = None,
         raw_properties: bytes | None = None,
+        correlation_id: object = None,
+        reply_to: object = None,
+        priority: object = None,
+        type: object = None,
+        app_id: object = None,
+        content_encoding: object = None,
+        expiration: object = None,
+        user_id: object = None,
     ) -> Delivery:
         """A delivery from the values pika decoded, whatever their types: a short string
         that is not UTF-8 arrives as bytes, and becomes a ``problem`` (the message is
         parked) when the consumer needs it as text. ``undecodable``: pika could not
-        decode the properties at all (see :mod:`outbox_relay.consumer.lenient_frames`)."""
+        decode the properties at all (see :mod:`outbox_relay.consumer.lenient_frames`).
+        The other properties are passed on as they are: text that is not UTF-8 shows
+        U+FFFD in place of its bad bytes (the handler does not need them to take the
+        message; copies republished on a retry or to the parking lot keep the original
+        bytes), a priority that is not an octet is None."""
         problems = [undecodable] if undecodable else []
         texts: dict[str, str | None] = {}
         for name, value in (("message_id", message_id), ("content_type", content_type)):
@@ -75,6 +97,14 @@ class Delivery:
             queue=queue,
             problem="; ".join(problems) or None,
             raw_properties=raw_properties,
+            correlation_id=_optional_text(correlation_id),
+            reply_to=_optional_text(reply_to),
+            priority=_priority(priority),
+            type=_optional_text(type),
+            app_id=_optional_text(app_id),
+            content_encoding=_optional_text(content_encoding),
+            expiration=_optional_text(expiration),
+            user_id=_optional_text(user_id),
         )
 
 
@@ -87,6 +117,14 @@ class Message:
     are where the message was first published, also after retries (which travel through
     the default exchange). ``attempt`` is 1 on the first delivery and grows with each retry;
     a redelivery after a crash keeps its number and has ``redelivered`` set.
+
+    ``correlation_id``, ``reply_to``, ``priority``, ``type``, ``app_id``,
+    ``content_encoding``, ``expiration`` and ``user_id`` are the AMQP properties of those
+    names as published (None when absent); ``expiration`` as AMQP carries it, integer
+    milliseconds as text (``"60000"``). A retried delivery has no ``expiration`` (it
+    would fight the delay tier's TTL) and no ``user_id`` (the broker checks it against
+    the consumer's login). A text property that is not UTF-8 shows U+FFFD in place of
+    its bad bytes.
     """
 
     body: Any
@@ -100,6 +138,14 @@ class Message:
     attempt: int = 1
     redelivered: bool = False
     timestamp: dt.datetime | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    priority: int | None = None
+    type: str | None = None
+    app_id: str | None = None
+    content_encoding: str | None = None
+    expiration: str | None = None
+    user_id: str | None = None
 
 
 def is_json(content_type: str | None) -> bool:
@@ -144,6 +190,14 @@ def decode(delivery: Delivery, *, require_message_id: bool = False) -> Message:
         attempt=attempts_made(headers) + 1,
         redelivered=delivery.redelivered,
         timestamp=_timestamp(delivery.timestamp),
+        correlation_id=delivery.correlation_id,
+        reply_to=delivery.reply_to,
+        priority=delivery.priority,
+        type=delivery.type,
+        app_id=delivery.app_id,
+        content_encoding=delivery.content_encoding,
+        expiration=delivery.expiration,
+        user_id=delivery.user_id,
     )
 
 
@@ -199,6 +253,19 @@ def _text_property(name: str, value: object) -> tuple[str | None, str | None]:
             "send it as UTF-8 text"
         )
     return str(value), f"the {name} property is not text ({type(value).__name__})"
+
+
+def _optional_text(value: object) -> str | None:
+    if value is None:
+        return None
+    return _text(value, str(value))
+
+
+def _priority(value: object) -> int | None:
+    """pika's priority octet; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_PRIORITY else None
 
 
 def _text(value: object, default: str) -> str:

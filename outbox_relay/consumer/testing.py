@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import enum
 import json
 import os
@@ -51,9 +52,16 @@ import pytest
 from outbox_relay.consumer.errors import RateLimited, Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo, destination
 from outbox_relay.consumer.handler import Handler
-from outbox_relay.consumer.message import ATTEMPT_HEADER, Delivery, Message, decode
+from outbox_relay.consumer.message import (
+    ATTEMPT_HEADER,
+    MAX_PRIORITY,
+    Delivery,
+    Message,
+    decode,
+)
 from outbox_relay.consumer.policy import Verdict
 from outbox_relay.errors import ConfigurationError
+from outbox_relay.properties import expiration_ms
 from outbox_relay.store.trial import TrialTransaction, WrittenRow, trial_connection
 
 TEST_DATABASE_URL_ENV = "OUTBOX_RELAY_TEST_DATABASE_URL"
@@ -113,10 +121,29 @@ def make_message(
     attempt: int = 1,
     redelivered: bool = False,
     timestamp: int | None = None,
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    priority: int | None = None,
+    type: str | None = None,
+    app_id: str | None = None,
+    content_encoding: str | None = None,
+    expiration: str | float | dt.timedelta | None = None,
+    user_id: str | None = None,
 ) -> Message:
     """A :class:`Message` as the consumer decodes it. ``body`` other than bytes is sent
     as JSON (pydantic models, dataclasses and msgspec Structs included); bytes are sent
-    as they are, with ``content_type``. ``attempt`` above 1 is a retried message."""
+    as they are, with ``content_type``. ``attempt`` above 1 is a retried message.
+
+    ``correlation_id`` to ``user_id`` are the AMQP properties of those names;
+    ``expiration`` is given as ``publish`` takes it (seconds or a timedelta) or as AMQP
+    carries it (milliseconds as text), and the message holds the text (``60`` gives
+    ``"60000"``)."""
+    if priority is not None and not 0 <= priority <= MAX_PRIORITY:
+        raise ConfigurationError(
+            f"priority: {priority} is not from 0 to {MAX_PRIORITY} (an AMQP octet)"
+        )
+    if expiration is not None and not isinstance(expiration, str):
+        expiration = expiration_ms(expiration)
     if isinstance(body, bytes | bytearray):
         raw = bytes(body)
     else:
@@ -135,6 +162,14 @@ def make_message(
         headers=all_headers,
         timestamp=timestamp,
         queue=queue,
+        correlation_id=correlation_id,
+        reply_to=reply_to,
+        priority=priority,
+        type=type,
+        app_id=app_id,
+        content_encoding=content_encoding,
+        expiration=expiration,
+        user_id=user_id,
     )
     return decode(delivery)
 

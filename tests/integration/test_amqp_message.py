@@ -1,5 +1,6 @@
 """The whole AMQP message through the real relay and broker: every property a producer
-sets arrives as set, read back with pika's BasicProperties on a test queue."""
+sets arrives as set, read back with pika's BasicProperties on a test queue, and by a
+consumer SDK handler on its first delivery, on its retry and in the parking lot."""
 
 from __future__ import annotations
 
@@ -292,3 +293,113 @@ def test_sdk_handlers_get_float_headers_intact_also_retried_and_parked(
         assert type(headers["n"]) is int
     [copy] = parked
     assert {k: copy.properties.headers[k] for k in sent} == sent
+
+
+WHEN = dt.datetime(2024, 5, 6, 7, 8, 9, tzinfo=dt.timezone.utc)
+# A header of each type publish() sends; chosen so that a wrong type shows (1.0 is not 1).
+TYPED_HEADERS: dict[str, Any] = {
+    "score": 0.5,
+    "whole": 1.0,
+    "timelimit": [3.0, 1.5],
+    # Its value, not its digits: pika writes Decimal("12.50") as 12.5 (docs/producing.md).
+    "price": decimal.Decimal("12.50"),
+    "at": WHEN,
+    "raw": b"\x00\xff",
+    "big": 2**62,
+    "text": "order-42",
+    "flag": False,
+    "nothing": None,
+    "nested": {"ratio": 2.75, "ok": True, "deeper": {"n": -7, "list": [1, 0.5, "x"]}},
+    "array": [1, 0.5, "x", True, {"k": 1.0}, [2**40, 0.25]],
+}
+
+
+def assert_same(got: object, sent: object, path: str = "headers") -> None:
+    """``got`` is ``sent``: the same values of the same types, all the way down."""
+    assert type(got) is type(sent), f"{path}: {got!r} is not {sent!r}"
+    if isinstance(sent, dict):
+        assert isinstance(got, dict)
+        assert sorted(got) == sorted(sent), path
+        for key, value in sent.items():
+            assert_same(got[key], value, f"{path}[{key!r}]")
+    elif isinstance(sent, list):
+        assert isinstance(got, list)
+        assert len(got) == len(sent), path
+        for n, (mine, theirs) in enumerate(zip(got, sent, strict=True)):
+            assert_same(mine, theirs, f"{path}[{n}]")
+    elif isinstance(sent, dt.datetime):
+        assert isinstance(got, dt.datetime)
+        assert (got, got.utcoffset()) == (sent, dt.timedelta(0)), path
+    else:
+        assert got == sent, path
+
+
+def test_an_sdk_handler_sees_every_property_and_header_first_retried_and_parked(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """publish() -> relay -> SDK handler (fails) -> delay tier -> handler (fails again)
+    -> parking lot: every property and header as published, at each step; the copies drop
+    only ``expiration``, as docs/consumer.md says."""
+    lenient_frames.install_field_codec()  # read the parked copy as the SDK does
+    exchange = broker.exchange()
+    queue = broker.name("props")
+    app = ConsumerApp(
+        name=f"test-{uuid.uuid4().hex[:6]}",
+        schema=schema,
+        database_url=database_url,
+        amqp_url=amqp_url,
+    )
+    seen: list[ConsumerMessage] = []
+
+    @app.handler(exchange=exchange, queue=queue, bindings=["#"], max_attempts=2, retry_delays=[0.2])
+    def on_order(message: ConsumerMessage, _tx: psycopg.Connection[Any]) -> None:
+        seen.append(message)
+        raise ValueError("always")
+
+    with running_consumer(app, broker):
+        with psycopg.connect(database_url) as conn:
+            message_id = outbox_relay.publish(
+                conn,
+                exchange=exchange,
+                routing_key="order.created",
+                payload={"order_id": 42},
+                headers=TYPED_HEADERS,
+                expiration=dt.timedelta(minutes=5),
+                schema=schema,
+                **EVERY_PROPERTY,  # type: ignore[arg-type]
+            )
+            conn.commit()
+        with running_relay(database_url, amqp_url, schema):
+            parking = broker.drain(f"{queue}.parking", expect=1, timeout_s=20)
+
+    assert [m.attempt for m in seen] == [1, 2]
+    first, retried = seen
+    for message in seen:
+        assert {name: getattr(message, name) for name in EVERY_PROPERTY} == EVERY_PROPERTY
+        assert (message.message_id, message.content_type, message.user_id) == (
+            message_id,
+            "application/json",
+            None,
+        )
+        assert (message.exchange, message.routing_key) == (exchange, "order.created")
+        assert message.body == {"order_id": 42}
+        assert message.timestamp == first.timestamp
+        assert_same({k: message.headers[k] for k in TYPED_HEADERS}, TYPED_HEADERS)
+    assert first.timestamp is not None
+    assert first.expiration == "300000"
+    assert retried.expiration is None  # dropped from the copy: it would fight the tier's TTL
+
+    [parked] = parking
+    props = parked.properties
+    assert {name: getattr(props, name) for name in EVERY_PROPERTY} == EVERY_PROPERTY
+    assert (props.message_id, props.content_type, props.delivery_mode) == (
+        message_id,
+        "application/json",
+        2,
+    )
+    assert props.timestamp == int(first.timestamp.timestamp())
+    assert props.expiration is None
+    assert json.loads(parked.body) == {"order_id": 42}
+    assert_same({k: props.headers[k] for k in TYPED_HEADERS}, TYPED_HEADERS)
+    assert props.headers["outbox-attempt"] == 2
+    assert props.headers["outbox-error-type"] == "ValueError"

@@ -6,7 +6,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from pika.spec import Basic, BasicProperties
 
+from outbox_relay.consumer import ConsumerApp, Message, settle
 from outbox_relay.consumer.errors import UndecodableMessageError
 from outbox_relay.consumer.message import (
     MAX_ATTEMPT_COUNT,
@@ -155,3 +157,49 @@ class TestWhatPikaDecoded:
         assert attempts_made({"outbox-attempt": value}) == made
         assert decode(received(headers={"outbox-attempt": value})).attempt == made + 1
         assert made + 1 < 2**31  # a handler can store it in an integer column
+
+
+PROPERTIES: dict[str, Any] = {
+    "correlation_id": "req-42",
+    "reply_to": "replies.shop",
+    "priority": 9,
+    "type": "order.created",
+    "app_id": "shop",
+    "content_encoding": "gzip",
+    "expiration": "60000",
+    "user_id": "guest",
+}
+
+
+class TestProperties:
+    """The basic properties a handler reads, e.g. to answer ``reply_to`` with the
+    ``correlation_id``."""
+
+    def test_every_property_reaches_the_message_as_sent(self) -> None:
+        message = decode(received(**PROPERTIES))
+        assert {name: getattr(message, name) for name in PROPERTIES} == PROPERTIES
+
+    def test_absent_properties_are_none(self) -> None:
+        message = decode(received())
+        assert [getattr(message, name) for name in PROPERTIES] == [None] * len(PROPERTIES)
+
+    def test_from_what_pika_decoded_at_the_runner(self) -> None:
+        app = ConsumerApp(name="rpc")
+
+        @app.handler(exchange="rpc", queue="rpc.requests")
+        def answer(message: Message) -> None: ...
+
+        method = Basic.Deliver(delivery_tag=1, exchange="rpc", routing_key="ask")
+        properties = BasicProperties(message_id="m-1", timestamp=1, **PROPERTIES)
+        job = settle.received(answer, 1, method, properties, b"{}")
+        message = decode(job.delivery)
+        assert {name: getattr(message, name) for name in PROPERTIES} == PROPERTIES
+
+    @pytest.mark.parametrize("name", [n for n in PROPERTIES if n != "priority"])
+    def test_text_that_is_not_utf8_is_shown_and_does_not_park(self, name: str) -> None:
+        message = decode(received(**{name: b"r\xff"}), require_message_id=True)
+        assert getattr(message, name) == "r\ufffd"
+
+    @pytest.mark.parametrize("value", [-1, 256, True, "9", 1.5])
+    def test_a_priority_that_is_not_an_octet_is_none(self, value: object) -> None:
+        assert decode(received(priority=value)).priority is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from typing import Any
 
 import pydantic
@@ -153,3 +154,43 @@ class TestMakeMessage:
     def test_an_unserialisable_body_says_which_type(self) -> None:
         with pytest.raises(TypeError, match="object is not JSON serialisable"):
             make_message(object())
+
+    def test_the_amqp_properties_are_set_as_given_and_none_otherwise(self) -> None:
+        given = {
+            "correlation_id": "req-42",
+            "reply_to": "replies.shop",
+            "priority": 9,
+            "type": "order.created",
+            "app_id": "shop",
+            "content_encoding": "gzip",
+            "expiration": "60000",
+            "user_id": "guest",
+        }
+        message = make_message({}, **given)  # type: ignore[arg-type]
+        assert {name: getattr(message, name) for name in given} == given
+        assert [getattr(make_message({}), name) for name in given] == [None] * len(given)
+
+    @pytest.mark.parametrize(
+        ("expiration", "sent"),
+        [(60, "60000"), (1.5, "1500"), (dt.timedelta(minutes=5), "300000"), ("0", "0")],
+    )
+    def test_an_expiration_is_taken_as_publish_takes_it(
+        self, expiration: float | dt.timedelta | str, sent: str
+    ) -> None:
+        assert make_message({}, expiration=expiration).expiration == sent
+
+    def test_a_priority_amqp_cannot_carry_is_refused(self) -> None:
+        with pytest.raises(ConfigurationError, match="priority: 256 is not from 0 to 255"):
+            make_message({}, priority=256)
+
+    def test_run_hands_the_properties_to_the_handler(self) -> None:
+        rpc = ConsumerApp(name="rpc")
+        replies: list[tuple[str | None, str | None]] = []
+
+        @rpc.handler(exchange="rpc", queue="rpc.requests")
+        def answer(message: Message) -> None:
+            replies.append((message.reply_to, message.correlation_id))
+
+        outcome = run(answer, {"q": 1}, reply_to="amq.gen-1", correlation_id="req-7")
+        assert outcome.action is Action.ACK
+        assert replies == [("amq.gen-1", "req-7")]
