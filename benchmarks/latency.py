@@ -64,8 +64,9 @@ DEADLINE_S = 180
 RATIO_KEYS = ("p50", "p99")
 RATIO_TARGET = 2.0
 
-# What runs beside the producers: the relay, the naive poller, or the ceiling's table.
-Setting = Callable[[Env, str], AbstractContextManager[Any]]
+# What runs beside the producers, given the schema and the route: the relay, the naive
+# poller, or the ceiling's table.
+Setting = Callable[[Env, str, Route], AbstractContextManager[Any]]
 # Writes a message in a transaction of its own and commits it.
 Write = Callable[[psycopg.Connection[Any], bytes], None]
 # Runs right after the commit, off the clock: the ceiling's producers publish there.
@@ -152,7 +153,7 @@ def measure(
         consumer.start()
         try:
             ready.wait(20)
-            with beside(env, schema):
+            with beside(env, schema, route):
                 committed, offered = produce(env, schema, route, count, producer or outbox_producer)
                 arrivals: dict[int, float] = results.get(timeout=120)
             consumer.join(10)
@@ -262,14 +263,14 @@ def _nothing(_message: bytes) -> None:
 
 
 @contextlib.contextmanager
-def the_relay(env: Env, schema: str) -> Any:
+def the_relay(env: Env, schema: str, _route: Route) -> Any:
     with relay_process(env, schema) as process:
         wait_listening(env.database_url, schema)
         yield process
 
 
 @contextlib.contextmanager
-def plain_table(env: Env, schema: str) -> Iterator[None]:
+def plain_table(env: Env, schema: str, _route: Route) -> Iterator[None]:
     """No relay: the ceiling's producers publish themselves, into the table made here."""
     with psycopg.connect(env.database_url, autocommit=True) as conn:
         conn.execute(query("plain_table", schema))
@@ -277,7 +278,7 @@ def plain_table(env: Env, schema: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def naive_poller(env: Env, schema: str) -> Any:
+def naive_poller(env: Env, schema: str, _route: Route) -> Any:
     with naive.NaiveRelay(env.database_url, env.amqp_url, schema, poll_interval_s=1.0) as relay:
         time.sleep(1.0)  # let it connect
         yield relay

@@ -56,6 +56,14 @@ CREATE TABLE {schema}.plain (
 -- name: plain_row
 INSERT INTO {schema}.plain (payload) VALUES (%(payload)s)
 
+-- name: floor_insert
+-- The floor's producers (benchmarks/floor.py): the plain row, and its id for the NOTIFY.
+INSERT INTO {schema}.plain (payload) VALUES (%(payload)s) RETURNING id
+
+-- name: floor_row
+-- The floor's listener reads the row a NOTIFY names, by its primary key.
+SELECT payload FROM {schema}.plain WHERE id = %(id)s
+
 -- name: minimal_outbox_table
 -- A reference, not a design: the smallest row an outbox relay could work from (an id
 -- to order by, a message id, where to send it, the payload).

@@ -128,3 +128,16 @@ def test_the_ab_run_compares_this_checkouts_relay_with_another_commits(
     # Both sides ran and delivered: a relay that failed to start from the export has no rate.
     assert set(report.figures[0].extra["msg_per_s"]) == {"this checkout", "HEAD"}
     assert all(rate > 0 for rate in report.figures[0].extra["msg_per_s"].values())
+
+
+@pytest.mark.timeout(300)
+def test_the_floor_measures_each_side_beside_the_dual_write(
+    database_url: str, amqp_url: str
+) -> None:
+    from benchmarks import floor
+
+    env = Env(database_url=database_url, amqp_url=amqp_url, quick=True)
+    pooled = floor.measure_sides(env, rounds=1, seconds=1.0)
+    assert list(pooled) == ["dual write", "notify, publish", "notify, read, publish", "relay"]
+    # measure() fails a side that lost more than 1 %: each side delivered what it sent.
+    assert all(side.sent == 1_000 and side.figure("p50") > 0 for side in pooled.values())
