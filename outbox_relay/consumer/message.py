@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from outbox_relay.consumer.errors import UndecodableMessageError
+from outbox_relay.properties import MAX_PRIORITY
 
 ATTEMPT_HEADER = "outbox-attempt"
 ORIGINAL_ROUTING_KEY_HEADER = "outbox-original-routing-key"
@@ -17,7 +18,6 @@ JSON_TYPES = ("application/json",)
 # A larger count in a header is taken as this one, so that the attempt number (one more)
 # still fits a 32-bit integer, in a handler's table as in AMQP.
 MAX_ATTEMPT_COUNT = 2**31 - 2
-MAX_PRIORITY = 255  # an AMQP octet
 
 
 @dataclass(frozen=True)

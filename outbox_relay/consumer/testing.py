@@ -54,14 +54,13 @@ from outbox_relay.consumer.failure import ErrorInfo, destination
 from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.message import (
     ATTEMPT_HEADER,
-    MAX_PRIORITY,
     Delivery,
     Message,
     decode,
 )
 from outbox_relay.consumer.policy import Verdict
 from outbox_relay.errors import ConfigurationError
-from outbox_relay.properties import expiration_ms
+from outbox_relay.properties import MAX_PRIORITY, expiration_ms
 from outbox_relay.store.trial import TrialTransaction, WrittenRow, trial_connection
 
 TEST_DATABASE_URL_ENV = "OUTBOX_RELAY_TEST_DATABASE_URL"
