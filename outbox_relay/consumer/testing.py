@@ -47,8 +47,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
 from outbox_relay.consumer.errors import RateLimited, Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo, destination
 from outbox_relay.consumer.handler import Handler
@@ -345,33 +343,39 @@ def _jsonable(value: object) -> Any:
 
 
 # -- pytest plugin ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def outbox_test_connection() -> Iterator[object]:
-    """A psycopg connection (autocommit off) to ``OUTBOX_RELAY_TEST_DATABASE_URL``, rolled
-    back and closed after the test. Override this fixture to hand in your own."""
-    url = os.environ.get(TEST_DATABASE_URL_ENV)
-    if not url:
-        pytest.fail(
-            f"set {TEST_DATABASE_URL_ENV} to a PostgreSQL database whose schema has the "
-            "outbox and the inbox (`outbox-relay migrate`), or override the "
-            "outbox_test_connection fixture"
-        )
-    with trial_connection(url) as conn:
-        yield conn
-
+# pytest is not a dependency of outbox-relay: without it, run() and the rest work, and
+# only the fixtures are missing.
 
 RunHandler = Callable[..., Outcome]
 
+try:
+    import pytest
+except ImportError:
+    pass
+else:
 
-@pytest.fixture
-def run_handler(request: pytest.FixtureRequest) -> RunHandler:
-    """:func:`run`, in ``outbox_test_connection``'s transaction when the handler takes one."""
+    @pytest.fixture
+    def outbox_test_connection() -> Iterator[object]:
+        """A psycopg connection (autocommit off) to ``OUTBOX_RELAY_TEST_DATABASE_URL``,
+        rolled back and closed after the test. Override this fixture to hand in your own."""
+        url = os.environ.get(TEST_DATABASE_URL_ENV)
+        if not url:
+            pytest.fail(
+                f"set {TEST_DATABASE_URL_ENV} to a PostgreSQL database whose schema has the "
+                "outbox and the inbox (`outbox-relay migrate`), or override the "
+                "outbox_test_connection fixture"
+            )
+        with trial_connection(url) as conn:
+            yield conn
 
-    def run_it(handler: Handler[...], body: object = None, **kwargs: Any) -> Outcome:
-        if handler.uses_db and kwargs.get("conn") is None:
-            kwargs["conn"] = request.getfixturevalue("outbox_test_connection")
-        return run(handler, body, **kwargs)
+    @pytest.fixture
+    def run_handler(request: pytest.FixtureRequest) -> RunHandler:
+        """:func:`run`, in ``outbox_test_connection``'s transaction when the handler takes
+        one."""
 
-    return run_it
+        def run_it(handler: Handler[...], body: object = None, **kwargs: Any) -> Outcome:
+            if handler.uses_db and kwargs.get("conn") is None:
+                kwargs["conn"] = request.getfixturevalue("outbox_test_connection")
+            return run(handler, body, **kwargs)
+
+        return run_it

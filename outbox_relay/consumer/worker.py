@@ -221,14 +221,18 @@ class WorkerPool:
                 job = self._queue.get()
                 if job is None:
                     return
-                job.session, job.loop = session, loop
+                # The pool's session serves the handlers that take a transaction; one
+                # that does not runs without it (no inbox row, no message id needed),
+                # also in a pool it shares with handlers that do.
+                own = session if job.handler.uses_db else None
+                job.session, job.loop = own, loop
                 deadline = time.monotonic() + job.handler.timeout_s
                 with self._lock:
                     job.deadline = deadline
                     if not job.enter(_State.RUNNING):
                         continue
                     self._running.add(job)
-                result = self._process(job, session)
+                result = self._process(job, own)
                 with self._lock:
                     self._running.discard(job)
                 if job.abandoned:

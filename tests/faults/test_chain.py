@@ -4,8 +4,9 @@ A producer thread places orders with ``outbox_relay.publish`` (exchange A); the 
 (``outbox-relay run``) publishes them; consumer B, the guide's example
 ``docs/examples/invoicing.py`` run by ``outbox-relay consume``, writes an invoice and
 publishes ``invoice.created`` through the outbox in the same transaction as its inbox
-row; the relay publishes that; consumer C (``tests/support/consumer_app.py``) records
-its effect. Meanwhile the relay, B and C are each SIGKILLed several times at random
+row (a plain ``def`` handler); the relay publishes that; consumer C
+(``tests/support/consumer_app.py``, its ``async def`` handler on an ``AsyncConnection``)
+records its effect. Meanwhile the relay, B and C are each SIGKILLed several times at random
 moments (a seeded RNG) and restarted. At the end every order has exactly one invoice,
 every invoice exactly one downstream message (by message id) and C exactly one effect
 for each, and each customer's invoices and C's effects come in order: B and C handle
@@ -178,7 +179,10 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     tmp_path: Path,
     report_fault: Report,
 ) -> None:
-    env_c, invoices_exchange, _queue_c = subprocess_env(database_url, amqp_url, schema, broker)
+    # C runs the app's async handler (AsyncConnection), B a plain one: both kinds are killed.
+    env_c, invoices_exchange, _queue_c = subprocess_env(
+        database_url, amqp_url, schema, broker, TEST_ASYNC_HANDLER="1"
+    )
     env_b = {**invoicing, "INVOICING_INVOICES_EXCHANGE": invoices_exchange}
     make_effects_table(database_url, schema)
     counts = Counts(database_url, schema)
@@ -228,7 +232,7 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     time.sleep(1.0)  # late redeliveries and republished rows get their chance to misbehave
     exits = {stage.name: stage.stop() for stage in stages}
 
-    invoices, effects = chain_rows(database_url, schema)
+    invoices, effects, notes = chain_rows(database_url, schema)
     orders = Tally(expected=set(range(ORDERS)))
     orders.received.extend({"n": order, "key": customer} for order, customer, _ in invoices)
     downstream = {message_id: (order, customer) for order, customer, message_id in invoices}
@@ -255,6 +259,7 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     assert Counter(effects) == Counter(list(downstream)), (
         f"C's effects by message id differ from the invoices' messages {where}"
     )
+    assert notes == {"started async"}, f"C did not run its async handler: {notes} {where}"
     assert orders.out_of_order_keys() == [], f"B invoiced a customer out of order {where}"
     assert handled.out_of_order_keys() == [], f"C saw a customer's invoices out of order {where}"
     assert sum(hit_working.values()) >= len(kills) - 1, (
@@ -262,9 +267,9 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     )
 
 
-def chain_rows(database_url: str, schema: str) -> tuple[list[tuple[Any, ...]], list[str]]:
+def chain_rows(database_url: str, schema: str) -> tuple[list[tuple[Any, ...]], list[str], set[str]]:
     """B's invoices (order, customer, message id) and C's effects' message ids, each in
-    the order they were committed."""
+    the order they were committed, and the notes C's handler left on its effects."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         invoices = conn.execute(
             sql.SQL("SELECT order_id, customer, message_id FROM {} ORDER BY id").format(
@@ -272,8 +277,8 @@ def chain_rows(database_url: str, schema: str) -> tuple[list[tuple[Any, ...]], l
             )
         ).fetchall()
         effects = conn.execute(
-            sql.SQL("SELECT message_id FROM {} ORDER BY id").format(
+            sql.SQL("SELECT message_id, note FROM {} ORDER BY id").format(
                 sql.Identifier(schema, "effects")
             )
         ).fetchall()
-    return invoices, [row[0] for row in effects]
+    return invoices, [row[0] for row in effects], {row[1] for row in effects}

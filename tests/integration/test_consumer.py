@@ -270,6 +270,40 @@ def test_handlers_without_a_database_run_without_one(amqp_url: str, broker: Brok
     assert sorted(seen) == list(range(20))
 
 
+def test_a_handler_without_tx_runs_without_the_inbox_beside_one_that_takes_it(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """One worker pool (and so one database session) for both: only the handler that takes
+    the transaction gets inbox rows; the other needs no message id and is not deduplicated."""
+    exchange = broker.exchange()
+    app = new_app(database_url, amqp_url, schema)
+    seen: list[Any] = []
+
+    @app.handler(exchange=exchange, queue=broker.name("with-tx"), bindings="tx.#")
+    def with_tx(message: Message, tx: psycopg.Connection[Any]) -> None:
+        seen.append(("tx", message.body))
+
+    @app.handler(exchange=exchange, queue=broker.name("without"), bindings="plain.#")
+    def without(message: Message) -> None:
+        seen.append(("plain", message.body))
+
+    with running_consumer(app, broker, concurrency=1):
+        publish(broker, exchange, "tx.a", b"1", message_id="m-1")
+        publish(broker, exchange, "plain.a", b"2", message_id=None)  # handled, not parked
+        publish(broker, exchange, "plain.a", b"3", message_id="m-3")
+        publish(broker, exchange, "plain.a", b"3", message_id="m-3")  # no inbox: runs again
+        assert wait_for(lambda: len(seen) == 4, timeout_s=10)
+
+    assert sorted(seen) == [("plain", 2), ("plain", 3), ("plain", 3), ("tx", 1)]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        inbox = conn.execute(
+            psycopg.sql.SQL("SELECT consumer, message_id FROM {}").format(
+                psycopg.sql.Identifier(schema, "inbox")
+            )
+        ).fetchall()
+    assert inbox == [(f"{app.name}:{broker.name('with-tx')}", "m-1")]
+
+
 def test_end_to_end_producer_relay_consumer_handles_every_message_once(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:

@@ -43,12 +43,20 @@ def wait_for_event(proc: subprocess.Popen[str], event: str) -> dict[str, Any]:
     raise AssertionError(f"the consumer exited (code {proc.wait()}) before logging {event}")
 
 
+@pytest.mark.parametrize(
+    ("kind", "note"), [("def", "started"), ("async def", "started async")], ids=["sync", "async"]
+)
 def test_a_consumer_killed_between_commit_and_ack_skips_the_redelivery(
-    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper, kind: str, note: str
 ) -> None:
     make_effects_table(database_url, schema)
     env, exchange, queue = subprocess_env(
-        database_url, amqp_url, schema, broker, TEST_KILL_AFTER_COMMIT="1"
+        database_url,
+        amqp_url,
+        schema,
+        broker,
+        TEST_KILL_AFTER_COMMIT="1",
+        TEST_ASYNC_HANDLER="1" if kind == "async def" else "0",
     )
     with start_subprocess(env) as doomed:
         try:
@@ -59,7 +67,7 @@ def test_a_consumer_killed_between_commit_and_ack_skips_the_redelivery(
             if doomed.poll() is None:
                 doomed.kill()
     assert code == -signal.SIGKILL
-    assert effects(database_url, schema) == [("kill-1", 1, "started")]  # committed, not acked
+    assert effects(database_url, schema) == [("kill-1", 1, note)]  # committed, not acked
 
     env["TEST_KILL_AFTER_COMMIT"] = "0"
     with start_subprocess(env) as survivor:
@@ -70,7 +78,7 @@ def test_a_consumer_killed_between_commit_and_ack_skips_the_redelivery(
     assert entry["outcome"] == "duplicate"
     assert entry["message_id"] == "kill-1"
     assert code == 0
-    assert effects(database_url, schema) == [("kill-1", 1, "started")]
+    assert effects(database_url, schema) == [("kill-1", 1, note)]
     assert broker.depth(queue) == 0
 
 

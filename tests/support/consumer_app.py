@@ -3,7 +3,8 @@
 TEST_QUEUE, TEST_EXCHANGE, OUTBOX_RELAY_SCHEMA: where it consumes and writes.
 TEST_KILL_AFTER_COMMIT=1: SIGKILL this process after a handler committed, before the ack.
 TEST_HANDLER_SLEEP_S: seconds each handler sleeps after recording that it started.
-TEST_ASYNC_HANDLER=1: the handler is an async def one (AsyncConnection, asyncio.sleep).
+TEST_ASYNC_HANDLER=1: the handler is an async def one (AsyncConnection, asyncio.sleep);
+its effects are noted "started async" instead of "started".
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def on_message_async(message: Message, tx: psycopg.AsyncConnection[Any]) -
         sql.SQL("INSERT INTO {}.effects (message_id, attempt, note) VALUES (%s, %s, %s)").format(
             sql.Identifier(SCHEMA)
         ),
-        [message.message_id, message.attempt, "started"],
+        [message.message_id, message.attempt, "started async"],
     )
     print(f"started {message.message_id}", flush=True)  # read by the test
     await asyncio.sleep(float(os.environ.get("TEST_HANDLER_SLEEP_S", "0")))

@@ -1,6 +1,7 @@
-"""The consumer guide's example service (docs/consumer.md): typed handlers, one of them
-consuming, writing and publishing in one transaction. tests/integration/test_guide_billing.py
-and tests/unit/test_guide_billing.py run it."""
+"""The consumer guide's example service (docs/consumer.md): a typed handler without a
+transaction, and one that consumes, writes and publishes in one transaction. Run by
+tests/unit/test_guide_billing.py, tests/integration/test_guide_billing.py and
+tests/integration/test_guide_services.py."""
 
 from __future__ import annotations
 
@@ -14,6 +15,23 @@ import outbox_relay
 from outbox_relay.consumer import ConsumerApp, Message
 
 app = ConsumerApp(name="billing", schema="billing")
+
+
+@dataclasses.dataclass
+class InvoiceCreated:
+    invoice_id: int
+    order_id: int
+    email: str
+
+
+@app.handler(exchange="billing", queue="billing.mailer", bindings=["invoice.created"])
+def mail_invoice(invoice: InvoiceCreated, message: Message) -> None:
+    """No transaction: no database and no inbox, so a retry may mail twice."""
+    send_mail(
+        to=invoice.email,
+        subject=f"Invoice {invoice.invoice_id} for order {invoice.order_id}",
+        idempotency_key=message.message_id,
+    )
 
 
 class OrderPlaced(BaseModel):
@@ -38,23 +56,6 @@ def bill_order(order: OrderPlaced, tx: psycopg.Connection[Any]) -> None:
         payload={"invoice_id": row[0], "order_id": order.order_id, "email": order.email},
         partition_key=str(order.order_id),
         schema="billing",
-    )
-
-
-@dataclasses.dataclass
-class InvoiceCreated:
-    invoice_id: int
-    order_id: int
-    email: str
-
-
-@app.handler(exchange="billing", queue="billing.mailer", bindings=["invoice.created"])
-def mail_invoice(invoice: InvoiceCreated, message: Message) -> None:
-    """No transaction: no database and no inbox, so a retry may mail twice."""
-    send_mail(
-        to=invoice.email,
-        subject=f"Invoice {invoice.invoice_id} for order {invoice.order_id}",
-        idempotency_key=message.message_id,
     )
 
 
