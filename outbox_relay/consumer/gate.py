@@ -39,11 +39,11 @@ from outbox_relay.consumer.observer import FlowObserver
 from outbox_relay.consumer.pauses import Pauses
 from outbox_relay.consumer.rate_limit import (
     DEFAULT_BUCKET,
-    MAX_PAUSE_S,
     RateLimit,
     due_offsets,
     lease_size,
     lease_span_s,
+    pause_s,
 )
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import SchemaNotMigratedError, StoreError, StoreUnavailableError
@@ -182,7 +182,7 @@ class FlowGate:
     def pause(self, handler: Handler[...], seconds: float, *, again: Job) -> None:
         """``handler`` raised RateLimited on ``again``'s delivery: pause it everywhere and
         hold the delivery until the pause ends (no attempt counted)."""
-        seconds = min(max(seconds, 0.0), MAX_PAUSE_S)
+        seconds = pause_s(seconds)
         with self._cond:
             self._pauses.extend(handler, seconds)
             self._pauses.to_record(handler, seconds)

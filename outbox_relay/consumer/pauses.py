@@ -18,7 +18,7 @@ import structlog
 
 from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.observer import FlowObserver
-from outbox_relay.consumer.rate_limit import MAX_PAUSE_S
+from outbox_relay.consumer.rate_limit import pause_s
 
 log = structlog.get_logger("outbox_relay.consumer")
 PAUSE_CHECK_S = 1.0  # how stale a process's view of other processes' pauses may be
@@ -89,7 +89,7 @@ class Pauses:
         """``handler`` is paused for ``seconds`` from now, unless already for longer."""
         now = time.monotonic()
         key = handler.inbox_key
-        until = now + min(seconds, MAX_PAUSE_S)
+        until = now + pause_s(seconds)
         before = max(self._until.get(key, now), now)
         if until <= before:
             return
@@ -101,8 +101,10 @@ class Pauses:
         log.info("consumer.handler_paused", handler=handler.name, seconds=round(until - now, 1))
 
     def to_record(self, handler: Handler[...], seconds: float) -> None:
-        """Record ``handler``'s pause in the database too, for the other processes."""
-        if self.shared:
+        """Record ``handler``'s pause in the database too, for the other processes (a
+        pause of ``seconds`` as :func:`~outbox_relay.consumer.rate_limit.pause_s` keeps
+        it; none when that is 0)."""
+        if self.shared and seconds > 0:
             key = handler.inbox_key
             self._to_record[key] = max(self._to_record.get(key, 0.0), seconds)
 

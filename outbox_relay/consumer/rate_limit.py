@@ -102,6 +102,12 @@ def parse_rate_limit(value: str | RateLimit) -> RateLimit:
     return RateLimit(max=int(number), per=UNITS_S[unit])
 
 
+def pause_s(seconds: float) -> float:
+    """A pause of ``seconds`` as the gate keeps it: at most MAX_PAUSE_S, and none (0) for
+    anything not above 0, NaN included (RateLimited refuses those when it is raised)."""
+    return min(seconds, MAX_PAUSE_S) if seconds > 0 else 0.0
+
+
 def lease_size(limit: RateLimit) -> int:
     """How many tokens to take in one round trip: one at modest rates, a small batch at
     high ones. Tokens of a lease not used at once serve the next deliveries (a process

@@ -23,6 +23,8 @@ import pytest
 from psycopg import sql
 
 from outbox_relay.consumer import ConsumerApp, Message, RateLimited
+from outbox_relay.store.deadline import Deadlines
+from outbox_relay.store.flow import FlowStore
 from tests.integration.test_consumer_faults import wait_for_event
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import (
@@ -269,3 +271,32 @@ def test_a_rate_limit_on_a_schema_without_migration_0010_ends_the_start_with_the
     assert proc.returncode == 3, err
     assert f"{schema}.consumer_flow" in err
     assert "outbox-relay migrate" in err
+
+
+def test_a_nan_pause_left_in_the_table_pauses_nothing(database_url: str, schema: str) -> None:
+    """Versions before RateLimited refused retry_after=nan wrote NaN, which PostgreSQL
+    orders after every time: a pause that never ends. The statements ignore it."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (consumer, key, paused_until) VALUES ('app:q', '', 'NaN')"
+            ).format(sql.Identifier(schema, "consumer_flow"))
+        )
+    store = FlowStore(
+        url=database_url,
+        schema=schema,
+        application_name="nan test",
+        deadlines=Deadlines(timeout_s=0),
+    )
+    try:
+        assert store.paused(["app:q"]) == {}
+        lease = store.lease(consumer="app:q", key="", count=1, span_s=0.1)
+        assert lease.granted
+        assert lease.start_s == pytest.approx(0, abs=0.5)
+        assert store.pause(consumer="app:q", seconds=5) == pytest.approx(5, abs=0.5)
+        assert 4 < store.paused(["app:q"])["app:q"] <= 5
+        assert not store.lease(consumer="app:q", key="", count=1, span_s=0.1).granted
+        with pytest.raises(ValueError, match="finite number of seconds above 0"):
+            store.pause(consumer="app:q", seconds=float("nan"))
+    finally:
+        store.close()

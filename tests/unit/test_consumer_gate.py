@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import time
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,8 @@ class FakeFlowStore:
         return Lease(start_s=start - now, paused_s=0.0)
 
     def pause(self, *, consumer: str, seconds: float) -> float:
+        if not (math.isfinite(seconds) and seconds > 0):  # as FlowStore.pause
+            raise ValueError(f"a pause must last a finite number of seconds above 0: {seconds}")
         now = time.monotonic()
         until = max(self.paused_until.get(consumer, 0.0), now + seconds)
         self.paused_until[consumer] = until
@@ -163,6 +166,24 @@ def test_rate_limited_holds_the_delivery_and_pauses_the_handler(gate_of: Any) ->
     assert [j.token for _, j in started] == [0, 1]  # the one that raised first
     assert started[0][0] - began >= 0.25
     assert store.paused_until  # shared with the other processes
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), 0.0, -3.0])
+def test_a_pause_not_above_0_pauses_nothing_and_records_nothing(
+    gate_of: Any, seconds: float
+) -> None:
+    """RateLimited refuses such a retry_after; the gate does not trust that: a NaN pause
+    would never end, in the database or here."""
+    h = handler(rate_limit="100/s")
+    store = FakeFlowStore()
+    g = gate_of([h], store)
+    with capture_logs() as logs:
+        g.gate.pause(h, seconds, again=job(h, 0))
+        ((_at, started),) = g.take(1, timeout_s=1.0)
+    assert started.token == 0
+    assert store.paused_until == {}
+    assert "paused" not in g.gate.describe()
+    assert not [e for e in logs if e["log_level"] in ("error", "warning")]
 
 
 def test_a_pause_from_another_process_holds_a_handler_without_a_limit(gate_of: Any) -> None:
