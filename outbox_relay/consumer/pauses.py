@@ -85,20 +85,22 @@ class Pauses:
             if until <= now:
                 del self._until[key]  # the fast path is open again
 
-    def extend(self, handler: Handler[...], seconds: float) -> None:
-        """``handler`` is paused for ``seconds`` from now, unless already for longer."""
+    def extend(self, handler: Handler[...], seconds: float) -> bool:
+        """``handler`` is paused for ``seconds`` from now, unless already for longer;
+        whether that started or lengthened its pause."""
         now = time.monotonic()
         key = handler.inbox_key
         until = now + pause_s(seconds)
         before = max(self._until.get(key, now), now)
         if until <= before:
-            return
+            return False
         self._until[key] = until
         if self._observer is not None:
             self._observer.paused_for(
                 queue=handler.queue, handler=handler.name, seconds=until - before
             )
         log.info("consumer.handler_paused", handler=handler.name, seconds=round(until - now, 1))
+        return True
 
     def to_record(self, handler: Handler[...], seconds: float) -> None:
         """Record ``handler``'s pause in the database too, for the other processes (a

@@ -13,6 +13,15 @@ exactly one per interval. Taking ``n`` tokens at once (a *lease*) moves ``tat`` 
 ``max(tat, now) + n * interval_s``; token ``i`` (0-based) of the lease is due at
 ``start + (i + 1) * interval_s - per``, or now if that has passed, where ``start`` is
 ``max(tat, now)`` before the lease.
+
+A token of a lease that no delivery waited for expires ``n * interval_s`` (the lease's
+span) after it fell due, and a pause drops them all: kept, they would come on top of the
+burst the shared bucket refills meanwhile. The last token of a lease falls due at ``tat
+- per`` at the earliest (``tat`` after the lease), so every token of it has expired by
+the time the bucket is full again for anyone: after a quiet spell the burst across
+processes is at most ``max``. (A window of ``w`` seconds under load may see up to the
+lease size more than ``max + w / interval_s`` starts, leftovers used late: at most
+``MAX_LEASE``, 2 % of a second's rate.)
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from outbox_relay.consumer import ConsumerApp, Message
+from outbox_relay.consumer import gate as gate_module
 from outbox_relay.consumer.app import Handler
 from outbox_relay.consumer.gate import FlowGate
 from outbox_relay.consumer.message import Delivery
-from outbox_relay.consumer.rate_limit import RateLimit
+from outbox_relay.consumer.rate_limit import RateLimit, lease_span_s
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.store.flow import Lease
@@ -150,6 +151,61 @@ def test_each_key_waits_only_for_its_own_bucket(gate_of: Any) -> None:
     tokens = {j.token for _, j in g.take(3, timeout_s=0.5)}
     assert tokens == {0, 10, 11}
     assert g.gate.held == 2  # noisy's second and third wait a second each
+
+
+def most_in_any_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t - first <= window_s) for i, first in enumerate(times))
+
+
+@pytest.fixture
+def leases_of_three(monkeypatch: pytest.MonkeyPatch) -> RateLimit:
+    """A slow limit that leases three tokens a round trip (as fast limits do), slow
+    enough that the test's timing does not depend on the machine's load: 6 per 0.6 s, a
+    token every 100 ms, a lease spanning 300 ms, so leftover tokens expire 300 ms after
+    they fell due."""
+    monkeypatch.setattr(gate_module, "lease_size", lambda limit: 3)
+    limit = RateLimit(max=6, per=0.6)
+    assert lease_span_s(limit, 3) == pytest.approx(0.3)
+    return limit
+
+
+def test_leftover_leased_tokens_expire_so_no_burst_exceeds_max_across_processes(
+    gate_of: Any, leases_of_three: RateLimit
+) -> None:
+    """Two processes lease three tokens each and use one: four tokens are left over.
+    After a quiet spell the shared bucket is full again (a burst of 6); the leftovers,
+    had they been kept, would start four more deliveries at once on top of it."""
+    h = handler(rate_limit=leases_of_three)
+    store = FakeFlowStore()
+    a, b = gate_of([h], store), gate_of([h], store)
+    a.gate.submit(job(h, 0))
+    a.take(1)
+    b.gate.submit(job(h, 1))
+    b.take(1)
+    assert [count for *_, count in store.leases] == [3, 3]
+    time.sleep(1.3)  # the bucket's tat is 0.6 s ahead: full again 0.6 s after that
+    for n in range(5):
+        a.gate.submit(job(h, 10 + n))
+        b.gate.submit(job(h, 20 + n))
+    started = [at for at, _ in a.take(5) + b.take(5)]
+    # A burst of at most 6 at once, then one every 100 ms (none in the first 50 ms).
+    assert most_in_any_window(started, 0.05) <= leases_of_three.max
+    assert max(started) - min(started) >= 0.3
+
+
+def test_a_pause_drops_the_tokens_leased_before_it(
+    gate_of: Any, leases_of_three: RateLimit
+) -> None:
+    h = handler(rate_limit=leases_of_three)
+    store = FakeFlowStore()
+    g = gate_of([h], store)
+    g.gate.submit(job(h, 0))
+    g.take(1)  # two tokens of the lease left, usable for 300 ms more
+    g.gate.pause(h, 0.1, again=job(h, 1))
+    ((_at, started),) = g.take(1)
+    assert started.token == 1
+    assert len(store.leases) == 2  # its token came from a new lease, after the pause
 
 
 def test_rate_limited_holds_the_delivery_and_pauses_the_handler(gate_of: Any) -> None:

@@ -129,6 +129,22 @@ class TestBucket:
         now_due = [d for d in second if d <= limit.per + gap]
         assert len(now_due) <= limit.max
 
+    @settings(max_examples=300, deadline=None)
+    @given(limit=limits, requests=requests)
+    def test_leftover_tokens_expire_before_the_bucket_is_full_again(
+        self, limit: RateLimit, requests: list[tuple[float, int]]
+    ) -> None:
+        """A leased token nobody waited for expires the lease's span after it fell due
+        (the gate): by then the bucket's tat has not passed, so no process can take a
+        full burst while another still holds a leftover token."""
+        tat = 0.0
+        for now, asked in requests:
+            count = min(asked, limit.max)  # a lease never exceeds the burst
+            offsets = due_offsets(limit, start_s=max(tat, now) - now, count=count)
+            tat = next_tat(limit, tat=tat, now=now, count=count)
+            span = lease_span_s(limit, count)
+            assert all(now + offset + span <= tat + 1e-6 for offset in offsets)
+
     @pytest.mark.parametrize(
         ("limit", "lease"),
         [
