@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from outbox_relay.consumer import ConsumerApp, Message
@@ -19,6 +20,7 @@ from outbox_relay.consumer.message import Delivery
 from outbox_relay.consumer.rate_limit import RateLimit, lease_span_s
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.observability.consumer_metrics import ConsumerMetrics
 from outbox_relay.store.flow import Lease
 
 
@@ -90,7 +92,12 @@ def job(h: Handler[...], n: int = 0, headers: dict[str, Any] | None = None) -> J
 
 
 class Gate:
-    def __init__(self, handlers: list[Handler[...]], store: FakeFlowStore | None) -> None:
+    def __init__(
+        self,
+        handlers: list[Handler[...]],
+        store: FakeFlowStore | None,
+        observer: ConsumerMetrics | None = None,
+    ) -> None:
         self.started: queue.SimpleQueue[tuple[float, Job]] = queue.SimpleQueue()
         self.given_back: list[Result] = []
         self.gate = FlowGate(
@@ -98,6 +105,7 @@ class Gate:
             store=store,  # type: ignore[arg-type]  # the fake stands in for FlowStore
             submit_to_pool=lambda j: self.started.put((time.monotonic(), j)),
             give_back=self.given_back.append,
+            observer=observer,
         )
 
     def take(self, count: int, timeout_s: float = 5.0) -> list[tuple[float, Job]]:
@@ -108,8 +116,12 @@ class Gate:
 def gate_of() -> Iterator[Any]:
     made: list[Gate] = []
 
-    def make(handlers: list[Handler[...]], store: FakeFlowStore | None = None) -> Gate:
-        made.append(Gate(handlers, store))
+    def make(
+        handlers: list[Handler[...]],
+        store: FakeFlowStore | None = None,
+        observer: ConsumerMetrics | None = None,
+    ) -> Gate:
+        made.append(Gate(handlers, store, observer))
         made[-1].gate.start()
         return made[-1]
 
@@ -240,6 +252,36 @@ def test_a_pause_not_above_0_pauses_nothing_and_records_nothing(
     assert store.paused_until == {}
     assert "paused" not in g.gate.describe()
     assert not [e for e in logs if e["log_level"] in ("error", "warning")]
+
+
+def test_the_gate_reports_the_time_waited_for_tokens_and_paused(gate_of: Any) -> None:
+    h = handler(rate_limit=RateLimit(max=1, per=0.2), name="send_sms")
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry, handlers=[(h.queue, h.name)])
+    store = FakeFlowStore()
+    g = gate_of([h], store, metrics)
+    labels = {"queue": h.queue, "handler": "send_sms"}
+
+    def value(name: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    g.gate.submit(job(h, 0))
+    g.gate.submit(job(h, 1))
+    g.take(2)
+    assert value("outbox_relay_consumer_rate_limit_wait_seconds_count") == 2
+    waited = value("outbox_relay_consumer_rate_limit_wait_seconds_sum")
+    assert 0.15 <= waited < 1.0  # the second waited a token's interval, 200 ms
+    assert value("outbox_relay_consumer_paused_seconds_total") == 0
+
+    g.gate.pause(h, 0.3, again=job(h, 2))  # RateLimited(retry_after=0.3) in this process
+    g.take(1)
+    assert value("outbox_relay_consumer_paused_seconds_total") == pytest.approx(0.3, abs=0.05)
+
+    store.pause(consumer=h.inbox_key, seconds=0.4)  # another process's RateLimited
+    g.gate.submit(job(h, 3))
+    g.take(1)
+    assert value("outbox_relay_consumer_paused_seconds_total") == pytest.approx(0.7, abs=0.1)
+    assert value("outbox_relay_consumer_rate_limit_wait_seconds_count") == 4
 
 
 def test_a_pause_from_another_process_holds_a_handler_without_a_limit(gate_of: Any) -> None:
