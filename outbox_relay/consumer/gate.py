@@ -26,7 +26,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -73,7 +73,8 @@ class _Bucket:
 
 class FlowGate:
     """See the module's docstring. ``submit_to_pool`` starts a job; ``give_back`` settles a
-    result (a delivery the gate cannot take a token for)."""
+    result (a delivery the gate cannot take a token for). ``prefetch``: each handler's
+    (by queue), for the warning about slow limits."""
 
     def __init__(
         self,
@@ -83,10 +84,10 @@ class FlowGate:
         submit_to_pool: Callable[[Job], None],
         give_back: Callable[[Result], None],
         observer: FlowObserver | None = None,
-        prefetch: int = 0,
+        prefetch: Mapping[str, int] | None = None,
     ) -> None:
         self._handlers = list(handlers)
-        self._prefetch = prefetch
+        self._prefetch = dict(prefetch or {})  # queue -> its handler's prefetch
         self._store = store
         self._submit = submit_to_pool
         self._give_back = give_back
@@ -147,21 +148,24 @@ class FlowGate:
     def _warn_slow_limits(self) -> None:
         """A delivery waits unacked for its token; RabbitMQ ends a channel that holds one
         past its consumer_timeout (30 min by default). Say so when this process alone
-        may hold one that long in the worst case."""
+        may hold one that long in the worst case: the handler's prefetch (its own pool's,
+        with its own concurrency) times the token interval."""
         for handler in self._handlers:
             limit = handler.rate_limit
-            if limit is None or not self._prefetch:
+            prefetch = self._prefetch.get(handler.queue, 0)
+            if limit is None or not prefetch:
                 continue
-            wait_s = self._prefetch * limit.interval_s
+            wait_s = prefetch * limit.interval_s
             if wait_s >= SLOW_LIMIT_WARN_S:
                 log.warning(
                     "consumer.rate_limit_slow",
                     handler=handler.name,
                     limit=limit.describe(),
-                    prefetch=self._prefetch,
+                    prefetch=prefetch,
                     longest_wait_s=round(wait_s),
                     hint="deliveries wait unacked for their token, and each process holds "
-                    "up to the prefetch: lower prefetch_multiplier, or raise RabbitMQ's "
+                    "up to the prefetch: lower prefetch_multiplier (or the handler's "
+                    "concurrency), or raise RabbitMQ's "
                     "consumer_timeout above the longest wait times the processes",
                 )
 

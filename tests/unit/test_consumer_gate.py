@@ -18,6 +18,7 @@ from outbox_relay.consumer.app import Handler
 from outbox_relay.consumer.gate import FlowGate
 from outbox_relay.consumer.message import Delivery
 from outbox_relay.consumer.rate_limit import RateLimit, lease_span_s
+from outbox_relay.consumer.runner import Runner
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import StoreUnavailableError
 from outbox_relay.observability.consumer_metrics import ConsumerMetrics
@@ -329,7 +330,11 @@ def test_take_held_returns_everything_waiting(gate_of: Any) -> None:
 def test_a_limit_so_slow_that_held_deliveries_near_the_consumer_timeout_is_named() -> None:
     h = handler(rate_limit="1/m", name="nightly_report")
     gate = FlowGate(
-        handlers=[h], store=None, submit_to_pool=lambda j: None, give_back=print, prefetch=12
+        handlers=[h],
+        store=None,
+        submit_to_pool=lambda j: None,
+        give_back=print,
+        prefetch={h.queue: 12},
     )
     with capture_logs() as logs:
         gate.start()
@@ -338,3 +343,30 @@ def test_a_limit_so_slow_that_held_deliveries_near_the_consumer_timeout_is_named
     assert warning["handler"] == "nightly_report"
     assert warning["longest_wait_s"] == 720
     assert "prefetch_multiplier" in warning["hint"]
+
+
+def test_the_slow_limit_warning_takes_each_handlers_own_prefetch() -> None:
+    """A handler with its own concurrency holds its own pool's prefetch, not the app's:
+    the app's prefetch is 4 x 2 = 8 here, 800 s at 1 per 100 s."""
+    app = ConsumerApp(
+        name="reports",
+        concurrency=4,
+        prefetch_multiplier=2,
+        database_url="postgresql://db.invalid/x",  # never connected: the gate only starts
+        amqp_url="amqp://broker.invalid",
+    )
+    slow = RateLimit(max=1, per=100)
+    for name, concurrency in (("shared", None), ("narrow", 1), ("wide", 10)):
+        app.handler(
+            exchange="e", queue=f"q.{name}", name=name, rate_limit=slow, concurrency=concurrency
+        )(lambda message: None)
+    runner = Runner(app, app.settings())
+    with capture_logs() as logs:
+        runner._gate.start()
+        runner._gate.stop()
+    warned = {
+        e["handler"]: (e["prefetch"], e["longest_wait_s"])
+        for e in logs
+        if e["event"] == "consumer.rate_limit_slow"
+    }
+    assert warned == {"shared": (8, 800), "wide": (20, 2000)}  # narrow: 2 x 100 s
