@@ -7,6 +7,8 @@ in a handler cannot swallow them by accident.
 
 from __future__ import annotations
 
+import math
+
 
 class Retry(Exception):  # noqa: N818 - named for what the handler asks, like Dramatiq's Retry
     """Raise in a handler to roll back and try the message again later.
@@ -38,14 +40,34 @@ class RateLimited(Exception):  # noqa: N818 - named for what the outside world s
     attempt**, and the handler pauses for ``retry_after`` seconds in every process of the
     app (through the database, see ``rate_limit=``), then resumes with this message.
 
-    ``retry_after`` must be positive; pauses are capped at 10 minutes, since held
+    ``retry_after`` must be a finite number of seconds above 0: anything else raises
+    ValueError here, so the handler fails with that error like any other (retried, the
+    attempt counted). Pauses are capped at 10 minutes (``rate_limit.MAX_PAUSE_S``), since held
     deliveries stay unacked meanwhile (RabbitMQ's consumer_timeout is 30 minutes).
     """
 
     def __init__(self, retry_after: float, reason: str = "the handler was rate limited") -> None:
-        super().__init__(f"{reason} (retry after {retry_after:g} s)")
-        self.retry_after = float(retry_after)
+        self.retry_after = pause_seconds(retry_after)
+        super().__init__(f"{reason} (retry after {self.retry_after:g} s)")
         self.reason = reason
+
+
+def pause_seconds(retry_after: float) -> float:
+    """``retry_after`` of a :class:`RateLimited` as seconds; ValueError naming the value
+    and the fix unless it is a finite number above 0 (NaN would pause the handler for
+    ever: the database orders NaN after every time)."""
+    try:
+        seconds = float(retry_after)
+    except (TypeError, ValueError):
+        seconds = math.nan
+    if isinstance(retry_after, bool) or not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(
+            f"RateLimited(retry_after={retry_after!r}): retry_after must be a finite number "
+            "of seconds above 0, e.g. the Retry-After the service sent (use max(value, 1) "
+            "when it may send 0, and raise Retry to try the message again without pausing "
+            "the handler); pauses longer than 10 minutes are cut to 10 minutes"
+        )
+    return seconds
 
 
 class HandlerTimeoutError(Exception):

@@ -26,7 +26,7 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import structlog
@@ -39,11 +39,11 @@ from outbox_relay.consumer.observer import FlowObserver
 from outbox_relay.consumer.pauses import Pauses
 from outbox_relay.consumer.rate_limit import (
     DEFAULT_BUCKET,
-    MAX_PAUSE_S,
     RateLimit,
     due_offsets,
     lease_size,
     lease_span_s,
+    pause_s,
 )
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import SchemaNotMigratedError, StoreError, StoreUnavailableError
@@ -61,12 +61,20 @@ class _Bucket:
     handler: Handler[...]
     key: str
     waiting: collections.deque[tuple[Job, float]] = field(default_factory=collections.deque)
-    tokens: collections.deque[float] = field(default_factory=collections.deque)  # due, monotonic
+    # Leased tokens not used yet: (due, expires), monotonic. A token is used by a
+    # delivery that came before it expired (the gate thread may start it later).
+    tokens: collections.deque[tuple[float, float]] = field(default_factory=collections.deque)
+
+    def drop_expired(self, before: float) -> None:
+        """Drop the tokens that expired before ``before``: no delivery waited for them."""
+        while self.tokens and self.tokens[0][1] <= before:
+            self.tokens.popleft()
 
 
 class FlowGate:
     """See the module's docstring. ``submit_to_pool`` starts a job; ``give_back`` settles a
-    result (a delivery the gate cannot take a token for)."""
+    result (a delivery the gate cannot take a token for). ``prefetch``: each handler's
+    (by queue), for the warning about slow limits."""
 
     def __init__(
         self,
@@ -76,10 +84,10 @@ class FlowGate:
         submit_to_pool: Callable[[Job], None],
         give_back: Callable[[Result], None],
         observer: FlowObserver | None = None,
-        prefetch: int = 0,
+        prefetch: Mapping[str, int] | None = None,
     ) -> None:
         self._handlers = list(handlers)
-        self._prefetch = prefetch
+        self._prefetch = dict(prefetch or {})  # queue -> its handler's prefetch
         self._store = store
         self._submit = submit_to_pool
         self._give_back = give_back
@@ -140,21 +148,24 @@ class FlowGate:
     def _warn_slow_limits(self) -> None:
         """A delivery waits unacked for its token; RabbitMQ ends a channel that holds one
         past its consumer_timeout (30 min by default). Say so when this process alone
-        may hold one that long in the worst case."""
+        may hold one that long in the worst case: the handler's prefetch (its own pool's,
+        with its own concurrency) times the token interval."""
         for handler in self._handlers:
             limit = handler.rate_limit
-            if limit is None or not self._prefetch:
+            prefetch = self._prefetch.get(handler.queue, 0)
+            if limit is None or not prefetch:
                 continue
-            wait_s = self._prefetch * limit.interval_s
+            wait_s = prefetch * limit.interval_s
             if wait_s >= SLOW_LIMIT_WARN_S:
                 log.warning(
                     "consumer.rate_limit_slow",
                     handler=handler.name,
                     limit=limit.describe(),
-                    prefetch=self._prefetch,
+                    prefetch=prefetch,
                     longest_wait_s=round(wait_s),
                     hint="deliveries wait unacked for their token, and each process holds "
-                    "up to the prefetch: lower prefetch_multiplier, or raise RabbitMQ's "
+                    "up to the prefetch: lower prefetch_multiplier (or the handler's "
+                    "concurrency), or raise RabbitMQ's "
                     "consumer_timeout above the longest wait times the processes",
                 )
 
@@ -182,9 +193,9 @@ class FlowGate:
     def pause(self, handler: Handler[...], seconds: float, *, again: Job) -> None:
         """``handler`` raised RateLimited on ``again``'s delivery: pause it everywhere and
         hold the delivery until the pause ends (no attempt counted)."""
-        seconds = min(max(seconds, 0.0), MAX_PAUSE_S)
+        seconds = pause_s(seconds)
         with self._cond:
-            self._pauses.extend(handler, seconds)
+            self._pause_here(handler, seconds)
             self._pauses.to_record(handler, seconds)
             self._bucket_of(again).waiting.appendleft((again, time.monotonic()))
             self._changed = True
@@ -253,6 +264,8 @@ class FlowGate:
             self._pauses.end_expired(now)
             for where, bucket in list(self._buckets.items()):
                 handler = bucket.handler
+                if not bucket.waiting:
+                    bucket.drop_expired(now)
                 if not bucket.waiting and not bucket.tokens:
                     del self._buckets[where]  # a key seen once costs nothing later
                     continue
@@ -267,7 +280,7 @@ class FlowGate:
                 if not bucket.waiting:
                     continue
                 if bucket.tokens:
-                    wait_s = min(wait_s, bucket.tokens[0] - now)
+                    wait_s = min(wait_s, bucket.tokens[0][0] - now)
                 elif now >= self._retry_at:
                     to_lease.append(bucket)
                 else:
@@ -288,9 +301,12 @@ class FlowGate:
         handler without a limit, once its pause ended)."""
         handler = bucket.handler
         limit = handler.rate_limit
-        while bucket.waiting and (limit is None or (bucket.tokens and bucket.tokens[0] <= now)):
-            job, since = bucket.waiting.popleft()
+        while bucket.waiting:
+            job, since = bucket.waiting[0]
             if limit is not None:
+                bucket.drop_expired(since)  # leftovers that expired before it came
+                if not bucket.tokens or bucket.tokens[0][0] > now:
+                    return
                 bucket.tokens.popleft()
                 self.tokens_granted += 1
                 granted = self._granted[handler.inbox_key]
@@ -301,6 +317,7 @@ class FlowGate:
                     self._observer.token_waited(
                         queue=handler.queue, handler=handler.name, seconds=now - since
                     )
+            bucket.waiting.popleft()
             self._submit(job)
 
     def _lease(self, bucket: _Bucket) -> None:
@@ -309,12 +326,10 @@ class FlowGate:
         if limit is None or self._store is None:
             return
         count = lease_size(limit)
+        span_s = lease_span_s(limit, count)
         try:
             lease = self._store.lease(
-                consumer=handler.inbox_key,
-                key=bucket.key,
-                count=count,
-                span_s=lease_span_s(limit, count),
+                consumer=handler.inbox_key, key=bucket.key, count=count, span_s=span_s
             )
         except StoreError as exc:
             self._outage(bucket, exc)
@@ -322,11 +337,14 @@ class FlowGate:
         now = time.monotonic()
         with self._cond:
             if not lease.granted:
-                self._pauses.extend(handler, lease.paused_s)
+                self._pause_here(handler, lease.paused_s)
                 return
+            if self._pauses.left_s(handler, now) > 0:
+                return  # paused meanwhile: tokens from before a pause are dropped
             offsets = due_offsets(limit, start_s=lease.start_s, count=count)
             if self._buckets.get((handler.inbox_key, bucket.key)) is bucket:
-                bucket.tokens.extend(now + offset for offset in offsets)
+                # Each expires the lease's span after it falls due (rate_limit's docstring).
+                bucket.tokens.extend((now + o, now + o + span_s) for o in offsets)
 
     def _outage(self, bucket: _Bucket, exc: StoreError) -> None:
         """A lease failed: its deliveries go back like any delivery the database could not
@@ -350,7 +368,7 @@ class FlowGate:
             return
         handler = next(h for h in self._handlers if h.inbox_key == consumer)
         with self._cond:
-            self._pauses.extend(handler, left)
+            self._pause_here(handler, left)
 
     def _check_pauses(self, now: float) -> None:
         assert self._store is not None  # noqa: S101 - checked only with a store
@@ -366,9 +384,18 @@ class FlowGate:
             for handler in self._handlers:
                 left = paused.get(handler.inbox_key)
                 if left is not None:
-                    self._pauses.extend(handler, left)
+                    self._pause_here(handler, left)
 
     # -- under the lock -------------------------------------------------------------------
+
+    def _pause_here(self, handler: Handler[...], seconds: float) -> None:
+        """Pause ``handler`` in this process for ``seconds`` (unless already for longer),
+        dropping the tokens its buckets leased before: used after the pause, they would
+        come on top of the burst its shared buckets refill meanwhile."""
+        if self._pauses.extend(handler, seconds):
+            for bucket in self._buckets.values():
+                if bucket.handler is handler:
+                    bucket.tokens.clear()
 
     def _bucket_of(self, job: Job) -> _Bucket:
         handler = job.handler

@@ -18,7 +18,7 @@ import structlog
 
 from outbox_relay.consumer.handler import Handler
 from outbox_relay.consumer.observer import FlowObserver
-from outbox_relay.consumer.rate_limit import MAX_PAUSE_S
+from outbox_relay.consumer.rate_limit import pause_s
 
 log = structlog.get_logger("outbox_relay.consumer")
 PAUSE_CHECK_S = 1.0  # how stale a process's view of other processes' pauses may be
@@ -85,24 +85,28 @@ class Pauses:
             if until <= now:
                 del self._until[key]  # the fast path is open again
 
-    def extend(self, handler: Handler[...], seconds: float) -> None:
-        """``handler`` is paused for ``seconds`` from now, unless already for longer."""
+    def extend(self, handler: Handler[...], seconds: float) -> bool:
+        """``handler`` is paused for ``seconds`` from now, unless already for longer;
+        whether that started or lengthened its pause."""
         now = time.monotonic()
         key = handler.inbox_key
-        until = now + min(seconds, MAX_PAUSE_S)
+        until = now + pause_s(seconds)
         before = max(self._until.get(key, now), now)
         if until <= before:
-            return
+            return False
         self._until[key] = until
         if self._observer is not None:
             self._observer.paused_for(
                 queue=handler.queue, handler=handler.name, seconds=until - before
             )
         log.info("consumer.handler_paused", handler=handler.name, seconds=round(until - now, 1))
+        return True
 
     def to_record(self, handler: Handler[...], seconds: float) -> None:
-        """Record ``handler``'s pause in the database too, for the other processes."""
-        if self.shared:
+        """Record ``handler``'s pause in the database too, for the other processes (a
+        pause of ``seconds`` as :func:`~outbox_relay.consumer.rate_limit.pause_s` keeps
+        it; none when that is 0)."""
+        if self.shared and seconds > 0:
             key = handler.inbox_key
             self._to_record[key] = max(self._to_record.get(key, 0.0), seconds)
 

@@ -13,6 +13,15 @@ exactly one per interval. Taking ``n`` tokens at once (a *lease*) moves ``tat`` 
 ``max(tat, now) + n * interval_s``; token ``i`` (0-based) of the lease is due at
 ``start + (i + 1) * interval_s - per``, or now if that has passed, where ``start`` is
 ``max(tat, now)`` before the lease.
+
+A token of a lease that no delivery waited for expires ``n * interval_s`` (the lease's
+span) after it fell due, and a pause drops them all: kept, they would come on top of the
+burst the shared bucket refills meanwhile. The last token of a lease falls due at ``tat
+- per`` at the earliest (``tat`` after the lease), so every token of it has expired by
+the time the bucket is full again for anyone: after a quiet spell the burst across
+processes is at most ``max``. (A window of ``w`` seconds under load may see up to the
+lease size more than ``max + w / interval_s`` starts, leftovers used late: at most
+``MAX_LEASE``, 2 % of a second's rate.)
 """
 
 from __future__ import annotations
@@ -100,6 +109,12 @@ def parse_rate_limit(value: str | RateLimit) -> RateLimit:
             "handler, stop its consumer; for less than one per second use '/m' or '/h')"
         )
     return RateLimit(max=int(number), per=UNITS_S[unit])
+
+
+def pause_s(seconds: float) -> float:
+    """A pause of ``seconds`` as the gate keeps it: at most MAX_PAUSE_S, and none (0) for
+    anything not above 0, NaN included (RateLimited refuses those when it is raised)."""
+    return min(seconds, MAX_PAUSE_S) if seconds > 0 else 0.0
 
 
 def lease_size(limit: RateLimit) -> int:

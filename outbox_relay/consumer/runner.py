@@ -146,7 +146,7 @@ class Runner:
             submit_to_pool=self._pool.submit,
             give_back=self._on_result,
             observer=self._observer,
-            prefetch=settings.prefetch,
+            prefetch={h.queue: prefetch_for(h, settings) for h in self._handlers},
         )
         self._observer.watch_in_flight(lambda: self._pool.busy)
 

@@ -32,6 +32,7 @@ from outbox_relay.consumer.errors import (
     RateLimited,
     Retry,
     UndecodableMessageError,
+    pause_seconds,
 )
 from outbox_relay.consumer.failure import ErrorInfo
 from outbox_relay.consumer.handler import Handler
@@ -283,16 +284,26 @@ class WorkerPool:
             session.rollback()
         if job.abandoned:
             return None
-        delay_s: float | None
         if isinstance(exc, RateLimited):
-            # The outside world said "slow down": held and paused, no attempt counted.
-            kind, delay_s = Kind.PAUSED, exc.retry_after
-        else:
-            parks = job.handler.policy.verdict(exc) is Verdict.PARK
-            kind = Kind.PARK if parks else Kind.RETRY
-            delay_s = exc.delay if isinstance(exc, Retry) else None
+            try:
+                pause = pause_seconds(exc.retry_after)
+            except ValueError as bad:  # retry_after changed since: the handler's own failure
+                bad.__cause__ = exc
+                exc = bad
+            else:
+                # The outside world said "slow down": held and paused, no attempt counted.
+                return replace(
+                    retry,
+                    kind=Kind.PAUSED,
+                    error=ErrorInfo.from_exception(exc),
+                    requested_delay_s=pause,
+                )
+        parks = job.handler.policy.verdict(exc) is Verdict.PARK
         return replace(
-            retry, kind=kind, error=ErrorInfo.from_exception(exc), requested_delay_s=delay_s
+            retry,
+            kind=Kind.PARK if parks else Kind.RETRY,
+            error=ErrorInfo.from_exception(exc),
+            requested_delay_s=exc.delay if isinstance(exc, Retry) else None,
         )
 
     def _give_back(

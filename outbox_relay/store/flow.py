@@ -9,6 +9,7 @@ so nothing is held while a delivery waits for its token. The bucket arithmetic i
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,12 @@ class FlowStore:
 
     def pause(self, *, consumer: str, seconds: float) -> float:
         """Pause ``consumer``'s handler in every process for ``seconds`` (a longer pause
-        stays); the seconds it now stays paused."""
+        stays); the seconds it now stays paused. ValueError unless ``seconds`` is a
+        finite number above 0 (the gate caps and checks it first)."""
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(
+                f"a pause must last a finite number of seconds above 0, not {seconds!r}"
+            )
         row = self._one(
             "flow_pause",
             {"consumer": consumer, "seconds": seconds},

@@ -23,6 +23,8 @@ import pytest
 from psycopg import sql
 
 from outbox_relay.consumer import ConsumerApp, Message, RateLimited
+from outbox_relay.store.deadline import Deadlines
+from outbox_relay.store.flow import FlowStore
 from tests.integration.test_consumer_faults import wait_for_event
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import (
@@ -230,6 +232,54 @@ def test_sigterm_returns_deliveries_waiting_for_a_token_at_once(
     assert broker.depth(queue) == 7  # nothing lost: the held four are back
 
 
+def test_a_killed_consumer_loses_none_of_the_deliveries_it_held_for_tokens(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """SIGKILL while a process holds deliveries unacked for their tokens: the broker gives
+    them back, and a new process handles every message exactly once."""
+    prepare(database_url, schema)
+    count = 30  # a burst of 5, then 5/s: the kill comes with about 20 held
+    env, exchange, queue = subprocess_env(
+        database_url,
+        amqp_url,
+        schema,
+        broker,
+        queue_prefix="limited",
+        TEST_RATE_LIMIT="5/s",
+        TEST_PREFETCH_MULTIPLIER="10",  # concurrency 2 x 10: up to 20 held for tokens
+    )
+    with start_subprocess(env, app=APP) as doomed:
+        try:
+            wait_for_event(doomed, "consumer.consuming")
+            for n in range(count):
+                publish(broker, exchange, "k", b"{}", message_id=f"m-{n}")
+            assert wait_for(lambda: len(effects(database_url, schema)) >= 7, timeout_s=10)
+            held = count - len(effects(database_url, schema)) - broker.depth(queue)
+            assert held >= 10, f"only {held} deliveries held when the process was killed"
+            doomed.kill()
+            assert doomed.wait(10) == -signal.SIGKILL
+        finally:
+            if doomed.poll() is None:
+                doomed.kill()
+    done_before = len(effects(database_url, schema))
+    assert done_before < count - 10
+    # Never acked, so back in the queue (with the one whose transaction died, if any).
+    assert wait_for(lambda: broker.depth(queue) >= count - done_before, timeout_s=10)
+
+    with start_subprocess(env, app=APP) as successor:
+        try:
+            wait_for_event(successor, "consumer.consuming")
+            assert wait_for(lambda: len(effects(database_url, schema)) >= count, timeout_s=15)
+            assert wait_for(lambda: broker.depth(queue) == 0)
+        finally:
+            assert stop_subprocess(successor) == 0
+
+    done = effects(database_url, schema)
+    assert sorted(m for m, *_ in done) == sorted(f"m-{n}" for n in range(count))  # once each
+    assert {attempt for _m, attempt, *_ in done} == {1}  # a kill costs no attempt
+    assert len({pid for *_, pid, _ in done}) == 2
+
+
 def test_readiness_shows_each_limit_the_rate_held_and_a_pause(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
@@ -269,3 +319,32 @@ def test_a_rate_limit_on_a_schema_without_migration_0010_ends_the_start_with_the
     assert proc.returncode == 3, err
     assert f"{schema}.consumer_flow" in err
     assert "outbox-relay migrate" in err
+
+
+def test_a_nan_pause_left_in_the_table_pauses_nothing(database_url: str, schema: str) -> None:
+    """Versions before RateLimited refused retry_after=nan wrote NaN, which PostgreSQL
+    orders after every time: a pause that never ends. The statements ignore it."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (consumer, key, paused_until) VALUES ('app:q', '', 'NaN')"
+            ).format(sql.Identifier(schema, "consumer_flow"))
+        )
+    store = FlowStore(
+        url=database_url,
+        schema=schema,
+        application_name="nan test",
+        deadlines=Deadlines(timeout_s=0),
+    )
+    try:
+        assert store.paused(["app:q"]) == {}
+        lease = store.lease(consumer="app:q", key="", count=1, span_s=0.1)
+        assert lease.granted
+        assert lease.start_s == pytest.approx(0, abs=0.5)
+        assert store.pause(consumer="app:q", seconds=5) == pytest.approx(5, abs=0.5)
+        assert 4 < store.paused(["app:q"])["app:q"] <= 5
+        assert not store.lease(consumer="app:q", key="", count=1, span_s=0.1).granted
+        with pytest.raises(ValueError, match="finite number of seconds above 0"):
+            store.pause(consumer="app:q", seconds=float("nan"))
+    finally:
+        store.close()

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import math
 import queue
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from outbox_relay.consumer import ConsumerApp, Message
+from outbox_relay.consumer import gate as gate_module
 from outbox_relay.consumer.app import Handler
 from outbox_relay.consumer.gate import FlowGate
 from outbox_relay.consumer.message import Delivery
-from outbox_relay.consumer.rate_limit import RateLimit
+from outbox_relay.consumer.rate_limit import RateLimit, lease_span_s
+from outbox_relay.consumer.runner import Runner
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import StoreUnavailableError
+from outbox_relay.observability.consumer_metrics import ConsumerMetrics
 from outbox_relay.store.flow import Lease
 
 
@@ -44,6 +49,8 @@ class FakeFlowStore:
         return Lease(start_s=start - now, paused_s=0.0)
 
     def pause(self, *, consumer: str, seconds: float) -> float:
+        if not (math.isfinite(seconds) and seconds > 0):  # as FlowStore.pause
+            raise ValueError(f"a pause must last a finite number of seconds above 0: {seconds}")
         now = time.monotonic()
         until = max(self.paused_until.get(consumer, 0.0), now + seconds)
         self.paused_until[consumer] = until
@@ -86,7 +93,12 @@ def job(h: Handler[...], n: int = 0, headers: dict[str, Any] | None = None) -> J
 
 
 class Gate:
-    def __init__(self, handlers: list[Handler[...]], store: FakeFlowStore | None) -> None:
+    def __init__(
+        self,
+        handlers: list[Handler[...]],
+        store: FakeFlowStore | None,
+        observer: ConsumerMetrics | None = None,
+    ) -> None:
         self.started: queue.SimpleQueue[tuple[float, Job]] = queue.SimpleQueue()
         self.given_back: list[Result] = []
         self.gate = FlowGate(
@@ -94,6 +106,7 @@ class Gate:
             store=store,  # type: ignore[arg-type]  # the fake stands in for FlowStore
             submit_to_pool=lambda j: self.started.put((time.monotonic(), j)),
             give_back=self.given_back.append,
+            observer=observer,
         )
 
     def take(self, count: int, timeout_s: float = 5.0) -> list[tuple[float, Job]]:
@@ -104,8 +117,12 @@ class Gate:
 def gate_of() -> Iterator[Any]:
     made: list[Gate] = []
 
-    def make(handlers: list[Handler[...]], store: FakeFlowStore | None = None) -> Gate:
-        made.append(Gate(handlers, store))
+    def make(
+        handlers: list[Handler[...]],
+        store: FakeFlowStore | None = None,
+        observer: ConsumerMetrics | None = None,
+    ) -> Gate:
+        made.append(Gate(handlers, store, observer))
         made[-1].gate.start()
         return made[-1]
 
@@ -149,6 +166,61 @@ def test_each_key_waits_only_for_its_own_bucket(gate_of: Any) -> None:
     assert g.gate.held == 2  # noisy's second and third wait a second each
 
 
+def most_in_any_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t - first <= window_s) for i, first in enumerate(times))
+
+
+@pytest.fixture
+def leases_of_three(monkeypatch: pytest.MonkeyPatch) -> RateLimit:
+    """A slow limit that leases three tokens a round trip (as fast limits do), slow
+    enough that the test's timing does not depend on the machine's load: 6 per 0.6 s, a
+    token every 100 ms, a lease spanning 300 ms, so leftover tokens expire 300 ms after
+    they fell due."""
+    monkeypatch.setattr(gate_module, "lease_size", lambda limit: 3)
+    limit = RateLimit(max=6, per=0.6)
+    assert lease_span_s(limit, 3) == pytest.approx(0.3)
+    return limit
+
+
+def test_leftover_leased_tokens_expire_so_no_burst_exceeds_max_across_processes(
+    gate_of: Any, leases_of_three: RateLimit
+) -> None:
+    """Two processes lease three tokens each and use one: four tokens are left over.
+    After a quiet spell the shared bucket is full again (a burst of 6); the leftovers,
+    had they been kept, would start four more deliveries at once on top of it."""
+    h = handler(rate_limit=leases_of_three)
+    store = FakeFlowStore()
+    a, b = gate_of([h], store), gate_of([h], store)
+    a.gate.submit(job(h, 0))
+    a.take(1)
+    b.gate.submit(job(h, 1))
+    b.take(1)
+    assert [count for *_, count in store.leases] == [3, 3]
+    time.sleep(1.3)  # the bucket's tat is 0.6 s ahead: full again 0.6 s after that
+    for n in range(5):
+        a.gate.submit(job(h, 10 + n))
+        b.gate.submit(job(h, 20 + n))
+    started = [at for at, _ in a.take(5) + b.take(5)]
+    # A burst of at most 6 at once, then one every 100 ms (none in the first 50 ms).
+    assert most_in_any_window(started, 0.05) <= leases_of_three.max
+    assert max(started) - min(started) >= 0.3
+
+
+def test_a_pause_drops_the_tokens_leased_before_it(
+    gate_of: Any, leases_of_three: RateLimit
+) -> None:
+    h = handler(rate_limit=leases_of_three)
+    store = FakeFlowStore()
+    g = gate_of([h], store)
+    g.gate.submit(job(h, 0))
+    g.take(1)  # two tokens of the lease left, usable for 300 ms more
+    g.gate.pause(h, 0.1, again=job(h, 1))
+    ((_at, started),) = g.take(1)
+    assert started.token == 1
+    assert len(store.leases) == 2  # its token came from a new lease, after the pause
+
+
 def test_rate_limited_holds_the_delivery_and_pauses_the_handler(gate_of: Any) -> None:
     h = handler(rate_limit="100/s")
     store = FakeFlowStore()
@@ -163,6 +235,54 @@ def test_rate_limited_holds_the_delivery_and_pauses_the_handler(gate_of: Any) ->
     assert [j.token for _, j in started] == [0, 1]  # the one that raised first
     assert started[0][0] - began >= 0.25
     assert store.paused_until  # shared with the other processes
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), 0.0, -3.0])
+def test_a_pause_not_above_0_pauses_nothing_and_records_nothing(
+    gate_of: Any, seconds: float
+) -> None:
+    """RateLimited refuses such a retry_after; the gate does not trust that: a NaN pause
+    would never end, in the database or here."""
+    h = handler(rate_limit="100/s")
+    store = FakeFlowStore()
+    g = gate_of([h], store)
+    with capture_logs() as logs:
+        g.gate.pause(h, seconds, again=job(h, 0))
+        ((_at, started),) = g.take(1, timeout_s=1.0)
+    assert started.token == 0
+    assert store.paused_until == {}
+    assert "paused" not in g.gate.describe()
+    assert not [e for e in logs if e["log_level"] in ("error", "warning")]
+
+
+def test_the_gate_reports_the_time_waited_for_tokens_and_paused(gate_of: Any) -> None:
+    h = handler(rate_limit=RateLimit(max=1, per=0.2), name="send_sms")
+    registry = CollectorRegistry()
+    metrics = ConsumerMetrics(registry, handlers=[(h.queue, h.name)])
+    store = FakeFlowStore()
+    g = gate_of([h], store, metrics)
+    labels = {"queue": h.queue, "handler": "send_sms"}
+
+    def value(name: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    g.gate.submit(job(h, 0))
+    g.gate.submit(job(h, 1))
+    g.take(2)
+    assert value("outbox_relay_consumer_rate_limit_wait_seconds_count") == 2
+    waited = value("outbox_relay_consumer_rate_limit_wait_seconds_sum")
+    assert 0.15 <= waited < 1.0  # the second waited a token's interval, 200 ms
+    assert value("outbox_relay_consumer_paused_seconds_total") == 0
+
+    g.gate.pause(h, 0.3, again=job(h, 2))  # RateLimited(retry_after=0.3) in this process
+    g.take(1)
+    assert value("outbox_relay_consumer_paused_seconds_total") == pytest.approx(0.3, abs=0.05)
+
+    store.pause(consumer=h.inbox_key, seconds=0.4)  # another process's RateLimited
+    g.gate.submit(job(h, 3))
+    g.take(1)
+    assert value("outbox_relay_consumer_paused_seconds_total") == pytest.approx(0.7, abs=0.1)
+    assert value("outbox_relay_consumer_rate_limit_wait_seconds_count") == 4
 
 
 def test_a_pause_from_another_process_holds_a_handler_without_a_limit(gate_of: Any) -> None:
@@ -210,7 +330,11 @@ def test_take_held_returns_everything_waiting(gate_of: Any) -> None:
 def test_a_limit_so_slow_that_held_deliveries_near_the_consumer_timeout_is_named() -> None:
     h = handler(rate_limit="1/m", name="nightly_report")
     gate = FlowGate(
-        handlers=[h], store=None, submit_to_pool=lambda j: None, give_back=print, prefetch=12
+        handlers=[h],
+        store=None,
+        submit_to_pool=lambda j: None,
+        give_back=print,
+        prefetch={h.queue: 12},
     )
     with capture_logs() as logs:
         gate.start()
@@ -219,3 +343,30 @@ def test_a_limit_so_slow_that_held_deliveries_near_the_consumer_timeout_is_named
     assert warning["handler"] == "nightly_report"
     assert warning["longest_wait_s"] == 720
     assert "prefetch_multiplier" in warning["hint"]
+
+
+def test_the_slow_limit_warning_takes_each_handlers_own_prefetch() -> None:
+    """A handler with its own concurrency holds its own pool's prefetch, not the app's:
+    the app's prefetch is 4 x 2 = 8 here, 800 s at 1 per 100 s."""
+    app = ConsumerApp(
+        name="reports",
+        concurrency=4,
+        prefetch_multiplier=2,
+        database_url="postgresql://db.invalid/x",  # never connected: the gate only starts
+        amqp_url="amqp://broker.invalid",
+    )
+    slow = RateLimit(max=1, per=100)
+    for name, concurrency in (("shared", None), ("narrow", 1), ("wide", 10)):
+        app.handler(
+            exchange="e", queue=f"q.{name}", name=name, rate_limit=slow, concurrency=concurrency
+        )(lambda message: None)
+    runner = Runner(app, app.settings())
+    with capture_logs() as logs:
+        runner._gate.start()
+        runner._gate.stop()
+    warned = {
+        e["handler"]: (e["prefetch"], e["longest_wait_s"])
+        for e in logs
+        if e["event"] == "consumer.rate_limit_slow"
+    }
+    assert warned == {"shared": (8, 800), "wide": (20, 2000)}  # narrow: 2 x 100 s

@@ -87,6 +87,19 @@ def test_rate_limited_pauses_without_counting_an_attempt() -> None:
     assert shipped == []
 
 
+def test_a_rate_limited_with_a_bad_retry_after_fails_like_any_error() -> None:
+    app = ConsumerApp(name="bad-429")
+
+    @app.handler(exchange="orders", queue="bad.429", retry_delays=[1])
+    def never_ends(message: Message) -> None:
+        raise RateLimited(retry_after=float("nan"))
+
+    outcome = run(never_ends, {})
+    assert (outcome.action, outcome.next_queue) == (Action.RETRY, "bad.429.retry.1s")
+    assert "retry_after must be a finite number of seconds above 0" in outcome.reason
+    assert isinstance(outcome.exception, ValueError)
+
+
 def test_a_failure_is_retried_in_the_tier_of_its_attempt_then_parked() -> None:
     body = {"parcel_id": 5, "weight_g": -1}
     first = run(on_parcel, body)

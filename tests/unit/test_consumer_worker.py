@@ -10,7 +10,7 @@ from typing import Any
 import pydantic
 import pytest
 
-from outbox_relay.consumer import ConsumerApp, Message, Reject, Retry
+from outbox_relay.consumer import ConsumerApp, Message, RateLimited, Reject, Retry
 from outbox_relay.consumer.app import Handler
 from outbox_relay.consumer.message import Delivery
 from outbox_relay.consumer.worker import Job, Kind, Result, WorkerPool
@@ -312,6 +312,48 @@ def test_retry_on_and_park_on_decide_a_failure(
     assert result.error is not None
     assert result.error.type.endswith(type(error).__qualname__)
     assert harness.log[-1] == "rollback"
+
+
+def test_rate_limited_is_held_for_a_pause_without_an_attempt(harness: Harness) -> None:
+    def slow_down(message: Message, tx: Any) -> None:
+        raise RateLimited(retry_after=30)
+
+    result = harness.run(handler(slow_down), delivery())
+    assert (result.kind, result.requested_delay_s, result.attempt) == (Kind.PAUSED, 30.0, 1)
+    assert harness.log == ["rollback"]
+
+
+def test_a_bad_rate_limited_is_a_failure_of_the_handler_retried_with_its_error(
+    harness: Harness,
+) -> None:
+    """RateLimited(retry_after=nan) refuses to be made: the handler fails with that
+    ValueError, retried with an attempt counted like any failure, and nothing is paused."""
+
+    def nan_after(message: Message, tx: Any) -> None:
+        raise RateLimited(retry_after=float("nan"))
+
+    result = harness.run(handler(nan_after), delivery())
+    assert (result.kind, result.requested_delay_s, result.attempt) == (Kind.RETRY, None, 1)
+    assert result.error is not None
+    assert result.error.type == "ValueError"
+    assert "RateLimited(retry_after=nan): retry_after must be a finite number" in (
+        result.error.message
+    )
+    assert harness.log == ["rollback"]
+
+
+def test_a_rate_limited_whose_retry_after_was_changed_is_a_failure_too(
+    harness: Harness,
+) -> None:
+    def sneaky(message: Message, tx: Any) -> None:
+        error = RateLimited(retry_after=5)
+        error.retry_after = -1.0
+        raise error
+
+    result = harness.run(handler(sneaky), delivery())
+    assert (result.kind, result.requested_delay_s) == (Kind.RETRY, None)
+    assert result.error is not None
+    assert "RateLimited(retry_after=-1.0)" in result.error.message
 
 
 def test_a_timed_out_handler_whose_killed_connection_fails_is_no_outage() -> None:

@@ -9,15 +9,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from outbox_relay.consumer import ConsumerApp, Message, RateLimit
+from outbox_relay.consumer import ConsumerApp, Message, RateLimit, RateLimited
 from outbox_relay.consumer.rate_limit import (
     DEFAULT_BUCKET,
+    MAX_PAUSE_S,
     due_offsets,
     lease_size,
     lease_span_s,
     next_tat,
     parse_key,
     parse_rate_limit,
+    pause_s,
 )
 from outbox_relay.errors import ConfigurationError
 
@@ -127,6 +129,22 @@ class TestBucket:
         now_due = [d for d in second if d <= limit.per + gap]
         assert len(now_due) <= limit.max
 
+    @settings(max_examples=300, deadline=None)
+    @given(limit=limits, requests=requests)
+    def test_leftover_tokens_expire_before_the_bucket_is_full_again(
+        self, limit: RateLimit, requests: list[tuple[float, int]]
+    ) -> None:
+        """A leased token nobody waited for expires the lease's span after it fell due
+        (the gate): by then the bucket's tat has not passed, so no process can take a
+        full burst while another still holds a leftover token."""
+        tat = 0.0
+        for now, asked in requests:
+            count = min(asked, limit.max)  # a lease never exceeds the burst
+            offsets = due_offsets(limit, start_s=max(tat, now) - now, count=count)
+            tat = next_tat(limit, tat=tat, now=now, count=count)
+            span = lease_span_s(limit, count)
+            assert all(now + offset + span <= tat + 1e-6 for offset in offsets)
+
     @pytest.mark.parametrize(
         ("limit", "lease"),
         [
@@ -140,6 +158,34 @@ class TestBucket:
     def test_lease_size(self, limit: RateLimit, lease: int) -> None:
         assert lease_size(limit) == lease
         assert lease_span_s(limit, lease) == pytest.approx(lease * limit.interval_s)
+
+
+class TestRateLimited:
+    @pytest.mark.parametrize(
+        "value", [float("nan"), float("inf"), float("-inf"), 0, 0.0, -5, "soon", True]
+    )
+    def test_a_retry_after_that_is_not_a_finite_number_above_0_is_refused(self, value: Any) -> None:
+        with pytest.raises(ValueError, match=r"retry_after must be a finite number") as caught:
+            RateLimited(retry_after=value)
+        said = str(caught.value)
+        assert said.startswith(f"RateLimited(retry_after={value!r}): ")
+        assert "max(value, 1)" in said  # the fix
+        assert "raise Retry" in said
+
+    @pytest.mark.parametrize(("value", "seconds"), [(30, 30.0), (0.25, 0.25), ("12", 12.0)])
+    def test_a_positive_retry_after_is_kept_in_seconds(self, value: Any, seconds: float) -> None:
+        error = RateLimited(retry_after=value)
+        assert error.retry_after == seconds
+        assert str(error) == f"the handler was rate limited (retry after {seconds:g} s)"
+
+    def test_a_huge_retry_after_is_accepted_and_the_pause_capped(self) -> None:
+        assert RateLimited(retry_after=1e300).retry_after == 1e300
+        assert pause_s(1e300) == pause_s(float("inf")) == MAX_PAUSE_S == 600
+        assert pause_s(42.5) == 42.5
+
+    @pytest.mark.parametrize("seconds", [float("nan"), 0.0, -1.0, float("-inf")])
+    def test_a_pause_that_is_not_above_0_is_none(self, seconds: float) -> None:
+        assert pause_s(seconds) == 0.0
 
 
 def message(**kw: Any) -> Message:
