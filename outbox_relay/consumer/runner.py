@@ -45,7 +45,7 @@ from pika.spec import Basic, BasicProperties
 from tenacity import RetryCallState
 
 from outbox_relay.amqp_url import CONNECT_ERRORS, describe_amqp_error, unavailable
-from outbox_relay.broker_nodes import BrokerNodes
+from outbox_relay.broker_nodes import BrokerNodes, NodeInUse
 from outbox_relay.consumer import lenient_frames
 from outbox_relay.consumer.app import ConsumerApp
 from outbox_relay.consumer.database import (
@@ -94,11 +94,14 @@ class Runner:
             unhealthy_after_s=settings.unhealthy_after_s, observer=self._observer, log=self._log
         )
         # Several nodes of a cluster: each connection tries them in turn (broker_nodes).
+        # The node in use goes to the metric and to /readyz, as the relay's does.
+        self._node = NodeInUse(on_change=self._observer.connected_to)
         self._nodes = BrokerNodes(
             settings.amqp_url,
             dead_peer_timeout_s=settings.dead_peer_timeout_s,
-            on_node=self._observer.connected_to,
+            on_node=self._node.connected_to,
         )
+        self._ready = self._node.readiness(self._readiness)
         self._stopping = threading.Event()
         self._results = Results(connection=lambda: self._conn, on_wake=self._settle_ready)
         self._generation = 0
@@ -162,7 +165,11 @@ class Runner:
 
     def readiness(self) -> tuple[bool, str]:
         """Ready: connected to the broker and consuming every handler's queue, and the
-        handlers' database (if any) answered the last time it was used."""
+        handlers' database (if any) answered the last time it was used; the details end
+        with the broker node in use."""
+        return self._ready()
+
+    def _readiness(self) -> tuple[bool, str]:
         if not self.ready.is_set():
             return False, "not consuming: connecting to the broker or stopping"
         problem = self._pool.database_problem

@@ -157,3 +157,6 @@ def test_the_consumer_passes_over_a_refusing_node_and_reports_the_one_in_use(
     ):
         value = registry.get_sample_value
         assert value("outbox_relay_consumer_broker_node", {"node": live_name}) == 1
+        ready, detail = runner.readiness()
+        assert ready, detail
+        assert detail.endswith(f"; broker node {live_name}"), detail
