@@ -44,6 +44,7 @@ from outbox_relay.consumer.rate_limit import (
     lease_size,
     lease_span_s,
     pause_s,
+    stored_key,
 )
 from outbox_relay.consumer.worker import Job, Kind, Result
 from outbox_relay.errors import SchemaNotMigratedError, StoreError, StoreUnavailableError
@@ -329,7 +330,10 @@ class FlowGate:
         span_s = lease_span_s(limit, count)
         try:
             lease = self._store.lease(
-                consumer=handler.inbox_key, key=bucket.key, count=count, span_s=span_s
+                consumer=handler.inbox_key,
+                key=stored_key(limit, bucket.key),
+                count=count,
+                span_s=span_s,
             )
         except StoreError as exc:
             self._outage(bucket, exc)

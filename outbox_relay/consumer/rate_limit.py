@@ -117,6 +117,17 @@ def pause_s(seconds: float) -> float:
     return min(seconds, MAX_PAUSE_S) if seconds > 0 else 0.0
 
 
+def stored_key(limit: RateLimit, key: str) -> str:
+    """The bucket's key in ``consumer_flow``: the limit, then the key (``"100/s|acme"``,
+    ``"100/s|"`` for the default bucket). A bucket's ``tat`` is kept in the limit's own
+    units, up to a period ahead and more with waiters: under a changed limit it would
+    hold the handler back by the old period (a limit raised from 1/h to 100/s waited up to
+    an hour), so a changed limit starts a bucket of its own. During a rolling update the
+    old and the new limit then each hold, side by side; the old bucket's row stays, unused.
+    """
+    return f"{limit.describe()}|{key}"
+
+
 def lease_size(limit: RateLimit) -> int:
     """How many tokens to take in one round trip: one at modest rates, a small batch at
     high ones. Tokens of a lease not used at once serve the next deliveries (a process

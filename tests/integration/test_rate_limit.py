@@ -348,3 +348,31 @@ def test_a_nan_pause_left_in_the_table_pauses_nothing(database_url: str, schema:
             store.pause(consumer="app:q", seconds=float("nan"))
     finally:
         store.close()
+
+
+def test_a_raised_limit_does_not_wait_out_the_old_period(
+    database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
+) -> None:
+    """The bucket of "1/h" is an hour ahead after one message; the same handler restarted
+    with "50/s" starts a bucket of its own instead of waiting for that hour."""
+    exchange, queue = broker.exchange(), broker.name("raised")
+    handled: list[str] = []
+
+    def app_with(limit: str) -> ConsumerApp:
+        app = ConsumerApp(
+            name="raised-test", schema=schema, database_url=database_url, amqp_url=amqp_url
+        )
+
+        @app.handler(exchange=exchange, queue=queue, rate_limit=limit)
+        def sync_crm(message: Message, tx: psycopg.Connection[Any]) -> None:
+            handled.append(message.message_id)
+
+        return app
+
+    with running_consumer(app_with("1/h"), broker):
+        publish(broker, exchange, "k", b"{}", message_id="first")
+        assert wait_for(lambda: handled == ["first"], timeout_s=10)
+    with running_consumer(app_with("50/s"), broker):
+        for n in range(5):
+            publish(broker, exchange, "k", b"{}", message_id=f"after-{n}")
+        assert wait_for(lambda: len(handled) == 6, timeout_s=10), handled
