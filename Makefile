@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 ## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
 ## (see docs/testing.md; the deploy tier is `make deploy-test`)
 test: $(STAMP)
-	$(BIN)/pytest tests -m "not deploy and not cluster and not bench" --durations=25
+	$(BIN)/pytest tests -m "not deploy and not cluster and not bench" -n 2 --dist loadfile --durations=25
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
