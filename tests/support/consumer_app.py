@@ -4,6 +4,7 @@ TEST_QUEUE, TEST_EXCHANGE, OUTBOX_RELAY_SCHEMA: where it consumes and writes.
 TEST_KILL_AFTER_COMMIT=1: SIGKILL this process after a handler committed, before the ack.
 TEST_HANDLER_SLEEP_S: seconds each handler sleeps after recording that it started.
 TEST_ASYNC_HANDLER=1: the handler is an async def one (AsyncConnection, asyncio.sleep).
+TEST_QUEUE_TYPE: its queues' type, "classic" unless told ("quorum" on a cluster).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ register = app.handler(
     queue=os.environ.get("TEST_QUEUE", "unset"),
     bindings=["#"],
     retry_delays=[0.5],
+    queue_type=os.environ.get("TEST_QUEUE_TYPE", "classic"),
 )
 
 

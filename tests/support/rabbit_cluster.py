@@ -23,8 +23,9 @@ from pathlib import Path
 from tests.support.private_rabbit import PrivateRabbit, private_rabbit
 
 CLUSTER_SIZE = 3
-# Quick to notice a stopped peer (the default net_ticktime is 60 s); a stop_app is seen
-# at once anyway, the tick matters only when a node dies without saying so.
+# net_ticktime stays at its default (60 s): a stop_app says goodbye, and a node killed
+# here has its distribution connections closed by the kernel, so its peers notice both
+# at once; the tick would matter only for a node that goes silent (not tested here).
 CONFIG = "cluster_partition_handling = pause_minority\n"
 
 
@@ -70,6 +71,24 @@ class RabbitCluster:
         node.rabbitmqctl("start_app")
         node.rabbitmqctl("await_startup")
         self.stopped.discard(node.node)
+
+    def leader(self, queue: str) -> int | None:
+        """The index of the node leading quorum queue ``queue`` (None: no leader now),
+        as a running node sees it."""
+        up = next(n for n in self.nodes if n.node not in self.stopped)
+        listed = up.rabbitmqctl("list_queues", "name", "leader", "--no-table-headers", "-q")
+        for line in listed.splitlines():
+            name, _, leader = line.partition("\t")
+            if name == queue:
+                return next((i for i, n in enumerate(self.nodes) if n.node == leader), None)
+        return None
+
+    def messages(self, queues: list[str]) -> dict[str, int]:
+        """How many messages each of ``queues`` holds (-1: no such queue)."""
+        up = next(n for n in self.nodes if n.node not in self.stopped)
+        listed = up.rabbitmqctl("list_queues", "name", "messages", "--no-table-headers", "-q")
+        counts = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+        return {q: int(counts.get(q, -1)) for q in queues}
 
     def running_nodes(self) -> str:
         up = next(n for n in self.nodes if n.node not in self.stopped)
