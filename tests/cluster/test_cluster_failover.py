@@ -78,6 +78,7 @@ class Fault:
     at: float  # wall clock (time.time()) at the start of the fault's command
     recovered_s: float  # from the start of the fault's command
     command_s: float = 0.0  # how long the command itself took (stop_app, kill + promote)
+    waited_s: float = 0.0  # before it, until every quorum queue could lose the node
     recovered_at: float = 0.0  # wall clock when the chain had recovered
     retrying: int = 0  # orders in B's retry tier when the fault struck
     outage_s: float | None = None  # from the first client that lost a connection
@@ -136,11 +137,16 @@ def _node_of(process: RelayProcess | ConsumerProcess, cluster: RabbitCluster) ->
 
 
 def _recovery(
-    fault: Callable[[], float], name: str, producer: SteadyProducer, url: str, schema: str
+    fault: Callable[[], float],
+    name: str,
+    producer: SteadyProducer,
+    url: str,
+    schema: str,
+    diagnose: Callable[[], str] = str,
 ) -> Fault:
     """Run ``fault`` (it returns how long its command took) and wait until, for every key
     (so for the partitions of both relays), an order committed after it has its effect
-    at C."""
+    at C. ``diagnose``: what to add to the failure's message."""
     at, started = time.time(), time.monotonic()
     command_s = fault()
     keys = {producer.key_of(n) for n in range(KEYS)}
@@ -153,7 +159,7 @@ def _recovery(
         lambda: {key for _, key in _handled(url, schema, since=after)} >= keys,
         timeout_s=RECOVERY_BOUND_S * 2,
         interval_s=0.2,
-    ), f"{name}: orders from {after} on had no effect at C for every key"
+    ), f"{name}: orders from {after} on had no effect at C for every key\n{diagnose()}"
     return Fault(name, at, time.monotonic() - started, command_s, recovered_at=time.time())
 
 
@@ -279,9 +285,20 @@ def test_node_stops_and_a_promotion_lose_nothing(
         )
 
         # 1. The node relay A is on stops; it comes back once the chain recovered.
+        # Before each node fault: until every quorum queue could lose that node (what a
+        # rolling restart waits for before each node; a node that just started again may
+        # not have its members online yet), so that a fault never leaves a queue without
+        # a majority.
+        def quorum_status() -> str:
+            return "\n".join(cluster.quorum_status(q) for q in (queue_b, queue_c))
+
         first = _node_of(relays[0], cluster)
+        waited_s = cluster.await_quorum_plus_one(first)
         name = f"node {first} (relay A's) stopped"
-        faults.append(_recovery(lambda: cluster.stop(first), name, producer, url, schema))
+        faults.append(
+            _recovery(lambda: cluster.stop(first), name, producer, url, schema, quorum_status)
+        )
+        faults[-1].waited_s = waited_s
         assert wait_for(lambda: _node_of(relays[0], cluster) != first, timeout_s=10)
         cluster.start(first)
 
@@ -292,8 +309,12 @@ def test_node_stops_and_a_promotion_lose_nothing(
         assert second != first
         leaders = {q: cluster.leader(q) for q in (queue_b, f"{queue_b}.retry.500ms", queue_c)}
         assert set(leaders.values()) == {second}, leaders
+        waited_s = cluster.await_quorum_plus_one(second)
         name = f"node {second} (the consumers', every queue's leader) stopped"
-        faults.append(_recovery(lambda: cluster.stop(second), name, producer, url, schema))
+        faults.append(
+            _recovery(lambda: cluster.stop(second), name, producer, url, schema, quorum_status)
+        )
+        faults[-1].waited_s = waited_s
         for stage in consumers:
             assert wait_for(lambda s=stage: _node_of(s, cluster) != second, timeout_s=10)
         moved: dict[str, int | None] = {}
@@ -309,8 +330,12 @@ def test_node_stops_and_a_promotion_lose_nothing(
         # the promotion below runs on two nodes of three.
         third = _node_of(relays[1], cluster)
         assert third not in (first, second)
+        waited_s = cluster.await_quorum_plus_one(third)
         name = f"node {third} (relay B's) killed"
-        faults.append(_recovery(lambda: cluster.kill(third), name, producer, url, schema))
+        faults.append(
+            _recovery(lambda: cluster.kill(third), name, producer, url, schema, quorum_status)
+        )
+        faults[-1].waited_s = waited_s
 
         # 4. The PostgreSQL primary dies; its synchronous standby is promoted.
         def kill_and_promote() -> float:
@@ -410,7 +435,8 @@ def _report(
         f"retries); boot {boot_s:.1f}s; "
         + "; ".join(
             f"{f.name}: recovered in {f.recovered_s:.1f}s (command {f.command_s:.1f}s, "
-            f"clients' outage {_seconds(f.outage_s)}, {f.retrying} orders in the retry tier)"
+            + (f"after {f.waited_s:.1f}s waiting for quorum + 1, " if f.waited_s else "")
+            + f"clients' outage {_seconds(f.outage_s)}, {f.retrying} orders in the retry tier)"
             for f in faults
         )
     )

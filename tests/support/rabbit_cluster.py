@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -82,6 +83,23 @@ class RabbitCluster:
             if name == queue:
                 return next((i for i, n in enumerate(self.nodes) if n.node == leader), None)
         return None
+
+    def quorum_status(self, queue: str) -> str:
+        """``rabbitmq-queues quorum_status``: each member's Raft state and indexes, as a
+        running node sees them (for a failure's message)."""
+        up = next(n for n in self.nodes if n.node not in self.stopped)
+        try:
+            return up.cli("rabbitmq-queues", "quorum_status", queue, timeout_s=20)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return f"quorum_status {queue}: {exc}"
+
+    def await_quorum_plus_one(self, index: int) -> float:
+        """Wait until stopping node ``index`` leaves every quorum queue a majority of
+        members online (``rabbitmq-upgrade await_online_quorum_plus_one``, what a rolling
+        restart runs before each node); returns how long that took."""
+        started = time.monotonic()
+        self.nodes[index].cli("rabbitmq-upgrade", "await_online_quorum_plus_one", "-t", "60")
+        return time.monotonic() - started
 
     def messages(self, queues: list[str]) -> dict[str, int]:
         """How many messages each of ``queues`` holds (-1: no such queue)."""
