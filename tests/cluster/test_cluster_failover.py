@@ -14,7 +14,8 @@ trickle of orders sits in B's retry tier (a quorum queue dead-lettering at least
 whenever a fault strikes. Every queue (main, retry tier, parking lot) is a quorum queue
 declared from node 2, which so leads them all.
 
-Faults, one after another, each waited out before the next: the node relay A is
+Faults, one after another, each waited out before the next (and each on a RabbitMQ node
+only once every quorum queue can lose that node, as in a rolling restart): the node relay A is
 connected to stops (``stop_app``), then starts again; the node both consumers are
 connected to, which leads every quorum queue, stops (``stop_app``; the two others are
 up, a majority), then starts again; the node relay B is connected to (relay A moved there)

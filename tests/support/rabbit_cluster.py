@@ -145,10 +145,12 @@ def _start_all(directory: Path, stack: contextlib.ExitStack, cookie: str) -> lis
 @contextlib.contextmanager
 def rabbit_cluster(directory: Path) -> Iterator[RabbitCluster]:
     """Three clustered private nodes, their files under ``directory``; on exit, whatever
-    happened, every node is stopped and its files removed."""
+    happened, every node is stopped and its data removed (its logs are left)."""
     with contextlib.ExitStack() as stack:
-        for i in range(CLUSTER_SIZE):  # runs last: after the nodes stopped
-            stack.callback(shutil.rmtree, directory / f"node{i}", ignore_errors=True)
+        # Runs last, after the nodes stopped: their data goes, their logs stay with the
+        # test's other files (pytest keeps the last few runs'), for a failure's story.
+        for i in range(CLUSTER_SIZE):
+            stack.callback(shutil.rmtree, directory / f"node{i}" / "mnesia", ignore_errors=True)
         started = time.monotonic()
         nodes = _start_all(directory, stack, secrets.token_hex(16))
         first = nodes[0]
