@@ -41,8 +41,8 @@ bench-smoke: $(STAMP)
 	$(BIN)/pytest tests/integration/test_benchmarks.py -m bench
 
 ## cluster-test: node stops of a private three-node RabbitMQ cluster and a PostgreSQL
-## promotion under two relays and a consumer (about 2 minutes; needs rabbitmq-server and
-## the PostgreSQL server installed; never touches the shared services)
+## promotion under two relays and a chain of two consumers (1 to 2 minutes; needs
+## rabbitmq-server and the PostgreSQL server installed; never touches the shared services)
 cluster-test: $(STAMP)
 	$(BIN)/pytest tests/cluster -m cluster -s
 

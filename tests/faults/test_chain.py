@@ -22,7 +22,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -32,10 +31,11 @@ import outbox_relay
 from tests.faults.conftest import Report
 from tests.support.broker import BrokerHelper
 from tests.support.consumer import make_effects_table, subprocess_env, track
-from tests.support.faults import CliProcess, ConsumerProcess, RelayProcess, Tally, pending
+from tests.support.faults import CliProcess, ConsumerProcess, RelayProcess, pending
 from tests.support.relay import wait_for
 from tests.support.scene import FAST_FAILOVER_ARGS
 from tests.support.scripts import load_script
+from tests.support.service_chain import chain_tally, with_search_path
 from tests.support.threads import in_background
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
@@ -46,11 +46,6 @@ ORDERS_PER_TX = 5
 PRODUCE_EVERY_S = 0.03  # about 150 orders a second: B keeps up between kills
 CUSTOMERS = 20
 KILLS_EACH = 4
-
-
-def with_search_path(database_url: str, schema: str) -> str:
-    separator = "&" if "?" in database_url else "?"
-    return f"{database_url}{separator}options=-csearch_path%3D{schema}"
 
 
 class Counts:
@@ -232,14 +227,8 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     time.sleep(1.0)  # late redeliveries and republished rows get their chance to misbehave
     exits = {stage.name: stage.stop() for stage in stages}
 
-    invoices, effects, notes = chain_rows(database_url, schema)
-    orders = Tally(expected=set(range(ORDERS)))
-    orders.received.extend({"n": order, "key": customer} for order, customer, _ in invoices)
-    downstream = {message_id: (order, customer) for order, customer, message_id in invoices}
-    handled = Tally(expected=set(range(ORDERS)))
-    handled.received.extend(
-        {"n": downstream[m][0], "key": downstream[m][1]} for m in effects if m in downstream
-    )
+    chain = chain_tally(database_url, schema, set(range(ORDERS)))
+    orders, handled, downstream, notes = chain.orders, chain.handled, chain.downstream, chain.notes
     delivered_again = sum(stage.duplicates_skipped() for stage in consumers)
     report_fault(
         "SIGKILL of relay, B and C in a chain A -> B -> C",
@@ -256,7 +245,7 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     assert orders.duplicates == 0, f"orders invoiced twice {where}"
     assert len(downstream) == ORDERS, f"invoices sharing a message id {where}"
     # C: each downstream message took effect once, and no message came from elsewhere.
-    assert Counter(effects) == Counter(list(downstream)), (
+    assert Counter(chain.effects) == Counter(list(downstream)), (
         f"C's effects by message id differ from the invoices' messages {where}"
     )
     assert notes == {"started async"}, f"C did not run its async handler: {notes} {where}"
@@ -265,20 +254,3 @@ def test_a_chain_of_services_through_kills_takes_each_effect_and_message_once(
     assert sum(hit_working.values()) >= len(kills) - 1, (
         f"kills that hit a working process: {dict(hit_working)} {where}"
     )
-
-
-def chain_rows(database_url: str, schema: str) -> tuple[list[tuple[Any, ...]], list[str], set[str]]:
-    """B's invoices (order, customer, message id) and C's effects' message ids, each in
-    the order they were committed, and the notes C's handler left on its effects."""
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        invoices = conn.execute(
-            sql.SQL("SELECT order_id, customer, message_id FROM {} ORDER BY id").format(
-                sql.Identifier(schema, "invoices")
-            )
-        ).fetchall()
-        effects = conn.execute(
-            sql.SQL("SELECT message_id, note FROM {} ORDER BY id").format(
-                sql.Identifier(schema, "effects")
-            )
-        ).fetchall()
-    return invoices, [row[0] for row in effects], {row[1] for row in effects}

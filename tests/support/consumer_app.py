@@ -5,6 +5,7 @@ TEST_KILL_AFTER_COMMIT=1: SIGKILL this process after a handler committed, before
 TEST_HANDLER_SLEEP_S: seconds each handler sleeps after recording that it started.
 TEST_ASYNC_HANDLER=1: the handler is an async def one (AsyncConnection, asyncio.sleep);
 its effects are noted "started async" instead of "started".
+TEST_QUEUE_TYPE: its queues' type, "classic" unless told ("quorum" on a cluster).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ register = app.handler(
     queue=os.environ.get("TEST_QUEUE", "unset"),
     bindings=["#"],
     retry_delays=[0.5],
+    queue_type=os.environ.get("TEST_QUEUE_TYPE", "classic"),
 )
 
 

@@ -176,10 +176,12 @@ class RelayProcess(CliProcess):
             name=name or f"fault-relay-{uuid.uuid4().hex[:8]}",
         )
 
-    def backend_pids(self) -> dict[str, list[int]]:
+    def backend_pids(self, server_url: str | None = None) -> dict[str, list[int]]:
         """This relay's database sessions by kind: {'work': [pid, pid], 'listener': [pid]}
-        when connected (a relay has two work sessions: one claims ahead)."""
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
+        when connected (a relay has two work sessions: one claims ahead); on the server
+        of ``server_url`` when given (one host of a multi-host URL), else where the
+        relay's URL leads."""
+        with psycopg.connect(server_url or self.database_url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT application_name, pid FROM pg_stat_activity "
                 "WHERE application_name IN (%s, %s) ORDER BY pid",

@@ -80,8 +80,13 @@ class PrivateRabbit:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
 
     def rabbitmqctl(self, *args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> str:
+        return self.cli("rabbitmqctl", *args, timeout_s=timeout_s)
+
+    def cli(self, program: str, *args: str, timeout_s: float = COMMAND_TIMEOUT_S) -> str:
+        """Run one of RabbitMQ's command line tools (``rabbitmqctl``, ``rabbitmq-queues``,
+        ``rabbitmq-upgrade``, ...) against this node; its output, or RuntimeError."""
         result = subprocess.run(
-            [self.ctl, "-n", self.node, *args],
+            [str(Path(self.ctl).with_name(program)), "-n", self.node, *args],
             capture_output=True,
             text=True,
             timeout=timeout_s,
@@ -90,7 +95,7 @@ class PrivateRabbit:
         )
         if result.returncode != 0:
             raise RuntimeError(
-                f"rabbitmqctl -n {self.node} {' '.join(args)} exited {result.returncode}: "
+                f"{program} -n {self.node} {' '.join(args)} exited {result.returncode}: "
                 f"{(result.stdout + result.stderr).strip()}\n{self.log_tail()}"
             )
         return result.stdout

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ from pathlib import Path
 from tests.support.private_rabbit import PrivateRabbit, private_rabbit
 
 CLUSTER_SIZE = 3
-# Quick to notice a stopped peer (the default net_ticktime is 60 s); a stop_app is seen
-# at once anyway, the tick matters only when a node dies without saying so.
+# net_ticktime stays at its default (60 s): a stop_app says goodbye, and a node killed
+# here has its distribution connections closed by the kernel, so its peers notice both
+# at once; the tick would matter only for a node that goes silent (not tested here).
 CONFIG = "cluster_partition_handling = pause_minority\n"
 
 
@@ -71,6 +73,41 @@ class RabbitCluster:
         node.rabbitmqctl("await_startup")
         self.stopped.discard(node.node)
 
+    def leader(self, queue: str) -> int | None:
+        """The index of the node leading quorum queue ``queue`` (None: no leader now),
+        as a running node sees it."""
+        up = next(n for n in self.nodes if n.node not in self.stopped)
+        listed = up.rabbitmqctl("list_queues", "name", "leader", "--no-table-headers", "-q")
+        for line in listed.splitlines():
+            name, _, leader = line.partition("\t")
+            if name == queue:
+                return next((i for i, n in enumerate(self.nodes) if n.node == leader), None)
+        return None
+
+    def quorum_status(self, queue: str) -> str:
+        """``rabbitmq-queues quorum_status``: each member's Raft state and indexes, as a
+        running node sees them (for a failure's message)."""
+        up = next(n for n in self.nodes if n.node not in self.stopped)
+        try:
+            return up.cli("rabbitmq-queues", "quorum_status", queue, timeout_s=20)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return f"quorum_status {queue}: {exc}"
+
+    def await_quorum_plus_one(self, index: int) -> float:
+        """Wait until stopping node ``index`` leaves every quorum queue a majority of
+        members online (``rabbitmq-upgrade await_online_quorum_plus_one``, what a rolling
+        restart runs before each node); returns how long that took."""
+        started = time.monotonic()
+        self.nodes[index].cli("rabbitmq-upgrade", "await_online_quorum_plus_one", "-t", "60")
+        return time.monotonic() - started
+
+    def messages(self, queues: list[str]) -> dict[str, int]:
+        """How many messages each of ``queues`` holds (-1: no such queue)."""
+        up = next(n for n in self.nodes if n.node not in self.stopped)
+        listed = up.rabbitmqctl("list_queues", "name", "messages", "--no-table-headers", "-q")
+        counts = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
+        return {q: int(counts.get(q, -1)) for q in queues}
+
     def running_nodes(self) -> str:
         up = next(n for n in self.nodes if n.node not in self.stopped)
         return up.rabbitmqctl("cluster_status")
@@ -108,10 +145,12 @@ def _start_all(directory: Path, stack: contextlib.ExitStack, cookie: str) -> lis
 @contextlib.contextmanager
 def rabbit_cluster(directory: Path) -> Iterator[RabbitCluster]:
     """Three clustered private nodes, their files under ``directory``; on exit, whatever
-    happened, every node is stopped and its files removed."""
+    happened, every node is stopped and its data removed (its logs are left)."""
     with contextlib.ExitStack() as stack:
-        for i in range(CLUSTER_SIZE):  # runs last: after the nodes stopped
-            stack.callback(shutil.rmtree, directory / f"node{i}", ignore_errors=True)
+        # Runs last, after the nodes stopped: their data goes, their logs stay with the
+        # test's other files (pytest keeps the last few runs'), for a failure's story.
+        for i in range(CLUSTER_SIZE):
+            stack.callback(shutil.rmtree, directory / f"node{i}" / "mnesia", ignore_errors=True)
         started = time.monotonic()
         nodes = _start_all(directory, stack, secrets.token_hex(16))
         first = nodes[0]
