@@ -81,6 +81,9 @@ class Publisher:
         self._refused: BaseException | None = None
         self._channel: Channel | None = None
         self._channel_error: BaseException | None = None
+        # Channels this publisher closed itself (see _replace_nacking_channel): their
+        # close is no error of the channel in use.
+        self._retired: list[Channel] = []
         self._tag = 0
         # Rows refused() passed on this connection, and their header tables.
         self._passed: dict[int, dict[str, Any] | None] = {}
@@ -154,8 +157,25 @@ class Publisher:
 
     def _on_discard(self) -> None:
         self._channel = None
+        self._retired.clear()
         self._passed = {}
         self._confirms.tracker.clear()
+
+    def _replace_nacking_channel(self, channel: Channel) -> None:
+        """Close a channel the broker nacked messages on, once nothing is out on it; the
+        next batch goes out on a fresh one. The broker keeps per-channel state for the
+        queues a channel publishes to: after the leader of a quorum queue was lost, a
+        channel of RabbitMQ 3.10 was seen nacking every publish for minutes while a new
+        channel on the same connection, and other clients, published to the queue."""
+        log.info("publisher.channel_replaced", reason="the broker nacked messages on it")
+        self._confirms.tracker.forget_channel(channel)
+        self._channel = None
+        self._retired.append(channel)
+        try:
+            channel.close()
+        except Exception as exc:  # noqa: BLE001 - a channel closing already; a fresh one follows
+            log.debug("publisher.channel_close_failed", error=str(exc))
+            self._retired.remove(channel)
 
     def _open_channel(self) -> None:
         if self._refused is not None:
@@ -213,6 +233,8 @@ class Publisher:
         """
         if deadline is not None and time.monotonic() >= deadline:
             raise PublishInterruptedError("the partition lease ran out before publishing")
+        if self._channel is not None and self._confirms.tracker.nacked_on(self._channel):
+            self._replace_nacking_channel(self._channel)
         if self._channel is None or not self._channel.is_open:
             self._open_channel()
         channel = self._channel
@@ -335,6 +357,9 @@ class Publisher:
         return False
 
     def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if any(c is channel for c in self._retired):
+            self._retired = [c for c in self._retired if c is not channel]
+            return  # closed by _replace_nacking_channel, with nothing out on it
         if channel is self._channel or self._channel is None:
             self._channel_error = reason
         self._confirms.tracker.channel_closed(channel, reason)

@@ -144,6 +144,8 @@ class ConfirmTracker:
     def __init__(self) -> None:
         self._in_flight: list[Batch] = []
         self._returned = Returns()
+        # Channels the broker nacked a message on (see nacked_on).
+        self._nacked: list[object] = []
 
     def start(
         self,
@@ -187,6 +189,17 @@ class ConfirmTracker:
         """The connection is gone, and with it every batch out."""
         self._in_flight.clear()
         self._returned.clear()
+        self._nacked.clear()
+
+    def nacked_on(self, channel: object) -> bool:
+        """The broker nacked a message on ``channel`` and every batch sent on it has all
+        its confirms: time to publish on a fresh channel (see Publisher.send)."""
+        return any(c is channel for c in self._nacked) and not any(
+            batch.channel is channel and batch.unconfirmed for batch in self._in_flight
+        )
+
+    def forget_channel(self, channel: object) -> None:
+        self._nacked = [c for c in self._nacked if c is not channel]
 
     # -- the broker's replies -------------------------------------------------------------
 
@@ -196,6 +209,8 @@ class ConfirmTracker:
         for batch in self._in_flight:
             if batch.channel is channel:
                 batch.settle(tag, multiple=multiple, ack=ack)
+        if not ack and not any(c is channel for c in self._nacked):
+            self._nacked.append(channel)
 
     def returned(self, message_id: str, reason: str) -> None:
         """The broker returned the message (unroutable); its ack follows. A late return

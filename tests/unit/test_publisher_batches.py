@@ -553,3 +553,38 @@ def test_the_batch_sent_ahead_cut_off_mid_send_settles_what_the_broker_confirmed
     ], "the first batch, then the one sent ahead until the connection dropped"
     assert store.gone == {1, 2, 3}, "every row the broker confirmed is deleted"
     assert 4 not in store.gone
+
+
+def test_a_channel_the_broker_nacked_on_is_replaced_once_nothing_is_out_on_it(
+    relay: Relayed,
+) -> None:
+    """A channel whose per-queue state went wrong on the broker (seen after a quorum
+    queue's leader was lost) nacks every publish: the next batches go on a fresh one."""
+    first = relay.send([sized_row(1, 10), sized_row(2, 10)])
+    nacking = relay.broker.channel
+    ahead = relay.send([sized_row(3, 10)])  # a batch out behind it, on the same channel
+    relay.broker.nack(1)
+    relay.broker.ack(2)
+    outcomes = first.outcomes().outcomes
+    assert outcomes[1].status is Status.FAILED
+    assert outcomes[1].reason is Reason.NACKED
+    assert outcomes[2].status is Status.CONFIRMED
+    # Not while a batch is still out on it: closing it would lose that batch's confirms.
+    relay.send([sized_row(4, 10)])
+    assert relay.broker.channel is nacking
+    relay.broker.ack(4, multiple=True)
+    assert ahead.outcomes().outcomes[3].status is Status.CONFIRMED
+    relay.send([sized_row(5, 10)])
+    assert relay.broker.channel is not nacking
+    assert not nacking.is_open
+    relay.broker.ack(1)  # the fresh channel numbers its messages from 1
+    assert relay.publisher.batches_out == 0
+
+
+def test_a_channel_without_nacks_is_kept(relay: Relayed) -> None:
+    first = relay.send([sized_row(1, 10)])
+    channel = relay.broker.channel
+    relay.broker.ack(1)
+    assert first.outcomes().outcomes[1].status is Status.CONFIRMED
+    relay.send([sized_row(2, 10)])
+    assert relay.broker.channel is channel
