@@ -41,7 +41,7 @@ import datetime as dt
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,15 +56,14 @@ from tests.conftest import unique_name
 from tests.support.cluster_chain_app import fails_first
 from tests.support.consumer import make_effects_table
 from tests.support.faults import ConsumerProcess, RelayProcess, Tally
-from tests.support.private_postgres import PrivatePostgres, private_postgres, private_standby
-from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster
+from tests.support.private_postgres import PrivatePostgres
+from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.relay import wait_for
 from tests.support.service_chain import ChainTally, chain_tally, with_search_path
 from tests.support.steady_producer import SteadyProducer
 
 pytestmark = [pytest.mark.cluster_chain, pytest.mark.timeout(420)]
 
-SYNCHRONOUS = "synchronous_commit = on\nsynchronous_standby_names = 'standby'\n"
 RATE_PER_S = 100
 KEYS = 8
 PARTITIONS = 16  # the outbox's default
@@ -99,25 +98,6 @@ class Fault:
         ]
         if lost:
             self.outage_s = self.recovered_at - min(lost)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RabbitCluster]:
-    directory = tmp_path / "rabbit"
-    directory.mkdir()
-    with rabbit_cluster(directory) as started:
-        yield started
-
-
-@pytest.fixture
-def databases() -> Iterator[tuple[PrivatePostgres, PrivatePostgres]]:
-    with private_postgres(settings=SYNCHRONOUS) as primary, private_standby(primary) as standby:
-        assert wait_for(
-            lambda: primary.sql("SELECT sync_state FROM pg_stat_replication") == "sync",
-            timeout_s=20,
-            interval_s=0.2,
-        )
-        yield primary, standby
 
 
 def _handled(url: str, schema: str, *, since: int = 0) -> list[tuple[int, str]]:

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +35,8 @@ from psycopg import sql
 from outbox_relay.store.schema import migrate
 from tests.conftest import unique_name
 from tests.support.faults import RelayProcess
-from tests.support.private_postgres import PrivatePostgres, private_postgres, private_standby
-from tests.support.rabbit_cluster import RabbitCluster, rabbit_cluster
+from tests.support.private_postgres import PrivatePostgres
+from tests.support.rabbit_cluster import RabbitCluster
 from tests.support.relay import wait_for
 from tests.support.steady_producer import SteadyProducer
 
@@ -45,7 +44,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONSUME = (sys.executable, "-m", "outbox_relay", "consume")
-SYNCHRONOUS = "synchronous_commit = on\nsynchronous_standby_names = 'standby'\n"
 RATE_PER_S = 100
 KEYS = 8
 # Each failover: from the fault to the effect of an order committed after it. A stopped
@@ -59,25 +57,6 @@ class Fault:
     name: str
     recovered_s: float  # from the start of the fault's command
     command_s: float = 0.0  # how long the command itself took (stop_app, kill + promote)
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RabbitCluster]:
-    directory = tmp_path / "rabbit"
-    directory.mkdir()
-    with rabbit_cluster(directory) as started:
-        yield started
-
-
-@pytest.fixture
-def databases() -> Iterator[tuple[PrivatePostgres, PrivatePostgres]]:
-    with private_postgres(settings=SYNCHRONOUS) as primary, private_standby(primary) as standby:
-        assert wait_for(
-            lambda: primary.sql("SELECT sync_state FROM pg_stat_replication") == "sync",
-            timeout_s=20,
-            interval_s=0.2,
-        )
-        yield primary, standby
 
 
 class Consumer:
