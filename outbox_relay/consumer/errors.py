@@ -47,9 +47,15 @@ class RateLimited(Exception):  # noqa: N818 - named for what the outside world s
     """
 
     def __init__(self, retry_after: float, reason: str = "the handler was rate limited") -> None:
-        self.retry_after = pause_seconds(retry_after)
-        super().__init__(f"{reason} (retry after {self.retry_after:g} s)")
+        self._retry_after = pause_seconds(retry_after)
+        super().__init__(f"{reason} (retry after {self._retry_after:g} s)")
         self.reason = reason
+
+    @property
+    def retry_after(self) -> float:
+        """The pause in seconds, checked when the exception was made (read-only, so the
+        consumer can use it as it is)."""
+        return self._retry_after
 
 
 def pause_seconds(retry_after: float) -> float:

@@ -47,20 +47,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from outbox_relay.consumer.errors import (
-    RateLimited,
-    Retry,
-    UndecodableMessageError,
-    pause_seconds,
-)
+from outbox_relay.consumer.errors import RateLimited, Retry, UndecodableMessageError
 from outbox_relay.consumer.failure import ErrorInfo, destination
 from outbox_relay.consumer.handler import Handler
-from outbox_relay.consumer.message import (
-    ATTEMPT_HEADER,
-    Delivery,
-    Message,
-    decode,
-)
+from outbox_relay.consumer.message import ATTEMPT_HEADER, Delivery, Message, decode
 from outbox_relay.consumer.policy import Verdict
 from outbox_relay.errors import ConfigurationError
 from outbox_relay.properties import MAX_PRIORITY, expiration_ms
@@ -272,23 +262,17 @@ def _run_in_transaction(
 
 
 def _failed(handler: Handler[...], message: Message | None, exc: Exception) -> Outcome:
-    if isinstance(exc, RateLimited):
-        try:
-            pause = pause_seconds(exc.retry_after)
-        except ValueError as bad:  # retry_after changed since: a failure, as in the consumer
-            bad.__cause__ = exc
-            exc = bad
-        else:
-            return Outcome(
-                Action.PAUSE,
-                f"rate limited: {handler.name} pauses for {pause:g} s in every "
-                "process, then runs this message again; no attempt counted",
-                message,
-                error=ErrorInfo.from_exception(exc),
-                exception=exc,
-                delay_s=pause,
-            )
     error = ErrorInfo.from_exception(exc)
+    if isinstance(exc, RateLimited):
+        return Outcome(
+            Action.PAUSE,
+            f"rate limited: {handler.name} pauses for {exc.retry_after:g} s in every "
+            "process, then runs this message again; no attempt counted",
+            message,
+            error=error,
+            exception=exc,
+            delay_s=exc.retry_after,
+        )
     attempt = message.attempt if message is not None else 1
     at_once = handler.policy.verdict(exc) is Verdict.PARK
     where = destination(

@@ -32,7 +32,6 @@ from outbox_relay.consumer.errors import (
     RateLimited,
     Retry,
     UndecodableMessageError,
-    pause_seconds,
 )
 from outbox_relay.consumer.failure import ErrorInfo
 from outbox_relay.consumer.handler import Handler
@@ -285,19 +284,13 @@ class WorkerPool:
         if job.abandoned:
             return None
         if isinstance(exc, RateLimited):
-            try:
-                pause = pause_seconds(exc.retry_after)
-            except ValueError as bad:  # retry_after changed since: the handler's own failure
-                bad.__cause__ = exc
-                exc = bad
-            else:
-                # The outside world said "slow down": held and paused, no attempt counted.
-                return replace(
-                    retry,
-                    kind=Kind.PAUSED,
-                    error=ErrorInfo.from_exception(exc),
-                    requested_delay_s=pause,
-                )
+            # The outside world said "slow down": held and paused, no attempt counted.
+            return replace(
+                retry,
+                kind=Kind.PAUSED,
+                error=ErrorInfo.from_exception(exc),
+                requested_delay_s=exc.retry_after,
+            )
         parks = job.handler.policy.verdict(exc) is Verdict.PARK
         return replace(
             retry,
