@@ -41,6 +41,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SERVICES] = {}
 
 
+# Under pytest-xdist (make test) the services are found in the worker processes: each
+# hands them to the controller, which prints the summary.
+_WORKER_SERVICES = "outbox_relay_services"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        found = session.config.stash.get(_SERVICES, {})
+        output[_WORKER_SERVICES] = {name: [f.url, f.source] for name, f in found.items()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    found = node.config.stash.setdefault(_SERVICES, {})
+    for name, (url, source) in node.workeroutput.get(_WORKER_SERVICES, {}).items():
+        found.setdefault(name, services.Found(url, source))
+
+
 @pytest.fixture(autouse=True)
 def _logging_restored() -> Iterator[None]:
     """A test that configures logging (the CLI run in-process does, at its --log-level)
