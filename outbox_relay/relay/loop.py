@@ -198,7 +198,8 @@ class Relay:
         after = planner.after_batches(
             claimed=result.claimed, failed=result.failed, held=result.held
         )
-        if after.unannounced:
+        # A NOTIFY that came after the poll ended the sleep announced them after all.
+        if after.unannounced and not self._store.notices_waiting():
             self._unannounced(result.claimed)
         self._went_round()
         if after.flag is not None:
@@ -224,7 +225,12 @@ class Relay:
     def _sleep(self) -> None:
         """Wait for a NOTIFY or the planner's next timer (see the planner's doc)."""
         wait = self._planner.next_wait(self._clock())
-        readable = self._publisher.wait(wait.timeout_s, wake_fd=self._store.listen_fileno())
+        # A NOTIFY read with a heartbeat's or a flag change's answer leaves nothing on
+        # the socket to wake the sleep: claim for it at once.
+        waiting = self._store.notices_waiting()
+        timeout_s = 0.0 if waiting else wait.timeout_s
+        readable = self._publisher.wait(timeout_s, wake_fd=self._store.listen_fileno())
+        readable = readable or waiting
         self._planner.woke(self._clock(), Wake.READABLE if readable else Wake.TIMEOUT)
         if readable:
             self._planner.heard(self._store.drain_notifications())

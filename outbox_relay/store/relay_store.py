@@ -15,7 +15,10 @@ every POOLED_POLL_S instead, which it says once at start and in ``wake_up``.
 Every round trip on them has a deadline (:mod:`outbox_relay.store.deadline`): a
 connection that stops answering is closed, and the error makes the relay reconnect. The
 LISTEN connection, which otherwise only waits, is asked a question at least every
-LISTEN_PROBE_INTERVAL_S (with the heartbeat), so it cannot go silent unnoticed.
+LISTEN_PROBE_INTERVAL_S (with the heartbeat), so it cannot go silent unnoticed. A
+NOTIFY that arrives while such a question is on the wire is read with its answer, and the
+socket will not signal it again: it is kept (:meth:`PostgresStore.notices_waiting`), and the
+relay does not begin a sleep while one waits.
 
 An open claim is a :class:`~outbox_relay.store.claim.PostgresClaim`; the lease
 statements are :mod:`outbox_relay.store.leases`.
@@ -24,7 +27,10 @@ statements are :mod:`outbox_relay.store.leases`.
 from __future__ import annotations
 
 import contextlib
+import select
 import time
+from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -99,6 +105,9 @@ class PostgresStore:
         # Work connections without an open claim; _work is one of them between batches.
         self._idle: list[psycopg.Connection[Any]] = []
         self._listen: psycopg.Connection[Any] | None = None
+        # Payloads of the notifications read off the LISTEN connection and not drained:
+        # by the wake-up, or by a heartbeat or flag change that read them with its answer.
+        self._heard: deque[str] = deque()
         self._pooling: Pooling | None = None
         self._ticker: PollTicker | None = None
         # Behind a transaction-mode pooler: the server session of each open claim.
@@ -276,6 +285,7 @@ class PostgresStore:
                 with contextlib.suppress(psycopg.Error):
                     conn.close()
         self._work = self._listen = None
+        self._heard.clear()
         self._idle = []
         self._deadlines.close()
 
@@ -359,6 +369,15 @@ class PostgresStore:
             return self._ticker.fileno()
         return self._require(self._listen).fileno()
 
+    def notices_waiting(self) -> bool:
+        """Whether notifications wait to be drained: on the socket, or read already with
+        the answer of a heartbeat or a flag change (the socket does not signal those
+        again, so a sleep must not wait for it)."""
+        if self._heard:
+            return True
+        readable, _, _ = select.select([self.listen_fileno()], [], [], 0)
+        return bool(readable)
+
     def drain_notifications(self) -> Notices:
         """Consume pending notifications; they are only hints: count them, and note
         whether one announced a delayed row."""
@@ -368,7 +387,8 @@ class PostgresStore:
             self._ticker.drain()
             return Notices(0, scheduled=False)
         with translate_errors("reading notifications"):
-            payloads = [n.payload for n in conn.notifies(timeout=0)]
+            self._heard.extend(n.payload for n in conn.notifies(timeout=0))
+        payloads = [self._heard.popleft() for _ in range(len(self._heard))]
         return Notices(len(payloads), scheduled=SCHEDULED in payloads)
 
     def forget_waiting(self) -> None:
@@ -383,10 +403,15 @@ class PostgresStore:
     ) -> contextlib.AbstractContextManager[None]:
         return guarded(self._deadlines, conn, connection="work", action=action)
 
-    def _on_listen(self, action: str) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def _on_listen(self, action: str) -> Iterator[None]:
+        """A question on the LISTEN connection. Notifications read with its answer are
+        kept in psycopg's backlog, which no socket signals: they move to ``_heard``."""
         self._listen_asked_at = time.monotonic()
         conn = self._require(self._listen)
-        return guarded(self._deadlines, conn, connection="LISTEN", action=action)
+        with guarded(self._deadlines, conn, connection="LISTEN", action=action):
+            yield
+            self._heard.extend(n.payload for n in conn.notifies(timeout=0))
 
     def _require(self, conn: psycopg.Connection[Any] | None) -> psycopg.Connection[Any]:
         if conn is None or conn.closed:

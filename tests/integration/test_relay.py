@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import time
 import uuid
 from typing import Any
@@ -23,6 +24,7 @@ from outbox_relay.relay import BATCH_BYTES
 from outbox_relay.relay.outcome import Failure, Reason
 from outbox_relay.store.relay_store import PostgresStore
 from outbox_relay.store.schema import migrate
+from outbox_relay.store.sqlfiles import notify_channel
 from tests.support.broker import BrokerHelper
 from tests.support.proxy import TcpProxy
 from tests.support.relay import make_relay, outbox_rows, running_relay, wait_for
@@ -342,6 +344,33 @@ def test_a_delayed_row_published_while_the_relay_sleeps_goes_out_at_its_time(
         assert bodies(broker.drain(queue, expect=1, timeout_s=5)) == [{"n": "late"}]
         assert time.monotonic() - started < 1.2
         assert counter.iterations_over(1.0) <= 5
+
+
+def test_a_notify_read_with_a_heartbeats_answer_is_not_lost(database_url: str, schema: str) -> None:
+    # The heartbeat and the flag ask their questions on the LISTEN connection. A NOTIFY
+    # that arrives meanwhile is read with the answer, and the socket the relay sleeps on
+    # does not signal it again: the store must still report it.
+    store = PostgresStore(url=database_url, schema=schema, relay_id="heard", lease_ttl_s=8.0)
+    notify = sql.SQL("NOTIFY {}, 'x'").format(sql.Identifier(notify_channel(schema)))
+    store.connect()
+    try:
+        store.heartbeat()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(notify)
+        assert select.select([store.listen_fileno()], [], [], 5.0)[0], "it arrived"
+        store.heartbeat()
+        assert not select.select([store.listen_fileno()], [], [], 0.0)[0], "read with it"
+        assert store.notices_waiting()
+        assert store.drain_notifications().count == 1
+        assert not store.notices_waiting()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(notify)
+        assert select.select([store.listen_fileno()], [], [], 5.0)[0]
+        assert store.notices_waiting(), "on the socket"
+        assert store.drain_notifications().count == 1
+        assert not store.notices_waiting()
+    finally:
+        store.close()
 
 
 def test_rows_no_notify_announced_go_out_at_the_poll_and_are_reported_once(

@@ -98,6 +98,9 @@ class FakeStore:
     def listen_fileno(self) -> int:
         return -1
 
+    def notices_waiting(self) -> bool:
+        return False
+
     def drain_notifications(self) -> Notices:
         return Notices(0, scheduled=False)
 

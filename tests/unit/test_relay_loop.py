@@ -626,6 +626,48 @@ class TestServe:
         assert store.heartbeats >= 6
         assert [n - looked for n in store.claims_at_sleep][-1] == 1, store.claims_at_sleep
 
+    @pytest.mark.parametrize("notified", [False, True], ids=["silent", "notify-after-poll"])
+    def test_rows_the_backstop_poll_finds_are_reported_unless_a_notify_came(
+        self, notified: bool
+    ) -> None:
+        # The poll ended the first sleep, and its claim found row 7. When a NOTIFY
+        # came meanwhile (it waits to be drained), the row was announced after all.
+        store = WakeUpStore([])
+        publisher = SleepsRecorded([{}], stop_after=3)
+        relay = serving(store, publisher, poll_interval_s=0.05)
+        publisher.relay = relay
+
+        def first_sleep() -> None:
+            if len(publisher.sleeps) == 1:
+                store.rows.append(row(7))
+                store.notices.extend([Notices(1, scheduled=False)] * notified)
+
+        publisher.on_sleep = first_sleep
+        store.notices_waiting = lambda: bool(store.notices)  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            relay.run()
+        assert publisher.sent == [[7]]
+        warned = [e for e in logs if e["event"] == "relay.rows_without_wake_up"]
+        assert len(warned) == (0 if notified else 1)
+
+    def test_a_notify_read_with_a_heartbeats_answer_is_claimed_before_the_next_sleep(
+        self,
+    ) -> None:
+        # The NOTIFY came while the heartbeat's question was on the LISTEN connection:
+        # read with the answer, it leaves nothing on the socket to end the next sleep,
+        # which would last until the backstop poll (2 s here).
+        store = NoticeWithHeartbeat([], notice_at=5)
+        publisher = SleepsRecorded([{}], stop_after=8)
+        relay = serving(store, publisher, heartbeat_interval_s=0.05, poll_interval_s=2.0)
+        publisher.relay = relay
+        publisher.store = store
+        publisher.on_sleep = lambda: store.claims_at_sleep.append(len(store.claims))
+        relay.run()
+        assert publisher.sent == [[7]]
+        heard_at = store.claims_at_sleep[store.sleeps_at_notice]
+        assert heard_at > store.claims_at_notice, "claimed before the sleep after it"
+        assert not store.notices_waiting()
+
     def test_after_reconnecting_the_relay_claims_even_if_its_last_sleep_was_for_a_heartbeat(
         self,
     ) -> None:
@@ -671,6 +713,31 @@ class CountingHeartbeats(WakeUpStore):
         if self.gain_at is not None and self.heartbeats >= self.gain_at:
             return Leases(owned=(0, 1), live=("me",), partitions=2)
         return super().heartbeat()
+
+
+class NoticeWithHeartbeat(CountingHeartbeats):
+    """The ``notice_at``-th heartbeat reads a NOTIFY for row 7 with its answer."""
+
+    def __init__(self, arriving: list[OutboxRow], *, notice_at: int) -> None:
+        super().__init__(arriving)
+        self.notice_at = notice_at
+        self.read: list[Notices] = []
+        self.claims_at_notice = self.sleeps_at_notice = -1
+
+    def heartbeat(self) -> Leases:
+        leases = super().heartbeat()
+        if self.heartbeats == self.notice_at:
+            self.rows.append(row(7))
+            self.read.append(Notices(1, scheduled=False))
+            self.claims_at_notice = len(self.claims)
+            self.sleeps_at_notice = len(self.claims_at_sleep)
+        return leases
+
+    def notices_waiting(self) -> bool:
+        return bool(self.read)
+
+    def drain_notifications(self) -> Notices:
+        return self.read.pop() if self.read else super().drain_notifications()
 
 
 class SleepsRecorded(ScriptedPublisher):
