@@ -147,6 +147,12 @@ def valid_arguments(exchange: str) -> dict[str, st.SearchStrategy[Any]]:
     }
 
 
+def short_lived(expiration: Any) -> bool:
+    if isinstance(expiration, dt.timedelta):
+        expiration = expiration.total_seconds()
+    return expiration is not None and expiration < 60
+
+
 def test_publish_with_anything_fails_alone_or_goes_out(
     database_url: str, amqp_url: str, schema: str, broker: BrokerHelper
 ) -> None:
@@ -196,7 +202,10 @@ def test_publish_with_anything_fails_alone_or_goes_out(
                 conn.commit()
             else:
                 conn.commit()
-                accepted.add(str(message_id))
+                # A message with a short time to live may expire in the queue before
+                # it is read: only the others must arrive.
+                if not short_lived(arguments["expiration"]):
+                    accepted.add(str(message_id))
             # A good row on a key of its own, in its own transaction.
             good.add(
                 str(
