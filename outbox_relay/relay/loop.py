@@ -31,14 +31,26 @@ from outbox_relay.reconnect import ReconnectBackoff, reconnecting
 from outbox_relay.relay.leases import LeaseHold
 from outbox_relay.relay.pipeline import BatchPipeline
 from outbox_relay.relay.planner import FlagMove, SleepPlanner, Wake
-from outbox_relay.relay.ports import BatchResult, NullObserver, Publisher, RelayObserver, Store
+from outbox_relay.relay.ports import (
+    BatchResult,
+    NullObserver,
+    Publisher,
+    RelayObserver,
+    Sending,
+    Store,
+)
 from outbox_relay.relay.settings import (
     LIVENESS_LIMIT_S,
     UNANNOUNCED_LOG_INTERVAL_S,
     RelaySettings,
 )
+from outbox_relay.relay.wakeup import BUSY_POLL_S
 
 log = structlog.get_logger("outbox_relay.relay")
+
+# While producers notify, the longest a batch that was not full waits for its confirms or
+# a NOTIFY before the next claim goes ahead of the confirms anyway.
+CONFIRM_OR_NOTIFY_S = 0.25
 
 
 class Relay:
@@ -90,6 +102,7 @@ class Relay:
             leases=self._leases,
             stopping=self._stopping,
             claim_ahead_allowed=self._planner.may_claim_ahead,
+            rows_came=self._rows_came,
             random_unit=random_unit,
             clock=clock,
         )
@@ -234,6 +247,19 @@ class Relay:
         self._planner.woke(self._clock(), Wake.READABLE if readable else Wake.TIMEOUT)
         if readable:
             self._planner.heard(self._store.drain_notifications())
+
+    def _rows_came(self, sending: Sending) -> bool:
+        """Wait for the confirms of a batch that was not full until new rows may have
+        come: the next claim then goes ahead of the confirms. While producers notify,
+        until a NOTIFY (which is heard here, as a sleep hears it); while the relay polls,
+        for BUSY_POLL_S, as it waits between claims. False once the confirms are in."""
+        if not self._planner.flag_up:
+            return not sending.settled_within(BUSY_POLL_S)
+        wake_fd = self._store.listen_fileno()
+        if sending.settled_within(CONFIRM_OR_NOTIFY_S, wake_fd=wake_fd):
+            return False
+        self._planner.heard(self._store.drain_notifications())
+        return True
 
     def _went_round(self) -> None:
         """The loop went round (for /healthz and the iteration gauge)."""

@@ -49,6 +49,7 @@ class BatchPipeline:
         leases: LeaseHold,
         stopping: threading.Event,
         claim_ahead_allowed: Callable[[float], bool],
+        rows_came: Callable[[Sending], bool] = lambda _sending: False,
         random_unit: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -58,6 +59,8 @@ class BatchPipeline:
         self._leases = leases
         self._stopping = stopping
         self._claim_ahead_allowed = claim_ahead_allowed
+        # While a batch that was not full awaits its confirms: whether new rows came.
+        self._rows_came = rows_came
         self._clock = clock
         # While looking for the row the broker refused, sends carry fewer rows and no
         # batch goes out ahead of another (see outbox_relay.relay.isolation).
@@ -123,6 +126,8 @@ class BatchPipeline:
                         ahead = self._send_ahead(following, claim)
                     except (StoreError, BrokerError) as exc:
                         failed = exc
+                elif job is None:
+                    following, ahead, failed = self._claim_when_rows_come(claim, sent)
                 outcomes = self._confirm_claim(claim, sent)
                 totals += self._settler.settle(claim, outcomes)
                 if job is not None and failed is None:
@@ -152,6 +157,32 @@ class BatchPipeline:
             return None
         return claim
 
+    def _claim_when_rows_come(
+        self, claim: Claim, sent: _Sent
+    ) -> tuple[Claim | None, _Sent | None, StoreError | BrokerError | None]:
+        """For a batch that was not full, out: the next claim, and its first round sent
+        ahead, once new rows came before the batch's confirms (which take a disk write,
+        often longer than a claim). Nothing when the confirms come first. A failure to
+        claim or send is returned, to be raised once the batch out is settled."""
+        if (
+            sent.sending is None
+            or self.store_thread is None  # the claim needs the store's second connection
+            or len(claim.rows) >= self._settings.batch_size
+            or not self._ahead_allowed(claim)
+        ):
+            return None, None, None
+        following: Claim | None = None
+        try:
+            if not self._rows_came(sent.sending):
+                return None, None, None
+            following = self._claim()
+            return following, self._send_ahead(following, claim), None
+        except (StoreError, BrokerError) as exc:
+            return None, None, exc
+        except BaseException:
+            _drop(following, None)
+            raise
+
     def _send_ahead(self, following: Claim | None, out: Claim) -> _Sent | None:
         """Send the next batch while ``out`` awaits its confirms, unless a row of it
         would go out after an older row of its key in ``out``: it then waits until
@@ -175,12 +206,17 @@ class BatchPipeline:
         return following
 
     def _may_claim_ahead(self, claim: Claim) -> bool:
-        """Claim the next batch during this one only when this one is full (a backlog),
-        never when its byte budget cut it short (see run_batches), and not when a
+        """Claim the next batch at once during this one only when this one is full (a
+        backlog); a batch that is not full waits for new rows first
+        (:meth:`_new_rows_while_confirming`)."""
+        return len(claim.rows) >= self._settings.batch_size and self._ahead_allowed(claim)
+
+    def _ahead_allowed(self, claim: Claim) -> bool:
+        """A claim may go ahead of ``claim`` unless its byte budget cut it short (see
+        run_batches), a refused row is being looked for, the relay is stopping or a
         heartbeat is due: heartbeats run between rounds of batches."""
         return (
-            len(claim.rows) >= self._settings.batch_size
-            and not claim.left_over
+            not claim.left_over
             and self._isolation.limit is None
             and not self._stopping.is_set()
             and self._claim_ahead_allowed(self._clock())

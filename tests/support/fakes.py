@@ -161,6 +161,9 @@ class ScriptedSending:
     def flush(self) -> bool:
         return self.publisher.flushes
 
+    def settled_within(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
+        return self.publisher.settles_at_once
+
     def outcomes(self) -> SendResult:
         self.publisher.events.append(("outcomes", self.ids))
         self.asked = True
@@ -190,6 +193,8 @@ class ScriptedPublisher:
         self.sent: list[list[int]] = []
         self.events: list[tuple[str, list[int]]] = []  # sends, outcomes asked, abandons
         self.flushes = True  # whether a batch's frames reach the socket (Sending.flush)
+        # Whether a batch's confirms are in as soon as it is sent (Sending.settled_within).
+        self.settles_at_once = True
         self.missing = missing or {}
         self.exchanges_checked: set[str] = set()
         self.failing: tuple[int, Exception] | None = None  # see fail_after

@@ -270,6 +270,65 @@ class TestRunBatches:
         assert (result.claimed, result.published) == (5, 5)
         assert store.locked == set()
 
+    @staticmethod
+    def arriving_at_first_send(
+        store: TableStore, publisher: ScriptedPublisher, *rows: OutboxRow
+    ) -> None:
+        """``rows`` are committed while the first batch goes out."""
+        original = publisher.send
+
+        def send(batch: Sequence[OutboxRow], *, deadline: float | None = None) -> ScriptedSending:
+            if not publisher.sent:
+                store.rows.extend(rows)
+            return original(batch, deadline=deadline)
+
+        publisher.send = send  # type: ignore[method-assign]
+
+    def test_rows_committed_while_a_short_batch_awaits_its_confirms_go_out_before_them(
+        self,
+    ) -> None:
+        # The broker's confirms take a disk write: a row committed meanwhile must not
+        # wait for them, and for the settle, to be claimed.
+        store = TableStore([row(1)])
+        publisher = ScriptedPublisher([{}, {}])
+        publisher.settles_at_once = False
+        self.arriving_at_first_send(store, publisher, row(2))
+        result = self.pipelined(store, publisher).run_batches()
+        assert publisher.events == [
+            ("send", [1]),
+            ("send", [2]),
+            ("outcomes", [1]),
+            ("outcomes", [2]),
+        ]
+        assert (result.claimed, result.published) == (2, 2)
+        assert store.gone == {1, 2}
+        assert store.locked == set()
+
+    def test_a_short_batch_whose_confirms_come_first_is_settled_before_the_next_claim(
+        self,
+    ) -> None:
+        store = TableStore([row(1)])
+        publisher = ScriptedPublisher([{}])
+        self.arriving_at_first_send(store, publisher, row(2))
+        result = self.pipelined(store, publisher).run_batches()
+        assert publisher.events == [("send", [1]), ("outcomes", [1])]
+        assert store.claims == [[1]]
+        assert result.claimed == 1
+
+    def test_a_row_of_a_key_in_the_short_batch_out_waits_for_its_confirms(self) -> None:
+        store = TableStore([row(1, "a")])
+        publisher = ScriptedPublisher([{}, {}])
+        publisher.settles_at_once = False
+        self.arriving_at_first_send(store, publisher, row(2, "a"))
+        self.pipelined(store, publisher).run_batches()
+        assert publisher.events == [
+            ("send", [1]),
+            ("outcomes", [1]),
+            ("send", [2]),
+            ("outcomes", [2]),
+        ]
+        assert store.gone == {1, 2}
+
     def test_a_batch_not_written_out_is_confirmed_before_the_next_goes(self) -> None:
         store = TableStore([row(i) for i in range(1, 5)])
         publisher = ScriptedPublisher([{}, {}])
