@@ -12,9 +12,14 @@ benchmarks all``; alone::
   run's own ``consumer_flow`` table (each lease is one upsert). CPU: the three
   processes' user + system time per message.
 - no limit: the same in-process handler (one INSERT, concurrency 4) draining a backlog
-  of ``N`` with the flow gate as shipped and with the gate replaced by the bare pass
-  through to the worker pool (what the runner did before rate limits), alternating,
-  ``R`` rounds; the ratio of the medians' paired rounds.
+  of ``N`` with the consumer as shipped (pauses shared through the database) and with
+  ``Runner(share_pauses=False)``, whose deliveries of a handler without a limit go
+  straight to the worker pool without a word to the database about pauses (what the
+  runner did before rate limits), alternating, ``R`` rounds; the median of the paired
+  rounds' ratios, and how many deliveries waited in the gate instead of starting as
+  they arrived (0: none took the hop through the gate thread).
+
+``--part no-limit`` (or ``held``) runs one part alone.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ from benchmarks.common import HERE, Env, Figure, Report, Rounds, outbox_schema, 
 from benchmarks.consumer import Countdown, backlog, effects_table, names, timed_drain
 from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.consumer.declare import declare
-from outbox_relay.consumer.gate import FlowGate
 from outbox_relay.consumer.runner import Runner
 from outbox_relay.logs import configure_logging
 
@@ -47,6 +51,7 @@ HELD_TOLERANCE = 0.05
 NO_LIMIT_TARGET_RATIO = 0.97
 WINDOWS_S = (0.5, 1.0, 2.0, 5.0)
 WITH_GATE, WITHOUT_GATE = "with the flow gate", "bare pass-through"
+PARTS = ("all", "held", "no-limit")
 
 
 # -- held across processes ----------------------------------------------------------------
@@ -224,7 +229,10 @@ def held(env: Env, report: Report, schema: str, *, per_second: int, seconds: flo
 # -- no limit: the feature's cost -----------------------------------------------------------
 
 
-def drain_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, gate: bool) -> float:
+def drain_rate(
+    env: Env, schema: str, insert: sql.Composed, count: int, *, gate: bool
+) -> tuple[float, int]:
+    """Messages a second, and how many deliveries waited in the flow gate."""
     exchange, queue = names()
     app = ConsumerApp(
         name=unique("bench"),
@@ -243,21 +251,16 @@ def drain_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, gate:
     with backlog(
         env, exchange, queue, count, declare_queue=lambda: declare(env.amqp_url, app.handlers)
     ):
-        runner = Runner(app, app.settings())
-        if not gate:
-            # What the runner did before rate limits: each delivery straight to the pool.
-            pool = runner._pool
-            runner._gate = FlowGate(
-                handlers=app.handlers,
-                store=None,
-                submit_to_pool=pool.submit,
-                give_back=runner._on_result,
-            )
-        return timed_drain(runner, countdown, count)
+        # Without shared pauses: what the runner did before rate limits, each delivery of
+        # a handler without a limit straight to the pool, no pause round trips.
+        runner = Runner(app, app.settings(), share_pauses=gate)
+        rate = timed_drain(runner, countdown, count)
+        return rate, runner.deliveries_waited
 
 
 def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int) -> None:
     measured = Rounds()
+    waited: dict[str, list[int]] = {WITH_GATE: [], WITHOUT_GATE: []}
     cases = (WITH_GATE, WITHOUT_GATE)
     # One drain unmeasured first: the first measured case otherwise also pays for warming
     # the broker, the database's caches and the imports (it was the slower one in most
@@ -268,10 +271,11 @@ def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int)
         measured.round = round_no
         for case in cases[round_no % 2 :] + cases[: round_no % 2]:
             with effects_table(env.database_url, schema) as effects:
-                measured.add(
-                    case,
-                    drain_rate(env, schema, effects.insert, messages, gate=case == WITH_GATE),
+                rate, held_back = drain_rate(
+                    env, schema, effects.insert, messages, gate=case == WITH_GATE
                 )
+                measured.add(case, rate)
+                waited[case].append(held_back)
                 effects.check(messages)
     for case in cases:
         samples = [round(r) for r in measured.rates[case]]
@@ -281,7 +285,7 @@ def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int)
                 f"no limit set, concurrency 4, {messages} messages: {case}",
                 round(statistics.median(samples)),
                 "msg/s",
-                extra={"samples": samples},
+                extra={"samples": samples, "waited_in_gate": waited[case]},
             )
         )
     report.add(
@@ -303,12 +307,16 @@ def run(
     seconds: float | None = None,
     messages: int | None = None,
     runs: int | None = None,
+    part: str = "all",
 ) -> None:
     seconds = seconds or env.size(60, 4)
     with outbox_schema(env.database_url) as schema:
-        held(env, report, schema, per_second=50, seconds=seconds)
-        high = env.size(2000, 500)  # a smoke run keeps the backlog small
-        held(env, report, schema, per_second=high, seconds=env.size(max(2.0, seconds / 10), 1))
+        if part in ("all", "held"):
+            held(env, report, schema, per_second=50, seconds=seconds)
+            high = env.size(2000, 500)  # a smoke run keeps the backlog small
+            held(env, report, schema, per_second=high, seconds=env.size(max(2.0, seconds / 10), 1))
+        if part not in ("all", "no-limit"):
+            return
         no_limit(
             env,
             report,
@@ -323,6 +331,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--part", choices=PARTS, default="all", help="run one part alone")
     args = parser.parse_args()
     configure_logging(level="warning", fmt="json")  # per-message events would dominate
     report = Report()
@@ -332,6 +341,7 @@ def main() -> None:
         seconds=args.seconds,
         messages=args.messages,
         runs=args.runs,
+        part=args.part,
     )
     print()
     print(report.table())
