@@ -17,7 +17,9 @@ benchmarks all``; alone::
   straight to the worker pool without a word to the database about pauses (what the
   runner did before rate limits), alternating, ``R`` rounds; the median of the paired
   rounds' ratios, and how many deliveries waited in the gate instead of starting as
-  they arrived (0: none took the hop through the gate thread).
+  they arrived (with shared pauses, the first prefetch: it waits for the one pause
+  query). Beside it, this process's CPU per message (the runner's threads from start to
+  stop), whose paired ratio the machine's other work moves less than the wall clock.
 
 ``--part no-limit`` (or ``held``) runs one part alone.
 """
@@ -32,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -229,10 +232,14 @@ def held(env: Env, report: Report, schema: str, *, per_second: int, seconds: flo
 # -- no limit: the feature's cost -----------------------------------------------------------
 
 
-def drain_rate(
-    env: Env, schema: str, insert: sql.Composed, count: int, *, gate: bool
-) -> tuple[float, int]:
-    """Messages a second, and how many deliveries waited in the flow gate."""
+@dataclass(frozen=True)
+class Drain:
+    rate: float  # messages a second, from consuming to the last commit
+    cpu_ms: float  # this process's CPU per message, from the runner's start to its stop
+    waited: int  # deliveries that waited in the flow gate instead of starting on arrival
+
+
+def drain_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, gate: bool) -> Drain:
     exchange, queue = names()
     app = ConsumerApp(
         name=unique("bench"),
@@ -254,14 +261,16 @@ def drain_rate(
         # Without shared pauses: what the runner did before rate limits, each delivery of
         # a handler without a limit straight to the pool, no pause round trips.
         runner = Runner(app, app.settings(), share_pauses=gate)
+        cpu_s = time.process_time()
         rate = timed_drain(runner, countdown, count)
-        return rate, runner.deliveries_waited
+        cpu_s = time.process_time() - cpu_s
+        return Drain(rate, cpu_s / count * 1000, runner.deliveries_waited)
 
 
 def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int) -> None:
     measured = Rounds()
-    waited: dict[str, list[int]] = {WITH_GATE: [], WITHOUT_GATE: []}
     cases = (WITH_GATE, WITHOUT_GATE)
+    drains: dict[str, list[Drain]] = {case: [] for case in cases}
     # One drain unmeasured first: the first measured case otherwise also pays for warming
     # the broker, the database's caches and the imports (it was the slower one in most
     # pairs, whichever it was).
@@ -271,11 +280,9 @@ def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int)
         measured.round = round_no
         for case in cases[round_no % 2 :] + cases[: round_no % 2]:
             with effects_table(env.database_url, schema) as effects:
-                rate, held_back = drain_rate(
-                    env, schema, effects.insert, messages, gate=case == WITH_GATE
-                )
-                measured.add(case, rate)
-                waited[case].append(held_back)
+                drain = drain_rate(env, schema, effects.insert, messages, gate=case == WITH_GATE)
+                measured.add(case, drain.rate)
+                drains[case].append(drain)
                 effects.check(messages)
     for case in cases:
         samples = [round(r) for r in measured.rates[case]]
@@ -285,9 +292,27 @@ def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int)
                 f"no limit set, concurrency 4, {messages} messages: {case}",
                 round(statistics.median(samples)),
                 "msg/s",
-                extra={"samples": samples, "waited_in_gate": waited[case]},
+                extra={
+                    "samples": samples,
+                    "cpu_ms_per_message": [round(d.cpu_ms, 3) for d in drains[case]],
+                    "waited_in_gate": [d.waited for d in drains[case]],
+                },
             )
         )
+    # CPU is less at the mercy of the machine's other work than the wall clock.
+    cpu_ratios = [
+        round(ours.cpu_ms / theirs.cpu_ms, 3)
+        for ours, theirs in zip(drains[WITH_GATE], drains[WITHOUT_GATE], strict=True)
+    ]
+    report.add(
+        Figure(
+            SCENARIO,
+            "no limit set, this process's CPU per message: with the flow gate / bare pass-through",
+            round(statistics.median(cpu_ratios), 3),
+            "x",
+            extra={"run_ratios": cpu_ratios},
+        )
+    )
     report.add(
         ratio_target(
             SCENARIO,
