@@ -12,9 +12,16 @@ benchmarks all``; alone::
   run's own ``consumer_flow`` table (each lease is one upsert). CPU: the three
   processes' user + system time per message.
 - no limit: the same in-process handler (one INSERT, concurrency 4) draining a backlog
-  of ``N`` with the flow gate as shipped and with the gate replaced by the bare pass
-  through to the worker pool (what the runner did before rate limits), alternating,
-  ``R`` rounds; the ratio of the medians' paired rounds.
+  of ``N`` with the consumer as shipped (pauses shared through the database) and with
+  ``Runner(share_pauses=False)``, whose deliveries of a handler without a limit go
+  straight to the worker pool without a word to the database about pauses (what the
+  runner did before rate limits), alternating, ``R`` rounds; the median of the paired
+  rounds' ratios, and how many deliveries waited in the gate instead of starting as
+  they arrived (with shared pauses, the first prefetch: it waits for the one pause
+  query). Beside it, this process's CPU per message (the runner's threads from start to
+  stop), whose paired ratio the machine's other work moves less than the wall clock.
+
+``--part no-limit`` (or ``held``) runs one part alone.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -37,7 +45,6 @@ from benchmarks.common import HERE, Env, Figure, Report, Rounds, outbox_schema, 
 from benchmarks.consumer import Countdown, backlog, effects_table, names, timed_drain
 from outbox_relay.consumer import ConsumerApp, Message
 from outbox_relay.consumer.declare import declare
-from outbox_relay.consumer.gate import FlowGate
 from outbox_relay.consumer.runner import Runner
 from outbox_relay.logs import configure_logging
 
@@ -47,6 +54,7 @@ HELD_TOLERANCE = 0.05
 NO_LIMIT_TARGET_RATIO = 0.97
 WINDOWS_S = (0.5, 1.0, 2.0, 5.0)
 WITH_GATE, WITHOUT_GATE = "with the flow gate", "bare pass-through"
+PARTS = ("all", "held", "no-limit")
 
 
 # -- held across processes ----------------------------------------------------------------
@@ -224,7 +232,14 @@ def held(env: Env, report: Report, schema: str, *, per_second: int, seconds: flo
 # -- no limit: the feature's cost -----------------------------------------------------------
 
 
-def drain_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, gate: bool) -> float:
+@dataclass(frozen=True)
+class Drain:
+    rate: float  # messages a second, from consuming to the last commit
+    cpu_ms: float  # this process's CPU per message, from the runner's start to its stop
+    waited: int  # deliveries that waited in the flow gate instead of starting on arrival
+
+
+def drain_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, gate: bool) -> Drain:
     exchange, queue = names()
     app = ConsumerApp(
         name=unique("bench"),
@@ -243,22 +258,19 @@ def drain_rate(env: Env, schema: str, insert: sql.Composed, count: int, *, gate:
     with backlog(
         env, exchange, queue, count, declare_queue=lambda: declare(env.amqp_url, app.handlers)
     ):
-        runner = Runner(app, app.settings())
-        if not gate:
-            # What the runner did before rate limits: each delivery straight to the pool.
-            pool = runner._pool
-            runner._gate = FlowGate(
-                handlers=app.handlers,
-                store=None,
-                submit_to_pool=pool.submit,
-                give_back=runner._on_result,
-            )
-        return timed_drain(runner, countdown, count)
+        # Without shared pauses: what the runner did before rate limits, each delivery of
+        # a handler without a limit straight to the pool, no pause round trips.
+        runner = Runner(app, app.settings(), share_pauses=gate)
+        cpu_s = time.process_time()
+        rate = timed_drain(runner, countdown, count)
+        cpu_s = time.process_time() - cpu_s
+        return Drain(rate, cpu_s / count * 1000, runner.deliveries_waited)
 
 
 def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int) -> None:
     measured = Rounds()
     cases = (WITH_GATE, WITHOUT_GATE)
+    drains: dict[str, list[Drain]] = {case: [] for case in cases}
     # One drain unmeasured first: the first measured case otherwise also pays for warming
     # the broker, the database's caches and the imports (it was the slower one in most
     # pairs, whichever it was).
@@ -268,10 +280,9 @@ def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int)
         measured.round = round_no
         for case in cases[round_no % 2 :] + cases[: round_no % 2]:
             with effects_table(env.database_url, schema) as effects:
-                measured.add(
-                    case,
-                    drain_rate(env, schema, effects.insert, messages, gate=case == WITH_GATE),
-                )
+                drain = drain_rate(env, schema, effects.insert, messages, gate=case == WITH_GATE)
+                measured.add(case, drain.rate)
+                drains[case].append(drain)
                 effects.check(messages)
     for case in cases:
         samples = [round(r) for r in measured.rates[case]]
@@ -281,9 +292,27 @@ def no_limit(env: Env, report: Report, schema: str, *, messages: int, runs: int)
                 f"no limit set, concurrency 4, {messages} messages: {case}",
                 round(statistics.median(samples)),
                 "msg/s",
-                extra={"samples": samples},
+                extra={
+                    "samples": samples,
+                    "cpu_ms_per_message": [round(d.cpu_ms, 3) for d in drains[case]],
+                    "waited_in_gate": [d.waited for d in drains[case]],
+                },
             )
         )
+    # CPU is less at the mercy of the machine's other work than the wall clock.
+    cpu_ratios = [
+        round(ours.cpu_ms / theirs.cpu_ms, 3)
+        for ours, theirs in zip(drains[WITH_GATE], drains[WITHOUT_GATE], strict=True)
+    ]
+    report.add(
+        Figure(
+            SCENARIO,
+            "no limit set, this process's CPU per message: with the flow gate / bare pass-through",
+            round(statistics.median(cpu_ratios), 3),
+            "x",
+            extra={"run_ratios": cpu_ratios},
+        )
+    )
     report.add(
         ratio_target(
             SCENARIO,
@@ -303,12 +332,16 @@ def run(
     seconds: float | None = None,
     messages: int | None = None,
     runs: int | None = None,
+    part: str = "all",
 ) -> None:
     seconds = seconds or env.size(60, 4)
     with outbox_schema(env.database_url) as schema:
-        held(env, report, schema, per_second=50, seconds=seconds)
-        high = env.size(2000, 500)  # a smoke run keeps the backlog small
-        held(env, report, schema, per_second=high, seconds=env.size(max(2.0, seconds / 10), 1))
+        if part in ("all", "held"):
+            held(env, report, schema, per_second=50, seconds=seconds)
+            high = env.size(2000, 500)  # a smoke run keeps the backlog small
+            held(env, report, schema, per_second=high, seconds=env.size(max(2.0, seconds / 10), 1))
+        if part not in ("all", "no-limit"):
+            return
         no_limit(
             env,
             report,
@@ -323,6 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--part", choices=PARTS, default="all", help="run one part alone")
     args = parser.parse_args()
     configure_logging(level="warning", fmt="json")  # per-message events would dominate
     report = Report()
@@ -332,6 +366,7 @@ def main() -> None:
         seconds=args.seconds,
         messages=args.messages,
         runs=args.runs,
+        part=args.part,
     )
     print()
     print(report.table())

@@ -2,7 +2,15 @@
 before a worker starts their transaction.
 
 The runner hands every delivery to :meth:`FlowGate.submit`. A handler without a rate
-limit and not paused goes straight to the worker pool (a dict lookup). Otherwise the
+limit and not paused goes straight to the worker pool, on the caller's thread: a dict
+lookup and a clock reading, no lock, no round trip, no hop through the gate thread. It
+waits here only while this process's view of the other processes' pauses is older than
+:data:`~outbox_relay.consumer.pauses.PAUSE_CHECK_S`, for the one round trip that
+refreshes it. The gate thread refreshes that view ahead while deliveries flow, so only
+the first deliveries after start or an idle spell wait for it; they do on purpose: a
+process that had nothing to do does not start the first delivery a pause elsewhere
+should hold on a view read before that pause (read at start, the view would be up to a
+second old when the first deliveries come). Otherwise the
 delivery joins its bucket (the handler's, or its key's with ``rate_limit_key=``) and
 stays unacked, within the prefetch, while one gate thread takes tokens from
 ``<schema>.consumer_flow`` (:mod:`outbox_relay.store.flow`): one short round trip per
@@ -75,7 +83,10 @@ class _Bucket:
 class FlowGate:
     """See the module's docstring. ``submit_to_pool`` starts a job; ``give_back`` settles a
     result (a delivery the gate cannot take a token for). ``prefetch``: each handler's
-    (by queue), for the warning about slow limits."""
+    (by queue), for the warning about slow limits. ``share_pauses=False``: a pause holds
+    only in this process and handlers without a limit never ask the database about
+    pauses (the gate as it was before pauses were shared; what the rate-limit benchmark
+    measures the shared pauses against)."""
 
     def __init__(
         self,
@@ -86,6 +97,7 @@ class FlowGate:
         give_back: Callable[[Result], None],
         observer: FlowObserver | None = None,
         prefetch: Mapping[str, int] | None = None,
+        share_pauses: bool = True,
     ) -> None:
         self._handlers = list(handlers)
         self._prefetch = dict(prefetch or {})  # queue -> its handler's prefetch
@@ -96,8 +108,9 @@ class FlowGate:
         self._cond = threading.Condition()
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         # Pauses shared with the app's other processes when there is a store.
-        self._pauses = Pauses(shared=store is not None, observer=observer)
+        self._pauses = Pauses(shared=store is not None and share_pauses, observer=observer)
         self.tokens_granted = 0  # since start, every handler
+        self.deliveries_waited = 0  # since start: deliveries that did not start on submit
         self._granted: dict[str, collections.deque[float]] = {
             h.inbox_key: collections.deque() for h in self._handlers if h.rate_limit
         }
@@ -144,6 +157,7 @@ class FlowGate:
                 "consumer.flow_stopped",
                 round_trips=self._store.round_trips,
                 tokens=self.tokens_granted,
+                waited=self.deliveries_waited,
             )
 
     def _warn_slow_limits(self) -> None:
@@ -188,6 +202,7 @@ class FlowGate:
                 self._submit(job)
                 return
             self._bucket_of(job).waiting.append((job, now))
+            self.deliveries_waited += 1
             self._changed = True
             self._cond.notify()
 

@@ -6,8 +6,9 @@ processes, which learn it with their next lease, or (handlers without a limit) b
 they start a delivery once what they know is older than ``PAUSE_CHECK_S``. While
 deliveries flow the gate thread refreshes that view ``PAUSE_REFRESH_AHEAD_S`` before it
 goes stale, so they do not wait for it: at most about one round trip a second, and only
-while deliveries flow. The gate (:mod:`~outbox_relay.consumer.gate`) does the round trips;
-this is its bookkeeping, used under its lock.
+while deliveries flow (the first deliveries after start or an idle spell wait for one).
+The gate (:mod:`~outbox_relay.consumer.gate`) does the round trips; this is its
+bookkeeping, used under its lock.
 """
 
 from __future__ import annotations

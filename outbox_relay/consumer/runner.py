@@ -76,7 +76,13 @@ log = structlog.get_logger("outbox_relay.consumer")
 
 
 class Runner:
-    """Runs a :class:`ConsumerApp` until :meth:`stop`. :meth:`stop` is safe from any thread."""
+    """Runs a :class:`ConsumerApp` until :meth:`stop`. :meth:`stop` is safe from any thread.
+
+    ``share_pauses=False``: a :class:`~outbox_relay.consumer.errors.RateLimited` pause
+    holds only in this process, and handlers without a limit never ask the database about
+    pauses: the consumer as it was before pauses were shared, which the rate-limit
+    benchmark measures the shared pauses against. Not for production: the other
+    processes go on calling the service that asked to slow down."""
 
     def __init__(
         self,
@@ -84,6 +90,7 @@ class Runner:
         settings: ConsumerSettings,
         *,
         observer: ConsumerObserver | None = None,
+        share_pauses: bool = True,
     ) -> None:
         self._app = app
         self._settings = settings
@@ -150,6 +157,7 @@ class Runner:
             give_back=self._on_result,
             observer=self._observer,
             prefetch={h.queue: prefetch_for(h, settings) for h in self._handlers},
+            share_pauses=share_pauses,
         )
         self._observer.watch_in_flight(lambda: self._pool.busy)
 
@@ -157,6 +165,13 @@ class Runner:
     def connections_opened(self) -> int:
         """How many broker connections this runner has opened (1 without an outage)."""
         return self._generation
+
+    @property
+    def deliveries_waited(self) -> int:
+        """How many deliveries did not start as they arrived but waited in the flow gate:
+        for a rate-limit token, for a pause to end, or for this process's view of the
+        other processes' pauses to be refreshed (handlers without a limit)."""
+        return self._gate.deliveries_waited
 
     def liveness(self) -> tuple[bool, str]:
         """Alive: the I/O loop went round recently (also while it waits out an outage),

@@ -68,6 +68,7 @@ EXPECTED = {
         "database round trips per message, 50/s",
         "consumer CPU per message",
         "no limit set: with the flow gate / bare pass-through",
+        "no limit set, this process's CPU per message",
     ],
 }
 

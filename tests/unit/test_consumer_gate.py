@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import queue
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -34,6 +35,7 @@ class FakeFlowStore:
         self.leases: list[tuple[str, str, int]] = []
         self.down = False
         self.round_trips = 0
+        self.pause_checks = 0
 
     def lease(self, *, consumer: str, key: str, count: int, span_s: float) -> Lease:
         self.round_trips += 1
@@ -57,6 +59,7 @@ class FakeFlowStore:
         return until - now
 
     def paused(self, consumers: Sequence[str]) -> dict[str, float]:
+        self.pause_checks += 1
         now = time.monotonic()
         return {c: u - now for c, u in self.paused_until.items() if c in consumers and u > now}
 
@@ -98,15 +101,23 @@ class Gate:
         handlers: list[Handler[...]],
         store: FakeFlowStore | None,
         observer: ConsumerMetrics | None = None,
+        **options: Any,
     ) -> None:
         self.started: queue.SimpleQueue[tuple[float, Job]] = queue.SimpleQueue()
+        self.started_on: list[str] = []  # the thread that started each job
         self.given_back: list[Result] = []
+
+        def start(j: Job) -> None:
+            self.started_on.append(threading.current_thread().name)
+            self.started.put((time.monotonic(), j))
+
         self.gate = FlowGate(
             handlers=handlers,
             store=store,  # type: ignore[arg-type]  # the fake stands in for FlowStore
-            submit_to_pool=lambda j: self.started.put((time.monotonic(), j)),
+            submit_to_pool=start,
             give_back=self.given_back.append,
             observer=observer,
+            **options,
         )
 
     def take(self, count: int, timeout_s: float = 5.0) -> list[tuple[float, Job]]:
@@ -121,8 +132,13 @@ def gate_of() -> Iterator[Any]:
         handlers: list[Handler[...]],
         store: FakeFlowStore | None = None,
         observer: ConsumerMetrics | None = None,
+        *,
+        checked: bool = False,
+        **options: Any,
     ) -> Gate:
-        made.append(Gate(handlers, store, observer))
+        made.append(Gate(handlers, store, observer, **options))
+        if checked:
+            made[-1].gate.check()  # as the runner does before starting it
         made[-1].gate.start()
         return made[-1]
 
@@ -285,15 +301,40 @@ def test_the_gate_reports_the_time_waited_for_tokens_and_paused(gate_of: Any) ->
     assert value("outbox_relay_consumer_rate_limit_wait_seconds_count") == 4
 
 
-def test_a_pause_from_another_process_holds_a_handler_without_a_limit(gate_of: Any) -> None:
+@pytest.mark.parametrize("checked", [False, True], ids=["started", "checked and started"])
+def test_a_pause_from_another_process_holds_a_handler_without_a_limit(
+    gate_of: Any, checked: bool
+) -> None:
+    """Also the first delivery after start: it waits for the gate to ask the database
+    (a view read before consuming could predate a pause by up to a second)."""
     h = handler()
     store = FakeFlowStore()
+    g = gate_of([h], store, checked=checked)
     store.pause(consumer=h.inbox_key, seconds=0.3)  # another process got a 429
-    g = gate_of([h], store)
     began = time.monotonic()
     g.gate.submit(job(h, 0))
     ((at, _j),) = g.take(1)
     assert at - began >= 0.25
+    assert g.gate.deliveries_waited == 1
+    for n in range(1, 4):  # the view is fresh now: these start on arrival, on this thread
+        g.gate.submit(job(h, n))
+    assert [j.token for _, j in g.take(3, timeout_s=0)] == [1, 2, 3]
+    assert g.started_on[1:] == [threading.current_thread().name] * 3
+    assert g.gate.deliveries_waited == 1
+
+
+def test_without_shared_pauses_a_handler_without_a_limit_never_asks_the_database(
+    gate_of: Any,
+) -> None:
+    h = handler()
+    store = FakeFlowStore()
+    store.pause(consumer=h.inbox_key, seconds=30)  # another process's pause: not seen here
+    g = gate_of([h], store, checked=True, share_pauses=False)
+    for n in range(3):
+        g.gate.submit(job(h, n))
+    assert [j.token for _, j in g.take(3, timeout_s=0)] == [0, 1, 2]
+    time.sleep(0.1)  # the gate thread's turns
+    assert (store.pause_checks, g.gate.deliveries_waited) == (0, 0)
 
 
 def test_a_database_outage_while_waiting_gives_the_deliveries_back(gate_of: Any) -> None:
