@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # dev extras. Installing the dev extras satisfies the demo too.
 RUNTIME := $(VENV)/.installed-runtime
 STAMP := $(VENV)/.installed-dev
+# The benchmark suite also measures the peers (the bench extras: txoutbox, faststream-outbox).
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: test unit integration faults bench-smoke cluster-test cluster-chain-test deploy-test lint typecheck check demo bench docs clean alerts-test
 
@@ -19,6 +21,10 @@ $(RUNTIME): pyproject.toml | $(BIN)/python
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP) $(RUNTIME)
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	touch $(BENCH_STAMP) $(STAMP) $(RUNTIME)
 
 ## test: every tier (unit, integration, faults) against PostgreSQL and RabbitMQ on their
 ## default local ports, or OUTBOX_RELAY_TEST_DATABASE_URL / OUTBOX_RELAY_TEST_AMQP_URL
@@ -78,7 +84,7 @@ alerts-test:
 	promtool test rules tests/prometheus/alerts_test.yml
 
 ## bench: the benchmark suite (see benchmarks/README.md)
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks all
 
 ## docs: regenerate docs/cli.md, the reference of every command and option
