@@ -103,6 +103,7 @@ class Relay:
             stopping=self._stopping,
             claim_ahead_allowed=self._planner.may_claim_ahead,
             rows_came=self._rows_came,
+            claiming_ahead=self._claiming_ahead,
             random_unit=random_unit,
             clock=clock,
         )
@@ -248,18 +249,27 @@ class Relay:
         if readable:
             self._planner.heard(self._store.drain_notifications())
 
-    def _rows_came(self, sending: Sending) -> bool:
+    def _rows_came(self, sending: Sending, claimed: int) -> bool:
         """Wait for the confirms of a batch that was not full until new rows may have
         come: the next claim then goes ahead of the confirms. While producers notify,
-        until a NOTIFY (which is heard here, as a sleep hears it); while the relay polls,
-        for BUSY_POLL_S, as it waits between claims. False once the confirms are in."""
+        until a NOTIFY; while the relay polls, for BUSY_POLL_S, as it waits between
+        claims. False once the confirms are in, and at once while producers notify and
+        the round has ``claimed`` enough rows to say they are busy: the round ends, so
+        the flag goes down before more of them pay for a NOTIFY."""
         if not self._planner.flag_up:
             return not sending.settled_within(BUSY_POLL_S)
-        wake_fd = self._store.listen_fileno()
-        if sending.settled_within(CONFIRM_OR_NOTIFY_S, wake_fd=wake_fd):
+        if self._planner.busy(claimed):
             return False
-        self._planner.heard(self._store.drain_notifications())
-        return True
+        if self._store.notices_waiting():
+            return True
+        wake_fd = self._store.listen_fileno()
+        return not sending.settled_within(CONFIRM_OR_NOTIFY_S, wake_fd=wake_fd)
+
+    def _claiming_ahead(self) -> None:
+        """The claim for the rows a NOTIFY announced goes now: it is heard here, as a
+        sleep hears it (left unread, it would end the next wait at once)."""
+        if self._planner.flag_up:
+            self._planner.heard(self._store.drain_notifications())
 
     def _went_round(self) -> None:
         """The loop went round (for /healthz and the iteration gauge)."""

@@ -1,8 +1,9 @@
 """The batch pipeline: claim due rows, publish them, settle them; two batches out.
 
-A round of batches runs while claims come back full. While one batch is out, the store
-thread claims the next one on a connection of its own and it goes out behind the first
-before that one is confirmed: at most two batches are out at once, and a crash re-sends
+A round of batches runs while claims come back full, or while new rows come before the
+confirms of a batch that was not full. While one batch is out, the next one is claimed on
+a connection of its own (by the store thread at once for a full batch; once rows came for
+one that was not) and it goes out behind the first before that one is confirmed: at most two batches are out at once, and a crash re-sends
 at most those two. Per-key order holds across them (:mod:`outbox_relay.relay.ordering`):
 a row that would go out after an older, unconfirmed row of its key waits in the table.
 Rows the broker refuses are found by sending fewer at a time
@@ -49,7 +50,8 @@ class BatchPipeline:
         leases: LeaseHold,
         stopping: threading.Event,
         claim_ahead_allowed: Callable[[float], bool],
-        rows_came: Callable[[Sending], bool] = lambda _sending: False,
+        rows_came: Callable[[Sending, int], bool] = lambda _sending, _claimed: False,
+        claiming_ahead: Callable[[], None] = lambda: None,
         random_unit: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -59,8 +61,11 @@ class BatchPipeline:
         self._leases = leases
         self._stopping = stopping
         self._claim_ahead_allowed = claim_ahead_allowed
-        # While a batch that was not full awaits its confirms: whether new rows came.
+        # While a batch that was not full awaits its confirms: whether new rows came
+        # (given the rows claimed in the round so far), and what to do before claiming
+        # them (see _claim_when_rows_come).
         self._rows_came = rows_came
+        self._claiming_ahead = claiming_ahead
         self._clock = clock
         # While looking for the row the broker refused, sends carry fewer rows and no
         # batch goes out ahead of another (see outbox_relay.relay.isolation).
@@ -88,7 +93,9 @@ class BatchPipeline:
         return self._settler.settle(claim, self._confirm_claim(claim, sent))
 
     def run_batches(self) -> BatchResult:
-        """Relay batches back to back for as long as they come back full; the totals.
+        """Relay batches back to back for as long as they come back full, or new rows
+        come before the confirms of one that was not (:meth:`_claim_when_rows_come`);
+        the totals.
 
         While a full batch is out, the store thread claims the next one on a connection
         of its own (the rows in flight are locked, so the claim skips them), and the
@@ -127,7 +134,8 @@ class BatchPipeline:
                     except (StoreError, BrokerError) as exc:
                         failed = exc
                 elif job is None:
-                    following, ahead, failed = self._claim_when_rows_come(claim, sent)
+                    claimed = totals.claimed + len(claim.rows)
+                    following, ahead, failed = self._claim_when_rows_come(claim, sent, claimed)
                 outcomes = self._confirm_claim(claim, sent)
                 totals += self._settler.settle(claim, outcomes)
                 if job is not None and failed is None:
@@ -158,23 +166,28 @@ class BatchPipeline:
         return claim
 
     def _claim_when_rows_come(
-        self, claim: Claim, sent: _Sent
+        self, claim: Claim, sent: _Sent, claimed: int
     ) -> tuple[Claim | None, _Sent | None, StoreError | BrokerError | None]:
         """For a batch that was not full, out: the next claim, and its first round sent
         ahead, once new rows came before the batch's confirms (which take a disk write,
-        often longer than a claim). Nothing when the confirms come first. A failure to
-        claim or send is returned, to be raised once the batch out is settled."""
+        often longer than a claim) and while the round's ``claimed`` rows so far let it
+        go on (see the loop's ``_rows_came``). Nothing when the confirms come first, or
+        when this batch's frames are not written out (a blocked or stalled broker). The
+        rules of the claim ahead are checked again after the wait. A failure to claim or
+        send is returned, to be raised once the batch out is settled."""
         if (
             sent.sending is None
             or self.store_thread is None  # the claim needs the store's second connection
             or len(claim.rows) >= self._settings.batch_size
             or not self._ahead_allowed(claim)
+            or not sent.flush()
         ):
             return None, None, None
         following: Claim | None = None
         try:
-            if not self._rows_came(sent.sending):
+            if not self._rows_came(sent.sending, claimed) or not self._ahead_allowed(claim):
                 return None, None, None
+            self._claiming_ahead()
             following = self._claim()
             return following, self._send_ahead(following, claim), None
         except (StoreError, BrokerError) as exc:
@@ -208,7 +221,7 @@ class BatchPipeline:
     def _may_claim_ahead(self, claim: Claim) -> bool:
         """Claim the next batch at once during this one only when this one is full (a
         backlog); a batch that is not full waits for new rows first
-        (:meth:`_new_rows_while_confirming`)."""
+        (:meth:`_claim_when_rows_come`)."""
         return len(claim.rows) >= self._settings.batch_size and self._ahead_allowed(claim)
 
     def _ahead_allowed(self, claim: Claim) -> bool:

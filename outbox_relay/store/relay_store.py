@@ -375,8 +375,9 @@ class PostgresStore:
         again, so a sleep must not wait for it)."""
         if self._heard:
             return True
-        readable, _, _ = select.select([self.listen_fileno()], [], [], 0)
-        return bool(readable)
+        poller = select.poll()  # not select.select, which takes no descriptor past 1023
+        poller.register(self.listen_fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def drain_notifications(self) -> Notices:
         """Consume pending notifications; they are only hints: count them, and note
