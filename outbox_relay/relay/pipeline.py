@@ -3,9 +3,10 @@
 A round of batches runs while claims come back full, or while new rows come before the
 confirms of a batch that was not full. While one batch is out, the next one is claimed on
 a connection of its own (by the store thread at once for a full batch; once rows came for
-one that was not) and it goes out behind the first before that one is confirmed: at most two batches are out at once, and a crash re-sends
-at most those two. Per-key order holds across them (:mod:`outbox_relay.relay.ordering`):
-a row that would go out after an older, unconfirmed row of its key waits in the table.
+one that was not) and it goes out behind the first before that one is confirmed: at most
+two batches are out at once, and a crash re-sends at most those two. Per-key order holds
+across them (:mod:`outbox_relay.relay.ordering`): a row that would go out after an older,
+unconfirmed row of its key waits in the table.
 Rows the broker refuses are found by sending fewer at a time
 (:mod:`outbox_relay.relay.isolation`); a claim is settled by
 :mod:`outbox_relay.relay.settling`.
