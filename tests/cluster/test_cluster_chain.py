@@ -148,6 +148,61 @@ def _recovery(
     return Fault(name, at, time.monotonic() - started, command_s, recovered_at=time.time())
 
 
+def _where_missing(
+    url: str, schema: str, committed: set[int], cluster: RabbitCluster, queues: list[str]
+) -> str:
+    """For a chain that stopped short: which committed orders have no effect at C, how
+    far each got (no invoice: before or at B; an invoice: in B's outbox or C's queue),
+    what is left in the outbox, and what the queues hold."""
+    lines = []
+    try:
+        missing = sorted(committed - {n for n, _ in _handled(url, schema)})
+        with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
+            invoiced = {
+                int(n)
+                for (n,) in conn.execute(
+                    sql.SQL("SELECT order_id FROM {} WHERE order_id = ANY(%s)").format(
+                        sql.Identifier(schema, "invoices")
+                    ),
+                    (missing,),
+                ).fetchall()
+            }
+            outbox = conn.execute(
+                sql.SQL(
+                    "SELECT count(*), count(*) FILTER (WHERE dead_at IS NOT NULL),"
+                    " max(attempts), extract(epoch FROM max(available_at) - now())"
+                    " FROM {}"
+                ).format(sql.Identifier(schema, "outbox"))
+            ).fetchone()
+        lines.append(
+            f"{len(missing)} committed orders without an effect at C: "
+            f"{[n for n in missing if n not in invoiced][:20]} without an invoice, "
+            f"{[n for n in missing if n in invoiced][:20]} with one; of them, failed their "
+            f"first attempt at B: {[n for n in missing if fails_first(n, FAIL_FIRST_EVERY)][:20]}"
+        )
+        lines.append(f"outbox rows (all, dead, max attempts, last due in s): {outbox}")
+    except psycopg.Error as exc:
+        lines.append(f"database: {exc}")
+    try:
+        up = next(n for n in cluster.nodes if n.node not in cluster.stopped)
+        listed = up.rabbitmqctl(
+            "list_queues",
+            "name",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "leader",
+            "online",
+            "--no-table-headers",
+            "-q",
+        )
+        lines += [line for line in listed.splitlines() if line.split("\t")[0] in queues]
+        lines += [cluster.quorum_status(q) for q in queues if q.endswith(".retry.500ms")]
+    except Exception as exc:  # a diagnosis must not hide the failure
+        lines.append(f"broker: {exc}")
+    return "\n".join(lines)
+
+
 def _retried(stage_b: ConsumerProcess) -> list[tuple[float, int]]:
     """(wall clock, order) of each first attempt B failed on purpose and sent to its
     retry tier."""
@@ -354,7 +409,17 @@ def test_node_stops_and_a_promotion_lose_nothing(
             lambda: committed <= {n for n, _ in _handled(url, schema)},
             timeout_s=90,
             interval_s=0.5,
-        ), (stage_b.log_text()[-3000:], stage_c.log_text()[-3000:])
+        ), (
+            _where_missing(
+                url,
+                schema,
+                committed,
+                cluster,
+                [q for main in (queue_b, queue_c) for q in (main, f"{main}.retry.500ms")],
+            ),
+            stage_b.log_text()[-3000:],
+            stage_c.log_text()[-3000:],
+        )
         time.sleep(2)  # anything still in flight lands before the count
         parked = cluster.messages([f"{queue_b}.parking", f"{queue_c}.parking"])
     finally:
