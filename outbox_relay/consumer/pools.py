@@ -97,6 +97,10 @@ class WorkerPools:
         return [job for pool in self._all for job in pool.take_unstarted()]
 
     @property
+    def held(self) -> bool:
+        return any(pool.held for pool in self._all)
+
+    @property
     def busy(self) -> int:
         return sum(pool.busy for pool in self._all)
 

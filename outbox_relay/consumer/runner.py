@@ -344,14 +344,22 @@ class Runner:
 
     def _follow_database(self, channel: BlockingChannel) -> None:
         """Between events: cancel the consumers once deliveries are paused, and check the
-        database with backoff while they are; consume again once it answers."""
+        database with backoff while they are; consume again once it answers.
+
+        A worker that gave a delivery back for the database starts nothing more (its
+        pool is held) until what is queued behind that delivery has gone back after it,
+        so that the queue redelivers them in their order."""
+        if self._pool.held:
+            self._settle_ready()  # the give-back, handed over before the hold: it pauses
         if not self._database.paused:
+            if self._pool.held:  # its result was from a connection since lost
+                self._give_back_unstarted(channel)
             return
         if self._tags:
             for tag in self._tags:
                 channel.basic_cancel(tag)  # pika requeues what it has not dispatched
             self._tags = []
-            self._give_back_unstarted(channel)
+        self._give_back_unstarted(channel)  # and lets a held pool go on
         if self._database.answered():
             self._tags = self._consume(channel)
 

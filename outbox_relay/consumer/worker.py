@@ -135,6 +135,12 @@ class WorkerPool:
         self._serial = 0
         # Why the last database round trip of a handler failed; None once one succeeded.
         self.database_problem: str | None = None
+        # Cleared by a worker that gave a delivery back for a database outage, set again
+        # by take_unstarted: until then no worker starts a delivery queued behind it,
+        # which would otherwise be handled before the one given back (the database may
+        # answer again by then) and break the queue's order.
+        self._go_on = threading.Event()
+        self._go_on.set()
 
     def start(self) -> None:
         for _ in range(self._size):
@@ -144,18 +150,28 @@ class WorkerPool:
         self._queue.put(job)
 
     def take_unstarted(self) -> list[Job]:
-        """Remove and return the jobs no worker has started."""
+        """Remove and return the jobs no worker has started; the workers may start the
+        next ones (see :attr:`held`)."""
         taken: list[Job] = []
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
-                return taken
+                break
             if job is None:
                 self._queue.put(None)
-                return taken
+                break
             if job.enter(_State.ABANDONED, unless=_State.RUNNING):
                 taken.append(job)
+        self._go_on.set()
+        return taken
+
+    @property
+    def held(self) -> bool:
+        """A worker gave a delivery back for a database outage (its REQUEUE result was
+        handed over first): no worker starts another job until :meth:`take_unstarted`
+        took back those queued behind it."""
+        return not self._go_on.is_set()
 
     @property
     def busy(self) -> int:
@@ -195,6 +211,7 @@ class WorkerPool:
         """Let workers finish what they run (up to ``timeout_s``), then return."""
         for _ in self._threads:
             self._queue.put(None)
+        self._go_on.set()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -218,6 +235,7 @@ class WorkerPool:
         loop = HandlerLoop()  # its event loop is only created for an async handler
         try:
             while True:
+                self._go_on.wait()
                 job = self._queue.get()
                 if job is None:
                     return
@@ -239,6 +257,8 @@ class WorkerPool:
                     return  # a replacement worker took this one's place
                 if result is not None:
                     self._on_result(result)
+                    if result.kind is Kind.REQUEUE:
+                        self._go_on.clear()  # after the result: the runner settles it first
         finally:
             loop.close()
             if session is not None:

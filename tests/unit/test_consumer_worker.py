@@ -228,6 +228,33 @@ def test_take_unstarted_returns_what_no_worker_began() -> None:
     harness.pool.stop(2)
 
 
+def test_after_a_delivery_given_back_for_the_database_the_next_waits_to_be_taken_back(
+    monkeypatch: Any,
+) -> None:
+    """The database answers again right after the give-back: the delivery queued behind
+    it must not be handled first (its key's order), but go back to the queue after it."""
+    monkeypatch.setattr("outbox_relay.consumer.worker.REQUEUE_PAUSE_S", 0.0)
+    harness = Harness(size=1)
+
+    def on_message(message: Message, tx: Any) -> None:
+        if message.message_id == "m-0":
+            raise ConnectionLostError("server closed the connection unexpectedly")
+
+    h = handler(on_message)
+    for n in range(3):
+        harness.pool.submit(Job(delivery(f"m-{n}"), h, token=n))
+    given_back = harness.results.get(timeout=5)
+    assert (given_back.kind, given_back.job.token) == (Kind.REQUEUE, 0)
+    with pytest.raises(queue.Empty):
+        harness.results.get(timeout=0.3)
+    assert harness.pool.held
+    assert [job.token for job in harness.pool.take_unstarted()] == [1, 2]
+    assert not harness.pool.held
+    assert harness.run(h, delivery("m-3")).kind is Kind.HANDLED  # going on again
+    assert harness.inbox == {("app:q", "m-3")}
+    harness.pool.stop(2)
+
+
 class Order(pydantic.BaseModel):
     order_id: int
 
