@@ -104,15 +104,6 @@ class Confirms:
         written = link.conn is not None and link.unwritten() == 0
         return written and batch.closed is None and link.error is None
 
-    def settled_within(self, batch: Batch, timeout_s: float, *, wake_fd: int | None) -> bool:
-        """See :meth:`Sending.settled_within`."""
-        link = self._link
-        return link.run_until_or_woken(
-            lambda: batch.all_sent_settled() or batch.closed is not None or link.error is not None,
-            timeout_s,
-            wake_fd=wake_fd,
-        )
-
     def wait(self, batch: Batch) -> PublishInterruptedError | None:
         """Run the I/O loop until every message of the batch is confirmed or its channel
         closed. Otherwise give the connection up (without closing it) and return why."""
@@ -212,14 +203,6 @@ class Sending:
         socket did not take them within SLOW_WAIT_S or before the lease deadline (past
         it, the loop still turns once). An interruption is reported by ``outcomes()``."""
         return self._confirms.flush(self._batch)
-
-    def settled_within(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
-        """Serve the connection until every message of the batch is confirmed (or its
-        channel or connection is gone), for up to ``timeout_s`` and only until ``wake_fd``
-        is readable; whether ``outcomes()`` would now return without waiting."""
-        if self._interrupted is not None:
-            return True
-        return self._confirms.settled_within(self._batch, timeout_s, wake_fd=wake_fd)
 
     def outcomes(self) -> SendResult:
         """Each row's outcome, keyed by row id, once every message was confirmed or the

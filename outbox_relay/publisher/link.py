@@ -166,25 +166,6 @@ class Link:
         self.raise_if_lost()
         return self._fd_ready
 
-    def run_until_or_woken(
-        self, done: Callable[[], bool], timeout_s: float, *, wake_fd: int | None
-    ) -> bool:
-        """Run the I/O loop until ``done()``, ``wake_fd`` is readable or ``timeout_s``
-        passed; True only for ``done()``. Raises nothing: a lost connection is for the
-        caller to find (``error``)."""
-        conn = self.conn
-        if conn is None:
-            return done()
-        self._fd_ready = False
-        if wake_fd is not None:
-            conn.ioloop.add_handler(wake_fd, self._on_fd_readable, PollEvents.READ)
-        try:
-            self.run_until(lambda: done() or self._fd_ready, timeout_s)
-        finally:
-            if wake_fd is not None and self.conn is not None:
-                self.conn.ioloop.remove_handler(wake_fd)
-        return done()
-
     def _on_fd_readable(self, _fd: int, _events: int) -> None:
         self._fd_ready = True
         self.check()

@@ -31,26 +31,14 @@ from outbox_relay.reconnect import ReconnectBackoff, reconnecting
 from outbox_relay.relay.leases import LeaseHold
 from outbox_relay.relay.pipeline import BatchPipeline
 from outbox_relay.relay.planner import FlagMove, SleepPlanner, Wake
-from outbox_relay.relay.ports import (
-    BatchResult,
-    NullObserver,
-    Publisher,
-    RelayObserver,
-    Sending,
-    Store,
-)
+from outbox_relay.relay.ports import BatchResult, NullObserver, Publisher, RelayObserver, Store
 from outbox_relay.relay.settings import (
     LIVENESS_LIMIT_S,
     UNANNOUNCED_LOG_INTERVAL_S,
     RelaySettings,
 )
-from outbox_relay.relay.wakeup import BUSY_POLL_S
 
 log = structlog.get_logger("outbox_relay.relay")
-
-# While producers notify, the longest a batch that was not full waits for its confirms or
-# a NOTIFY before the next claim goes ahead of the confirms anyway.
-CONFIRM_OR_NOTIFY_S = 0.25
 
 
 class Relay:
@@ -102,8 +90,6 @@ class Relay:
             leases=self._leases,
             stopping=self._stopping,
             claim_ahead_allowed=self._planner.may_claim_ahead,
-            rows_came=self._rows_came,
-            claiming_ahead=self._claiming_ahead,
             random_unit=random_unit,
             clock=clock,
         )
@@ -247,28 +233,6 @@ class Relay:
         readable = readable or waiting
         self._planner.woke(self._clock(), Wake.READABLE if readable else Wake.TIMEOUT)
         if readable:
-            self._planner.heard(self._store.drain_notifications())
-
-    def _rows_came(self, sending: Sending, claimed: int) -> bool:
-        """Wait for the confirms of a batch that was not full until new rows may have
-        come: the next claim then goes ahead of the confirms. While producers notify,
-        until a NOTIFY; while the relay polls, for BUSY_POLL_S, as it waits between
-        claims. False once the confirms are in, and at once while producers notify and
-        the round has ``claimed`` enough rows to say they are busy: the round ends, so
-        the flag goes down before more of them pay for a NOTIFY."""
-        if not self._planner.flag_up:
-            return not sending.settled_within(BUSY_POLL_S)
-        if self._planner.busy(claimed):
-            return False
-        if self._store.notices_waiting():
-            return True
-        wake_fd = self._store.listen_fileno()
-        return not sending.settled_within(CONFIRM_OR_NOTIFY_S, wake_fd=wake_fd)
-
-    def _claiming_ahead(self) -> None:
-        """The claim for the rows a NOTIFY announced goes now: it is heard here, as a
-        sleep hears it (left unread, it would end the next wait at once)."""
-        if self._planner.flag_up:
             self._planner.heard(self._store.drain_notifications())
 
     def _went_round(self) -> None:

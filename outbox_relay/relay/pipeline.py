@@ -1,12 +1,10 @@
 """The batch pipeline: claim due rows, publish them, settle them; two batches out.
 
-A round of batches runs while claims come back full, or while new rows come before the
-confirms of a batch that was not full. While one batch is out, the next one is claimed on
-a connection of its own (by the store thread at once for a full batch; once rows came for
-one that was not) and it goes out behind the first before that one is confirmed: at most
-two batches are out at once, and a crash re-sends at most those two. Per-key order holds
-across them (:mod:`outbox_relay.relay.ordering`): a row that would go out after an older,
-unconfirmed row of its key waits in the table.
+A round of batches runs while claims come back full. While one batch is out, the store
+thread claims the next one on a connection of its own and it goes out behind the first
+before that one is confirmed: at most two batches are out at once, and a crash re-sends
+at most those two. Per-key order holds across them (:mod:`outbox_relay.relay.ordering`):
+a row that would go out after an older, unconfirmed row of its key waits in the table.
 Rows the broker refuses are found by sending fewer at a time
 (:mod:`outbox_relay.relay.isolation`); a claim is settled by
 :mod:`outbox_relay.relay.settling`.
@@ -51,8 +49,6 @@ class BatchPipeline:
         leases: LeaseHold,
         stopping: threading.Event,
         claim_ahead_allowed: Callable[[float], bool],
-        rows_came: Callable[[Sending, int], bool] = lambda _sending, _claimed: False,
-        claiming_ahead: Callable[[], None] = lambda: None,
         random_unit: Callable[[], float],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -62,11 +58,6 @@ class BatchPipeline:
         self._leases = leases
         self._stopping = stopping
         self._claim_ahead_allowed = claim_ahead_allowed
-        # While a batch that was not full awaits its confirms: whether new rows came
-        # (given the rows claimed in the round so far), and what to do before claiming
-        # them (see _claim_when_rows_come).
-        self._rows_came = rows_came
-        self._claiming_ahead = claiming_ahead
         self._clock = clock
         # While looking for the row the broker refused, sends carry fewer rows and no
         # batch goes out ahead of another (see outbox_relay.relay.isolation).
@@ -94,9 +85,7 @@ class BatchPipeline:
         return self._settler.settle(claim, self._confirm_claim(claim, sent))
 
     def run_batches(self) -> BatchResult:
-        """Relay batches back to back for as long as they come back full, or new rows
-        come before the confirms of one that was not (:meth:`_claim_when_rows_come`);
-        the totals.
+        """Relay batches back to back for as long as they come back full; the totals.
 
         While a full batch is out, the store thread claims the next one on a connection
         of its own (the rows in flight are locked, so the claim skips them), and the
@@ -134,9 +123,6 @@ class BatchPipeline:
                         ahead = self._send_ahead(following, claim)
                     except (StoreError, BrokerError) as exc:
                         failed = exc
-                elif job is None:
-                    claimed = totals.claimed + len(claim.rows)
-                    following, ahead, failed = self._claim_when_rows_come(claim, sent, claimed)
                 outcomes = self._confirm_claim(claim, sent)
                 totals += self._settler.settle(claim, outcomes)
                 if job is not None and failed is None:
@@ -166,37 +152,6 @@ class BatchPipeline:
             return None
         return claim
 
-    def _claim_when_rows_come(
-        self, claim: Claim, sent: _Sent, claimed: int
-    ) -> tuple[Claim | None, _Sent | None, StoreError | BrokerError | None]:
-        """For a batch that was not full, out: the next claim, and its first round sent
-        ahead, once new rows came before the batch's confirms (which take a disk write,
-        often longer than a claim) and while the round's ``claimed`` rows so far let it
-        go on (see the loop's ``_rows_came``). Nothing when the confirms come first, or
-        when this batch's frames are not written out (a blocked or stalled broker). The
-        rules of the claim ahead are checked again after the wait. A failure to claim or
-        send is returned, to be raised once the batch out is settled."""
-        if (
-            sent.sending is None
-            or self.store_thread is None  # the claim needs the store's second connection
-            or len(claim.rows) >= self._settings.batch_size
-            or not self._ahead_allowed(claim)
-            or not sent.flush()
-        ):
-            return None, None, None
-        following: Claim | None = None
-        try:
-            if not self._rows_came(sent.sending, claimed) or not self._ahead_allowed(claim):
-                return None, None, None
-            self._claiming_ahead()
-            following = self._claim()
-            return following, self._send_ahead(following, claim), None
-        except (StoreError, BrokerError) as exc:
-            return None, None, exc
-        except BaseException:
-            _drop(following, None)
-            raise
-
     def _send_ahead(self, following: Claim | None, out: Claim) -> _Sent | None:
         """Send the next batch while ``out`` awaits its confirms, unless a row of it
         would go out after an older row of its key in ``out``: it then waits until
@@ -220,17 +175,12 @@ class BatchPipeline:
         return following
 
     def _may_claim_ahead(self, claim: Claim) -> bool:
-        """Claim the next batch at once during this one only when this one is full (a
-        backlog); a batch that is not full waits for new rows first
-        (:meth:`_claim_when_rows_come`)."""
-        return len(claim.rows) >= self._settings.batch_size and self._ahead_allowed(claim)
-
-    def _ahead_allowed(self, claim: Claim) -> bool:
-        """A claim may go ahead of ``claim`` unless its byte budget cut it short (see
-        run_batches), a refused row is being looked for, the relay is stopping or a
+        """Claim the next batch during this one only when this one is full (a backlog),
+        never when its byte budget cut it short (see run_batches), and not when a
         heartbeat is due: heartbeats run between rounds of batches."""
         return (
-            not claim.left_over
+            len(claim.rows) >= self._settings.batch_size
+            and not claim.left_over
             and self._isolation.limit is None
             and not self._stopping.is_set()
             and self._claim_ahead_allowed(self._clock())

@@ -144,11 +144,6 @@ class SleepPlanner:
         self._heartbeat_only = False
         return only
 
-    def busy(self, claimed: int) -> bool:
-        """Whether a round that claimed ``claimed`` rows says producers are busy (with
-        the flag up, it then lowers the flag)."""
-        return self._wakeup.busy(claimed)
-
     def may_claim_ahead(self, now: float) -> bool:
         """Heartbeats run between rounds of batches: claim the next batch during this one
         only while no heartbeat is due."""
@@ -165,8 +160,7 @@ class SleepPlanner:
         """The round found ``claimed`` rows (with those left in the table), ``failed`` of
         them failed and ``held`` were left in the table."""
         self._poll_at = None  # a claim is as good as a poll
-        # Unless a NOTIFY was heard during the round (for rows claimed ahead of confirms).
-        unannounced = self._claim_polled and claimed > 0 and not self._notified
+        unannounced = self._claim_polled and claimed > 0
         step = self._wakeup.after_claim(claimed)
         if claimed:
             self._empty_polls = 0

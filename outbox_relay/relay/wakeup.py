@@ -81,15 +81,11 @@ class WakeUp:
     waiting: bool = False  # whether the flag is up
     _quiet: int = field(default=0, init=False, repr=False)  # small claims in a row
 
-    def busy(self, claimed: int) -> bool:
-        """Whether a claim of ``claimed`` rows says producers are busy."""
-        return claimed >= min(self.busy_claim_rows, self.batch_size)
-
     def after_claim(self, claimed: int) -> Step:
         """The next step after a claim that found ``claimed`` rows. A step that moves the
         flag is taken as done; when the store fails instead, its reconnect calls
         :meth:`flag_lost`."""
-        busy = self.busy(claimed)
+        busy = claimed >= min(self.busy_claim_rows, self.batch_size)
         if self.waiting:
             if busy:
                 self.waiting = False

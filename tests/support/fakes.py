@@ -12,7 +12,7 @@ import contextlib
 import datetime as dt
 import itertools
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 from outbox_relay.amqp_fields import DEFAULT_FRAME_MAX_BYTES
@@ -161,10 +161,6 @@ class ScriptedSending:
     def flush(self) -> bool:
         return self.publisher.flushes
 
-    def settled_within(self, timeout_s: float, *, wake_fd: int | None = None) -> bool:
-        self.publisher.while_confirming()
-        return self.publisher.settles_at_once
-
     def outcomes(self) -> SendResult:
         self.publisher.events.append(("outcomes", self.ids))
         self.asked = True
@@ -194,9 +190,6 @@ class ScriptedPublisher:
         self.sent: list[list[int]] = []
         self.events: list[tuple[str, list[int]]] = []  # sends, outcomes asked, abandons
         self.flushes = True  # whether a batch's frames reach the socket (Sending.flush)
-        # Whether a batch's confirms are in as soon as it is sent (Sending.settled_within).
-        self.settles_at_once = True
-        self.while_confirming: Callable[[], None] = lambda: None  # in settled_within
         self.missing = missing or {}
         self.exchanges_checked: set[str] = set()
         self.failing: tuple[int, Exception] | None = None  # see fail_after

@@ -270,89 +270,6 @@ class TestRunBatches:
         assert (result.claimed, result.published) == (5, 5)
         assert store.locked == set()
 
-    @staticmethod
-    def arriving_at_first_send(
-        store: TableStore, publisher: ScriptedPublisher, *rows: OutboxRow
-    ) -> None:
-        """``rows`` are committed while the first batch goes out."""
-        original = publisher.send
-
-        def send(batch: Sequence[OutboxRow], *, deadline: float | None = None) -> ScriptedSending:
-            if not publisher.sent:
-                store.rows.extend(rows)
-            return original(batch, deadline=deadline)
-
-        publisher.send = send  # type: ignore[method-assign]
-
-    def test_rows_committed_while_a_short_batch_awaits_its_confirms_go_out_before_them(
-        self,
-    ) -> None:
-        # The broker's confirms take a disk write: a row committed meanwhile must not
-        # wait for them, and for the settle, to be claimed.
-        store = TableStore([row(1)])
-        publisher = ScriptedPublisher([{}, {}])
-        publisher.settles_at_once = False
-        self.arriving_at_first_send(store, publisher, row(2))
-        result = self.pipelined(store, publisher).run_batches()
-        assert publisher.events == [
-            ("send", [1]),
-            ("send", [2]),
-            ("outcomes", [1]),
-            ("outcomes", [2]),
-        ]
-        assert (result.claimed, result.published) == (2, 2)
-        assert store.gone == {1, 2}
-        assert store.locked == set()
-
-    def test_a_short_batch_whose_confirms_come_first_is_settled_before_the_next_claim(
-        self,
-    ) -> None:
-        store = TableStore([row(1)])
-        publisher = ScriptedPublisher([{}])
-        self.arriving_at_first_send(store, publisher, row(2))
-        result = self.pipelined(store, publisher).run_batches()
-        assert publisher.events == [("send", [1]), ("outcomes", [1])]
-        assert store.claims == [[1]]
-        assert result.claimed == 1
-
-    def test_a_row_of_a_key_in_the_short_batch_out_waits_for_its_confirms(self) -> None:
-        store = TableStore([row(1, "a")])
-        publisher = ScriptedPublisher([{}, {}])
-        publisher.settles_at_once = False
-        self.arriving_at_first_send(store, publisher, row(2, "a"))
-        self.pipelined(store, publisher).run_batches()
-        assert publisher.events == [
-            ("send", [1]),
-            ("outcomes", [1]),
-            ("send", [2]),
-            ("outcomes", [2]),
-        ]
-        assert store.gone == {1, 2}
-
-    def test_a_short_batch_claims_nothing_ahead_once_stopping_was_asked_during_its_wait(
-        self,
-    ) -> None:
-        store = TableStore([row(1)])
-        publisher = ScriptedPublisher([{}])
-        publisher.settles_at_once = False
-        self.arriving_at_first_send(store, publisher, row(2))
-        relay = self.pipelined(store, publisher)
-        publisher.while_confirming = lambda: relay.stop("test")
-        relay.run_batches()
-        assert publisher.events == [("send", [1]), ("outcomes", [1])]
-        assert store.claims == [[1]]
-        assert store.locked == set()
-
-    def test_a_short_batch_not_written_out_claims_nothing_ahead(self) -> None:
-        store = TableStore([row(1)])
-        publisher = ScriptedPublisher([{}])
-        publisher.settles_at_once = False
-        publisher.flushes = False  # a blocked or stalled broker
-        self.arriving_at_first_send(store, publisher, row(2))
-        self.pipelined(store, publisher).run_batches()
-        assert publisher.events == [("send", [1]), ("outcomes", [1])]
-        assert store.claims == [[1]]
-
     def test_a_batch_not_written_out_is_confirmed_before_the_next_goes(self) -> None:
         store = TableStore([row(i) for i in range(1, 5)])
         publisher = ScriptedPublisher([{}, {}])
@@ -569,36 +486,6 @@ class TestStep:
         relay.step()
         assert relay.flag_up
         assert store.flags == [True]
-
-    def test_with_the_flag_up_short_batches_claimed_ahead_stop_once_producers_look_busy(
-        self,
-    ) -> None:
-        # Each batch sent is followed by three more rows and their NOTIFY, before its
-        # confirms. Claiming ahead of them round after round would keep the flag up,
-        # and every producer paying for a NOTIFY, for as long as they keep coming: the
-        # round ends once it has claimed enough rows to say producers are busy.
-        store = WakeUpStore([])
-        publisher = ScriptedPublisher([{}] * 40)
-        publisher.settles_at_once = False
-        relay = relay_for(store, publisher, batch_size=10)
-        while not relay.flag_up:
-            relay.step()
-        store.notices_waiting = lambda: bool(store.notices)  # type: ignore[method-assign]
-        original = publisher.send
-        next_id = iter(range(100, 400))
-
-        def send(batch: Sequence[OutboxRow], *, deadline: float | None = None) -> ScriptedSending:
-            if len(publisher.sent) < 30:
-                store.rows.extend(row(next(next_id)) for _ in range(3))
-                store.notices.append(Notices(1, scheduled=False))
-            return original(batch, deadline=deadline)
-
-        publisher.send = send  # type: ignore[method-assign]
-        store.rows.extend(row(next(next_id)) for _ in range(3))
-        relay.step()
-        assert [len(batch) for batch in publisher.sent] == [3, 3], "two claims, then busy"
-        assert store.flags[-1] is False, "the flag went down"
-        assert len(store.notices) == 1, "the claim ahead heard its NOTIFY; the last waits"
 
     def test_leaving_the_relay_hands_its_partitions_back(self) -> None:
         released: list[bool] = []
