@@ -10,33 +10,30 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def assert_runs(code: str) -> None:
+    """``code`` runs to its end in a fresh interpreter."""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_importing_the_consumer_api_imports_no_pika() -> None:
     code = (
         "import sys, outbox_relay.consumer, outbox_relay.consumer.testing; "
         "assert 'pika' not in sys.modules, sorted(m for m in sys.modules if 'pika' in m)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
+    assert_runs(code)
 
 
 def test_running_loads_pika_so_the_check_above_can_fail() -> None:
     code = "import sys, outbox_relay.consumer.runner; assert 'pika' in sys.modules"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
+    assert_runs(code)
 
 
 WITHOUT_PYTEST = """
@@ -55,12 +52,4 @@ assert not hasattr(testing, "run_handler")  # only the fixtures need pytest
 
 
 def test_the_testing_helper_works_without_pytest_installed() -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PYTEST],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    )
-    assert done.returncode == 0, done.stderr
+    assert_runs(WITHOUT_PYTEST)

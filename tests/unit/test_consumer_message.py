@@ -17,6 +17,7 @@ from outbox_relay.consumer.message import (
     decode,
     is_json,
 )
+from tests.support.properties import HANDLER_PROPERTIES
 
 
 def delivery(body: bytes, content_type: str | None = "application/json", **kw: Any) -> Delivery:
@@ -159,16 +160,7 @@ class TestWhatPikaDecoded:
         assert made + 1 < 2**31  # a handler can store it in an integer column
 
 
-PROPERTIES: dict[str, Any] = {
-    "correlation_id": "req-42",
-    "reply_to": "replies.shop",
-    "priority": 9,
-    "type": "order.created",
-    "app_id": "shop",
-    "content_encoding": "gzip",
-    "expiration": "60000",
-    "user_id": "guest",
-}
+PROPERTIES = HANDLER_PROPERTIES
 
 
 class TestProperties:

@@ -12,6 +12,7 @@ import pytest
 from outbox_relay.consumer import ConsumerApp, Message, RateLimited, Reject, Retry
 from outbox_relay.consumer.testing import Action, make_message, run
 from outbox_relay.errors import ConfigurationError
+from tests.support.properties import HANDLER_PROPERTIES
 
 app = ConsumerApp(name="shipping")
 
@@ -169,16 +170,7 @@ class TestMakeMessage:
             make_message(object())
 
     def test_the_amqp_properties_are_set_as_given_and_none_otherwise(self) -> None:
-        given = {
-            "correlation_id": "req-42",
-            "reply_to": "replies.shop",
-            "priority": 9,
-            "type": "order.created",
-            "app_id": "shop",
-            "content_encoding": "gzip",
-            "expiration": "60000",
-            "user_id": "guest",
-        }
+        given = HANDLER_PROPERTIES
         message = make_message({}, **given)  # type: ignore[arg-type]
         assert {name: getattr(message, name) for name in given} == given
         assert [getattr(make_message({}), name) for name in given] == [None] * len(given)
